@@ -1,0 +1,3 @@
+"""Flashgate secret plane."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The ``flashgate`` command-line tool (admin tooling)."""

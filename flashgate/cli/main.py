@@ -1,0 +1,214 @@
+"""The ``flashgate`` command.
+
+Every error the project raises on purpose ends as one line on stderr,
+``flashgate: error: <cause>``, and exit status 1 (usage errors: click's status 2). No
+traceback, and never a secret in the message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from flashgate import __version__
+from flashgate.cli.passphrase import get_passphrase
+from flashgate.crypto.context import SecretContext
+from flashgate.crypto.encrypt import encrypt_secret
+from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
+from flashgate.crypto.threshold.dealing import DEFAULT_BITS, generate_primes
+from flashgate.crypto.threshold.keys import MAX_PARTIES
+from flashgate.errors import (
+    ConfigurationError,
+    DuplicateShares,
+    FlashgateError,
+    NotEnoughShares,
+    OversizedInput,
+)
+from flashgate.fleet.ceremony import check_ceremony, default_node_ids, run_ceremony
+from flashgate.fleet.descriptor import threshold_public_key
+from flashgate.fleet.files import check_out_dir, load_descriptor, read_bundle, write_fleet_dir
+from flashgate.fleet.recovery import recover
+from flashgate.names import validate_name
+
+
+def _read_stdin(limit: int, what: str) -> bytes:
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise OversizedInput(f"{what} on stdin is over {limit} bytes")
+    return data
+
+
+def _name(kind: str):  # click callback factory validating [a-z0-9_-]{1,64}
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        return None if value is None else validate_name(value, kind)
+
+    return callback
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flashgate")
+def cli() -> None:
+    """Flashgate secret plane: threshold-RSA secrets for a fleet of Bridge Nodes."""
+
+
+@cli.group()
+def fleet() -> None:
+    """Fleet key ceremony and fleet administration."""
+
+
+@fleet.command("init")
+@click.option("--fleet", "fleet_name", required=True, callback=_name("fleet name"),
+              help="Fleet name, [a-z0-9_-]{1,64}.")
+@click.option("--nodes", type=int, required=True, help=f"Number of nodes n (1..{MAX_PARTIES}).")
+@click.option("--threshold", type=int, required=True, help="Nodes needed to decrypt, t.")
+@click.option("--key-bits", type=int, default=DEFAULT_BITS, show_default=True,
+              help="RSA modulus size; 2048 minimum.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Directory for fleet.json, admin.key and nodes/.")
+@click.option("--node-ids", help="Comma-separated node ids (default node-1 ... node-N).")
+@click.option("--force", is_flag=True, help="Write into a non-empty directory.")
+@click.option("--insecure-test-key", is_flag=True,
+              help="Allow key sizes under 2048 bits. NEVER for real secrets.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def fleet_init(
+    fleet_name: str, nodes: int, threshold: int, key_bits: int, out: Path,
+    node_ids: str | None, force: bool, insecure_test_key: bool, quiet: bool,
+) -> None:
+    """Run the key ceremony: deal a t-of-n fleet key and seal one bundle per node.
+
+    The sealing passphrase is read from FLASHGATE_PASSPHRASE (or prompted for on a
+    terminal)."""
+    ids = [x.strip() for x in node_ids.split(",")] if node_ids else default_node_ids(nodes)
+    if node_ids and len(ids) != nodes:
+        raise ConfigurationError(f"--node-ids names {len(ids)} nodes, --nodes says {nodes}")
+    check_ceremony(fleet=fleet_name, node_ids=ids, threshold=threshold, bits=key_bits,
+                   allow_insecure=insecure_test_key)
+    check_out_dir(out, force=force)
+    passphrase = get_passphrase(confirm=True)
+    if insecure_test_key and key_bits < 2048 and not quiet:
+        click.echo(f"warning: {key_bits}-bit INSECURE test key", err=True)
+    primes = _search_primes(key_bits, quiet=quiet)
+    ceremony = run_ceremony(fleet=fleet_name, node_ids=ids, threshold=threshold, bits=key_bits,
+                            primes=primes, allow_insecure=insecure_test_key)
+    del primes
+    if not quiet:
+        click.echo("sealing bundles ...", err=True)
+    written = write_fleet_dir(out, ceremony, passphrase, force=force)
+    if not quiet:
+        d = ceremony.descriptor
+        click.echo(
+            f"fleet {d.fleet!r} epoch {d.epoch}: {threshold}-of-{nodes}, {key_bits}-bit key, "
+            f"kid {d.public_key_jwk.kid}", err=True)
+        for path in written:
+            click.echo(f"  wrote {path}", err=True)
+
+
+def _search_primes(bits: int, *, quiet: bool) -> tuple[int, int]:
+    """Run the safe-prime search, showing a live timer on stderr."""
+    if quiet:
+        return generate_primes(bits)
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            result["primes"] = generate_primes(bits)
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    start = time.monotonic()
+    worker.start()
+    tty = sys.stderr.isatty()
+    label = f"searching for two {bits // 2}-bit safe primes"
+    spinner = "|/-\\"
+    tick = 0
+    last_line = 0.0
+    while worker.is_alive():
+        worker.join(0.2)
+        elapsed = time.monotonic() - start
+        if tty:
+            click.echo(f"\r{label} {spinner[tick % 4]} {elapsed:5.1f}s", nl=False, err=True)
+            tick += 1
+        elif elapsed - last_line >= 5 or last_line == 0:
+            click.echo(f"{label} ... {elapsed:.0f}s", err=True)
+            last_line = max(elapsed, 0.001)
+    elapsed = time.monotonic() - start
+    click.echo(f"{chr(13) if tty else ''}{label}: done in {elapsed:.1f}s", err=True)
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["primes"]  # type: ignore[return-value]
+
+
+@cli.command("encrypt")
+@click.option("--fleet-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--repo", required=True, callback=_name("repository name"))
+@click.option("--name", required=True, callback=_name("secret name"))
+@click.option("--kind", required=True, callback=_name("secret kind"))
+@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
+def encrypt_cmd(fleet_dir: Path, repo: str, name: str, kind: str, version: int) -> None:
+    """Encrypt stdin under the fleet key; print the JWE. Needs no passphrase."""
+    descriptor = load_descriptor(fleet_dir)
+    key = threshold_public_key(descriptor).key
+    plaintext = _read_stdin(MAX_PLAINTEXT_BYTES, "secret")
+    context = SecretContext(fleet=descriptor.fleet, repo=repo, name=name, kind=kind,
+                            version=version)
+    click.echo(encrypt_secret(key, context, plaintext))
+
+
+@cli.command("recover")
+@click.option("--fleet-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--bundle", "bundles", type=click.Path(path_type=Path), multiple=True,
+              required=True, help="A node bundle; give at least t of them.")
+def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
+    """Break-glass: decrypt a JWE from stdin with t node bundles, offline."""
+    descriptor = load_descriptor(fleet_dir)
+    resolved = [p.resolve() for p in bundles]
+    if len(set(resolved)) != len(resolved):
+        raise DuplicateShares("the same bundle file was given more than once")
+    if len(bundles) < descriptor.threshold:
+        raise NotEnoughShares(
+            f"{len(bundles)} bundle(s) given; fleet {descriptor.fleet!r} needs "
+            f"{descriptor.threshold}")
+    token = _read_stdin(MAX_TOKEN_BYTES, "JWE")
+    passphrase = get_passphrase(confirm=False)
+    opened = [read_bundle(p, passphrase) for p in bundles]
+    result = recover(descriptor, opened, token)
+    for node in result.faulty_nodes:
+        click.echo(f"warning: bundle of {node!r} produced a faulty partial decryption "
+                   "and was left out", err=True)
+    if result.secret.context is None:
+        click.echo("note: this JWE carries no flashgate context (written by another tool); "
+                   "its location could not be checked", err=True)
+    else:
+        click.echo(f"recovered {result.secret.context.describe()}", err=True)
+    sys.stdout.buffer.write(result.secret.plaintext)
+    sys.stdout.buffer.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="flashgate", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("flashgate: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except FlashgateError as exc:
+        click.echo(f"flashgate: error: {exc.message}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("flashgate: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

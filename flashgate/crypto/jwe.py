@@ -1,0 +1,198 @@
+"""The envelope format: a JWE in compact serialization (RFC 7516 §7.1), one profile only.
+
+    BASE64URL(protected header) . BASE64URL(encrypted key) . BASE64URL(IV)
+        . BASE64URL(ciphertext) . BASE64URL(tag)
+
+Profile (DESIGN §2.2):
+- ``alg`` is exactly ``RSA-OAEP-256`` (RFC 7518 §4.3), ``enc`` exactly ``A256GCM`` (§5.3);
+- the encrypted key is exactly k bytes (k = the modulus length), the IV 12 bytes, the tag
+  16 bytes; the whole token is at most :data:`MAX_TOKEN_BYTES`;
+- the protected header may hold ``alg``, ``enc``, ``kid``, ``typ``, ``cty`` and the private
+  parameter ``flashgate`` (the secret context, see :mod:`flashgate.crypto.context`);
+  ``zip``, ``crit`` and every other parameter are refused;
+- the header is the GCM additional data (ASCII of its base64url form, RFC 7516 §5.1 step 14).
+
+The fleet key epoch is deliberately *not* in the protected header: a fleet key rotation
+re-wraps the content key under the new epoch's key and must leave the header, IV,
+ciphertext and tag untouched (DESIGN §5); the envelope record carries the epoch.
+
+This module only parses and serializes. Encryption (public key) is in
+:mod:`flashgate.crypto.encrypt`; opening (after a threshold decryption) in
+:mod:`flashgate.crypto.decrypt`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flashgate.crypto.context import HEADER_PARAM, SecretContext
+from flashgate.crypto.encoding import b64url_decode, b64url_encode
+from flashgate.crypto.publickey import FleetPublicKey
+from flashgate.errors import (
+    InvalidCiphertext,
+    MalformedEnvelope,
+    OversizedInput,
+    UnsupportedAlgorithm,
+    UnsupportedHeader,
+)
+
+ALG = "RSA-OAEP-256"
+ENC = "A256GCM"
+IV_BYTES = 12
+TAG_BYTES = 16
+CEK_BYTES = 32
+#: Largest secret value accepted (credentials and keys are far smaller).
+MAX_PLAINTEXT_BYTES = 64 * 1024
+#: Largest protected header, base64url-encoded.
+MAX_HEADER_CHARS = 4096
+#: Largest encrypted key: an 8192-bit modulus.
+MAX_ENCRYPTED_KEY_BYTES = 1024
+#: Largest token: every part at its maximum, plus the separators.
+MAX_TOKEN_BYTES = (
+    MAX_HEADER_CHARS
+    + (4 * (MAX_ENCRYPTED_KEY_BYTES + IV_BYTES + MAX_PLAINTEXT_BYTES + TAG_BYTES) + 11) // 3
+    + 4
+)
+_ALLOWED_PARAMS = frozenset({"alg", "enc", "kid", "typ", "cty", HEADER_PARAM})
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedJWE:
+    protected: str  # the base64url header exactly as received: the GCM AAD
+    header: dict[str, Any]
+    encrypted_key: bytes
+    iv: bytes
+    ciphertext: bytes
+    tag: bytes
+    context: SecretContext | None
+
+    @property
+    def aad(self) -> bytes:
+        return self.protected.encode("ascii")
+
+    def wrapped_key(self, key: FleetPublicKey) -> int:
+        """The encrypted key as the RSA ciphertext integer c, checked against ``key``."""
+        if len(self.encrypted_key) != key.byte_length:
+            raise MalformedEnvelope(
+                f"encrypted key is {len(self.encrypted_key)} bytes; this fleet key "
+                f"needs {key.byte_length}"
+            )
+        c = int.from_bytes(self.encrypted_key, "big")
+        if not 1 < c < key.modulus:
+            raise InvalidCiphertext("encrypted key is out of range for the fleet key")
+        return c
+
+    def serialize(self) -> str:
+        return serialize(
+            self.protected, self.encrypted_key, self.iv, self.ciphertext, self.tag
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ParsedJWE(context={self.context!r}, ciphertext_bytes={len(self.ciphertext)})"
+        )
+
+
+def serialize(protected: str, encrypted_key: bytes, iv: bytes, ciphertext: bytes, tag: bytes) -> str:
+    return ".".join(
+        [protected, *(b64url_encode(part) for part in (encrypted_key, iv, ciphertext, tag))]
+    )
+
+
+def encode_header(header: dict[str, Any]) -> str:
+    """Compact, key-sorted JSON, base64url-encoded."""
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True, ensure_ascii=True)
+    return b64url_encode(text.encode("ascii"))
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise MalformedEnvelope(f"duplicate header parameter {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> None:
+    raise MalformedEnvelope(f"non-standard JSON constant {name} in header")
+
+
+def parse_header(protected: str) -> dict[str, Any]:
+    if len(protected) > MAX_HEADER_CHARS:
+        raise OversizedInput(f"protected header over {MAX_HEADER_CHARS} characters")
+    raw = b64url_decode(protected, "protected header")
+    try:
+        header = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MalformedEnvelope("protected header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise MalformedEnvelope("protected header is not a JSON object")
+    if "zip" in header:
+        raise UnsupportedHeader("compressed JWE ('zip') is refused")
+    if "crit" in header:
+        raise UnsupportedHeader("critical header extensions ('crit') are not supported")
+    if header.get("alg") != ALG:
+        raise UnsupportedAlgorithm(f"alg must be {ALG}, got {_shown(header.get('alg'))}")
+    if header.get("enc") != ENC:
+        raise UnsupportedAlgorithm(f"enc must be {ENC}, got {_shown(header.get('enc'))}")
+    unknown = sorted(set(header) - _ALLOWED_PARAMS)
+    if unknown:
+        raise UnsupportedHeader(f"unsupported header parameter(s) {unknown[:5]}")
+    for name in ("kid", "typ", "cty"):
+        if name in header and (not isinstance(header[name], str) or len(header[name]) > 256):
+            raise MalformedEnvelope(f"header parameter {name!r} must be a short string")
+    return header
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:40] if isinstance(value, str) else type(value).__name__
+
+
+def parse(token: str | bytes) -> ParsedJWE:
+    """Parse and validate a compact JWE of the fleet profile. Cheapest checks first."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise OversizedInput(f"JWE over {MAX_TOKEN_BYTES} bytes")
+    if isinstance(token, bytes):
+        try:
+            token = token.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise MalformedEnvelope("JWE is not ASCII") from exc
+    token = token.strip()
+    parts = token.split(".")
+    if len(parts) != 5:
+        raise MalformedEnvelope(
+            f"a compact JWE has 5 dot-separated parts, this has {len(parts)}"
+        )
+    protected, ek_b64, iv_b64, ct_b64, tag_b64 = parts
+    header = parse_header(protected)
+    encrypted_key = b64url_decode(ek_b64, "encrypted key")
+    if not encrypted_key or len(encrypted_key) > MAX_ENCRYPTED_KEY_BYTES:
+        raise MalformedEnvelope("encrypted key is empty or too long")
+    iv = b64url_decode(iv_b64, "IV")
+    if len(iv) != IV_BYTES:
+        raise MalformedEnvelope(f"IV must be {IV_BYTES} bytes")
+    ciphertext = b64url_decode(ct_b64, "ciphertext")
+    if len(ciphertext) > MAX_PLAINTEXT_BYTES:
+        raise OversizedInput(f"ciphertext over {MAX_PLAINTEXT_BYTES} bytes")
+    tag = b64url_decode(tag_b64, "authentication tag")
+    if len(tag) != TAG_BYTES:
+        raise MalformedEnvelope(f"authentication tag must be {TAG_BYTES} bytes")
+    context = (
+        SecretContext.from_header(header[HEADER_PARAM]) if HEADER_PARAM in header else None
+    )
+    return ParsedJWE(
+        protected=protected,
+        header=header,
+        encrypted_key=encrypted_key,
+        iv=iv,
+        ciphertext=ciphertext,
+        tag=tag,
+        context=context,
+    )

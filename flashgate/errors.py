@@ -1,0 +1,175 @@
+"""The project's exceptions: one root, one typed child per kind of bad input.
+
+Every exception carries a stable machine-readable ``code`` (used as the reason in
+``command rejected`` events and in refusal counters) and a one-line message for humans.
+Messages never contain secret material: no plaintext, key share, partial decryption,
+passphrase or content key. They may name public things (a fleet, an epoch, a share index).
+
+This module imports nothing from the project, so every layer (the pure crypto core
+included) can use it without import cycles.
+"""
+
+from __future__ import annotations
+
+
+class FlashgateError(Exception):
+    """Root of every error the project raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__ or self.code)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+# --- configuration and names --------------------------------------------------------------
+
+
+class ConfigurationError(FlashgateError):
+    """Invalid configuration or parameters."""
+
+    code = "bad_configuration"
+
+
+class InvalidName(ConfigurationError):
+    """A name (fleet, repository, secret, node) outside ``[a-z0-9_-]{1,64}``."""
+
+    code = "invalid_name"
+
+
+class OversizedInput(FlashgateError):
+    """An input larger than its limit; refused before it is parsed."""
+
+    code = "oversized"
+
+
+# --- cryptography -------------------------------------------------------------------------
+
+
+class CryptoError(FlashgateError):
+    """A cryptographic operation failed."""
+
+    code = "crypto_error"
+
+
+class InvalidKey(CryptoError):
+    """A public key, verification key or key share that is malformed or out of range."""
+
+    code = "invalid_key"
+
+
+class InvalidCiphertext(CryptoError):
+    """An RSA ciphertext outside 1 < c < N or not a unit mod N."""
+
+    code = "invalid_ciphertext"
+
+
+class NotEnoughShares(CryptoError):
+    """Fewer partial decryptions (or bundles) than the threshold."""
+
+    code = "not_enough_shares"
+
+
+class DuplicateShares(CryptoError):
+    """The same share index was supplied more than once."""
+
+    code = "duplicate_shares"
+
+
+class CombineCheckFailed(CryptoError):
+    """The combined value y does not satisfy y^e = c: at least one partial is wrong."""
+
+    code = "combine_check_failed"
+
+
+class InvalidProof(CryptoError):
+    """A proof of correct partial decryption does not verify."""
+
+    code = "invalid_proof"
+
+
+class FaultyShares(CryptoError):
+    """Some partial decryptions were proven wrong; ``indices`` names their share indices."""
+
+    code = "faulty_shares"
+
+    def __init__(self, indices: list[int], message: str | None = None) -> None:
+        self.indices = sorted(indices)
+        super().__init__(
+            message or f"faulty partial decryption from share index(es) {self.indices}"
+        )
+
+
+class DecryptionError(CryptoError):
+    """Decryption failed (OAEP decoding or the authentication tag). Deliberately opaque."""
+
+    code = "decryption_failed"
+
+
+# --- envelopes (JWE) ----------------------------------------------------------------------
+
+
+class MalformedEnvelope(CryptoError):
+    """The JWE is not a well-formed compact serialization of the accepted profile."""
+
+    code = "malformed_envelope"
+
+
+class UnsupportedAlgorithm(MalformedEnvelope):
+    """The JWE names an ``alg`` or ``enc`` other than RSA-OAEP-256 / A256GCM."""
+
+    code = "unsupported_algorithm"
+
+
+class UnsupportedHeader(MalformedEnvelope):
+    """The JWE header uses a feature the fleet refuses (``zip``, ``crit``, unknown fields)."""
+
+    code = "unsupported_header"
+
+
+class ContextMismatch(CryptoError):
+    """The envelope's bound context does not match where it was found."""
+
+    code = "context_mismatch"
+
+
+class MissingContext(ContextMismatch):
+    """The envelope has no flashgate context, and the caller requires one."""
+
+    code = "missing_context"
+
+
+# --- sealing, signatures, fleet files -----------------------------------------------------
+
+
+class UnsealError(CryptoError):
+    """A sealed file could not be opened: wrong passphrase, or the file was altered."""
+
+    code = "unseal_failed"
+
+
+class MalformedSealedFile(UnsealError):
+    """The file is not a flashgate sealed file of the expected kind, or is truncated."""
+
+    code = "malformed_sealed_file"
+
+
+class SignatureInvalid(CryptoError):
+    """An admin or node signature does not verify."""
+
+    code = "bad_signature"
+
+
+class FleetMismatch(FlashgateError):
+    """A bundle, descriptor or envelope belongs to another fleet or epoch."""
+
+    code = "fleet_mismatch"
+
+
+class MalformedDocument(FlashgateError):
+    """A fleet document (descriptor, bundle contents) is not valid."""
+
+    code = "malformed_document"

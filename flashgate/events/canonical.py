@@ -1,0 +1,28 @@
+"""Canonical bytes for signatures, re-derivable by any implementation.
+
+    signed_bytes = b"flashgate/v1/" + DOMAIN + b"\\n" + JSON
+
+where JSON is the document with its ``signature`` member removed, serialized with object
+keys sorted by code point, no insignificant whitespace, UTF-8, integers in decimal and
+byte strings as unpadded base64url text. (For the documents signed here, whose strings are
+ASCII, this coincides with RFC 8785 JCS.) The domain keeps a signature over one document
+type from being valid for another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+SIGNATURE_FIELD = "signature"
+
+
+def canonical_json(document: dict[str, Any]) -> bytes:
+    return msgspec.json.encode(document, order="sorted")
+
+
+def signed_bytes(domain: str, struct: msgspec.Struct) -> bytes:
+    document = msgspec.to_builtins(struct)
+    document.pop(SIGNATURE_FIELD, None)
+    return b"flashgate/v1/" + domain.encode("ascii") + b"\n" + canonical_json(document)

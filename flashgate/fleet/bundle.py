@@ -1,0 +1,165 @@
+"""Node bundles: a node's identity keys, key share, pinned admin key and fleet descriptor,
+sealed at rest with a passphrase (:mod:`flashgate.crypto.seal`, purpose ``node-bundle``).
+
+Sealed contents are a msgpack map of :class:`BundleFile`. A bundle never holds a decrypted
+secret. The admin signing key is sealed the same way (purpose ``admin-key``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from flashgate.crypto import seal
+from flashgate.crypto.encoding import b64url_decode, b64url_encode, int_to_bytes
+from flashgate.crypto.rng import SYSTEM_RNG, Rng
+from flashgate.crypto.threshold.keys import KeyShare, ThresholdPublicKey
+from flashgate.crypto.threshold.partial import share_matches
+from flashgate.errors import (
+    FleetMismatch,
+    FlashgateError,
+    InvalidKey,
+    MalformedDocument,
+    MalformedSealedFile,
+)
+from flashgate.events.fleet import FleetDescriptor
+from flashgate.fleet.descriptor import node_entry, verify_descriptor
+from flashgate.fleet.signing import private_raw, public_b64
+
+BUNDLE_PURPOSE = "node-bundle"
+ADMIN_KEY_PURPOSE = "admin-key"
+BUNDLE_FORMAT = 1
+
+
+class BundleFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    format: int = BUNDLE_FORMAT
+    fleet: str
+    epoch: int
+    node_id: str
+    index: int
+    signing_key: str  # Ed25519 private key, raw 32 bytes
+    exchange_key: str  # X25519 private key, raw 32 bytes
+    share: str  # s_i, k bytes big-endian
+    admin_key: str  # the pinned admin public key
+    descriptor: FleetDescriptor
+
+
+class AdminKeyFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    format: int = 1
+    fleet: str
+    signing_key: str  # Ed25519 private key, raw 32 bytes
+
+
+@dataclass(frozen=True, eq=False)
+class NodeBundle:
+    node_id: str
+    share: KeyShare
+    signing_key: Ed25519PrivateKey
+    exchange_key: X25519PrivateKey
+    admin_key: str
+    descriptor: FleetDescriptor
+    public: ThresholdPublicKey
+
+    @property
+    def fleet(self) -> str:
+        return self.descriptor.fleet
+
+    @property
+    def epoch(self) -> int:
+        return self.descriptor.epoch
+
+    @property
+    def index(self) -> int:
+        return self.share.index
+
+    def __repr__(self) -> str:
+        return (
+            f"NodeBundle(node_id={self.node_id!r}, fleet={self.fleet!r}, epoch={self.epoch}, "
+            f"index={self.index}, secrets=<redacted>)"
+        )
+
+    def seal(self, passphrase: str, *, params: seal.KdfParams = seal.DEFAULT_KDF,
+             rng: Rng = SYSTEM_RNG) -> bytes:
+        contents = BundleFile(
+            fleet=self.fleet,
+            epoch=self.epoch,
+            node_id=self.node_id,
+            index=self.index,
+            signing_key=b64url_encode(private_raw(self.signing_key)),
+            exchange_key=b64url_encode(private_raw(self.exchange_key)),
+            share=b64url_encode(int_to_bytes(self.share.secret_value, self.public.key.byte_length)),
+            admin_key=self.admin_key,
+            descriptor=self.descriptor,
+        )
+        return seal.seal(
+            msgspec.msgpack.encode(contents), passphrase, BUNDLE_PURPOSE, params=params, rng=rng
+        )
+
+
+def open_bundle(blob: bytes, passphrase: str) -> NodeBundle:
+    """Unseal and fully check a bundle: descriptor signature under the pinned admin key,
+    the node's place in the descriptor, its identity keys and its share (v^s_i = v_i)."""
+    raw = seal.unseal(blob, passphrase, BUNDLE_PURPOSE)
+    try:
+        contents = msgspec.msgpack.decode(raw, type=BundleFile)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MalformedSealedFile(f"bundle contents are invalid: {exc}") from exc
+    if contents.format != BUNDLE_FORMAT:
+        raise MalformedSealedFile(f"unsupported bundle format {contents.format}")
+    descriptor = contents.descriptor
+    public = verify_descriptor(descriptor, contents.admin_key)
+    if (contents.fleet, contents.epoch) != (descriptor.fleet, descriptor.epoch):
+        raise FleetMismatch("bundle header and its descriptor name different fleets or epochs")
+    entry = node_entry(descriptor, contents.node_id)
+    try:
+        signing_key = Ed25519PrivateKey.from_private_bytes(
+            b64url_decode(contents.signing_key, "signing key")
+        )
+        exchange_key = X25519PrivateKey.from_private_bytes(
+            b64url_decode(contents.exchange_key, "exchange key")
+        )
+        share = KeyShare(
+            contents.index, int.from_bytes(b64url_decode(contents.share, "share"), "big"), public
+        )
+    except (FlashgateError, ValueError) as exc:
+        raise MalformedDocument(f"bundle key material is invalid: {type(exc).__name__}") from exc
+    if entry.index != contents.index:
+        raise MalformedDocument("bundle share index differs from the descriptor's")
+    if public_b64(signing_key) != entry.signing_key or public_b64(exchange_key) != entry.exchange_key:
+        raise MalformedDocument("bundle identity keys differ from the descriptor's")
+    if not share_matches(share, public):
+        raise InvalidKey(f"the key share of node {contents.node_id!r} does not match its verification key")
+    return NodeBundle(
+        node_id=contents.node_id,
+        share=share,
+        signing_key=signing_key,
+        exchange_key=exchange_key,
+        admin_key=contents.admin_key,
+        descriptor=descriptor,
+        public=public,
+    )
+
+
+def seal_admin_key(
+    fleet: str, key: Ed25519PrivateKey, passphrase: str, *,
+    params: seal.KdfParams = seal.DEFAULT_KDF, rng: Rng = SYSTEM_RNG,
+) -> bytes:
+    contents = AdminKeyFile(fleet=fleet, signing_key=b64url_encode(private_raw(key)))
+    return seal.seal(
+        msgspec.msgpack.encode(contents), passphrase, ADMIN_KEY_PURPOSE, params=params, rng=rng
+    )
+
+
+def open_admin_key(blob: bytes, passphrase: str, descriptor: FleetDescriptor) -> Ed25519PrivateKey:
+    raw = seal.unseal(blob, passphrase, ADMIN_KEY_PURPOSE)
+    try:
+        contents = msgspec.msgpack.decode(raw, type=AdminKeyFile)
+        key = Ed25519PrivateKey.from_private_bytes(b64url_decode(contents.signing_key, "key"))
+    except (msgspec.ValidationError, msgspec.DecodeError, FlashgateError, ValueError) as exc:
+        raise MalformedSealedFile("admin key file contents are invalid") from exc
+    if contents.fleet != descriptor.fleet or public_b64(key) != descriptor.admin_key:
+        raise FleetMismatch("this admin key does not belong to the fleet descriptor")
+    return key

@@ -1,0 +1,109 @@
+"""The fleet directory on disk (I/O):
+
+    DIR/fleet.json               public descriptor, admin-signed       (0644)
+    DIR/admin.key                sealed admin signing key              (0600)
+    DIR/nodes/<node-id>.bundle   one sealed bundle per node            (0600)
+
+Files are written to a temporary name and renamed, so a crash leaves no half file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flashgate.crypto import seal
+from flashgate.errors import ConfigurationError, FlashgateError, OversizedInput
+from flashgate.events.fleet import (
+    MAX_DESCRIPTOR_BYTES,
+    FleetDescriptor,
+    decode_descriptor,
+    encode_descriptor,
+)
+from flashgate.fleet.bundle import NodeBundle, open_bundle, seal_admin_key
+from flashgate.fleet.ceremony import Ceremony
+from flashgate.fleet.descriptor import verify_descriptor
+
+DESCRIPTOR_FILE = "fleet.json"
+ADMIN_KEY_FILE = "admin.key"
+NODES_DIR = "nodes"
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_out_dir(out: Path, *, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigurationError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigurationError(f"{out} is not empty (use --force to overwrite)")
+
+
+def write_fleet_dir(
+    out: Path,
+    ceremony: Ceremony,
+    passphrase: str,
+    *,
+    force: bool = False,
+    params: seal.KdfParams = seal.DEFAULT_KDF,
+) -> list[Path]:
+    check_out_dir(out, force=force)
+    (out / NODES_DIR).mkdir(parents=True, exist_ok=True)
+    os.chmod(out / NODES_DIR, 0o700)
+    written = []
+    descriptor = ceremony.descriptor
+    path = out / ADMIN_KEY_FILE
+    _write_atomic(
+        path, seal_admin_key(descriptor.fleet, ceremony.admin_key, passphrase, params=params),
+        0o600,
+    )
+    written.append(path)
+    for bundle in ceremony.bundles:
+        path = out / NODES_DIR / f"{bundle.node_id}.bundle"
+        _write_atomic(path, bundle.seal(passphrase, params=params), 0o600)
+        written.append(path)
+    path = out / DESCRIPTOR_FILE
+    _write_atomic(path, encode_descriptor(descriptor), 0o644)
+    written.append(path)
+    return written
+
+
+def _read_limited(path: Path, limit: int, what: str) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise OversizedInput(f"{what} {path} is over {limit} bytes")
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"{what} {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigurationError(f"{what} {path} is a directory") from exc
+
+
+def load_descriptor(fleet_dir: Path, pinned_admin_key: str | None = None) -> FleetDescriptor:
+    """Read ``fleet.json`` and check its signature (against ``pinned_admin_key`` when given,
+    else against the admin key it names: the fleet directory is then the trust anchor)."""
+    data = _read_limited(fleet_dir / DESCRIPTOR_FILE, MAX_DESCRIPTOR_BYTES, "fleet descriptor")
+    descriptor = decode_descriptor(data)
+    verify_descriptor(descriptor, pinned_admin_key or descriptor.admin_key)
+    return descriptor
+
+
+def read_bundle(path: Path, passphrase: str) -> NodeBundle:
+    blob = _read_limited(path, seal.MAX_SEALED_BYTES, "bundle")
+    try:
+        return open_bundle(blob, passphrase)
+    except FlashgateError as exc:
+        raise type(exc)(f"{path}: {exc.message}") from exc
