@@ -7,15 +7,16 @@ traceback, and never a secret in the message.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from flashgate import __version__
+from flashgate.cli.dev import dev
 from flashgate.cli.passphrase import get_passphrase
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
@@ -43,7 +44,12 @@ def _read_stdin(limit: int, what: str) -> bytes:
     return data
 
 
-def _name(kind: str):  # click callback factory validating [a-z0-9_-]{1,64}
+NameCallback = Callable[[click.Context, click.Parameter, str | None], str | None]
+
+
+def _name(kind: str) -> NameCallback:
+    """A click callback validating ``[a-z0-9_-]{1,64}``."""
+
     def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         return None if value is None else validate_name(value, kind)
 
@@ -62,22 +68,46 @@ def fleet() -> None:
 
 
 @fleet.command("init")
-@click.option("--fleet", "fleet_name", required=True, callback=_name("fleet name"),
-              help="Fleet name, [a-z0-9_-]{1,64}.")
+@click.option(
+    "--fleet",
+    "fleet_name",
+    required=True,
+    callback=_name("fleet name"),
+    help="Fleet name, [a-z0-9_-]{1,64}.",
+)
 @click.option("--nodes", type=int, required=True, help=f"Number of nodes n (1..{MAX_PARTIES}).")
 @click.option("--threshold", type=int, required=True, help="Nodes needed to decrypt, t.")
-@click.option("--key-bits", type=int, default=DEFAULT_BITS, show_default=True,
-              help="RSA modulus size; 2048 minimum.")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Directory for fleet.json, admin.key and nodes/.")
+@click.option(
+    "--key-bits",
+    type=int,
+    default=DEFAULT_BITS,
+    show_default=True,
+    help="RSA modulus size; 2048 minimum.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Directory for fleet.json, admin.key and nodes/.",
+)
 @click.option("--node-ids", help="Comma-separated node ids (default node-1 ... node-N).")
 @click.option("--force", is_flag=True, help="Write into a non-empty directory.")
-@click.option("--insecure-test-key", is_flag=True,
-              help="Allow key sizes under 2048 bits. NEVER for real secrets.")
+@click.option(
+    "--insecure-test-key",
+    is_flag=True,
+    help="Allow key sizes under 2048 bits. NEVER for real secrets.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def fleet_init(
-    fleet_name: str, nodes: int, threshold: int, key_bits: int, out: Path,
-    node_ids: str | None, force: bool, insecure_test_key: bool, quiet: bool,
+    fleet_name: str,
+    nodes: int,
+    threshold: int,
+    key_bits: int,
+    out: Path,
+    node_ids: str | None,
+    force: bool,
+    insecure_test_key: bool,
+    quiet: bool,
 ) -> None:
     """Run the key ceremony: deal a t-of-n fleet key and seal one bundle per node.
 
@@ -86,15 +116,26 @@ def fleet_init(
     ids = [x.strip() for x in node_ids.split(",")] if node_ids else default_node_ids(nodes)
     if node_ids and len(ids) != nodes:
         raise ConfigurationError(f"--node-ids names {len(ids)} nodes, --nodes says {nodes}")
-    check_ceremony(fleet=fleet_name, node_ids=ids, threshold=threshold, bits=key_bits,
-                   allow_insecure=insecure_test_key)
+    check_ceremony(
+        fleet=fleet_name,
+        node_ids=ids,
+        threshold=threshold,
+        bits=key_bits,
+        allow_insecure=insecure_test_key,
+    )
     check_out_dir(out, force=force)
     passphrase = get_passphrase(confirm=True)
     if insecure_test_key and key_bits < 2048 and not quiet:
         click.echo(f"warning: {key_bits}-bit INSECURE test key", err=True)
     primes = _search_primes(key_bits, quiet=quiet)
-    ceremony = run_ceremony(fleet=fleet_name, node_ids=ids, threshold=threshold, bits=key_bits,
-                            primes=primes, allow_insecure=insecure_test_key)
+    ceremony = run_ceremony(
+        fleet=fleet_name,
+        node_ids=ids,
+        threshold=threshold,
+        bits=key_bits,
+        primes=primes,
+        allow_insecure=insecure_test_key,
+    )
     del primes
     if not quiet:
         click.echo("sealing bundles ...", err=True)
@@ -103,7 +144,9 @@ def fleet_init(
         d = ceremony.descriptor
         click.echo(
             f"fleet {d.fleet!r} epoch {d.epoch}: {threshold}-of-{nodes}, {key_bits}-bit key, "
-            f"kid {d.public_key_jwk.kid}", err=True)
+            f"kid {d.public_key_jwk.kid}",
+            err=True,
+        )
         for path in written:
             click.echo(f"  wrote {path}", err=True)
 
@@ -155,15 +198,22 @@ def encrypt_cmd(fleet_dir: Path, repo: str, name: str, kind: str, version: int) 
     descriptor = load_descriptor(fleet_dir)
     key = threshold_public_key(descriptor).key
     plaintext = _read_stdin(MAX_PLAINTEXT_BYTES, "secret")
-    context = SecretContext(fleet=descriptor.fleet, repo=repo, name=name, kind=kind,
-                            version=version)
+    context = SecretContext(
+        fleet=descriptor.fleet, repo=repo, name=name, kind=kind, version=version
+    )
     click.echo(encrypt_secret(key, context, plaintext))
 
 
 @cli.command("recover")
 @click.option("--fleet-dir", type=click.Path(path_type=Path), required=True)
-@click.option("--bundle", "bundles", type=click.Path(path_type=Path), multiple=True,
-              required=True, help="A node bundle; give at least t of them.")
+@click.option(
+    "--bundle",
+    "bundles",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    required=True,
+    help="A node bundle; give at least t of them.",
+)
 def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
     """Break-glass: decrypt a JWE from stdin with t node bundles, offline."""
     descriptor = load_descriptor(fleet_dir)
@@ -173,21 +223,30 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
     if len(bundles) < descriptor.threshold:
         raise NotEnoughShares(
             f"{len(bundles)} bundle(s) given; fleet {descriptor.fleet!r} needs "
-            f"{descriptor.threshold}")
+            f"{descriptor.threshold}"
+        )
     token = _read_stdin(MAX_TOKEN_BYTES, "JWE")
     passphrase = get_passphrase(confirm=False)
     opened = [read_bundle(p, passphrase) for p in bundles]
     result = recover(descriptor, opened, token)
     for node in result.faulty_nodes:
-        click.echo(f"warning: bundle of {node!r} produced a faulty partial decryption "
-                   "and was left out", err=True)
+        click.echo(
+            f"warning: bundle of {node!r} produced a faulty partial decryption and was left out",
+            err=True,
+        )
     if result.secret.context is None:
-        click.echo("note: this JWE carries no flashgate context (written by another tool); "
-                   "its location could not be checked", err=True)
+        click.echo(
+            "note: this JWE carries no flashgate context (written by another tool); "
+            "its location could not be checked",
+            err=True,
+        )
     else:
         click.echo(f"recovered {result.secret.context.describe()}", err=True)
     sys.stdout.buffer.write(result.secret.plaintext)
     sys.stdout.buffer.flush()
+
+
+cli.add_command(dev)
 
 
 def main(argv: list[str] | None = None) -> int:

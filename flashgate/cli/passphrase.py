@@ -8,7 +8,7 @@ import sys
 
 from flashgate.errors import ConfigurationError
 
-PASSPHRASE_ENV = "FLASHGATE_PASSPHRASE"
+PASSPHRASE_ENV = "FLASHGATE_PASSPHRASE"  # noqa: S105 - a variable name, not a password
 
 
 def get_passphrase(*, confirm: bool) -> str:

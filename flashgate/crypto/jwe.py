@@ -85,17 +85,15 @@ class ParsedJWE:
         return c
 
     def serialize(self) -> str:
-        return serialize(
-            self.protected, self.encrypted_key, self.iv, self.ciphertext, self.tag
-        )
+        return serialize(self.protected, self.encrypted_key, self.iv, self.ciphertext, self.tag)
 
     def __repr__(self) -> str:
-        return (
-            f"ParsedJWE(context={self.context!r}, ciphertext_bytes={len(self.ciphertext)})"
-        )
+        return f"ParsedJWE(context={self.context!r}, ciphertext_bytes={len(self.ciphertext)})"
 
 
-def serialize(protected: str, encrypted_key: bytes, iv: bytes, ciphertext: bytes, tag: bytes) -> str:
+def serialize(
+    protected: str, encrypted_key: bytes, iv: bytes, ciphertext: bytes, tag: bytes
+) -> str:
     return ".".join(
         [protected, *(b64url_encode(part) for part in (encrypted_key, iv, ciphertext, tag))]
     )
@@ -167,9 +165,7 @@ def parse(token: str | bytes) -> ParsedJWE:
     token = token.strip()
     parts = token.split(".")
     if len(parts) != 5:
-        raise MalformedEnvelope(
-            f"a compact JWE has 5 dot-separated parts, this has {len(parts)}"
-        )
+        raise MalformedEnvelope(f"a compact JWE has 5 dot-separated parts, this has {len(parts)}")
     protected, ek_b64, iv_b64, ct_b64, tag_b64 = parts
     header = parse_header(protected)
     encrypted_key = b64url_decode(ek_b64, "encrypted key")
@@ -184,9 +180,7 @@ def parse(token: str | bytes) -> ParsedJWE:
     tag = b64url_decode(tag_b64, "authentication tag")
     if len(tag) != TAG_BYTES:
         raise MalformedEnvelope(f"authentication tag must be {TAG_BYTES} bytes")
-    context = (
-        SecretContext.from_header(header[HEADER_PARAM]) if HEADER_PARAM in header else None
-    )
+    context = SecretContext.from_header(header[HEADER_PARAM]) if HEADER_PARAM in header else None
     return ParsedJWE(
         protected=protected,
         header=header,

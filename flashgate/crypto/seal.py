@@ -128,8 +128,7 @@ def unseal(blob: bytes, passphrase: str, purpose: str) -> bytes:
     purpose_raw = blob[8 : 8 + plen]
     if purpose_raw != want:
         raise MalformedSealedFile(
-            f"sealed file holds a {purpose_raw.decode('ascii', 'replace')!r}, "
-            f"not a {purpose!r}"
+            f"sealed file holds a {purpose_raw.decode('ascii', 'replace')!r}, not a {purpose!r}"
         )
     pos = 8 + plen
     if blob[pos] != KDF_ARGON2ID:

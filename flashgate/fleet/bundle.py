@@ -19,8 +19,8 @@ from flashgate.crypto.rng import SYSTEM_RNG, Rng
 from flashgate.crypto.threshold.keys import KeyShare, ThresholdPublicKey
 from flashgate.crypto.threshold.partial import share_matches
 from flashgate.errors import (
-    FleetMismatch,
     FlashgateError,
+    FleetMismatch,
     InvalidKey,
     MalformedDocument,
     MalformedSealedFile,
@@ -81,8 +81,9 @@ class NodeBundle:
             f"index={self.index}, secrets=<redacted>)"
         )
 
-    def seal(self, passphrase: str, *, params: seal.KdfParams = seal.DEFAULT_KDF,
-             rng: Rng = SYSTEM_RNG) -> bytes:
+    def seal(
+        self, passphrase: str, *, params: seal.KdfParams = seal.DEFAULT_KDF, rng: Rng = SYSTEM_RNG
+    ) -> bytes:
         contents = BundleFile(
             fleet=self.fleet,
             epoch=self.epoch,
@@ -128,10 +129,15 @@ def open_bundle(blob: bytes, passphrase: str) -> NodeBundle:
         raise MalformedDocument(f"bundle key material is invalid: {type(exc).__name__}") from exc
     if entry.index != contents.index:
         raise MalformedDocument("bundle share index differs from the descriptor's")
-    if public_b64(signing_key) != entry.signing_key or public_b64(exchange_key) != entry.exchange_key:
+    if (
+        public_b64(signing_key) != entry.signing_key
+        or public_b64(exchange_key) != entry.exchange_key
+    ):
         raise MalformedDocument("bundle identity keys differ from the descriptor's")
     if not share_matches(share, public):
-        raise InvalidKey(f"the key share of node {contents.node_id!r} does not match its verification key")
+        raise InvalidKey(
+            f"the key share of node {contents.node_id!r} does not match its verification key"
+        )
     return NodeBundle(
         node_id=contents.node_id,
         share=share,
@@ -144,8 +150,12 @@ def open_bundle(blob: bytes, passphrase: str) -> NodeBundle:
 
 
 def seal_admin_key(
-    fleet: str, key: Ed25519PrivateKey, passphrase: str, *,
-    params: seal.KdfParams = seal.DEFAULT_KDF, rng: Rng = SYSTEM_RNG,
+    fleet: str,
+    key: Ed25519PrivateKey,
+    passphrase: str,
+    *,
+    params: seal.KdfParams = seal.DEFAULT_KDF,
+    rng: Rng = SYSTEM_RNG,
 ) -> bytes:
     contents = AdminKeyFile(fleet=fleet, signing_key=b64url_encode(private_raw(key)))
     return seal.seal(

@@ -67,13 +67,20 @@ def run_ceremony(
 ) -> Ceremony:
     """Deal epoch ``epoch``. A later epoch passes the fleet's existing ``admin_key``."""
     check_ceremony(
-        fleet=fleet, node_ids=node_ids, threshold=threshold, bits=bits,
+        fleet=fleet,
+        node_ids=node_ids,
+        threshold=threshold,
+        bits=bits,
         allow_insecure=allow_insecure,
     )
     if epoch < 1:
         raise ConfigurationError("epoch must be >= 1")
     dealing = deal(
-        bits=bits, parties=len(node_ids), threshold=threshold, rng=rng, primes=primes,
+        bits=bits,
+        parties=len(node_ids),
+        threshold=threshold,
+        rng=rng,
+        primes=primes,
         allow_insecure=allow_insecure,
     )
     admin = admin_key or new_ed25519(rng)
@@ -84,7 +91,11 @@ def run_ceremony(
     ]
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     descriptor = build_descriptor(
-        fleet=fleet, epoch=epoch, public=dealing.public, nodes=entries, admin=admin,
+        fleet=fleet,
+        epoch=epoch,
+        public=dealing.public,
+        nodes=entries,
+        admin=admin,
         created_at=stamp,
     )
     bundles = tuple(

@@ -33,9 +33,7 @@ def build_descriptor(
     created_at: str,
 ) -> FleetDescriptor:
     k = public.key.byte_length
-    admin_key = b64url_encode(
-        admin.public_key().public_bytes_raw()
-    )
+    admin_key = b64url_encode(admin.public_key().public_bytes_raw())
     unsigned = FleetDescriptor(
         format=DESCRIPTOR_FORMAT,
         fleet=fleet,

@@ -66,7 +66,8 @@ def write_fleet_dir(
     descriptor = ceremony.descriptor
     path = out / ADMIN_KEY_FILE
     _write_atomic(
-        path, seal_admin_key(descriptor.fleet, ceremony.admin_key, passphrase, params=params),
+        path,
+        seal_admin_key(descriptor.fleet, ceremony.admin_key, passphrase, params=params),
         0o600,
     )
     written.append(path)

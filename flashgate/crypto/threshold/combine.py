@@ -86,9 +86,7 @@ def combine(
         raise InvalidKey("public exponent is not coprime to 4·Delta^2")
     y = gmpy2.powmod(w, a, n) * gmpy2.powmod(c, b, n) % n
     if gmpy2.powmod(y, e, n) != c:
-        raise CombineCheckFailed(
-            f"combined value fails y^e = c for share indices {sorted(chosen)}"
-        )
+        raise CombineCheckFailed(f"combined value fails y^e = c for share indices {sorted(chosen)}")
     return int(y)
 
 

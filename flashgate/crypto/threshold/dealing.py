@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import gmpy2
 
-from flashgate.crypto.publickey import MAX_BITS, MIN_INSECURE_BITS, MIN_SECURE_BITS
-from flashgate.crypto.publickey import FleetPublicKey
+from flashgate.crypto.publickey import MAX_BITS, MIN_INSECURE_BITS, MIN_SECURE_BITS, FleetPublicKey
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
 from flashgate.crypto.threshold.keys import MAX_PARTIES, KeyShare, ThresholdPublicKey
 from flashgate.crypto.threshold.primes import generate_safe_prime, is_safe_prime
@@ -133,9 +132,7 @@ def deal(
         verification_base=int(v),
         verification_keys=verification_keys,
     )
-    shares = tuple(
-        KeyShare(i, int(s), public) for i, s in enumerate(share_values, start=1)
-    )
+    shares = tuple(KeyShare(i, int(s), public) for i, s in enumerate(share_values, start=1))
     del p, q, d, m, coefficients, share_values, r
     return Dealing(public=public, shares=shares)
 

@@ -70,7 +70,7 @@ class KeyShare:
     def __init__(self, index: int, value: int, public: ThresholdPublicKey) -> None:
         if not 1 <= index <= public.parties:
             raise InvalidKey(f"share index {index} is outside 1..{public.parties}")
-        if not 0 <= value < public.modulus:
+        if not 0 < value < public.modulus:
             raise InvalidKey(f"share {index} is out of range")
         self.index = index
         self._value = gmpy2.mpz(value)
@@ -91,5 +91,5 @@ class KeyShare:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("KeyShare cannot be pickled")

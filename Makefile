@@ -1,0 +1,30 @@
+# make test : bootstrap .venv (again whenever pyproject.toml changes) and run the suite
+# make up   : bootstrap .venv and run the system locally
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: test up lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+up: $(STAMP)
+	$(VENV)/bin/flashgate dev demo --home .flashgate-demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check flashgate tests bench
+	$(VENV)/bin/mypy flashgate
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/crypto.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache .mypy_cache

@@ -1,0 +1,104 @@
+"""``flashgate dev``: local, single-machine conveniences.
+
+``dev demo`` runs the key ceremony into a home directory (once) and shows the offline path
+end to end: encrypt a secret with the public key alone, recover it from t bundles. The
+local cluster (``dev up``: NATS, backend, bridges) builds on the same home layout.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import click
+
+from flashgate.cli.passphrase import PASSPHRASE_ENV
+from flashgate.crypto.context import SecretContext
+from flashgate.crypto.encrypt import encrypt_secret
+from flashgate.crypto.threshold.dealing import DEFAULT_BITS
+from flashgate.errors import FlashgateError
+from flashgate.fleet.ceremony import default_node_ids, run_ceremony
+from flashgate.fleet.descriptor import threshold_public_key
+from flashgate.fleet.files import DESCRIPTOR_FILE, load_descriptor, read_bundle, write_fleet_dir
+from flashgate.fleet.recovery import recover
+
+#: Used only when FLASHGATE_PASSPHRASE is unset, only by ``dev`` commands, with a warning.
+DEV_PASSPHRASE = "flashgate-local-dev-only"  # noqa: S105 - documented dev-only default
+
+
+def dev_passphrase() -> str:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    click.echo(
+        f"warning: {PASSPHRASE_ENV} is unset; sealing with the public dev passphrase "
+        "(fine for a local demo, never for real secrets)",
+        err=True,
+    )
+    return DEV_PASSPHRASE
+
+
+@click.group()
+def dev() -> None:
+    """Local development: demo and (later) the local cluster."""
+
+
+@dev.command("demo")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=Path(".flashgate-demo"),
+    show_default=True,
+    help="Where the demo fleet lives.",
+)
+@click.option("--nodes", type=int, default=3, show_default=True)
+@click.option("--threshold", type=int, default=2, show_default=True)
+@click.option("--key-bits", type=int, default=DEFAULT_BITS, show_default=True)
+def demo(home: Path, nodes: int, threshold: int, key_bits: int) -> None:
+    """Ceremony (first run only), then encrypt a secret and recover it from t bundles."""
+    from flashgate.cli.main import _search_primes  # the ceremony's progress display
+
+    passphrase = dev_passphrase()
+    fleet_dir = home / "fleet"
+    if not (fleet_dir / DESCRIPTOR_FILE).exists():
+        click.echo(f"1. key ceremony: fleet 'demo', {threshold}-of-{nodes}, {key_bits}-bit key")
+        primes = _search_primes(key_bits, quiet=False)
+        ceremony = run_ceremony(
+            fleet="demo",
+            node_ids=default_node_ids(nodes),
+            threshold=threshold,
+            bits=key_bits,
+            primes=primes,
+        )
+        write_fleet_dir(fleet_dir, ceremony, passphrase)
+        click.echo(f"   wrote {fleet_dir}/fleet.json, admin.key, nodes/*.bundle")
+    else:
+        click.echo(f"1. key ceremony: reusing the fleet in {fleet_dir}")
+    descriptor = load_descriptor(fleet_dir)
+    key = threshold_public_key(descriptor).key
+    value = f"demo-api-key-{secrets.token_hex(16)}".encode()
+    context = SecretContext(
+        fleet=descriptor.fleet, repo="demo-repo", name="openai", kind="ai", version=1
+    )
+    token = encrypt_secret(key, context, value)
+    click.echo(
+        f"2. encrypted a {len(value)}-byte secret with the public key only: "
+        f"a {len(token)}-character JWE (RSA-OAEP-256 + A256GCM)"
+    )
+    chosen = default_node_ids(len(descriptor.nodes))[: descriptor.threshold]
+    bundles = [read_bundle(fleet_dir / "nodes" / f"{n}.bundle", passphrase) for n in chosen]
+    result = recover(descriptor, bundles, token, expected=context)
+    if result.secret.plaintext != value:
+        raise FlashgateError("demo recovery returned a different value")
+    click.echo(
+        f"3. recovered {context.describe()} from {', '.join(chosen)}: "
+        "the value matches (partial decryptions combined, y^e = c checked)"
+    )
+    click.echo("\ntry it yourself:")
+    click.echo(
+        f"  echo -n hello | flashgate encrypt --fleet-dir {fleet_dir} --repo r --name n "
+        "--kind generic > s.jwe"
+    )
+    bundle_args = " ".join(f"--bundle {fleet_dir}/nodes/{n}.bundle" for n in chosen)
+    click.echo(f"  flashgate recover --fleet-dir {fleet_dir} {bundle_args} < s.jwe")

@@ -1,0 +1,69 @@
+"""Shared test helpers: vector loading, fast KDF parameters, cached dealings.
+
+Keys here are 1024-bit and INSECURE on purpose: size does not change the algebra, and the
+suite stays fast. Nothing here is usable for real secrets.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from flashgate.crypto.seal import KdfParams
+from flashgate.crypto.threshold.dealing import Dealing, deal
+
+VECTORS = Path(__file__).parent / "vectors"
+TEST_BITS = 1024
+#: Argon2id at its floor: tests seal and open many files.
+FAST_KDF = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
+TEST_PASSPHRASE = "insecure-test-passphrase"
+CANARY = b"CANARY-7f3a9c1e-plaintext-must-never-leak"
+
+
+def load_vectors(name: str) -> Any:
+    """Load a JSON vector file from tests/vectors/ (one helper, like pyca's)."""
+    return json.loads((VECTORS / name).read_text())
+
+
+@cache
+def fixed_primes(pair: int = 0) -> tuple[int, int]:
+    entry = load_vectors("safe-primes-1024.json")["pairs"][pair]
+    return int(entry["p"], 16), int(entry["q"], 16)
+
+
+@cache
+def dealing(parties: int, threshold: int, pair: int = 0) -> Dealing:
+    """A cached 1024-bit dealing (new polynomial, fixed primes)."""
+    return deal(
+        bits=TEST_BITS,
+        parties=parties,
+        threshold=threshold,
+        primes=fixed_primes(pair),
+        allow_insecure=True,
+    )
+
+
+@cache
+def reference_private_key(pair: int = 0) -> rsa.RSAPrivateKey:
+    """The full private key behind fixed_primes(pair), built with ``cryptography``.
+
+    Only tests hold this: it checks that the threshold path computes exactly the RSA
+    private operation. The dealer itself never returns p, q or d.
+    """
+    p, q = fixed_primes(pair)
+    n, e = p * q, 65537
+    d = pow(e, -1, (p - 1) * (q - 1))
+    numbers = rsa.RSAPrivateNumbers(
+        p=p,
+        q=q,
+        d=d,
+        dmp1=rsa.rsa_crt_dmp1(d, p),
+        dmq1=rsa.rsa_crt_dmq1(d, q),
+        iqmp=rsa.rsa_crt_iqmp(p, q),
+        public_numbers=rsa.RSAPublicNumbers(e, n),
+    )
+    return numbers.private_key()

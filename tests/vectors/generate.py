@@ -1,0 +1,185 @@
+"""Regenerate the frozen test vectors in this directory. INSECURE test material.
+
+    .venv/bin/python tests/vectors/generate.py
+
+Keys, shares, identities and content keys derive from fixed seeds
+(flashgate.crypto.rng.DeterministicRng); the OAEP seeds inside RSA encryption (drawn by
+``cryptography``) and the sealing salts and nonces do not, so a regeneration changes the
+encrypted-key parts of the JWEs and the sealed files. Vectors exist to catch a
+change that would make old envelopes or bundles unreadable: once committed they are not
+regenerated unless the format version changes (then add new files; keep the old ones).
+
+Outputs:
+    fleet-v1/              a 3-of-5 fleet "vectors", 1024-bit key (fleet.json, admin.key,
+                           nodes/*.bundle sealed with passphrase PASSPHRASE at Argon2 floor)
+    jwe-v1.json            JWEs for fleet-v1 with their plaintexts and contexts, including
+                           one written by jwcrypto without a flashgate context
+    threshold-kat-v1.json  known answers for partials, combine and proofs
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+from flashgate.crypto.context import SecretContext  # noqa: E402
+from flashgate.crypto.encrypt import encrypt_secret  # noqa: E402
+from flashgate.crypto.rng import DeterministicRng  # noqa: E402
+from flashgate.crypto.threshold import combine, deal, partial_decrypt, prove  # noqa: E402
+from flashgate.crypto.threshold.primes import generate_safe_prime  # noqa: E402
+from flashgate.fleet.ceremony import run_ceremony  # noqa: E402
+from flashgate.fleet.files import write_fleet_dir  # noqa: E402
+from tests.helpers import FAST_KDF, fixed_primes  # noqa: E402
+
+PASSPHRASE = "insecure-test-passphrase"
+FLEET = "vectors"
+
+
+def safe_primes() -> None:
+    rng = DeterministicRng(b"flashgate test safe primes v1")
+    pairs = []
+    for _ in range(2):
+        p, q = generate_safe_prime(512, rng), generate_safe_prime(512, rng)
+        pairs.append({"p": hex(p), "q": hex(q)})
+    (HERE / "safe-primes-1024.json").write_text(
+        json.dumps(
+            {
+                "_comment": "INSECURE test material: safe primes for 1024-bit test moduli. "
+                "Regenerate with tests/vectors/generate.py (seed 'flashgate test safe primes v1').",
+                "pairs": pairs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def fleet_and_jwes() -> None:
+    rng = DeterministicRng(b"flashgate fleet vectors v1")
+    primes = (generate_safe_prime(512, rng), generate_safe_prime(512, rng))
+    cer = run_ceremony(
+        fleet=FLEET,
+        node_ids=[f"node-{i}" for i in range(1, 6)],
+        threshold=3,
+        bits=1024,
+        rng=rng,
+        primes=primes,
+        allow_insecure=True,
+        now=datetime(2026, 11, 28, tzinfo=UTC),
+    )
+    out = HERE / "fleet-v1"
+    shutil.rmtree(out, ignore_errors=True)
+    write_fleet_dir(out, cer, PASSPHRASE, params=FAST_KDF)  # salts and nonces: os CSPRNG
+    key = cer.bundles[0].public.key
+    cases = [
+        (
+            "storage credentials",
+            "payments",
+            "s3",
+            "storage",
+            1,
+            b'{"access_key_id":"AKIAVECTOR","secret_access_key":"vector-secret"}',
+        ),
+        ("ai key, version 7", "chat", "openai", "ai", 7, b"sk-vector-0123456789"),
+        ("empty value", "misc", "empty", "generic", 1, b""),
+        ("binary value", "misc", "binary", "generic", 2, bytes(range(256))),
+        ("4 KiB value", "misc", "large", "integration", 3, bytes(range(256)) * 16),
+    ]
+    vectors = []
+    for description, repo, name, kind, version, plaintext in cases:
+        ctx = SecretContext(fleet=FLEET, repo=repo, name=name, kind=kind, version=version)
+        vectors.append(
+            {
+                "description": description,
+                "context": ctx.to_header(),
+                "plaintext_hex": plaintext.hex(),
+                "jwe": encrypt_secret(key, ctx, plaintext, rng=rng),
+            }
+        )
+    from jwcrypto import jwe as jjwe
+    from jwcrypto import jwk as jjwk
+
+    third_party = jjwe.JWE(
+        b"written by jwcrypto", protected={"alg": "RSA-OAEP-256", "enc": "A256GCM"}
+    )
+    third_party.add_recipient(jjwk.JWK(**key.to_jwk("flashgate:vectors:1")))
+    vectors.append(
+        {
+            "description": "third-party JWE without flashgate context (jwcrypto)",
+            "context": None,
+            "plaintext_hex": b"written by jwcrypto".hex(),
+            "jwe": third_party.serialize(compact=True),
+        }
+    )
+    (HERE / "jwe-v1.json").write_text(
+        json.dumps(
+            {
+                "_comment": "INSECURE test material for fleet-v1 (passphrase "
+                f"{PASSPHRASE!r}); generated by tests/vectors/generate.py",
+                "fleet_dir": "fleet-v1",
+                "passphrase": PASSPHRASE,
+                "vectors": vectors,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def threshold_kat() -> None:
+    rng = DeterministicRng(b"flashgate threshold kat v1")
+    d = deal(
+        bits=1024, parties=5, threshold=3, primes=fixed_primes(0), rng=rng, allow_insecure=True
+    )
+    n = d.public.modulus
+    c = rng.randbelow(n - 2) + 2
+    partials = {s.index: partial_decrypt(s, d.public, c) for s in d.shares}
+    y = combine(d.public, c, {i: partials[i] for i in (1, 3, 5)})
+    proof_rng = DeterministicRng(b"flashgate threshold kat v1 proofs")
+    proofs = {s.index: prove(s, d.public, c, partials[s.index], rng=proof_rng) for s in d.shares}
+    (HERE / "threshold-kat-v1.json").write_text(
+        json.dumps(
+            {
+                "_comment": "INSECURE known-answer test for Shoup threshold RSA "
+                "(flashgate proof tag v1). Shares are published on purpose. Generated by "
+                "tests/vectors/generate.py; proofs use "
+                "DeterministicRng(b'flashgate threshold kat v1 proofs') in index order.",
+                "modulus": hex(n),
+                "exponent": d.public.exponent,
+                "threshold": 3,
+                "parties": 5,
+                "verification_base": hex(d.public.verification_base),
+                "verification_keys": {
+                    str(i): hex(v) for i, v in d.public.verification_keys.items()
+                },
+                "shares": {str(s.index): hex(s.secret_value) for s in d.shares},
+                "ciphertext": hex(c),
+                "partials": {str(i): hex(x) for i, x in partials.items()},
+                "combined_from": [1, 3, 5],
+                "combined": hex(y),
+                "proofs": {
+                    str(i): {"challenge": hex(p.challenge), "response": hex(p.response)}
+                    for i, p in proofs.items()
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    what = sys.argv[1:] or ["fleet", "kat"]
+    if "primes" in what:
+        safe_primes()
+    if "fleet" in what:
+        fleet_and_jwes()
+    if "kat" in what:
+        threshold_kat()
+    print("vectors written to", HERE)
