@@ -173,3 +173,30 @@ class MalformedDocument(FlashgateError):
     """A fleet document (descriptor, bundle contents) is not valid."""
 
     code = "malformed_document"
+
+
+# --- messages and the broker --------------------------------------------------------------
+
+
+class MalformedMessage(FlashgateError):
+    """A wire message that does not decode to its type (the message says where)."""
+
+    code = "malformed_message"
+
+
+class BrokerError(FlashgateError):
+    """A NATS / JetStream operation failed."""
+
+    code = "broker_error"
+
+
+class UnsupportedServer(BrokerError):
+    """The NATS server is missing or older than the supported minimum (2.10)."""
+
+    code = "unsupported_server"
+
+
+class BrokerUnavailable(BrokerError):
+    """The NATS server cannot be reached."""
+
+    code = "broker_unavailable"

@@ -1,0 +1,118 @@
+"""Every NATS subject, stream and bucket name of a fleet (DESIGN §3), in one place.
+
+| what              | where                                  |
+|-------------------|----------------------------------------|
+| envelopes         | KV bucket ``fg-<f>-secrets``, key ``<repo>.<name>`` |
+| descriptor/roster | KV bucket ``fg-<f>-fleet``, keys ``descriptor.<epoch>``, ``roster`` |
+| admin commands    | stream ``fg-<f>-cmd`` on ``fg.<f>.cmd.>`` |
+| domain events     | stream ``fg-<f>-evt`` on ``fg.<f>.evt.>`` |
+| share requests    | core NATS ``fg.<f>.share.<node>`` (request/reply) |
+| liveness, status  | ``fg.<f>.node.<node>.heartbeat``, ``fg.<f>.node.<node>.status`` |
+| metadata queries  | ``fg.<f>.query.<what>`` (request/reply, answered by the backend) |
+
+Every name part is validated (``[a-z0-9_-]{1,64}``) before a subject is built, so a name
+can never add a token or a wildcard to a subject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flashgate.errors import InvalidName
+from flashgate.names import validate_name
+
+PREFIX = "fg"
+_TYPE_TOKEN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def _type_tokens(value: str, what: str) -> str:
+    """A dotted type such as ``secret.put``: each token a name."""
+    if not value or set(value) - _TYPE_TOKEN:
+        raise InvalidName(f"invalid {what} {value[:40]!r}")
+    for token in value.split("."):
+        validate_name(token, what)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class FleetNames:
+    """All names of one fleet. Construct once; the fleet name is validated here."""
+
+    fleet: str
+
+    def __post_init__(self) -> None:
+        validate_name(self.fleet, "fleet name")
+
+    # --- key-value buckets ---------------------------------------------------------------
+    @property
+    def secrets_bucket(self) -> str:
+        return f"{PREFIX}-{self.fleet}-secrets"
+
+    @property
+    def fleet_bucket(self) -> str:
+        return f"{PREFIX}-{self.fleet}-fleet"
+
+    def descriptor_key(self, epoch: int) -> str:
+        if epoch < 1:
+            raise InvalidName("epoch must be >= 1")
+        return f"descriptor.{epoch}"
+
+    ROSTER_KEY = "roster"
+    CURRENT_EPOCH_KEY = "epoch"
+
+    # --- streams ---------------------------------------------------------------------------
+    @property
+    def command_stream(self) -> str:
+        return f"{PREFIX}-{self.fleet}-cmd"
+
+    @property
+    def event_stream(self) -> str:
+        return f"{PREFIX}-{self.fleet}-evt"
+
+    @property
+    def command_subjects(self) -> str:
+        return f"{PREFIX}.{self.fleet}.cmd.>"
+
+    @property
+    def event_subjects(self) -> str:
+        return f"{PREFIX}.{self.fleet}.evt.>"
+
+    def command_subject(self, command_type: str) -> str:
+        return f"{PREFIX}.{self.fleet}.cmd.{_type_tokens(command_type, 'command type')}"
+
+    def event_subject(self, event_type: str) -> str:
+        return f"{PREFIX}.{self.fleet}.evt.{_type_tokens(event_type, 'event type')}"
+
+    # --- core NATS request/reply ------------------------------------------------------------
+    def share_subject(self, node_id: str) -> str:
+        return f"{PREFIX}.{self.fleet}.share.{validate_name(node_id, 'node id')}"
+
+    @property
+    def share_wildcard(self) -> str:
+        return f"{PREFIX}.{self.fleet}.share.*"
+
+    def heartbeat_subject(self, node_id: str) -> str:
+        return f"{PREFIX}.{self.fleet}.node.{validate_name(node_id, 'node id')}.heartbeat"
+
+    def status_subject(self, node_id: str) -> str:
+        return f"{PREFIX}.{self.fleet}.node.{validate_name(node_id, 'node id')}.status"
+
+    @property
+    def heartbeat_wildcard(self) -> str:
+        return f"{PREFIX}.{self.fleet}.node.*.heartbeat"
+
+    def query_subject(self, what: str) -> str:
+        return f"{PREFIX}.{self.fleet}.query.{_type_tokens(what, 'query')}"
+
+
+def secret_key(repo: str, name: str) -> str:
+    """The secrets-bucket key of a secret: ``<repo>.<name>``."""
+    return f"{validate_name(repo, 'repository name')}.{validate_name(name, 'secret name')}"
+
+
+def split_secret_key(key: str) -> tuple[str, str]:
+    """Inverse of :func:`secret_key`; raises :class:`InvalidName` on anything else."""
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise InvalidName(f"invalid secret key {key[:140]!r}: expected <repo>.<name>")
+    return validate_name(parts[0], "repository name"), validate_name(parts[1], "secret name")
