@@ -85,7 +85,10 @@ def _header(purpose: bytes, params: KdfParams, salt: bytes, nonce: bytes) -> byt
 
 
 def _check_purpose(purpose: str) -> bytes:
-    raw = purpose.encode("ascii")
+    try:
+        raw = purpose.encode("ascii")
+    except UnicodeEncodeError:
+        raw = b""
     if not 1 <= len(raw) <= 32:
         raise ConfigurationError("seal purpose must be 1 to 32 ASCII characters")
     return raw
@@ -103,10 +106,18 @@ def seal(
         raise ConfigurationError(
             f"the passphrase must have at least {MIN_PASSPHRASE_CHARS} characters"
         )
-    params.check()
+    try:
+        params.check()
+    except MalformedSealedFile as exc:  # the same bounds, reported as a write-side error
+        raise ConfigurationError(exc.message) from exc
+    raw_purpose = _check_purpose(purpose)
+    sealed_size = 8 + len(raw_purpose) + 1 + _PARAMS.size + SALT_BYTES + NONCE_BYTES
+    sealed_size += len(data) + 16
+    if sealed_size > MAX_SEALED_BYTES:  # never write a file that unseal() would refuse
+        raise OversizedInput(f"sealed file would be {sealed_size} bytes, over {MAX_SEALED_BYTES}")
     salt = rng.token_bytes(SALT_BYTES)
     nonce = rng.token_bytes(NONCE_BYTES)
-    header = _header(_check_purpose(purpose), params, salt, nonce)
+    header = _header(raw_purpose, params, salt, nonce)
     key = _derive(passphrase, salt, params)
     return header + AESGCM(key).encrypt(nonce, data, header)
 
