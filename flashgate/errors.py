@@ -169,12 +169,6 @@ class FleetMismatch(FlashgateError):
     code = "fleet_mismatch"
 
 
-class MalformedDocument(FlashgateError):
-    """A fleet document (descriptor, bundle contents) is not valid."""
-
-    code = "malformed_document"
-
-
 # --- messages and the broker --------------------------------------------------------------
 
 
@@ -182,6 +176,12 @@ class MalformedMessage(FlashgateError):
     """A wire message that does not decode to its type (the message says where)."""
 
     code = "malformed_message"
+
+
+class MalformedDocument(MalformedMessage):
+    """A fleet document (descriptor, roster, bundle contents) is not valid."""
+
+    code = "malformed_document"
 
 
 class BrokerError(FlashgateError):

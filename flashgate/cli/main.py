@@ -18,9 +18,11 @@ import click
 from flashgate import __version__
 from flashgate.cli.dev import dev
 from flashgate.cli.passphrase import get_passphrase
+from flashgate.cli.schemas import schemas
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
+from flashgate.crypto.seal import check_passphrase
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS, generate_primes
 from flashgate.crypto.threshold.keys import MAX_PARTIES
 from flashgate.errors import (
@@ -125,6 +127,7 @@ def fleet_init(
     )
     check_out_dir(out, force=force)
     passphrase = get_passphrase(confirm=True)
+    check_passphrase(passphrase)
     if insecure_test_key and key_bits < 2048 and not quiet:
         click.echo(f"warning: {key_bits}-bit INSECURE test key", err=True)
     primes = _search_primes(key_bits, quiet=quiet)
@@ -228,7 +231,7 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
     token = _read_stdin(MAX_TOKEN_BYTES, "JWE")
     passphrase = get_passphrase(confirm=False)
     opened = [read_bundle(p, passphrase) for p in bundles]
-    result = recover(descriptor, opened, token)
+    result = recover(descriptor, opened, token, labels=[str(p) for p in bundles])
     for node in result.faulty_nodes:
         click.echo(
             f"warning: bundle of {node!r} produced a faulty partial decryption and was left out",
@@ -247,6 +250,7 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
 
 
 cli.add_command(dev)
+cli.add_command(schemas)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,8 @@ def get_passphrase(*, confirm: bool) -> str:
     value = os.environ.get(PASSPHRASE_ENV)
     if value:
         return value
+    if value == "":
+        raise ConfigurationError(f"{PASSPHRASE_ENV} is set but empty")
     if not sys.stdin.isatty():
         raise ConfigurationError(
             f"no passphrase: set {PASSPHRASE_ENV} (stdin is not a terminal to prompt on)"

@@ -94,6 +94,14 @@ def _check_purpose(purpose: str) -> bytes:
     return raw
 
 
+def check_passphrase(passphrase: str) -> None:
+    """Raise :class:`ConfigurationError` for a passphrase :func:`seal` would refuse."""
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise ConfigurationError(
+            f"the passphrase must have at least {MIN_PASSPHRASE_CHARS} characters"
+        )
+
+
 def seal(
     data: bytes,
     passphrase: str,
@@ -102,10 +110,7 @@ def seal(
     params: KdfParams = DEFAULT_KDF,
     rng: Rng = SYSTEM_RNG,
 ) -> bytes:
-    if len(passphrase) < MIN_PASSPHRASE_CHARS:
-        raise ConfigurationError(
-            f"the passphrase must have at least {MIN_PASSPHRASE_CHARS} characters"
-        )
+    check_passphrase(passphrase)
     try:
         params.check()
     except MalformedSealedFile as exc:  # the same bounds, reported as a write-side error

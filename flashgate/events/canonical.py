@@ -3,10 +3,13 @@
     signed_bytes = b"flashgate/v1/" + DOMAIN + b"\\n" + JSON
 
 where JSON is the document with its ``signature`` member removed, serialized with object
-keys sorted by code point, no insignificant whitespace, UTF-8, integers in decimal and
-byte strings as unpadded base64url text. (For the documents signed here, whose strings are
-ASCII, this coincides with RFC 8785 JCS.) The domain keeps a signature over one document
-type from being valid for another.
+keys sorted by code point, no insignificant whitespace, UTF-8, integers in decimal. Fields
+that are strings in the document (keys in JSON documents are unpadded base64url text) stay
+as they are; raw ``bytes`` fields of msgpack messages become standard base64 with padding
+(RFC 4648 §4). A tagged union member keeps its ``type`` tag, so the type is signed too.
+For documents whose strings are ASCII (all signed documents here) this coincides with
+RFC 8785 JCS. The domain keeps a signature over one document type from being valid for
+another.
 """
 
 from __future__ import annotations

@@ -12,14 +12,14 @@ from flashgate.crypto.publickey import FleetPublicKey, fleet_kid
 from flashgate.crypto.threshold.keys import ThresholdPublicKey
 from flashgate.errors import FleetMismatch, InvalidKey, MalformedDocument, MalformedEnvelope
 from flashgate.events.fleet import (
-    DESCRIPTOR_DOMAIN,
     DESCRIPTOR_FORMAT,
     FleetDescriptor,
     NodeEntry,
     PublicJwk,
     VerificationKey,
 )
-from flashgate.fleet.signing import load_ed25519_public, sign_struct, verify_struct
+from flashgate.events.signing import sign, verify
+from flashgate.fleet.signing import load_ed25519_public
 from flashgate.names import validate_name
 
 
@@ -50,9 +50,7 @@ def build_descriptor(
         nodes=nodes,
         admin_key=admin_key,
     )
-    return msgspec.structs.replace(
-        unsigned, signature=sign_struct(admin, DESCRIPTOR_DOMAIN, unsigned)
-    )
+    return sign(unsigned, admin)
 
 
 def verify_descriptor(descriptor: FleetDescriptor, pinned_admin_key: str) -> ThresholdPublicKey:
@@ -63,12 +61,7 @@ def verify_descriptor(descriptor: FleetDescriptor, pinned_admin_key: str) -> Thr
     """
     if not hmac.compare_digest(descriptor.admin_key.encode(), pinned_admin_key.encode()):
         raise FleetMismatch("fleet descriptor names another admin key than the pinned one")
-    verify_struct(
-        load_ed25519_public(pinned_admin_key, "admin key"),
-        DESCRIPTOR_DOMAIN,
-        descriptor,
-        descriptor.signature,
-    )
+    verify(descriptor, load_ed25519_public(pinned_admin_key, "admin key"))
     return threshold_public_key(descriptor)
 
 

@@ -60,25 +60,26 @@ def write_fleet_dir(
     params: seal.KdfParams = seal.DEFAULT_KDF,
 ) -> list[Path]:
     check_out_dir(out, force=force)
+    seal.check_passphrase(passphrase)
+    descriptor = ceremony.descriptor
+    # Seal everything in memory first: a failure leaves the directory untouched.
+    files: list[tuple[Path, bytes, int]] = [
+        (
+            out / ADMIN_KEY_FILE,
+            seal_admin_key(descriptor.fleet, ceremony.admin_key, passphrase, params=params),
+            0o600,
+        ),
+        *(
+            (out / NODES_DIR / f"{b.node_id}.bundle", b.seal(passphrase, params=params), 0o600)
+            for b in ceremony.bundles
+        ),
+        (out / DESCRIPTOR_FILE, encode_descriptor(descriptor), 0o644),  # last: marks "done"
+    ]
     (out / NODES_DIR).mkdir(parents=True, exist_ok=True)
     os.chmod(out / NODES_DIR, 0o700)
-    written = []
-    descriptor = ceremony.descriptor
-    path = out / ADMIN_KEY_FILE
-    _write_atomic(
-        path,
-        seal_admin_key(descriptor.fleet, ceremony.admin_key, passphrase, params=params),
-        0o600,
-    )
-    written.append(path)
-    for bundle in ceremony.bundles:
-        path = out / NODES_DIR / f"{bundle.node_id}.bundle"
-        _write_atomic(path, bundle.seal(passphrase, params=params), 0o600)
-        written.append(path)
-    path = out / DESCRIPTOR_FILE
-    _write_atomic(path, encode_descriptor(descriptor), 0o644)
-    written.append(path)
-    return written
+    for path, data, mode in files:
+        _write_atomic(path, data, mode)
+    return [path for path, _, _ in files]
 
 
 def _read_limited(path: Path, limit: int, what: str) -> bytes:
@@ -91,6 +92,8 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
         raise ConfigurationError(f"{what} {path} does not exist") from exc
     except IsADirectoryError as exc:
         raise ConfigurationError(f"{what} {path} is a directory") from exc
+    except OSError as exc:  # not a directory, permission denied, I/O error, ...
+        raise ConfigurationError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
 def load_descriptor(fleet_dir: Path, pinned_admin_key: str | None = None) -> FleetDescriptor:

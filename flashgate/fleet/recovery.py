@@ -29,22 +29,32 @@ class Recovered:
         return self.secret.context is not None
 
 
-def check_bundles(descriptor: FleetDescriptor, bundles: Sequence[NodeBundle]) -> None:
-    for bundle in bundles:
-        if bundle.admin_key != descriptor.admin_key:
-            raise FleetMismatch(f"bundle of {bundle.node_id!r} pins another admin key")
-        if (bundle.fleet, bundle.epoch) != (descriptor.fleet, descriptor.epoch):
+def check_bundles(
+    descriptor: FleetDescriptor,
+    bundles: Sequence[NodeBundle],
+    labels: Sequence[str] | None = None,
+) -> None:
+    """Refuse bundles of another fleet or epoch, duplicates, and fewer than t.
+
+    ``labels`` name the bundles in messages (file paths in the CLI; node ids otherwise).
+    """
+    names = list(labels) if labels is not None else [repr(b.node_id) for b in bundles]
+    for bundle, label in zip(bundles, names, strict=True):
+        other_admin = bundle.admin_key != descriptor.admin_key
+        if other_admin or (bundle.fleet, bundle.epoch) != (descriptor.fleet, descriptor.epoch):
             raise FleetMismatch(
-                f"bundle of {bundle.node_id!r} is for fleet {bundle.fleet!r} epoch "
-                f"{bundle.epoch}, not {descriptor.fleet!r} epoch {descriptor.epoch}"
+                f"bundle {label} ({bundle.node_id}) belongs to fleet {bundle.fleet!r} epoch "
+                f"{bundle.epoch}{' of another admin' if other_admin else ''}, not fleet "
+                f"{descriptor.fleet!r} epoch {descriptor.epoch}"
             )
     seen: dict[int, str] = {}
-    for bundle in bundles:
+    for bundle, label in zip(bundles, names, strict=True):
         if bundle.index in seen:
             raise DuplicateShares(
-                f"bundles for {seen[bundle.index]!r} and {bundle.node_id!r} hold the same share"
+                f"bundles {seen[bundle.index]} and {label} hold the same share "
+                f"({bundle.node_id}, index {bundle.index})"
             )
-        seen[bundle.index] = bundle.node_id
+        seen[bundle.index] = label
     if len(bundles) < descriptor.threshold:
         raise NotEnoughShares(
             f"{len(bundles)} bundle(s) given; fleet {descriptor.fleet!r} needs "
@@ -58,8 +68,9 @@ def recover(
     token: str | bytes,
     *,
     expected: SecretContext | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Recovered:
-    check_bundles(descriptor, bundles)
+    check_bundles(descriptor, bundles, labels)
     public = bundles[0].public
     parsed = jwe.parse(token)
     if parsed.context is not None and parsed.context.fleet != descriptor.fleet:

@@ -1,17 +1,14 @@
-"""Ed25519 helpers for admin and node identities (keys as raw 32-byte base64url)."""
+"""Ed25519 / X25519 identity keys: generation from injected randomness, raw base64url forms."""
 
 from __future__ import annotations
 
-import msgspec
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from flashgate.crypto.encoding import b64url_decode, b64url_encode
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
-from flashgate.errors import InvalidKey, MalformedEnvelope, SignatureInvalid
-from flashgate.events.canonical import signed_bytes
+from flashgate.errors import InvalidKey, MalformedEnvelope
 
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
@@ -54,17 +51,3 @@ def load_x25519_public(value: str, what: str = "X25519 public key") -> X25519Pub
         return X25519PublicKey.from_public_bytes(raw)
     except (MalformedEnvelope, ValueError) as exc:
         raise InvalidKey(f"{what} is malformed") from exc
-
-
-def sign_struct(key: Ed25519PrivateKey, domain: str, struct: msgspec.Struct) -> str:
-    return b64url_encode(key.sign(signed_bytes(domain, struct)))
-
-
-def verify_struct(
-    public: Ed25519PublicKey, domain: str, struct: msgspec.Struct, signature: str
-) -> None:
-    try:
-        raw = b64url_decode(signature, "signature")
-        public.verify(raw, signed_bytes(domain, struct))
-    except (InvalidSignature, MalformedEnvelope) as exc:
-        raise SignatureInvalid(f"{domain} signature does not verify") from exc

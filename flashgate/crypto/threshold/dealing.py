@@ -49,7 +49,7 @@ def check_parameters(bits: int, parties: int, threshold: int, *, allow_insecure:
         if not allow_insecure:
             raise ConfigurationError(
                 f"key size {bits} is under the {MIN_SECURE_BITS}-bit minimum "
-                "(test keys need the explicit insecure-test option)"
+                "(test keys need the explicit insecure-test option, --insecure-test-key)"
             )
         if bits < MIN_INSECURE_BITS:
             raise ConfigurationError(f"key size must be at least {MIN_INSECURE_BITS} bits")

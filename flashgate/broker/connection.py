@@ -1,0 +1,275 @@
+"""Connecting to NATS: one place that sets roles, reconnect policy, logging and version checks.
+
+Every component connects through :func:`connect`, which adds what a bare
+``nats.connect`` does not:
+
+* **A role inbox.** Replies go to ``_INBOX.<role>.…`` (nats-py ``inbox_prefix``), so a
+  role's permissions can allow ``_INBOX.<role>.>`` instead of every inbox of the account.
+* **Logging, never payloads.** Disconnect, reconnect, error and close are logged through
+  structlog (``flashgate.broker``) with the role and connection name bound. Errors are
+  logged by type and text; nats-py error texts name subjects, not message data.
+* **A version floor.** The server must be nats-server >= 2.10 (2.9 silently ignores
+  consumer ``filter_subjects``). An older server is refused right after connecting
+  (:class:`~flashgate.errors.UnsupportedServer`); on a reconnect to an older server
+  (a mixed-version cluster) it is logged as an error, since a callback cannot raise.
+* **A first connection that fails fast.** nats-py retries the *first* connection forever
+  when ``max_reconnect_attempts`` is ``-1`` or ``0`` (it only drops a server from its pool
+  when that number is positive). So the first connection is made with a small positive
+  limit (``connect_retries``), and the caller's reconnect policy is put in place once
+  connected. Failures become :class:`~flashgate.errors.BrokerUnavailable` naming the URLs
+  without their credentials.
+
+* **Errors mapped at the boundary.** :func:`broker_errors` turns nats-py exceptions into
+  :class:`~flashgate.errors.BrokerUnavailable` (no answer: timeouts, no responders,
+  closed or reconnecting connection, JetStream 503) or
+  :class:`~flashgate.errors.BrokerError` (anything else), so callers above the broker
+  package catch flashgate errors only.
+
+``max_reconnect_attempts`` follows the Go client: ``-1`` reconnects forever, ``0`` never
+reconnects (the connection closes on the first disconnect), ``n > 0`` tries each server
+``n`` times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+
+from flashgate.broker.server import (
+    MIN_SERVER_VERSION,
+    WHY_MIN_VERSION,
+    minimum_version_text,
+    parse_version,
+)
+from flashgate.errors import BrokerError, BrokerUnavailable, ConfigurationError, UnsupportedServer
+from flashgate.names import validate_name
+
+_logger = structlog.get_logger("flashgate.broker")
+
+INBOX_ROOT = "_INBOX"
+_CALLBACK_OPTIONS = (
+    "error_cb",
+    "disconnected_cb",
+    "reconnected_cb",
+    "closed_cb",
+    "discovered_server_cb",
+    "lame_duck_mode_cb",
+)
+_ERROR_TEXT_LIMIT = 200
+
+Callback = Callable[[], Awaitable[None]]
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+def inbox_prefix(role: str) -> str:
+    """``_INBOX.<role>``: the reply-subject prefix of every connection of ``role``."""
+    return f"{INBOX_ROOT}.{validate_name(role, 'role')}"
+
+
+def check_server_version(version: str) -> tuple[int, int, int]:
+    """The parsed version, or :class:`UnsupportedServer` if it is older than 2.10."""
+    parsed = parse_version(version)
+    if parsed < MIN_SERVER_VERSION:
+        raise UnsupportedServer(
+            f"nats-server {version} is too old; flashgate needs {minimum_version_text()} "
+            f"({WHY_MIN_VERSION})"
+        )
+    return parsed
+
+
+def redact_url(url: str) -> str:
+    """A server URL without user, password or token: safe for messages and logs."""
+    try:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparsable url>"
+    return f"{parts.scheme}://{host}{port}"
+
+
+def _server_list(servers: str | list[str]) -> list[str]:
+    listed = [servers] if isinstance(servers, str) else list(servers)
+    if not listed:
+        raise ConfigurationError("no NATS server URL given")
+    return listed
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:_ERROR_TEXT_LIMIT]
+
+
+def _connected_version(nc: Client) -> str:
+    version = nc.connected_server_version
+    return f"{version.major}.{version.minor}.{version.patch}"
+
+
+def _connected_url(nc: Client) -> str | None:
+    url = nc.connected_url
+    return redact_url(url.geturl()) if url is not None else None
+
+
+def _logging_callbacks(
+    nc: Client, log: Any, user_callbacks: dict[str, Any]
+) -> dict[str, Callback | ErrorCallback]:
+    """nats-py callbacks that log, then call the caller's own callback of the same kind."""
+
+    async def chain(kind: str, *args: Any) -> None:
+        user = user_callbacks.get(kind)
+        if user is not None:
+            await user(*args)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats.error", error_type=type(exc).__name__, error=_error_text(exc))
+        await chain("error_cb", exc)
+
+    async def on_disconnected() -> None:
+        log.warning("nats.disconnected")
+        await chain("disconnected_cb")
+
+    async def on_reconnected() -> None:
+        log.info("nats.reconnected", server=_connected_url(nc))
+        try:
+            check_server_version(_connected_version(nc))
+        except UnsupportedServer as exc:
+            log.error("nats.unsupported_server", server=_connected_url(nc), error=exc.message)
+        await chain("reconnected_cb")
+
+    async def on_closed() -> None:
+        log.info("nats.closed")
+        await chain("closed_cb")
+
+    async def on_discovered() -> None:
+        log.info("nats.discovered_servers", count=len(nc.discovered_servers))
+        await chain("discovered_server_cb")
+
+    async def on_lame_duck() -> None:
+        log.warning("nats.lame_duck_mode", server=_connected_url(nc))
+        await chain("lame_duck_mode_cb")
+
+    return {
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+        "closed_cb": on_closed,
+        "discovered_server_cb": on_discovered,
+        "lame_duck_mode_cb": on_lame_duck,
+    }
+
+
+def _connect_failure(urls: list[str], nc: Client, exc: BaseException) -> BrokerError:
+    """The flashgate error for a failed first connection (the cause is nc's last error)."""
+    shown = ", ".join(redact_url(url) for url in urls)
+    cause = nc.last_error if isinstance(exc, nats.errors.NoServersError) else exc
+    cause = cause or exc
+    if isinstance(cause, nats.errors.AuthorizationError):
+        return BrokerError(f"NATS at {shown} refused the credentials (authorization violation)")
+    return BrokerUnavailable(
+        f"cannot connect to NATS at {shown}: {type(cause).__name__}: {_error_text(cause)}"
+    )
+
+
+async def _close_quietly(nc: Client) -> None:
+    with contextlib.suppress(nats.errors.Error, OSError):
+        await nc.close()
+
+
+async def connect(
+    servers: str | list[str],
+    *,
+    role: str,
+    name: str,
+    user: str | None = None,
+    password: str | None = None,
+    connect_timeout: float = 5,
+    max_reconnect_attempts: int = -1,
+    reconnect_time_wait: float = 0.5,
+    connect_retries: int = 1,
+    **options: Any,
+) -> Client:
+    """A connected nats-py client for ``role``; see the module docstring for the policy.
+
+    ``connect_retries`` (>= 1) is how many more times each server is tried when the first
+    connection fails; ``options`` go to ``nats.aio.client.Client.connect`` unchanged,
+    except ``inbox_prefix`` (set from ``role``) and the callbacks (logged, then called).
+    """
+    urls = _server_list(servers)
+    prefix = inbox_prefix(role)
+    if "inbox_prefix" in options:
+        raise ConfigurationError("inbox_prefix is derived from the role; do not pass it")
+    if connect_retries < 1:
+        raise ConfigurationError("connect_retries must be >= 1 (nats-py reads 0 as forever)")
+    if max_reconnect_attempts < -1:
+        raise ConfigurationError("max_reconnect_attempts must be -1, 0 or positive")
+    user_callbacks = {key: options.pop(key) for key in _CALLBACK_OPTIONS if key in options}
+    log = _logger.bind(role=role, connection=name)
+    nc = Client()
+    kwargs: dict[str, Any] = {
+        **options,
+        **_logging_callbacks(nc, log, user_callbacks),
+        "servers": urls,
+        "name": name,
+        "user": user,
+        "password": password,
+        "inbox_prefix": prefix,
+        "connect_timeout": connect_timeout,
+        "reconnect_time_wait": reconnect_time_wait,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": connect_retries,
+    }
+    try:
+        await nc.connect(**kwargs)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        await _close_quietly(nc)
+        raise _connect_failure(urls, nc, exc) from exc
+    # The first connection is up: from now on, the caller's reconnect policy.
+    nc.options["allow_reconnect"] = max_reconnect_attempts != 0
+    nc.options["max_reconnect_attempts"] = max_reconnect_attempts or -1
+    await _require_supported(nc)
+    log.info("nats.connected", server=_connected_url(nc), version=_connected_version(nc))
+    return nc
+
+
+async def _require_supported(nc: Client) -> None:
+    """Close ``nc`` and raise :class:`UnsupportedServer` if its server is too old."""
+    try:
+        check_server_version(_connected_version(nc))
+    except UnsupportedServer as exc:
+        url = _connected_url(nc)
+        await _close_quietly(nc)
+        raise UnsupportedServer(f"{url}: {exc.message}") from exc
+
+
+# --- errors at the boundary -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def broker_errors(what: str) -> Iterator[None]:
+    """Map nats-py errors raised inside the block to flashgate errors about ``what``."""
+    try:
+        yield
+    except (
+        nats.errors.TimeoutError,
+        nats.errors.NoRespondersError,
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionReconnectingError,
+        nats.js.errors.ServiceUnavailableError,
+    ) as exc:
+        raise BrokerUnavailable(f"{what}: NATS did not answer ({describe_error(exc)})") from exc
+    except nats.errors.Error as exc:
+        raise BrokerError(f"{what}: {describe_error(exc)}") from exc
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short text for a nats-py error: the JetStream description and code if any."""
+    if isinstance(exc, nats.js.errors.APIError) and exc.description:
+        return f"{exc.description} (code {exc.err_code})"
+    return f"{type(exc).__name__}: {exc}"[:200]

@@ -1,0 +1,156 @@
+"""Admin commands: signed, idempotent requests on ``fg.<f>.cmd.<type>``.
+
+Every command carries a command id (also its ``Nats-Msg-Id``, so a re-publish is dropped
+by JetStream and a re-delivery is a no-op for the backend), the actor, the issue time and
+the admin's Ed25519 signature over its canonical bytes (domain ``command``; the ``type``
+tag is signed too). A command never carries a plaintext secret: secret values travel only
+as envelopes (JWEs under the fleet key), written client-side.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import msgspec
+from msgspec import Meta
+
+from flashgate.events.codec import Codec
+from flashgate.events.envelope import JweText
+from flashgate.events.fleet import FleetDescriptor, Roster
+from flashgate.events.types import (
+    Actor,
+    ApiKeyScope,
+    CommandId,
+    Ed25519Sig,
+    Epoch,
+    Label,
+    Name,
+    SecretKind,
+    UnixMillis,
+    Version,
+)
+
+MAX_COMMAND_BYTES = 384 * 1024
+
+
+class Command(
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    kw_only=True,
+    tag_field="type",
+):
+    signing_domain: ClassVar[str] = "command"
+
+    command_id: CommandId
+    fleet: Name
+    actor: Actor
+    issued_at: UnixMillis
+
+    @property
+    def command_type(self) -> str:
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+
+class PutSecret(Command, tag="secret.put"):
+    """Create a secret (version 1) or a new version of it."""
+
+    repo: Name
+    name: Name
+    kind: SecretKind
+    version: Version
+    epoch: Epoch
+    jwe: JweText
+    signature: Ed25519Sig = ""
+
+
+class RotateSecret(Command, tag="secret.rotate"):
+    """Replace an existing secret's value: version must be current + 1."""
+
+    repo: Name
+    name: Name
+    kind: SecretKind
+    version: Version
+    epoch: Epoch
+    jwe: JweText
+    signature: Ed25519Sig = ""
+
+
+class DeleteSecret(Command, tag="secret.delete"):
+    repo: Name
+    name: Name
+    signature: Ed25519Sig = ""
+
+
+class CreateApiKey(Command, tag="apikey.create"):
+    """A repository API key; its secret, made client-side, travels as a JWE (kind apikey)."""
+
+    key_id: Name
+    repo: Name
+    scope: ApiKeyScope
+    access: Name
+    label: Label
+    epoch: Epoch
+    jwe: JweText
+    signature: Ed25519Sig = ""
+
+
+class RenameApiKey(Command, tag="apikey.rename"):
+    key_id: Name
+    label: Label
+    signature: Ed25519Sig = ""
+
+
+class RevokeApiKey(Command, tag="apikey.revoke"):
+    key_id: Name
+    signature: Ed25519Sig = ""
+
+
+class RevokeNode(Command, tag="node.revoke"):
+    """Revoke a node: carries the new admin-signed roster (higher serial, node revoked)."""
+
+    node_id: Name
+    roster: Roster
+    signature: Ed25519Sig = ""
+
+
+class StartKeyRotation(Command, tag="fleet.rotation.start"):
+    """Start re-wrapping every envelope from ``from_epoch`` to the new descriptor's epoch."""
+
+    from_epoch: Epoch
+    descriptor: FleetDescriptor
+    signature: Ed25519Sig = ""
+
+
+class FinishKeyRotation(Command, tag="fleet.rotation.finish"):
+    """Retire ``retired_epoch`` once no envelope references it."""
+
+    retired_epoch: Epoch
+    signature: Ed25519Sig = ""
+
+
+AnyCommand = (
+    PutSecret
+    | RotateSecret
+    | DeleteSecret
+    | CreateApiKey
+    | RenameApiKey
+    | RevokeApiKey
+    | RevokeNode
+    | StartKeyRotation
+    | FinishKeyRotation
+)
+COMMAND_TYPES: tuple[type[Command], ...] = (
+    PutSecret,
+    RotateSecret,
+    DeleteSecret,
+    CreateApiKey,
+    RenameApiKey,
+    RevokeApiKey,
+    RevokeNode,
+    StartKeyRotation,
+    FinishKeyRotation,
+)
+COMMAND_CODEC: Codec[AnyCommand] = Codec(AnyCommand, max_bytes=MAX_COMMAND_BYTES, what="command")
+
+CommandTypeName = Annotated[str, Meta(pattern=r"^[a-z0-9_.-]{1,64}$")]

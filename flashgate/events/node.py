@@ -1,0 +1,105 @@
+"""Liveness and status: ``fg.<f>.node.<node>.heartbeat`` and ``...status``.
+
+Heartbeats are published by each node (signed with its identity, domain ``heartbeat``).
+Status requests come from the admin tooling (admin-signed, domain ``status-request``), and
+the node answers with a signed :class:`StatusResponse` (domain ``status-response``). A
+status answer names secrets and versions, never a value or a partial decryption.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import msgspec
+from msgspec import Meta
+
+from flashgate.events.codec import Codec
+from flashgate.events.types import (
+    Count,
+    Ed25519Sig,
+    Epoch,
+    Name,
+    ReasonCode,
+    RequestId,
+    SecretKey,
+    Serial,
+    SignatureRaw,
+    UnixMillis,
+    Version,
+)
+
+MAX_HEARTBEAT_BYTES = 4 * 1024
+MAX_STATUS_REQUEST_BYTES = 4 * 1024
+MAX_STATUS_RESPONSE_BYTES = 4 * 1024 * 1024
+MAX_STATUS_SECRETS = 100_000
+
+
+class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    signing_domain: ClassVar[str] = "heartbeat"
+
+    fleet: Name
+    node_id: Name
+    epoch: Epoch
+    roster_serial: Serial
+    issued_at: UnixMillis
+    started_at: UnixMillis
+    secrets_held: Count
+    secrets_pending: Count
+    signature: SignatureRaw = b""
+
+
+class StatusRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    signing_domain: ClassVar[str] = "status-request"
+
+    fleet: Name
+    request_id: RequestId
+    issued_at: UnixMillis
+    include_secrets: bool = True
+    signature: Ed25519Sig = ""
+
+
+class PeerStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
+    node_id: Name
+    last_seen: UnixMillis | None
+    last_latency_ms: Annotated[float, Meta(ge=0)] | None
+
+
+class HeldSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
+    key: SecretKey
+    version: Version
+
+
+class PendingSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
+    key: SecretKey
+    reason: ReasonCode
+
+
+class StatusResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    signing_domain: ClassVar[str] = "status-response"
+
+    fleet: Name
+    node_id: Name
+    request_id: RequestId
+    issued_at: UnixMillis
+    started_at: UnixMillis
+    epoch: Epoch
+    roster_serial: Serial
+    peers: Annotated[list[PeerStatus], Meta(max_length=64)] = []
+    secrets: Annotated[list[HeldSecret], Meta(max_length=MAX_STATUS_SECRETS)] = []
+    pending: Annotated[list[PendingSecret], Meta(max_length=MAX_STATUS_SECRETS)] = []
+    secrets_held: Count = 0
+    share_requests_served: Count = 0
+    share_requests_refused: dict[ReasonCode, Count] = {}
+    misbehaviour: dict[Name, Count] = {}
+    signature: SignatureRaw = b""
+
+
+HEARTBEAT_CODEC: Codec[Heartbeat] = Codec(
+    Heartbeat, max_bytes=MAX_HEARTBEAT_BYTES, fmt="msgpack", what="heartbeat"
+)
+STATUS_REQUEST_CODEC: Codec[StatusRequest] = Codec(
+    StatusRequest, max_bytes=MAX_STATUS_REQUEST_BYTES, what="status request"
+)
+STATUS_RESPONSE_CODEC: Codec[StatusResponse] = Codec(
+    StatusResponse, max_bytes=MAX_STATUS_RESPONSE_BYTES, fmt="msgpack", what="status response"
+)
