@@ -19,14 +19,14 @@ from flashgate.errors import (
     DuplicateShares,
     FleetMismatch,
     InvalidKey,
-    MalformedDocument,
+    MalformedMessage,
     MalformedSealedFile,
     NotEnoughShares,
     SignatureInvalid,
     UnsealError,
 )
 from flashgate.events.canonical import signed_bytes
-from flashgate.events.fleet import DESCRIPTOR_DOMAIN, decode_descriptor, encode_descriptor
+from flashgate.events.fleet import decode_descriptor, encode_descriptor
 from flashgate.fleet.bundle import open_admin_key, open_bundle, seal_admin_key
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import threshold_public_key, verify_descriptor
@@ -134,7 +134,7 @@ def test_signed_bytes_are_re_derivable() -> None:
         b"flashgate/v1/fleet-descriptor\n"
         + json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     )
-    assert rebuilt == signed_bytes(DESCRIPTOR_DOMAIN, d)
+    assert rebuilt == signed_bytes("fleet-descriptor", d)
     Ed25519PublicKey.from_public_bytes(b64url_decode(doc["admin_key"])).verify(
         b64url_decode(sig), rebuilt
     )
@@ -143,11 +143,11 @@ def test_signed_bytes_are_re_derivable() -> None:
 def test_malformed_descriptors_are_refused() -> None:
     d = ceremony().descriptor
     raw = encode_descriptor(d)
-    with pytest.raises(MalformedDocument):
+    with pytest.raises(MalformedMessage):
         decode_descriptor(b"{not json")
-    with pytest.raises(MalformedDocument):
+    with pytest.raises(MalformedMessage):
         decode_descriptor(raw.replace(b'"threshold"', b'"threshold_x"'))
-    with pytest.raises(MalformedDocument):  # unknown field refused on a signed type
+    with pytest.raises(MalformedMessage):  # unknown field refused on a signed type
         decode_descriptor(raw[:-2] + b',"extra":1}\n')
 
 

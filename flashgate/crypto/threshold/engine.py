@@ -11,6 +11,7 @@ caller wraps :meth:`PartialEngine.submit` with ``asyncio.wrap_future``.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -63,12 +64,15 @@ class PartialEngine:
             for chunk in chunks
         ]
         result: Future[list[int]] = Future()
-        remaining = [len(parts)]
+        remaining = len(parts)
+        lock = threading.Lock()
 
         def _done(_: Future[list[int]]) -> None:
-            remaining[0] -= 1
-            if remaining[0] or result.done():
-                return
+            nonlocal remaining
+            with lock:  # callbacks run in worker threads (or here, if already done)
+                remaining -= 1
+                if remaining:
+                    return
             try:
                 result.set_result([x for part in parts for x in part.result()])
             except BaseException as exc:  # propagate a worker failure to the caller
