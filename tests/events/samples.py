@@ -16,8 +16,8 @@ from flashgate.events import domain as ev
 from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope
 from flashgate.events.fleet import Roster, RosterNode
 from flashgate.events.node import (
-    HeldSecret,
     Heartbeat,
+    HeldSecret,
     PeerStatus,
     PendingSecret,
     StatusRequest,
