@@ -200,3 +200,43 @@ class BrokerUnavailable(BrokerError):
     """The NATS server cannot be reached."""
 
     code = "broker_unavailable"
+
+
+# --- commands against the current state ----------------------------------------------------
+
+
+class ConflictError(FlashgateError):
+    """A well-formed command that does not fit the current state."""
+
+    code = "conflict"
+
+
+class StaleVersion(ConflictError):
+    """A secret version that is not exactly the current version + 1 (versions never go
+    backwards or skip)."""
+
+    code = "stale_version"
+
+
+class AlreadyExists(ConflictError):
+    """The thing to create exists already."""
+
+    code = "already_exists"
+
+
+class NotFound(ConflictError):
+    """The secret, API key or node named does not exist (or is deleted or revoked)."""
+
+    code = "not_found"
+
+
+class StaleEpoch(ConflictError):
+    """An envelope or descriptor for a fleet key epoch that is not the one expected."""
+
+    code = "stale_epoch"
+
+
+class StaleRoster(ConflictError):
+    """A roster whose serial is not higher than the one held."""
+
+    code = "stale_roster"

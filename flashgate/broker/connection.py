@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -117,8 +118,15 @@ def _connected_url(nc: Client) -> str | None:
     return redact_url(url.geturl()) if url is not None else None
 
 
+@dataclass(slots=True)
+class _Errors:
+    """The last error nats-py reported: its ``NoServersError`` hides the real cause."""
+
+    last: Exception | None = None
+
+
 def _logging_callbacks(
-    nc: Client, log: Any, user_callbacks: dict[str, Any]
+    nc: Client, log: Any, user_callbacks: dict[str, Any], errors: _Errors
 ) -> dict[str, Callback | ErrorCallback]:
     """nats-py callbacks that log, then call the caller's own callback of the same kind."""
 
@@ -128,6 +136,7 @@ def _logging_callbacks(
             await user(*args)
 
     async def on_error(exc: Exception) -> None:
+        errors.last = exc
         log.warning("nats.error", error_type=type(exc).__name__, error=_error_text(exc))
         await chain("error_cb", exc)
 
@@ -165,12 +174,20 @@ def _logging_callbacks(
     }
 
 
-def _connect_failure(urls: list[str], nc: Client, exc: BaseException) -> BrokerError:
-    """The flashgate error for a failed first connection (the cause is nc's last error)."""
+def _is_auth_failure(exc: BaseException) -> bool:
+    # nats-py raises a plain Error("nats: 'Authorization Violation'") during the handshake.
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(exc).lower()
+    )
+
+
+def _connect_failure(urls: list[str], exc: BaseException, errors: _Errors) -> BrokerError:
+    """The flashgate error for a failed first connection, from its real cause."""
     shown = ", ".join(redact_url(url) for url in urls)
-    cause = nc.last_error if isinstance(exc, nats.errors.NoServersError) else exc
-    cause = cause or exc
-    if isinstance(cause, nats.errors.AuthorizationError):
+    cause: BaseException = exc
+    if isinstance(exc, nats.errors.NoServersError) and errors.last is not None:
+        cause = errors.last
+    if _is_auth_failure(cause):
         return BrokerError(f"NATS at {shown} refused the credentials (authorization violation)")
     return BrokerUnavailable(
         f"cannot connect to NATS at {shown}: {type(cause).__name__}: {_error_text(cause)}"
@@ -212,9 +229,10 @@ async def connect(
     user_callbacks = {key: options.pop(key) for key in _CALLBACK_OPTIONS if key in options}
     log = _logger.bind(role=role, connection=name)
     nc = Client()
+    errors = _Errors()
     kwargs: dict[str, Any] = {
         **options,
-        **_logging_callbacks(nc, log, user_callbacks),
+        **_logging_callbacks(nc, log, user_callbacks, errors),
         "servers": urls,
         "name": name,
         "user": user,
@@ -229,7 +247,7 @@ async def connect(
         await nc.connect(**kwargs)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         await _close_quietly(nc)
-        raise _connect_failure(urls, nc, exc) from exc
+        raise _connect_failure(urls, exc, errors) from exc
     # The first connection is up: from now on, the caller's reconnect policy.
     nc.options["allow_reconnect"] = max_reconnect_attempts != 0
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts or -1

@@ -19,7 +19,7 @@ from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
 from flashgate.errors import FlashgateError
 from flashgate.fleet.ceremony import default_node_ids, run_ceremony
-from flashgate.fleet.descriptor import threshold_public_key
+from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import DESCRIPTOR_FILE, load_descriptor, read_bundle, write_fleet_dir
 from flashgate.fleet.recovery import recover
 
@@ -76,7 +76,7 @@ def demo(home: Path, nodes: int, threshold: int, key_bits: int) -> None:
     else:
         click.echo(f"1. key ceremony: reusing the fleet in {fleet_dir}")
     descriptor = load_descriptor(fleet_dir)
-    key = threshold_public_key(descriptor).key
+    key = fleet_public_key(descriptor)
     value = f"demo-api-key-{secrets.token_hex(16)}".encode()
     context = SecretContext(
         fleet=descriptor.fleet, repo="demo-repo", name="openai", kind="ai", version=1

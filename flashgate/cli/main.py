@@ -33,7 +33,7 @@ from flashgate.errors import (
     OversizedInput,
 )
 from flashgate.fleet.ceremony import check_ceremony, default_node_ids, run_ceremony
-from flashgate.fleet.descriptor import threshold_public_key
+from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import check_out_dir, load_descriptor, read_bundle, write_fleet_dir
 from flashgate.fleet.recovery import recover
 from flashgate.names import validate_name
@@ -199,7 +199,7 @@ def _search_primes(bits: int, *, quiet: bool) -> tuple[int, int]:
 def encrypt_cmd(fleet_dir: Path, repo: str, name: str, kind: str, version: int) -> None:
     """Encrypt stdin under the fleet key; print the JWE. Needs no passphrase."""
     descriptor = load_descriptor(fleet_dir)
-    key = threshold_public_key(descriptor).key
+    key = fleet_public_key(descriptor)
     plaintext = _read_stdin(MAX_PLAINTEXT_BYTES, "secret")
     context = SecretContext(
         fleet=descriptor.fleet, repo=repo, name=name, kind=kind, version=version

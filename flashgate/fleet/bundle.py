@@ -26,8 +26,9 @@ from flashgate.errors import (
     MalformedSealedFile,
 )
 from flashgate.events.fleet import FleetDescriptor
-from flashgate.fleet.descriptor import node_entry, verify_descriptor
+from flashgate.fleet.descriptor import node_entry
 from flashgate.fleet.signing import private_raw, public_b64
+from flashgate.fleet.threshold_key import verified_threshold_key
 
 BUNDLE_PURPOSE = "node-bundle"
 ADMIN_KEY_PURPOSE = "admin-key"
@@ -111,7 +112,7 @@ def open_bundle(blob: bytes, passphrase: str) -> NodeBundle:
     if contents.format != BUNDLE_FORMAT:
         raise MalformedSealedFile(f"unsupported bundle format {contents.format}")
     descriptor = contents.descriptor
-    public = verify_descriptor(descriptor, contents.admin_key)
+    public = verified_threshold_key(descriptor, contents.admin_key)
     if (contents.fleet, contents.epoch) != (descriptor.fleet, descriptor.epoch):
         raise FleetMismatch("bundle header and its descriptor name different fleets or epochs")
     entry = node_entry(descriptor, contents.node_id)

@@ -18,8 +18,8 @@ from flashgate.crypto.threshold.dealing import check_parameters, deal
 from flashgate.errors import ConfigurationError
 from flashgate.events.fleet import FleetDescriptor, NodeEntry
 from flashgate.fleet.bundle import NodeBundle
-from flashgate.fleet.descriptor import build_descriptor
 from flashgate.fleet.signing import new_ed25519, new_x25519, public_b64
+from flashgate.fleet.threshold_key import build_descriptor
 from flashgate.names import validate_name
 
 

@@ -1,4 +1,9 @@
-"""Building, signing and checking the fleet descriptor, and the keys it describes."""
+"""Building, signing and checking the fleet descriptor.
+
+:func:`verify_descriptor` needs only public-key code, so the backend can pin and check
+descriptors without loading any share or combine code. The threshold view of a descriptor
+(verification keys) is :mod:`flashgate.fleet.threshold_key`, for nodes and recovery.
+"""
 
 from __future__ import annotations
 
@@ -7,72 +12,37 @@ import hmac
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from flashgate.crypto.encoding import b64url_decode, b64url_encode, int_to_bytes
+from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey, fleet_kid
-from flashgate.crypto.threshold.keys import ThresholdPublicKey
 from flashgate.errors import FleetMismatch, InvalidKey, MalformedDocument, MalformedEnvelope
-from flashgate.events.fleet import (
-    DESCRIPTOR_FORMAT,
-    FleetDescriptor,
-    NodeEntry,
-    PublicJwk,
-    VerificationKey,
-)
+from flashgate.events.fleet import DESCRIPTOR_FORMAT, FleetDescriptor, NodeEntry
 from flashgate.events.signing import sign, verify
 from flashgate.fleet.signing import load_ed25519_public
 from flashgate.names import validate_name
 
 
-def build_descriptor(
-    *,
-    fleet: str,
-    epoch: int,
-    public: ThresholdPublicKey,
-    nodes: list[NodeEntry],
-    admin: Ed25519PrivateKey,
-    created_at: str,
-) -> FleetDescriptor:
-    k = public.key.byte_length
-    admin_key = b64url_encode(admin.public_key().public_bytes_raw())
-    unsigned = FleetDescriptor(
-        format=DESCRIPTOR_FORMAT,
-        fleet=fleet,
-        epoch=epoch,
-        threshold=public.threshold,
-        created_at=created_at,
-        public_key_pem=public.key.to_pem(),
-        public_key_jwk=PublicJwk(**public.key.to_jwk(fleet_kid(fleet, epoch))),
-        verification_base=b64url_encode(int_to_bytes(public.verification_base, k)),
-        verification_keys=[
-            VerificationKey(index=i, value=b64url_encode(int_to_bytes(v, k)))
-            for i, v in sorted(public.verification_keys.items())
-        ],
-        nodes=nodes,
-        admin_key=admin_key,
-    )
+def sign_descriptor(unsigned: FleetDescriptor, admin: Ed25519PrivateKey) -> FleetDescriptor:
     return sign(unsigned, admin)
 
 
-def verify_descriptor(descriptor: FleetDescriptor, pinned_admin_key: str) -> ThresholdPublicKey:
+def verify_descriptor(descriptor: FleetDescriptor, pinned_admin_key: str) -> FleetPublicKey:
     """Check the admin signature against the pinned key, then the document's consistency.
 
-    Returns the threshold public key it describes. Raises :class:`SignatureInvalid`,
+    Returns the fleet public key it describes. Raises :class:`SignatureInvalid`,
     :class:`FleetMismatch` (signed by another admin) or :class:`MalformedDocument`.
     """
     if not hmac.compare_digest(descriptor.admin_key.encode(), pinned_admin_key.encode()):
         raise FleetMismatch("fleet descriptor names another admin key than the pinned one")
     verify(descriptor, load_ed25519_public(pinned_admin_key, "admin key"))
-    return threshold_public_key(descriptor)
+    return fleet_public_key(descriptor)
 
 
-def threshold_public_key(descriptor: FleetDescriptor) -> ThresholdPublicKey:
-    """The ThresholdPublicKey a (signature-checked) descriptor describes."""
+def fleet_public_key(descriptor: FleetDescriptor) -> FleetPublicKey:
+    """The fleet RSA public key of a descriptor, after its structural checks."""
     if descriptor.format != DESCRIPTOR_FORMAT:
         raise MalformedDocument(f"unsupported fleet descriptor format {descriptor.format}")
     try:
         validate_name(descriptor.fleet, "fleet name")
-        if descriptor.epoch < 1:
-            raise MalformedDocument("epoch must be >= 1")
         key = FleetPublicKey.from_jwk(msgspec.to_builtins(descriptor.public_key_jwk))
         if FleetPublicKey.from_pem(descriptor.public_key_pem) != key:
             raise MalformedDocument("the PEM and JWK forms of the fleet key differ")
@@ -86,20 +56,14 @@ def threshold_public_key(descriptor: FleetDescriptor) -> ThresholdPublicKey:
         indices = sorted(n.index for n in descriptor.nodes)
         if indices != list(range(1, len(indices) + 1)):
             raise MalformedDocument("node indices must be 1..n, each once")
-        return ThresholdPublicKey(
-            key=key,
-            threshold=descriptor.threshold,
-            parties=len(descriptor.nodes),
-            verification_base=_group_element(descriptor.verification_base),
-            verification_keys={
-                vk.index: _group_element(vk.value) for vk in descriptor.verification_keys
-            },
-        )
+        if not 1 <= descriptor.threshold <= len(indices):
+            raise MalformedDocument("the threshold must be between 1 and the number of nodes")
+        return key
     except (InvalidKey, MalformedEnvelope) as exc:
         raise MalformedDocument(f"invalid fleet descriptor: {exc}") from exc
 
 
-def _group_element(value: str) -> int:
+def group_element(value: str) -> int:
     return int.from_bytes(b64url_decode(value, "group element"), "big")
 
 

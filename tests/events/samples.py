@@ -33,7 +33,7 @@ from flashgate.events.share import (
 )
 from flashgate.events.signing import sign
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
-from flashgate.fleet.descriptor import threshold_public_key
+from flashgate.fleet.descriptor import fleet_public_key
 from tests.helpers import TEST_BITS, fixed_primes
 
 FLEET = "samples"
@@ -62,7 +62,7 @@ def node_key(i: int) -> Ed25519PrivateKey:
 
 
 def jwe_for(repo: str, name: str, kind: str = "ai", version: int = 1) -> str:
-    key = threshold_public_key(fleet().descriptor).key
+    key = fleet_public_key(fleet().descriptor)
     ctx = SecretContext(fleet=FLEET, repo=repo, name=name, kind=kind, version=version)
     return encrypt_secret(key, ctx, b"sample value", rng=DeterministicRng(b"jwe"))
 

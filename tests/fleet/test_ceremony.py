@@ -29,9 +29,10 @@ from flashgate.events.canonical import signed_bytes
 from flashgate.events.fleet import decode_descriptor, encode_descriptor
 from flashgate.fleet.bundle import open_admin_key, open_bundle, seal_admin_key
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
-from flashgate.fleet.descriptor import threshold_public_key, verify_descriptor
+from flashgate.fleet.descriptor import fleet_public_key, verify_descriptor
 from flashgate.fleet.files import load_descriptor, read_bundle, write_fleet_dir
 from flashgate.fleet.recovery import recover
+from flashgate.fleet.threshold_key import verified_threshold_key
 from tests.helpers import CANARY, FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -60,7 +61,7 @@ def context(version: int = 1, fleet: str = "acme") -> SecretContext:
 
 
 def token(cer: Ceremony, plaintext: bytes = CANARY, ctx: SecretContext | None = None) -> str:
-    key = threshold_public_key(cer.descriptor).key
+    key = fleet_public_key(cer.descriptor)
     return encrypt_secret(key, ctx or context(fleet=cer.descriptor.fleet), plaintext)
 
 
@@ -75,7 +76,7 @@ def test_descriptor_contents_and_signature() -> None:
     assert d.public_key_jwk.kid == "flashgate:acme:1"
     assert d.public_key_pem.startswith("-----BEGIN PUBLIC KEY-----")
     assert d.created_at == "2026-11-28T12:00:00Z"
-    public = verify_descriptor(d, d.admin_key)
+    public = verified_threshold_key(d, d.admin_key)
     assert public.modulus.bit_length() == TEST_BITS
     assert len(public.verification_keys) == 5
 

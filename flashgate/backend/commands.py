@@ -1,0 +1,692 @@
+"""Applying admin commands: validate, then change the database, the outbox and the audit
+log in one transaction.
+
+Checks run cheapest first: size and schema (the codec), fleet, admin signature, then the
+command against the current state inside the transaction (versions, epochs, existence).
+Every refusal is a typed :class:`FlashgateError` whose ``code`` becomes the ``reason`` of a
+``command rejected`` event and of the audit row; the service keeps running.
+
+A command id is processed once: its row in ``processed_commands`` is written in the same
+transaction. Seeing it again repeats the original outcome (the outcome event is published
+again under its original ``Nats-Msg-Id``) and changes nothing.
+
+The backend sees envelopes only. It parses a JWE's header to check the bound context and
+the wrapped key's size, with the encrypt-side modules; it cannot decrypt anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from flashgate.backend import outbox
+from flashgate.backend.models import (
+    ApiKey,
+    AuditEvent,
+    Fleet,
+    FleetEpoch,
+    OutboxMessage,
+    ProcessedCommand,
+    Repository,
+    Secret,
+    SecretVersion,
+)
+from flashgate.crypto import jwe
+from flashgate.crypto.context import SecretContext, check_context
+from flashgate.crypto.publickey import FleetPublicKey
+from flashgate.errors import (
+    AlreadyExists,
+    ConfigurationError,
+    FlashgateError,
+    FleetMismatch,
+    MalformedMessage,
+    NotFound,
+    StaleEpoch,
+    StaleRoster,
+    StaleVersion,
+)
+from flashgate.events import commands as cmd
+from flashgate.events import domain as ev
+from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope
+from flashgate.events.fleet import ROSTER_CODEC, encode_descriptor
+from flashgate.events.signing import verify
+from flashgate.events.subjects import FleetNames, secret_key
+from flashgate.fleet.descriptor import verify_descriptor
+from flashgate.fleet.signing import load_ed25519_public
+
+log = structlog.get_logger("flashgate.backend.commands")
+
+API_KEY_PREFIX = "fgk_"
+STORAGE_ACCESS = frozenset({"read", "write", "admin"})
+SECRET_KINDS = frozenset({"storage", "ai", "integration", "generic"})
+MAX_APPLY_ATTEMPTS = 3
+
+
+@dataclass
+class FleetState:
+    """What the backend pins and tracks for its fleet."""
+
+    names: FleetNames
+    fleet_id: int
+    admin_key: str
+    epoch: int
+    keys: dict[int, FleetPublicKey]  # epoch -> fleet public key
+    roster_serial: int = 0
+    rotating_to: int | None = None
+    _admin: Ed25519PublicKey | None = field(default=None, repr=False)
+
+    @property
+    def admin(self) -> Ed25519PublicKey:
+        if self._admin is None:
+            self._admin = load_ed25519_public(self.admin_key, "admin key")
+        return self._admin
+
+    def writable_epochs(self) -> set[int]:
+        """New envelopes may be under the current epoch or, during a rotation, the next."""
+        return {self.epoch} | ({self.rotating_to} if self.rotating_to else set())
+
+
+@dataclass(frozen=True)
+class Outcome:
+    command_id: str | None
+    command_type: str | None
+    result: str  # applied | rejected | duplicate
+    reason: str | None = None
+    detail: str | None = None
+
+
+def _now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def _peek_id(raw: bytes) -> tuple[str | None, str | None]:
+    """Best-effort command id and type of an undecodable command, for the rejection."""
+    try:
+        doc = msgspec.json.decode(raw[:65536]) if len(raw) <= 65536 else None
+    except msgspec.DecodeError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    cid, ctype = doc.get("command_id"), doc.get("type")
+    ok_id = cid if isinstance(cid, str) and 16 <= len(cid) <= 64 and cid.isascii() else None
+    ok_type = ctype if isinstance(ctype, str) and len(ctype) <= 64 and ctype.isascii() else None
+    if ok_id is not None and not all(ch.isalnum() or ch in "_-" for ch in ok_id):
+        ok_id = None
+    return ok_id, ok_type
+
+
+class CommandProcessor:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        state: FleetState,
+        *,
+        source: str,
+        on_commit: outbox.Callable[[], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self.state = state
+        self._source = source
+        self._on_commit = on_commit
+
+    # --- entry point ---------------------------------------------------------------------
+
+    async def process(self, raw: bytes) -> Outcome:
+        """Handle one command message end to end. Never raises for a bad command."""
+        try:
+            command = cmd.COMMAND_CODEC.decode(raw)
+        except FlashgateError as exc:
+            command_id, command_type = _peek_id(raw)
+            return await self._reject(None, exc, command_id=command_id, command_type=command_type)
+        try:
+            self._check_envelope_of_command(command)
+        except FlashgateError as exc:
+            return await self._reject(command, exc)
+        for attempt in range(MAX_APPLY_ATTEMPTS):
+            try:
+                outcome = await self._apply(command)
+                break
+            except FlashgateError as exc:
+                return await self._reject(command, exc)
+            except IntegrityError:
+                # A concurrent replica committed the same command id or created the same
+                # row first: retry, and the state checks decide.
+                if attempt == MAX_APPLY_ATTEMPTS - 1:
+                    raise
+        if self._on_commit is not None:
+            self._on_commit()
+        return outcome
+
+    def _check_envelope_of_command(self, command: cmd.Command) -> None:
+        """Stateless checks: fleet and signature (cheap before expensive)."""
+        if command.fleet != self.state.names.fleet:
+            raise FleetMismatch(
+                f"command for fleet {command.fleet!r}, this backend serves "
+                f"{self.state.names.fleet!r}"
+            )
+        verify(command, self.state.admin)
+
+    # --- the transaction -----------------------------------------------------------------
+
+    async def _apply(self, command: cmd.Command) -> Outcome:
+        async with self._sessions() as session, session.begin():
+            seen = await session.get(ProcessedCommand, command.command_id)
+            if seen is not None:
+                return await self._repeat(session, command, seen)
+            session.add(
+                ProcessedCommand(
+                    command_id=command.command_id,
+                    command_type=command.command_type,
+                    result="applied",
+                )
+            )
+            await session.flush()  # claims the command id (a concurrent replica waits here)
+            target, event = await self._dispatch(session, command)
+            row = outbox.add_event(session, self.state.names, event)
+            seen_row = await session.get(ProcessedCommand, command.command_id)
+            assert seen_row is not None
+            seen_row.outcome_msg_id = row.msg_id
+            session.add(
+                AuditEvent(
+                    fleet=self.state.names.fleet,
+                    actor=command.actor,
+                    command_id=command.command_id,
+                    command_type=command.command_type,
+                    target=target,
+                    result="applied",
+                )
+            )
+        log.info(
+            "command applied",
+            command_id=command.command_id,
+            command_type=command.command_type,
+            target=target,
+        )
+        return Outcome(command.command_id, command.command_type, "applied")
+
+    async def _repeat(
+        self, session: AsyncSession, command: cmd.Command, seen: ProcessedCommand
+    ) -> Outcome:
+        """A command id seen before: repeat its original outcome event, change nothing."""
+        if seen.outcome_msg_id:
+            original = await session.scalar(
+                select(OutboxMessage).where(OutboxMessage.msg_id == seen.outcome_msg_id)
+            )
+            if original is not None and original.published_at is not None:
+                original.published_at = None  # publish again (same Nats-Msg-Id)
+        session.add(
+            AuditEvent(
+                fleet=self.state.names.fleet,
+                actor=command.actor,
+                command_id=command.command_id,
+                command_type=command.command_type,
+                result="duplicate",
+                reason=seen.reason,
+            )
+        )
+        return Outcome(command.command_id, command.command_type, "duplicate", seen.reason)
+
+    async def _reject(
+        self,
+        command: cmd.Command | None,
+        exc: FlashgateError,
+        *,
+        command_id: str | None = None,
+        command_type: str | None = None,
+    ) -> Outcome:
+        if command is not None:
+            command_id, command_type = command.command_id, command.command_type
+        detail = exc.message[:500]
+        actor = command.actor if command is not None else None
+        event = ev.make_event(
+            ev.CommandRejected(
+                command_id=command_id,
+                command_type=command_type,
+                reason=exc.code,
+                detail=detail,
+            ),
+            event_id=f"{command_id or 'unknown-' + str(_now_ms())}.rejected",
+            source=self._source,
+        )
+        try:
+            async with self._sessions() as session, session.begin():
+                if command_id is not None:
+                    seen = await session.get(ProcessedCommand, command_id)
+                    if seen is not None and command is not None:
+                        return await self._repeat(session, command, seen)
+                row = outbox.add_event(session, self.state.names, event)
+                # Only a command that decoded and was signed by the admin is remembered: a
+                # forged id in a broken message must not block the real command later.
+                if command is not None and exc.code not in ("bad_signature", "fleet_mismatch"):
+                    session.add(
+                        ProcessedCommand(
+                            command_id=command_id,
+                            command_type=command_type,
+                            result="rejected",
+                            reason=exc.code,
+                            outcome_msg_id=row.msg_id,
+                        )
+                    )
+                session.add(
+                    AuditEvent(
+                        fleet=self.state.names.fleet,
+                        actor=actor,
+                        command_id=command_id,
+                        command_type=command_type,
+                        result="rejected",
+                        reason=exc.code,
+                        detail=detail,
+                    )
+                )
+        except IntegrityError:
+            pass  # a concurrent replica recorded this command id first: its outcome stands
+        log.warning(
+            "command rejected",
+            command_id=command_id,
+            command_type=command_type,
+            reason=exc.code,
+            detail=detail,
+        )
+        if self._on_commit is not None:
+            self._on_commit()
+        return Outcome(command_id, command_type, "rejected", exc.code, detail)
+
+    # --- per command type ------------------------------------------------------------------
+
+    async def _dispatch(
+        self, session: AsyncSession, command: cmd.Command
+    ) -> tuple[str, ev.DomainEvent]:
+        match command:
+            case cmd.PutSecret() | cmd.RotateSecret():
+                return await self._write_secret(session, command)
+            case cmd.DeleteSecret():
+                return await self._delete_secret(session, command)
+            case cmd.CreateApiKey():
+                return await self._create_api_key(session, command)
+            case cmd.RenameApiKey():
+                return await self._rename_api_key(session, command)
+            case cmd.RevokeApiKey():
+                return await self._revoke_api_key(session, command)
+            case cmd.RevokeNode():
+                return await self._revoke_node(session, command)
+            case cmd.StartKeyRotation():
+                return await self._start_rotation(session, command)
+            case cmd.FinishKeyRotation():
+                return await self._finish_rotation(session, command)
+        raise MalformedMessage(f"unsupported command type {command.command_type}")
+
+    def _event(
+        self, command: cmd.Command, data: ev.EventData, subject: str | None
+    ) -> ev.DomainEvent:
+        return ev.make_event(
+            data,
+            event_id=f"{command.command_id}.{data.event_type}",
+            source=self._source,
+            subject=subject,
+        )
+
+    def _check_jwe(self, token: str, context: SecretContext, epoch: int) -> None:
+        if epoch not in self.state.writable_epochs():
+            raise StaleEpoch(
+                f"envelope is for epoch {epoch}; the fleet writes epoch "
+                f"{sorted(self.state.writable_epochs())}"
+            )
+        parsed = jwe.parse(token)
+        check_context(parsed.context, context)
+        parsed.wrapped_key(self.state.keys[epoch])  # size and range under that epoch's key
+
+    async def _repository(self, session: AsyncSession, name: str, *, create: bool) -> Repository:
+        repo = await session.scalar(
+            select(Repository).where(
+                Repository.fleet_id == self.state.fleet_id, Repository.name == name
+            )
+        )
+        if repo is None:
+            if not create:
+                raise NotFound(f"repository {name!r} does not exist")
+            repo = Repository(fleet_id=self.state.fleet_id, name=name)
+            session.add(repo)
+            await session.flush()
+        return repo
+
+    async def _secret(self, session: AsyncSession, repo: Repository, name: str) -> Secret | None:
+        return await session.scalar(
+            select(Secret)
+            .where(Secret.repository_id == repo.id, Secret.name == name)
+            .with_for_update()
+        )
+
+    async def _write_secret(
+        self, session: AsyncSession, command: cmd.PutSecret | cmd.RotateSecret
+    ) -> tuple[str, ev.DomainEvent]:
+        if command.kind not in SECRET_KINDS:
+            raise ConfigurationError(f"secret kind {command.kind!r} is reserved")
+        if command.name.startswith(API_KEY_PREFIX):
+            raise ConfigurationError(f"secret names starting {API_KEY_PREFIX!r} are reserved")
+        context = SecretContext(
+            fleet=command.fleet,
+            repo=command.repo,
+            name=command.name,
+            kind=command.kind,
+            version=command.version,
+        )
+        self._check_jwe(command.jwe, context, command.epoch)
+        repo = await self._repository(session, command.repo, create=True)
+        secret = await self._secret(session, repo, command.name)
+        key = secret_key(command.repo, command.name)
+        rotate = isinstance(command, cmd.RotateSecret)
+        if rotate and (secret is None or secret.deleted):
+            raise NotFound(f"secret {key} does not exist; use put to create it")
+        if not rotate and secret is not None and not secret.deleted:
+            raise AlreadyExists(
+                f"secret {key} exists (version {secret.current_version}); "
+                "use rotate for a new version"
+            )
+        current = secret.current_version if secret is not None else 0
+        if command.version != current + 1:
+            raise StaleVersion(
+                f"secret {key} is at version {current}; the next version is {current + 1}, "
+                f"not {command.version}"
+            )
+        if rotate and secret is not None and secret.kind != command.kind:
+            raise ConfigurationError(f"secret {key} is of kind {secret.kind}, not {command.kind}")
+        now = datetime.now(UTC)
+        if secret is None:
+            secret = Secret(
+                repository_id=repo.id,
+                name=command.name,
+                kind=command.kind,
+                current_version=command.version,
+            )
+            session.add(secret)
+            await session.flush()
+        else:
+            secret.current_version = command.version
+            secret.kind = command.kind
+            secret.deleted = False
+            secret.updated_at = now
+        session.add(
+            SecretVersion(
+                secret_id=secret.id,
+                version=command.version,
+                epoch=command.epoch,
+                jwe=command.jwe,
+                command_id=command.command_id,
+            )
+        )
+        envelope = SecretEnvelope(
+            fleet=command.fleet,
+            repo=command.repo,
+            name=command.name,
+            kind=command.kind,
+            version=command.version,
+            epoch=command.epoch,
+            jwe=command.jwe,
+            written_at=_now_ms(),
+            command_id=command.command_id,
+        )
+        outbox.add_kv_put(session, self.state.names, envelope)
+        data: ev.EventData
+        if rotate:
+            data = ev.SecretRotated(
+                repo=command.repo,
+                name=command.name,
+                kind=command.kind,
+                version=command.version,
+                previous_version=current,
+                epoch=command.epoch,
+                command_id=command.command_id,
+            )
+        else:
+            data = ev.SecretCreated(
+                repo=command.repo,
+                name=command.name,
+                kind=command.kind,
+                version=command.version,
+                epoch=command.epoch,
+                command_id=command.command_id,
+            )
+        return key, self._event(command, data, key)
+
+    async def _delete_secret(
+        self, session: AsyncSession, command: cmd.DeleteSecret
+    ) -> tuple[str, ev.DomainEvent]:
+        key = secret_key(command.repo, command.name)
+        repo = await self._repository(session, command.repo, create=False)
+        secret = await self._secret(session, repo, command.name)
+        if secret is None or secret.deleted:
+            raise NotFound(f"secret {key} does not exist")
+        secret.deleted = True
+        secret.updated_at = datetime.now(UTC)
+        outbox.add_kv_delete(session, self.state.names, key, secret.current_version)
+        data = ev.SecretDeleted(
+            repo=command.repo,
+            name=command.name,
+            last_version=secret.current_version,
+            command_id=command.command_id,
+        )
+        return key, self._event(command, data, key)
+
+    async def _create_api_key(
+        self, session: AsyncSession, command: cmd.CreateApiKey
+    ) -> tuple[str, ev.DomainEvent]:
+        if not command.key_id.startswith(API_KEY_PREFIX):
+            raise ConfigurationError(f"API key ids start with {API_KEY_PREFIX!r}")
+        if command.scope == "storage" and command.access not in STORAGE_ACCESS:
+            raise ConfigurationError(
+                f"storage API keys have access read, write or admin, not {command.access!r}"
+            )
+        context = SecretContext(
+            fleet=command.fleet, repo=command.repo, name=command.key_id, kind="apikey", version=1
+        )
+        self._check_jwe(command.jwe, context, command.epoch)
+        existing = await session.scalar(select(ApiKey).where(ApiKey.key_id == command.key_id))
+        if existing is not None:
+            raise AlreadyExists(f"API key {command.key_id} exists")
+        repo = await self._repository(session, command.repo, create=True)
+        session.add(
+            ApiKey(
+                key_id=command.key_id,
+                repository_id=repo.id,
+                scope=command.scope,
+                access=command.access,
+                label=command.label,
+                epoch=command.epoch,
+                jwe=command.jwe,
+                command_id=command.command_id,
+            )
+        )
+        envelope = SecretEnvelope(
+            fleet=command.fleet,
+            repo=command.repo,
+            name=command.key_id,
+            kind="apikey",
+            version=1,
+            epoch=command.epoch,
+            jwe=command.jwe,
+            written_at=_now_ms(),
+            command_id=command.command_id,
+            api_key=ApiKeyInfo(
+                key_id=command.key_id,
+                scope=command.scope,
+                access=command.access,
+                label=command.label,
+            ),
+        )
+        outbox.add_kv_put(session, self.state.names, envelope)
+        data = ev.ApiKeyCreated(
+            key_id=command.key_id,
+            repo=command.repo,
+            scope=command.scope,
+            access=command.access,
+            label=command.label,
+            command_id=command.command_id,
+        )
+        return command.key_id, self._event(command, data, envelope.key)
+
+    async def _live_api_key(self, session: AsyncSession, key_id: str) -> ApiKey:
+        key = await session.scalar(select(ApiKey).where(ApiKey.key_id == key_id).with_for_update())
+        if key is None or key.revoked_at is not None:
+            raise NotFound(f"API key {key_id} does not exist or is revoked")
+        return key
+
+    async def _rename_api_key(
+        self, session: AsyncSession, command: cmd.RenameApiKey
+    ) -> tuple[str, ev.DomainEvent]:
+        key = await self._live_api_key(session, command.key_id)
+        key.label = command.label
+        data = ev.ApiKeyRenamed(
+            key_id=key.key_id,
+            repo=key.repository.name,
+            label=command.label,
+            command_id=command.command_id,
+        )
+        return key.key_id, self._event(command, data, None)
+
+    async def _revoke_api_key(
+        self, session: AsyncSession, command: cmd.RevokeApiKey
+    ) -> tuple[str, ev.DomainEvent]:
+        key = await self._live_api_key(session, command.key_id)
+        key.revoked_at = datetime.now(UTC)  # soft: the row stays for audit
+        kv_key = secret_key(key.repository.name, key.key_id)
+        outbox.add_kv_delete(session, self.state.names, kv_key, 1)
+        data = ev.ApiKeyRevoked(
+            key_id=key.key_id, repo=key.repository.name, command_id=command.command_id
+        )
+        return key.key_id, self._event(command, data, kv_key)
+
+    async def _revoke_node(
+        self, session: AsyncSession, command: cmd.RevokeNode
+    ) -> tuple[str, ev.DomainEvent]:
+        roster = command.roster
+        verify(roster, self.state.admin)
+        if roster.fleet != self.state.names.fleet:
+            raise FleetMismatch("the roster is for another fleet")
+        fleet = await session.get(Fleet, self.state.fleet_id, with_for_update=True)
+        assert fleet is not None
+        if roster.serial <= fleet.roster_serial:
+            raise StaleRoster(
+                f"roster serial {roster.serial} is not above the current {fleet.roster_serial}"
+            )
+        entry = roster.node(command.node_id)
+        if entry is None or entry.status != "revoked":
+            raise ConfigurationError(f"the new roster does not revoke node {command.node_id}")
+        raw = ROSTER_CODEC.encode(roster)
+        fleet.roster = raw.decode()
+        fleet.roster_serial = roster.serial
+        self.state.roster_serial = roster.serial
+        outbox.add_fleet_document(
+            session, self.state.names, FleetNames.ROSTER_KEY, raw, f"roster:{roster.serial}"
+        )
+        data = ev.NodeRevoked(
+            node_id=command.node_id, roster_serial=roster.serial, command_id=command.command_id
+        )
+        return command.node_id, self._event(command, data, command.node_id)
+
+    async def _start_rotation(
+        self, session: AsyncSession, command: cmd.StartKeyRotation
+    ) -> tuple[str, ev.DomainEvent]:
+        descriptor = command.descriptor
+        public = verify_descriptor(descriptor, self.state.admin_key)
+        if descriptor.fleet != self.state.names.fleet:
+            raise FleetMismatch("the descriptor is for another fleet")
+        if command.from_epoch != self.state.epoch or descriptor.epoch != self.state.epoch + 1:
+            raise StaleEpoch(
+                f"rotation {command.from_epoch} -> {descriptor.epoch} does not start from "
+                f"the current epoch {self.state.epoch}"
+            )
+        if self.state.rotating_to is not None:
+            raise AlreadyExists(f"a rotation to epoch {self.state.rotating_to} is in progress")
+        fleet = await session.get(Fleet, self.state.fleet_id, with_for_update=True)
+        assert fleet is not None
+        fleet.rotating_to = descriptor.epoch
+        session.add(
+            FleetEpoch(
+                fleet_id=fleet.id,
+                epoch=descriptor.epoch,
+                descriptor=encode_descriptor(descriptor).decode(),
+            )
+        )
+        outbox.add_fleet_document(
+            session,
+            self.state.names,
+            self.state.names.descriptor_key(descriptor.epoch),
+            encode_descriptor(descriptor),
+            f"descriptor:{descriptor.epoch}",
+        )
+        total = await _count_live_envelopes(session, self.state.fleet_id)
+        self.state.rotating_to = descriptor.epoch
+        self.state.keys[descriptor.epoch] = public
+        data = ev.KeyRotationStarted(
+            from_epoch=command.from_epoch,
+            to_epoch=descriptor.epoch,
+            total=total,
+            command_id=command.command_id,
+        )
+        return f"epoch {descriptor.epoch}", self._event(command, data, None)
+
+    async def _finish_rotation(
+        self, session: AsyncSession, command: cmd.FinishKeyRotation
+    ) -> tuple[str, ev.DomainEvent]:
+        fleet = await session.get(Fleet, self.state.fleet_id, with_for_update=True)
+        assert fleet is not None
+        if fleet.rotating_to is None or command.retired_epoch != fleet.epoch:
+            raise StaleEpoch(f"no rotation away from epoch {command.retired_epoch} is running")
+        remaining = await _count_live_envelopes(session, fleet.id, epoch=fleet.epoch)
+        if remaining:
+            raise ConfigurationError(
+                f"{remaining} envelope(s) still use epoch {fleet.epoch}; re-wrap them first"
+            )
+        retired = await session.scalar(
+            select(FleetEpoch).where(
+                FleetEpoch.fleet_id == fleet.id, FleetEpoch.epoch == fleet.epoch
+            )
+        )
+        if retired is not None:
+            retired.retired_at = datetime.now(UTC)
+        fleet.epoch, fleet.rotating_to = fleet.rotating_to, None
+        self.state.epoch, self.state.rotating_to = fleet.epoch, None
+        data = ev.KeyRotationCompleted(
+            retired_epoch=command.retired_epoch,
+            current_epoch=fleet.epoch,
+            command_id=command.command_id,
+        )
+        return f"epoch {command.retired_epoch}", self._event(command, data, None)
+
+
+async def _count_live_envelopes(
+    session: AsyncSession, fleet_id: int, *, epoch: int | None = None
+) -> int:
+    """Current versions of live secrets plus live API keys (optionally of one epoch)."""
+    from sqlalchemy import and_, func
+
+    secrets_q = (
+        select(func.count())
+        .select_from(SecretVersion)
+        .join(
+            Secret,
+            and_(
+                Secret.id == SecretVersion.secret_id,
+                Secret.current_version == SecretVersion.version,
+            ),
+        )
+        .join(Repository, Repository.id == Secret.repository_id)
+        .where(Repository.fleet_id == fleet_id, Secret.deleted.is_(False))
+    )
+    keys_q = (
+        select(func.count())
+        .select_from(ApiKey)
+        .join(Repository, Repository.id == ApiKey.repository_id)
+        .where(Repository.fleet_id == fleet_id, ApiKey.revoked_at.is_(None))
+    )
+    if epoch is not None:
+        secrets_q = secrets_q.where(SecretVersion.epoch == epoch)
+        keys_q = keys_q.where(ApiKey.epoch == epoch)
+    return int(await session.scalar(secrets_q) or 0) + int(await session.scalar(keys_q) or 0)
