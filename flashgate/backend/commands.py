@@ -16,6 +16,7 @@ the wrapped key's size, with the encrypt-side modules; it cannot decrypt anythin
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -252,7 +253,13 @@ class CommandProcessor:
                 reason=exc.code,
                 detail=detail,
             ),
-            event_id=f"{command_id or 'unknown-' + str(_now_ms())}.rejected",
+            # A remembered rejection has a stable id (a re-delivery repeats it); any other
+            # (unreadable, unsigned, foreign) gets a fresh one each time it is seen.
+            event_id=(
+                f"{command_id}.rejected"
+                if command is not None and exc.code not in ("bad_signature", "fleet_mismatch")
+                else f"{command_id or 'unreadable'}.rejected.{_now_ms()}.{secrets.token_hex(4)}"
+            ),
             source=self._source,
         )
         try:

@@ -120,9 +120,14 @@ def _connected_url(nc: Client) -> str | None:
 
 @dataclass(slots=True)
 class _Errors:
-    """The last error nats-py reported: its ``NoServersError`` hides the real cause."""
+    """What nats-py reported while connecting: its ``NoServersError`` hides the cause.
+
+    A refusal of the credentials is remembered on its own: the server closes the socket
+    after it, so the next attempt's error may just be a reset connection.
+    """
 
     last: Exception | None = None
+    auth_refused: bool = False
 
 
 def _logging_callbacks(
@@ -137,11 +142,16 @@ def _logging_callbacks(
 
     async def on_error(exc: Exception) -> None:
         errors.last = exc
+        errors.auth_refused = errors.auth_refused or _is_auth_failure(exc)
         log.warning("nats.error", error_type=type(exc).__name__, error=_error_text(exc))
         await chain("error_cb", exc)
 
     async def on_disconnected() -> None:
-        log.warning("nats.disconnected")
+        # nats-py calls this on close() too: only an unplanned disconnect is a warning.
+        if nc.is_closed:
+            log.debug("nats.disconnected", closing=True)
+        else:
+            log.warning("nats.disconnected")
         await chain("disconnected_cb")
 
     async def on_reconnected() -> None:
@@ -187,7 +197,7 @@ def _connect_failure(urls: list[str], exc: BaseException, errors: _Errors) -> Br
     cause: BaseException = exc
     if isinstance(exc, nats.errors.NoServersError) and errors.last is not None:
         cause = errors.last
-    if _is_auth_failure(cause):
+    if errors.auth_refused or _is_auth_failure(cause):
         return BrokerError(f"NATS at {shown} refused the credentials (authorization violation)")
     return BrokerUnavailable(
         f"cannot connect to NATS at {shown}: {type(cause).__name__}: {_error_text(cause)}"
@@ -248,6 +258,9 @@ async def connect(
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         await _close_quietly(nc)
         raise _connect_failure(urls, exc, errors) from exc
+    except BaseException:  # cancelled: leave no half-open client behind
+        await _close_quietly(nc)
+        raise
     # The first connection is up: from now on, the caller's reconnect policy.
     nc.options["allow_reconnect"] = max_reconnect_attempts != 0
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts or -1

@@ -111,3 +111,7 @@ def decode_descriptor(data: bytes) -> FleetDescriptor:
 
 def encode_descriptor(descriptor: FleetDescriptor) -> bytes:
     return msgspec.json.format(DESCRIPTOR_CODEC.encode(descriptor), indent=2) + b"\n"
+
+
+def encode_roster(roster: Roster) -> bytes:
+    return msgspec.json.format(ROSTER_CODEC.encode(roster), indent=2) + b"\n"

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
 from flashgate.crypto.threshold.dealing import check_parameters, deal
 from flashgate.errors import ConfigurationError
-from flashgate.events.fleet import FleetDescriptor, NodeEntry
+from flashgate.events.fleet import FleetDescriptor, NodeEntry, Roster, RosterNode
+from flashgate.events.signing import sign
 from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.signing import new_ed25519, new_x25519, public_b64
 from flashgate.fleet.threshold_key import build_descriptor
@@ -26,6 +27,7 @@ from flashgate.names import validate_name
 @dataclass(frozen=True, eq=False)
 class Ceremony:
     descriptor: FleetDescriptor
+    roster: Roster
     admin_key: Ed25519PrivateKey
     bundles: tuple[NodeBundle, ...]
 
@@ -89,7 +91,8 @@ def run_ceremony(
         NodeEntry(id=node_id, index=i, signing_key=public_b64(sk), exchange_key=public_b64(xk))
         for i, (node_id, (sk, xk)) in enumerate(zip(node_ids, identities, strict=True), start=1)
     ]
-    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp_time = (now or datetime.now(UTC)).astimezone(UTC)
+    stamp = stamp_time.strftime("%Y-%m-%dT%H:%M:%SZ")
     descriptor = build_descriptor(
         fleet=fleet,
         epoch=epoch,
@@ -110,4 +113,31 @@ def run_ceremony(
         )
         for node_id, share, (sk, xk) in zip(node_ids, dealing.shares, identities, strict=True)
     )
-    return Ceremony(descriptor=descriptor, admin_key=admin, bundles=bundles)
+    roster = initial_roster(descriptor, admin, issued_at=int(stamp_time.timestamp() * 1000))
+    return Ceremony(descriptor=descriptor, roster=roster, admin_key=admin, bundles=bundles)
+
+
+def initial_roster(
+    descriptor: FleetDescriptor, admin: Ed25519PrivateKey, *, issued_at: int, serial: int = 1
+) -> Roster:
+    """Every node of the descriptor, active, admin-signed."""
+    nodes = [
+        RosterNode(
+            id=n.id,
+            index=n.index,
+            signing_key=n.signing_key,
+            exchange_key=n.exchange_key,
+            status="active",
+        )
+        for n in descriptor.nodes
+    ]
+    return sign(
+        Roster(
+            fleet=descriptor.fleet,
+            epoch=descriptor.epoch,
+            serial=serial,
+            issued_at=issued_at,
+            nodes=nodes,
+        ),
+        admin,
+    )

@@ -13,18 +13,25 @@ import os
 from pathlib import Path
 
 from flashgate.crypto import seal
-from flashgate.errors import ConfigurationError, FlashgateError, OversizedInput
+from flashgate.errors import ConfigurationError, FlashgateError, FleetMismatch, OversizedInput
 from flashgate.events.fleet import (
     MAX_DESCRIPTOR_BYTES,
+    MAX_ROSTER_BYTES,
+    ROSTER_CODEC,
     FleetDescriptor,
+    Roster,
     decode_descriptor,
     encode_descriptor,
+    encode_roster,
 )
+from flashgate.events.signing import verify
 from flashgate.fleet.bundle import NodeBundle, open_bundle, seal_admin_key
 from flashgate.fleet.ceremony import Ceremony
 from flashgate.fleet.descriptor import verify_descriptor
+from flashgate.fleet.signing import load_ed25519_public
 
 DESCRIPTOR_FILE = "fleet.json"
+ROSTER_FILE = "roster.json"
 ADMIN_KEY_FILE = "admin.key"
 NODES_DIR = "nodes"
 
@@ -73,6 +80,7 @@ def write_fleet_dir(
             (out / NODES_DIR / f"{b.node_id}.bundle", b.seal(passphrase, params=params), 0o600)
             for b in ceremony.bundles
         ),
+        (out / ROSTER_FILE, encode_roster(ceremony.roster), 0o644),
         (out / DESCRIPTOR_FILE, encode_descriptor(descriptor), 0o644),  # last: marks "done"
     ]
     (out / NODES_DIR).mkdir(parents=True, exist_ok=True)
@@ -111,3 +119,12 @@ def read_bundle(path: Path, passphrase: str) -> NodeBundle:
         return open_bundle(blob, passphrase)
     except FlashgateError as exc:
         raise type(exc)(f"{path}: {exc.message}") from exc
+
+
+def load_roster(fleet_dir: Path, descriptor: FleetDescriptor) -> Roster:
+    """Read ``roster.json`` and check it: signed by the descriptor's admin, same fleet."""
+    roster = ROSTER_CODEC.decode(_read_limited(fleet_dir / ROSTER_FILE, MAX_ROSTER_BYTES, "roster"))
+    verify(roster, load_ed25519_public(descriptor.admin_key, "admin key"))
+    if roster.fleet != descriptor.fleet:
+        raise FleetMismatch(f"roster is for fleet {roster.fleet!r}, not {descriptor.fleet!r}")
+    return roster

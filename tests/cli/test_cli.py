@@ -155,6 +155,7 @@ def test_init_writes_the_fleet_directory(demo: Fleet) -> None:
         "fleet.json",
         "nodes",
         *(f"nodes/node-{i}.bundle" for i in range(1, 6)),
+        "roster.json",
     ]
     for path in [demo.dir / "admin.key", *demo.bundles]:
         assert path.read_bytes().startswith(b"FGSEAL"), path
@@ -169,6 +170,7 @@ def test_init_file_permissions(demo: Fleet) -> None:
         assert mode(path) == 0o600, path
     assert mode(demo.dir / "nodes") == 0o700
     assert mode(demo.dir / "fleet.json") == 0o644
+    assert mode(demo.dir / "roster.json") == 0o644
 
 
 def test_fleet_json_contents(demo: Fleet) -> None:

@@ -30,7 +30,7 @@ from flashgate.events.fleet import decode_descriptor, encode_descriptor
 from flashgate.fleet.bundle import open_admin_key, open_bundle, seal_admin_key
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key, verify_descriptor
-from flashgate.fleet.files import load_descriptor, read_bundle, write_fleet_dir
+from flashgate.fleet.files import load_descriptor, load_roster, read_bundle, write_fleet_dir
 from flashgate.fleet.recovery import recover
 from flashgate.fleet.threshold_key import verified_threshold_key
 from tests.helpers import CANARY, FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
@@ -284,14 +284,18 @@ def test_recovery_names_a_faulty_bundle_and_still_succeeds() -> None:
 def test_fleet_dir_round_trip(tmp_path) -> None:
     cer = ceremony()
     written = write_fleet_dir(tmp_path, cer, TEST_PASSPHRASE, params=FAST_KDF)
-    assert {p.name for p in written} == {"fleet.json", "admin.key"} | {
+    assert {p.name for p in written} == {"fleet.json", "roster.json", "admin.key"} | {
         f"node-{i}.bundle" for i in range(1, 6)
     }
     for path in written:
         mode = path.stat().st_mode & 0o777
-        assert mode == (0o644 if path.name == "fleet.json" else 0o600)
+        assert mode == (0o644 if path.suffix == ".json" else 0o600)
     descriptor = load_descriptor(tmp_path)
     assert descriptor == cer.descriptor
+    roster = load_roster(tmp_path, descriptor)
+    assert roster == cer.roster
+    assert roster.serial == 1 and all(n.status == "active" for n in roster.nodes)
+    assert [n.id for n in roster.nodes] == [n.id for n in descriptor.nodes]
     bundles = [
         read_bundle(tmp_path / "nodes" / f"node-{i}.bundle", TEST_PASSPHRASE) for i in (2, 4, 5)
     ]
