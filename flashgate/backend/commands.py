@@ -17,6 +17,7 @@ the wrapped key's size, with the encrypt-side modules; it cannot decrypt anythin
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from flashgate import failpoints
 from flashgate.backend import outbox
 from flashgate.backend.models import (
     ApiKey,
@@ -130,7 +132,7 @@ class CommandProcessor:
         state: FleetState,
         *,
         source: str,
-        on_commit: outbox.Callable[[], None] | None = None,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self.state = state
@@ -146,13 +148,19 @@ class CommandProcessor:
         except FlashgateError as exc:
             command_id, command_type = _peek_id(raw)
             return await self._reject(None, exc, command_id=command_id, command_type=command_type)
+        return await self.process_command(command)
+
+    async def process_command(self, command: cmd.Command, *, trusted: bool = False) -> Outcome:
+        """Apply a decoded command. ``trusted`` skips the admin signature: only for the
+        backend's own in-process API (server-side API keys), never for broker input."""
         try:
-            self._check_envelope_of_command(command)
+            self._check_envelope_of_command(command, verify_signature=not trusted)
         except FlashgateError as exc:
             return await self._reject(command, exc)
         for attempt in range(MAX_APPLY_ATTEMPTS):
             try:
                 outcome = await self._apply(command)
+                failpoints.hit("backend.after_commit")
                 break
             except FlashgateError as exc:
                 return await self._reject(command, exc)
@@ -165,14 +173,17 @@ class CommandProcessor:
             self._on_commit()
         return outcome
 
-    def _check_envelope_of_command(self, command: cmd.Command) -> None:
+    def _check_envelope_of_command(
+        self, command: cmd.Command, *, verify_signature: bool = True
+    ) -> None:
         """Stateless checks: fleet and signature (cheap before expensive)."""
         if command.fleet != self.state.names.fleet:
             raise FleetMismatch(
                 f"command for fleet {command.fleet!r}, this backend serves "
                 f"{self.state.names.fleet!r}"
             )
-        verify(command, self.state.admin)
+        if verify_signature:
+            verify(command, self.state.admin)
 
     # --- the transaction -----------------------------------------------------------------
 
@@ -367,7 +378,7 @@ class CommandProcessor:
         return await session.scalar(
             select(Secret)
             .where(Secret.repository_id == repo.id, Secret.name == name)
-            .with_for_update()
+            .with_for_update(of=Secret)
         )
 
     async def _write_secret(
@@ -539,7 +550,9 @@ class CommandProcessor:
         return command.key_id, self._event(command, data, envelope.key)
 
     async def _live_api_key(self, session: AsyncSession, key_id: str) -> ApiKey:
-        key = await session.scalar(select(ApiKey).where(ApiKey.key_id == key_id).with_for_update())
+        key = await session.scalar(
+            select(ApiKey).where(ApiKey.key_id == key_id).with_for_update(of=ApiKey)
+        )
         if key is None or key.revoked_at is not None:
             raise NotFound(f"API key {key_id} does not exist or is revoked")
         return key

@@ -103,7 +103,7 @@ class Secret(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    repository: Mapped[Repository] = relationship(lazy="joined")
+    repository: Mapped[Repository] = relationship(lazy="joined", innerjoin=True)
 
 
 class SecretVersion(Base):
@@ -134,7 +134,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    repository: Mapped[Repository] = relationship(lazy="joined")
+    repository: Mapped[Repository] = relationship(lazy="joined", innerjoin=True)
 
 
 class AuditEvent(Base):

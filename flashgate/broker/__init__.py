@@ -27,6 +27,7 @@ from flashgate.broker.server import (
     NatsServerProcess,
     find_nats_server,
     free_port,
+    free_ports,
     parse_version,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "declare_fleet",
     "find_nats_server",
     "free_port",
+    "free_ports",
     "inbox_prefix",
     "parse_version",
     "redact_url",

@@ -28,6 +28,7 @@ does not leave servers behind.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -159,10 +160,24 @@ def find_nats_server() -> NatsBinary:
 
 def free_port() -> int:
     """A TCP port on loopback that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all held open together while picked).
+
+    A port can still be taken by another process before the server binds it; the server
+    then exits with "address already in use" and :meth:`NatsServerProcess.wait_ready`
+    says so with the log tail.
+    """
+    with contextlib.ExitStack() as stack:
+        sockets = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 # --- monitoring endpoint ------------------------------------------------------------------
@@ -218,8 +233,9 @@ class NatsServerProcess:
     ) -> None:
         self.name = name
         self.base_dir = Path(base_dir)
-        self.port = port if port is not None else free_port()
-        self.http_port = http_port if http_port is not None else free_port()
+        picked = iter(free_ports(2))
+        self.port = port if port is not None else next(picked)
+        self.http_port = http_port if http_port is not None else next(picked)
         self.cluster = cluster
         self.extra_config = extra_config
         self.binary = binary if binary is not None else find_nats_server()
@@ -414,7 +430,8 @@ class NatsCluster:
         if size < 1:
             raise ValueError("a cluster needs at least one server")
         binary = binary if binary is not None else find_nats_server()
-        route_ports = [free_port() for _ in range(size)]
+        ports = free_ports(3 * size)  # client, monitoring and route port of each server
+        route_ports = ports[2 * size :]
         self.name = name
         self.servers: list[NatsServerProcess] = []
         for index, route_port in enumerate(route_ports):
@@ -425,6 +442,8 @@ class NatsCluster:
                 NatsServerProcess(
                     Path(base_dir) / f"n{index + 1}",
                     name=f"{name}-n{index + 1}",
+                    port=ports[2 * index],
+                    http_port=ports[2 * index + 1],
                     cluster=ClusterSpec(name=name, port=route_port, routes=routes),
                     extra_config=extra_config,
                     binary=binary,

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from flashgate import __version__
+from flashgate.cli.backend import backend
 from flashgate.cli.dev import dev
 from flashgate.cli.passphrase import get_passphrase
 from flashgate.cli.schemas import schemas
@@ -250,6 +251,7 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
 
 
 cli.add_command(dev)
+cli.add_command(backend)
 cli.add_command(schemas)
 
 

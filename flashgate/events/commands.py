@@ -52,7 +52,7 @@ class Command(
         return type(self).__struct_config__.tag  # type: ignore[return-value]
 
 
-class PutSecret(Command, tag="secret.put"):
+class PutSecret(Command, tag="secret.put", frozen=True):
     """Create a secret (version 1) or a new version of it."""
 
     repo: Name
@@ -64,7 +64,7 @@ class PutSecret(Command, tag="secret.put"):
     signature: Ed25519Sig = ""
 
 
-class RotateSecret(Command, tag="secret.rotate"):
+class RotateSecret(Command, tag="secret.rotate", frozen=True):
     """Replace an existing secret's value: version must be current + 1."""
 
     repo: Name
@@ -76,13 +76,13 @@ class RotateSecret(Command, tag="secret.rotate"):
     signature: Ed25519Sig = ""
 
 
-class DeleteSecret(Command, tag="secret.delete"):
+class DeleteSecret(Command, tag="secret.delete", frozen=True):
     repo: Name
     name: Name
     signature: Ed25519Sig = ""
 
 
-class CreateApiKey(Command, tag="apikey.create"):
+class CreateApiKey(Command, tag="apikey.create", frozen=True):
     """A repository API key; its secret, made client-side, travels as a JWE (kind apikey)."""
 
     key_id: Name
@@ -95,18 +95,18 @@ class CreateApiKey(Command, tag="apikey.create"):
     signature: Ed25519Sig = ""
 
 
-class RenameApiKey(Command, tag="apikey.rename"):
+class RenameApiKey(Command, tag="apikey.rename", frozen=True):
     key_id: Name
     label: Label
     signature: Ed25519Sig = ""
 
 
-class RevokeApiKey(Command, tag="apikey.revoke"):
+class RevokeApiKey(Command, tag="apikey.revoke", frozen=True):
     key_id: Name
     signature: Ed25519Sig = ""
 
 
-class RevokeNode(Command, tag="node.revoke"):
+class RevokeNode(Command, tag="node.revoke", frozen=True):
     """Revoke a node: carries the new admin-signed roster (higher serial, node revoked)."""
 
     node_id: Name
@@ -114,7 +114,7 @@ class RevokeNode(Command, tag="node.revoke"):
     signature: Ed25519Sig = ""
 
 
-class StartKeyRotation(Command, tag="fleet.rotation.start"):
+class StartKeyRotation(Command, tag="fleet.rotation.start", frozen=True):
     """Start re-wrapping every envelope from ``from_epoch`` to the new descriptor's epoch."""
 
     from_epoch: Epoch
@@ -122,7 +122,7 @@ class StartKeyRotation(Command, tag="fleet.rotation.start"):
     signature: Ed25519Sig = ""
 
 
-class FinishKeyRotation(Command, tag="fleet.rotation.finish"):
+class FinishKeyRotation(Command, tag="fleet.rotation.finish", frozen=True):
     """Retire ``retired_epoch`` once no envelope references it."""
 
     retired_epoch: Epoch

@@ -46,7 +46,7 @@ class EventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     event_type: ClassVar[str]  # e.g. "secret.created"; CloudEvents type is the prefix + it
 
 
-class SecretCreated(EventData):
+class SecretCreated(EventData, frozen=True):
     event_type: ClassVar[str] = "secret.created"
     repo: Name
     name: Name
@@ -56,7 +56,7 @@ class SecretCreated(EventData):
     command_id: CommandId | None = None
 
 
-class SecretRotated(EventData):
+class SecretRotated(EventData, frozen=True):
     event_type: ClassVar[str] = "secret.rotated"
     repo: Name
     name: Name
@@ -67,7 +67,7 @@ class SecretRotated(EventData):
     command_id: CommandId | None = None
 
 
-class SecretDeleted(EventData):
+class SecretDeleted(EventData, frozen=True):
     event_type: ClassVar[str] = "secret.deleted"
     repo: Name
     name: Name
@@ -75,7 +75,7 @@ class SecretDeleted(EventData):
     command_id: CommandId | None = None
 
 
-class ApiKeyCreated(EventData):
+class ApiKeyCreated(EventData, frozen=True):
     event_type: ClassVar[str] = "apikey.created"
     key_id: Name
     repo: Name
@@ -85,7 +85,7 @@ class ApiKeyCreated(EventData):
     command_id: CommandId | None = None
 
 
-class ApiKeyRenamed(EventData):
+class ApiKeyRenamed(EventData, frozen=True):
     event_type: ClassVar[str] = "apikey.renamed"
     key_id: Name
     repo: Name
@@ -93,21 +93,21 @@ class ApiKeyRenamed(EventData):
     command_id: CommandId | None = None
 
 
-class ApiKeyRevoked(EventData):
+class ApiKeyRevoked(EventData, frozen=True):
     event_type: ClassVar[str] = "apikey.revoked"
     key_id: Name
     repo: Name
     command_id: CommandId | None = None
 
 
-class NodeRevoked(EventData):
+class NodeRevoked(EventData, frozen=True):
     event_type: ClassVar[str] = "node.revoked"
     node_id: Name
     roster_serial: Serial
     command_id: CommandId | None = None
 
 
-class NodeMisbehaved(EventData):
+class NodeMisbehaved(EventData, frozen=True):
     event_type: ClassVar[str] = "node.misbehaved"
     node_id: Name
     reporter: Name
@@ -116,7 +116,7 @@ class NodeMisbehaved(EventData):
     epoch: Epoch | None = None
 
 
-class KeyRotationStarted(EventData):
+class KeyRotationStarted(EventData, frozen=True):
     event_type: ClassVar[str] = "fleet.rotation.started"
     from_epoch: Epoch
     to_epoch: Epoch
@@ -124,7 +124,7 @@ class KeyRotationStarted(EventData):
     command_id: CommandId | None = None
 
 
-class KeyRotationProgressed(EventData):
+class KeyRotationProgressed(EventData, frozen=True):
     event_type: ClassVar[str] = "fleet.rotation.progressed"
     from_epoch: Epoch
     to_epoch: Epoch
@@ -132,14 +132,14 @@ class KeyRotationProgressed(EventData):
     total: Count
 
 
-class KeyRotationCompleted(EventData):
+class KeyRotationCompleted(EventData, frozen=True):
     event_type: ClassVar[str] = "fleet.rotation.completed"
     retired_epoch: Epoch
     current_epoch: Epoch
     command_id: CommandId | None = None
 
 
-class CommandRejected(EventData):
+class CommandRejected(EventData, frozen=True):
     event_type: ClassVar[str] = "command.rejected"
     command_id: CommandId | None  # None when the command was too broken to read one
     command_type: Annotated[str, Meta(max_length=64)] | None
@@ -226,7 +226,9 @@ def make_event(
     )
 
 
-_ATTRS = Codec(CloudEventAttributes, max_bytes=MAX_EVENT_BYTES, what="domain event")
+_ATTRS: Codec[CloudEventAttributes] = Codec(
+    CloudEventAttributes, max_bytes=MAX_EVENT_BYTES, what="domain event"
+)
 _ENCODER = msgspec.json.Encoder()
 
 

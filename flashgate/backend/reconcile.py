@@ -1,0 +1,169 @@
+"""Start-up reconciliation: the secrets bucket must hold exactly the current envelope of
+every live secret and API key in the database, and nothing else.
+
+Differences (a value the relay never published, a bucket restored from an old backup, a
+key the database does not know) become outbox rows, so they reach NATS by the same
+ordered, deduplicated path as everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import cast
+
+import structlog
+from nats.js.kv import KeyValue
+from sqlalchemy import and_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from flashgate.backend.models import ApiKey, OutboxMessage, Repository, Secret, SecretVersion
+from flashgate.backend.outbox import kv_subject
+from flashgate.errors import FlashgateError
+from flashgate.events.envelope import ENVELOPE_CODEC, ApiKeyInfo, SecretEnvelope
+from flashgate.events.subjects import FleetNames, secret_key
+from flashgate.events.types import ApiKeyScope
+
+log = structlog.get_logger("flashgate.backend.reconcile")
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    checked: int
+    republished: int
+    deleted: int
+
+    @property
+    def changed(self) -> int:
+        return self.republished + self.deleted
+
+
+def _ms(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)
+
+
+async def expected_envelopes(
+    session: AsyncSession, names: FleetNames, fleet_id: int
+) -> dict[str, SecretEnvelope]:
+    """The envelope every live secret and API key should have in the bucket."""
+    out: dict[str, SecretEnvelope] = {}
+    rows = await session.execute(
+        select(Secret, SecretVersion, Repository.name)
+        .join(
+            SecretVersion,
+            and_(
+                SecretVersion.secret_id == Secret.id,
+                SecretVersion.version == Secret.current_version,
+            ),
+        )
+        .join(Repository, Repository.id == Secret.repository_id)
+        .where(Repository.fleet_id == fleet_id, Secret.deleted.is_(False))
+    )
+    for secret, version, repo in rows.all():
+        out[secret_key(repo, secret.name)] = SecretEnvelope(
+            fleet=names.fleet,
+            repo=repo,
+            name=secret.name,
+            kind=secret.kind,  # type: ignore[arg-type]
+            version=version.version,
+            epoch=version.epoch,
+            jwe=version.jwe,
+            written_at=_ms(version.created_at),
+            command_id=version.command_id,
+        )
+    keys = await session.execute(
+        select(ApiKey, Repository.name)
+        .join(Repository, Repository.id == ApiKey.repository_id)
+        .where(Repository.fleet_id == fleet_id, ApiKey.revoked_at.is_(None))
+    )
+    for key, repo in keys.all():
+        out[secret_key(repo, key.key_id)] = SecretEnvelope(
+            fleet=names.fleet,
+            repo=repo,
+            name=key.key_id,
+            kind="apikey",
+            version=1,
+            epoch=key.epoch,
+            jwe=key.jwe,
+            written_at=_ms(key.created_at),
+            command_id=key.command_id,
+            api_key=ApiKeyInfo(
+                key_id=key.key_id,
+                scope=cast(ApiKeyScope, key.scope),
+                access=key.access,
+                label=key.label,
+            ),
+        )
+    return out
+
+
+async def current_bucket(kv: KeyValue) -> dict[str, SecretEnvelope | None]:
+    """Every key of the bucket: its envelope, or None for an undecodable value."""
+    found: dict[str, SecretEnvelope | None] = {}
+    watcher = await kv.watchall(ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:  # end of the initial values
+                break
+            try:
+                found[entry.key] = ENVELOPE_CODEC.decode(entry.value or b"")
+            except FlashgateError:
+                found[entry.key] = None
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return found
+
+
+def _same(a: SecretEnvelope, b: SecretEnvelope | None) -> bool:
+    return b is not None and (a.jwe, a.version, a.epoch, a.kind, a.api_key) == (
+        b.jwe,
+        b.version,
+        b.epoch,
+        b.kind,
+        b.api_key,
+    )
+
+
+async def reconcile(
+    sessions: async_sessionmaker[AsyncSession],
+    kv: KeyValue,
+    names: FleetNames,
+    fleet_id: int,
+) -> ReconcileReport:
+    async with sessions() as session:
+        expected = await expected_envelopes(session, names, fleet_id)
+    actual = await current_bucket(kv)
+    stamp = int(datetime.now(UTC).timestamp() * 1000)
+    republish = [k for k, env in expected.items() if not _same(env, actual.get(k))]
+    delete = [k for k in actual if k not in expected]
+    if republish or delete:
+        async with sessions() as session, session.begin():
+            for key in republish:
+                env = expected[key]
+                session.add(
+                    OutboxMessage(
+                        subject=kv_subject(names.secrets_bucket, key),
+                        msg_id=f"kv:{key}:v{env.version}:e{env.epoch}:reconcile:{stamp}",
+                        operation="put",
+                        payload=ENVELOPE_CODEC.encode(env),
+                    )
+                )
+            for key in delete:
+                session.add(
+                    OutboxMessage(
+                        subject=kv_subject(names.secrets_bucket, key),
+                        msg_id=f"kv-del:{key}:reconcile:{stamp}",
+                        operation="del",
+                        payload=b"",
+                    )
+                )
+    report = ReconcileReport(checked=len(expected), republished=len(republish), deleted=len(delete))
+    log.info(
+        "reconciled secrets bucket",
+        checked=report.checked,
+        republished=report.republished,
+        deleted=report.deleted,
+    )
+    return report

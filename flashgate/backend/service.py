@@ -1,0 +1,378 @@
+"""The backend service: commands in, database + outbox, outbox out to JetStream.
+
+Start-up, in order: pin the fleet (fleet directory, checked against the database's pin),
+check the database schema, take the SQLite single-replica lock, connect to NATS and
+declare the fleet's streams and buckets, publish the descriptors and roster to the fleet
+bucket, drain the outbox, reconcile the secrets bucket, then consume commands, relay the
+outbox and answer metadata queries until stopped.
+
+The backend holds the fleet public key only. It imports the encrypt side of
+``flashgate.crypto`` and nothing that could decrypt (a test checks the import graph).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from flashgate.backend import db
+from flashgate.backend.apikeys import IssuedApiKey, issue_api_key
+from flashgate.backend.commands import CommandProcessor, FleetState, Outcome
+from flashgate.backend.lease import PostgresRelayLease, SqliteSingleton
+from flashgate.backend.models import Fleet, FleetEpoch
+from flashgate.backend.outbox import Relay
+from flashgate.backend.queries import Queries
+from flashgate.backend.reconcile import reconcile
+from flashgate.broker.connection import broker_errors, connect
+from flashgate.broker.declare import declare_fleet
+from flashgate.errors import FleetMismatch
+from flashgate.events.fleet import decode_descriptor, encode_descriptor, encode_roster
+from flashgate.events.queries import QUERY_KINDS
+from flashgate.events.subjects import FleetNames
+from flashgate.events.types import ApiKeyScope
+from flashgate.fleet.descriptor import fleet_public_key
+from flashgate.fleet.files import ROSTER_FILE, load_descriptor, load_roster
+
+log = structlog.get_logger("flashgate.backend")
+
+DURABLE = "backend"
+
+
+@dataclass
+class BackendSettings:
+    nats_urls: list[str]
+    db_url: str
+    fleet_dir: Path
+    nats_user: str | None = None
+    nats_password: str | None = None
+    stream_replicas: int = 1
+    instance: str = field(default_factory=lambda: f"backend-{socket.gethostname()}-{os.getpid()}")
+    batch: int = 64
+    concurrency: int | None = None  # commands applied at once; default 1 on SQLite, 8 on PG
+    ack_wait: float = 30.0
+
+
+class _LaneProbe(msgspec.Struct):
+    """Just enough of a command to keep commands on one target in order."""
+
+    repo: str | None = None
+    name: str | None = None
+    key_id: str | None = None
+
+
+_lane_decoder = msgspec.json.Decoder(_LaneProbe)
+
+
+def _lane(raw: bytes) -> str:
+    try:
+        probe = _lane_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "?"
+    return probe.key_id or f"{probe.repo}.{probe.name}"
+
+
+class Backend:
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine | None = None
+        self.sessions: async_sessionmaker[AsyncSession] | None = None
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.processor: CommandProcessor | None = None
+        self.relay: Relay | None = None
+        self._singleton: SqliteSingleton | None = None
+        self._relay_lease: PostgresRelayLease | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self.applied = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        descriptor = load_descriptor(s.fleet_dir)
+        names = FleetNames(descriptor.fleet)
+        url = db.normalize_url(s.db_url)
+        self.engine = db.create_engine(url)
+        await db.check_schema(self.engine)
+        if db.is_sqlite(url):
+            path = db.sqlite_path(url)
+            if path is not None:
+                self._singleton = SqliteSingleton(path)
+                self._singleton.acquire()
+        self.sessions = db.sessionmaker(self.engine)
+        state = await self._load_state(names)
+        self.nc = await connect(
+            s.nats_urls, role="backend", name=s.instance, user=s.nats_user, password=s.nats_password
+        )
+        self.js = self.nc.jetstream()
+        declared = await declare_fleet(self.js, names, replicas=s.stream_replicas)
+        await self._publish_fleet_documents(declared.fleet, state)
+        self.relay = Relay(self.sessions, self._publish)
+        self.processor = CommandProcessor(
+            self.sessions,
+            state,
+            source=f"flashgate/{names.fleet}/backend",
+            on_commit=self.relay.wake,
+        )
+        if self._singleton is not None or not self._is_postgres:
+            await self._drain_outbox()
+            await reconcile(self.sessions, declared.secrets, names, state.fleet_id)
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
+        else:
+            self._tasks.append(
+                asyncio.create_task(self._relay_when_leader(declared.secrets), name="relay-lease")
+            )
+        await self._start_queries(names, state.fleet_id)
+        self._tasks.append(asyncio.create_task(self._consume(names), name="consumer"))
+        log.info(
+            "backend started",
+            fleet=names.fleet,
+            epoch=state.epoch,
+            instance=s.instance,
+            database=self.engine.dialect.name,
+        )
+
+    @property
+    def _is_postgres(self) -> bool:
+        return self.engine is not None and self.engine.dialect.name == "postgresql"
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.relay is not None and self.nc is not None and self.nc.is_connected:
+            with contextlib.suppress(Exception):  # best effort: the next start relays the rest
+                await asyncio.wait_for(self._drain_outbox(), 3)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()  # the tasks that used it are already stopped
+        if self._relay_lease is not None:
+            await self._relay_lease.release()
+        if self.engine is not None:
+            await self.engine.dispose()
+        if self._singleton is not None:
+            self._singleton.release()
+        log.info("backend stopped", instance=self.settings.instance)
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    # --- fleet state ----------------------------------------------------------------------
+
+    async def _load_state(self, names: FleetNames) -> FleetState:
+        assert self.sessions is not None
+        descriptor = load_descriptor(self.settings.fleet_dir)
+        roster = (
+            load_roster(self.settings.fleet_dir, descriptor)
+            if (self.settings.fleet_dir / ROSTER_FILE).exists()
+            else None
+        )
+        async with self.sessions() as session, session.begin():
+            fleet = await session.scalar(select(Fleet).where(Fleet.name == names.fleet))
+            if fleet is None:
+                fleet = Fleet(
+                    name=names.fleet,
+                    epoch=descriptor.epoch,
+                    admin_key=descriptor.admin_key,
+                    roster=encode_roster(roster).decode() if roster else None,
+                    roster_serial=roster.serial if roster else 0,
+                )
+                session.add(fleet)
+                await session.flush()
+                session.add(
+                    FleetEpoch(
+                        fleet_id=fleet.id,
+                        epoch=descriptor.epoch,
+                        descriptor=encode_descriptor(descriptor).decode(),
+                    )
+                )
+                log.info("fleet pinned", fleet=names.fleet, epoch=descriptor.epoch)
+            elif fleet.admin_key != descriptor.admin_key:
+                raise FleetMismatch(
+                    f"the fleet directory's admin key differs from the one this database "
+                    f"pinned for fleet {names.fleet!r}; refusing to start"
+                )
+            elif roster is not None and roster.serial > fleet.roster_serial:
+                fleet.roster, fleet.roster_serial = encode_roster(roster).decode(), roster.serial
+            epochs = (
+                await session.scalars(
+                    select(FleetEpoch).where(
+                        FleetEpoch.fleet_id == fleet.id, FleetEpoch.retired_at.is_(None)
+                    )
+                )
+            ).all()
+            keys = {
+                e.epoch: fleet_public_key(decode_descriptor(e.descriptor.encode())) for e in epochs
+            }
+            return FleetState(
+                names=names,
+                fleet_id=fleet.id,
+                admin_key=fleet.admin_key,
+                epoch=fleet.epoch,
+                keys=keys,
+                roster_serial=fleet.roster_serial,
+                rotating_to=fleet.rotating_to,
+            )
+
+    async def _publish_fleet_documents(self, kv: KeyValue, state: FleetState) -> None:
+        """Descriptors of live epochs and the roster into the fleet bucket (idempotent)."""
+        assert self.sessions is not None
+        async with self.sessions() as session:
+            fleet = await session.get(Fleet, state.fleet_id)
+            epochs = (
+                await session.scalars(
+                    select(FleetEpoch).where(FleetEpoch.fleet_id == state.fleet_id)
+                )
+            ).all()
+        assert fleet is not None
+        documents = {state.names.descriptor_key(e.epoch): e.descriptor.encode() for e in epochs}
+        if fleet.roster:
+            documents[FleetNames.ROSTER_KEY] = fleet.roster.encode()
+        documents[FleetNames.CURRENT_EPOCH_KEY] = str(fleet.epoch).encode()
+        with broker_errors("publishing fleet documents"):
+            for key, value in documents.items():
+                with contextlib.suppress(KeyNotFoundError):
+                    if (await kv.get(key)).value == value:
+                        continue
+                await kv.put(key, value)
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        assert self.js is not None
+        with broker_errors(f"publishing to {subject.split('.')[0]}"):
+            await self.js.publish(subject, payload, headers=headers, timeout=5)
+
+    async def _drain_outbox(self) -> None:
+        assert self.relay is not None
+        while await self.relay.relay_once():
+            pass
+
+    async def _relay_when_leader(self, secrets_kv: KeyValue) -> None:
+        """PostgreSQL: relay (and reconcile) only while holding the relay lease."""
+        assert self.engine is not None and self.sessions is not None and self.relay is not None
+        while not self._stopping.is_set():
+            self._relay_lease = PostgresRelayLease(self.engine)
+            await self._relay_lease.wait()
+            assert self.processor is not None
+            await self._drain_outbox()
+            await reconcile(
+                self.sessions, secrets_kv, self.processor.state.names, self.processor.state.fleet_id
+            )
+            relay = asyncio.create_task(self.relay.run())
+            try:
+                while await self._relay_lease.still_held():
+                    await asyncio.sleep(1.0)
+                log.warning("outbox relay lease lost; standing by")
+            finally:
+                relay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
+                await self._relay_lease.release()
+
+    # --- commands -------------------------------------------------------------------------
+
+    async def _consume(self, names: FleetNames) -> None:
+        assert self.js is not None and self.processor is not None
+        concurrency = self.settings.concurrency or (8 if self._is_postgres else 1)
+        config = ConsumerConfig(
+            durable_name=DURABLE,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.settings.ack_wait,
+            max_ack_pending=max(1024, self.settings.batch * 4),
+            filter_subject=names.command_subjects,
+        )
+        while not self._stopping.is_set():
+            try:
+                with broker_errors("subscribing to commands"):
+                    sub = await self.js.pull_subscribe(
+                        names.command_subjects,
+                        durable=DURABLE,
+                        stream=names.command_stream,
+                        config=config,
+                    )
+                break
+            except Exception as exc:
+                log.warning("command consumer not ready; retrying", error=str(exc)[:200])
+                await asyncio.sleep(1.0)
+        gate = asyncio.Semaphore(concurrency)
+        while not self._stopping.is_set():
+            try:
+                messages = await sub.fetch(self.settings.batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("fetching commands failed; retrying", error=type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            lanes: dict[str, list[Msg]] = {}
+            for msg in messages:
+                lanes.setdefault(_lane(msg.data), []).append(msg)
+            await asyncio.gather(*(self._run_lane(lane, gate) for lane in lanes.values()))
+
+    async def _run_lane(self, messages: list[Msg], gate: asyncio.Semaphore) -> None:
+        assert self.processor is not None
+        for msg in messages:
+            async with gate:
+                try:
+                    outcome = await self.processor.process(msg.data)
+                except Exception as exc:
+                    log.error(
+                        "applying a command failed; it will be redelivered",
+                        error=type(exc).__name__,
+                        detail=str(exc)[:200],
+                    )
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+                    continue
+                self._count(outcome)
+                with contextlib.suppress(Exception):
+                    await msg.ack()
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome.result == "applied":
+            self.applied += 1
+
+    # --- queries and the in-process API ---------------------------------------------------
+
+    async def _start_queries(self, names: FleetNames, fleet_id: int) -> None:
+        assert self.nc is not None and self.sessions is not None
+        queries = Queries(self.sessions, fleet_id)
+        for what in QUERY_KINDS:
+
+            async def handler(msg: Msg, what: str = what) -> None:
+                with contextlib.suppress(Exception):
+                    await msg.respond(await queries.answer(what, msg.data))
+
+            await self.nc.subscribe(names.query_subject(what), queue="backend", cb=handler)
+
+    async def issue_api_key(
+        self, *, repo: str, scope: ApiKeyScope, access: str, label: str, actor: str
+    ) -> IssuedApiKey:
+        """Server-side API key: generated here, returned once, stored only as an envelope."""
+        assert self.processor is not None
+        return await issue_api_key(
+            self.processor, repo=repo, scope=scope, access=access, label=label, actor=actor
+        )

@@ -1,0 +1,119 @@
+"""``flashgate backend``: run the backend service; ``flashgate backend migrate``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from flashgate import logs
+from flashgate.backend import db
+
+HOME_ENV = "FLASHGATE_HOME"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get(HOME_ENV, ".flashgate"))
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{(default_home() / 'backend.db').resolve()}"
+
+
+db_option = click.option(
+    "--db",
+    "db_url",
+    envvar="FLASHGATE_DB_URL",
+    default=default_db_url,
+    show_default="sqlite:///$FLASHGATE_HOME/backend.db",
+    help="SQLAlchemy URL: sqlite:///FILE or postgresql://USER@HOST/DB.",
+)
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--nats",
+    "nats_url",
+    envvar="FLASHGATE_NATS_URL",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    help="NATS URL(s), comma-separated.",
+)
+@click.option("--nats-user", envvar="FLASHGATE_NATS_USER", default=None)
+@click.option("--nats-password", envvar="FLASHGATE_NATS_PASSWORD", default=None)
+@db_option
+@click.option(
+    "--fleet-dir",
+    type=click.Path(path_type=Path),
+    envvar="FLASHGATE_FLEET_DIR",
+    default=lambda: default_home() / "fleet",
+    show_default="$FLASHGATE_HOME/fleet",
+)
+@click.option(
+    "--stream-replicas",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Replicas of the fleet's streams and buckets (3 on a 3-node cluster).",
+)
+@click.option(
+    "--migrate", "run_migrations", is_flag=True, help="Apply database migrations before starting."
+)
+@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-json/--log-console", default=None, help="Default: JSON unless a terminal.")
+@click.pass_context
+def backend(
+    ctx: click.Context,
+    nats_url: str,
+    nats_user: str | None,
+    nats_password: str | None,
+    db_url: str,
+    fleet_dir: Path,
+    stream_replicas: int,
+    run_migrations: bool,
+    log_level: str,
+    log_json: bool | None,
+) -> None:
+    """Run the backend: admin commands in, database and outbox, envelopes and events out."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from flashgate.backend.service import Backend, BackendSettings
+
+    logs.configure(level=log_level, json=log_json)
+    if run_migrations:
+        db.migrate(db_url)
+    settings = BackendSettings(
+        nats_urls=[u.strip() for u in nats_url.split(",") if u.strip()],
+        db_url=db_url,
+        fleet_dir=fleet_dir,
+        nats_user=nats_user,
+        nats_password=nats_password,
+        stream_replicas=stream_replicas,
+    )
+    asyncio.run(_run(Backend(settings)))
+
+
+async def _run(service: object) -> None:
+    from flashgate.backend.service import Backend
+
+    assert isinstance(service, Backend)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+@backend.command("migrate")
+@db_option
+def migrate_cmd(db_url: str) -> None:
+    """Bring the database schema to the latest version."""
+    db.migrate(db_url)
+    click.echo(f"database at revision {db.head_revision()}", err=True)

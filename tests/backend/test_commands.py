@@ -1,0 +1,298 @@
+"""Command -> database -> bucket -> event, on SQLite and PostgreSQL (real nats-server)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+from nats.js.errors import KeyNotFoundError
+from sqlalchemy import func, select
+
+from flashgate.backend.models import AuditEvent, ProcessedCommand, Secret, SecretVersion
+from flashgate.backend.service import Backend
+from flashgate.crypto import jwe
+from flashgate.events import commands as cmd
+from flashgate.events.envelope import ENVELOPE_CODEC
+from flashgate.events.signing import sign
+from flashgate.fleet.signing import new_ed25519
+from tests.backend.conftest import AdminClient, FleetFixture, new_command_id
+from tests.helpers import CANARY
+
+pytestmark = pytest.mark.nats
+
+
+async def kv_envelope(admin: AdminClient, key: str):
+    kv = await admin.js.key_value(admin.fleet.names.secrets_bucket)
+    entry = await kv.get(key)
+    return ENVELOPE_CODEC.decode(entry.value)
+
+
+async def wait_kv(admin: AdminClient, key: str, version: int, timeout: float = 10.0):
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            env = await kv_envelope(admin, key)
+            if env.version == version:
+                return env
+        except KeyNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{key} v{version} never reached the bucket")
+        await asyncio.sleep(0.05)
+
+
+async def test_put_reaches_database_bucket_and_event(backend: Backend, admin: AdminClient) -> None:
+    command = admin.put("payments", "s3", CANARY, kind="storage")
+    event = await admin.send(command)
+    assert event.type == "io.flashgate.secret.created"
+    assert (event.data.repo, event.data.name, event.data.version) == ("payments", "s3", 1)
+    env = await wait_kv(admin, "payments.s3", 1)
+    assert env.jwe == command.jwe and env.epoch == 1 and env.kind == "storage"
+    assert env.command_id == command.command_id
+    assert jwe.parse(env.jwe).context == env.context
+    assert backend.sessions is not None
+    async with backend.sessions() as session:
+        secret = await session.scalar(select(Secret).where(Secret.name == "s3"))
+        assert secret is not None and secret.current_version == 1
+        versions = await session.scalar(select(func.count()).select_from(SecretVersion))
+        assert versions == 1
+        audit = (await session.scalars(select(AuditEvent))).all()
+        assert [(a.result, a.target) for a in audit] == [("applied", "payments.s3")]
+
+
+async def test_rotate_delete_and_recreate(backend: Backend, admin: AdminClient) -> None:
+    await admin.send(admin.put("app", "db", b"v1"))
+    rotated = await admin.send(admin.rotate("app", "db", b"v2", version=2))
+    assert rotated.type == "io.flashgate.secret.rotated"
+    assert (rotated.data.version, rotated.data.previous_version) == (2, 1)
+    await wait_kv(admin, "app.db", 2)
+    deleted = await admin.send(admin.delete("app", "db"))
+    assert deleted.type == "io.flashgate.secret.deleted" and deleted.data.last_version == 2
+    kv = await admin.js.key_value(admin.fleet.names.secrets_bucket)
+    for _ in range(100):
+        try:
+            await kv.get("app.db")
+        except KeyNotFoundError:
+            break
+        import asyncio
+
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("delete marker never reached the bucket")
+    # Versions never go backwards: a re-created secret continues at last + 1.
+    stale = await admin.send(admin.put("app", "db", b"again", version=1))
+    assert stale.type == "io.flashgate.command.rejected"
+    assert stale.data.reason == "stale_version"
+    again = await admin.send(admin.put("app", "db", b"again", version=3))
+    assert again.type == "io.flashgate.secret.created" and again.data.version == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        ("unsigned", "bad_signature"),
+        ("wrong_signer", "bad_signature"),
+        ("foreign_fleet", "fleet_mismatch"),
+        ("stale_version", "stale_version"),
+        ("rotate_missing", "not_found"),
+        ("context_moved", "context_mismatch"),
+        ("wrong_epoch", "stale_epoch"),
+        ("bad_alg", "unsupported_algorithm"),
+        ("reserved_name", "bad_configuration"),
+    ],
+)
+async def test_bad_commands_are_rejected_with_their_reason(
+    backend: Backend, admin: AdminClient, make: str, reason: str
+) -> None:
+    await admin.send(admin.put("repo", "existing", b"x"))
+    good = admin.put("repo", "fresh", b"value")
+    base = {k: getattr(good, k) for k in ("command_id", "fleet", "actor", "issued_at")}
+    fields = {k: getattr(good, k) for k in ("repo", "name", "kind", "version", "epoch", "jwe")}
+    if make == "unsigned":
+        command = msgspec.structs.replace(good, signature="")
+    elif make == "wrong_signer":
+        command = sign(msgspec.structs.replace(good, signature=""), new_ed25519())
+    elif make == "foreign_fleet":
+        command = sign(cmd.PutSecret(**{**base, "fleet": "elsewhere"}, **fields), admin.fleet.admin)
+    elif make == "stale_version":
+        command = admin.put("repo", "fresh", b"v", version=2)
+    elif make == "rotate_missing":
+        command = admin.rotate("repo", "missing", b"v", version=1)
+    elif make == "context_moved":  # the JWE was written for another secret
+        command = sign(
+            cmd.PutSecret(**base, **{**fields, "jwe": admin.jwe("repo", "other", b"v")}),
+            admin.fleet.admin,
+        )
+    elif make == "wrong_epoch":
+        command = sign(cmd.PutSecret(**base, **{**fields, "epoch": 2}), admin.fleet.admin)
+    elif make == "bad_alg":
+        header = jwe.encode_header({"alg": "RSA-OAEP", "enc": "A256GCM"})
+        token = ".".join([header, *good.jwe.split(".")[1:]])
+        command = sign(cmd.PutSecret(**base, **{**fields, "jwe": token}), admin.fleet.admin)
+    else:  # names starting fgk_ belong to API keys
+        command = admin.put("repo", "fgk_abc", b"v")
+    event = await admin.send(command)
+    assert event.type == "io.flashgate.command.rejected"
+    assert event.data.reason == reason
+    assert CANARY.decode() not in event.data.detail
+    # ... and the service is alive and loses nothing: the next good command applies.
+    assert (await admin.send(admin.put("repo", "after", b"ok"))).type.endswith("secret.created")
+
+
+async def test_malformed_and_oversized_commands(backend: Backend, admin: AdminClient) -> None:
+    await admin.publish(b"{not json", "secret.put", msg_id="junk-1")
+    await admin.publish(
+        b'{"type":"secret.put","command_id":"cmd-0123456789abcdef"}', "secret.put", msg_id="junk-2"
+    )
+    await admin.publish(b"x" * (cmd.MAX_COMMAND_BYTES + 1), "secret.put", msg_id="junk-3")
+    named = await admin.outcome("cmd-0123456789abcdef")
+    assert named.data.reason == "malformed_message"
+    good = await admin.send(admin.put("r", "n", b"v"))
+    assert good.type.endswith("secret.created")
+    reasons = sorted(e.data.reason for e in admin.events if e.type.endswith("rejected"))
+    assert reasons == ["malformed_message", "malformed_message", "oversized"]
+
+
+async def test_duplicate_command_id_is_a_no_op(backend: Backend, admin: AdminClient) -> None:
+    command = admin.put("r", "dup", b"v1")
+    first = await admin.send(command)
+    await admin.publish(command, msg_id="a-different-nats-msg-id")
+    import asyncio
+
+    for _ in range(100):  # wait until the backend has seen the repeat
+        assert backend.sessions is not None
+        async with backend.sessions() as session:
+            results = (
+                await session.scalars(
+                    select(AuditEvent.result).where(AuditEvent.command_id == command.command_id)
+                )
+            ).all()
+        if "duplicate" in results:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(results) == ["applied", "duplicate"]
+    async with backend.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(SecretVersion)) == 1
+        processed = await session.get(ProcessedCommand, command.command_id)
+        assert processed is not None and processed.result == "applied"
+    assert first.data.version == 1
+
+
+async def test_api_keys(backend: Backend, admin: AdminClient) -> None:
+    from flashgate.crypto.apikey import new_key_id, new_key_secret
+
+    key_id, secret = new_key_id(), new_key_secret()
+    create = sign(
+        cmd.CreateApiKey(
+            **admin.base(),
+            key_id=key_id,
+            repo="payments",
+            scope="storage",
+            access="read",
+            label="CI reader",
+            epoch=1,
+            jwe=admin.jwe("payments", key_id, secret, kind="apikey"),
+        ),
+        admin.fleet.admin,
+    )
+    created = await admin.send(create)
+    assert created.type == "io.flashgate.apikey.created"
+    env = await wait_kv(admin, f"payments.{key_id}", 1)
+    assert env.kind == "apikey" and env.api_key is not None and env.api_key.access == "read"
+    renamed = await admin.send(
+        sign(
+            cmd.RenameApiKey(**admin.base(), key_id=key_id, label="CI reader v2"), admin.fleet.admin
+        )
+    )
+    assert renamed.type == "io.flashgate.apikey.renamed"
+    bad_access = sign(
+        cmd.CreateApiKey(
+            **{**admin.base(), "command_id": new_command_id()},
+            key_id=new_key_id(),
+            repo="payments",
+            scope="storage",
+            access="root",
+            label="x",
+            epoch=1,
+            jwe=create.jwe,
+        ),
+        admin.fleet.admin,
+    )
+    assert (await admin.send(bad_access)).data.reason == "bad_configuration"
+    revoked = await admin.send(
+        sign(cmd.RevokeApiKey(**admin.base(), key_id=key_id), admin.fleet.admin)
+    )
+    assert revoked.type == "io.flashgate.apikey.revoked"
+    again = await admin.send(
+        sign(cmd.RevokeApiKey(**admin.base(), key_id=key_id), admin.fleet.admin)
+    )
+    assert again.data.reason == "not_found"
+    listing = await admin.query("apikeys", include_deleted=True)
+    [row] = listing["api_keys"]
+    assert row["key_id"] == key_id and row["label"] == "CI reader v2" and row["revoked_at"]
+    assert "jwe" not in row
+
+
+async def test_server_side_api_key_is_returned_once(backend: Backend, admin: AdminClient) -> None:
+    issued = await backend.issue_api_key(
+        repo="web", scope="ai", access="openai", label="from the web", actor="web:alice"
+    )
+    assert issued.secret.startswith(b"fgs_") and "redacted" in repr(issued)
+    env = await wait_kv(admin, f"web.{issued.key_id}", 1)
+    assert issued.secret not in env.jwe.encode()
+    audit = await admin.query("audit")
+    assert audit["audit"][0]["actor"] == "web:alice"
+
+
+async def test_metadata_queries(backend: Backend, admin: AdminClient) -> None:
+    await admin.send(admin.put("alpha", "one", b"1"))
+    await admin.send(admin.rotate("alpha", "one", b"2", version=2))
+    await admin.send(admin.put("beta", "two", b"2", kind="ai"))
+    repos = await admin.query("repositories")
+    assert [(r["name"], r["secrets"]) for r in repos["repositories"]] == [("alpha", 1), ("beta", 1)]
+    secrets = await admin.query("secrets", repo="alpha")
+    [one] = secrets["secrets"]
+    assert one["current_version"] == 2 and [v[0] for v in one["versions"]] == [1, 2]
+    assert "jwe" not in msgspec.json.encode(secrets).decode()
+    audit = await admin.query("audit", limit=2)
+    assert len(audit["audit"]) == 2 and audit["audit"][0]["result"] == "applied"
+    bad = await admin.query("secrets", repo="Not.Valid")
+    assert bad["ok"] is False and bad["error"] == "malformed_message"
+
+
+async def test_unmigrated_database_is_refused(nats_url: str, fleet: FleetFixture, tmp_path) -> None:
+    from flashgate.backend.service import BackendSettings
+    from flashgate.errors import ConfigurationError
+
+    service = Backend(
+        BackendSettings(
+            nats_urls=[nats_url], db_url=f"sqlite:///{tmp_path / 'empty.db'}", fleet_dir=fleet.dir
+        )
+    )
+    with pytest.raises(ConfigurationError, match="flashgate backend migrate"):
+        await service.start()
+    await service.stop()
+
+
+async def test_second_replica_on_sqlite_is_refused(
+    nats_url: str, fleet: FleetFixture, tmp_path
+) -> None:
+    from flashgate.backend import db
+    from flashgate.backend.service import BackendSettings
+    from flashgate.errors import ConfigurationError
+
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    first = Backend(BackendSettings(nats_urls=[nats_url], db_url=url, fleet_dir=fleet.dir))
+    await first.start()
+    try:
+        second = Backend(BackendSettings(nats_urls=[nats_url], db_url=url, fleet_dir=fleet.dir))
+        with pytest.raises(ConfigurationError, match="one backend replica"):
+            await second.start()
+        await second.stop()
+    finally:
+        await first.stop()
