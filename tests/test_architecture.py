@@ -81,3 +81,18 @@ def test_backend_never_imports_share_or_combine_code() -> None:
             if any(name == s or name.startswith(s + ".") for s in SHARE_SIDE):
                 offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert offenders == []
+
+
+def test_backend_process_loads_no_share_or_combine_code() -> None:
+    """Not only direct imports: the whole import closure of the backend service."""
+    code = (
+        "import sys\n"
+        "import flashgate.backend.service, flashgate.cli.backend\n"
+        "print('\\n'.join(m for m in sys.modules if m.startswith('flashgate')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "flashgate.backend.service" in out
+    loaded = [m for m in out if any(m == s or m.startswith(s + ".") for s in SHARE_SIDE)]
+    assert loaded == []

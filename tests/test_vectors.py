@@ -19,7 +19,8 @@ from flashgate.crypto.threshold import (
     prove,
     verify_proof,
 )
-from flashgate.fleet.files import load_descriptor, read_bundle
+from flashgate.fleet.directory import read_bundle
+from flashgate.fleet.files import load_descriptor
 from flashgate.fleet.recovery import recover
 from tests.helpers import VECTORS, load_vectors
 

@@ -3,7 +3,8 @@
 * :mod:`flashgate.broker.server`: find a nats-server >= 2.10 and run it (one server or a
   loopback cluster) for tests and ``flashgate dev up``;
 * :mod:`flashgate.broker.connection`: :func:`connect` with role inboxes, reconnect
-  logging and the server version check; :func:`broker_errors` maps nats-py errors;
+  logging and the server version check; :func:`flush` that really waits for
+  the server; :func:`broker_errors` maps nats-py errors;
 * :mod:`flashgate.broker.declare`: :func:`declare_fleet`, the idempotent JetStream layout
   of DESIGN §3 (command and event streams, secrets and fleet buckets).
 
@@ -16,6 +17,7 @@ from flashgate.broker.connection import (
     broker_errors,
     check_server_version,
     connect,
+    flush,
     inbox_prefix,
     redact_url,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "connect",
     "declare_fleet",
     "find_nats_server",
+    "flush",
     "free_port",
     "free_ports",
     "inbox_prefix",

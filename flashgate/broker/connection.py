@@ -279,6 +279,24 @@ async def _require_supported(nc: Client) -> None:
         raise UnsupportedServer(f"{url}: {exc.message}") from exc
 
 
+async def flush(nc: Client, timeout: float = 5.0) -> None:
+    """Return once the server has processed every command sent on ``nc`` before the call.
+
+    Use it after subscribing, before telling anyone the subscription exists (a responder
+    announcing itself, a test about to send a request from another connection). A single
+    ``nc.flush()`` is not enough in nats-py 2.16: it writes its PING straight to the socket
+    while earlier commands (the SUB) may still wait in the client's pending buffer for the
+    flusher task, so the PONG can come back before the server has seen the SUB, and a
+    request from another connection meets "no responders". The first flush kicks the
+    flusher, which writes the pending commands before any reply can be read; the second
+    PING then follows them, and its PONG proves they were processed.
+    """
+    # nats-py annotates flush(timeout: int) but waits with asyncio.wait_for: floats work.
+    with broker_errors("flushing to NATS"):
+        await nc.flush(timeout=timeout)  # type: ignore[arg-type]
+        await nc.flush(timeout=timeout)  # type: ignore[arg-type]
+
+
 # --- errors at the boundary -------------------------------------------------------------
 
 

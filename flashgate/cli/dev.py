@@ -20,7 +20,8 @@ from flashgate.crypto.threshold.dealing import DEFAULT_BITS
 from flashgate.errors import FlashgateError
 from flashgate.fleet.ceremony import default_node_ids, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.files import DESCRIPTOR_FILE, load_descriptor, read_bundle, write_fleet_dir
+from flashgate.fleet.directory import read_bundle, write_fleet_dir
+from flashgate.fleet.files import DESCRIPTOR_FILE, load_descriptor
 from flashgate.fleet.recovery import recover
 
 #: Used only when FLASHGATE_PASSPHRASE is unset, only by ``dev`` commands, with a warning.

@@ -35,7 +35,8 @@ from flashgate.errors import (
 )
 from flashgate.fleet.ceremony import check_ceremony, default_node_ids, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.files import check_out_dir, load_descriptor, read_bundle, write_fleet_dir
+from flashgate.fleet.directory import check_out_dir, read_bundle, write_fleet_dir
+from flashgate.fleet.files import load_descriptor
 from flashgate.fleet.recovery import recover
 from flashgate.names import validate_name
 

@@ -24,6 +24,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from flashgate.backend import db
 from flashgate.backend.service import Backend, BackendSettings
+from flashgate.broker.declare import declare_fleet
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.publickey import FleetPublicKey
@@ -33,7 +34,7 @@ from flashgate.events.signing import sign
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.files import write_fleet_dir
+from flashgate.fleet.directory import write_fleet_dir
 from tests.helpers import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
 
 PG_ADMIN_URL = os.environ.get("FLASHGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -177,6 +178,8 @@ class AdminClient:
         self._sub: Any = None
 
     async def start(self) -> None:
+        # Streams may not exist yet (the backend declares them too; it is idempotent).
+        await declare_fleet(self.js, self.fleet.names)
         # An ordered consumer on the event stream: every event, including repeats.
         self._sub = await self.js.subscribe(
             self.fleet.names.event_subjects,

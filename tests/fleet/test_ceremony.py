@@ -30,7 +30,8 @@ from flashgate.events.fleet import decode_descriptor, encode_descriptor
 from flashgate.fleet.bundle import open_admin_key, open_bundle, seal_admin_key
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key, verify_descriptor
-from flashgate.fleet.files import load_descriptor, load_roster, read_bundle, write_fleet_dir
+from flashgate.fleet.directory import read_bundle, write_fleet_dir
+from flashgate.fleet.files import load_descriptor, load_roster
 from flashgate.fleet.recovery import recover
 from flashgate.fleet.threshold_key import verified_threshold_key
 from tests.helpers import CANARY, FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes

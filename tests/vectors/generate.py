@@ -34,7 +34,7 @@ from flashgate.crypto.rng import DeterministicRng  # noqa: E402
 from flashgate.crypto.threshold import combine, deal, partial_decrypt, prove  # noqa: E402
 from flashgate.crypto.threshold.primes import generate_safe_prime  # noqa: E402
 from flashgate.fleet.ceremony import run_ceremony  # noqa: E402
-from flashgate.fleet.files import write_fleet_dir  # noqa: E402
+from flashgate.fleet.directory import write_fleet_dir  # noqa: E402
 from tests.helpers import FAST_KDF, fixed_primes  # noqa: E402
 
 PASSPHRASE = "insecure-test-passphrase"

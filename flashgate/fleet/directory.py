@@ -1,0 +1,71 @@
+"""Writing a whole fleet directory after a ceremony, and reading sealed node bundles.
+
+Everything is sealed in memory first and written file by file to a temporary name and
+renamed, ``fleet.json`` last: a failure leaves no half-written directory that looks done.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flashgate.crypto import seal
+from flashgate.errors import ConfigurationError, FlashgateError
+from flashgate.events.fleet import encode_descriptor, encode_roster
+from flashgate.fleet.bundle import NodeBundle, open_bundle, seal_admin_key
+from flashgate.fleet.ceremony import Ceremony
+from flashgate.fleet.files import (
+    ADMIN_KEY_FILE,
+    DESCRIPTOR_FILE,
+    NODES_DIR,
+    ROSTER_FILE,
+    read_limited,
+    write_atomic,
+)
+
+
+def check_out_dir(out: Path, *, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigurationError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigurationError(f"{out} is not empty (use --force to overwrite)")
+
+
+def write_fleet_dir(
+    out: Path,
+    ceremony: Ceremony,
+    passphrase: str,
+    *,
+    force: bool = False,
+    params: seal.KdfParams = seal.DEFAULT_KDF,
+) -> list[Path]:
+    check_out_dir(out, force=force)
+    seal.check_passphrase(passphrase)
+    descriptor = ceremony.descriptor
+    # Seal everything in memory first: a failure leaves the directory untouched.
+    files: list[tuple[Path, bytes, int]] = [
+        (
+            out / ADMIN_KEY_FILE,
+            seal_admin_key(descriptor.fleet, ceremony.admin_key, passphrase, params=params),
+            0o600,
+        ),
+        *(
+            (out / NODES_DIR / f"{b.node_id}.bundle", b.seal(passphrase, params=params), 0o600)
+            for b in ceremony.bundles
+        ),
+        (out / ROSTER_FILE, encode_roster(ceremony.roster), 0o644),
+        (out / DESCRIPTOR_FILE, encode_descriptor(descriptor), 0o644),  # last: marks "done"
+    ]
+    (out / NODES_DIR).mkdir(parents=True, exist_ok=True)
+    os.chmod(out / NODES_DIR, 0o700)
+    for path, data, mode in files:
+        write_atomic(path, data, mode)
+    return [path for path, _, _ in files]
+
+
+def read_bundle(path: Path, passphrase: str) -> NodeBundle:
+    blob = read_limited(path, seal.MAX_SEALED_BYTES, "bundle")
+    try:
+        return open_bundle(blob, passphrase)
+    except FlashgateError as exc:
+        raise type(exc)(f"{path}: {exc.message}") from exc
