@@ -1,0 +1,96 @@
+"""A 3-node cluster loses the leader of an R3 secrets bucket: nothing is lost, writes resume.
+
+No timing is asserted: reads and writes are retried (bounded) while the remaining two
+servers elect a new leader, and the killed server is restarted at the end so the session
+cluster is whole again for any later test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+
+from flashgate.broker.connection import broker_errors, connect
+from flashgate.broker.declare import declare_fleet
+from flashgate.broker.server import NatsCluster, NatsServerProcess
+from flashgate.errors import BrokerError
+from flashgate.events.subjects import FleetNames, secret_key
+from tests.nats_fixtures import eventually
+
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+VALUES = 20
+FAILOVER_TIMEOUT = 15.0
+
+
+@pytest.fixture
+async def cluster_nc(nats_cluster: NatsCluster) -> AsyncIterator[Client]:
+    nc = await connect(
+        nats_cluster.urls, role="test", name="pytest-cluster", reconnect_time_wait=0.2
+    )
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def read_all(kv: KeyValue, keys: list[str]) -> dict[str, bytes | None]:
+    with broker_errors("reading the secrets bucket"):
+        return {key: (await kv.get(key)).value for key in keys}
+
+
+async def stream_leader(nc: Client, stream: str) -> str:
+    with broker_errors(f"stream info {stream}"):
+        info = await nc.jetstream(timeout=2).stream_info(stream)
+    leader = info.cluster.leader if info.cluster else None
+    if not leader:
+        raise BrokerError(f"{stream} has no leader yet")
+    return leader
+
+
+async def test_secrets_survive_losing_the_stream_leader(
+    nats_cluster: NatsCluster, cluster_nc: Client, fleet_names: FleetNames
+) -> None:
+    js = cluster_nc.jetstream(timeout=2)
+    fleet = await eventually(lambda: declare_fleet(js, fleet_names, replicas=3))
+    kv = fleet.secrets
+    stream = f"KV_{fleet_names.secrets_bucket}"
+    keys = [secret_key("repo", f"s{i:02d}") for i in range(VALUES)]
+    for i, key in enumerate(keys):
+        await kv.put(key, f"envelope-{i}".encode())
+    expected = {key: f"envelope-{i}".encode() for i, key in enumerate(keys)}
+
+    victim: NatsServerProcess = nats_cluster.server(await stream_leader(cluster_nc, stream))
+    victim.kill()
+    try:
+        assert await eventually(lambda: read_all(kv, keys), timeout=FAILOVER_TIMEOUT) == expected
+
+        async def put_after_failover() -> int:
+            with broker_errors("put after failover"):
+                return await kv.put(secret_key("repo", "after"), b"new-envelope")
+
+        await eventually(put_after_failover, timeout=FAILOVER_TIMEOUT)
+        new_leader = await eventually(
+            lambda: stream_leader(cluster_nc, stream), timeout=FAILOVER_TIMEOUT
+        )
+        assert new_leader != victim.name
+        assert (await kv.get(secret_key("repo", "after"))).value == b"new-envelope"
+    finally:
+        victim.restart()
+
+    async def rejoined() -> None:
+        with broker_errors("stream info"):
+            info = await js.stream_info(stream)
+        cluster = info.cluster
+        caught_up = cluster is not None and (
+            cluster.leader == victim.name
+            or any(peer.name == victim.name and peer.current for peer in cluster.replicas or [])
+        )
+        if not caught_up:
+            raise BrokerError(f"{victim.name} has not caught up yet")
+
+    await eventually(rejoined, timeout=FAILOVER_TIMEOUT * 2)
+    nats_cluster.wait_ready()
