@@ -17,6 +17,7 @@ import click
 
 from flashgate import __version__
 from flashgate.cli.backend import backend
+from flashgate.cli.bridge import bridge
 from flashgate.cli.dev import dev
 from flashgate.cli.passphrase import get_passphrase
 from flashgate.cli.schemas import schemas
@@ -253,6 +254,7 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
 
 cli.add_command(dev)
 cli.add_command(backend)
+cli.add_command(bridge)
 cli.add_command(schemas)
 
 

@@ -1,0 +1,270 @@
+"""Collecting t partial decryptions per envelope and combining them (DESIGN §2.4).
+
+For a batch of envelopes the collector:
+
+1. ranks the candidate nodes per ciphertext (rendezvous hashing, :mod:`peers`) and
+   assigns the first t to it: this node's own partial when it is among them, peers for
+   the rest; items for the same peer travel in one request (up to 256 items);
+2. sends the requests concurrently; a peer that has not answered within the hedge delay
+   gets a stand-in: the affected items go to the next candidate too, and the first t
+   partials to arrive win; a refusal, a timeout or a bad response moves on to the next
+   candidate as well;
+3. combines optimistically (y^e = c); when that check fails, it asks the contributors for
+   proofs, names the faulty node(s), excludes them from then on, reports them, and goes
+   on with other candidates.
+
+Entries that cannot reach t partials are returned as failed with a reason, to be retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from flashgate.bridge.partials import PartialCache
+from flashgate.bridge.peers import PeerBook
+from flashgate.bridge.protocol import Refused, build_request, open_response
+from flashgate.bridge.store import Entry
+from flashgate.crypto.encoding import int_to_bytes
+from flashgate.crypto.threshold.combine import combine, identify_faulty
+from flashgate.crypto.threshold.keys import ThresholdPublicKey
+from flashgate.crypto.threshold.partial import Proof
+from flashgate.errors import CombineCheckFailed, FlashgateError
+from flashgate.events.fleet import Roster
+from flashgate.events.share import MAX_SHARE_ITEMS, ShareItem, ShareResults
+
+log = structlog.get_logger("flashgate.bridge.collector")
+
+
+class Transport(Protocol):
+    async def request(self, node_id: str, payload: bytes, timeout: float) -> bytes: ...
+
+
+Report = Callable[[str, str, str | None], Awaitable[None]]
+"""report(node_id, reason, secret_key): a peer proven to have misbehaved."""
+
+
+@dataclass
+class _Wanted:
+    entry: Entry
+    ranking: list[str]
+    partials: dict[int, int] = field(default_factory=dict)  # share index -> x
+    sources: dict[int, str] = field(default_factory=dict)  # share index -> node id
+    inflight: set[str] = field(default_factory=set)
+    tried: set[str] = field(default_factory=set)
+    extra: int = 0
+    cursor: int = 0
+
+    def next_nodes(self, t: int) -> list[str]:
+        picked: list[str] = []
+        while len(self.partials) + len(self.inflight) + len(picked) < t + self.extra:
+            if self.cursor >= len(self.ranking):
+                break
+            node = self.ranking[self.cursor]
+            self.cursor += 1
+            if node not in self.tried:
+                picked.append(node)
+        return picked
+
+
+@dataclass
+class CollectResult:
+    values: dict[str, int] = field(default_factory=dict)  # key -> y
+    failed: dict[str, str] = field(default_factory=dict)  # key -> reason
+
+
+@dataclass
+class Collector:
+    node_id: str
+    fleet: str
+    epoch: int
+    signing_key: Ed25519PrivateKey
+    public: ThresholdPublicKey
+    peers: PeerBook
+    partials: PartialCache
+    transport: Transport
+    roster: Callable[[], Roster]
+    report: Report
+    per_item_ms: float = 25.0  # learned: seconds a peer needs per item, for timeouts
+    hedge_floor_s: float = 0.3
+
+    # --- public --------------------------------------------------------------------------
+
+    async def collect(self, entries: Sequence[Entry]) -> CollectResult:
+        t = self.public.threshold
+        wanted = {e.key: _Wanted(e, self.peers.ranking(e.digest)) for e in entries}
+        result = CollectResult()
+        tasks: dict[asyncio.Task[dict[str, int]], tuple[str, list[_Wanted]]] = {}
+        while True:
+            self._launch(wanted, tasks, t)
+            if not tasks:
+                break
+            done, _ = await asyncio.wait(
+                tasks, timeout=self._hedge_delay(tasks), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:  # slow peers: give each waiting entry one stand-in candidate
+                for want in wanted.values():
+                    if want.inflight and len(want.partials) < t:
+                        want.extra += 1
+                continue
+            for task in done:
+                node, group = tasks.pop(task)
+                got = self._task_result(task, node)
+                index = self._index(node)
+                for want in group:
+                    want.inflight.discard(node)
+                    x = got.get(want.entry.key)
+                    if x is not None and index is not None and want.entry.key in wanted:
+                        want.partials[index] = x
+                        want.sources[index] = node
+            for key in [k for k, w in wanted.items() if len(w.partials) >= t]:
+                want = wanted[key]
+                y = await self._combine(want)
+                if y is not None:
+                    result.values[key] = y
+                    del wanted[key]
+        for key, want in wanted.items():
+            result.failed[key] = "no_quorum" if len(want.partials) < t else "combine_failed"
+        for task in tasks:
+            task.cancel()
+        return result
+
+    # --- requests --------------------------------------------------------------------------
+
+    def _launch(
+        self,
+        wanted: dict[str, _Wanted],
+        tasks: dict[asyncio.Task[dict[str, int]], tuple[str, list[_Wanted]]],
+        t: int,
+    ) -> None:
+        by_node: dict[str, list[_Wanted]] = defaultdict(list)
+        for want in wanted.values():
+            if len(want.partials) >= t:
+                continue
+            for node in want.next_nodes(t):
+                want.tried.add(node)
+                want.inflight.add(node)
+                by_node[node].append(want)
+        for node, group in by_node.items():
+            for start in range(0, len(group), MAX_SHARE_ITEMS):
+                chunk = group[start : start + MAX_SHARE_ITEMS]
+                coro = self._own(chunk) if node == self.node_id else self._ask(node, chunk)
+                tasks[asyncio.create_task(coro)] = (node, chunk)
+
+    def _hedge_delay(
+        self, tasks: dict[asyncio.Task[dict[str, int]], tuple[str, list[_Wanted]]]
+    ) -> float:
+        largest = max((len(group) for _, group in tasks.values()), default=1)
+        return max(self.hedge_floor_s, 2.0 * largest * self.per_item_ms / 1000.0 + 0.2)
+
+    def _task_result(self, task: asyncio.Task[dict[str, int]], node: str) -> dict[str, int]:
+        if task.cancelled():
+            return {}
+        exc = task.exception()
+        if exc is None:
+            return task.result()
+        if isinstance(exc, Refused):
+            log.info("share request refused", peer=node, reason=exc.reason)
+        else:
+            log.warning("share request failed", peer=node, error=type(exc).__name__)
+        self.peers.failed(node)
+        return {}
+
+    def _index(self, node: str) -> int | None:
+        entry = self.roster().node(node)
+        return None if entry is None else entry.index
+
+    async def _own(self, group: list[_Wanted]) -> dict[str, int]:
+        values = await self.partials.partials([w.entry.ciphertext for w in group])
+        return {w.entry.key: x for w, x in zip(group, values, strict=True)}
+
+    async def _ask(
+        self, node: str, group: list[_Wanted], *, proofs: bool = False
+    ) -> dict[str, int]:
+        results = await self._request(node, [w.entry for w in group], proofs=proofs)
+        out = {}
+        k = self.public.key.byte_length
+        for partial in results.partials:
+            if len(partial.partial) == k:
+                out[partial.key] = int.from_bytes(partial.partial, "big")
+        return out
+
+    async def _request(
+        self, node: str, entries: Sequence[Entry], *, proofs: bool = False
+    ) -> ShareResults:
+        items = [ShareItem(e.key, e.revision, e.digest) for e in entries]
+        payload, request, reply_key = build_request(
+            node_id=self.node_id,
+            fleet=self.fleet,
+            epoch=self.epoch,
+            signing_key=self.signing_key,
+            items=items,
+            proofs=proofs,
+        )
+        timeout = 5.0 + len(items) * self.per_item_ms / 1000.0 * (4 if proofs else 2)
+        started = time.monotonic()
+        raw = await self.transport.request(node, payload, timeout)
+        results = open_response(raw, request, reply_key, node, self.roster())
+        elapsed_ms = (time.monotonic() - started) * 1000
+        self.peers.seen(node, latency_ms=elapsed_ms)
+        return results
+
+    # --- combining and the proof fallback -----------------------------------------------
+
+    async def _combine(self, want: _Wanted) -> int | None:
+        c = want.entry.ciphertext
+        try:
+            return combine(self.public, c, want.partials)
+        except CombineCheckFailed:
+            pass
+        except FlashgateError as exc:
+            log.warning("combine refused", key=want.entry.key, reason=exc.code)
+        faulty = await self._find_faulty(want)
+        for index in faulty:
+            node = want.sources.pop(index, None)
+            want.partials.pop(index, None)
+            if node is None:
+                continue
+            log.error("node sent a faulty partial decryption", peer=node, key=want.entry.key)
+            self.peers.misbehaved(node)
+            await self.report(node, "invalid_partial", want.entry.key)
+        if not faulty:  # proofs all verify, yet the check failed: drop all, start over
+            want.partials.clear()
+            want.sources.clear()
+        return None
+
+    async def _find_faulty(self, want: _Wanted) -> list[int]:
+        c = want.entry.ciphertext
+        proofs: dict[int, Proof] = {}
+
+        async def fetch(index: int, node: str) -> None:
+            if node == self.node_id:
+                proofs[index] = await self.partials.proof(c, want.partials[index])
+                return
+            try:
+                results = await self._request(node, [want.entry], proofs=True)
+            except (FlashgateError, TimeoutError, OSError):
+                return  # no proof: counts as faulty
+            for partial in results.partials:
+                if partial.key == want.entry.key and partial.proof is not None:
+                    x = int.from_bytes(partial.partial, "big")
+                    if x != want.partials[index]:
+                        return  # a different partial this time: faulty either way
+                    proofs[index] = Proof(
+                        int.from_bytes(partial.proof.challenge, "big"),
+                        int.from_bytes(partial.proof.response, "big"),
+                    )
+
+        await asyncio.gather(*(fetch(i, n) for i, n in want.sources.items()))
+        return identify_faulty(self.public, c, want.partials, proofs)
+
+
+def encode_partial(x: int, public: ThresholdPublicKey) -> bytes:
+    return int_to_bytes(x, public.key.byte_length)

@@ -1,0 +1,153 @@
+"""Turning envelopes into held secrets: the queue between the store and the vault.
+
+Every envelope that arrives (initial values and live updates) is queued; the loader takes
+batches, has the collector gather and combine partials, opens each JWE with the context
+it was found under, and hands the plaintext to the vault (newer versions replace older
+ones; a lower version is refused as a rollback). What cannot be loaded yet stays pending
+with a reason and is retried with backoff, and at once when a peer comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from flashgate.bridge.collector import Collector
+from flashgate.bridge.store import Entry
+from flashgate.bridge.vault import Vault
+from flashgate.crypto.decrypt import open_jwe
+from flashgate.crypto.publickey import FleetPublicKey
+from flashgate.errors import FlashgateError, StaleVersion
+
+log = structlog.get_logger("flashgate.bridge.loader")
+
+BATCH = 1024
+MAX_BACKOFF_S = 10.0
+
+
+@dataclass
+class Loader:
+    vault: Vault
+    collector: Collector
+    key: FleetPublicKey
+    epoch: int
+    pending: dict[str, str] = field(default_factory=dict)  # key -> reason
+    loaded: int = 0
+    _queue: dict[str, Entry] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _backoff: float = 0.5
+
+    def offer(self, entry: Entry) -> None:
+        """A new or changed envelope: (re)load it unless the vault already holds it."""
+        held = self.vault.version_of(entry.key)
+        if held is not None and entry.version <= held:
+            if entry.version < held:
+                self.vault.rollbacks_refused += 1
+                log.warning("rollback refused", key=entry.key, version=entry.version, held=held)
+            self.pending.pop(entry.key, None)
+            return
+        if entry.epoch != self.epoch:
+            self.pending[entry.key] = "other_epoch"
+            return
+        self._queue[entry.key] = entry
+        self.pending[entry.key] = "loading"
+        self._idle.clear()
+        self._wake.set()
+
+    def forget(self, key: str) -> None:
+        """Deleted upstream: drop from the queue, purge from the vault."""
+        self._queue.pop(key, None)
+        self.pending.pop(key, None)
+        if self.vault.delete(key):
+            log.info("secret purged", key=key)
+
+    def reject(self, key: str, reason: str) -> None:
+        self._queue.pop(key, None)
+        self.pending[key] = reason
+
+    def wake(self) -> None:
+        """Something changed (a peer is back): retry pending work now."""
+        self._backoff = 0.5
+        self._wake.set()
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def run(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = list(self._queue.values())[:BATCH]
+            for entry in batch:
+                self._queue.pop(entry.key, None)
+            started = time.monotonic()
+            result = await self.collector.collect(batch)
+            retry = []
+            for entry in batch:
+                y = result.values.get(entry.key)
+                if y is None:
+                    self.pending[entry.key] = result.failed.get(entry.key, "no_quorum")
+                    retry.append(entry)
+                    continue
+                self._open(entry, y)
+            if result.values:
+                log.info(
+                    "secrets loaded",
+                    count=len(result.values),
+                    pending=len(retry),
+                    seconds=round(time.monotonic() - started, 3),
+                )
+            if retry:
+                for entry in retry:  # a newer value may have arrived meanwhile
+                    self._queue.setdefault(entry.key, entry)
+                log.warning(
+                    "secrets pending",
+                    count=len(retry),
+                    reason=self.pending.get(retry[0].key),
+                    retry_in=self._backoff,
+                )
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._backoff)
+                self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+            else:
+                self._backoff = 0.5
+
+    def _open(self, entry: Entry, y: int) -> None:
+        envelope = entry.envelope
+        try:
+            opened = open_jwe(entry.parsed, y, self.key, envelope.context)
+            plaintext = bytearray(opened.plaintext)
+            del opened
+            api_key_id = envelope.api_key.key_id if envelope.api_key is not None else None
+            replaced = self.vault.put(
+                entry.key,
+                envelope.version,
+                envelope.epoch,
+                envelope.kind,
+                plaintext,
+                api_key_id=api_key_id,
+            )
+        except StaleVersion:
+            self.pending.pop(entry.key, None)
+            log.warning("rollback refused", key=entry.key, version=envelope.version)
+            return
+        except FlashgateError as exc:
+            self.pending[entry.key] = exc.code
+            log.error("envelope does not open", key=entry.key, reason=exc.code)
+            return
+        self.pending.pop(entry.key, None)
+        if replaced:
+            self.loaded += 1

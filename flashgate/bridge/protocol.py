@@ -1,0 +1,295 @@
+"""The share protocol's rules, without I/O (DESIGN §2.4). Clock and randomness come in.
+
+Responder, cheapest checks first (:meth:`Responder.screen`):
+    size limit -> schema -> fleet and epoch -> requester in the roster, active, not us ->
+    issued-at within the skew window -> request id not seen (replay) -> Ed25519 signature
+    -> per-requester rate limit.
+Each refusal is a :class:`Refused` with a reason code, counted by reason. Only a request
+that passes all of them reaches the per-item checks (the node's own copy of each envelope
+and its digest, done by the caller) and then the partial decryptions.
+
+Requester: :func:`build_request` signs a request with a fresh X25519 reply key;
+:func:`open_response` checks the response (schema, request id, responder signature
+under the roster key) and opens the sealed results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from flashgate.crypto import box
+from flashgate.crypto.rng import SYSTEM_RNG, Rng
+from flashgate.errors import FlashgateError, SignatureInvalid
+from flashgate.events.fleet import Roster
+from flashgate.events.share import (
+    SHARE_REQUEST_CODEC,
+    SHARE_RESPONSE_CODEC,
+    SHARE_RESULTS_CODEC,
+    ShareItem,
+    ShareItemRefusal,
+    SharePartial,
+    ShareRequest,
+    ShareResponse,
+    ShareResults,
+)
+from flashgate.events.signing import sign, verify
+from flashgate.fleet.signing import load_ed25519_public
+
+Clock = Callable[[], int]  # milliseconds since the epoch
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Refused(FlashgateError):
+    """A share request or response refused; ``reason`` is the counted reason code."""
+
+    code = "share_refused"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or reason)
+
+
+@dataclass(frozen=True)
+class ProtocolLimits:
+    skew_ms: int = 30_000  # |now - issued_at| allowed
+    rate_per_second: float = 50.0  # sustained requests per requester
+    burst: int = 100  # bucket size
+
+
+class ReplayCache:
+    """Request ids seen within the skew window (an older request is refused as stale)."""
+
+    def __init__(self, ttl_ms: int, max_entries: int = 200_000) -> None:
+        self._ttl = ttl_ms
+        self._max = max_entries
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
+
+    def check_and_add(self, request_id: bytes, now: int) -> bool:
+        """True if new (and remembered now); False for a replay."""
+        while self._seen:
+            oldest, at = next(iter(self._seen.items()))
+            if now - at <= self._ttl and len(self._seen) < self._max:
+                break
+            del self._seen[oldest]
+        if request_id in self._seen:
+            return False
+        self._seen[request_id] = now
+        return True
+
+
+class RateLimiter:
+    """A token bucket per requester."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._buckets: dict[str, tuple[float, int]] = {}
+
+    def allow(self, who: str, now: int) -> bool:
+        tokens, last = self._buckets.get(who, (float(self._burst), now))
+        tokens = min(float(self._burst), tokens + (now - last) / 1000.0 * self._rate)
+        if tokens < 1.0:
+            self._buckets[who] = (tokens, now)
+            return False
+        self._buckets[who] = (tokens - 1.0, now)
+        return True
+
+
+def response_aad(response: ShareResponse) -> bytes:
+    """What the sealed results are bound to: the response header."""
+    return b"|".join(
+        [
+            b"flashgate/share-results/v1",
+            response.fleet.encode(),
+            str(response.epoch).encode(),
+            response.request_id,
+            response.responder.encode(),
+        ]
+    )
+
+
+@dataclass
+class Responder:
+    """Screens share requests and seals responses for one node."""
+
+    node_id: str
+    fleet: str
+    signing_key: Ed25519PrivateKey
+    roster: Callable[[], Roster]
+    epochs: Callable[[], set[int]]
+    clock: Clock = wall_clock_ms
+    limits: ProtocolLimits = field(default_factory=ProtocolLimits)
+    rng: Rng = SYSTEM_RNG
+    refused: Counter[str] = field(default_factory=Counter)
+    served: int = 0
+
+    def __post_init__(self) -> None:
+        self._replays = ReplayCache(2 * self.limits.skew_ms)
+        self._rates = RateLimiter(self.limits.rate_per_second, self.limits.burst)
+
+    def screen(self, raw: bytes) -> ShareRequest:
+        """Every check before the per-item phase. Raises :class:`Refused` (counted)."""
+        try:
+            return self._screen(raw)
+        except Refused as exc:
+            self.refused[exc.reason] += 1
+            raise
+
+    def _screen(self, raw: bytes) -> ShareRequest:
+        try:
+            request = SHARE_REQUEST_CODEC.decode(raw)
+        except FlashgateError as exc:
+            raise Refused(
+                "oversized" if exc.code == "oversized" else "malformed", exc.message
+            ) from exc
+        if request.fleet != self.fleet:
+            raise Refused("wrong_fleet", f"request for fleet {request.fleet!r}")
+        if request.epoch not in self.epochs():
+            raise Refused("wrong_epoch", f"request for epoch {request.epoch}")
+        if request.requester == self.node_id:
+            raise Refused("self_request")
+        entry = self.roster().node(request.requester)
+        if entry is None:
+            raise Refused("unknown_requester", f"{request.requester} is not in the roster")
+        if entry.status != "active":
+            raise Refused("revoked_requester", f"{request.requester} is revoked")
+        now = self.clock()
+        if abs(now - request.issued_at) > self.limits.skew_ms:
+            raise Refused("stale", "issued-at outside the skew window")
+        try:
+            verify(request, load_ed25519_public(entry.signing_key))
+        except SignatureInvalid as exc:
+            raise Refused("bad_signature") from exc
+        # After the signature: a forged request cannot burn a real request id.
+        if not self._replays.check_and_add(request.request_id, now):
+            raise Refused("replay")
+        if not self._rates.allow(request.requester, now):
+            raise Refused("rate_limited")
+        return request
+
+    def respond(
+        self,
+        request: ShareRequest,
+        partials: Sequence[SharePartial],
+        refusals: Sequence[ShareItemRefusal],
+    ) -> bytes:
+        results = ShareResults(
+            request_id=request.request_id, partials=list(partials), refusals=list(refusals)
+        )
+        header = ShareResponse(
+            fleet=self.fleet,
+            epoch=request.epoch,
+            request_id=request.request_id,
+            responder=self.node_id,
+            issued_at=self.clock(),
+            status="ok",
+        )
+        sealed = box.seal(
+            request.reply_key, SHARE_RESULTS_CODEC.encode(results), response_aad(header), self.rng
+        )
+        response = msgspec.structs.replace(
+            header, sender_key=sealed.sender_key, nonce=sealed.nonce, sealed=sealed.ciphertext
+        )
+        self.served += 1
+        return SHARE_RESPONSE_CODEC.encode(sign(response, self.signing_key))
+
+    def refuse(self, raw: bytes, reason: str) -> bytes:
+        """A signed refusal; echoes the request id when the request could be read."""
+        request_id, epoch = b"\x00" * 16, 1
+        try:
+            request = SHARE_REQUEST_CODEC.decode(raw)
+            request_id, epoch = request.request_id, request.epoch
+        except FlashgateError:
+            pass
+        response = ShareResponse(
+            fleet=self.fleet,
+            epoch=epoch,
+            request_id=request_id,
+            responder=self.node_id,
+            issued_at=self.clock(),
+            status="refused",
+            reason=reason,
+        )
+        return SHARE_RESPONSE_CODEC.encode(sign(response, self.signing_key))
+
+
+def build_request(
+    *,
+    node_id: str,
+    fleet: str,
+    epoch: int,
+    signing_key: Ed25519PrivateKey,
+    items: Sequence[ShareItem],
+    proofs: bool = False,
+    clock: Clock = wall_clock_ms,
+    rng: Rng = SYSTEM_RNG,
+) -> tuple[bytes, ShareRequest, X25519PrivateKey]:
+    reply_private, reply_key = box.new_keypair(rng)
+    request = sign(
+        ShareRequest(
+            fleet=fleet,
+            epoch=epoch,
+            request_id=rng.token_bytes(16),
+            requester=node_id,
+            issued_at=clock(),
+            reply_key=reply_key,
+            proofs=proofs,
+            items=list(items),
+        ),
+        signing_key,
+    )
+    return SHARE_REQUEST_CODEC.encode(request), request, reply_private
+
+
+def open_response(
+    raw: bytes,
+    request: ShareRequest,
+    reply_private: X25519PrivateKey,
+    responder: str,
+    roster: Roster,
+) -> ShareResults:
+    """Check a response and open its sealed results. Raises :class:`Refused` with the
+    reason (the responder's own refusal reason, or why the response is unacceptable)."""
+    try:
+        response = SHARE_RESPONSE_CODEC.decode(raw)
+    except FlashgateError as exc:
+        raise Refused("malformed_response", exc.message) from exc
+    entry = roster.node(responder)
+    if entry is None or response.responder != responder:
+        raise Refused("wrong_responder", f"response names {response.responder!r}")
+    try:
+        verify(response, load_ed25519_public(entry.signing_key))
+    except SignatureInvalid as exc:
+        raise Refused("bad_response_signature") from exc
+    if response.status == "refused":
+        raise Refused(response.reason or "refused", f"{responder} refused: {response.reason}")
+    if (
+        (response.fleet, response.epoch, response.request_id)
+        != (request.fleet, request.epoch, request.request_id)
+        or response.sender_key is None
+        or response.nonce is None
+        or response.sealed is None
+    ):
+        raise Refused("mismatched_response")
+    try:
+        plain = box.open_sealed(
+            reply_private,
+            box.Sealed(response.sender_key, response.nonce, response.sealed),
+            response_aad(response),
+        )
+        results = SHARE_RESULTS_CODEC.decode(plain)
+    except FlashgateError as exc:
+        raise Refused("unreadable_response", exc.message) from exc
+    if results.request_id != request.request_id:
+        raise Refused("mismatched_response")
+    return results

@@ -1,0 +1,162 @@
+"""The in-memory vault: decrypted secrets, only in this process, only until it stops.
+
+Each value lives in a ``bytearray`` that is overwritten with zeros when it is replaced,
+deleted or purged. Consumers never get a copy they could keep by accident: :meth:`use`
+lends a read-only ``memoryview`` for the duration of a ``with`` block, and the view is
+released afterwards. (CPython cannot stop code from copying what it was lent; the vault
+makes the safe path the easy one.)
+
+Versions only go forward: a version lower than the one held is refused (rollback), the
+same version is a no-op, a higher one replaces the value and wipes the old buffer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from flashgate.crypto.apikey import secrets_match
+from flashgate.errors import FlashgateError, StaleVersion
+
+
+class SecretNotHeld(FlashgateError):
+    """The vault does not hold that secret (not loaded yet, deleted, or unknown)."""
+
+    code = "not_held"
+
+
+@dataclass
+class _Slot:
+    version: int
+    epoch: int
+    kind: str
+    data: bytearray
+    api_key_id: str | None = None
+
+    def wipe(self) -> None:
+        self.data[:] = b"\x00" * len(self.data)
+        self.data.clear()
+
+
+@dataclass(frozen=True)
+class HeldSecretInfo:
+    key: str
+    version: int
+    epoch: int
+    kind: str
+
+
+class Vault:
+    def __init__(self) -> None:
+        self._slots: dict[str, _Slot] = {}
+        self._api_keys: dict[str, str] = {}  # key id -> secrets-bucket key
+        self._lock = threading.RLock()
+        self.rollbacks_refused = 0
+
+    def __repr__(self) -> str:
+        return f"Vault(<{len(self._slots)} secrets held>)"
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def put(
+        self,
+        key: str,
+        version: int,
+        epoch: int,
+        kind: str,
+        plaintext: bytes | bytearray,
+        *,
+        api_key_id: str | None = None,
+    ) -> bool:
+        """Hold ``plaintext`` as ``key`` at ``version``. Returns False for a no-op (same
+        version, or the same version re-wrapped under another epoch); raises
+        :class:`StaleVersion` for a rollback. The caller's buffer is wiped if it is a
+        bytearray."""
+        with self._lock:
+            current = self._slots.get(key)
+            if current is not None and version < current.version:
+                self.rollbacks_refused += 1
+                _wipe_input(plaintext)
+                raise StaleVersion(
+                    f"{key}: version {version} is below the held version {current.version}"
+                )
+            if current is not None and version == current.version:
+                current.epoch = max(current.epoch, epoch)
+                _wipe_input(plaintext)
+                return False
+            slot = _Slot(
+                version=version,
+                epoch=epoch,
+                kind=kind,
+                data=bytearray(plaintext),
+                api_key_id=api_key_id,
+            )
+            _wipe_input(plaintext)
+            self._slots[key] = slot
+            if api_key_id is not None:
+                self._api_keys[api_key_id] = key
+            if current is not None:
+                current.wipe()
+            return True
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            slot = self._slots.pop(key, None)
+            if slot is None:
+                return False
+            if slot.api_key_id is not None:
+                self._api_keys.pop(slot.api_key_id, None)
+            slot.wipe()
+            return True
+
+    def purge(self) -> int:
+        """Wipe and forget everything. Returns how many secrets were held."""
+        with self._lock:
+            count = len(self._slots)
+            for slot in self._slots.values():
+                slot.wipe()
+            self._slots.clear()
+            self._api_keys.clear()
+            return count
+
+    def version_of(self, key: str) -> int | None:
+        slot = self._slots.get(key)
+        return None if slot is None else slot.version
+
+    def held(self) -> list[HeldSecretInfo]:
+        with self._lock:
+            return [
+                HeldSecretInfo(k, s.version, s.epoch, s.kind)
+                for k, s in sorted(self._slots.items())
+            ]
+
+    @contextmanager
+    def use(self, key: str) -> Iterator[memoryview]:
+        """Lend the value of ``key`` read-only for the ``with`` block."""
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None or slot.api_key_id is not None:
+                raise SecretNotHeld(f"secret {key} is not held")
+            view = memoryview(slot.data).toreadonly()
+        try:
+            yield view
+        finally:
+            view.release()
+
+    def verify_api_key(self, key_id: str, presented: bytes) -> bool:
+        """Whether ``presented`` is the secret of the live API key ``key_id`` (constant time
+        in the secret; an unknown key id is compared against a dummy of the same form)."""
+        with self._lock:
+            key = self._api_keys.get(key_id)
+            slot = self._slots.get(key) if key is not None else None
+            held = bytes(slot.data) if slot is not None else b"\x00" * len(presented)
+        match = secrets_match(held, presented)
+        return match and slot is not None
+
+
+def _wipe_input(buffer: bytes | bytearray) -> None:
+    if isinstance(buffer, bytearray):
+        buffer[:] = b"\x00" * len(buffer)

@@ -1,0 +1,82 @@
+"""``flashgate bridge``: run one Bridge Node."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+
+from flashgate import logs
+from flashgate.cli.passphrase import get_passphrase
+
+
+@click.command()
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    envvar="FLASHGATE_BUNDLE",
+    required=True,
+    help="This node's sealed bundle.",
+)
+@click.option(
+    "--nats",
+    "nats_url",
+    envvar="FLASHGATE_NATS_URL",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    help="NATS URL(s), comma-separated.",
+)
+@click.option("--nats-user", envvar="FLASHGATE_NATS_USER", default=None)
+@click.option("--nats-password", envvar="FLASHGATE_NATS_PASSWORD", default=None)
+@click.option("--no-mlock", is_flag=True, help="Do not lock memory (mlockall).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Threads for partial decryptions (default: every core).",
+)
+@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-json/--log-console", default=None, help="Default: JSON unless a terminal.")
+def bridge(
+    bundle: Path,
+    nats_url: str,
+    nats_user: str | None,
+    nats_password: str | None,
+    no_mlock: bool,
+    workers: int | None,
+    log_level: str,
+    log_json: bool | None,
+) -> None:
+    """Run a Bridge Node (passphrase from FLASHGATE_PASSPHRASE)."""
+    from flashgate.bridge.node import BridgeNode, BridgeSettings
+    from flashgate.fleet.directory import read_bundle
+
+    logs.configure(level=log_level, json=log_json)
+    opened = read_bundle(bundle, get_passphrase(confirm=False))
+    settings = BridgeSettings(
+        nats_urls=[u.strip() for u in nats_url.split(",") if u.strip()],
+        nats_user=nats_user,
+        nats_password=nats_password,
+        lock_memory=not no_mlock,
+        workers=workers,
+    )
+    asyncio.run(_run(BridgeNode(opened, settings)))
+
+
+async def _run(node: object) -> None:
+    from flashgate.bridge.node import BridgeNode
+
+    assert isinstance(node, BridgeNode)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    waiter = asyncio.create_task(node.wait_stopped())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    stopper.cancel()
+    await asyncio.wait_for(node.stop(), 4.5)
