@@ -262,21 +262,27 @@ class AdminClient:
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         await self.js.publish(self.fleet.names.command_subject(ctype), raw, headers=headers)
 
-    async def outcome(self, command_id: str, timeout: float = 10.0) -> DomainEvent:
-        """The first event carrying ``command_id`` (an applied or a rejected outcome)."""
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> DomainEvent:
+        """The first event (seen so far or arriving) for which ``predicate`` is true."""
         deadline = time.monotonic() + timeout
         while True:
             for event in self._events:
-                if getattr(event.data, "command_id", None) == command_id:
+                if predicate(event):
                     return event
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no outcome for {command_id}")
+                raise TimeoutError("no matching event")
             try:
                 msg = await self._sub.next_msg(timeout=min(remaining, 1.0))
             except nats.errors.TimeoutError:
                 continue
             self._events.append(decode_event(msg.data))
+
+    async def outcome(self, command_id: str, timeout: float = 10.0) -> DomainEvent:
+        """The first event carrying ``command_id`` (an applied or a rejected outcome)."""
+        return await self.wait_for(
+            lambda e: getattr(e.data, "command_id", None) == command_id, timeout
+        )
 
     async def send(self, command: cmd.Command, timeout: float = 10.0) -> DomainEvent:
         await self.publish(command)

@@ -1,0 +1,291 @@
+"""Bridge Nodes as real processes against a real nats-server and the real backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+
+from flashgate.bridge.protocol import build_request
+from flashgate.events.envelope import ENVELOPE_CODEC
+from flashgate.events.share import SHARE_REQUEST_CODEC, ShareItem
+from flashgate.events.signing import sign
+from flashgate.fleet.signing import new_ed25519
+from tests.bridge.conftest import Cluster, eventually, running_cluster
+from tests.helpers import CANARY
+
+pytestmark = pytest.mark.nats
+ALL5 = [f"node-{i}" for i in range(1, 6)]
+
+
+async def put(cluster: Cluster, repo: str, name: str, value: bytes, version: int = 1) -> None:
+    admin = cluster.admin
+    command = (
+        admin.put(repo, name, value)
+        if version == 1
+        else admin.rotate(repo, name, value, version=version)
+    )
+    event = await admin.send(command, timeout=30)
+    assert not event.type.endswith("rejected"), event.data
+
+
+async def test_fleet_of_five_loads_and_survives_failures(
+    tmp_path: Path, nats_url: str, nc: Client
+) -> None:
+    async with running_cluster(tmp_path, nats_url, nc, nodes=5, threshold=3) as cluster:
+        # every node loads every secret
+        for i in range(6):
+            await put(cluster, "app", f"s{i}", CANARY + bytes([i]))
+        for i in range(6):
+            await cluster.wait_held(ALL5, f"app.s{i}", 1)
+        # with any 2 nodes killed, the other 3 still load new secrets and rotations
+        cluster.nodes["node-2"].kill()
+        cluster.nodes["node-4"].kill()
+        survivors = ["node-1", "node-3", "node-5"]
+        await put(cluster, "app", "after-two-down", b"v")
+        await put(cluster, "app", "s0", b"rotated", version=2)
+        await cluster.wait_held(survivors, "app.after-two-down", 1)
+        await cluster.wait_held(survivors, "app.s0", 2)
+        # with 3 killed, the survivors report the secret pending ...
+        cluster.nodes["node-5"].kill()
+        await put(cluster, "app", "needs-quorum", b"v")
+
+        async def pending_everywhere() -> bool:
+            for node in ("node-1", "node-3"):
+                status = await cluster.try_status(node)
+                if status is None or "app.needs-quorum" not in {p.key for p in status.pending}:
+                    return False
+            return True
+
+        await eventually(pending_everywhere, 30, "the secret pending on the survivors")
+        status = await cluster.status("node-1")
+        assert "app.needs-quorum" not in {s.key for s in status.secrets}
+        # ... and load it once a peer returns
+        cluster.start("node-5")
+        await cluster.wait_held(["node-1", "node-3", "node-5"], "app.needs-quorum", 1, 60)
+        # the restarted node reloaded everything, including the rotation
+        await cluster.wait_held(["node-5"], "app.s0", 2)
+
+
+async def test_requests_are_refused_with_their_reason_counted(
+    tmp_path: Path, nats_url: str, nc: Client
+) -> None:
+    async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
+        await put(cluster, "r", "one", b"v")
+        await cluster.wait_held(["node-1", "node-2", "node-3"], "r.one", 1)
+        kv = await cluster.admin.js.key_value(cluster.fleet.names.secrets_bucket)
+        entry = await kv.get("r.one")
+        from flashgate.bridge.store import make_entry
+        from flashgate.fleet.descriptor import fleet_public_key
+
+        made = make_entry(
+            cluster.fleet.name,
+            "r.one",
+            entry.revision,
+            entry.value,
+            {1: fleet_public_key(cluster.fleet.ceremony.descriptor)},
+        )
+        items = [ShareItem("r.one", entry.revision, made.digest)]
+        bundle2 = cluster.fleet.ceremony.bundles[1]  # node-2's identity
+        subject = cluster.fleet.names.share_subject("node-1")
+
+        def request(**overrides: object) -> tuple[bytes, object]:
+            raw, req, _ = build_request(
+                node_id="node-2",
+                fleet=cluster.fleet.name,
+                epoch=1,
+                signing_key=bundle2.signing_key,
+                items=items,
+            )
+            if overrides:
+                req = sign(
+                    msgspec.structs.replace(req, signature=b"", **overrides),
+                    overrides.pop("_key", bundle2.signing_key),
+                )  # type: ignore[arg-type]
+                raw = SHARE_REQUEST_CODEC.encode(req)
+            return raw, req
+
+        async def send(raw: bytes) -> None:
+            await nc.request(subject, raw, timeout=5)
+
+        good, _ = request()
+        await send(good)
+        await send(good)  # replayed
+        unsigned = SHARE_REQUEST_CODEC.encode(
+            msgspec.structs.replace(SHARE_REQUEST_CODEC.decode(request()[0]), signature=b"")
+        )
+        await send(unsigned)
+        stranger = sign(
+            msgspec.structs.replace(
+                SHARE_REQUEST_CODEC.decode(request()[0]), requester="node-9", signature=b""
+            ),
+            new_ed25519(),
+        )
+        await send(SHARE_REQUEST_CODEC.encode(stranger))
+        stale = sign(
+            msgspec.structs.replace(
+                SHARE_REQUEST_CODEC.decode(request()[0]),
+                issued_at=int(time.time() * 1000) - 3_600_000,
+                signature=b"",
+            ),
+            bundle2.signing_key,
+        )
+        await send(SHARE_REQUEST_CODEC.encode(stale))
+        await send(b"\x00" * (1 << 17))  # oversized
+        status = await cluster.status("node-1")
+        refused = status.share_requests_refused
+        assert refused.get("replay") == 1
+        assert refused.get("bad_signature") == 1
+        assert refused.get("unknown_requester") == 1
+        assert refused.get("stale") == 1
+        assert refused.get("oversized") == 1
+        # revoked: node-3 revoked by a new roster; node-1 refuses it at once
+        from flashgate.events.commands import RevokeNode
+        from flashgate.fleet.ceremony import initial_roster
+
+        roster = initial_roster(
+            cluster.fleet.ceremony.descriptor,
+            cluster.fleet.admin,
+            issued_at=int(time.time() * 1000),
+            serial=2,
+        )
+        roster = sign(
+            msgspec.structs.replace(
+                roster,
+                signature="",
+                nodes=[
+                    msgspec.structs.replace(n, status="revoked") if n.id == "node-3" else n
+                    for n in roster.nodes
+                ],
+            ),
+            cluster.fleet.admin,
+        )
+        revoke = sign(
+            RevokeNode(**cluster.admin.base(), node_id="node-3", roster=roster), cluster.fleet.admin
+        )
+        assert (await cluster.admin.send(revoke)).type.endswith("node.revoked")
+        bundle3 = cluster.fleet.ceremony.bundles[2]
+        raw3, _, _ = build_request(
+            node_id="node-3",
+            fleet=cluster.fleet.name,
+            epoch=1,
+            signing_key=bundle3.signing_key,
+            items=items,
+        )
+
+        async def revoked_refused() -> bool:
+            await nc.request(subject, raw3, timeout=5)
+            raw3_again, _, _ = build_request(
+                node_id="node-3",
+                fleet=cluster.fleet.name,
+                epoch=1,
+                signing_key=bundle3.signing_key,
+                items=items,
+            )
+            del raw3_again
+            status = await cluster.status("node-1")
+            return status.share_requests_refused.get("revoked_requester", 0) >= 1
+
+        await eventually(revoked_refused, 20, "node-3 refused as revoked")
+
+
+async def test_moved_and_rolled_back_envelopes_are_refused(
+    tmp_path: Path, nats_url: str, nc: Client
+) -> None:
+    async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
+        await put(cluster, "r", "a", b"va")
+        await put(cluster, "r", "b", b"vb1")
+        await put(cluster, "r", "b", b"vb2", version=2)
+        nodes = ["node-1", "node-2", "node-3"]
+        await cluster.wait_held(nodes, "r.b", 2)
+        kv = await cluster.admin.js.key_value(cluster.fleet.names.secrets_bucket)
+        # moved: a's envelope written under key c
+        a_raw = (await kv.get("r.a")).value
+        await kv.put("r.c", a_raw)
+        # rolled back: b's version 1 envelope written again over version 2
+        history = await kv.history("r.b")
+        v1 = next(h.value for h in history if ENVELOPE_CODEC.decode(h.value).version == 1)
+        await kv.put("r.b", v1)
+
+        async def refused() -> bool:
+            status = await cluster.status("node-1")
+            held = {(s.key, s.version) for s in status.secrets}
+            pending = {p.key: p.reason for p in status.pending}
+            return pending.get("r.c") == "context_mismatch" and ("r.b", 2) in held
+
+        await eventually(refused, 20, "moved envelope refused, rollback ignored")
+        status = await cluster.status("node-1")
+        assert "r.c" not in {s.key for s in status.secrets}
+
+
+async def test_byzantine_node_is_named_and_does_not_stop_loads(
+    tmp_path: Path, nats_url: str, nc: Client
+) -> None:
+    async with running_cluster(
+        tmp_path, nats_url, nc, nodes=4, threshold=2, start=False
+    ) as cluster:
+        cluster.nodes["node-4"].module = "tests.bridge.byzantine_node"
+        for proc in cluster.nodes.values():
+            proc.start()
+        honest = ["node-1", "node-2", "node-3"]
+        await cluster.wait_up(honest + ["node-4"])
+        # 16 secrets: node-4 is among the 2 nodes rendezvous hashing picks for a secret
+        # half the time, so (all but 2^-16 of the time) some load asks it.
+        for i in range(16):
+            await put(cluster, "byz", f"s{i}", b"value")
+        for i in range(16):
+            await cluster.wait_held(honest, f"byz.s{i}", 1)
+        report = await cluster.admin.wait_for(lambda e: e.type.endswith("node.misbehaved"), 30)
+        assert report.data.node_id == "node-4" and report.data.reason == "invalid_partial"
+        assert report.data.reporter in honest
+        statuses = [await cluster.status(n) for n in honest]
+        assert sum(s.misbehaviour.get("node-4", 0) for s in statuses) >= 1
+        assert all(set(s.misbehaviour) <= {"node-4"} for s in statuses)
+
+
+async def test_sigterm_purges_and_exits_zero(tmp_path: Path, nats_url: str, nc: Client) -> None:
+    async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
+        await put(cluster, "c", "canary", CANARY)
+        await cluster.wait_held(["node-1", "node-2", "node-3"], "c.canary", 1)
+        assert cluster.nodes["node-2"].terminate(timeout=5) == 0  # the contract: within 5 s
+        log = cluster.nodes["node-2"].log.read_text()
+        assert "vault purged" in log
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert CANARY not in path.read_bytes(), path
+
+
+async def test_sigterm_purges_the_vault_in_process(
+    tmp_path: Path, nats_url: str, nc: Client
+) -> None:
+    """The purge itself, checked on the node object: every buffer is zeroed."""
+    from flashgate.bridge.node import BridgeNode, BridgeSettings
+    from flashgate.fleet.directory import read_bundle
+    from tests.helpers import TEST_PASSPHRASE
+
+    async with running_cluster(
+        tmp_path, nats_url, nc, nodes=3, threshold=2, start=False
+    ) as cluster:
+        for node in ("node-2", "node-3"):
+            cluster.start(node)
+        bundle = read_bundle(cluster.fleet.dir / "nodes" / "node-1.bundle", TEST_PASSPHRASE)
+        node = BridgeNode(bundle, BridgeSettings(nats_urls=[nats_url], lock_memory=False))
+        await node.start()
+        try:
+            await put(cluster, "c", "inproc", CANARY)
+            await eventually(lambda: _holds(node, "c.inproc"), 30, "the in-process node")
+            buffers = [slot.data for slot in node.vault._slots.values()]
+            assert any(CANARY in bytes(b) for b in buffers)
+        finally:
+            purged = await node.stop()
+        assert purged >= 1 and len(node.vault) == 0
+        assert all(not b for b in buffers)  # wiped and cleared
+
+
+async def _holds(node, key: str) -> bool:  # type: ignore[no-untyped-def]
+    await asyncio.sleep(0)
+    return node.vault.version_of(key) is not None
