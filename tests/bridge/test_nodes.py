@@ -232,7 +232,7 @@ async def test_byzantine_node_is_named_and_does_not_stop_loads(
         for proc in cluster.nodes.values():
             proc.start()
         honest = ["node-1", "node-2", "node-3"]
-        await cluster.wait_up(honest + ["node-4"])
+        await cluster.wait_up([*honest, "node-4"])
         # 16 secrets: node-4 is among the 2 nodes rendezvous hashing picks for a secret
         # half the time, so (all but 2^-16 of the time) some load asks it.
         for i in range(16):
