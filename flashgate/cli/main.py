@@ -15,12 +15,17 @@ from pathlib import Path
 
 import click
 
-from flashgate import __version__
+from flashgate import __version__, logs
+from flashgate.cli import devup as _devup  # noqa: F401 - registers `dev up`
+from flashgate.cli.apikey import apikey
 from flashgate.cli.backend import backend
 from flashgate.cli.bridge import bridge
 from flashgate.cli.dev import dev
+from flashgate.cli.fleet_status import status as fleet_status
+from flashgate.cli.node import node
 from flashgate.cli.passphrase import get_passphrase
 from flashgate.cli.schemas import schemas
+from flashgate.cli.secret import secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
@@ -65,6 +70,7 @@ def _name(kind: str) -> NameCallback:
 @click.version_option(__version__, prog_name="flashgate")
 def cli() -> None:
     """Flashgate secret plane: threshold-RSA secrets for a fleet of Bridge Nodes."""
+    logs.configure(level="warning")  # services (backend, bridge) configure their own
 
 
 @cli.group()
@@ -235,9 +241,9 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
     passphrase = get_passphrase(confirm=False)
     opened = [read_bundle(p, passphrase) for p in bundles]
     result = recover(descriptor, opened, token, labels=[str(p) for p in bundles])
-    for node in result.faulty_nodes:
+    for faulty in result.faulty_nodes:
         click.echo(
-            f"warning: bundle of {node!r} produced a faulty partial decryption and was left out",
+            f"warning: bundle of {faulty!r} produced a faulty partial decryption and was left out",
             err=True,
         )
     if result.secret.context is None:
@@ -255,6 +261,10 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
 cli.add_command(dev)
 cli.add_command(backend)
 cli.add_command(bridge)
+cli.add_command(secret)
+cli.add_command(apikey)
+cli.add_command(node)
+fleet.add_command(fleet_status)
 cli.add_command(schemas)
 
 

@@ -1,0 +1,153 @@
+"""``flashgate apikey``: repository API keys, made client-side and shown exactly once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from flashgate.cli.home import resolve_home
+from flashgate.cli.secret import emit, home_option, json_option
+from flashgate.cli.session import AdminSession, run
+from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
+from flashgate.crypto.context import SecretContext
+from flashgate.crypto.encrypt import encrypt_secret
+from flashgate.errors import ConfigurationError
+from flashgate.events import commands as cmd
+from flashgate.names import validate_name
+
+
+@click.group()
+def apikey() -> None:
+    """Repository API keys (needs FLASHGATE_PASSPHRASE for the admin key)."""
+
+
+@apikey.command("create")
+@click.argument("repo")
+@click.option("--scope", type=click.Choice(["storage", "ai"]), required=True)
+@click.option("--name", "label", required=True, help="A label for people (can be renamed).")
+@click.option(
+    "--access",
+    default=None,
+    help="storage: read|write|admin (default read); ai: the provider type.",
+)
+@home_option
+@json_option
+def create(
+    repo: str, scope: str, label: str, access: str | None, home: Path | None, as_json: bool
+) -> None:
+    """Create an API key. Its secret is printed once and cannot be shown again."""
+    validate_name(repo, "repository name")
+    access = access or ("read" if scope == "storage" else None)
+    if access is None:
+        raise ConfigurationError("ai keys need --access PROVIDER (e.g. openai)")
+    validate_name(access, "access")
+    key_id, secret = new_key_id(), new_key_secret()
+
+    async def go() -> None:
+        async with AdminSession(resolve_home(home)) as session:
+            epoch = int(session.descriptor.epoch)
+            token = encrypt_secret(
+                session.key,
+                SecretContext(
+                    fleet=session.fleet, repo=repo, name=key_id, kind="apikey", version=1
+                ),
+                secret,
+            )
+            await session.send(
+                cmd.CreateApiKey(
+                    **session.base(),
+                    key_id=key_id,
+                    repo=repo,
+                    scope=scope,  # type: ignore[arg-type]
+                    access=access,
+                    label=label,
+                    epoch=epoch,
+                    jwe=token,
+                ),
+                show=not as_json,
+            )
+
+    run(go())
+    shown = secret.decode()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "key_id": key_id,
+                    "secret": shown,
+                    "repo": repo,
+                    "scope": scope,
+                    "access": access,
+                    "name": label,
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        click.echo(f"key id:  {key_id}\nsecret:  {shown}")
+    click.echo(
+        "warning: this is the only time the secret is shown; store it now. "
+        "A lost secret means a new key.",
+        err=True,
+    )
+
+
+@apikey.command("list")
+@click.argument("repo", required=False)
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@home_option
+@json_option
+def list_(repo: str | None, include_revoked: bool, home: Path | None, as_json: bool) -> None:
+    """API keys (metadata only)."""
+
+    async def go() -> None:
+        async with AdminSession(resolve_home(home)) as session:
+            answer = await session.query(
+                "apikeys", repo=repo, include_deleted=include_revoked, limit=1000
+            )
+        keys = answer.api_keys or []
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            "key_id": k.key_id,
+                            "repo": k.repo,
+                            "scope": k.scope,
+                            "access": k.access,
+                            "name": k.label,
+                            "revoked": k.revoked_at is not None,
+                        }
+                        for k in keys
+                    ],
+                    sort_keys=True,
+                )
+            )
+            return
+        click.echo(f"{'KEY ID':30} {'REPO':20} {'SCOPE':8} {'ACCESS':10} NAME")
+        for k in keys:
+            state = " (revoked)" if k.revoked_at else ""
+            click.echo(f"{k.key_id:30} {k.repo:20} {k.scope:8} {k.access:10} {k.label}{state}")
+
+    run(go())
+
+
+@apikey.command("revoke")
+@click.argument("key_id")
+@home_option
+@json_option
+def revoke(key_id: str, home: Path | None, as_json: bool) -> None:
+    """Revoke an API key (kept for audit; every node forgets its secret)."""
+    if not is_key_id(key_id):
+        raise ConfigurationError(f"{key_id[:40]!r} is not an API key id (fgk_...)")
+
+    async def go() -> None:
+        async with AdminSession(resolve_home(home)) as session:
+            event = await session.send(
+                cmd.RevokeApiKey(**session.base(), key_id=key_id), show=not as_json
+            )
+        emit(as_json, {"key_id": key_id, "event": event.type}, f"{key_id}: revoked")
+
+    run(go())

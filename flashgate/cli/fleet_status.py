@@ -1,0 +1,153 @@
+"""``flashgate fleet status``: every node of the roster, and whether it holds every secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+
+from flashgate.cli.home import fleet_dir, resolve_home
+from flashgate.cli.secret import home_option, json_option
+from flashgate.cli.session import AdminSession, run, spinner
+from flashgate.errors import FlashgateError
+from flashgate.events.subjects import secret_key
+from flashgate.fleet.files import ROSTER_FILE, load_roster
+
+
+class NotReady(FlashgateError):
+    """``--wait`` ran out of time."""
+
+    code = "not_ready"
+
+
+@dataclass
+class NodeRow:
+    node: str
+    status: str  # online | offline | revoked
+    epoch: int | None
+    held: int
+    pending: int
+    misbehaviour: int
+    missing: int  # current secrets it does not hold (at the current version)
+    latency_ms: float | None
+
+
+async def expected_secrets(session: AdminSession) -> dict[str, int]:
+    answer = await session.query("secrets", limit=1000)
+    keys = await session.query("apikeys", limit=1000)
+    out = {secret_key(s.repo, s.name): s.current_version for s in answer.secrets or []}
+    out.update({secret_key(k.repo, k.key_id): 1 for k in keys.api_keys or []})
+    return out
+
+
+async def snapshot(session: AdminSession, root: Path) -> tuple[list[NodeRow], dict[str, int]]:
+    expected = await expected_secrets(session)
+    roster_path = fleet_dir(root) / ROSTER_FILE
+    nodes = load_roster(fleet_dir(root), session.descriptor).nodes if roster_path.exists() else []
+    ids = [(n.id, n.status) for n in nodes] or [(n.id, "active") for n in session.descriptor.nodes]
+    statuses = await asyncio.gather(
+        *(session.status(i, include_secrets=True) for i, st in ids if st == "active")
+    )
+    by_id = {s.node_id: s for s in statuses if s is not None}
+    rows = []
+    for node_id, state in ids:
+        status = by_id.get(node_id)
+        if state != "active":
+            rows.append(NodeRow(node_id, "revoked", None, 0, 0, 0, 0, None))
+            continue
+        if status is None:
+            rows.append(NodeRow(node_id, "offline", None, 0, 0, 0, len(expected), None))
+            continue
+        held = {(s.key, s.version) for s in status.secrets}
+        missing = sum(1 for k, v in expected.items() if (k, v) not in held)
+        latencies = [p.last_latency_ms for p in status.peers if p.last_latency_ms is not None]
+        rows.append(
+            NodeRow(
+                node_id,
+                "online",
+                status.epoch,
+                status.secrets_held,
+                len(status.pending),
+                sum(status.misbehaviour.values()),
+                missing,
+                round(sum(latencies) / len(latencies), 1) if latencies else None,
+            )
+        )
+    return rows, expected
+
+
+def ready(rows: list[NodeRow]) -> bool:
+    return all(r.status == "revoked" or (r.status == "online" and r.missing == 0) for r in rows)
+
+
+@click.command("status")
+@click.option(
+    "--wait", is_flag=True, help="Block until every node is online and holds every current secret."
+)
+@click.option("--timeout", type=float, default=120.0, show_default=True)
+@home_option
+@json_option
+def status(wait: bool, timeout: float, home: Path | None, as_json: bool) -> None:
+    """Nodes (online, epoch, secrets held, pending, misbehaviour) and secrets."""
+    root = resolve_home(home)
+
+    async def go() -> tuple[list[NodeRow], dict[str, int]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                async with AdminSession(root) as session:
+                    with spinner("waiting for the fleet", wait and not as_json):
+                        while True:
+                            rows, expected = await snapshot(session, root)
+                            if not wait or ready(rows):
+                                return rows, expected
+                            if time.monotonic() > deadline:
+                                raise NotReady(_summary(rows, expected))
+                            await asyncio.sleep(0.5)
+            except NotReady:
+                raise
+            except FlashgateError:
+                if not wait or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1.0)  # the system is still starting
+
+    rows, expected = run(go())
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ready": ready(rows),
+                    "secrets": len(expected),
+                    "nodes": [asdict(r) for r in rows],
+                },
+                sort_keys=True,
+            )
+        )
+        return
+    click.echo(
+        f"{'NODE':16} {'STATUS':8} {'EPOCH':>5} {'HELD':>6} {'PENDING':>7} "
+        f"{'MISSING':>7} {'MISBEHAVIOUR':>12} {'PEER RTT ms':>11}"
+    )
+    for r in rows:
+        click.echo(
+            f"{r.node:16} {r.status:8} {r.epoch if r.epoch else '-':>5} {r.held:>6} "
+            f"{r.pending:>7} {r.missing:>7} {r.misbehaviour:>12} "
+            f"{r.latency_ms if r.latency_ms is not None else '-':>11}"
+        )
+    click.echo(
+        f"\n{len(expected)} current secret(s) and API key(s); "
+        f"{'every node holds every one' if ready(rows) else 'not all held yet'}"
+    )
+
+
+def _summary(rows: list[NodeRow], expected: dict[str, int]) -> str:
+    offline = [r.node for r in rows if r.status == "offline"]
+    behind = [f"{r.node} ({r.missing} missing)" for r in rows if r.status == "online" and r.missing]
+    return (
+        f"fleet not ready: {len(expected)} secret(s); offline: {offline or 'none'}; "
+        f"behind: {behind or 'none'}"
+    )

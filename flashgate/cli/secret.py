@@ -1,0 +1,268 @@
+"""``flashgate secret``: put, rotate, delete and list secrets of a running system.
+
+Values are encrypted here, with the pinned fleet public key (``fleet.json``): neither the
+broker nor the backend ever sees them. The value comes from ``--value-file``, from stdin,
+or for the storage and ai kinds from typed flags (assembled into a small JSON document;
+give ``-`` for a secret flag to type it at a hidden prompt instead of on the command line).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flashgate.cli.home import resolve_home
+from flashgate.cli.session import AdminSession, run
+from flashgate.crypto.context import SecretContext
+from flashgate.crypto.encrypt import encrypt_secret
+from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES
+from flashgate.errors import ConfigurationError, NotFound, OversizedInput
+from flashgate.events import commands as cmd
+from flashgate.events.queries import SecretInfo
+from flashgate.names import validate_name
+
+KINDS = ("storage", "ai", "integration", "generic")
+
+home_option = click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Admin home (default $FLASHGATE_HOME or ./.flashgate).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def split_target(target: str) -> tuple[str, str]:
+    repo, sep, name = target.partition("/")
+    if not sep:
+        raise ConfigurationError(f"expected REPO/NAME, got {target[:80]!r}")
+    return validate_name(repo, "repository name"), validate_name(name, "secret name")
+
+
+def _secret_flag(value: str | None, label: str) -> str | None:
+    if value == "-":
+        return getpass.getpass(f"{label}: ")
+    return value
+
+
+def read_value(kind: str, value_file: Path | None, typed: dict[str, Any]) -> bytes:
+    given = {k: v for k, v in typed.items() if v is not None}
+    if value_file is not None and given:
+        raise ConfigurationError("give the value either as --value-file or as typed flags")
+    if value_file is not None:
+        data = value_file.read_bytes() if str(value_file) != "-" else sys.stdin.buffer.read()
+    elif given:
+        if kind not in ("storage", "ai"):
+            raise ConfigurationError("typed value flags are for the storage and ai kinds")
+        given = {
+            k: _secret_flag(v, k) if k in ("secret_access_key", "api_key") else v
+            for k, v in given.items()
+        }
+        data = json.dumps({"type": kind, **given}, sort_keys=True).encode()
+    else:
+        if sys.stdin.isatty():
+            raise ConfigurationError("no value: use --value-file, typed flags or stdin")
+        data = sys.stdin.buffer.read(MAX_PLAINTEXT_BYTES + 1)
+    if len(data) > MAX_PLAINTEXT_BYTES:
+        raise OversizedInput(f"secret values are limited to {MAX_PLAINTEXT_BYTES} bytes")
+    return data
+
+
+def typed_value_options(fn: Any) -> Any:
+    options = [
+        click.option(
+            "--value-file",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Read the value from this file ('-' for stdin).",
+        ),
+        click.option("--provider", default=None, help="storage: s3|gcs|azure; ai: openai|..."),
+        click.option("--bucket", default=None, help="storage: bucket or container."),
+        click.option("--region", default=None, help="storage: region."),
+        click.option("--endpoint", default=None, help="storage: endpoint URL."),
+        click.option("--access-key-id", default=None, help="storage: access key id."),
+        click.option("--secret-access-key", default=None, help="storage: secret ('-': prompt)."),
+        click.option("--base-url", default=None, help="ai: API base URL."),
+        click.option("--api-key", default=None, help="ai: API key ('-': prompt)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+TYPED = (
+    "provider",
+    "bucket",
+    "region",
+    "endpoint",
+    "access_key_id",
+    "secret_access_key",
+    "base_url",
+    "api_key",
+)
+
+
+async def find_secret(session: AdminSession, repo: str, name: str) -> SecretInfo | None:
+    answer = await session.query("secrets", repo=repo, include_deleted=True, limit=1000)
+    for info in answer.secrets or []:
+        if info.name == name:
+            return info
+    return None
+
+
+def emit(as_json: bool, document: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(document, sort_keys=True) if as_json else text)
+
+
+@click.group()
+def secret() -> None:
+    """Secrets of a running system (needs FLASHGATE_PASSPHRASE for the admin key)."""
+
+
+async def _write(
+    home: Path | None, target: str, kind: str | None, value: bytes, rotate: bool, as_json: bool
+) -> None:
+    repo, name = split_target(target)
+    async with AdminSession(resolve_home(home)) as session:
+        info = await find_secret(session, repo, name)
+        if rotate:
+            if info is None or info.deleted:
+                raise NotFound(f"{repo}/{name} does not exist; use `secret put`")
+            kind = kind or info.kind
+        elif info is not None and not info.deleted:
+            raise ConfigurationError(
+                f"{repo}/{name} exists at version {info.current_version}; use `secret rotate`"
+            )
+        assert kind is not None
+        version = (info.current_version + 1) if info is not None else 1
+        epoch = int(session.descriptor.epoch)
+        context = SecretContext(
+            fleet=session.fleet, repo=repo, name=name, kind=kind, version=version
+        )
+        token = encrypt_secret(session.key, context, value)
+        fields: dict[str, Any] = {
+            "repo": repo,
+            "name": name,
+            "kind": kind,
+            "version": version,
+            "epoch": epoch,
+            "jwe": token,
+        }
+        command: cmd.Command = (
+            cmd.RotateSecret(**session.base(), **fields)
+            if rotate
+            else cmd.PutSecret(**session.base(), **fields)
+        )
+        event = await session.send(command, show=not as_json)
+    emit(
+        as_json,
+        {
+            "repo": repo,
+            "name": name,
+            "version": version,
+            "kind": kind,
+            "event": event.type,
+            "command_id": command.command_id,
+        },
+        f"{repo}/{name}: version {version} ({'rotated' if rotate else 'created'})",
+    )
+
+
+@secret.command("put")
+@click.argument("target", metavar="REPO/NAME")
+@click.option("--kind", type=click.Choice(KINDS), required=True)
+@typed_value_options
+@home_option
+@json_option
+def put(
+    target: str, kind: str, value_file: Path | None, home: Path | None, as_json: bool, **typed: Any
+) -> None:
+    """Create a secret (or re-create a deleted one at its next version)."""
+    value = read_value(kind, value_file, {k: typed[k] for k in TYPED})
+    run(_write(home, target, kind, value, False, as_json))
+
+
+@secret.command("rotate")
+@click.argument("target", metavar="REPO/NAME")
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="Default: unchanged.")
+@typed_value_options
+@home_option
+@json_option
+def rotate(
+    target: str,
+    kind: str | None,
+    value_file: Path | None,
+    home: Path | None,
+    as_json: bool,
+    **typed: Any,
+) -> None:
+    """Replace a secret's value with a new version."""
+    value = read_value(kind or "generic", value_file, {k: typed[k] for k in TYPED})
+    run(_write(home, target, kind, value, True, as_json))
+
+
+@secret.command("delete")
+@click.argument("target", metavar="REPO/NAME")
+@home_option
+@json_option
+def delete(target: str, home: Path | None, as_json: bool) -> None:
+    """Delete a secret: every node purges it."""
+    repo, name = split_target(target)
+
+    async def go() -> None:
+        async with AdminSession(resolve_home(home)) as session:
+            event = await session.send(
+                cmd.DeleteSecret(**session.base(), repo=repo, name=name), show=not as_json
+            )
+        emit(as_json, {"repo": repo, "name": name, "event": event.type}, f"{repo}/{name}: deleted")
+
+    run(go())
+
+
+@secret.command("list")
+@click.argument("repo", required=False)
+@click.option("--all", "include_deleted", is_flag=True, help="Include deleted secrets.")
+@home_option
+@json_option
+def list_(repo: str | None, include_deleted: bool, home: Path | None, as_json: bool) -> None:
+    """Secrets with their versions (metadata only)."""
+    if repo is not None:
+        validate_name(repo, "repository name")
+
+    async def go() -> None:
+        async with AdminSession(resolve_home(home)) as session:
+            answer = await session.query(
+                "secrets", repo=repo, include_deleted=include_deleted, limit=1000
+            )
+        rows = answer.secrets or []
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            "repo": s.repo,
+                            "name": s.name,
+                            "kind": s.kind,
+                            "version": s.current_version,
+                            "deleted": s.deleted,
+                            "versions": [v.version for v in s.versions],
+                        }
+                        for s in rows
+                    ],
+                    sort_keys=True,
+                )
+            )
+            return
+        click.echo(f"{'SECRET':40} {'KIND':12} {'VERSION':>7}  STATE")
+        for s in rows:
+            click.echo(
+                f"{s.repo + '/' + s.name:40} {s.kind:12} {s.current_version:>7}  "
+                f"{'deleted' if s.deleted else 'live'}"
+            )
+
+    run(go())

@@ -1,0 +1,237 @@
+"""The admin tooling's connection to a running system: sign, publish, wait for outcomes.
+
+Commands are signed with the sealed admin key (unsealed with ``FLASHGATE_PASSPHRASE`` only
+when a command is signed), published on the command stream with the command id as
+``Nats-Msg-Id``, and the outcome is read from the event stream: the first event carrying
+the command id (created, rotated, ..., or ``command rejected`` with its reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+import nats.errors
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from flashgate.broker.connection import broker_errors, connect
+from flashgate.cli.home import fleet_dir, load_config
+from flashgate.cli.passphrase import get_passphrase
+from flashgate.crypto.publickey import FleetPublicKey
+from flashgate.errors import FlashgateError
+from flashgate.events import commands as cmd
+from flashgate.events.domain import DomainEvent, decode_event
+from flashgate.events.fleet import FleetDescriptor
+from flashgate.events.node import (
+    STATUS_REQUEST_CODEC,
+    STATUS_RESPONSE_CODEC,
+    StatusRequest,
+    StatusResponse,
+)
+from flashgate.events.queries import ANSWER_CODEC, Answer
+from flashgate.events.signing import sign
+from flashgate.events.subjects import FleetNames
+from flashgate.fleet.bundle import open_admin_key
+from flashgate.fleet.descriptor import fleet_public_key
+from flashgate.fleet.files import ADMIN_KEY_FILE, load_descriptor
+
+
+class CommandRejected(FlashgateError):
+    """The backend rejected the command; the message carries its reason."""
+
+    code = "command_rejected"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"rejected ({reason}): {detail}")
+
+
+class NoOutcome(FlashgateError):
+    """No outcome arrived in time (is the backend running?)."""
+
+    code = "no_outcome"
+
+
+def new_command_id() -> str:
+    return "cli-" + secrets.token_hex(12)
+
+
+@contextlib.contextmanager
+def spinner(text: str, enabled: bool) -> Iterator[None]:
+    """A spinner on stderr while a block awaits (only on a terminal)."""
+    if not enabled or not sys.stderr.isatty():
+        yield
+        return
+    stop = False
+
+    async def spin() -> None:
+        frames = "|/-\\"
+        i = 0
+        while not stop:
+            sys.stderr.write(f"\r{text} {frames[i % 4]}")
+            sys.stderr.flush()
+            i += 1
+            await asyncio.sleep(0.1)
+
+    task = asyncio.get_event_loop().create_task(spin())
+    try:
+        yield
+    finally:
+        stop = True
+        task.cancel()
+        sys.stderr.write("\r" + " " * (len(text) + 2) + "\r")
+        sys.stderr.flush()
+
+
+class AdminSession:
+    def __init__(self, home: Path, *, actor: str | None = None) -> None:
+        self.home = home
+        self.descriptor: FleetDescriptor = load_descriptor(fleet_dir(home))
+        self.names = FleetNames(self.descriptor.fleet)
+        self.config = load_config(home)
+        self.actor = actor or "admin:cli"
+        self.nc: Client | None = None
+        self._admin: Ed25519PrivateKey | None = None
+        self._events: list[DomainEvent] = []
+        self._sub: Any = None
+
+    @property
+    def fleet(self) -> str:
+        return self.names.fleet
+
+    @property
+    def key(self) -> FleetPublicKey:
+        return fleet_public_key(self.descriptor)
+
+    @property
+    def admin_key(self) -> Ed25519PrivateKey:
+        if self._admin is None:
+            blob = (fleet_dir(self.home) / ADMIN_KEY_FILE).read_bytes()
+            self._admin = open_admin_key(blob, get_passphrase(confirm=False), self.descriptor)
+        return self._admin
+
+    async def __aenter__(self) -> Self:
+        login = self.config.logins.get("admin")
+        self.nc = await connect(
+            self.config.nats,
+            role="admin",
+            name="flashgate-cli",
+            user=login.user if login else None,
+            password=login.password if login else None,
+            max_reconnect_attempts=3,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    def base(self) -> dict[str, Any]:
+        return {
+            "command_id": new_command_id(),
+            "fleet": self.fleet,
+            "actor": self.actor,
+            "issued_at": int(time.time() * 1000),
+        }
+
+    async def _watch_events(self) -> None:
+        assert self.nc is not None
+        if self._sub is None:
+            with broker_errors("following the event stream"):
+                self._sub = await self.nc.jetstream().subscribe(
+                    self.names.event_subjects,
+                    ordered_consumer=True,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+                )
+
+    async def send(
+        self, command: cmd.Command, *, timeout: float = 30.0, show: bool = True
+    ) -> DomainEvent:
+        """Sign, publish, and wait for the outcome; raises CommandRejected on rejection."""
+        assert self.nc is not None
+        signed = sign(command, self.admin_key)
+        await self._watch_events()
+        with broker_errors("publishing the command"):
+            await self.nc.jetstream().publish(
+                self.names.command_subject(signed.command_type),
+                cmd.COMMAND_CODEC.encode(signed),  # type: ignore[arg-type]
+                headers={"Nats-Msg-Id": signed.command_id},
+            )
+        with spinner(f"{signed.command_type}: waiting for the backend", show):
+            event = await self._outcome(signed.command_id, timeout)
+        if event.type.endswith("command.rejected"):
+            data = event.data
+            raise CommandRejected(getattr(data, "reason", "rejected"), getattr(data, "detail", ""))
+        return event
+
+    async def _outcome(self, command_id: str, timeout: float) -> DomainEvent:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoOutcome(
+                    f"no outcome for command {command_id} within {timeout:.0f}s; "
+                    "is the backend running?"
+                )
+            try:
+                msg = await self._sub.next_msg(timeout=min(remaining, 1.0))
+            except nats.errors.TimeoutError:
+                continue
+            try:
+                event = decode_event(msg.data)
+            except FlashgateError:
+                continue
+            if getattr(event.data, "command_id", None) == command_id:
+                return event
+
+    async def query(self, what: str, **query: Any) -> Answer:
+        assert self.nc is not None
+        with broker_errors(f"querying {what} (is the backend running?)"):
+            msg = await self.nc.request(
+                self.names.query_subject(what), msgspec.json.encode(query), timeout=10
+            )
+        answer = ANSWER_CODEC.decode(msg.data)
+        if not answer.ok:
+            raise CommandRejected(answer.error or "error", answer.detail or "")
+        return answer
+
+    async def status(
+        self, node_id: str, *, timeout: float = 2.0, include_secrets: bool = True
+    ) -> StatusResponse | None:
+        assert self.nc is not None
+        request = sign(
+            StatusRequest(
+                fleet=self.fleet,
+                request_id=secrets.token_bytes(16),
+                issued_at=int(time.time() * 1000),
+                include_secrets=include_secrets,
+            ),
+            self.admin_key,
+        )
+        try:
+            msg = await self.nc.request(
+                self.names.status_subject(node_id),
+                STATUS_REQUEST_CODEC.encode(request),
+                timeout=timeout,
+            )
+            return STATUS_RESPONSE_CODEC.decode(msg.data)
+        except (nats.errors.Error, FlashgateError, TimeoutError):
+            return None
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+_ = TracebackType
