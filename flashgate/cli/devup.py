@@ -16,6 +16,7 @@ Scripts run it in the background and wait with ``flashgate fleet status --wait``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -41,6 +42,7 @@ from flashgate.cli.home import (
 )
 from flashgate.cli.passphrase import PASSPHRASE_ENV
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
+from flashgate.errors import FlashgateError
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import default_node_ids, run_ceremony
 from flashgate.fleet.directory import write_fleet_dir
@@ -112,12 +114,10 @@ def ensure_fleet(
 
 def ensure_config(home: Path) -> HomeConfig:
     """Connection settings and per-role NATS logins, made once per home."""
-    try:
+    with contextlib.suppress(FlashgateError):  # no or unusable config: make a new one
         config = load_config(home)
         if set(config.logins) >= set(ROLES):
             return config
-    except Exception:
-        pass
     config = HomeConfig(
         nats=[f"nats://127.0.0.1:{free_port()}"],
         logins={role: RoleLogin(user=role, password=secrets.token_urlsafe(24)) for role in ROLES},
