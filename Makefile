@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 up: $(STAMP)
-	$(VENV)/bin/flashgate dev demo --home .flashgate-demo
+	$(VENV)/bin/flashgate dev up --home .flashgate
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check flashgate tests bench

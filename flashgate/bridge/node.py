@@ -109,6 +109,7 @@ class BridgeNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.initial_load_done = asyncio.Event()
+        self.revoked = False
 
     # --- roster ------------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ class BridgeNode:
         log.info("roster applied", serial=roster.serial, revoked=revoked)
         if self.node_id in revoked:
             log.error("this node is revoked; purging and stopping")
+            self.revoked = True
             self.vault.purge()
             self._stopped.set()
         return True

@@ -62,7 +62,14 @@ def bridge(
         lock_memory=not no_mlock,
         workers=workers,
     )
-    asyncio.run(_run(BridgeNode(opened, settings)))
+    node = BridgeNode(opened, settings)
+    asyncio.run(_run(node))
+    if node.revoked:
+        raise SystemExit(EXIT_REVOKED)
+
+
+#: Exit status of a node that found itself revoked: supervisors must not restart it.
+EXIT_REVOKED = 3
 
 
 async def _run(node: object) -> None:

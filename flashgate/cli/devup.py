@@ -31,6 +31,7 @@ import click
 from flashgate.backend import db
 from flashgate.broker.permissions import ROLES, RoleCredentials, authorization_config
 from flashgate.broker.server import NatsServerProcess, free_port
+from flashgate.cli.bridge import EXIT_REVOKED
 from flashgate.cli.dev import dev, dev_passphrase
 from flashgate.cli.home import (
     HomeConfig,
@@ -60,6 +61,7 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+    retired: bool = False
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -236,10 +238,14 @@ def up(
         while not stop_requested:
             time.sleep(0.2)
             for child in children:
-                if child.dead() and not stop_requested:
+                if child.dead() and not stop_requested and not child.retired:
                     now = time.monotonic()
+                    code = child.process.returncode if child.process else None
+                    if code == EXIT_REVOKED:
+                        child.retired = True
+                        click.echo(f"{child.name} is revoked; not restarting it", err=True)
+                        continue
                     if child.next_start == 0.0:
-                        code = child.process.returncode if child.process else None
                         delay = min(1.0 * 2 ** min(child.restarts, 4), 15.0)
                         if now - child.started_at > 60:
                             delay, child.restarts = 1.0, 0

@@ -34,6 +34,7 @@ class NodeRow:
     misbehaviour: int
     missing: int  # current secrets it does not hold (at the current version)
     latency_ms: float | None
+    secrets: dict[str, int] | None = None  # key -> version held (with --secrets)
 
 
 async def expected_secrets(session: AdminSession) -> dict[str, int]:
@@ -75,6 +76,7 @@ async def snapshot(session: AdminSession, root: Path) -> tuple[list[NodeRow], di
                 sum(status.misbehaviour.values()),
                 missing,
                 round(sum(latencies) / len(latencies), 1) if latencies else None,
+                {s.key: s.version for s in status.secrets},
             )
         )
     return rows, expected
@@ -89,9 +91,17 @@ def ready(rows: list[NodeRow]) -> bool:
     "--wait", is_flag=True, help="Block until every node is online and holds every current secret."
 )
 @click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option(
+    "--secrets",
+    "with_secrets",
+    is_flag=True,
+    help="With --json: each node's held secrets and versions (never values).",
+)
 @home_option
 @json_option
-def status(wait: bool, timeout: float, home: Path | None, as_json: bool) -> None:
+def status(
+    wait: bool, timeout: float, with_secrets: bool, home: Path | None, as_json: bool
+) -> None:
     """Nodes (online, epoch, secrets held, pending, misbehaviour) and secrets."""
     root = resolve_home(home)
 
@@ -117,12 +127,15 @@ def status(wait: bool, timeout: float, home: Path | None, as_json: bool) -> None
 
     rows, expected = run(go())
     if as_json:
+        nodes = [asdict(r) for r in rows]
+        for row in nodes if not with_secrets else []:
+            row.pop("secrets")
         click.echo(
             json.dumps(
                 {
                     "ready": ready(rows),
                     "secrets": len(expected),
-                    "nodes": [asdict(r) for r in rows],
+                    "nodes": nodes,
                 },
                 sort_keys=True,
             )

@@ -1,0 +1,337 @@
+"""End to end through `flashgate dev up` and the `flashgate` CLI, as real processes.
+
+One dev cluster (3 bridges, t = 2, an INSECURE 1024-bit test key) serves the whole module;
+the tests run in order against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import CANARY
+
+pytestmark = [pytest.mark.nats, pytest.mark.e2e]
+ROOT = Path(__file__).resolve().parents[2]
+PASSPHRASE = "e2e-passphrase-not-secret"
+NODES = ["node-1", "node-2", "node-3"]
+
+
+class Cli:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {**os.environ, "FLASHGATE_HOME": str(home), "FLASHGATE_PASSPHRASE": PASSPHRASE}
+        self.env.pop("FLASHGATE_NATS_URL", None)
+
+    def run(
+        self, *args: str, stdin: bytes = b"", check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[bytes]:
+        result = subprocess.run(
+            [sys.executable, "-m", "flashgate.cli.main", *args],
+            input=stdin,
+            capture_output=True,
+            env=self.env,
+            cwd=ROOT,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"flashgate {' '.join(args)} failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace')[-2000:]}"
+            )
+        return result
+
+    def json(self, *args: str, stdin: bytes = b"") -> Any:
+        return json.loads(self.run(*args, "--json", stdin=stdin).stdout)
+
+    def status(self) -> dict[str, Any]:
+        return self.json("fleet", "status")
+
+    def wait(self, timeout: float = 90) -> dict[str, Any]:
+        return self.json("fleet", "status", "--wait", "--timeout", str(timeout))
+
+    def held(self, node: str) -> dict[str, int]:
+        """The (key -> version) a node holds, from its signed status answer."""
+        status = self.json("fleet", "status", "--secrets")
+        [row] = [r for r in status["nodes"] if r["node"] == node]
+        assert row["status"] == "online", row
+        return dict(row["secrets"])
+
+
+def eventually(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    cli = Cli(home)
+    log = (home.parent / "dev-up.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flashgate.cli.main",
+            "dev",
+            "up",
+            "--home",
+            str(home),
+            "--nodes",
+            "3",
+            "--threshold",
+            "2",
+            "--key-bits",
+            "1024",
+            "--insecure-test-key",
+        ],
+        stdout=log,
+        stderr=log,
+        env=cli.env,
+        cwd=ROOT,
+    )
+    try:
+        eventually(
+            lambda: (home / "config.json").exists() and (home / "fleet").exists(),
+            120,
+            "dev up to write its home",
+        )
+        cli.wait(120)
+        yield cli
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait(10)
+        log.close()
+        assert code == 0, (home.parent / "dev-up.log").read_text()[-3000:]
+
+
+def test_put_rotate_delete(cluster: Cli) -> None:
+    put = cluster.json("secret", "put", "payments/db", "--kind", "generic", stdin=CANARY)
+    assert put["version"] == 1
+    eventually(
+        lambda: all(cluster.held(n).get("payments.db") == 1 for n in NODES),
+        60,
+        "every bridge to hold v1",
+    )
+    rotated = cluster.json("secret", "rotate", "payments/db", stdin=CANARY + b"-v2")
+    assert rotated["version"] == 2
+    eventually(
+        lambda: all(cluster.held(n).get("payments.db") == 2 for n in NODES),
+        60,
+        "every bridge to hold v2 and not v1",
+    )
+    listing = cluster.json("secret", "list")
+    assert [(s["repo"], s["name"], s["version"]) for s in listing] == [("payments", "db", 2)]
+    cluster.json("secret", "delete", "payments/db")
+    eventually(
+        lambda: all("payments.db" not in cluster.held(n) for n in NODES),
+        60,
+        "the secret purged everywhere",
+    )
+    again = cluster.run("secret", "rotate", "payments/db", stdin=b"x", check=False)
+    assert again.returncode != 0 and b"does not exist" in again.stderr
+
+
+def test_typed_storage_secret(cluster: Cli) -> None:
+    out = cluster.json(
+        "secret",
+        "put",
+        "media/s3",
+        "--kind",
+        "storage",
+        "--provider",
+        "s3",
+        "--bucket",
+        "media",
+        "--region",
+        "eu-west-1",
+        "--access-key-id",
+        "AKIA",
+        "--secret-access-key",
+        CANARY.decode(),
+    )
+    assert out["kind"] == "storage"
+    eventually(
+        lambda: all(cluster.held(n).get("media.s3") == 1 for n in NODES),
+        60,
+        "the storage secret everywhere",
+    )
+
+
+def test_api_key_lifecycle(cluster: Cli) -> None:
+    created = cluster.run(
+        "apikey",
+        "create",
+        "payments",
+        "--scope",
+        "storage",
+        "--name",
+        "ci reader",
+        "--access",
+        "read",
+        "--json",
+    )
+    doc = json.loads(created.stdout)
+    assert doc["secret"].startswith("fgs_") and b"only time" in created.stderr
+    key = f"payments.{doc['key_id']}"
+    eventually(
+        lambda: all(cluster.held(n).get(key) == 1 for n in NODES), 60, "the API key on every bridge"
+    )
+    listed = cluster.json("apikey", "list")
+    assert [k["key_id"] for k in listed] == [doc["key_id"]]
+    assert "secret" not in listed[0]
+    cluster.json("apikey", "revoke", doc["key_id"])
+    eventually(
+        lambda: all(key not in cluster.held(n) for n in NODES),
+        60,
+        "the revoked key forgotten everywhere",
+    )
+    assert cluster.json("apikey", "list") == []
+
+
+def test_killed_bridge_others_continue_and_it_reloads(cluster: Cli) -> None:
+    pid = int((cluster.home / "run" / "node-2.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    cluster.json("secret", "put", "ops/while-down", "--kind", "generic", stdin=b"v")
+    eventually(
+        lambda: all(cluster.held(n).get("ops.while-down") == 1 for n in ("node-1", "node-3")),
+        60,
+        "the others to load it",
+    )
+    # dev up restarts the killed bridge; it reloads everything
+    eventually(
+        lambda: int((cluster.home / "run" / "node-2.pid").read_text()) != pid,
+        60,
+        "node-2 restarted",
+    )
+    eventually(lambda: cluster.held("node-2").get("ops.while-down") == 1, 60, "node-2 to reload")
+    cluster.wait(60)
+
+
+def test_role_permissions_are_enforced(cluster: Cli) -> None:
+    config = json.loads((cluster.home / "config.json").read_text())
+    script = (
+        "import asyncio, json, sys\n"
+        "import nats\n"
+        "async def main():\n"
+        "    errors = []\n"
+        "    async def on_error(e): errors.append(str(e))\n"
+        "    url, user, password, action = sys.argv[1:5]\n"
+        "    nc = await nats.connect(url, user=user, password=password, error_cb=on_error,\n"
+        "                            inbox_prefix='_INBOX.' + user)\n"
+        "    if action == 'subscribe-share':\n"
+        "        await nc.subscribe('fg.dev.share.node-1')\n"
+        "    else:\n"
+        "        await nc.publish('fg.dev.cmd.secret.put', b'{}')\n"
+        "    await nc.flush(); await asyncio.sleep(0.5); await nc.close()\n"
+        "    print(json.dumps(errors))\n"
+        "asyncio.run(main())\n"
+    )
+    url = config["nats"][0]
+
+    def attempt(role: str, action: str) -> list[str]:
+        login = config["logins"][role]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                url,
+                login["user"],
+                login["password"],
+                action,
+            ],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        return json.loads(out.stdout)
+
+    assert any("permissions violation" in e.lower() for e in attempt("backend", "subscribe-share"))
+    assert any("permissions violation" in e.lower() for e in attempt("bridge", "publish-command"))
+
+
+def test_revoked_node_is_refused(cluster: Cli) -> None:
+    revoked = cluster.json("node", "revoke", "node-3")
+    assert revoked["roster_serial"] == 2
+    # node-3 stops itself (and dev up does not restart it); the others refuse it
+    eventually(
+        lambda: cluster.status()["nodes"][2]["status"] == "revoked",
+        60,
+        "the roster to show node-3 revoked",
+    )
+    # A revoked node's own requests (over its bridge login) are refused by the others.
+    script = (
+        "import asyncio, json, sys\n"
+        "from pathlib import Path\n"
+        "from flashgate import logs\n"
+        "from flashgate.broker.connection import connect\n"
+        "from flashgate.cli.session import AdminSession\n"
+        "from flashgate.bridge.protocol import build_request\n"
+        "from flashgate.fleet.directory import read_bundle\n"
+        "from flashgate.events.share import ShareItem\n"
+        "logs.configure(level='warning')\n"
+        "async def main():\n"
+        "    home = Path(sys.argv[1])\n"
+        "    config = json.loads((home / 'config.json').read_text())\n"
+        "    login = config['logins']['bridge']\n"
+        "    b = read_bundle(home / 'fleet/nodes/node-3.bundle', sys.argv[2])\n"
+        "    nc = await connect(config['nats'], role='bridge', name='revoked',\n"
+        "                       user=login['user'], password=login['password'])\n"
+        "    raw, _, _ = build_request(node_id='node-3', fleet='dev', epoch=1,\n"
+        "        signing_key=b.signing_key, items=[ShareItem('a.b', 1, bytes(32))])\n"
+        "    await nc.request('fg.dev.share.node-1', raw, timeout=5)\n"
+        "    await nc.close()\n"
+        "    async with AdminSession(home) as s:\n"
+        "        st = await s.status('node-1')\n"
+        "        print(st.share_requests_refused.get('revoked_requester', 0))\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(cluster.home), PASSPHRASE],
+        capture_output=True,
+        env=cluster.env,
+        cwd=ROOT,
+        timeout=30,
+        check=True,
+    )
+    assert int(out.stdout.split()[-1]) >= 1
+    status = cluster.status()
+    assert [n["status"] for n in status["nodes"]] == ["online", "online", "revoked"]
+
+
+def test_canary_appears_nowhere(cluster: Cli) -> None:
+    cluster.json("secret", "put", "zz/canary", "--kind", "generic", stdin=CANARY)
+    eventually(
+        lambda: all(cluster.held(n).get("zz.canary") == 1 for n in ("node-1", "node-2")),
+        60,
+        "the canary loaded",
+    )
+    files = [p for p in cluster.home.parent.rglob("*") if p.is_file()]
+    assert any(p.name == "backend.db" for p in files)
+    assert any("jetstream" in str(p) for p in files)
+    for path in files:
+        assert CANARY not in path.read_bytes(), path
