@@ -103,3 +103,13 @@ def demo(home: Path, nodes: int, threshold: int, key_bits: int) -> None:
     )
     bundle_args = " ".join(f"--bundle {fleet_dir}/nodes/{n}.bundle" for n in chosen)
     click.echo(f"  flashgate recover --fleet-dir {fleet_dir} {bundle_args} < s.jwe")
+
+
+@dev.command("nats-config")
+@click.option("--fleet", "fleet_name", required=True, help="Fleet name.")
+def nats_config(fleet_name: str) -> None:
+    """Print a nats-server config with per-role users (passwords from the environment)."""
+    from flashgate.broker.permissions import server_config
+    from flashgate.events.subjects import FleetNames
+
+    click.echo(server_config(FleetNames(fleet_name)), nl=False)

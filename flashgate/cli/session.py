@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import msgspec
@@ -126,8 +126,8 @@ class AdminSession:
             self.config.nats,
             role="admin",
             name="flashgate-cli",
-            user=login.user if login else None,
-            password=login.password if login else None,
+            user=login.user if login else os.environ.get("FLASHGATE_NATS_USER"),
+            password=login.password if login else os.environ.get("FLASHGATE_NATS_PASSWORD"),
             max_reconnect_attempts=3,
         )
         return self
@@ -232,6 +232,3 @@ class AdminSession:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-_ = TracebackType
