@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from flashgate.bridge import metrics
 from flashgate.bridge.collector import Collector, encode_partial
 from flashgate.bridge.hardening import HardeningReport, harden
 from flashgate.bridge.loader import Loader
@@ -65,6 +66,8 @@ class BridgeSettings:
     nats_password: str | None = None
     lock_memory: bool = True
     workers: int | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -109,6 +112,7 @@ class BridgeNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.initial_load_done = asyncio.Event()
+        self._metrics: asyncio.Server | None = None
         self.revoked = False
 
     # --- roster ------------------------------------------------------------------------
@@ -204,6 +208,10 @@ class BridgeNode:
             asyncio.create_task(self._watch_secrets(), name="watch-secrets"),
             asyncio.create_task(self._watch_roster(fleet_kv), name="watch-roster"),
         ]
+        if self.settings.metrics_port is not None:
+            self._metrics = await metrics.serve(
+                self.settings.metrics_host, self.settings.metrics_port, self.metrics_text
+            )
         log.info(
             "bridge node started",
             node=self.node_id,
@@ -230,6 +238,8 @@ class BridgeNode:
         """Purge everything held, stop tasks, close. Returns how many secrets were purged."""
         purged = self.vault.purge()
         self.partials.purge()
+        if self._metrics is not None:
+            self._metrics.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -472,3 +482,6 @@ class BridgeNode:
             misbehaviour=dict(self.peers.misbehaviour),
         )
         return sign(response, self.bundle.signing_key)
+
+    def metrics_text(self) -> bytes:
+        return metrics.render(metrics.families(self.status(), self.partials.computed))

@@ -37,6 +37,13 @@ from flashgate.cli.passphrase import get_passphrase
     default=None,
     help="Threads for partial decryptions (default: every core).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (127.0.0.1 unless --metrics-host).",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--log-json/--log-console", default=None, help="Default: JSON unless a terminal.")
 def bridge(
@@ -46,6 +53,8 @@ def bridge(
     nats_password: str | None,
     no_mlock: bool,
     workers: int | None,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
     log_json: bool | None,
 ) -> None:
@@ -61,6 +70,8 @@ def bridge(
         nats_password=nats_password,
         lock_memory=not no_mlock,
         workers=workers,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     node = BridgeNode(opened, settings)
     asyncio.run(_run(node))

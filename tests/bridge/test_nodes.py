@@ -273,13 +273,23 @@ async def test_sigterm_purges_the_vault_in_process(
         for node in ("node-2", "node-3"):
             cluster.start(node)
         bundle = read_bundle(cluster.fleet.dir / "nodes" / "node-1.bundle", TEST_PASSPHRASE)
-        node = BridgeNode(bundle, BridgeSettings(nats_urls=[nats_url], lock_memory=False))
+        from flashgate.broker.server import free_port
+
+        port = free_port()
+        node = BridgeNode(
+            bundle,
+            BridgeSettings(nats_urls=[nats_url], lock_memory=False, metrics_port=port),
+        )
         await node.start()
         try:
             await put(cluster, "c", "inproc", CANARY)
             await eventually(lambda: _holds(node, "c.inproc"), 30, "the in-process node")
             buffers = [slot.data for slot in node.vault._slots.values()]
             assert any(CANARY in bytes(b) for b in buffers)
+            metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+            assert 'flashgate_secrets_held{node="node-1"}' in metrics
+            assert "flashgate_share_requests_served_total" in metrics
+            assert CANARY.decode() not in metrics
         finally:
             purged = await node.stop()
         assert purged >= 1 and len(node.vault) == 0
@@ -289,3 +299,10 @@ async def test_sigterm_purges_the_vault_in_process(
 async def _holds(node, key: str) -> bool:  # type: ignore[no-untyped-def]
     await asyncio.sleep(0)
     return node.vault.version_of(key) is not None
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback test URL
+        return response.read().decode()
