@@ -52,8 +52,8 @@ class Command(
         return type(self).__struct_config__.tag  # type: ignore[return-value]
 
 
-class PutSecret(Command, tag="secret.put", frozen=True):
-    """Create a secret (version 1) or a new version of it."""
+class SecretWrite(Command, frozen=True):
+    """The fields of a command that writes a secret version (an envelope)."""
 
     repo: Name
     name: Name
@@ -64,16 +64,12 @@ class PutSecret(Command, tag="secret.put", frozen=True):
     signature: Ed25519Sig = ""
 
 
-class RotateSecret(Command, tag="secret.rotate", frozen=True):
+class PutSecret(SecretWrite, tag="secret.put", frozen=True):
+    """Create a secret (version 1), or re-create a deleted one at its next version."""
+
+
+class RotateSecret(SecretWrite, tag="secret.rotate", frozen=True):
     """Replace an existing secret's value: version must be current + 1."""
-
-    repo: Name
-    name: Name
-    kind: SecretKind
-    version: Version
-    epoch: Epoch
-    jwe: JweText
-    signature: Ed25519Sig = ""
 
 
 class DeleteSecret(Command, tag="secret.delete", frozen=True):
