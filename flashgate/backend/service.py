@@ -165,8 +165,10 @@ class Backend:
             with contextlib.suppress(Exception):  # best effort: the next start relays the rest
                 await asyncio.wait_for(self._drain_outbox(), 3)
         if self.nc is not None:
+            # nats-py's close() can wait forever on a connection that is reconnecting or
+            # has a fetch in flight; the tasks that used it are already stopped.
             with contextlib.suppress(Exception):
-                await self.nc.close()  # the tasks that used it are already stopped
+                await asyncio.wait_for(self.nc.close(), 5)
         if self._relay_lease is not None:
             await self._relay_lease.release()
         if self.engine is not None:

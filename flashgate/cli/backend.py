@@ -8,11 +8,15 @@ import signal
 from pathlib import Path
 
 import click
+import structlog
 
 from flashgate import logs
 from flashgate.backend import db
 
 HOME_ENV = "FLASHGATE_HOME"
+#: SIGTERM to exit: bounded, so supervisors and tests never wait on a stuck close.
+STOP_TIMEOUT_S = 10.0
+log = structlog.get_logger("flashgate.backend")
 
 
 def default_home() -> Path:
@@ -108,7 +112,10 @@ async def _run(service: object) -> None:
     try:
         await stop.wait()
     finally:
-        await service.stop()
+        try:
+            await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.error("backend did not stop in time; exiting anyway", seconds=STOP_TIMEOUT_S)
 
 
 @backend.command("migrate")

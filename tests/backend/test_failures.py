@@ -98,7 +98,11 @@ async def test_crash_between_commit_and_publish_loses_and_duplicates_nothing(
         await asyncio.sleep(1.0)  # any duplicate would arrive now
     finally:
         second.terminate()
-        assert await asyncio.to_thread(second.wait, 15) == 0
+        try:
+            assert await asyncio.to_thread(second.wait, 30) == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
     created = [e for e in admin.events if getattr(e.data, "command_id", None) == command.command_id]
     assert len(created) == 1  # published once, although the command was delivered twice
     kv = await admin.js.key_value(admin.fleet.names.secrets_bucket)
@@ -306,8 +310,13 @@ async def test_canary_never_reaches_database_store_or_logs(
         await admin.close()
         await nc.close()
         process.terminate()
-        await asyncio.to_thread(process.wait, 15)
-        server.stop()
+        try:
+            code = await asyncio.to_thread(process.wait, 30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            server.stop()
+    assert code == 0
     touched = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any("jetstream" in str(p) for p in touched)
     assert log.stat().st_size > 0
