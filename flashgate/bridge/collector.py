@@ -62,14 +62,15 @@ class _Wanted:
     extra: int = 0
     cursor: int = 0
 
-    def next_nodes(self, t: int) -> list[str]:
+    def next_nodes(self, t: int, skip: set[str]) -> list[str]:
+        """The next candidates, skipping nodes already tried and nodes that failed."""
         picked: list[str] = []
         while len(self.partials) + len(self.inflight) + len(picked) < t + self.extra:
             if self.cursor >= len(self.ranking):
                 break
             node = self.ranking[self.cursor]
             self.cursor += 1
-            if node not in self.tried:
+            if node not in self.tried and node not in skip:
                 picked.append(node)
         return picked
 
@@ -99,6 +100,7 @@ class Collector:
 
     async def collect(self, entries: Sequence[Entry]) -> CollectResult:
         t = self.public.threshold
+        self._failed_now: set[str] = set()  # peers that failed during this call
         wanted = {e.key: _Wanted(e, self.peers.ranking(e.digest)) for e in entries}
         result = CollectResult()
         tasks: dict[asyncio.Task[dict[str, int]], tuple[str, list[_Wanted]]] = {}
@@ -130,6 +132,8 @@ class Collector:
                 if y is not None:
                     result.values[key] = y
                     del wanted[key]
+            if not wanted:  # done: do not wait for slow peers that were hedged around
+                break
         for key, want in wanted.items():
             result.failed[key] = "no_quorum" if len(want.partials) < t else "combine_failed"
         for task in tasks:
@@ -148,7 +152,7 @@ class Collector:
         for want in wanted.values():
             if len(want.partials) >= t:
                 continue
-            for node in want.next_nodes(t):
+            for node in want.next_nodes(t, self._failed_now):
                 want.tried.add(node)
                 want.inflight.add(node)
                 by_node[node].append(want)
@@ -175,6 +179,7 @@ class Collector:
         else:
             log.warning("share request failed", peer=node, error=type(exc).__name__)
         self.peers.failed(node)
+        self._failed_now.add(node)
         return {}
 
     def _index(self, node: str) -> int | None:
@@ -226,7 +231,12 @@ class Collector:
             pass
         except FlashgateError as exc:
             log.warning("combine refused", key=want.entry.key, reason=exc.code)
-        faulty = await self._find_faulty(want)
+        faulty, unverified = await self._find_faulty(want)
+        for index in unverified:  # not proven wrong: use someone else, blame no one
+            node = want.sources.pop(index, None)
+            want.partials.pop(index, None)
+            if node is not None:
+                self._failed_now.add(node)
         for index in faulty:
             node = want.sources.pop(index, None)
             want.partials.pop(index, None)
@@ -235,14 +245,19 @@ class Collector:
             log.error("node sent a faulty partial decryption", peer=node, key=want.entry.key)
             self.peers.misbehaved(node)
             await self.report(node, "invalid_partial", want.entry.key)
-        if not faulty:  # proofs all verify, yet the check failed: drop all, start over
+        if not faulty and not unverified:  # all proofs verify, yet the check failed
             want.partials.clear()
             want.sources.clear()
         return None
 
-    async def _find_faulty(self, want: _Wanted) -> list[int]:
+    async def _find_faulty(self, want: _Wanted) -> tuple[list[int], list[int]]:
+        """(faulty, unverified) share indices. Faulty: a proof that fails, or a different
+        partial when asked again; those nodes are blamed. Unverified: no answer to the
+        proof request (slow or down, not proven wrong); their partials are only dropped."""
         c = want.entry.ciphertext
         proofs: dict[int, Proof] = {}
+        changed: list[int] = []
+        silent: list[int] = []
 
         async def fetch(index: int, node: str) -> None:
             if node == self.node_id:
@@ -251,19 +266,25 @@ class Collector:
             try:
                 results = await self._request(node, [want.entry], proofs=True)
             except (FlashgateError, TimeoutError, OSError):
-                return  # no proof: counts as faulty
+                silent.append(index)
+                return
             for partial in results.partials:
                 if partial.key == want.entry.key and partial.proof is not None:
                     x = int.from_bytes(partial.partial, "big")
                     if x != want.partials[index]:
-                        return  # a different partial this time: faulty either way
+                        changed.append(index)  # a different partial this time
+                        return
                     proofs[index] = Proof(
                         int.from_bytes(partial.proof.challenge, "big"),
                         int.from_bytes(partial.proof.response, "big"),
                     )
+                    return
+            silent.append(index)  # answered without the item: nothing proven
 
         await asyncio.gather(*(fetch(i, n) for i, n in want.sources.items()))
-        return identify_faulty(self.public, c, want.partials, proofs)
+        answered = {i: x for i, x in want.partials.items() if i in proofs}
+        faulty = sorted(set(identify_faulty(self.public, c, answered, proofs)) | set(changed))
+        return faulty, sorted(silent)
 
 
 def encode_partial(x: int, public: ThresholdPublicKey) -> bytes:

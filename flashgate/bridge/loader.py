@@ -38,6 +38,7 @@ class Loader:
     pending: dict[str, str] = field(default_factory=dict)  # key -> reason
     loaded: int = 0
     _queue: dict[str, Entry] = field(default_factory=dict)
+    _latest: dict[str, Entry] = field(default_factory=dict)  # the entry each key should end as
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _backoff: float = 0.5
@@ -55,6 +56,7 @@ class Loader:
             self.pending[entry.key] = "other_epoch"
             return
         self._queue[entry.key] = entry
+        self._latest[entry.key] = entry
         self.pending[entry.key] = "loading"
         self._idle.clear()
         self._wake.set()
@@ -62,12 +64,14 @@ class Loader:
     def forget(self, key: str) -> None:
         """Deleted upstream: drop from the queue, purge from the vault."""
         self._queue.pop(key, None)
+        self._latest.pop(key, None)
         self.pending.pop(key, None)
         if self.vault.delete(key):
             log.info("secret purged", key=key)
 
     def reject(self, key: str, reason: str) -> None:
         self._queue.pop(key, None)
+        self._latest.pop(key, None)
         self.pending[key] = reason
 
     def wake(self) -> None:
@@ -93,9 +97,12 @@ class Loader:
             for entry in batch:
                 self._queue.pop(entry.key, None)
             started = time.monotonic()
+            self._wake.clear()  # a wake() during the collection must not be lost
             result = await self.collector.collect(batch)
             retry = []
             for entry in batch:
+                if self._latest.get(entry.key) is not entry:
+                    continue  # deleted or superseded while it was being collected
                 y = result.values.get(entry.key)
                 if y is None:
                     self.pending[entry.key] = result.failed.get(entry.key, "no_quorum")
@@ -118,7 +125,6 @@ class Loader:
                     reason=self.pending.get(retry[0].key),
                     retry_in=self._backoff,
                 )
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._backoff)
                 self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)

@@ -2,8 +2,9 @@
 
 Responder, cheapest checks first (:meth:`Responder.screen`):
     size limit -> schema -> fleet and epoch -> requester in the roster, active, not us ->
-    issued-at within the skew window -> request id not seen (replay) -> Ed25519 signature
-    -> per-requester rate limit.
+    issued-at within the skew window -> Ed25519 signature -> request id not seen (replay;
+    after the signature, so a forged request cannot burn a real id) -> per-requester rate
+    limit.
 Each refusal is a :class:`Refused` with a reason code, counted by reason. Only a request
 that passes all of them reaches the per-item checks (the node's own copy of each envelope
 and its digest, done by the caller) and then the partial decryptions.
@@ -272,6 +273,8 @@ def open_response(
     except SignatureInvalid as exc:
         raise Refused("bad_response_signature") from exc
     if response.status == "refused":
+        if response.request_id != request.request_id:
+            raise Refused("mismatched_response")
         raise Refused(response.reason or "refused", f"{responder} refused: {response.reason}")
     if (
         (response.fleet, response.epoch, response.request_id)

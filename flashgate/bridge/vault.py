@@ -12,6 +12,7 @@ same version is a no-op, a higher one replaces the value and wipes the old buffe
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ class SecretNotHeld(FlashgateError):
     code = "not_held"
 
 
-@dataclass
+@dataclass(repr=False)
 class _Slot:
     version: int
     epoch: int
@@ -36,8 +37,18 @@ class _Slot:
     api_key_id: str | None = None
 
     def wipe(self) -> None:
-        self.data[:] = b"\x00" * len(self.data)
-        self.data.clear()
+        """Overwrite with zeros, then release the memory. While a consumer still holds a
+        view lent by :meth:`Vault.use` the buffer cannot be resized: it stays zeroed and
+        is freed when the view is released."""
+        self.data[:] = bytes(len(self.data))
+        with contextlib.suppress(BufferError):
+            self.data.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"_Slot(version={self.version}, epoch={self.epoch}, kind={self.kind!r}, "
+            "data=<redacted>)"
+        )
 
 
 @dataclass(frozen=True)
