@@ -111,10 +111,10 @@ class Collector:
             done, _ = await asyncio.wait(
                 tasks, timeout=self._hedge_delay(tasks), return_when=asyncio.FIRST_COMPLETED
             )
-            if not done:  # slow peers: give each waiting entry one stand-in candidate
+            if not done:  # slow peers: give each waiting entry one stand-in candidate (once)
                 for want in wanted.values():
-                    if want.inflight and len(want.partials) < t:
-                        want.extra += 1
+                    if want.inflight and len(want.partials) < t and want.extra == 0:
+                        want.extra = 1
                 continue
             for task in done:
                 node, group = tasks.pop(task)
@@ -219,6 +219,9 @@ class Collector:
         results = open_response(raw, request, reply_key, node, self.roster())
         elapsed_ms = (time.monotonic() - started) * 1000
         self.peers.seen(node, latency_ms=elapsed_ms)
+        if items and not proofs:  # learn the per-item time peers need (bounded)
+            observed = elapsed_ms / len(items)
+            self.per_item_ms = min(200.0, max(2.0, 0.8 * self.per_item_ms + 0.2 * observed))
         return results
 
     # --- combining and the proof fallback -----------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import secrets
 from dataclasses import dataclass, field
 
@@ -25,16 +24,16 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from flashgate.bridge import metrics
-from flashgate.bridge.collector import Collector, encode_partial
+from flashgate.bridge.collector import Collector
 from flashgate.bridge.hardening import HardeningReport, harden
 from flashgate.bridge.loader import Loader
 from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.peers import PeerBook
-from flashgate.bridge.protocol import Refused, Responder, wall_clock_ms
-from flashgate.bridge.store import EnvelopeStore, make_entry
+from flashgate.bridge.protocol import Responder, wall_clock_ms
+from flashgate.bridge.share_service import ShareService
+from flashgate.bridge.store import Entry, EnvelopeStore, make_entry
 from flashgate.bridge.vault import Vault
 from flashgate.broker.connection import broker_errors, connect
-from flashgate.crypto.encoding import int_to_bytes
 from flashgate.errors import FlashgateError, SignatureInvalid, StaleRoster
 from flashgate.events import domain as ev
 from flashgate.events.fleet import ROSTER_CODEC, Roster, RosterNode
@@ -48,7 +47,6 @@ from flashgate.events.node import (
     PendingSecret,
     StatusResponse,
 )
-from flashgate.events.share import ShareItemRefusal, SharePartial, ShareProof
 from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle
@@ -57,6 +55,8 @@ from flashgate.fleet.signing import load_ed25519_public
 log = structlog.get_logger("flashgate.bridge")
 
 HEARTBEAT_INTERVAL_S = 2.0
+#: Share requests answered at once (the partial computations themselves share the engine).
+SHARE_CONCURRENCY = 16
 
 
 @dataclass
@@ -105,6 +105,16 @@ class BridgeNode:
             roster=lambda: self.roster,
             epochs=lambda: {self.bundle.epoch},
         )
+        self.share_service = ShareService(
+            responder=self.responder,
+            store=self.store,
+            partials=self.partials,
+            public=self.public,
+            fetch=self._fetch_revision,
+            on_request=self.peers.seen,
+        )
+        self._share_tasks: set[asyncio.Task[None]] = set()
+        self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
@@ -240,7 +250,7 @@ class BridgeNode:
         self.partials.purge()
         if self._metrics is not None:
             self._metrics.close()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._share_tasks]:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -308,51 +318,22 @@ class BridgeNode:
     # --- share service -------------------------------------------------------------------
 
     async def _on_share(self, msg: Msg) -> None:
-        raw = msg.data
-        try:
-            request = self.responder.screen(raw)
-        except Refused as refusal:
-            with contextlib.suppress(Exception):
-                await msg.respond(self.responder.refuse(raw, refusal.reason))
-            return
-        self.peers.seen(request.requester)
-        partial_items: list[SharePartial] = []
-        refusals: list[ShareItemRefusal] = []
-        entries = []
-        for item in request.items:
-            entry = self.store.lookup(item.key, item.revision)
-            if entry is None:
-                entry = await self._fetch_revision(item.key, item.revision)
-            if entry is None:
-                refusals.append(ShareItemRefusal(item.key, item.revision, "unknown_secret"))
-            elif entry.epoch != request.epoch:
-                refusals.append(ShareItemRefusal(item.key, item.revision, "other_epoch"))
-            elif not hmac.compare_digest(entry.digest, item.digest):
-                refusals.append(ShareItemRefusal(item.key, item.revision, "digest_mismatch"))
-            else:
-                entries.append(entry)
-        try:
-            xs = await self.partials.partials([e.ciphertext for e in entries])
-            for entry, x in zip(entries, xs, strict=True):
-                proof = None
-                if request.proofs:
-                    p = await self.partials.proof(entry.ciphertext, x)
-                    proof = ShareProof(
-                        int_to_bytes(p.challenge, 32),
-                        int_to_bytes(p.response, (p.response.bit_length() + 7) // 8),
-                    )
-                partial_items.append(
-                    SharePartial(entry.key, entry.revision, encode_partial(x, self.public), proof)
-                )
-            reply = self.responder.respond(request, partial_items, refusals)
-        except FlashgateError as exc:
-            reply = self.responder.refuse(raw, exc.code)
+        """Answer in a task of its own: nats-py runs a subscription's callbacks one at a
+        time, and a request whose partials are cached must not queue behind others."""
+        task = asyncio.create_task(self._answer_share(msg))
+        self._share_tasks.add(task)
+        task.add_done_callback(self._share_tasks.discard)
+
+    async def _answer_share(self, msg: Msg) -> None:
+        async with self._share_gate:
+            reply = await self.share_service.answer(msg.data)
         with contextlib.suppress(Exception):
             await msg.respond(reply)
 
-    async def _fetch_revision(self, key: str, revision: int):  # type: ignore[no-untyped-def]
+    async def _fetch_revision(self, key: str, revision: int) -> Entry | None:
         """A revision this node has not seen (ahead) or no longer keeps (behind)."""
-        assert self.kv is not None
+        if self.kv is None:  # not bound yet: this node knows no envelope at all
+            return None
         try:
             entry = await self.kv.get(key, revision=revision)
         except Exception:
@@ -451,7 +432,7 @@ class BridgeNode:
     def status(
         self, request_id: bytes = b"\x00" * 16, include_secrets: bool = True
     ) -> StatusResponse:
-        held = self.vault.held()
+        held = self.vault.held() if include_secrets else []
         pending = dict(self.loader.pending) if self.loader else {}
         pending.update(self.store.rejected)
         peers = [
@@ -476,7 +457,7 @@ class BridgeNode:
             pending=[PendingSecret(k, r) for k, r in sorted(pending.items())]
             if include_secrets
             else [],
-            secrets_held=len(held),
+            secrets_held=len(self.vault),
             share_requests_served=self.responder.served,
             share_requests_refused=dict(self.responder.refused),
             misbehaviour=dict(self.peers.misbehaviour),

@@ -28,6 +28,7 @@ class PartialCache:
         self.public = public
         self.engine = PartialEngine(share, public, workers=workers)
         self._cache: OrderedDict[int, asyncio.Future[int]] = OrderedDict()
+        self._computing: set[asyncio.Task[None]] = set()
         self.computed = 0
 
     @property
@@ -35,13 +36,22 @@ class PartialCache:
         return self.share.index
 
     async def partials(self, cs: Sequence[int]) -> list[int]:
-        """x_i for every c, computing only those not cached or under way."""
+        """x_i for every c, computing only those not cached or under way.
+
+        The computation runs in a task of its own and callers wait through
+        ``asyncio.shield``: a caller that is cancelled (a collector giving up) does not
+        cancel or fail the computation that other callers (a peer's request) wait on.
+        """
         loop = asyncio.get_running_loop()
         todo: list[int] = []
         futures: list[asyncio.Future[int]] = []
         for c in cs:
             future = self._cache.get(c)
-            if future is None or (future.done() and future.exception() is not None):
+            if (
+                future is None
+                or future.cancelled()
+                or (future.done() and future.exception() is not None)
+            ):
                 future = loop.create_future()
                 self._cache[c] = future
                 todo.append(c)
@@ -49,22 +59,32 @@ class PartialCache:
                 self._cache.move_to_end(c)
             futures.append(future)
         if todo:
-            batch = asyncio.wrap_future(self.engine.submit(todo))
-            try:
-                values = await batch
-            except BaseException as exc:
-                for c in todo:
-                    fut = self._cache.pop(c, None)
-                    if fut is not None and not fut.done():
-                        fut.set_exception(exc)
+            task = asyncio.create_task(self._compute(todo))
+            self._computing.add(task)
+            task.add_done_callback(self._computing.discard)
+        return [await asyncio.shield(f) for f in futures]
+
+    async def _compute(self, todo: list[int]) -> None:
+        try:
+            values = await asyncio.wrap_future(self.engine.submit(todo))
+        except BaseException as exc:
+            for c in todo:
+                future = self._cache.pop(c, None)
+                if future is not None and not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+                        future.exception()  # retrieved: no "never retrieved" warning
+            if not isinstance(exc, Exception):
                 raise
-            for c, x in zip(todo, values, strict=True):
-                fut = self._cache.get(c)
-                if fut is not None and not fut.done():
-                    fut.set_result(x)
-            self.computed += len(todo)
-            self._trim()
-        return [await f for f in futures]
+            return
+        for c, x in zip(todo, values, strict=True):
+            future = self._cache.get(c)
+            if future is not None and not future.done():
+                future.set_result(x)
+        self.computed += len(todo)
+        self._trim()
 
     async def proof(self, c: int, x: int) -> Proof:
         return await asyncio.to_thread(prove, self.share, self.public, c, x)
@@ -76,6 +96,8 @@ class PartialCache:
                 future.cancel()
 
     def purge(self) -> None:
+        for task in self._computing:
+            task.cancel()
         for future in self._cache.values():
             if not future.done():
                 future.cancel()

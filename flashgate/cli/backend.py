@@ -11,7 +11,6 @@ import click
 import structlog
 
 from flashgate import logs
-from flashgate.backend import db
 
 HOME_ENV = "FLASHGATE_HOME"
 #: SIGTERM to exit: bounded, so supervisors and tests never wait on a stuck close.
@@ -88,6 +87,8 @@ def backend(
 
     logs.configure(level=log_level, json=log_json)
     if run_migrations:
+        from flashgate.backend import db
+
         db.migrate(db_url)
     settings = BackendSettings(
         nats_urls=[u.strip() for u in nats_url.split(",") if u.strip()],
@@ -122,5 +123,7 @@ async def _run(service: object) -> None:
 @db_option
 def migrate_cmd(db_url: str) -> None:
     """Bring the database schema to the latest version."""
+    from flashgate.backend import db
+
     db.migrate(db_url)
     click.echo(f"database at revision {db.head_revision()}", err=True)

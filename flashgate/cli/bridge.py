@@ -91,10 +91,14 @@ async def _run(node: object) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await node.start()
-    waiter = asyncio.create_task(node.wait_stopped())
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
+    starter = asyncio.create_task(node.start())  # may wait for NATS or the buckets
+    await asyncio.wait({starter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if starter.done() and not stop.is_set():
+        starter.result()  # a start-up error ends here, as a typed error
+        waiter = asyncio.create_task(node.wait_stopped())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    starter.cancel()
     stopper.cancel()
     await asyncio.wait_for(node.stop(), 4.5)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import click
 
-from flashgate.backend import db
 from flashgate.broker.permissions import ROLES, RoleCredentials, authorization_config
 from flashgate.broker.server import NatsServerProcess, free_port
 from flashgate.cli.bridge import EXIT_REVOKED
@@ -166,6 +165,8 @@ def up(
     }
     for sub in ("logs", "run"):
         (root / sub).mkdir(exist_ok=True)
+    from flashgate.backend import db  # SQLAlchemy and Alembic: only the dev cluster needs them
+
     server = NatsServerProcess(
         root / "nats",
         name="flashgate-dev",

@@ -1,0 +1,86 @@
+"""Answering share requests: the responder side of DESIGN §2.4, without the transport.
+
+:meth:`ShareService.answer` takes the raw request and always returns a signed reply: the
+partials, or a refusal with its reason (screening failures, a node not ready, even an
+unexpected error), so a requester never waits out a timeout for nothing. Each item is
+looked up in this node's own copy of the store (fetching a revision it has not seen from
+the bucket when it can) and its digest checked before any partial is computed; partials
+come from the shared :class:`PartialCache`, so each is computed once.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from flashgate.bridge.collector import encode_partial
+from flashgate.bridge.partials import PartialCache
+from flashgate.bridge.protocol import Refused, Responder
+from flashgate.bridge.store import Entry, EnvelopeStore
+from flashgate.crypto.encoding import int_to_bytes
+from flashgate.crypto.threshold.keys import ThresholdPublicKey
+from flashgate.errors import FlashgateError
+from flashgate.events.share import ShareItemRefusal, SharePartial, ShareProof
+
+log = structlog.get_logger("flashgate.bridge.share")
+
+Fetch = Callable[[str, int], Awaitable[Entry | None]]
+
+
+@dataclass
+class ShareService:
+    responder: Responder
+    store: EnvelopeStore
+    partials: PartialCache
+    public: ThresholdPublicKey
+    fetch: Fetch | None = None  # a revision not in the store, from the bucket
+    on_request: Callable[[str], None] | None = None  # a screened requester was heard from
+
+    async def answer(self, raw: bytes) -> bytes:
+        try:
+            request = self.responder.screen(raw)
+        except Refused as refusal:
+            return self.responder.refuse(raw, refusal.reason)
+        if self.on_request is not None:
+            self.on_request(request.requester)
+        try:
+            refusals: list[ShareItemRefusal] = []
+            entries: list[Entry] = []
+            for item in request.items:
+                entry = self.store.lookup(item.key, item.revision)
+                if entry is None and self.fetch is not None:
+                    entry = await self.fetch(item.key, item.revision)
+                if entry is None:
+                    reason = "unknown_secret"
+                elif entry.epoch != request.epoch:
+                    reason = "other_epoch"
+                elif not hmac.compare_digest(entry.digest, item.digest):
+                    reason = "digest_mismatch"
+                else:
+                    entries.append(entry)
+                    continue
+                refusals.append(ShareItemRefusal(item.key, item.revision, reason))
+            xs = await self.partials.partials([e.ciphertext for e in entries])
+            partials = []
+            for entry, x in zip(entries, xs, strict=True):
+                proof = None
+                if request.proofs:
+                    p = await self.partials.proof(entry.ciphertext, x)
+                    size = (p.response.bit_length() + 7) // 8
+                    proof = ShareProof(
+                        int_to_bytes(p.challenge, 32), int_to_bytes(p.response, size)
+                    )
+                partials.append(
+                    SharePartial(entry.key, entry.revision, encode_partial(x, self.public), proof)
+                )
+            return self.responder.respond(request, partials, refusals)
+        except FlashgateError as exc:
+            self.responder.refused[exc.code] += 1
+            return self.responder.refuse(raw, exc.code)
+        except Exception as exc:  # never leave a requester waiting: refuse, log, go on
+            log.error("share request failed internally", error=type(exc).__name__)
+            self.responder.refused["internal_error"] += 1
+            return self.responder.refuse(raw, "internal_error")
