@@ -245,8 +245,15 @@ class Collector:
             want.partials.pop(index, None)
             if node is None:
                 continue
-            log.error("node sent a faulty partial decryption", peer=node, key=want.entry.key)
             self.peers.misbehaved(node)
+            if node == self.node_id:  # our own partial failed its proof: a local fault
+                log.critical(
+                    "this node's own partial decryption is wrong (damaged share or "
+                    "hardware fault); it no longer uses its own partials",
+                    key=want.entry.key,
+                )
+                continue
+            log.error("node sent a faulty partial decryption", peer=node, key=want.entry.key)
             await self.report(node, "invalid_partial", want.entry.key)
         if not faulty and not unverified:  # all proofs verify, yet the check failed
             want.partials.clear()
