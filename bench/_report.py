@@ -1,5 +1,5 @@
-"""Helpers shared by ``bench/events.py`` and ``bench/backend.py``: progress lines, machine
-information, latency statistics, goals and aligned plain-text tables.
+"""Helpers shared by the bench scripts (``events.py``, ``backend.py``, ``bridge.py``):
+progress lines, machine information, latency statistics, goals and aligned plain-text tables.
 
 Not a benchmark itself; ``bench/crypto.py`` predates it and keeps its own copies.
 """

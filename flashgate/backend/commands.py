@@ -192,19 +192,15 @@ class CommandProcessor:
             seen = await session.get(ProcessedCommand, command.command_id)
             if seen is not None:
                 return await self._repeat(session, command, seen)
-            session.add(
-                ProcessedCommand(
-                    command_id=command.command_id,
-                    command_type=command.command_type,
-                    result="applied",
-                )
+            claim = ProcessedCommand(
+                command_id=command.command_id,
+                command_type=command.command_type,
+                result="applied",
             )
+            session.add(claim)
             await session.flush()  # claims the command id (a concurrent replica waits here)
             target, event = await self._dispatch(session, command)
-            row = outbox.add_event(session, self.state.names, event)
-            seen_row = await session.get(ProcessedCommand, command.command_id)
-            assert seen_row is not None
-            seen_row.outcome_msg_id = row.msg_id
+            claim.outcome_msg_id = outbox.add_event(session, self.state.names, event).msg_id
             session.add(
                 AuditEvent(
                     fleet=self.state.names.fleet,

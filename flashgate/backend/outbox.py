@@ -11,7 +11,6 @@ they get the same deduplication as events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -106,15 +105,22 @@ class Relay:
         self._idle = idle_interval
         self._max_backoff = max_backoff
         self._wake = asyncio.Event()
+        self._stopped = False
         self.published = 0
 
     def wake(self) -> None:
         """Called after a commit that added outbox rows: relay now rather than at the next poll."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to end at its next step (cancellation alone can be lost on
+        Python 3.11, where ``asyncio.wait_for`` may swallow it)."""
+        self._stopped = True
+        self._wake.set()
+
     async def run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopped:
             try:
                 sent = await self.relay_once()
                 backoff = 0.1
@@ -130,10 +136,13 @@ class Relay:
                 await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 - jitter
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
-            if sent == 0:
+            if sent == 0 and not self._stopped:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle)
+                waiter = asyncio.ensure_future(self._wake.wait())
+                try:  # asyncio.wait, not wait_for: it never swallows a cancellation
+                    await asyncio.wait({waiter}, timeout=self._idle)
+                finally:
+                    waiter.cancel()
 
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; returns how many were published."""

@@ -155,11 +155,9 @@ class Backend:
 
     async def stop(self) -> None:
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self.relay is not None:
+            self.relay.stop()
+        await _cancel_all(self._tasks)
         self._tasks.clear()
         if self.relay is not None and self.nc is not None and self.nc.is_connected:
             with contextlib.suppress(Exception):  # best effort: the next start relays the rest
@@ -288,9 +286,7 @@ class Backend:
                     await asyncio.sleep(1.0)
                 log.warning("outbox relay lease lost; standing by")
             finally:
-                relay.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay
+                await _cancel_all([relay])
                 await self._relay_lease.release()
 
     # --- commands -------------------------------------------------------------------------
@@ -378,3 +374,18 @@ class Backend:
         return await issue_api_key(
             self.processor, repo=repo, scope=scope, access=access, label=label, actor=actor
         )
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None:
+    """Cancel and wait, cancelling again while any is still running: on Python 3.11 a
+    cancellation can be swallowed by ``asyncio.wait_for`` (fixed in 3.12)."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while pending:
+        for task in pending:
+            task.cancel()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            log.error("tasks did not stop", tasks=[t.get_name() for t in pending])
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(0.5, remaining))
