@@ -199,6 +199,11 @@ class Collector:
         for partial in results.partials:
             if len(partial.partial) == k:
                 out[partial.key] = int.from_bytes(partial.partial, "big")
+        if results.refusals:  # e.g. a peer that has not seen this revision yet
+            reasons: dict[str, int] = {}
+            for refusal in results.refusals:
+                reasons[refusal.reason] = reasons.get(refusal.reason, 0) + 1
+            log.info("peer refused items", peer=node, reasons=reasons)
         return out
 
     async def _request(
