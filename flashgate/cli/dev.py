@@ -1,8 +1,9 @@
 """``flashgate dev``: local, single-machine conveniences.
 
-``dev demo`` runs the key ceremony into a home directory (once) and shows the offline path
-end to end: encrypt a secret with the public key alone, recover it from t bundles. The
-local cluster (``dev up``: NATS, backend, bridges) builds on the same home layout.
+``dev up`` (:mod:`flashgate.cli.devup`) runs the whole system on this machine. ``dev demo``
+runs the key ceremony into a home directory (once) and shows the offline path end to end:
+encrypt a secret with the public key alone, recover it from t bundles. ``dev nats-config``
+prints a deployment nats-server config with one user per role.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def dev_passphrase() -> str:
 
 @click.group()
 def dev() -> None:
-    """Local development: demo and (later) the local cluster."""
+    """Local development: the local cluster (`up`), an offline demo, NATS config."""
 
 
 @dev.command("demo")
