@@ -13,12 +13,15 @@ from datetime import UTC, datetime
 from typing import cast
 
 import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flashgate.backend.models import ApiKey, OutboxMessage, Repository, Secret, SecretVersion
 from flashgate.backend.outbox import kv_subject
+from flashgate.broker.connection import broker_errors
 from flashgate.errors import FlashgateError
 from flashgate.events.envelope import ENVELOPE_CODEC, ApiKeyInfo, SecretEnvelope
 from flashgate.events.subjects import FleetNames, secret_key
@@ -99,20 +102,30 @@ async def expected_envelopes(
     return out
 
 
-async def current_bucket(kv: KeyValue) -> dict[str, SecretEnvelope | None]:
-    """Every key of the bucket: its envelope, or None for an undecodable value."""
+async def current_bucket(
+    js: JetStreamContext, kv: KeyValue, bucket: str
+) -> dict[str, SecretEnvelope | None]:
+    """Every live key of the bucket: its envelope, or None for an undecodable value.
+
+    The key list comes from the stream's per-subject state rather than a KV watch: nats-py
+    2.16 can yield a watch's end-of-initial-values marker before the values
+    (nats-io/nats.py#842), which would make the bucket look emptier than it is.
+    """
+    with broker_errors(f"listing the keys of {bucket}"):
+        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
+    prefix = f"$KV.{bucket}."
     found: dict[str, SecretEnvelope | None] = {}
-    watcher = await kv.watchall(ignore_deletes=True)
-    try:
-        async for entry in watcher:
-            if entry is None:  # end of the initial values
-                break
+    for subject in info.state.subjects or {}:
+        key = subject.removeprefix(prefix)
+        with broker_errors(f"reading {bucket}"):
             try:
-                found[entry.key] = ENVELOPE_CODEC.decode(entry.value or b"")
-            except FlashgateError:
-                found[entry.key] = None
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+                entry = await kv.get(key)
+            except KeyNotFoundError:  # deleted or purged: a marker, not a value
+                continue
+        try:
+            found[key] = ENVELOPE_CODEC.decode(entry.value or b"")
+        except FlashgateError:
+            found[key] = None
     return found
 
 
@@ -128,13 +141,14 @@ def _same(a: SecretEnvelope, b: SecretEnvelope | None) -> bool:
 
 async def reconcile(
     sessions: async_sessionmaker[AsyncSession],
+    js: JetStreamContext,
     kv: KeyValue,
     names: FleetNames,
     fleet_id: int,
 ) -> ReconcileReport:
     async with sessions() as session:
         expected = await expected_envelopes(session, names, fleet_id)
-    actual = await current_bucket(kv)
+    actual = await current_bucket(js, kv, names.secrets_bucket)
     stamp = int(datetime.now(UTC).timestamp() * 1000)
     republish = [k for k, env in expected.items() if not _same(env, actual.get(k))]
     delete = [k for k in actual if k not in expected]

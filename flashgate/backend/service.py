@@ -133,7 +133,7 @@ class Backend:
         )
         if self._singleton is not None or not self._is_postgres:
             await self._drain_outbox()
-            await reconcile(self.sessions, declared.secrets, names, state.fleet_id)
+            await reconcile(self.sessions, self.js, declared.secrets, names, state.fleet_id)
             self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
         else:
             self._tasks.append(
@@ -277,8 +277,13 @@ class Backend:
             await self._relay_lease.wait()
             assert self.processor is not None
             await self._drain_outbox()
+            assert self.js is not None
             await reconcile(
-                self.sessions, secrets_kv, self.processor.state.names, self.processor.state.fleet_id
+                self.sessions,
+                self.js,
+                secrets_kv,
+                self.processor.state.names,
+                self.processor.state.fleet_id,
             )
             relay = asyncio.create_task(self.relay.run())
             try:
