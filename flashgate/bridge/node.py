@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
 from flashgate.bridge import metrics
 from flashgate.bridge.collector import Collector
@@ -34,6 +34,7 @@ from flashgate.bridge.share_service import ShareService
 from flashgate.bridge.store import Entry, EnvelopeStore, make_entry
 from flashgate.bridge.vault import Vault
 from flashgate.broker.connection import broker_errors, connect
+from flashgate.broker.watch import Deleted, InitialDone, follow
 from flashgate.errors import FlashgateError, SignatureInvalid, StaleRoster
 from flashgate.events import domain as ev
 from flashgate.events.fleet import ROSTER_CODEC, Roster, RosterNode
@@ -270,32 +271,29 @@ class BridgeNode:
     # --- watching the buckets ------------------------------------------------------------
 
     async def _watch_secrets(self) -> None:
+        """Every current envelope, one end marker, then live puts and deletes
+        (:func:`flashgate.broker.watch.follow`, which does not trust nats-py's marker)."""
         assert self.kv is not None and self.loader is not None
-        watcher = await self.kv.watchall()
-        try:
-            async for entry in watcher:
-                if entry is None:  # end of the current values
+        async with contextlib.aclosing(follow(self.kv)) as events:
+            async for event in events:
+                if isinstance(event, InitialDone):
                     log.info(
                         "initial envelopes read",
-                        count=len(self.store.current),
+                        count=event.count,
                         unusable=len(self.store.rejected),
                     )
                     self._tasks.append(asyncio.create_task(self._mark_initial_load()))
-                    continue
-                if entry.operation in (KV_DEL, KV_PURGE):
-                    self.store.remove(entry.key)
-                    self.loader.forget(entry.key)
-                    continue
-                stored = self.store.ingest(entry.key, entry.revision, entry.value or b"")
-                if stored is None:
-                    reason = self.store.rejected.get(entry.key, "malformed")
-                    log.warning("unusable envelope", key=entry.key, reason=reason)
-                    self.loader.reject(entry.key, reason)
-                    continue
-                self.loader.offer(stored)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                elif isinstance(event, Deleted):
+                    self.store.remove(event.key)
+                    self.loader.forget(event.key)
+                else:
+                    stored = self.store.ingest(event.key, event.revision, event.value)
+                    if stored is None:
+                        reason = self.store.rejected.get(event.key, "malformed")
+                        log.warning("unusable envelope", key=event.key, reason=reason)
+                        self.loader.reject(event.key, reason)
+                        continue
+                    self.loader.offer(stored)
 
     async def _mark_initial_load(self) -> None:
         assert self.loader is not None

@@ -1,0 +1,390 @@
+"""flashgate.broker.watch: current values, one InitialDone, then live changes.
+
+nats-py 2.16 can yield its own end marker before the initial values
+(nats-io/nats.py#842), at a rate that depends on timing; the replayed-watcher tests put
+the marker first and last deterministically. On the real server, the stress tests
+restart the watch many times on a small bucket, and with a writer running while the
+watch starts, and check each time that the initial values are exactly the bucket's
+state at one point of its stream and that the live changes are exactly everything
+written after that point (this is the test that catches the server's
+last-per-subject start-up, see the module docstring of flashgate.broker.watch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from nats.js.kv import KV_DEL, KV_OP, KeyValue
+
+from flashgate.broker.connection import connect
+from flashgate.broker.declare import declare_fleet
+from flashgate.broker.watch import (
+    Deleted,
+    InitialDone,
+    Value,
+    WatchEvent,
+    _InitialValues,
+    current_values,
+    follow,
+)
+from flashgate.errors import BrokerError, BrokerUnavailable
+from flashgate.events.subjects import FleetNames
+
+EVENT_TIMEOUT = 5.0
+PROMPT = 2.0  # an empty bucket must not wait for anything: well below any watch timeout
+STRESS_STARTS = 50
+RACING_STARTS = 30
+
+
+@pytest.fixture
+async def kv(js: JetStreamContext, fleet_names: FleetNames) -> KeyValue:
+    return (await declare_fleet(js, fleet_names)).secrets
+
+
+async def next_event(events: AsyncIterator[WatchEvent]) -> WatchEvent:
+    async with asyncio.timeout(EVENT_TIMEOUT):
+        return await anext(events)
+
+
+async def initial_part(events: AsyncIterator[WatchEvent]) -> tuple[list[Value], InitialDone]:
+    """The events up to and including InitialDone; only Values may come before it."""
+    values: list[Value] = []
+    while True:
+        event = await next_event(events)
+        if isinstance(event, InitialDone):
+            return values, event
+        assert isinstance(event, Value), event
+        values.append(event)
+
+
+def by_key(values: list[Value]) -> dict[str, bytes]:
+    found = {value.key: value.value for value in values}
+    assert len(found) == len(values), "a key came twice in the initial values"
+    return found
+
+
+# --- the end of the initial values, without a server ------------------------------------
+
+
+def test_the_entry_with_delta_zero_ends_the_initial_values() -> None:
+    initial = _InitialValues()
+    assert not initial.add(Value("a", 3, b"a"), delta=2)
+    assert not initial.add(Value("b", 4, b"b"), delta=5)  # writes came in meanwhile
+    assert initial.add(Deleted("a", 9), delta=0)
+    assert initial.values() == [Value("b", 4, b"b")]
+
+
+def test_the_first_delta_bounds_the_initial_values_under_constant_writes() -> None:
+    initial = _InitialValues()
+    assert not initial.add(Value("a", 1, b"a1"), delta=2)
+    assert not initial.add(Value("b", 2, b"b1"), delta=4)
+    assert initial.add(Value("a", 5, b"a2"), delta=3)  # the 3rd of 1 + 2 pending
+    assert initial.values() == [Value("b", 2, b"b1"), Value("a", 5, b"a2")]
+
+
+# --- nats-py's marker in either place, replayed without a server ----------------------------
+
+
+class ReplayedWatcher:
+    """Stands in for nats-py's KeyWatcher: yields the given updates, then waits; its
+    consumer info says what the server had sent (``delivered``) and has left."""
+
+    def __init__(self, updates: list[KeyValue.Entry | None], *, delivered: int) -> None:
+        self._updates = list(updates)
+        info = SimpleNamespace(
+            num_pending=0,
+            delivered=SimpleNamespace(consumer_seq=delivered, stream_seq=delivered),
+            config=SimpleNamespace(deliver_policy=DeliverPolicy.ALL),
+        )
+
+        async def consumer_info() -> Any:
+            return info
+
+        self._sub = SimpleNamespace(consumer_info=consumer_info)
+        self.stopped = False
+
+    def __aiter__(self) -> ReplayedWatcher:
+        return self
+
+    async def __anext__(self) -> KeyValue.Entry | None:
+        if self._updates:
+            return self._updates.pop(0)
+        await asyncio.Event().wait()
+        raise StopAsyncIteration
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class ReplayedBucket:
+    _name = "replayed"
+
+    def __init__(self, watcher: ReplayedWatcher) -> None:
+        self.watcher = watcher
+
+    async def watch(self, keys: str, **options: Any) -> ReplayedWatcher:
+        assert keys == ">" and options == {"include_history": True}
+        return self.watcher
+
+
+def entry(key: str, revision: int, delta: int, value: bytes | None = None) -> KeyValue.Entry:
+    operation = None if value is not None else KV_DEL
+    return KeyValue.Entry("replayed", key, value or b"", revision, delta, None, operation)
+
+
+async def replayed(
+    updates: list[KeyValue.Entry | None], *, delivered: int, count: int
+) -> list[WatchEvent]:
+    """The first ``count`` events of follow() over the replayed updates."""
+    watcher = ReplayedWatcher(updates, delivered=delivered)
+    events: list[WatchEvent] = []
+    stream = follow(cast(KeyValue, ReplayedBucket(watcher)))
+    async with contextlib.aclosing(stream) as iterator:
+        for _ in range(count):
+            events.append(await next_event(iterator))
+    assert watcher.stopped
+    return events
+
+
+STARTUP = [
+    entry("repo.a", 1, 3, b"a1"),
+    entry("repo.b", 2, 2, b"b1"),
+    entry("repo.a", 3, 1, b"a2"),
+    entry("repo.b", 4, 0),  # b deleted: not a current value
+]
+LIVE = entry("repo.c", 5, 0, b"c1")
+LIVE_VALUE = Value("repo.c", 5, b"c1")
+EXPECTED = [Value("repo.a", 3, b"a2"), InitialDone(1), LIVE_VALUE]
+
+
+async def test_an_early_nats_py_marker_is_ignored() -> None:
+    """nats-io/nats.py#842: None first, although the server had sent everything."""
+    events = await replayed([None, *STARTUP, LIVE], delivered=len(STARTUP), count=3)
+    assert events == EXPECTED
+
+
+async def test_a_late_nats_py_marker_is_ignored() -> None:
+    events = await replayed([*STARTUP, None, LIVE], delivered=len(STARTUP), count=3)
+    assert events == EXPECTED
+
+
+async def test_nothing_sent_and_nothing_pending_is_an_empty_bucket() -> None:
+    events = await replayed([None, LIVE], delivered=0, count=2)
+    assert events == [InitialDone(0), LIVE_VALUE]
+
+
+# --- on the server -------------------------------------------------------------------------
+
+
+async def test_an_empty_bucket_is_done_at_once_then_live(kv: KeyValue) -> None:
+    async with contextlib.aclosing(follow(kv)) as events:
+        async with asyncio.timeout(PROMPT):
+            assert await anext(events) == InitialDone(0)
+        first = await kv.put("repo.a", b"1")
+        assert await next_event(events) == Value("repo.a", first, b"1")
+        await kv.delete("repo.a")
+        deleted = await next_event(events)
+        assert isinstance(deleted, Deleted) and deleted.key == "repo.a"
+        assert deleted.revision > first
+
+
+async def test_current_values_of_an_empty_bucket_is_prompt(kv: KeyValue) -> None:
+    async with asyncio.timeout(PROMPT):
+        assert await current_values(kv) == {}
+
+
+async def fill(kv: KeyValue) -> tuple[dict[str, Value], list[str]]:
+    """Twelve keys, some updated several times, some deleted or purged afterwards: the
+    expected current values (latest revisions) and the keys that are gone."""
+    latest: dict[str, Value] = {}
+    for round_ in range(3):
+        for i in range(12):
+            if round_ == 0 or i % (round_ + 2) == 0:
+                key, value = f"repo.k{i:02d}", f"k{i}-r{round_}".encode()
+                latest[key] = Value(key, await kv.put(key, value), value)
+    gone = ["repo.k03", "repo.k06", "repo.k07"]
+    await kv.delete(gone[0])
+    await kv.delete(gone[1])
+    await kv.purge(gone[2])
+    for key in gone:
+        del latest[key]
+    return latest, gone
+
+
+async def test_initial_values_are_the_latest_of_each_key_then_live_changes_in_order(
+    kv: KeyValue,
+) -> None:
+    latest, gone = await fill(kv)
+    expected = sorted(latest.values(), key=lambda value: value.revision)
+
+    async with contextlib.aclosing(follow(kv)) as events:
+        values, done = await initial_part(events)
+        assert values == expected
+        assert done == InitialDone(len(expected))
+
+        put = await kv.put("repo.k00", b"live")
+        await kv.delete("repo.k01")
+        again = await kv.put(gone[0], b"back")
+        await kv.purge("repo.k02")
+        live = [await next_event(events) for _ in range(4)]
+
+    assert live[0] == Value("repo.k00", put, b"live")
+    assert isinstance(live[1], Deleted) and live[1].key == "repo.k01"
+    assert live[2] == Value(gone[0], again, b"back")
+    assert isinstance(live[3], Deleted) and live[3].key == "repo.k02"
+    revisions = [event.revision for event in live if not isinstance(event, InitialDone)]
+    assert put < revisions[1] < again < revisions[3]
+
+
+async def test_without_deletes_live_deletions_are_left_out(kv: KeyValue) -> None:
+    latest, _ = await fill(kv)
+    async with contextlib.aclosing(follow(kv, include_deletes=False)) as events:
+        values, done = await initial_part(events)
+        assert by_key(values) == {key: value.value for key, value in latest.items()}
+        assert done.count == len(latest)
+        await kv.delete("repo.k00")
+        await kv.purge("repo.k01")
+        put = await kv.put("repo.k02", b"after")
+        assert await next_event(events) == Value("repo.k02", put, b"after")
+
+
+async def test_current_values_are_the_initial_values_of_follow(kv: KeyValue) -> None:
+    latest, _ = await fill(kv)
+    found = await current_values(kv)
+    assert found == {key: value.value for key, value in latest.items()}
+    async with contextlib.aclosing(follow(kv)) as events:
+        values, _ = await initial_part(events)
+    assert by_key(values) == found
+
+
+async def test_many_starts_on_a_small_bucket_always_see_every_value_once(
+    kv: KeyValue,
+) -> None:
+    """Three values: the size where nats-py's marker most often comes first (#842)."""
+    written = {f"repo.s{i}": Value(f"repo.s{i}", 0, f"s{i}".encode()) for i in range(3)}
+    for key, value in list(written.items()):
+        written[key] = Value(key, await kv.put(key, value.value), value.value)
+    expected = sorted(written.values(), key=lambda value: value.revision)
+
+    async with asyncio.timeout(60):
+        for _ in range(STRESS_STARTS):
+            async with contextlib.aclosing(follow(kv)) as events:
+                values, done = await initial_part(events)
+                assert values == expected
+                assert done == InitialDone(3)
+            assert await current_values(kv) == {v.key: v.value for v in expected}
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    key: str
+    revision: int
+    value: bytes | None  # None: a delete
+
+
+def state(log: list[Write]) -> dict[str, bytes]:
+    current: dict[str, bytes] = {}
+    for write in log:
+        if write.value is None:
+            current.pop(write.key, None)
+        else:
+            current[write.key] = write.value
+    return current
+
+
+def as_write(event: Value | Deleted) -> Write:
+    value = event.value if isinstance(event, Value) else None
+    return Write(event.key, event.revision, value)
+
+
+async def test_writes_during_start_are_initial_or_live_never_lost_or_twice(
+    js: JetStreamContext, fleet_names: FleetNames, kv: KeyValue
+) -> None:
+    """A writer runs while the watch starts and a little after InitialDone. The live
+    events must be exactly a suffix of all writes, and the initial values exactly the
+    state of the bucket before that suffix."""
+    rng = random.Random(842)
+    keys = [f"repo.w{i}" for i in range(8)]
+    prefix = f"$KV.{fleet_names.secrets_bucket}."
+    log: list[Write] = []
+
+    async def write_one(n: int) -> None:
+        key = rng.choice(keys)
+        if rng.random() < 0.25:
+            ack = await js.publish(prefix + key, b"", headers={KV_OP: KV_DEL})
+            log.append(Write(key, ack.seq, None))
+        else:
+            value = f"{key}={n}".encode()
+            log.append(Write(key, await kv.put(key, value), value))
+
+    async def writer(stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            await write_one(n)
+            n += 1
+        for extra in range(5):
+            await write_one(n + extra)
+
+    for n in range(20):
+        await write_one(n)
+
+    raced = 0
+    async with asyncio.timeout(120):
+        for _ in range(RACING_STARTS):
+            round_start = len(log)
+            stop = asyncio.Event()
+            writing = asyncio.create_task(writer(stop))
+            await asyncio.sleep(rng.random() * 0.005)
+            async with contextlib.aclosing(follow(kv)) as events:
+                values, done = await initial_part(events)
+                stop.set()
+                await writing
+                sentinel = Write("repo.end", await kv.put("repo.end", b"end"), b"end")
+                log.append(sentinel)
+                live: list[Write] = []
+                if Value(sentinel.key, sentinel.revision, b"end") not in values:
+                    while not live or live[-1] != sentinel:
+                        event = await next_event(events)
+                        assert not isinstance(event, InitialDone)
+                        live.append(as_write(event))
+
+            cut = log.index(live[0]) if live else len(log)
+            assert live == log[cut:]
+            assert by_key(values) == state(log[:cut])
+            assert done.count == len(values)
+            revisions = [value.revision for value in values] + [w.revision for w in live]
+            assert revisions == sorted(set(revisions))
+            raced += round_start < cut < len(log) - 1  # writes of this round on both sides
+
+    assert [write.revision for write in log] == sorted(write.revision for write in log)
+    # The writer is started first and shares the watch's connection, so some of its
+    # writes are before the cut and the 5 after InitialDone are after it, every round.
+    assert raced == RACING_STARTS
+
+
+async def test_starting_on_a_closed_connection_is_broker_unavailable(
+    nats_url: str, fleet_names: FleetNames
+) -> None:
+    client: Client = await connect(nats_url, role="test", name="pytest:closed-watch")
+    kv = (await declare_fleet(client.jetstream(), fleet_names)).secrets
+    await client.close()
+    with pytest.raises(BrokerUnavailable, match="watching bucket"):
+        await current_values(kv)
+
+
+async def test_watching_a_removed_bucket_is_a_broker_error(
+    js: JetStreamContext, fleet_names: FleetNames, kv: KeyValue
+) -> None:
+    await js.delete_key_value(fleet_names.secrets_bucket)
+    with pytest.raises(BrokerError, match="watching bucket"):
+        await current_values(kv)
