@@ -6,6 +6,8 @@ Not a benchmark itself; ``bench/crypto.py`` predates it and keeps its own copies
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import math
 import os
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from nats.js.kv import KeyValue
 
 # --------------------------------------------------------------------------- progress
 
@@ -218,3 +222,44 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+# --------------------------------------------------------------------------- KV arrivals
+
+
+class Arrivals:
+    """Reads a KV watcher and records when each key is first seen (``events``, ``backend``)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+        self._waiting: set[str] = set()
+        self._all_seen = asyncio.Event()
+
+    async def follow(self, kv: KeyValue) -> None:
+        watcher = await kv.watchall()
+        try:
+            async for entry in watcher:
+                now = time.perf_counter()
+                if entry is None:  # end of the initial values
+                    continue
+                self.seen.setdefault(entry.key, now)
+                if self._waiting:
+                    self._waiting.discard(entry.key)
+                    if not self._waiting:
+                        self._all_seen.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def expect(self, keys: Sequence[str]) -> None:
+        self._waiting = {k for k in keys if k not in self.seen}
+        self._all_seen.clear()
+        if not self._waiting:
+            self._all_seen.set()
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._all_seen.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

@@ -64,6 +64,7 @@ from types import FrameType
 from typing import Any
 
 from _report import (
+    Arrivals,
     Goal,
     Latency,
     at_least,
@@ -80,7 +81,6 @@ from _report import (
     render_table,
 )
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from flashgate import logs
 from flashgate.backend import db
@@ -235,37 +235,10 @@ def fresh_database(kind: str, base: Path) -> Iterator[str]:
 # --------------------------------------------------------------------------- watching
 
 
-class Arrivals:
-    """Reads a KV watcher on the secrets bucket; records when each key is first seen."""
+class ProgressArrivals(Arrivals):
+    """Arrivals on the secrets bucket, with progress lines while waiting."""
 
-    def __init__(self) -> None:
-        self.seen: dict[str, float] = {}
-        self._waiting: set[str] = set()
-        self._all_seen = asyncio.Event()
-
-    async def follow(self, kv: KeyValue) -> None:
-        watcher = await kv.watchall()
-        try:
-            async for entry in watcher:
-                now = time.perf_counter()
-                if entry is None:  # end of the initial values
-                    continue
-                self.seen.setdefault(entry.key, now)
-                if self._waiting:
-                    self._waiting.discard(entry.key)
-                    if not self._waiting:
-                        self._all_seen.set()
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
-
-    def expect(self, keys: Sequence[str]) -> None:
-        self._waiting = {k for k in keys if k not in self.seen}
-        self._all_seen.clear()
-        if not self._waiting:
-            self._all_seen.set()
-
-    async def wait(self, what: str, total: int, timeout: float) -> bool:
+    async def wait_logged(self, what: str, total: int, timeout: float) -> bool:
         """Wait until every expected key is seen, logging progress; False on timeout."""
         deadline = time.monotonic() + timeout
         while True:
@@ -599,7 +572,7 @@ async def drive(
     follower: asyncio.Task[None] | None = None
     try:
         js = nc.jetstream()
-        arrivals = Arrivals()
+        arrivals = ProgressArrivals()
         follower = asyncio.create_task(arrivals.follow(await js.key_value(names.secrets_bucket)))
         await asyncio.sleep(0.2)  # the watcher's consumer exists before the first write
 
@@ -607,7 +580,7 @@ async def drive(
         log(f"{database}: warm-up, {len(warm)} writes")
         arrivals.expect([p.key for p in warm])
         await publish_all(js, subject, warm, {})
-        await arrivals.wait(f"{database} warm-up", len(warm), 60)
+        await arrivals.wait_logged(f"{database} warm-up", len(warm), 60)
 
         burst = work["burst"]
         log(f"{database}: throughput, {len(burst)} writes back to back")
@@ -622,7 +595,9 @@ async def drive(
             await publish_all(js, subject, burst, sent)
             published = time.perf_counter() - min(sent.values())
             log(f"{database}: {len(burst)} commands published in {published:.2f} s")
-            await arrivals.wait(f"{database} throughput", len(burst), max(60.0, len(burst) / 20))
+            await arrivals.wait_logged(
+                f"{database} throughput", len(burst), max(60.0, len(burst) / 20)
+            )
             if profiler is not None:
                 profiler.disable()
         burst_row = result_row(
@@ -658,7 +633,7 @@ async def drive(
         sent = {}
         stages.reset()
         await publish_paced(js, subject, paced, profile.rate, sent)
-        await arrivals.wait(f"{database} latency", len(paced), 60)
+        await arrivals.wait_logged(f"{database} latency", len(paced), 60)
         if profiling is not None:
             result.latency_stages = stage_summary(stages, paced, sent, arrivals.seen)
         result.rows.append(

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from _report import (
+    Arrivals,
     Latency,
     fmt_int,
     fmt_ms,
@@ -300,44 +301,6 @@ def bench_codecs(profile: Profile) -> list[CodecRow]:
 
 
 # --------------------------------------------------------------------------- broker runs
-
-
-class Arrivals:
-    """Reads a KV watcher and records when each key is first seen."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, float] = {}
-        self._waiting: set[str] = set()
-        self._all_seen = asyncio.Event()
-
-    async def follow(self, kv: KeyValue) -> None:
-        watcher = await kv.watchall()
-        try:
-            async for entry in watcher:
-                now = time.perf_counter()
-                if entry is None:  # end of the initial values
-                    continue
-                self.seen.setdefault(entry.key, now)
-                if self._waiting:
-                    self._waiting.discard(entry.key)
-                    if not self._waiting:
-                        self._all_seen.set()
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
-
-    def expect(self, keys: Sequence[str]) -> None:
-        self._waiting = {k for k in keys if k not in self.seen}
-        self._all_seen.clear()
-        if not self._waiting:
-            self._all_seen.set()
-
-    async def wait(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._all_seen.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
 
 def broker_row(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flashgate.backend.models import ApiKey, AuditEvent, Repository, Secret, SecretVersion
@@ -51,7 +51,7 @@ class Queries:
             answer = q.Answer(ok=False, error="unknown_query", detail=f"no query {what!r}")
         return q.ANSWER_CODEC.encode(answer)
 
-    def _repos(self, query: q.Query):  # type: ignore[no-untyped-def]
+    def _repos(self, query: q.Query) -> Select[Repository]:
         stmt = select(Repository).where(Repository.fleet_id == self._fleet_id)
         if query.repo is not None:
             stmt = stmt.where(Repository.name == query.repo)

@@ -98,13 +98,3 @@ class PeerBook:
         live = [n for n in nodes if n == self.node_id or self.peers[n].alive(now)]
         silent = [n for n in nodes if n not in live]
         return sorted(live, key=score, reverse=True) + sorted(silent, key=score, reverse=True)
-
-    def live_peers(self) -> int:
-        now = time.monotonic()
-        return sum(
-            1
-            for n in self.candidates()
-            if n != self.node_id
-            and self.peers[n].last_seen is not None
-            and self.peers[n].alive(now)
-        )

@@ -9,10 +9,9 @@ as envelopes (JWEs under the fleet key), written client-side.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
 import msgspec
-from msgspec import Meta
 
 from flashgate.events.codec import Codec
 from flashgate.events.envelope import JweText
@@ -148,5 +147,3 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     FinishKeyRotation,
 )
 COMMAND_CODEC: Codec[AnyCommand] = Codec(AnyCommand, max_bytes=MAX_COMMAND_BYTES, what="command")
-
-CommandTypeName = Annotated[str, Meta(pattern=r"^[a-z0-9_.-]{1,64}$")]

@@ -94,10 +94,6 @@ class Roster(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
                 return entry
         return None
 
-    def is_active(self, node_id: str) -> bool:
-        entry = self.node(node_id)
-        return entry is not None and entry.status == "active"
-
 
 DESCRIPTOR_CODEC: Codec[FleetDescriptor] = Codec(
     FleetDescriptor, max_bytes=MAX_DESCRIPTOR_BYTES, what="fleet descriptor"
