@@ -240,3 +240,15 @@ class StaleRoster(ConflictError):
     """A roster whose serial is not higher than the one held."""
 
     code = "stale_roster"
+
+
+class NotARewrap(ConflictError):
+    """A re-wrapped envelope that differs from the original in more than its wrapped key."""
+
+    code = "not_a_rewrap"
+
+
+class UnknownNode(FlashgateError):
+    """A node-signed message from a node that is not active in the roster."""
+
+    code = "unknown_node"

@@ -58,10 +58,10 @@ from flashgate.errors import (
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope
-from flashgate.events.fleet import ROSTER_CODEC, encode_descriptor
+from flashgate.events.fleet import ROSTER_CODEC, decode_descriptor, encode_descriptor
 from flashgate.events.signing import verify
 from flashgate.events.subjects import FleetNames, secret_key
-from flashgate.fleet.descriptor import verify_descriptor
+from flashgate.fleet.descriptor import check_sealed_shares, fleet_public_key, verify_descriptor
 from flashgate.fleet.signing import load_ed25519_public
 
 log = structlog.get_logger("flashgate.backend.commands")
@@ -346,7 +346,11 @@ class CommandProcessor:
             subject=subject,
         )
 
-    def _check_jwe(self, token: str, context: SecretContext, epoch: int) -> None:
+    async def _check_jwe(
+        self, session: AsyncSession, token: str, context: SecretContext, epoch: int
+    ) -> None:
+        if epoch not in self.state.writable_epochs():
+            await self.refresh_state(session)  # another replica may have started a rotation
         if epoch not in self.state.writable_epochs():
             raise StaleEpoch(
                 f"envelope is for epoch {epoch}; the fleet writes epoch "
@@ -391,7 +395,7 @@ class CommandProcessor:
             kind=command.kind,
             version=command.version,
         )
-        self._check_jwe(command.jwe, context, command.epoch)
+        await self._check_jwe(session, command.jwe, context, command.epoch)
         repo = await self._repository(session, command.repo, create=True)
         secret = await self._secret(session, repo, command.name)
         key = secret_key(command.repo, command.name)
@@ -500,7 +504,7 @@ class CommandProcessor:
         context = SecretContext(
             fleet=command.fleet, repo=command.repo, name=command.key_id, kind="apikey", version=1
         )
-        self._check_jwe(command.jwe, context, command.epoch)
+        await self._check_jwe(session, command.jwe, context, command.epoch)
         existing = await session.scalar(select(ApiKey).where(ApiKey.key_id == command.key_id))
         if existing is not None:
             raise AlreadyExists(f"API key {command.key_id} exists")
@@ -606,6 +610,24 @@ class CommandProcessor:
         )
         return command.node_id, self._event(command, data, command.node_id)
 
+    async def refresh_state(self, session: AsyncSession) -> None:
+        """Re-read the epochs from the database: with several replicas, another one may have
+        started or finished a rotation since this one last looked."""
+        fleet = await session.get(Fleet, self.state.fleet_id, populate_existing=True)
+        assert fleet is not None
+        rows = (
+            await session.scalars(
+                select(FleetEpoch).where(
+                    FleetEpoch.fleet_id == fleet.id, FleetEpoch.retired_at.is_(None)
+                )
+            )
+        ).all()
+        self.state.keys = {
+            r.epoch: fleet_public_key(decode_descriptor(r.descriptor.encode())) for r in rows
+        }
+        self.state.epoch, self.state.rotating_to = fleet.epoch, fleet.rotating_to
+        self.state.roster_serial = fleet.roster_serial
+
     async def _start_rotation(
         self, session: AsyncSession, command: cmd.StartKeyRotation
     ) -> tuple[str, ev.DomainEvent]:
@@ -613,32 +635,43 @@ class CommandProcessor:
         public = verify_descriptor(descriptor, self.state.admin_key)
         if descriptor.fleet != self.state.names.fleet:
             raise FleetMismatch("the descriptor is for another fleet")
-        if command.from_epoch != self.state.epoch or descriptor.epoch != self.state.epoch + 1:
-            raise StaleEpoch(
-                f"rotation {command.from_epoch} -> {descriptor.epoch} does not start from "
-                f"the current epoch {self.state.epoch}"
-            )
-        if self.state.rotating_to is not None:
-            raise AlreadyExists(f"a rotation to epoch {self.state.rotating_to} is in progress")
+        check_sealed_shares(descriptor, command.shares)
         fleet = await session.get(Fleet, self.state.fleet_id, with_for_update=True)
         assert fleet is not None
+        if fleet.rotating_to is not None:
+            raise AlreadyExists(f"a rotation to epoch {fleet.rotating_to} is in progress")
+        if command.from_epoch != fleet.epoch or descriptor.epoch != fleet.epoch + 1:
+            raise StaleEpoch(
+                f"rotation {command.from_epoch} -> {descriptor.epoch} does not start from "
+                f"the current epoch {fleet.epoch}"
+            )
         fleet.rotating_to = descriptor.epoch
+        signed = cmd.COMMAND_CODEC.encode(command)
         session.add(
             FleetEpoch(
                 fleet_id=fleet.id,
                 epoch=descriptor.epoch,
                 descriptor=encode_descriptor(descriptor).decode(),
+                dealt_by=signed.decode(),
             )
         )
+        names = self.state.names
         outbox.add_fleet_document(
             session,
-            self.state.names,
-            self.state.names.descriptor_key(descriptor.epoch),
+            names,
+            names.descriptor_key(descriptor.epoch),
             encode_descriptor(descriptor),
             f"descriptor:{descriptor.epoch}",
         )
-        total = await _count_live_envelopes(session, self.state.fleet_id)
-        self.state.rotating_to = descriptor.epoch
+        outbox.add_fleet_document(
+            session,
+            names,
+            names.rotation_key(descriptor.epoch),
+            signed,
+            f"rotation:{descriptor.epoch}",
+        )
+        total = await count_live_envelopes(session, self.state.fleet_id)
+        self.state.epoch, self.state.rotating_to = fleet.epoch, descriptor.epoch
         self.state.keys[descriptor.epoch] = public
         data = ev.KeyRotationStarted(
             from_epoch=command.from_epoch,
@@ -655,7 +688,7 @@ class CommandProcessor:
         assert fleet is not None
         if fleet.rotating_to is None or command.retired_epoch != fleet.epoch:
             raise StaleEpoch(f"no rotation away from epoch {command.retired_epoch} is running")
-        remaining = await _count_live_envelopes(session, fleet.id, epoch=fleet.epoch)
+        remaining = await count_live_envelopes(session, fleet.id, epoch=fleet.epoch)
         if remaining:
             raise ConfigurationError(
                 f"{remaining} envelope(s) still use epoch {fleet.epoch}; re-wrap them first"
@@ -665,10 +698,33 @@ class CommandProcessor:
                 FleetEpoch.fleet_id == fleet.id, FleetEpoch.epoch == fleet.epoch
             )
         )
+        names = self.state.names
+        signed = cmd.COMMAND_CODEC.encode(command)
         if retired is not None:
             retired.retired_at = datetime.now(UTC)
+            retired.retired_by = signed.decode()
+            if retired.dealt_by is not None:  # its sealed shares go with it
+                retired.dealt_by = None
+                outbox.add_fleet_purge(
+                    session, names, names.rotation_key(fleet.epoch), f"rotation-purge:{fleet.epoch}"
+                )
         fleet.epoch, fleet.rotating_to = fleet.rotating_to, None
+        outbox.add_fleet_document(
+            session,
+            names,
+            names.retirement_key(command.retired_epoch),
+            signed,
+            f"retired:{command.retired_epoch}",
+        )
+        outbox.add_fleet_document(
+            session,
+            names,
+            FleetNames.CURRENT_EPOCH_KEY,
+            str(fleet.epoch).encode(),
+            f"epoch:{fleet.epoch}",
+        )
         self.state.epoch, self.state.rotating_to = fleet.epoch, None
+        self.state.keys.pop(command.retired_epoch, None)
         data = ev.KeyRotationCompleted(
             retired_epoch=command.retired_epoch,
             current_epoch=fleet.epoch,
@@ -677,7 +733,7 @@ class CommandProcessor:
         return f"epoch {command.retired_epoch}", self._event(command, data, None)
 
 
-async def _count_live_envelopes(
+async def count_live_envelopes(
     session: AsyncSession, fleet_id: int, *, epoch: int | None = None
 ) -> int:
     """Current versions of live secrets plus live API keys (optionally of one epoch)."""

@@ -78,6 +78,9 @@ class FleetEpoch(Base):
     descriptor: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The admin-signed commands that dealt (sealed shares) and retired this epoch.
+    dealt_by: Mapped[str | None] = mapped_column(Text)
+    retired_by: Mapped[str | None] = mapped_column(Text)
 
 
 class Repository(Base):

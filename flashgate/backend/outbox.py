@@ -27,6 +27,8 @@ from flashgate.events.subjects import FleetNames
 log = structlog.get_logger("flashgate.backend.outbox")
 
 KV_DELETE_HEADERS = {"KV-Operation": "DEL"}
+#: A purge also drops the key's earlier revisions from the bucket's stream.
+KV_PURGE_HEADERS = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
 
 
 def kv_subject(bucket: str, key: str) -> str:
@@ -64,6 +66,17 @@ def add_fleet_document(
             msg_id=msg_id,
             operation="put",
             payload=payload,
+        )
+    )
+
+
+def add_fleet_purge(session: AsyncSession, names: FleetNames, key: str, msg_id: str) -> None:
+    session.add(
+        OutboxMessage(
+            subject=kv_subject(names.fleet_bucket, key),
+            msg_id=msg_id,
+            operation="purge",
+            payload=b"",
         )
     )
 
@@ -162,6 +175,8 @@ class Relay:
                 headers = {"Nats-Msg-Id": msg_id}
                 if operation == "del":
                     headers |= KV_DELETE_HEADERS
+                elif operation == "purge":
+                    headers |= KV_PURGE_HEADERS
                 await self._publish(subject, payload, headers)
                 done.append(row_id)
         finally:

@@ -10,7 +10,14 @@ from datetime import UTC, datetime
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from flashgate.backend.models import ApiKey, AuditEvent, Repository, Secret, SecretVersion
+from flashgate.backend.models import (
+    ApiKey,
+    AuditEvent,
+    Fleet,
+    Repository,
+    Secret,
+    SecretVersion,
+)
 from flashgate.errors import FlashgateError
 from flashgate.events import queries as q
 
@@ -36,6 +43,7 @@ class Queries:
             "secrets": self.secrets,
             "apikeys": self.api_keys,
             "audit": self.audit,
+            "rotation": self.rotation,
         }
 
     async def answer(self, what: str, raw: bytes) -> bytes:
@@ -172,4 +180,34 @@ class Queries:
                 )
                 for r in rows
             ]
+        )
+
+    async def rotation(self, session: AsyncSession, query: q.Query) -> q.Answer:
+        """The writing epoch, a rotation in progress, live envelopes per epoch."""
+        fleet = await session.get(Fleet, self._fleet_id)
+        assert fleet is not None
+        secrets_by_epoch = await session.execute(
+            select(SecretVersion.epoch, func.count())
+            .join(
+                Secret,
+                (Secret.id == SecretVersion.secret_id)
+                & (Secret.current_version == SecretVersion.version),
+            )
+            .join(Repository, Repository.id == Secret.repository_id)
+            .where(Repository.fleet_id == self._fleet_id, Secret.deleted.is_(False))
+            .group_by(SecretVersion.epoch)
+        )
+        keys_by_epoch = await session.execute(
+            select(ApiKey.epoch, func.count())
+            .join(Repository, Repository.id == ApiKey.repository_id)
+            .where(Repository.fleet_id == self._fleet_id, ApiKey.revoked_at.is_(None))
+            .group_by(ApiKey.epoch)
+        )
+        counts: dict[int, int] = {}
+        for epoch, count in [*secrets_by_epoch.all(), *keys_by_epoch.all()]:
+            counts[epoch] = counts.get(epoch, 0) + count
+        return q.Answer(
+            rotation=q.RotationInfo(
+                epoch=fleet.epoch, rotating_to=fleet.rotating_to, envelopes=counts
+            )
         )

@@ -47,6 +47,44 @@ def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
+def secret_envelope(
+    names: FleetNames, repo: str, secret: Secret, version: SecretVersion
+) -> SecretEnvelope:
+    """The bucket value of one secret version, from its rows."""
+    return SecretEnvelope(
+        fleet=names.fleet,
+        repo=repo,
+        name=secret.name,
+        kind=secret.kind,  # type: ignore[arg-type]
+        version=version.version,
+        epoch=version.epoch,
+        jwe=version.jwe,
+        written_at=_ms(version.created_at),
+        command_id=version.command_id,
+    )
+
+
+def api_key_envelope(names: FleetNames, repo: str, key: ApiKey) -> SecretEnvelope:
+    """The bucket value of one API key, from its row."""
+    return SecretEnvelope(
+        fleet=names.fleet,
+        repo=repo,
+        name=key.key_id,
+        kind="apikey",
+        version=1,
+        epoch=key.epoch,
+        jwe=key.jwe,
+        written_at=_ms(key.created_at),
+        command_id=key.command_id,
+        api_key=ApiKeyInfo(
+            key_id=key.key_id,
+            scope=cast(ApiKeyScope, key.scope),
+            access=key.access,
+            label=key.label,
+        ),
+    )
+
+
 async def expected_envelopes(
     session: AsyncSession, names: FleetNames, fleet_id: int
 ) -> dict[str, SecretEnvelope]:
@@ -65,40 +103,14 @@ async def expected_envelopes(
         .where(Repository.fleet_id == fleet_id, Secret.deleted.is_(False))
     )
     for secret, version, repo in rows.all():
-        out[secret_key(repo, secret.name)] = SecretEnvelope(
-            fleet=names.fleet,
-            repo=repo,
-            name=secret.name,
-            kind=secret.kind,  # type: ignore[arg-type]
-            version=version.version,
-            epoch=version.epoch,
-            jwe=version.jwe,
-            written_at=_ms(version.created_at),
-            command_id=version.command_id,
-        )
+        out[secret_key(repo, secret.name)] = secret_envelope(names, repo, secret, version)
     keys = await session.execute(
         select(ApiKey, Repository.name)
         .join(Repository, Repository.id == ApiKey.repository_id)
         .where(Repository.fleet_id == fleet_id, ApiKey.revoked_at.is_(None))
     )
     for key, repo in keys.all():
-        out[secret_key(repo, key.key_id)] = SecretEnvelope(
-            fleet=names.fleet,
-            repo=repo,
-            name=key.key_id,
-            kind="apikey",
-            version=1,
-            epoch=key.epoch,
-            jwe=key.jwe,
-            written_at=_ms(key.created_at),
-            command_id=key.command_id,
-            api_key=ApiKeyInfo(
-                key_id=key.key_id,
-                scope=cast(ApiKeyScope, key.scope),
-                access=key.access,
-                label=key.label,
-            ),
-        )
+        out[secret_key(repo, key.key_id)] = api_key_envelope(names, repo, key)
     return out
 
 

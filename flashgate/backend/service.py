@@ -39,6 +39,7 @@ from flashgate.backend.models import Fleet, FleetEpoch
 from flashgate.backend.outbox import Relay
 from flashgate.backend.queries import Queries
 from flashgate.backend.reconcile import reconcile
+from flashgate.backend.rewrap import RewrapService
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.declare import declare_fleet
 from flashgate.errors import FleetMismatch
@@ -96,6 +97,7 @@ class Backend:
         self.js: JetStreamContext | None = None
         self.processor: CommandProcessor | None = None
         self.relay: Relay | None = None
+        self.rewrap: RewrapService | None = None
         self._singleton: SqliteSingleton | None = None
         self._relay_lease: PostgresRelayLease | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,6 +142,7 @@ class Backend:
                 asyncio.create_task(self._relay_when_leader(declared.secrets), name="relay-lease")
             )
         await self._start_queries(names, state.fleet_id)
+        await self._start_rewrap(names)
         self._tasks.append(asyncio.create_task(self._consume(names), name="consumer"))
         log.info(
             "backend started",
@@ -370,6 +373,25 @@ class Backend:
                     await msg.respond(await queries.answer(what, msg.data))
 
             await self.nc.subscribe(names.query_subject(what), queue="backend", cb=handler)
+
+    async def _start_rewrap(self, names: FleetNames) -> None:
+        """Re-wrapped envelopes from the bridges during a fleet key rotation."""
+        assert self.nc is not None and self.sessions is not None and self.processor is not None
+        assert self.relay is not None
+        self.rewrap = RewrapService(
+            self.sessions,
+            self.processor,
+            source=f"flashgate/{names.fleet}/backend",
+            on_commit=self.relay.wake,
+        )
+        rewrap = self.rewrap
+
+        async def handler(msg: Msg) -> None:
+            reply = await rewrap.answer(msg.data)
+            with contextlib.suppress(Exception):
+                await msg.respond(reply)
+
+        await self.nc.subscribe(names.rewrap_subject, queue="backend", cb=handler)
 
     async def issue_api_key(
         self, *, repo: str, scope: ApiKeyScope, access: str, label: str, actor: str

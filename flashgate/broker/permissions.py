@@ -3,9 +3,10 @@
 | role    | may publish                                   | may subscribe              |
 |---------|-----------------------------------------------|----------------------------|
 | admin   | commands, queries, status requests, JS API    | events, its inbox          |
-| backend | KV writes, events, JS API                     | queries, its inbox         |
+| backend | KV writes, events, JS API                     | queries, re-wrap requests, |
+|         |                                               | its inbox                  |
 | bridge  | share requests, heartbeats, misbehaviour      | share, node subjects,      |
-|         | events, JS API (KV watch)                     | its inbox                  |
+|         | events, re-wrap requests, JS API (KV watch)   | its inbox                  |
 
 Enforced refusals (tested): the backend cannot subscribe to share subjects; a bridge cannot
 publish admin commands. JetStream API access is limited to what each role uses (no one
@@ -75,7 +76,10 @@ def permissions(role: str, names: FleetNames) -> dict[str, object]:
             "publish": {
                 "allow": [kv_secrets, kv_fleet, f"{f}.evt.>", *_js_read(names), *_js_admin()]
             },
-            "subscribe": {"allow": [inbox, f"{f}.query.>"], "deny": [f"{f}.share.>"]},
+            "subscribe": {
+                "allow": [inbox, f"{f}.query.>", f"{f}.rewrap"],
+                "deny": [f"{f}.share.>"],
+            },
             "allow_responses": True,
         }
     if role == "bridge":
@@ -85,6 +89,7 @@ def permissions(role: str, names: FleetNames) -> dict[str, object]:
                     f"{f}.share.>",
                     f"{f}.node.>",
                     f"{f}.evt.node.misbehaved",
+                    f"{f}.rewrap",
                     *_js_read(names),
                 ],
                 "deny": [f"{f}.cmd.>"],

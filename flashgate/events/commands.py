@@ -9,13 +9,15 @@ as envelopes (JWEs under the fleet key), written client-side.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
+from msgspec import Meta
 
 from flashgate.events.codec import Codec
 from flashgate.events.envelope import JweText
 from flashgate.events.fleet import FleetDescriptor, Roster
+from flashgate.events.rotation import SealedShare
 from flashgate.events.types import (
     Actor,
     ApiKeyScope,
@@ -110,10 +112,15 @@ class RevokeNode(Command, tag="node.revoke", frozen=True):
 
 
 class StartKeyRotation(Command, tag="fleet.rotation.start", frozen=True):
-    """Start re-wrapping every envelope from ``from_epoch`` to the new descriptor's epoch."""
+    """Start re-wrapping every envelope from ``from_epoch`` to the new descriptor's epoch.
+
+    ``shares`` holds each node's new key share sealed to that node's X25519 identity key
+    (:mod:`flashgate.events.rotation`); the backend stores this signed command in the
+    fleet bucket for the nodes, and cannot open a share itself."""
 
     from_epoch: Epoch
     descriptor: FleetDescriptor
+    shares: Annotated[list[SealedShare], Meta(max_length=64)] = []
     signature: Ed25519Sig = ""
 
 

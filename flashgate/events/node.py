@@ -67,6 +67,7 @@ class PeerStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_
 class HeldSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     key: SecretKey
     version: Version
+    epoch: Epoch | None = None  # the fleet key epoch of the envelope it was opened from
 
 
 class PendingSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):

@@ -15,6 +15,7 @@ from flashgate.events.types import (
     Actor,
     ApiKeyScope,
     CommandId,
+    Count,
     Detail,
     Epoch,
     Label,
@@ -24,7 +25,7 @@ from flashgate.events.types import (
     Version,
 )
 
-QUERY_KINDS = ("repositories", "secrets", "apikeys", "audit")
+QUERY_KINDS = ("repositories", "secrets", "apikeys", "audit", "rotation")
 MAX_QUERY_BYTES = 4096
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 Limit = Annotated[int, Meta(ge=1, le=1000)]
@@ -83,6 +84,15 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
     detail: Detail | None = None
 
 
+class RotationInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the fleet key stands: the writing epoch, a rotation in progress, and how many
+    live envelopes (current secret versions and live API keys) each epoch still wraps."""
+
+    epoch: Epoch
+    rotating_to: Epoch | None = None
+    envelopes: dict[Epoch, Count] = {}
+
+
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool = True
     error: ReasonCode | None = None
@@ -91,6 +101,7 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     secrets: list[SecretInfo] | None = None
     api_keys: list[ApiKeyListing] | None = None
     audit: list[AuditEntry] | None = None
+    rotation: RotationInfo | None = None
 
 
 QUERY_CODEC: Codec[Query] = Codec(Query, max_bytes=MAX_QUERY_BYTES, what="query")

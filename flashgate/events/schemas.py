@@ -21,6 +21,7 @@ from flashgate.events.domain import EVENT_DATA_TYPES, CloudEventAttributes, data
 from flashgate.events.envelope import SecretEnvelope
 from flashgate.events.fleet import FleetDescriptor, Roster
 from flashgate.events.node import Heartbeat, StatusRequest, StatusResponse
+from flashgate.events.rotation import RewrapReply, RewrapRequest
 from flashgate.events.share import ShareRequest, ShareResponse, ShareResults
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -63,6 +64,10 @@ SPECS: tuple[SchemaSpec, ...] = (
     SchemaSpec("heartbeat", Heartbeat, title="Node heartbeat", msgpack=True),
     SchemaSpec("status-request", StatusRequest, title="Status request (admin-signed)"),
     SchemaSpec("status-response", StatusResponse, title="Node status", msgpack=True),
+    SchemaSpec(
+        "rewrap-request", RewrapRequest, title="Re-wrap request (node-signed)", msgpack=True
+    ),
+    SchemaSpec("rewrap-reply", RewrapReply, title="Re-wrap reply", msgpack=True),
 )
 
 

@@ -3,12 +3,14 @@
 | what              | where                                  |
 |-------------------|----------------------------------------|
 | envelopes         | KV bucket ``fg-<f>-secrets``, key ``<repo>.<name>`` |
-| descriptor/roster | KV bucket ``fg-<f>-fleet``, keys ``descriptor.<epoch>``, ``roster`` |
+| fleet documents   | KV bucket ``fg-<f>-fleet``: ``descriptor.<epoch>``, ``roster``, ``epoch`` |
+| rotations         | KV bucket ``fg-<f>-fleet``, keys ``rotation.<epoch>``, ``retired.<epoch>`` |
 | admin commands    | stream ``fg-<f>-cmd`` on ``fg.<f>.cmd.>`` |
 | domain events     | stream ``fg-<f>-evt`` on ``fg.<f>.evt.>`` |
 | share requests    | core NATS ``fg.<f>.share.<node>`` (request/reply) |
 | liveness, status  | ``fg.<f>.node.<node>.heartbeat``, ``fg.<f>.node.<node>.status`` |
 | metadata queries  | ``fg.<f>.query.<what>`` (request/reply, answered by the backend) |
+| re-wrap requests  | ``fg.<f>.rewrap`` (node-signed request/reply, answered by the backend) |
 
 Every name part is validated (``[a-z0-9_-]{1,64}``) before a subject is built, so a name
 can never add a token or a wildcard to a subject.
@@ -34,6 +36,12 @@ def _type_tokens(value: str, what: str) -> str:
     return value
 
 
+def _epoch(epoch: int) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise InvalidName("epoch must be an integer >= 1")
+    return epoch
+
+
 @dataclass(frozen=True, slots=True)
 class FleetNames:
     """All names of one fleet. Construct once; the fleet name is validated here."""
@@ -53,9 +61,15 @@ class FleetNames:
         return f"{PREFIX}-{self.fleet}-fleet"
 
     def descriptor_key(self, epoch: int) -> str:
-        if epoch < 1:
-            raise InvalidName("epoch must be >= 1")
-        return f"descriptor.{epoch}"
+        return f"descriptor.{_epoch(epoch)}"
+
+    def rotation_key(self, epoch: int) -> str:
+        """The admin-signed ``fleet.rotation.start`` command that deals ``epoch``."""
+        return f"rotation.{_epoch(epoch)}"
+
+    def retirement_key(self, epoch: int) -> str:
+        """The admin-signed ``fleet.rotation.finish`` command that retires ``epoch``."""
+        return f"retired.{_epoch(epoch)}"
 
     ROSTER_KEY = "roster"
     CURRENT_EPOCH_KEY = "epoch"
@@ -100,6 +114,11 @@ class FleetNames:
     @property
     def heartbeat_wildcard(self) -> str:
         return f"{PREFIX}.{self.fleet}.node.*.heartbeat"
+
+    @property
+    def rewrap_subject(self) -> str:
+        """Node-signed re-wrap requests during a fleet key rotation (answered by the backend)."""
+        return f"{PREFIX}.{self.fleet}.rewrap"
 
     def query_subject(self, what: str) -> str:
         return f"{PREFIX}.{self.fleet}.query.{_type_tokens(what, 'query')}"

@@ -8,6 +8,7 @@ descriptors without loading any share or combine code. The threshold view of a d
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,6 +17,7 @@ from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey, fleet_kid
 from flashgate.errors import FleetMismatch, InvalidKey, MalformedDocument, MalformedEnvelope
 from flashgate.events.fleet import DESCRIPTOR_FORMAT, FleetDescriptor, NodeEntry
+from flashgate.events.rotation import SealedShare
 from flashgate.events.signing import sign, verify
 from flashgate.fleet.signing import load_ed25519_public
 from flashgate.names import validate_name
@@ -72,3 +74,12 @@ def node_entry(descriptor: FleetDescriptor, node_id: str) -> NodeEntry:
         if node.id == node_id:
             return node
     raise FleetMismatch(f"node {node_id!r} is not in fleet {descriptor.fleet!r}")
+
+
+def check_sealed_shares(descriptor: FleetDescriptor, shares: Sequence[SealedShare]) -> None:
+    """A rotation carries exactly one sealed share per node of its new descriptor (checked
+    by structure only: the backend cannot open a share, each node checks its own)."""
+    expected = {(n.id, n.index) for n in descriptor.nodes}
+    got = [(s.node_id, s.index) for s in shares]
+    if len(got) != len(set(got)) or set(got) != expected:
+        raise MalformedDocument("the rotation must carry exactly one sealed share per node")
