@@ -93,6 +93,9 @@ class Collector:
     transport: Transport
     roster: Callable[[], Roster]
     report: Report
+    #: node id -> share index in this collector's epoch (from the epoch's descriptor);
+    #: None: the roster's indices (a node with a single epoch dealt by the ceremony).
+    members: dict[str, int] | None = None
     per_item_ms: float = 25.0  # learned: seconds a peer needs per item, for timeouts
     hedge_floor_s: float = 0.3
 
@@ -101,7 +104,7 @@ class Collector:
     async def collect(self, entries: Sequence[Entry]) -> CollectResult:
         t = self.public.threshold
         self._failed_now: set[str] = set()  # peers that failed during this call
-        wanted = {e.key: _Wanted(e, self.peers.ranking(e.digest)) for e in entries}
+        wanted = {e.key: _Wanted(e, self._ranking(e.digest)) for e in entries}
         result = CollectResult()
         tasks: dict[asyncio.Task[dict[str, int]], tuple[str, list[_Wanted]]] = {}
         while True:
@@ -182,7 +185,15 @@ class Collector:
         self._failed_now.add(node)
         return {}
 
+    def _ranking(self, digest: bytes) -> list[str]:
+        ranking = self.peers.ranking(digest)
+        if self.members is None:
+            return ranking
+        return [n for n in ranking if n in self.members]
+
     def _index(self, node: str) -> int | None:
+        if self.members is not None:
+            return self.members.get(node)
         entry = self.roster().node(node)
         return None if entry is None else entry.index
 

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from flashgate.bridge.collector import Collector
+from flashgate.bridge.collector import Collector, CollectResult
 from flashgate.bridge.store import Entry
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.decrypt import open_jwe
-from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.errors import FlashgateError, StaleVersion
 
 log = structlog.get_logger("flashgate.bridge.loader")
@@ -32,9 +31,7 @@ MAX_BACKOFF_S = 10.0
 @dataclass
 class Loader:
     vault: Vault
-    collector: Collector
-    key: FleetPublicKey
-    epoch: int
+    collectors: dict[int, Collector]  # one per fleet key epoch this node holds a share of
     pending: dict[str, str] = field(default_factory=dict)  # key -> reason
     loaded: int = 0
     _queue: dict[str, Entry] = field(default_factory=dict)
@@ -44,15 +41,21 @@ class Loader:
     _backoff: float = 0.5
 
     def offer(self, entry: Entry) -> None:
-        """A new or changed envelope: (re)load it unless the vault already holds it."""
-        held = self.vault.version_of(entry.key)
-        if held is not None and entry.version <= held:
-            if entry.version < held:
+        """A new or changed envelope: (re)load it unless the vault already holds it. The same
+        version re-wrapped under a newer epoch (fleet key rotation) is loaded again: that
+        checks the re-wrap opens, and the vault notes the epoch."""
+        held = self.vault.held_as(entry.key)
+        if held is not None:
+            version, epoch = held
+            if entry.version < version:
                 self.vault.rollbacks_refused += 1
-                log.warning("rollback refused", key=entry.key, version=entry.version, held=held)
-            self.pending.pop(entry.key, None)
-            return
-        if entry.epoch != self.epoch:
+                log.warning("rollback refused", key=entry.key, version=entry.version, held=version)
+                self.pending.pop(entry.key, None)
+                return
+            if entry.version == version and entry.epoch <= epoch:
+                self.pending.pop(entry.key, None)
+                return
+        if entry.epoch not in self.collectors:
             self.pending[entry.key] = "other_epoch"
             return
         self._queue[entry.key] = entry
@@ -98,7 +101,7 @@ class Loader:
                 self._queue.pop(entry.key, None)
             started = time.monotonic()
             self._wake.clear()  # a wake() during the collection must not be lost
-            result = await self.collector.collect(batch)
+            result = await self._collect(batch)
             retry = []
             for entry in batch:
                 if self._latest.get(entry.key) is not entry:
@@ -131,10 +134,32 @@ class Loader:
             else:
                 self._backoff = 0.5
 
+    async def _collect(self, batch: list[Entry]) -> CollectResult:
+        """Collect each epoch's entries with that epoch's collector (at once)."""
+        by_epoch: dict[int, list[Entry]] = {}
+        for entry in batch:
+            by_epoch.setdefault(entry.epoch, []).append(entry)
+        result = CollectResult()
+        missing = [e for e in by_epoch if e not in self.collectors]
+        for epoch in missing:  # retired while queued
+            for entry in by_epoch.pop(epoch):
+                result.failed[entry.key] = "other_epoch"
+        parts = await asyncio.gather(
+            *(self.collectors[epoch].collect(entries) for epoch, entries in by_epoch.items())
+        )
+        for part in parts:
+            result.values.update(part.values)
+            result.failed.update(part.failed)
+        return result
+
     def _open(self, entry: Entry, y: int) -> None:
         envelope = entry.envelope
+        collector = self.collectors.get(entry.epoch)
+        if collector is None:
+            self.pending[entry.key] = "other_epoch"
+            return
         try:
-            opened = open_jwe(entry.parsed, y, self.key, envelope.context)
+            opened = open_jwe(entry.parsed, y, collector.public.key, envelope.context)
             plaintext = bytearray(opened.plaintext)
             del opened
             api_key_id = envelope.api_key.key_id if envelope.api_key is not None else None

@@ -13,29 +13,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from flashgate.bridge import metrics
 from flashgate.bridge.collector import Collector
 from flashgate.bridge.hardening import HardeningReport, harden
+from flashgate.bridge.keyring import EpochSlot, KeyRing
 from flashgate.bridge.loader import Loader
-from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.protocol import Responder, wall_clock_ms
+from flashgate.bridge.rewrapper import Rewrapper
 from flashgate.bridge.share_service import ShareService
 from flashgate.bridge.store import Entry, EnvelopeStore, make_entry
 from flashgate.bridge.vault import Vault
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.watch import Deleted, InitialDone, follow
-from flashgate.errors import FlashgateError, SignatureInvalid, StaleRoster
+from flashgate.errors import (
+    FlashgateError,
+    FleetMismatch,
+    MalformedDocument,
+    SignatureInvalid,
+    StaleRoster,
+)
+from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 from flashgate.events.fleet import ROSTER_CODEC, Roster, RosterNode
 from flashgate.events.node import (
@@ -51,6 +60,8 @@ from flashgate.events.node import (
 from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle
+from flashgate.fleet.files import write_atomic
+from flashgate.fleet.rotation import EpochKey, open_share
 from flashgate.fleet.signing import load_ed25519_public
 
 log = structlog.get_logger("flashgate.bridge")
@@ -69,6 +80,10 @@ class BridgeSettings:
     workers: int | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: Where the bundle lives and its passphrase: after a fleet key rotation retires the
+    #: bundle's epoch, the node re-seals it with its new share (and the old one is gone).
+    bundle_path: Path | None = None
+    passphrase: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -93,27 +108,32 @@ class BridgeNode:
     def __post_init__(self) -> None:
         self.names = FleetNames(self.bundle.fleet)
         self.node_id = self.bundle.node_id
-        self.public = self.bundle.public
         self.admin_key = load_ed25519_public(self.bundle.admin_key, "admin key")
         self.roster = self._descriptor_roster()
         self.peers = PeerBook(self.node_id, self.roster)
-        self.store = EnvelopeStore(self.names.fleet, {self.bundle.epoch: self.public.key})
-        self.partials = PartialCache(self.bundle.share, self.public, workers=self.settings.workers)
+        first = EpochKey(
+            descriptor=self.bundle.descriptor, public=self.bundle.public, share=self.bundle.share
+        )
+        self.ring = KeyRing(first, workers=self.settings.workers)
+        self.store = EnvelopeStore(self.names.fleet, {first.epoch: first.public.key})
+        self.collectors: dict[int, Collector] = {}
         self.responder = Responder(
             node_id=self.node_id,
             fleet=self.names.fleet,
             signing_key=self.bundle.signing_key,
             roster=lambda: self.roster,
-            epochs=lambda: {self.bundle.epoch},
+            epochs=self.ring.epochs,
         )
         self.share_service = ShareService(
             responder=self.responder,
             store=self.store,
-            partials=self.partials,
-            public=self.public,
+            partials_for=self.ring.partials_for,
             fetch=self._fetch_revision,
             on_request=self.peers.seen,
         )
+        self.rewrapper: Rewrapper | None = None
+        self._retire_wanted: set[int] = set()
+        self.fleet_synced = asyncio.Event()
         self._share_tasks: set[asyncio.Task[None]] = set()
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
         self.nc: Client | None = None
@@ -192,32 +212,30 @@ class BridgeNode:
         await self.nc.subscribe(self.names.share_subject(self.node_id), cb=self._on_share)
         await self.nc.subscribe(self.names.status_subject(self.node_id), cb=self._on_status)
         await self.nc.subscribe(self.names.heartbeat_wildcard, cb=self._on_heartbeat)
+        for slot in self.ring.slots.values():
+            self._add_collector(slot)
+        # The fleet documents first (roster, rotations, retirements): the node must know
+        # every epoch it holds a share of before it reads the envelopes.
         fleet_kv = await self._bucket(self.names.fleet_bucket)
-        with contextlib.suppress(KeyNotFoundError):
-            entry = await fleet_kv.get(FleetNames.ROSTER_KEY)
-            if entry.value:
-                self.apply_roster(entry.value, initial=True)
+        self._tasks.append(asyncio.create_task(self._watch_fleet(fleet_kv), name="watch-fleet"))
+        await self.fleet_synced.wait()
         self.kv = await self._bucket(self.names.secrets_bucket)
-        collector = Collector(
+        self.loader = Loader(vault=self.vault, collectors=self.collectors)
+        self.rewrapper = Rewrapper(
             node_id=self.node_id,
             fleet=self.names.fleet,
-            epoch=self.bundle.epoch,
             signing_key=self.bundle.signing_key,
-            public=self.public,
+            store=self.store,
             peers=self.peers,
-            partials=self.partials,
-            transport=_NatsTransport(self.nc, self.names),
-            roster=lambda: self.roster,
-            report=self._report_misbehaviour,
-        )
-        self.loader = Loader(
-            vault=self.vault, collector=collector, key=self.public.key, epoch=self.bundle.epoch
+            ring=self.ring,
+            collectors=self.collectors,
+            send=self._send_rewrap,
         )
         self._tasks += [
             asyncio.create_task(self._heartbeats(), name="heartbeats"),
             asyncio.create_task(self.loader.run(), name="loader"),
             asyncio.create_task(self._watch_secrets(), name="watch-secrets"),
-            asyncio.create_task(self._watch_roster(fleet_kv), name="watch-roster"),
+            asyncio.create_task(self.rewrapper.run(), name="rewrapper"),
         ]
         if self.settings.metrics_port is not None:
             self._metrics = await metrics.serve(
@@ -227,9 +245,9 @@ class BridgeNode:
             "bridge node started",
             node=self.node_id,
             fleet=self.names.fleet,
-            epoch=self.bundle.epoch,
-            index=self.bundle.index,
-            threshold=self.public.threshold,
+            epochs=sorted(self.ring.epochs()),
+            index=self.ring.current.key.share.index,
+            threshold=self.ring.current.key.public.threshold,
             roster_serial=self.roster.serial,
         )
 
@@ -248,7 +266,7 @@ class BridgeNode:
     async def stop(self) -> int:
         """Purge everything held, stop tasks, close. Returns how many secrets were purged."""
         purged = self.vault.purge()
-        self.partials.purge()
+        self.ring.purge()
         if self._metrics is not None:
             self._metrics.close()
         for task in [*self._tasks, *self._share_tasks]:
@@ -260,7 +278,7 @@ class BridgeNode:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 2)
-        self.partials.close()
+        await asyncio.to_thread(self.ring.close)
         self._stopped.set()
         log.info("bridge node stopped; vault purged", node=self.node_id, purged=purged)
         return purged
@@ -301,17 +319,158 @@ class BridgeNode:
         self.initial_load_done.set()
         log.info("initial load complete", held=len(self.vault), pending=len(self.loader.pending))
 
-    async def _watch_roster(self, fleet_kv: KeyValue) -> None:
-        watcher = await fleet_kv.watch(FleetNames.ROSTER_KEY, include_history=False)
-        try:
-            async for entry in watcher:
-                if entry is None or entry.value is None or entry.operation is not None:
+    async def _watch_fleet(self, fleet_kv: KeyValue) -> None:
+        """The fleet bucket: roster updates, rotations (a new epoch's sealed shares) and
+        retirements, each admin-signed; ``fleet_synced`` is set after the initial values."""
+        async with contextlib.aclosing(follow(fleet_kv)) as events:
+            async for event in events:
+                if isinstance(event, InitialDone):
+                    await self._apply_retirements()
+                    self.fleet_synced.set()
                     continue
-                if self.apply_roster(entry.value) and self.loader is not None:
-                    self.loader.wake()
-        finally:
+                if isinstance(event, Deleted):
+                    continue
+                if event.key == FleetNames.ROSTER_KEY:
+                    initial = not self.fleet_synced.is_set()
+                    if self.apply_roster(event.value, initial=initial) and self.loader is not None:
+                        self.loader.wake()
+                elif event.key.startswith("rotation."):
+                    await self._on_rotation(event.value)
+                elif event.key.startswith("retired."):
+                    await self._on_retirement(event.value)
+
+    # --- fleet key rotation ----------------------------------------------------------------
+
+    def _add_collector(self, slot: EpochSlot) -> None:
+        assert self.nc is not None
+        self.collectors[slot.epoch] = Collector(
+            node_id=self.node_id,
+            fleet=self.names.fleet,
+            epoch=slot.epoch,
+            signing_key=self.bundle.signing_key,
+            public=slot.key.public,
+            peers=self.peers,
+            partials=slot.partials,
+            transport=_NatsTransport(self.nc, self.names),
+            roster=lambda: self.roster,
+            report=self._report_misbehaviour,
+            members=slot.key.members,
+        )
+
+    def _signed_command(self, raw: bytes, kind: type[cmd.Command]) -> cmd.Command:
+        command = cmd.COMMAND_CODEC.decode(raw)
+        if not isinstance(command, kind):
+            raise MalformedDocument(f"expected a {kind.__name__} command")
+        if command.fleet != self.names.fleet:
+            raise FleetMismatch(f"command for fleet {command.fleet!r}")
+        verify(command, self.admin_key)
+        return command
+
+    async def _on_rotation(self, raw: bytes) -> None:
+        """A new epoch: open this node's sealed share, check it, start using it."""
+        try:
+            command = self._signed_command(raw, cmd.StartKeyRotation)
+            assert isinstance(command, cmd.StartKeyRotation)
+            epoch = command.descriptor.epoch
+            if epoch in self.ring.slots or epoch <= max(self.ring.slots):
+                return  # held already, or older than what this node holds
+            if command.from_epoch not in self.ring.slots:
+                log.error(
+                    "missed a fleet key rotation: this node holds no share of epoch "
+                    f"{command.from_epoch}; it needs a new bundle",
+                    epoch=epoch,
+                )
+                return
+            key = open_share(command, self.bundle.admin_key, self.node_id, self.bundle.exchange_key)
+        except FlashgateError as exc:
+            log.warning("fleet key rotation refused", reason=exc.code, detail=exc.message[:200])
+            return
+        slot = self.ring.add(key)
+        self.store.keys[key.epoch] = key.public.key
+        if self.nc is not None:
+            self._add_collector(slot)
+        log.info("fleet key epoch added", epoch=key.epoch, index=key.share.index)
+        await self._apply_retirements()
+        self._tasks.append(asyncio.create_task(self._reingest_rejected()))
+        if self.rewrapper is not None:
+            self.rewrapper.wake()
+
+    async def _reingest_rejected(self) -> None:
+        """Envelopes refused for an epoch this node did not have yet: read them again."""
+        if self.kv is None or self.loader is None:
+            return
+        for key, reason in list(self.store.rejected.items()):
+            if reason != "stale_epoch":
+                continue
             with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                entry = await self.kv.get(key)
+                if entry.value and entry.operation is None and entry.revision is not None:
+                    stored = self.store.ingest(key, entry.revision, entry.value)
+                    if stored is not None:
+                        self.loader.offer(stored)
+
+    async def _on_retirement(self, raw: bytes) -> None:
+        try:
+            command = self._signed_command(raw, cmd.FinishKeyRotation)
+            assert isinstance(command, cmd.FinishKeyRotation)
+        except FlashgateError as exc:
+            log.warning("fleet key retirement refused", reason=exc.code)
+            return
+        self._retire_wanted.add(command.retired_epoch)
+        if self.fleet_synced.is_set():
+            await self._apply_retirements()
+
+    async def _apply_retirements(self) -> None:
+        retired = False
+        for epoch in sorted(self._retire_wanted & self.ring.epochs()):
+            slot = self.ring.retire(epoch)
+            if slot is None:
+                log.error(
+                    "asked to retire the only fleet key epoch held; a rotation was missed",
+                    epoch=epoch,
+                )
+                continue
+            self.collectors.pop(epoch, None)
+            self.store.keys.pop(epoch, None)
+            await asyncio.to_thread(slot.partials.close)
+            del slot
+            retired = True
+            log.info("fleet key epoch retired; its share is dropped", epoch=epoch)
+        if retired:
+            await self._reseal_bundle()
+
+    async def _reseal_bundle(self) -> None:
+        """Re-seal the bundle with the current epoch's share, so that the retired share is
+        no longer on disk either."""
+        current = self.ring.current.key
+        if self.bundle.epoch == current.epoch:
+            return
+        new = dataclasses.replace(
+            self.bundle, share=current.share, descriptor=current.descriptor, public=current.public
+        )
+        path, passphrase = self.settings.bundle_path, self.settings.passphrase
+        if path is None or passphrase is None:
+            log.warning(
+                "the bundle on disk still holds a retired epoch's share; no bundle path or "
+                "passphrase to re-seal it with",
+                epoch=current.epoch,
+            )
+            self.bundle = new
+            return
+        try:
+            blob = await asyncio.to_thread(new.seal, passphrase)
+            await asyncio.to_thread(write_atomic, path, blob, 0o600)
+        except (OSError, FlashgateError) as exc:
+            log.error("could not re-seal the bundle", error=type(exc).__name__)
+            return
+        self.bundle = new
+        log.info("bundle re-sealed for the current epoch", epoch=current.epoch, path=str(path))
+
+    async def _send_rewrap(self, payload: bytes) -> bytes:
+        assert self.nc is not None
+        with broker_errors("sending re-wrapped envelopes to the backend"):
+            msg = await self.nc.request(self.names.rewrap_subject, payload, timeout=15)
+        return msg.data
 
     # --- share service -------------------------------------------------------------------
 
@@ -354,7 +513,7 @@ class BridgeNode:
                 reporter=self.node_id,
                 reason=reason,
                 secret_key=key,
-                epoch=self.bundle.epoch,
+                epoch=self.ring.current.epoch,
             ),
             event_id=f"{self.node_id}.{node_id}.{secrets.token_hex(8)}",
             source=f"flashgate/{self.names.fleet}/bridge/{self.node_id}",
@@ -376,7 +535,7 @@ class BridgeNode:
                 Heartbeat(
                     fleet=self.names.fleet,
                     node_id=self.node_id,
-                    epoch=self.bundle.epoch,
+                    epoch=self.ring.current.epoch,
                     roster_serial=self.roster.serial,
                     issued_at=wall_clock_ms(),
                     started_at=self.started_at,
@@ -448,10 +607,12 @@ class BridgeNode:
             request_id=request_id,
             issued_at=wall_clock_ms(),
             started_at=self.started_at,
-            epoch=self.bundle.epoch,
+            epoch=self.ring.current.epoch,
             roster_serial=self.roster.serial,
             peers=peers,
-            secrets=[HeldSecret(h.key, h.version) for h in held] if include_secrets else [],
+            secrets=[HeldSecret(h.key, h.version, h.epoch) for h in held]
+            if include_secrets
+            else [],
             pending=[PendingSecret(k, r) for k, r in sorted(pending.items())]
             if include_secrets
             else [],
@@ -463,4 +624,4 @@ class BridgeNode:
         return sign(response, self.bundle.signing_key)
 
     def metrics_text(self) -> bytes:
-        return metrics.render(metrics.families(self.status(), self.partials.computed))
+        return metrics.render(metrics.families(self.status(), self.ring.computed))

@@ -21,7 +21,6 @@ from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.protocol import Refused, Responder
 from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.crypto.encoding import int_to_bytes
-from flashgate.crypto.threshold.keys import ThresholdPublicKey
 from flashgate.errors import FlashgateError
 from flashgate.events.share import ShareItemRefusal, SharePartial, ShareProof
 
@@ -34,8 +33,7 @@ Fetch = Callable[[str, int], Awaitable[Entry | None]]
 class ShareService:
     responder: Responder
     store: EnvelopeStore
-    partials: PartialCache
-    public: ThresholdPublicKey
+    partials_for: Callable[[int], PartialCache | None]  # this node's partials, per epoch
     fetch: Fetch | None = None  # a revision not in the store, from the bucket
     on_request: Callable[[str], None] | None = None  # a screened requester was heard from
 
@@ -46,6 +44,10 @@ class ShareService:
             return self.responder.refuse(raw, refusal.reason)
         if self.on_request is not None:
             self.on_request(request.requester)
+        cache = self.partials_for(request.epoch)
+        if cache is None:  # retired between the screening and now
+            self.responder.refused["wrong_epoch"] += 1
+            return self.responder.refuse(raw, "wrong_epoch")
         try:
             refusals: list[ShareItemRefusal] = []
             entries: list[Entry] = []
@@ -63,18 +65,18 @@ class ShareService:
                     entries.append(entry)
                     continue
                 refusals.append(ShareItemRefusal(item.key, item.revision, reason))
-            xs = await self.partials.partials([e.ciphertext for e in entries])
+            xs = await cache.partials([e.ciphertext for e in entries])
             partials = []
             for entry, x in zip(entries, xs, strict=True):
                 proof = None
                 if request.proofs:
-                    p = await self.partials.proof(entry.ciphertext, x)
+                    p = await cache.proof(entry.ciphertext, x)
                     size = (p.response.bit_length() + 7) // 8
                     proof = ShareProof(
                         int_to_bytes(p.challenge, 32), int_to_bytes(p.response, size)
                     )
                 partials.append(
-                    SharePartial(entry.key, entry.revision, encode_partial(x, self.public), proof)
+                    SharePartial(entry.key, entry.revision, encode_partial(x, cache.public), proof)
                 )
             return self.responder.respond(request, partials, refusals)
         except FlashgateError as exc:

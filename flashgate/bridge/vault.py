@@ -137,6 +137,12 @@ class Vault:
         slot = self._slots.get(key)
         return None if slot is None else slot.version
 
+    def held_as(self, key: str) -> tuple[int, int] | None:
+        """(version, epoch) of what is held for ``key``: the epoch says which fleet key
+        the envelope it was opened from was wrapped under (a re-wrap raises it)."""
+        slot = self._slots.get(key)
+        return None if slot is None else (slot.version, slot.epoch)
+
     def held(self) -> list[HeldSecretInfo]:
         with self._lock:
             return [

@@ -63,7 +63,8 @@ def bridge(
     from flashgate.fleet.directory import read_bundle
 
     logs.configure(level=log_level, json=log_json)
-    opened = read_bundle(bundle, get_passphrase(confirm=False))
+    passphrase = get_passphrase(confirm=False)
+    opened = read_bundle(bundle, passphrase)
     settings = BridgeSettings(
         nats_urls=[u.strip() for u in nats_url.split(",") if u.strip()],
         nats_user=nats_user,
@@ -72,6 +73,8 @@ def bridge(
         workers=workers,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        bundle_path=bundle,
+        passphrase=passphrase,  # to re-seal the bundle after a fleet key rotation
     )
     node = BridgeNode(opened, settings)
     asyncio.run(_run(node))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
@@ -44,6 +45,7 @@ class StubCollector:
     hold: asyncio.Event | None = None  # when set up, collect() waits for it
     batches: asyncio.Queue[list[str]] = field(default_factory=asyncio.Queue)
     calls: int = 0
+    public: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(key=public_key()))
 
     async def collect(self, entries: Sequence[Entry]) -> CollectResult:
         self.calls += 1
@@ -87,7 +89,7 @@ class LoaderScene:
 async def scene() -> AsyncIterator[LoaderScene]:
     vault = Vault()
     stub = StubCollector()
-    loader = Loader(vault=vault, collector=cast(Collector, stub), key=public_key(), epoch=EPOCH)
+    loader = Loader(vault=vault, collectors={EPOCH: cast(Collector, stub)})
     task = asyncio.create_task(loader.run(), name="loader under test")
     yield LoaderScene(vault, stub, loader)
     task.cancel()

@@ -1,0 +1,185 @@
+"""Re-wrapping content keys during a fleet key rotation (DESIGN §5).
+
+While a node holds two epochs (k and k+1), every envelope still under k is re-wrapped:
+its wrapped key is threshold-decrypted under k (the share protocol, as for a load), the
+payload is checked to open with it, and the same content key is wrapped under k+1
+(:func:`flashgate.crypto.decrypt.rewrap`: header, IV, ciphertext and tag stay byte for
+byte). The new JWE goes to the backend in a node-signed re-wrap request; the backend
+publishes it, and every node then loads it under k+1, which proves it opens.
+
+Work is split by rendezvous hashing over the live members of the new epoch, as partial
+collection is: the first-ranked live node re-wraps an envelope. An envelope nobody has
+re-wrapped after a while is taken by the next-ranked node too (a slow or faulty node must
+not stall the rotation); the backend accepts the first re-wrap and refuses the others.
+With fewer than t nodes up, collection fails and the work waits, with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from flashgate.bridge.collector import Collector
+from flashgate.bridge.keyring import KeyRing
+from flashgate.bridge.peers import PeerBook
+from flashgate.bridge.protocol import wall_clock_ms
+from flashgate.bridge.store import Entry, EnvelopeStore
+from flashgate.crypto.decrypt import rewrap
+from flashgate.errors import FlashgateError
+from flashgate.events.rotation import (
+    MAX_REWRAP_ITEMS,
+    MAX_REWRAP_REQUEST_BYTES,
+    REWRAP_REPLY_CODEC,
+    REWRAP_REQUEST_CODEC,
+    RewrapItem,
+    RewrapRequest,
+)
+from flashgate.events.signing import sign
+
+log = structlog.get_logger("flashgate.bridge.rewrap")
+
+#: An envelope is taken by the node ranked p-th (0 = first) after p times this long.
+TAKEOVER_AFTER_S = 15.0
+#: A submitted envelope not seen re-wrapped after this long is submitted again.
+RESUBMIT_AFTER_S = 20.0
+IDLE_POLL_S = 1.0
+MAX_BACKOFF_S = 10.0
+
+Send = Callable[[bytes], Awaitable[bytes]]
+"""send(request) -> reply: a request to the backend's re-wrap endpoint."""
+
+
+@dataclass
+class Rewrapper:
+    node_id: str
+    fleet: str
+    signing_key: Ed25519PrivateKey
+    store: EnvelopeStore
+    peers: PeerBook
+    ring: KeyRing
+    collectors: dict[int, Collector]
+    send: Send
+    rewrapped: int = 0  # envelopes this node's requests got accepted
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _first_seen: dict[str, float] = field(default_factory=dict)  # key -> monotonic
+    _submitted: dict[tuple[str, int], float] = field(default_factory=dict)  # (key, rev) -> t
+    _backoff: float = 0.5
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            plan = self.ring.rotation()
+            batch = self._mine(*plan) if plan is not None else []
+            if not batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                continue
+            assert plan is not None
+            try:
+                progressed = await self._rewrap(batch, *plan)
+            except FlashgateError as exc:
+                log.warning("re-wrap failed; retrying", reason=exc.code, detail=exc.message[:200])
+                progressed = False
+            if progressed:
+                self._backoff = 0.5
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._backoff)
+                self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+
+    def _mine(self, from_epoch: int, to_epoch: int) -> list[Entry]:
+        """Envelopes still under ``from_epoch`` that are this node's to re-wrap now."""
+        members = self.ring.slots[to_epoch].key.members
+        now = time.monotonic()
+        mine: list[Entry] = []
+        size = 0
+        for entry in list(self.store.current.values()):
+            if entry.epoch != from_epoch:
+                self._first_seen.pop(entry.key, None)
+                continue
+            sent = self._submitted.get((entry.key, entry.revision))
+            if sent is not None and now - sent < RESUBMIT_AFTER_S:
+                continue
+            first = self._first_seen.setdefault(entry.key, now)
+            ranking = [n for n in self.peers.ranking(entry.digest) if n in members]
+            if self.node_id not in ranking:
+                continue
+            if ranking.index(self.node_id) * TAKEOVER_AFTER_S > now - first:
+                continue
+            cost = len(entry.envelope.jwe) + 256
+            if len(mine) >= MAX_REWRAP_ITEMS or size + cost > MAX_REWRAP_REQUEST_BYTES - 4096:
+                break
+            mine.append(entry)
+            size += cost
+        return mine
+
+    async def _rewrap(self, batch: list[Entry], from_epoch: int, to_epoch: int) -> bool:
+        old = self.ring.slots[from_epoch].key.public.key
+        new = self.ring.slots[to_epoch].key.public.key
+        result = await self.collectors[from_epoch].collect(batch)
+        items: list[RewrapItem] = []
+        for entry in batch:
+            y = result.values.get(entry.key)
+            if y is None:
+                continue
+            try:
+                token = rewrap(entry.parsed, y, old, new)
+            except FlashgateError as exc:
+                log.error("envelope does not open; not re-wrapped", key=entry.key, reason=exc.code)
+                continue
+            items.append(RewrapItem(entry.key, entry.version, token))
+        if not items:
+            reasons = sorted(set(result.failed.values()))
+            log.warning(
+                "re-wrap waiting: cannot decrypt under the old epoch yet",
+                reasons=reasons,
+                hint="fewer than t nodes up?" if "no_quorum" in reasons else None,
+            )
+            return False
+        request = sign(
+            RewrapRequest(
+                fleet=self.fleet,
+                node_id=self.node_id,
+                request_id=secrets.token_bytes(16),
+                issued_at=wall_clock_ms(),
+                from_epoch=from_epoch,
+                to_epoch=to_epoch,
+                items=items,
+            ),
+            self.signing_key,
+        )
+        reply = REWRAP_REPLY_CODEC.decode(await self.send(REWRAP_REQUEST_CODEC.encode(request)))
+        now = time.monotonic()
+        revisions = {e.key: e.revision for e in batch}
+        for item in items:
+            self._submitted[(item.key, revisions[item.key])] = now
+        self._trim(now)
+        if not reply.ok:
+            log.warning("re-wrap request refused by the backend", reason=reply.error)
+            return False
+        self.rewrapped += reply.accepted
+        refused: dict[str, int] = {}
+        for refusal in reply.refusals:
+            refused[refusal.reason] = refused.get(refusal.reason, 0) + 1
+        log.info(
+            "envelopes re-wrapped",
+            accepted=reply.accepted,
+            refused=refused or None,
+            remaining=reply.remaining,
+            to_epoch=to_epoch,
+        )
+        return True
+
+    def _trim(self, now: float) -> None:
+        for k in [k for k, t in self._submitted.items() if now - t > 4 * RESUBMIT_AFTER_S]:
+            del self._submitted[k]
