@@ -24,6 +24,7 @@ from flashgate.cli.dev import dev
 from flashgate.cli.fleet_status import status as fleet_status
 from flashgate.cli.node import node
 from flashgate.cli.passphrase import get_passphrase
+from flashgate.cli.rotate_key import rotate_key
 from flashgate.cli.schemas import schemas
 from flashgate.cli.secret import secret
 from flashgate.crypto.context import SecretContext
@@ -265,6 +266,7 @@ cli.add_command(secret)
 cli.add_command(apikey)
 cli.add_command(node)
 fleet.add_command(fleet_status)
+fleet.add_command(rotate_key)
 cli.add_command(schemas)
 
 
