@@ -1,0 +1,283 @@
+"""Fleet key rotation in the backend: start (sealed shares stored for the nodes), node-signed
+re-wrap requests (only the wrapped key may change), progress, finish (only when nothing
+references the old epoch), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import msgspec
+import pytest
+from nats.js.errors import KeyNotFoundError
+
+from flashgate.backend.service import Backend
+from flashgate.crypto import jwe
+from flashgate.crypto.apikey import new_key_id, new_key_secret
+from flashgate.crypto.context import SecretContext
+from flashgate.crypto.decrypt import rewrap
+from flashgate.crypto.encrypt import encrypt_secret
+from flashgate.crypto.threshold.combine import combine
+from flashgate.crypto.threshold.partial import partial_decrypt
+from flashgate.events import commands as cmd
+from flashgate.events.rotation import (
+    REWRAP_REPLY_CODEC,
+    REWRAP_REQUEST_CODEC,
+    RewrapItem,
+    RewrapReply,
+    RewrapRequest,
+)
+from flashgate.events.signing import sign, verify
+from flashgate.fleet.descriptor import fleet_public_key
+from flashgate.fleet.rotation import NextEpoch, deal_next_epoch
+from tests.backend.conftest import AdminClient
+from tests.backend.test_commands import kv_envelope, wait_kv
+from tests.helpers import CANARY, fixed_primes
+
+pytestmark = pytest.mark.nats
+
+
+def next_epoch(admin: AdminClient) -> NextEpoch:
+    cer = admin.fleet.ceremony
+    return deal_next_epoch(
+        current=cer.descriptor,
+        roster=cer.roster,
+        admin=cer.admin_key,
+        primes=fixed_primes(1),
+        allow_insecure=True,
+    )
+
+
+def y_of(admin: AdminClient, token: str) -> int:
+    """The old epoch's RSA result for a token, from two of the ceremony's shares."""
+    bundles = admin.fleet.ceremony.bundles
+    public = bundles[0].public
+    c = jwe.parse(token).wrapped_key(admin.fleet.key)
+    return combine(public, c, {b.index: partial_decrypt(b.share, public, c) for b in bundles[:2]})
+
+
+async def send_rewrap(
+    admin: AdminClient,
+    items: list[RewrapItem],
+    *,
+    node: int = 0,
+    signer: int | None = None,
+    from_epoch: int = 1,
+    to_epoch: int = 2,
+) -> RewrapReply:
+    bundles = admin.fleet.ceremony.bundles
+    request = sign(
+        RewrapRequest(
+            fleet=admin.fleet.name,
+            node_id=bundles[node].node_id,
+            request_id=secrets.token_bytes(16),
+            issued_at=int(time.time() * 1000),
+            from_epoch=from_epoch,
+            to_epoch=to_epoch,
+            items=items,
+        ),
+        bundles[node if signer is None else signer].signing_key,
+    )
+    return await raw_rewrap(admin, REWRAP_REQUEST_CODEC.encode(request))
+
+
+async def raw_rewrap(admin: AdminClient, payload: bytes) -> RewrapReply:
+    msg = await admin.nc.request(admin.fleet.names.rewrap_subject, payload, timeout=10)
+    return REWRAP_REPLY_CODEC.decode(msg.data)
+
+
+async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClient) -> None:
+    await admin.send(admin.put("payments", "db", CANARY))
+    await admin.send(admin.put("payments", "s3", b"s3-value"))
+    key_id = new_key_id()
+    await admin.send(
+        sign(
+            cmd.CreateApiKey(
+                **admin.base(),
+                key_id=key_id,
+                repo="payments",
+                scope="ai",
+                access="openai",
+                label="gateway",
+                epoch=1,
+                jwe=admin.jwe("payments", key_id, new_key_secret(), kind="apikey"),
+            ),
+            admin.fleet.admin,
+        )
+    )
+    keys = ["payments.db", "payments.s3", f"payments.{key_id}"]
+    envelopes = {k: await wait_kv(admin, k, 1) for k in keys}
+
+    # Before any rotation: nothing to re-wrap into.
+    item = RewrapItem("payments.db", 1, envelopes["payments.db"].jwe)
+    refused = await send_rewrap(admin, [item])
+    assert (refused.ok, refused.error) == (False, "stale_epoch")
+
+    dealt = next_epoch(admin)
+    incomplete = sign(
+        cmd.StartKeyRotation(
+            **admin.base(), from_epoch=1, descriptor=dealt.descriptor, shares=list(dealt.shares[1:])
+        ),
+        admin.fleet.admin,
+    )
+    rejected = await admin.send(incomplete)
+    assert rejected.data.reason == "malformed_document"
+    start = sign(
+        cmd.StartKeyRotation(
+            **admin.base(), from_epoch=1, descriptor=dealt.descriptor, shares=list(dealt.shares)
+        ),
+        admin.fleet.admin,
+    )
+    started = await admin.send(start)
+    assert started.type == "io.flashgate.fleet.rotation.started"
+    assert (started.data.from_epoch, started.data.to_epoch, started.data.total) == (1, 2, 3)
+    again = await admin.send(
+        sign(msgspec.structs.replace(start, command_id="x" * 20, signature=""), admin.fleet.admin)
+    )
+    assert again.data.reason == "already_exists"
+
+    # The signed command is in the fleet bucket for the nodes, with the new descriptor.
+    fleet_kv = await admin.js.key_value(admin.fleet.names.fleet_bucket)
+    stored = cmd.COMMAND_CODEC.decode((await fleet_kv.get("rotation.2")).value)
+    assert stored == start
+    verify(stored, admin.fleet.admin.public_key())
+    assert (await fleet_kv.get("descriptor.2")).value is not None
+
+    answer = await admin.query("rotation")
+    assert answer["rotation"] == {"epoch": 1, "rotating_to": 2, "envelopes": {"1": 3}}
+
+    # Retiring now is refused: envelopes still use epoch 1.
+    finish = sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), admin.fleet.admin)
+    early = await admin.send(finish)
+    assert early.data.reason == "bad_configuration" and "3 envelope" in early.data.detail
+
+    new_key = fleet_public_key(dealt.descriptor)
+    rewrapped = {
+        k: rewrap(jwe.parse(e.jwe), y_of(admin, e.jwe), admin.fleet.key, new_key)
+        for k, e in envelopes.items()
+    }
+
+    # Refusals, cheapest first.
+    good = RewrapItem("payments.db", 1, rewrapped["payments.db"])
+    assert (await raw_rewrap(admin, b"\x93garbage")).error == "malformed_message"
+    assert (await send_rewrap(admin, [good], signer=1)).error == "bad_signature"
+    assert (await send_rewrap(admin, [good], from_epoch=2, to_epoch=3)).error == "stale_epoch"
+    outsider = RewrapRequest(
+        fleet=admin.fleet.name,
+        node_id="node-9",
+        request_id=secrets.token_bytes(16),
+        issued_at=int(time.time() * 1000),
+        from_epoch=1,
+        to_epoch=2,
+        items=[good],
+    )
+    assert (await raw_rewrap(admin, REWRAP_REQUEST_CODEC.encode(outsider))).error == "unknown_node"
+    ctx = SecretContext(
+        fleet=admin.fleet.name, repo="payments", name="db", kind="generic", version=1
+    )
+    fresh = encrypt_secret(new_key, ctx, b"attacker's value")  # valid under k+1, not a re-wrap
+    stale = RewrapItem("payments.s3", 2, rewrapped["payments.s3"])
+    mixed = await send_rewrap(admin, [RewrapItem("payments.db", 1, fresh), stale])
+    assert mixed.ok and mixed.accepted == 0
+    assert [(r.key, r.reason) for r in mixed.refusals] == [
+        ("payments.db", "not_a_rewrap"),
+        ("payments.s3", "stale_version"),
+    ]
+
+    # The real re-wraps, from two nodes.
+    first = await send_rewrap(admin, [good], node=0)
+    assert (first.accepted, first.remaining) == (1, 2)
+    rest = [RewrapItem(k, 1, rewrapped[k]) for k in keys[1:]]
+    second = await send_rewrap(admin, rest, node=2)
+    assert (second.accepted, second.remaining, second.refusals) == (2, 0, [])
+    repeat = await send_rewrap(admin, [good], node=1)
+    assert [r.reason for r in repeat.refusals] == ["stale_epoch"]  # already re-wrapped
+
+    for k in keys:
+        env = await wait_kv(admin, k, 1)
+        for _ in range(100):
+            if env.epoch == 2:
+                break
+            env = await kv_envelope(admin, k)
+        assert (env.epoch, env.version, env.jwe) == (2, 1, rewrapped[k])
+    progressed = await admin.wait_for(
+        lambda e: e.type == "io.flashgate.fleet.rotation.progressed" and e.data.done == 3
+    )
+    assert progressed.data.total == 3
+
+    completed = await admin.send(
+        sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), admin.fleet.admin)
+    )
+    assert completed.type == "io.flashgate.fleet.rotation.completed"
+    assert (completed.data.retired_epoch, completed.data.current_epoch) == (1, 2)
+    retirement = cmd.COMMAND_CODEC.decode((await fleet_kv.get("retired.1")).value)
+    verify(retirement, admin.fleet.admin.public_key())
+    assert (await fleet_kv.get("epoch")).value == b"2"
+    answer = await admin.query("rotation")
+    assert answer["rotation"] == {"epoch": 2, "rotating_to": None, "envelopes": {"2": 3}}
+
+    # Epoch 1 is gone for writers; epoch 2 is current.
+    old = await admin.send(admin.rotate("payments", "db", b"v2", version=2))
+    assert old.data.reason == "stale_epoch"
+    ctx2 = SecretContext(
+        fleet=admin.fleet.name, repo="payments", name="db", kind="generic", version=2
+    )
+    put2 = sign(
+        cmd.RotateSecret(
+            **admin.base(),
+            repo="payments",
+            name="db",
+            kind="generic",
+            version=2,
+            epoch=2,
+            jwe=encrypt_secret(new_key, ctx2, b"v2"),
+        ),
+        admin.fleet.admin,
+    )
+    assert (await admin.send(put2)).type == "io.flashgate.secret.rotated"
+    assert (await wait_kv(admin, "payments.db", 2)).epoch == 2
+
+
+async def test_second_rotation_purges_the_first_ones_shares(
+    backend: Backend, admin: AdminClient
+) -> None:
+    """Retiring an epoch that was itself dealt by a rotation removes its sealed shares."""
+    cer = admin.fleet.ceremony
+    dealt = next_epoch(admin)
+    await admin.send(
+        sign(
+            cmd.StartKeyRotation(
+                **admin.base(), from_epoch=1, descriptor=dealt.descriptor, shares=list(dealt.shares)
+            ),
+            cer.admin_key,
+        )
+    )
+    await admin.send(sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), cer.admin_key))
+    third = deal_next_epoch(
+        current=dealt.descriptor,
+        roster=cer.roster,
+        admin=cer.admin_key,
+        primes=fixed_primes(0),
+        allow_insecure=True,
+    )
+    started = await admin.send(
+        sign(
+            cmd.StartKeyRotation(
+                **admin.base(), from_epoch=2, descriptor=third.descriptor, shares=list(third.shares)
+            ),
+            cer.admin_key,
+        )
+    )
+    assert started.data.total == 0
+    await admin.send(sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=2), cer.admin_key))
+    fleet_kv = await admin.js.key_value(admin.fleet.names.fleet_bucket)
+    for _ in range(100):
+        try:
+            await fleet_kv.get("rotation.2")
+        except KeyNotFoundError:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the retired epoch's sealed shares are still in the fleet bucket")
+    assert (await fleet_kv.get("rotation.3")).value is not None
+    assert (await fleet_kv.get("epoch")).value == b"3"
