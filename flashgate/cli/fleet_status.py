@@ -35,6 +35,7 @@ class NodeRow:
     missing: int  # current secrets it does not hold (at the current version)
     latency_ms: float | None
     secrets: dict[str, int] | None = None  # key -> version held (with --secrets)
+    epochs: dict[str, int] | None = None  # key -> fleet key epoch it was opened under
 
 
 async def expected_secrets(session: AdminSession) -> dict[str, int]:
@@ -77,6 +78,7 @@ async def snapshot(session: AdminSession, root: Path) -> tuple[list[NodeRow], di
                 missing,
                 round(sum(latencies) / len(latencies), 1) if latencies else None,
                 {s.key: s.version for s in status.secrets},
+                {s.key: s.epoch for s in status.secrets if s.epoch is not None},
             )
         )
     return rows, expected
@@ -130,6 +132,7 @@ def status(
         nodes = [asdict(r) for r in rows]
         for row in nodes if not with_secrets else []:
             row.pop("secrets")
+            row.pop("epochs")
         click.echo(
             json.dumps(
                 {

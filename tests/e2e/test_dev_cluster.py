@@ -50,8 +50,8 @@ class Cli:
             )
         return result
 
-    def json(self, *args: str, stdin: bytes = b"") -> Any:
-        return json.loads(self.run(*args, "--json", stdin=stdin).stdout)
+    def json(self, *args: str, stdin: bytes = b"", timeout: float = 60) -> Any:
+        return json.loads(self.run(*args, "--json", stdin=stdin, timeout=timeout).stdout)
 
     def status(self) -> dict[str, Any]:
         return self.json("fleet", "status")
@@ -274,6 +274,51 @@ def test_role_permissions_are_enforced(cluster: Cli) -> None:
     assert any("permissions violation" in e.lower() for e in attempt("bridge", "publish-command"))
 
 
+def test_fleet_key_rotation_with_a_node_down(cluster: Cli) -> None:
+    for name in ("one", "two", "three"):
+        cluster.json("secret", "put", f"rot/{name}", "--kind", "generic", stdin=name.encode())
+    cluster.wait(60)
+    before = {r["node"]: r for r in cluster.status()["nodes"]}
+    assert {r["epoch"] for r in before.values()} == {1}
+    pid = int((cluster.home / "run" / "node-3.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)  # down: no heartbeats, no answers
+    try:
+        result = cluster.json("fleet", "rotate-key", "--timeout", "150", timeout=180)
+    finally:
+        os.kill(pid, signal.SIGKILL)  # dev up restarts it, with its epoch-1 bundle
+    assert result["epoch"] == 2 and result["retired_epoch"] == 1
+    assert result["nodes_verified"] == ["node-1", "node-2"]
+    home_descriptor = json.loads((cluster.home / "fleet" / "fleet.json").read_text())
+    assert home_descriptor["epoch"] == 2
+    after = cluster.json("fleet", "status", "--secrets")
+    for row in after["nodes"][:2]:
+        assert row["epoch"] == 2 and set(row["epochs"].values()) == {2}, row
+    # node-3 returns: reads the rotation's sealed share and the retirement from the fleet
+    # bucket, loads everything under epoch 2 and re-seals its bundle.
+    eventually(
+        lambda: int((cluster.home / "run" / "node-3.pid").read_text()) != pid,
+        60,
+        "node-3 restarted",
+    )
+    status = cluster.wait(90)
+    assert {r["epoch"] for r in status["nodes"]} == {2}
+
+    def resealed() -> bool:
+        from flashgate.fleet.directory import read_bundle
+
+        return read_bundle(cluster.home / "fleet/nodes/node-3.bundle", PASSPHRASE).epoch == 2
+
+    eventually(resealed, 30, "node-3 to re-seal its bundle for epoch 2")
+    cluster.json("secret", "put", "rot/after", "--kind", "generic", stdin=b"after")
+    eventually(
+        lambda: all(cluster.held(n).get("rot.after") == 1 for n in NODES),
+        60,
+        "a secret written under epoch 2 on every bridge",
+    )
+    final = cluster.json("fleet", "status", "--secrets")
+    assert all(set(r["epochs"].values()) == {2} for r in final["nodes"])
+
+
 def test_revoked_node_is_refused(cluster: Cli) -> None:
     revoked = cluster.json("node", "revoke", "node-3")
     assert revoked["roster_serial"] == 2
@@ -301,7 +346,8 @@ def test_revoked_node_is_refused(cluster: Cli) -> None:
         "    b = read_bundle(home / 'fleet/nodes/node-3.bundle', sys.argv[2])\n"
         "    nc = await connect(config['nats'], role='bridge', name='revoked',\n"
         "                       user=login['user'], password=login['password'])\n"
-        "    raw, _, _ = build_request(node_id='node-3', fleet='dev', epoch=1,\n"
+        "    epoch = json.loads((home / 'fleet/fleet.json').read_text())['epoch']\n"
+        "    raw, _, _ = build_request(node_id='node-3', fleet='dev', epoch=epoch,\n"
         "        signing_key=b.signing_key, items=[ShareItem('a.b', 1, bytes(32))])\n"
         "    await nc.request('fg.dev.share.node-1', raw, timeout=5)\n"
         "    await nc.close()\n"
@@ -321,6 +367,11 @@ def test_revoked_node_is_refused(cluster: Cli) -> None:
     assert int(out.stdout.split()[-1]) >= 1
     status = cluster.status()
     assert [n["status"] for n in status["nodes"]] == ["online", "online", "revoked"]
+    # The runbook: a revocation is followed by a fleet key rotation; node-3 gets no share.
+    rotated = cluster.json("fleet", "rotate-key", "--timeout", "150", timeout=180)
+    assert rotated["epoch"] == 3 and rotated["nodes_verified"] == ["node-1", "node-2"]
+    descriptor = json.loads((cluster.home / "fleet" / "fleet.json").read_text())
+    assert [n["id"] for n in descriptor["nodes"]] == ["node-1", "node-2"]
 
 
 def test_canary_appears_nowhere(cluster: Cli) -> None:
