@@ -176,11 +176,13 @@ async def _node_check(
 async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object]:
     display = Display(quiet)
     started = time.monotonic()
+    phases: dict[str, float] = {}
     async with AdminSession(root) as session:
         info = (await session.query("rotation")).rotation
         assert info is not None
         if info.rotating_to is None:
             await _start(session, root, info, display)
+            phases["dealt_s"] = round(time.monotonic() - started, 3)
             info = (await session.query("rotation")).rotation
             assert info is not None and info.rotating_to is not None
         else:
@@ -199,8 +201,11 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
                 break
             progress = _progress(info)
             display.bar(progress)
+            if progress.remaining == 0 and "rewrapped_s" not in phases:
+                phases["rewrapped_s"] = round(time.monotonic() - started, 3)
             now = time.monotonic()
-            if now - last_status >= STATUS_EVERY_S:
+            every = POLL_S if progress.remaining == 0 else STATUS_EVERY_S
+            if now - last_status >= every:
                 last_status = now
                 online, verified = await _node_check(session, new, progress.total)
                 if len(online) < new.threshold:
@@ -211,6 +216,7 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
                 elif progress.remaining == 0:
                     offline = sorted({n.id for n in new.nodes} - set(online))
                     if len(verified) == len(online) and len(verified) >= new.threshold:
+                        phases["verified_s"] = round(time.monotonic() - started, 3)
                         await session.send(
                             cmd.FinishKeyRotation(
                                 **session.base(), retired_epoch=progress.from_epoch
@@ -246,6 +252,7 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
         "envelopes": sum(final.envelopes.values()),
         "nodes_verified": verified,
         "seconds": round(time.monotonic() - started, 3),
+        "phases": phases,  # seconds from the start: dealt, re-wrapped, verified
     }
 
 

@@ -60,7 +60,13 @@ async def test_secrets_survive_losing_the_stream_leader(
     stream = f"KV_{fleet_names.secrets_bucket}"
     keys = [secret_key("repo", f"s{i:02d}") for i in range(VALUES)]
     for i, key in enumerate(keys):
-        await kv.put(key, f"envelope-{i}".encode())
+
+        async def put(key: str = key, i: int = i) -> int:
+            # A new replicated stream may still be electing its leader (no responders yet).
+            with broker_errors("initial put"):
+                return await kv.put(key, f"envelope-{i}".encode())
+
+        await eventually(put)
     expected = {key: f"envelope-{i}".encode() for i, key in enumerate(keys)}
 
     victim: NatsServerProcess = nats_cluster.server(await stream_leader(cluster_nc, stream))
