@@ -30,13 +30,14 @@ from flashgate.bridge.hardening import HardeningReport, harden
 from flashgate.bridge.keyring import EpochSlot, KeyRing
 from flashgate.bridge.loader import Loader
 from flashgate.bridge.peers import PeerBook
-from flashgate.bridge.protocol import Responder, wall_clock_ms
+from flashgate.bridge.protocol import ReplayCache, Responder, wall_clock_ms
 from flashgate.bridge.rewrapper import Rewrapper
 from flashgate.bridge.share_service import ShareService
 from flashgate.bridge.store import Entry, EnvelopeStore, make_entry
 from flashgate.bridge.vault import Vault
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.watch import Deleted, InitialDone, follow
+from flashgate.crypto import box
 from flashgate.errors import (
     FlashgateError,
     FleetMismatch,
@@ -48,14 +49,18 @@ from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 from flashgate.events.fleet import ROSTER_CODEC, Roster, RosterNode
 from flashgate.events.node import (
+    APIKEY_CHECK_CODEC,
+    APIKEY_CHECK_RESULT_CODEC,
     HEARTBEAT_CODEC,
     STATUS_REQUEST_CODEC,
     STATUS_RESPONSE_CODEC,
+    ApiKeyCheckResult,
     Heartbeat,
     HeldSecret,
     PeerStatus,
     PendingSecret,
     StatusResponse,
+    apikey_check_aad,
 )
 from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
@@ -134,6 +139,7 @@ class BridgeNode:
         self.rewrapper: Rewrapper | None = None
         self._retire_wanted: set[int] = set()
         self.fleet_synced = asyncio.Event()
+        self._apikey_checks = ReplayCache(120_000)
         self._share_tasks: set[asyncio.Task[None]] = set()
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
         self.nc: Client | None = None
@@ -211,6 +217,9 @@ class BridgeNode:
         # Serve peers first: nodes that start together must not wait on each other.
         await self.nc.subscribe(self.names.share_subject(self.node_id), cb=self._on_share)
         await self.nc.subscribe(self.names.status_subject(self.node_id), cb=self._on_status)
+        await self.nc.subscribe(
+            self.names.apikey_check_subject(self.node_id), cb=self._on_apikey_check
+        )
         await self.nc.subscribe(self.names.heartbeat_wildcard, cb=self._on_heartbeat)
         for slot in self.ring.slots.values():
             self._add_collector(slot)
@@ -585,6 +594,53 @@ class BridgeNode:
                     self.status(request.request_id, request.include_secrets)
                 )
             )
+
+    async def _on_apikey_check(self, msg: Msg) -> None:
+        result = self.check_api_key(msg.data)
+        if result is not None:
+            with contextlib.suppress(Exception):
+                await msg.respond(APIKEY_CHECK_RESULT_CODEC.encode(result))
+
+    def check_api_key(self, raw: bytes) -> ApiKeyCheckResult | None:
+        """An admin-signed API key check: the presented secret (sealed to this node) against
+        the vault, in constant time. Unsigned or malformed requests get no answer."""
+        try:
+            request = APIKEY_CHECK_CODEC.decode(raw)
+            verify(request, self.admin_key)
+        except FlashgateError:
+            return None
+
+        def answer(valid: bool, refused: str | None = None) -> ApiKeyCheckResult:
+            return sign(
+                ApiKeyCheckResult(
+                    fleet=self.names.fleet,
+                    node_id=self.node_id,
+                    request_id=request.request_id,
+                    key_id=request.key_id,
+                    valid=valid,
+                    refused=refused,
+                ),
+                self.bundle.signing_key,
+            )
+
+        now = wall_clock_ms()
+        if request.fleet != self.names.fleet or request.node_id != self.node_id:
+            return answer(False, "wrong_node")
+        if abs(now - request.issued_at) > 60_000:
+            return answer(False, "stale")
+        if not self._apikey_checks.check_and_add(request.request_id, now):
+            return answer(False, "replay")
+        try:
+            presented = box.open_sealed(
+                self.bundle.exchange_key,
+                box.Sealed(request.sender_key, request.nonce, request.sealed),
+                apikey_check_aad(
+                    self.names.fleet, self.node_id, request.request_id, request.key_id
+                ),
+            )
+        except FlashgateError:
+            return answer(False, "unreadable")
+        return answer(self.vault.verify_api_key(request.key_id, presented))
 
     def status(
         self, request_id: bytes = b"\x00" * 16, include_secrets: bool = True

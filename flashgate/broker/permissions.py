@@ -2,7 +2,8 @@
 
 | role    | may publish                                   | may subscribe              |
 |---------|-----------------------------------------------|----------------------------|
-| admin   | commands, queries, status requests, JS API    | events, its inbox          |
+| admin   | commands, queries, status requests, API key   | events, its inbox          |
+|         | checks, JS API                                |                            |
 | backend | KV writes, events, JS API                     | queries, re-wrap requests, |
 |         |                                               | its inbox                  |
 | bridge  | share requests, heartbeats, misbehaviour      | share, node subjects,      |
@@ -65,6 +66,7 @@ def permissions(role: str, names: FleetNames) -> dict[str, object]:
                     f"{f}.cmd.>",
                     f"{f}.query.>",
                     f"{f}.node.*.status",
+                    f"{f}.node.*.apikey",
                     *_js_read(names),
                     *_js_admin(),
                 ]

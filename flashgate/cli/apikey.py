@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 import click
 
-from flashgate.cli.home import resolve_home
+from flashgate.cli.home import fleet_dir, resolve_home
 from flashgate.cli.secret import emit, home_option, json_option
 from flashgate.cli.session import AdminSession, run
 from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
-from flashgate.errors import ConfigurationError
+from flashgate.errors import ConfigurationError, FlashgateError
 from flashgate.events import commands as cmd
+from flashgate.fleet.files import load_roster
 from flashgate.names import validate_name
 
 
@@ -151,3 +154,61 @@ def revoke(key_id: str, home: Path | None, as_json: bool) -> None:
         emit(as_json, {"key_id": key_id, "event": event.type}, f"{key_id}: revoked")
 
     run(go())
+
+
+class ApiKeyRefused(FlashgateError):
+    """A node did not accept the presented API key secret."""
+
+    code = "apikey_refused"
+
+
+@apikey.command("verify")
+@click.argument("key_id")
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    help="Ask only this node (repeatable); default: every active node of the roster.",
+)
+@home_option
+@json_option
+def verify_(key_id: str, nodes: tuple[str, ...], home: Path | None, as_json: bool) -> None:
+    """Check an API key secret (read from stdin) against each node's vault.
+
+    The secret is sealed to each node's identity key (the broker never sees it); each node
+    answers, signed, whether its `verify_api_key` accepts it. Exit status 1 unless every
+    node asked accepts it.
+    """
+    if not is_key_id(key_id):
+        raise ConfigurationError(f"{key_id[:40]!r} is not an API key id (fgk_...)")
+    presented = sys.stdin.buffer.read(4096).strip()
+    if not presented:
+        raise ConfigurationError("pipe the API key secret on stdin")
+    root = resolve_home(home)
+
+    async def go() -> dict[str, str]:
+        async with AdminSession(root) as session:
+            roster = load_roster(fleet_dir(root), session.descriptor)
+            entries = [n for n in roster.nodes if n.status == "active"]
+            if nodes:
+                unknown = set(nodes) - {n.id for n in entries}
+                if unknown:
+                    raise ConfigurationError(f"not active in the roster: {sorted(unknown)}")
+                entries = [n for n in entries if n.id in nodes]
+            results = await asyncio.gather(
+                *(session.check_api_key(n, key_id, presented) for n in entries)
+            )
+        return {
+            n.id: "offline" if r is None else ("valid" if r.valid else (r.refused or "invalid"))
+            for n, r in zip(entries, results, strict=True)
+        }
+
+    outcome = run(go())
+    if as_json:
+        click.echo(json.dumps({"key_id": key_id, "nodes": outcome}, sort_keys=True))
+    else:
+        for node_id, verdict in outcome.items():
+            click.echo(f"{node_id:16} {verdict}")
+    bad = sorted(n for n, v in outcome.items() if v != "valid")
+    if bad:
+        raise ApiKeyRefused(f"not accepted by {', '.join(bad)}")

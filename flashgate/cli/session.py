@@ -27,23 +27,31 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.cli.home import fleet_dir, load_config
 from flashgate.cli.passphrase import get_passphrase
+from flashgate.crypto import box
+from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
-from flashgate.errors import FlashgateError
+from flashgate.errors import FlashgateError, SignatureInvalid
 from flashgate.events import commands as cmd
 from flashgate.events.domain import DomainEvent, decode_event
-from flashgate.events.fleet import FleetDescriptor
+from flashgate.events.fleet import FleetDescriptor, RosterNode
 from flashgate.events.node import (
+    APIKEY_CHECK_CODEC,
+    APIKEY_CHECK_RESULT_CODEC,
     STATUS_REQUEST_CODEC,
     STATUS_RESPONSE_CODEC,
+    ApiKeyCheck,
+    ApiKeyCheckResult,
     StatusRequest,
     StatusResponse,
+    apikey_check_aad,
 )
 from flashgate.events.queries import ANSWER_CODEC, Answer
-from flashgate.events.signing import sign
+from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ADMIN_KEY_FILE, load_descriptor
+from flashgate.fleet.signing import load_ed25519_public
 
 
 class CommandRejected(FlashgateError):
@@ -205,6 +213,43 @@ class AdminSession:
         if not answer.ok:
             raise CommandRejected(answer.error or "error", answer.detail or "")
         return answer
+
+    async def check_api_key(
+        self, node: RosterNode, key_id: str, presented: bytes, *, timeout: float = 3.0
+    ) -> ApiKeyCheckResult | None:
+        """Ask one node whether it accepts ``presented`` for ``key_id``; the secret is sealed
+        to the node's X25519 key, the answer is checked against its signing key. None when
+        the node does not answer."""
+        assert self.nc is not None
+        request_id = secrets.token_bytes(16)
+        aad = apikey_check_aad(self.fleet, node.id, request_id, key_id)
+        sealed = box.seal(b64url_decode(node.exchange_key, "exchange key"), presented, aad)
+        request = sign(
+            ApiKeyCheck(
+                fleet=self.fleet,
+                node_id=node.id,
+                request_id=request_id,
+                issued_at=int(time.time() * 1000),
+                key_id=key_id,
+                sender_key=sealed.sender_key,
+                nonce=sealed.nonce,
+                sealed=sealed.ciphertext,
+            ),
+            self.admin_key,
+        )
+        try:
+            msg = await self.nc.request(
+                self.names.apikey_check_subject(node.id),
+                APIKEY_CHECK_CODEC.encode(request),
+                timeout=timeout,
+            )
+            result = APIKEY_CHECK_RESULT_CODEC.decode(msg.data)
+        except (nats.errors.Error, FlashgateError, TimeoutError):
+            return None
+        verify(result, load_ed25519_public(node.signing_key, "node key"))
+        if (result.request_id, result.node_id, result.key_id) != (request_id, node.id, key_id):
+            raise SignatureInvalid("the answer is not for this request")
+        return result
 
     async def status(
         self, node_id: str, *, timeout: float = 2.0, include_secrets: bool = True

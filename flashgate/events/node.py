@@ -26,6 +26,7 @@ from flashgate.events.types import (
     SignatureRaw,
     UnixMillis,
     Version,
+    X25519Raw,
 )
 
 MAX_HEARTBEAT_BYTES = 4 * 1024
@@ -95,6 +96,51 @@ class StatusResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     signature: SignatureRaw = b""
 
 
+class ApiKeyCheck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Admin-signed: does this node accept ``presented`` for API key ``key_id``? The
+    presented secret is sealed to the node's X25519 identity key (:mod:`flashgate.crypto.box`,
+    AAD = :func:`apikey_check_aad`); the broker never sees it."""
+
+    signing_domain: ClassVar[str] = "apikey-check"
+
+    fleet: Name
+    node_id: Name
+    request_id: RequestId
+    issued_at: UnixMillis
+    key_id: Name
+    sender_key: X25519Raw
+    nonce: Annotated[bytes, Meta(min_length=12, max_length=12)]
+    sealed: Annotated[bytes, Meta(max_length=1024)]
+    signature: Ed25519Sig = ""
+
+
+class ApiKeyCheckResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Node-signed answer: whether the node's vault accepted the presented secret
+    (``Vault.verify_api_key``, constant time), or why the check was refused."""
+
+    signing_domain: ClassVar[str] = "apikey-check-result"
+
+    fleet: Name
+    node_id: Name
+    request_id: RequestId
+    key_id: Name
+    valid: bool
+    refused: ReasonCode | None = None
+    signature: SignatureRaw = b""
+
+
+def apikey_check_aad(fleet: str, node_id: str, request_id: bytes, key_id: str) -> bytes:
+    return b"\x00".join(
+        [
+            b"flashgate/apikey-check/v1",
+            fleet.encode(),
+            node_id.encode(),
+            request_id,
+            key_id.encode(),
+        ]
+    )
+
+
 HEARTBEAT_CODEC: Codec[Heartbeat] = Codec(
     Heartbeat, max_bytes=MAX_HEARTBEAT_BYTES, fmt="msgpack", what="heartbeat"
 )
@@ -103,4 +149,10 @@ STATUS_REQUEST_CODEC: Codec[StatusRequest] = Codec(
 )
 STATUS_RESPONSE_CODEC: Codec[StatusResponse] = Codec(
     StatusResponse, max_bytes=MAX_STATUS_RESPONSE_BYTES, fmt="msgpack", what="status response"
+)
+APIKEY_CHECK_CODEC: Codec[ApiKeyCheck] = Codec(
+    ApiKeyCheck, max_bytes=4 * 1024, what="API key check"
+)
+APIKEY_CHECK_RESULT_CODEC: Codec[ApiKeyCheckResult] = Codec(
+    ApiKeyCheckResult, max_bytes=4 * 1024, fmt="msgpack", what="API key check result"
 )

@@ -20,7 +20,13 @@ from flashgate.events.commands import AnyCommand
 from flashgate.events.domain import EVENT_DATA_TYPES, CloudEventAttributes, data_schema_name
 from flashgate.events.envelope import SecretEnvelope
 from flashgate.events.fleet import FleetDescriptor, Roster
-from flashgate.events.node import Heartbeat, StatusRequest, StatusResponse
+from flashgate.events.node import (
+    ApiKeyCheck,
+    ApiKeyCheckResult,
+    Heartbeat,
+    StatusRequest,
+    StatusResponse,
+)
 from flashgate.events.rotation import RewrapReply, RewrapRequest
 from flashgate.events.share import ShareRequest, ShareResponse, ShareResults
 
@@ -68,6 +74,10 @@ SPECS: tuple[SchemaSpec, ...] = (
         "rewrap-request", RewrapRequest, title="Re-wrap request (node-signed)", msgpack=True
     ),
     SchemaSpec("rewrap-reply", RewrapReply, title="Re-wrap reply", msgpack=True),
+    SchemaSpec("apikey-check", ApiKeyCheck, title="API key check (admin-signed)"),
+    SchemaSpec(
+        "apikey-check-result", ApiKeyCheckResult, title="API key check result", msgpack=True
+    ),
 )
 
 

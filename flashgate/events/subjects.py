@@ -111,6 +111,10 @@ class FleetNames:
     def status_subject(self, node_id: str) -> str:
         return f"{PREFIX}.{self.fleet}.node.{validate_name(node_id, 'node id')}.status"
 
+    def apikey_check_subject(self, node_id: str) -> str:
+        """Admin-signed API key checks against one node's vault (request/reply)."""
+        return f"{PREFIX}.{self.fleet}.node.{validate_name(node_id, 'node id')}.apikey"
+
     @property
     def heartbeat_wildcard(self) -> str:
         return f"{PREFIX}.{self.fleet}.node.*.heartbeat"

@@ -200,6 +200,11 @@ def test_api_key_lifecycle(cluster: Cli) -> None:
     eventually(
         lambda: all(cluster.held(n).get(key) == 1 for n in NODES), 60, "the API key on every bridge"
     )
+    # verify_api_key on every bridge (the secret travels sealed to each node)
+    verified = cluster.json("apikey", "verify", doc["key_id"], stdin=doc["secret"].encode())
+    assert verified["nodes"] == {n: "valid" for n in NODES}
+    wrong = cluster.run("apikey", "verify", doc["key_id"], stdin=b"fgs_wrong", check=False)
+    assert wrong.returncode == 1 and b"not accepted by node-1, node-2, node-3" in wrong.stderr
     listed = cluster.json("apikey", "list")
     assert [k["key_id"] for k in listed] == [doc["key_id"]]
     assert "secret" not in listed[0]
@@ -210,6 +215,11 @@ def test_api_key_lifecycle(cluster: Cli) -> None:
         "the revoked key forgotten everywhere",
     )
     assert cluster.json("apikey", "list") == []
+    revoked = cluster.run(
+        "apikey", "verify", doc["key_id"], "--json", stdin=doc["secret"].encode(), check=False
+    )
+    assert revoked.returncode == 1
+    assert json.loads(revoked.stdout)["nodes"] == {n: "invalid" for n in NODES}
 
 
 def test_killed_bridge_others_continue_and_it_reloads(cluster: Cli) -> None:
@@ -277,6 +287,17 @@ def test_role_permissions_are_enforced(cluster: Cli) -> None:
 def test_fleet_key_rotation_with_a_node_down(cluster: Cli) -> None:
     for name in ("one", "two", "three"):
         cluster.json("secret", "put", f"rot/{name}", "--kind", "generic", stdin=name.encode())
+    key = cluster.json(
+        "apikey",
+        "create",
+        "rot",
+        "--scope",
+        "ai",
+        "--access",
+        "openai",
+        "--name",
+        "survives rotation",
+    )
     cluster.wait(60)
     before = {r["node"]: r for r in cluster.status()["nodes"]}
     assert {r["epoch"] for r in before.values()} == {1}
@@ -317,6 +338,9 @@ def test_fleet_key_rotation_with_a_node_down(cluster: Cli) -> None:
     )
     final = cluster.json("fleet", "status", "--secrets")
     assert all(set(r["epochs"].values()) == {2} for r in final["nodes"])
+    # The re-wrapped API key still opens to the same secret on every node.
+    verified = cluster.json("apikey", "verify", key["key_id"], stdin=key["secret"].encode())
+    assert verified["nodes"] == {n: "valid" for n in NODES}
 
 
 def test_revoked_node_is_refused(cluster: Cli) -> None:
