@@ -306,3 +306,54 @@ def _get(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback test URL
         return response.read().decode()
+
+
+async def test_forged_rotation_documents_are_refused(
+    tmp_path: Path, nats_url: str, nc: Client
+) -> None:
+    """The fleet bucket is written by the backend; nodes act only on admin-signed rotation
+    and retirement commands. A forged one changes nothing and loads go on."""
+    from flashgate.events import commands as cmd
+    from flashgate.fleet.rotation import deal_next_epoch
+    from tests.helpers import fixed_primes
+
+    nodes = ["node-1", "node-2", "node-3"]
+    async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
+        await put(cluster, "r", "before", b"before")
+        await cluster.wait_held(nodes, "r.before", 1)
+        cer = cluster.fleet.ceremony
+        dealt = deal_next_epoch(
+            current=cer.descriptor,
+            roster=cer.roster,
+            admin=cer.admin_key,
+            primes=fixed_primes(1),
+            allow_insecure=True,
+        )
+        intruder = new_ed25519()
+        base = cluster.admin.base()
+        forged_start = sign(
+            cmd.StartKeyRotation(
+                **base, from_epoch=1, descriptor=dealt.descriptor, shares=list(dealt.shares)
+            ),
+            intruder,
+        )
+        forged_finish = sign(
+            cmd.FinishKeyRotation(**cluster.admin.base(), retired_epoch=1), intruder
+        )
+        kv = await nc.jetstream().key_value(cluster.fleet.names.fleet_bucket)
+        await kv.put("rotation.2", cmd.COMMAND_CODEC.encode(forged_start))
+        await kv.put("retired.1", cmd.COMMAND_CODEC.encode(forged_finish))
+        await kv.put("rotation.3", b"{not a command")
+
+        async def all_refused() -> bool:
+            logs = [cluster.nodes[n].log.read_text() for n in nodes]
+            return all(log.count("fleet key rotation refused") >= 2 for log in logs) and all(
+                "fleet key retirement refused" in log for log in logs
+            )
+
+        await eventually(all_refused, 30, "every node to refuse the forged documents")
+        for node in nodes:
+            status = await cluster.status(node)
+            assert status.epoch == 1
+        await put(cluster, "r", "after", b"after")  # epoch 1 still works everywhere
+        await cluster.wait_held(nodes, "r.after", 1)
