@@ -98,21 +98,31 @@ class Queries:
             .where(Repository.fleet_id == self._fleet_id)
             .order_by(Repository.name, Secret.name)
             .limit(query.limit)
+            .offset(query.offset)
         )
         if query.repo is not None:
             stmt = stmt.where(Repository.name == query.repo)
         if not query.include_deleted:
             stmt = stmt.where(Secret.deleted.is_(False))
         rows = (await session.scalars(stmt)).all()
+        versions_of: dict[int, list[tuple[int, int, datetime]]] = {s.id: [] for s in rows}
+        if rows:  # one query for every listed secret's versions
+            for secret_id, v, e, c in (
+                await session.execute(
+                    select(
+                        SecretVersion.secret_id,
+                        SecretVersion.version,
+                        SecretVersion.epoch,
+                        SecretVersion.created_at,
+                    )
+                    .where(SecretVersion.secret_id.in_(list(versions_of)))
+                    .order_by(SecretVersion.secret_id, SecretVersion.version)
+                )
+            ).all():
+                versions_of[secret_id].append((v, e, c))
         out = []
         for secret in rows:
-            versions = (
-                await session.execute(
-                    select(SecretVersion.version, SecretVersion.epoch, SecretVersion.created_at)
-                    .where(SecretVersion.secret_id == secret.id)
-                    .order_by(SecretVersion.version)
-                )
-            ).all()
+            versions = versions_of[secret.id]
             out.append(
                 q.SecretInfo(
                     repo=secret.repository.name,
@@ -134,8 +144,9 @@ class Queries:
             select(ApiKey)
             .join(Repository, Repository.id == ApiKey.repository_id)
             .where(Repository.fleet_id == self._fleet_id)
-            .order_by(Repository.name, ApiKey.created_at)
+            .order_by(Repository.name, ApiKey.created_at, ApiKey.key_id)
             .limit(query.limit)
+            .offset(query.offset)
         )
         if query.repo is not None:
             stmt = stmt.where(Repository.name == query.repo)

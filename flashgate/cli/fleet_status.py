@@ -38,11 +38,26 @@ class NodeRow:
     epochs: dict[str, int] | None = None  # key -> fleet key epoch it was opened under
 
 
+PAGE = 1000
+
+
 async def expected_secrets(session: AdminSession) -> dict[str, int]:
-    answer = await session.query("secrets", limit=1000)
-    keys = await session.query("apikeys", limit=1000)
-    out = {secret_key(s.repo, s.name): s.current_version for s in answer.secrets or []}
-    out.update({secret_key(k.repo, k.key_id): 1 for k in keys.api_keys or []})
+    """Every live secret (key -> current version) and API key (key -> 1), page by page."""
+    out: dict[str, int] = {}
+    offset = 0
+    while True:
+        page = (await session.query("secrets", limit=PAGE, offset=offset)).secrets or []
+        out.update({secret_key(s.repo, s.name): s.current_version for s in page})
+        if len(page) < PAGE:
+            break
+        offset += PAGE
+    offset = 0
+    while True:
+        keys = (await session.query("apikeys", limit=PAGE, offset=offset)).api_keys or []
+        out.update({secret_key(k.repo, k.key_id): 1 for k in keys})
+        if len(keys) < PAGE:
+            break
+        offset += PAGE
     return out
 
 

@@ -36,6 +36,7 @@ class Query(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     limit: Limit = 100
     include_deleted: bool = False
     before_id: Annotated[int, Meta(ge=1)] | None = None  # audit paging: ids below this
+    offset: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 0  # paging of the other listings
 
 
 class RepositoryInfo(msgspec.Struct, frozen=True, kw_only=True):

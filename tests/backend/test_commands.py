@@ -258,6 +258,13 @@ async def test_metadata_queries(backend: Backend, admin: AdminClient) -> None:
     [one] = secrets["secrets"]
     assert one["current_version"] == 2 and [v[0] for v in one["versions"]] == [1, 2]
     assert "jwe" not in msgspec.json.encode(secrets).decode()
+    pages = [await admin.query("secrets", limit=1, offset=i) for i in range(3)]
+    assert [[(s["repo"], s["name"]) for s in p["secrets"]] for p in pages] == [
+        [("alpha", "one")],
+        [("beta", "two")],
+        [],
+    ]
+    assert [v[0] for v in pages[0]["secrets"][0]["versions"]] == [1, 2]
     audit = await admin.query("audit", limit=2)
     assert len(audit["audit"]) == 2 and audit["audit"][0]["result"] == "applied"
     bad = await admin.query("secrets", repo="Not.Valid")
