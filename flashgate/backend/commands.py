@@ -349,8 +349,21 @@ class CommandProcessor:
     async def _check_jwe(
         self, session: AsyncSession, token: str, context: SecretContext, epoch: int
     ) -> None:
-        if epoch not in self.state.writable_epochs():
-            await self.refresh_state(session)  # another replica may have started a rotation
+        # The epochs as committed, read in this transaction and share-locked (PostgreSQL:
+        # FOR KEY SHARE), so that a replica that missed a rotation's start or finish never
+        # writes under a retired epoch, and fleet.rotation.finish (FOR UPDATE on the same
+        # row) cannot count the envelopes while this write is uncommitted.
+        current, rotating_to = (
+            await session.execute(
+                select(Fleet.epoch, Fleet.rotating_to)
+                .where(Fleet.id == self.state.fleet_id)
+                .with_for_update(read=True, key_share=True)
+            )
+        ).one()
+        if (current, rotating_to) != (self.state.epoch, self.state.rotating_to) or (
+            epoch not in self.state.keys and epoch in (current, rotating_to)
+        ):
+            await self.refresh_state(session)
         if epoch not in self.state.writable_epochs():
             raise StaleEpoch(
                 f"envelope is for epoch {epoch}; the fleet writes epoch "

@@ -281,3 +281,59 @@ async def test_second_rotation_purges_the_first_ones_shares(
         pytest.fail("the retired epoch's sealed shares are still in the fleet bucket")
     assert (await fleet_kv.get("rotation.3")).value is not None
     assert (await fleet_kv.get("epoch")).value == b"3"
+
+
+async def test_a_replica_that_missed_the_rotation_writes_no_retired_epoch(
+    nats_url: str, pg_url: str, admin: AdminClient
+) -> None:
+    """Two replicas on PostgreSQL: whichever applied the rotation, the other one reads the
+    epochs from the database in each write's transaction."""
+    from flashgate.backend.service import BackendSettings
+
+    fleet = admin.fleet
+    replicas = [
+        Backend(
+            BackendSettings(
+                nats_urls=[nats_url], db_url=pg_url, fleet_dir=fleet.dir, instance=f"r{i}"
+            )
+        )
+        for i in range(2)
+    ]
+    for replica in replicas:
+        await replica.start()
+    try:
+        dealt = next_epoch(admin)
+        cer = fleet.ceremony
+        start = sign(
+            cmd.StartKeyRotation(
+                **admin.base(), from_epoch=1, descriptor=dealt.descriptor, shares=list(dealt.shares)
+            ),
+            cer.admin_key,
+        )
+        assert replicas[0].processor is not None and replicas[1].processor is not None
+        outcome = await replicas[0].processor.process_command(start)
+        assert outcome.result == "applied"
+        # replica 1 never saw it: its memory still says "epoch 1, no rotation"
+        assert replicas[1].processor.state.rotating_to is None
+        finish = sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), cer.admin_key)
+        assert (await replicas[0].processor.process_command(finish)).result == "applied"
+        stale = await replicas[1].processor.process_command(admin.put("late", "old", b"x"))
+        assert (stale.result, stale.reason) == ("rejected", "stale_epoch")
+        ctx = SecretContext(fleet=fleet.name, repo="late", name="new", kind="generic", version=1)
+        fresh = sign(
+            cmd.PutSecret(
+                **admin.base(),
+                repo="late",
+                name="new",
+                kind="generic",
+                version=1,
+                epoch=2,
+                jwe=encrypt_secret(fleet_public_key(dealt.descriptor), ctx, b"x"),
+            ),
+            cer.admin_key,
+        )
+        assert (await replicas[1].processor.process_command(fresh)).result == "applied"
+        assert replicas[1].processor.state.epoch == 2
+    finally:
+        for replica in replicas:
+            await replica.stop()
