@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
@@ -95,9 +96,77 @@ def add_event(session: AsyncSession, names: FleetNames, event: DomainEvent) -> O
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
 """publish(subject, payload, headers): a JetStream publish that raises on failure."""
 
+#: Publishes a relay keeps in flight at once (one group at most this large).
+MAX_IN_FLIGHT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """A committed, not yet published outbox row."""
+
+    id: int
+    subject: str
+    payload: bytes
+    msg_id: str
+    operation: str  # put | del | purge | event
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = {"Nats-Msg-Id": self.msg_id}
+        if self.operation == "del":
+            headers |= KV_DELETE_HEADERS
+        elif self.operation == "purge":
+            headers |= KV_PURGE_HEADERS
+        return headers
+
+
+def plan_groups(
+    rows: Sequence[PendingRow], keyed_prefix: str | None, *, limit: int = MAX_IN_FLIGHT
+) -> list[list[PendingRow]]:
+    """Split pending rows (in id order) into groups that are published one after another,
+    the rows of a group concurrently, a group only once every row of the one before is
+    acknowledged. The cuts keep three orders:
+
+    * **keyed** rows (subject under ``keyed_prefix``: the secrets bucket) stay in order per
+      subject: a group never holds two rows of one subject;
+    * an **event** is published only after every row before it (it may state what the
+      buckets already show), so it always starts a group, and events keep their order;
+      keyed rows after it may share its group;
+    * any **other** row (a fleet-bucket document, a purge) is published alone, after every
+      row before it and before every row after it.
+
+    ``keyed_prefix=None`` makes every non-event row "other": one row at a time, in order.
+    """
+    groups: list[list[PendingRow]] = []
+    group: list[PendingRow] = []
+    subjects: set[str] = set()
+    solo = False  # the current group holds an "other" row: nothing may join it
+    for row in rows:
+        keyed = (
+            keyed_prefix is not None
+            and row.operation != "event"
+            and row.subject.startswith(keyed_prefix)
+        )
+        if group and (solo or not keyed or row.subject in subjects or len(group) >= limit):
+            groups.append(group)
+            group, subjects = [], set()
+        solo = not keyed and row.operation != "event"
+        group.append(row)
+        subjects.add(row.subject)
+    if group:
+        groups.append(group)
+    return groups
+
 
 class Relay:
     """Publishes committed outbox rows in id order; retries with backoff while NATS is away.
+
+    Rows are published in groups (:func:`plan_groups`), up to :data:`MAX_IN_FLIGHT` at
+    once. When a publish fails, the rest of its group is still awaited, every acknowledged
+    row is marked published (each depends only on rows of earlier, fully acknowledged
+    groups) and the error is raised; the next attempt republishes the unacknowledged rows,
+    in order, under the same ``Nats-Msg-Id``, so a row that was stored but whose
+    acknowledgement was lost is dropped by JetStream as a duplicate.
 
     With several backend replicas only one relays at a time: the caller holds the relay
     lease (:mod:`flashgate.backend.lease`) while running it, which keeps the order.
@@ -108,13 +177,17 @@ class Relay:
         sessions: async_sessionmaker[AsyncSession],
         publish: Publish,
         *,
+        keyed_prefix: str | None = None,
         batch: int = 256,
+        max_in_flight: int = MAX_IN_FLIGHT,
         idle_interval: float = 0.05,
         max_backoff: float = 5.0,
     ) -> None:
         self._sessions = sessions
         self._publish = publish
+        self._keyed_prefix = keyed_prefix
         self._batch = batch
+        self._max_in_flight = max_in_flight
         self._idle = idle_interval
         self._max_backoff = max_backoff
         self._wake = asyncio.Event()
@@ -160,25 +233,36 @@ class Relay:
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; returns how many were published."""
         async with self._sessions() as session:
-            rows = (
-                await session.scalars(
-                    select(OutboxMessage)
-                    .where(OutboxMessage.published_at.is_(None))
-                    .order_by(OutboxMessage.id)
-                    .limit(self._batch)
+            result = await session.execute(
+                select(
+                    OutboxMessage.id,
+                    OutboxMessage.subject,
+                    OutboxMessage.payload,
+                    OutboxMessage.msg_id,
+                    OutboxMessage.operation,
                 )
-            ).all()
-            pending = [(r.id, r.subject, r.payload, r.msg_id, r.operation) for r in rows]
+                .where(OutboxMessage.published_at.is_(None))
+                .order_by(OutboxMessage.id)
+                .limit(self._batch)
+            )
+            pending = [PendingRow(*row) for row in result]
         done: list[int] = []
+
+        async def publish(row: PendingRow) -> None:
+            await self._publish(row.subject, row.payload, row.headers)
+            done.append(row.id)
+
         try:
-            for row_id, subject, payload, msg_id, operation in pending:
-                headers = {"Nats-Msg-Id": msg_id}
-                if operation == "del":
-                    headers |= KV_DELETE_HEADERS
-                elif operation == "purge":
-                    headers |= KV_PURGE_HEADERS
-                await self._publish(subject, payload, headers)
-                done.append(row_id)
+            for group in plan_groups(pending, self._keyed_prefix, limit=self._max_in_flight):
+                if len(group) == 1:
+                    await publish(group[0])
+                    continue
+                results = await asyncio.gather(
+                    *(publish(row) for row in group), return_exceptions=True
+                )
+                for outcome in results:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
         finally:
             if done:
                 await self._mark_published(done)

@@ -36,7 +36,7 @@ from flashgate.backend.apikeys import IssuedApiKey, issue_api_key
 from flashgate.backend.commands import CommandProcessor, FleetState, Outcome
 from flashgate.backend.lease import PostgresRelayLease, SqliteSingleton
 from flashgate.backend.models import Fleet, FleetEpoch
-from flashgate.backend.outbox import Relay
+from flashgate.backend.outbox import Relay, kv_subject
 from flashgate.backend.queries import Queries
 from flashgate.backend.reconcile import reconcile
 from flashgate.backend.rewrap import RewrapService
@@ -126,7 +126,9 @@ class Backend:
         self.js = self.nc.jetstream()
         declared = await declare_fleet(self.js, names, replicas=s.stream_replicas)
         await self._publish_fleet_documents(declared.fleet, state)
-        self.relay = Relay(self.sessions, self._publish)
+        self.relay = Relay(
+            self.sessions, self._publish, keyed_prefix=kv_subject(names.secrets_bucket, "")
+        )
         self.processor = CommandProcessor(
             self.sessions,
             state,
