@@ -20,11 +20,12 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -70,6 +71,36 @@ API_KEY_PREFIX = "fgk_"
 STORAGE_ACCESS = frozenset({"read", "write", "admin"})
 SECRET_KINDS = frozenset({"storage", "ai", "integration", "generic"})
 MAX_APPLY_ATTEMPTS = 3
+
+
+# The tables of the hot path, for Core statements.
+AUDIT: Table = AuditEvent.__table__  # type: ignore[assignment]
+FLEETS: Table = Fleet.__table__  # type: ignore[assignment]
+PROCESSED: Table = ProcessedCommand.__table__  # type: ignore[assignment]
+REPOSITORIES: Table = Repository.__table__  # type: ignore[assignment]
+SECRETS: Table = Secret.__table__  # type: ignore[assignment]
+VERSIONS: Table = SecretVersion.__table__  # type: ignore[assignment]
+
+# The event each command type ends in when applied (its outbox msg id is written with the
+# command's claim; a command that ends otherwise gets its claim updated).
+_APPLIED_EVENT: dict[type[cmd.Command], str] = {
+    cmd.PutSecret: ev.SecretCreated.event_type,
+    cmd.RotateSecret: ev.SecretRotated.event_type,
+    cmd.DeleteSecret: ev.SecretDeleted.event_type,
+    cmd.CreateApiKey: ev.ApiKeyCreated.event_type,
+    cmd.RenameApiKey: ev.ApiKeyRenamed.event_type,
+    cmd.RevokeApiKey: ev.ApiKeyRevoked.event_type,
+    cmd.RevokeNode: ev.NodeRevoked.event_type,
+    cmd.StartKeyRotation: ev.KeyRotationStarted.event_type,
+    cmd.FinishKeyRotation: ev.KeyRotationCompleted.event_type,
+}
+
+
+def _outcome_msg_id(command: cmd.Command) -> str | None:
+    event_type = _APPLIED_EVENT.get(type(command))
+    if event_type is None:
+        return None
+    return outbox.event_msg_id(f"{command.command_id}.{event_type}")
 
 
 @dataclass
@@ -138,6 +169,7 @@ class CommandProcessor:
         self.state = state
         self._source = source
         self._on_commit = on_commit
+        self._repository_ids: dict[str, int] = {}
 
     # --- entry point ---------------------------------------------------------------------
 
@@ -188,21 +220,46 @@ class CommandProcessor:
     # --- the transaction -----------------------------------------------------------------
 
     async def _apply(self, command: cmd.Command) -> Outcome:
+        # Core statements, not the ORM's unit of work, on this hot path: the ORM's
+        # per-object bookkeeping was most of a write's CPU time.
         async with self._sessions() as session, session.begin():
-            seen = await session.get(ProcessedCommand, command.command_id)
-            if seen is not None:
+            connection = await session.connection()
+            seen_id = (
+                await connection.execute(
+                    select(PROCESSED.c.command_id).where(
+                        PROCESSED.c.command_id == command.command_id
+                    )
+                )
+            ).first()
+            if seen_id is not None:
+                seen = await session.get(ProcessedCommand, command.command_id)
+                assert seen is not None
                 return await self._repeat(session, command, seen)
-            claim = ProcessedCommand(
-                command_id=command.command_id,
-                command_type=command.command_type,
-                result="applied",
+            now = datetime.now(UTC)
+            expected = _outcome_msg_id(command)
+            # Claims the command id (a concurrent replica waits here).
+            await connection.execute(
+                insert(PROCESSED).values(
+                    command_id=command.command_id,
+                    command_type=command.command_type,
+                    result="applied",
+                    outcome_msg_id=expected,
+                    processed_at=now,
+                )
             )
-            session.add(claim)
-            await session.flush()  # claims the command id (a concurrent replica waits here)
-            target, event = await self._dispatch(session, command)
-            claim.outcome_msg_id = outbox.add_event(session, self.state.names, event).msg_id
-            session.add(
-                AuditEvent(
+            rows: list[dict[str, Any]] = []
+            target, event = await self._dispatch(session, command, rows)
+            rows.append(outbox.event_row(self.state.names, event))
+            await outbox.insert_rows(session, rows)  # after the rows the ORM holds
+            if rows[-1]["msg_id"] != expected:
+                await connection.execute(
+                    update(PROCESSED)
+                    .where(PROCESSED.c.command_id == command.command_id)
+                    .values(outcome_msg_id=rows[-1]["msg_id"])
+                )
+            await connection.execute(
+                insert(AUDIT).values(
+                    at=now,
                     fleet=self.state.names.fleet,
                     actor=command.actor,
                     command_id=command.command_id,
@@ -315,11 +372,13 @@ class CommandProcessor:
     # --- per command type ------------------------------------------------------------------
 
     async def _dispatch(
-        self, session: AsyncSession, command: cmd.Command
+        self, session: AsyncSession, command: cmd.Command, rows: list[dict[str, Any]]
     ) -> tuple[str, ev.DomainEvent]:
+        """Apply ``command``; outbox rows go to ``rows`` (written after any the ORM holds)
+        or straight into the session."""
         match command:
             case cmd.PutSecret() | cmd.RotateSecret():
-                return await self._write_secret(session, command)
+                return await self._write_secret(session, command, rows)
             case cmd.DeleteSecret():
                 return await self._delete_secret(session, command)
             case cmd.CreateApiKey():
@@ -353,10 +412,11 @@ class CommandProcessor:
         # FOR KEY SHARE), so that a replica that missed a rotation's start or finish never
         # writes under a retired epoch, and fleet.rotation.finish (FOR UPDATE on the same
         # row) cannot count the envelopes while this write is uncommitted.
+        connection = await session.connection()
         current, rotating_to = (
-            await session.execute(
-                select(Fleet.epoch, Fleet.rotating_to)
-                .where(Fleet.id == self.state.fleet_id)
+            await connection.execute(
+                select(FLEETS.c.epoch, FLEETS.c.rotating_to)
+                .where(FLEETS.c.id == self.state.fleet_id)
                 .with_for_update(read=True, key_share=True)
             )
         ).one()
@@ -387,6 +447,26 @@ class CommandProcessor:
             await session.flush()
         return repo
 
+    async def _repository_id(self, session: AsyncSession, name: str) -> int:
+        """The id of repository ``name``, created if need be. Repositories are never
+        deleted, so an id read from a committed row is cached; one created in this
+        transaction is not (the transaction may yet roll back)."""
+        cached = self._repository_ids.get(name)
+        if cached is not None:
+            return cached
+        connection = await session.connection()
+        found = (
+            await connection.execute(
+                select(REPOSITORIES.c.id).where(
+                    REPOSITORIES.c.fleet_id == self.state.fleet_id, REPOSITORIES.c.name == name
+                )
+            )
+        ).scalar()
+        if found is not None:
+            self._repository_ids[name] = found
+            return int(found)
+        return (await self._repository(session, name, create=True)).id
+
     async def _secret(self, session: AsyncSession, repo: Repository, name: str) -> Secret | None:
         return await session.scalar(
             select(Secret)
@@ -395,7 +475,10 @@ class CommandProcessor:
         )
 
     async def _write_secret(
-        self, session: AsyncSession, command: cmd.PutSecret | cmd.RotateSecret
+        self,
+        session: AsyncSession,
+        command: cmd.PutSecret | cmd.RotateSecret,
+        rows: list[dict[str, Any]],
     ) -> tuple[str, ev.DomainEvent]:
         if command.kind not in SECRET_KINDS:
             raise ConfigurationError(f"secret kind {command.kind!r} is reserved")
@@ -409,8 +492,15 @@ class CommandProcessor:
             version=command.version,
         )
         await self._check_jwe(session, command.jwe, context, command.epoch)
-        repo = await self._repository(session, command.repo, create=True)
-        secret = await self._secret(session, repo, command.name)
+        repository_id = await self._repository_id(session, command.repo)
+        connection = await session.connection()
+        secret = (
+            await connection.execute(
+                select(SECRETS.c.id, SECRETS.c.kind, SECRETS.c.current_version, SECRETS.c.deleted)
+                .where(SECRETS.c.repository_id == repository_id, SECRETS.c.name == command.name)
+                .with_for_update()
+            )
+        ).first()
         key = secret_key(command.repo, command.name)
         rotate = isinstance(command, cmd.RotateSecret)
         if rotate and (secret is None or secret.deleted):
@@ -430,26 +520,39 @@ class CommandProcessor:
             raise ConfigurationError(f"secret {key} is of kind {secret.kind}, not {command.kind}")
         now = datetime.now(UTC)
         if secret is None:
-            secret = Secret(
-                repository_id=repo.id,
-                name=command.name,
-                kind=command.kind,
-                current_version=command.version,
+            inserted = await connection.execute(
+                insert(SECRETS).values(
+                    repository_id=repository_id,
+                    name=command.name,
+                    kind=command.kind,
+                    current_version=command.version,
+                    deleted=False,
+                    created_at=now,
+                    updated_at=now,
+                )
             )
-            session.add(secret)
-            await session.flush()
+            assert inserted.inserted_primary_key is not None
+            secret_id = inserted.inserted_primary_key[0]
         else:
-            secret.current_version = command.version
-            secret.kind = command.kind
-            secret.deleted = False
-            secret.updated_at = now
-        session.add(
-            SecretVersion(
-                secret_id=secret.id,
+            secret_id = secret.id
+            await connection.execute(
+                update(SECRETS)
+                .where(SECRETS.c.id == secret_id)
+                .values(
+                    current_version=command.version,
+                    kind=command.kind,
+                    deleted=False,
+                    updated_at=now,
+                )
+            )
+        await connection.execute(
+            insert(VERSIONS).values(
+                secret_id=secret_id,
                 version=command.version,
                 epoch=command.epoch,
                 jwe=command.jwe,
                 command_id=command.command_id,
+                created_at=now,
             )
         )
         envelope = SecretEnvelope(
@@ -463,7 +566,7 @@ class CommandProcessor:
             written_at=_now_ms(),
             command_id=command.command_id,
         )
-        outbox.add_kv_put(session, self.state.names, envelope)
+        rows.append(outbox.kv_put_row(self.state.names, envelope))
         data: ev.EventData
         if rotate:
             data = ev.SecretRotated(

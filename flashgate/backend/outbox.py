@@ -15,9 +15,10 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flashgate.backend.models import OutboxMessage
@@ -26,6 +27,8 @@ from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
 from flashgate.events.subjects import FleetNames
 
 log = structlog.get_logger("flashgate.backend.outbox")
+
+OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
 
 KV_DELETE_HEADERS = {"KV-Operation": "DEL"}
 #: A purge also drops the key's earlier revisions from the bucket's stream.
@@ -36,15 +39,43 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
+def kv_put_row(names: FleetNames, envelope: SecretEnvelope) -> dict[str, Any]:
+    """The outbox row of a KV put, as column values (for :func:`insert_rows`)."""
+    return {
+        "subject": kv_subject(names.secrets_bucket, envelope.key),
+        "msg_id": f"kv:{envelope.key}:v{envelope.version}:e{envelope.epoch}",
+        "operation": "put",
+        "payload": ENVELOPE_CODEC.encode(envelope),
+    }
+
+
+def event_msg_id(event_id: str) -> str:
+    return f"evt:{event_id}"
+
+
+def event_row(names: FleetNames, event: DomainEvent) -> dict[str, Any]:
+    """The outbox row of a domain event, as column values (for :func:`insert_rows`)."""
+    return {
+        "subject": names.event_subject(event.short_type),
+        "msg_id": event_msg_id(event.id),
+        "operation": "event",
+        "payload": encode_event(event),
+    }
+
+
+async def insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert outbox rows with one Core statement, ids in list order. Rows added to the
+    session with the ``add_*`` functions are flushed first, so they keep their place."""
+    if not rows:
+        return
+    await session.flush()
+    now = datetime.now(UTC)
+    connection = await session.connection()
+    await connection.execute(insert(OUTBOX), [{**row, "created_at": now} for row in rows])
+
+
 def add_kv_put(session: AsyncSession, names: FleetNames, envelope: SecretEnvelope) -> None:
-    session.add(
-        OutboxMessage(
-            subject=kv_subject(names.secrets_bucket, envelope.key),
-            msg_id=f"kv:{envelope.key}:v{envelope.version}:e{envelope.epoch}",
-            operation="put",
-            payload=ENVELOPE_CODEC.encode(envelope),
-        )
-    )
+    session.add(OutboxMessage(**kv_put_row(names, envelope)))
 
 
 def add_kv_delete(session: AsyncSession, names: FleetNames, key: str, last_version: int) -> None:
@@ -83,12 +114,7 @@ def add_fleet_purge(session: AsyncSession, names: FleetNames, key: str, msg_id: 
 
 
 def add_event(session: AsyncSession, names: FleetNames, event: DomainEvent) -> OutboxMessage:
-    row = OutboxMessage(
-        subject=names.event_subject(event.short_type),
-        msg_id=f"evt:{event.id}",
-        operation="event",
-        payload=encode_event(event),
-    )
+    row = OutboxMessage(**event_row(names, event))
     session.add(row)
     return row
 
