@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -80,6 +80,30 @@ PROCESSED: Table = ProcessedCommand.__table__  # type: ignore[assignment]
 REPOSITORIES: Table = Repository.__table__  # type: ignore[assignment]
 SECRETS: Table = Secret.__table__  # type: ignore[assignment]
 VERSIONS: Table = SecretVersion.__table__  # type: ignore[assignment]
+
+# Statements of the hot path, built once (a statement caches its compiled form's key).
+_SEEN = select(PROCESSED.c.command_id).where(PROCESSED.c.command_id == bindparam("b_command_id"))
+_CLAIM = insert(PROCESSED)
+_AUDIT_INSERT = insert(AUDIT)
+_FLEET_EPOCHS = (
+    select(FLEETS.c.epoch, FLEETS.c.rotating_to)
+    .where(FLEETS.c.id == bindparam("b_fleet_id"))
+    .with_for_update(read=True, key_share=True)
+)
+_REPOSITORY_ID = select(REPOSITORIES.c.id).where(
+    REPOSITORIES.c.fleet_id == bindparam("b_fleet_id"), REPOSITORIES.c.name == bindparam("b_name")
+)
+_SECRET_FOR_UPDATE = (
+    select(SECRETS.c.id, SECRETS.c.kind, SECRETS.c.current_version, SECRETS.c.deleted)
+    .where(
+        SECRETS.c.repository_id == bindparam("b_repository_id"),
+        SECRETS.c.name == bindparam("b_name"),
+    )
+    .with_for_update()
+)
+_SECRET_INSERT = insert(SECRETS)
+_SECRET_UPDATE = update(SECRETS).where(SECRETS.c.id == bindparam("b_id"))
+_VERSION_INSERT = insert(VERSIONS)
 
 # The event each command type ends in when applied (its outbox msg id is written with the
 # command's claim; a command that ends otherwise gets its claim updated).
@@ -225,11 +249,7 @@ class CommandProcessor:
         async with self._sessions() as session, session.begin():
             connection = await session.connection()
             seen_id = (
-                await connection.execute(
-                    select(PROCESSED.c.command_id).where(
-                        PROCESSED.c.command_id == command.command_id
-                    )
-                )
+                await connection.execute(_SEEN, {"b_command_id": command.command_id})
             ).first()
             if seen_id is not None:
                 seen = await session.get(ProcessedCommand, command.command_id)
@@ -239,13 +259,14 @@ class CommandProcessor:
             expected = _outcome_msg_id(command)
             # Claims the command id (a concurrent replica waits here).
             await connection.execute(
-                insert(PROCESSED).values(
-                    command_id=command.command_id,
-                    command_type=command.command_type,
-                    result="applied",
-                    outcome_msg_id=expected,
-                    processed_at=now,
-                )
+                _CLAIM,
+                {
+                    "command_id": command.command_id,
+                    "command_type": command.command_type,
+                    "result": "applied",
+                    "outcome_msg_id": expected,
+                    "processed_at": now,
+                },
             )
             rows: list[dict[str, Any]] = []
             target, event = await self._dispatch(session, command, rows)
@@ -258,15 +279,16 @@ class CommandProcessor:
                     .values(outcome_msg_id=rows[-1]["msg_id"])
                 )
             await connection.execute(
-                insert(AUDIT).values(
-                    at=now,
-                    fleet=self.state.names.fleet,
-                    actor=command.actor,
-                    command_id=command.command_id,
-                    command_type=command.command_type,
-                    target=target,
-                    result="applied",
-                )
+                _AUDIT_INSERT,
+                {
+                    "at": now,
+                    "fleet": self.state.names.fleet,
+                    "actor": command.actor,
+                    "command_id": command.command_id,
+                    "command_type": command.command_type,
+                    "target": target,
+                    "result": "applied",
+                },
             )
         log.info(
             "command applied",
@@ -414,11 +436,7 @@ class CommandProcessor:
         # row) cannot count the envelopes while this write is uncommitted.
         connection = await session.connection()
         current, rotating_to = (
-            await connection.execute(
-                select(FLEETS.c.epoch, FLEETS.c.rotating_to)
-                .where(FLEETS.c.id == self.state.fleet_id)
-                .with_for_update(read=True, key_share=True)
-            )
+            await connection.execute(_FLEET_EPOCHS, {"b_fleet_id": self.state.fleet_id})
         ).one()
         if (current, rotating_to) != (self.state.epoch, self.state.rotating_to) or (
             epoch not in self.state.keys and epoch in (current, rotating_to)
@@ -457,9 +475,7 @@ class CommandProcessor:
         connection = await session.connection()
         found = (
             await connection.execute(
-                select(REPOSITORIES.c.id).where(
-                    REPOSITORIES.c.fleet_id == self.state.fleet_id, REPOSITORIES.c.name == name
-                )
+                _REPOSITORY_ID, {"b_fleet_id": self.state.fleet_id, "b_name": name}
             )
         ).scalar()
         if found is not None:
@@ -496,9 +512,7 @@ class CommandProcessor:
         connection = await session.connection()
         secret = (
             await connection.execute(
-                select(SECRETS.c.id, SECRETS.c.kind, SECRETS.c.current_version, SECRETS.c.deleted)
-                .where(SECRETS.c.repository_id == repository_id, SECRETS.c.name == command.name)
-                .with_for_update()
+                _SECRET_FOR_UPDATE, {"b_repository_id": repository_id, "b_name": command.name}
             )
         ).first()
         key = secret_key(command.repo, command.name)
@@ -521,39 +535,41 @@ class CommandProcessor:
         now = datetime.now(UTC)
         if secret is None:
             inserted = await connection.execute(
-                insert(SECRETS).values(
-                    repository_id=repository_id,
-                    name=command.name,
-                    kind=command.kind,
-                    current_version=command.version,
-                    deleted=False,
-                    created_at=now,
-                    updated_at=now,
-                )
+                _SECRET_INSERT,
+                {
+                    "repository_id": repository_id,
+                    "name": command.name,
+                    "kind": command.kind,
+                    "current_version": command.version,
+                    "deleted": False,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
             assert inserted.inserted_primary_key is not None
             secret_id = inserted.inserted_primary_key[0]
         else:
             secret_id = secret.id
             await connection.execute(
-                update(SECRETS)
-                .where(SECRETS.c.id == secret_id)
-                .values(
-                    current_version=command.version,
-                    kind=command.kind,
-                    deleted=False,
-                    updated_at=now,
-                )
+                _SECRET_UPDATE,
+                {
+                    "b_id": secret_id,
+                    "current_version": command.version,
+                    "kind": command.kind,
+                    "deleted": False,
+                    "updated_at": now,
+                },
             )
         await connection.execute(
-            insert(VERSIONS).values(
-                secret_id=secret_id,
-                version=command.version,
-                epoch=command.epoch,
-                jwe=command.jwe,
-                command_id=command.command_id,
-                created_at=now,
-            )
+            _VERSION_INSERT,
+            {
+                "secret_id": secret_id,
+                "version": command.version,
+                "epoch": command.epoch,
+                "jwe": command.jwe,
+                "command_id": command.command_id,
+                "created_at": now,
+            },
         )
         envelope = SecretEnvelope(
             fleet=command.fleet,

@@ -30,6 +30,8 @@ log = structlog.get_logger("flashgate.backend.outbox")
 
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
 
+_OUTBOX_INSERT = insert(OUTBOX)
+
 KV_DELETE_HEADERS = {"KV-Operation": "DEL"}
 #: A purge also drops the key's earlier revisions from the bucket's stream.
 KV_PURGE_HEADERS = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
@@ -71,7 +73,7 @@ async def insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None
     await session.flush()
     now = datetime.now(UTC)
     connection = await session.connection()
-    await connection.execute(insert(OUTBOX), [{**row, "created_at": now} for row in rows])
+    await connection.execute(_OUTBOX_INSERT, [{**row, "created_at": now} for row in rows])
 
 
 def add_kv_put(session: AsyncSession, names: FleetNames, envelope: SecretEnvelope) -> None:
