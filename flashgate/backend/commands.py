@@ -26,6 +26,7 @@ import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -82,8 +83,14 @@ SECRETS: Table = Secret.__table__  # type: ignore[assignment]
 VERSIONS: Table = SecretVersion.__table__  # type: ignore[assignment]
 
 # Statements of the hot path, built once (a statement caches its compiled form's key).
-_SEEN = select(PROCESSED.c.command_id).where(PROCESSED.c.command_id == bindparam("b_command_id"))
-_CLAIM = insert(PROCESSED)
+_CLAIM = {
+    "postgresql": postgresql.insert(PROCESSED).on_conflict_do_nothing(
+        index_elements=[PROCESSED.c.command_id]
+    ),
+    "sqlite": sqlite.insert(PROCESSED).on_conflict_do_nothing(
+        index_elements=[PROCESSED.c.command_id]
+    ),
+}
 _AUDIT_INSERT = insert(AUDIT)
 _FLEET_EPOCHS = (
     select(FLEETS.c.epoch, FLEETS.c.rotating_to)
@@ -248,18 +255,12 @@ class CommandProcessor:
         # per-object bookkeeping was most of a write's CPU time.
         async with self._sessions() as session, session.begin():
             connection = await session.connection()
-            seen_id = (
-                await connection.execute(_SEEN, {"b_command_id": command.command_id})
-            ).first()
-            if seen_id is not None:
-                seen = await session.get(ProcessedCommand, command.command_id)
-                assert seen is not None
-                return await self._repeat(session, command, seen)
             now = datetime.now(UTC)
             expected = _outcome_msg_id(command)
-            # Claims the command id (a concurrent replica waits here).
-            await connection.execute(
-                _CLAIM,
+            # Claims the command id: nothing is inserted if it was processed before, and a
+            # concurrent replica's uncommitted claim makes this wait for its outcome.
+            claimed = await connection.execute(
+                _CLAIM[connection.dialect.name],
                 {
                     "command_id": command.command_id,
                     "command_type": command.command_type,
@@ -268,6 +269,10 @@ class CommandProcessor:
                     "processed_at": now,
                 },
             )
+            if claimed.rowcount == 0:
+                seen = await session.get(ProcessedCommand, command.command_id)
+                assert seen is not None
+                return await self._repeat(session, command, seen)
             rows: list[dict[str, Any]] = []
             target, event = await self._dispatch(session, command, rows)
             rows.append(outbox.event_row(self.state.names, event))

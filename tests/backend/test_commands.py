@@ -303,3 +303,29 @@ async def test_second_replica_on_sqlite_is_refused(
         await second.stop()
     finally:
         await first.stop()
+
+
+async def test_outcome_msg_id_is_stored_with_the_claim(
+    backend: Backend, admin: AdminClient
+) -> None:
+    put = admin.put("r", "claimed", b"v1")
+    created = await admin.send(put)
+    rotated = await admin.send(admin.rotate("r", "claimed", b"v2", version=2))
+    assert backend.sessions is not None
+    async with backend.sessions() as session:
+        for event in (created, rotated):
+            processed = await session.get(ProcessedCommand, event.data.command_id)
+            assert processed is not None and processed.outcome_msg_id == f"evt:{event.id}"
+
+
+async def test_a_rejected_write_to_a_new_repository_leaves_no_trace(
+    backend: Backend, admin: AdminClient
+) -> None:
+    # The rejected write creates the repository in a transaction that rolls back: its id
+    # must not be remembered (the next write would point at a row that does not exist).
+    bad = await admin.send(admin.put("fresh", "s", b"v", version=2))
+    assert bad.type == "io.flashgate.command.rejected" and bad.data.reason == "stale_version"
+    for name in ("s", "t"):
+        event = await admin.send(admin.put("fresh", name, b"v"))
+        assert event.type == "io.flashgate.secret.created"
+    await wait_kv(admin, "fresh.t", 1)
