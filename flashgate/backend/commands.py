@@ -109,6 +109,14 @@ _SECRET_FOR_UPDATE = (
     .with_for_update()
 )
 _SECRET_INSERT = insert(SECRETS)
+_SECRET_CREATE = {
+    "postgresql": postgresql.insert(SECRETS).on_conflict_do_nothing(
+        index_elements=[SECRETS.c.repository_id, SECRETS.c.name]
+    ),
+    "sqlite": sqlite.insert(SECRETS).on_conflict_do_nothing(
+        index_elements=[SECRETS.c.repository_id, SECRETS.c.name]
+    ),
+}
 _SECRET_UPDATE = update(SECRETS).where(SECRETS.c.id == bindparam("b_id"))
 _VERSION_INSERT = insert(VERSIONS)
 
@@ -515,56 +523,66 @@ class CommandProcessor:
         await self._check_jwe(session, command.jwe, context, command.epoch)
         repository_id = await self._repository_id(session, command.repo)
         connection = await session.connection()
-        secret = (
-            await connection.execute(
-                _SECRET_FOR_UPDATE, {"b_repository_id": repository_id, "b_name": command.name}
-            )
-        ).first()
         key = secret_key(command.repo, command.name)
         rotate = isinstance(command, cmd.RotateSecret)
-        if rotate and (secret is None or secret.deleted):
-            raise NotFound(f"secret {key} does not exist; use put to create it")
-        if not rotate and secret is not None and not secret.deleted:
-            raise AlreadyExists(
-                f"secret {key} exists (version {secret.current_version}); "
-                "use rotate for a new version"
-            )
-        current = secret.current_version if secret is not None else 0
-        if command.version != current + 1:
-            raise StaleVersion(
-                f"secret {key} is at version {current}; the next version is {current + 1}, "
-                f"not {command.version}"
-            )
-        if rotate and secret is not None and secret.kind != command.kind:
-            raise ConfigurationError(f"secret {key} is of kind {secret.kind}, not {command.kind}")
         now = datetime.now(UTC)
-        if secret is None:
-            inserted = await connection.execute(
-                _SECRET_INSERT,
-                {
-                    "repository_id": repository_id,
-                    "name": command.name,
-                    "kind": command.kind,
-                    "current_version": command.version,
-                    "deleted": False,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            assert inserted.inserted_primary_key is not None
-            secret_id = inserted.inserted_primary_key[0]
-        else:
-            secret_id = secret.id
-            await connection.execute(
-                _SECRET_UPDATE,
-                {
-                    "b_id": secret_id,
-                    "current_version": command.version,
-                    "kind": command.kind,
-                    "deleted": False,
-                    "updated_at": now,
-                },
-            )
+        values = {
+            "repository_id": repository_id,
+            "name": command.name,
+            "kind": command.kind,
+            "current_version": command.version,
+            "deleted": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        current = 0
+        secret_id: int | None = None
+        if not rotate and command.version == 1:
+            # The common put, of a new secret: one statement. A row that exists (live or
+            # deleted) makes it a no-op, and the checks below decide as for any write.
+            created = await connection.execute(_SECRET_CREATE[connection.dialect.name], values)
+            if created.rowcount == 1:
+                assert created.inserted_primary_key is not None
+                secret_id = created.inserted_primary_key[0]
+        if secret_id is None:
+            secret = (
+                await connection.execute(
+                    _SECRET_FOR_UPDATE, {"b_repository_id": repository_id, "b_name": command.name}
+                )
+            ).first()
+            if rotate and (secret is None or secret.deleted):
+                raise NotFound(f"secret {key} does not exist; use put to create it")
+            if not rotate and secret is not None and not secret.deleted:
+                raise AlreadyExists(
+                    f"secret {key} exists (version {secret.current_version}); "
+                    "use rotate for a new version"
+                )
+            current = secret.current_version if secret is not None else 0
+            if command.version != current + 1:
+                raise StaleVersion(
+                    f"secret {key} is at version {current}; the next version is "
+                    f"{current + 1}, not {command.version}"
+                )
+            if rotate and secret is not None and secret.kind != command.kind:
+                raise ConfigurationError(
+                    f"secret {key} is of kind {secret.kind}, not {command.kind}"
+                )
+            if secret is None:
+                inserted = await connection.execute(_SECRET_INSERT, values)
+                assert inserted.inserted_primary_key is not None
+                secret_id = inserted.inserted_primary_key[0]
+            else:
+                secret_id = secret.id
+                await connection.execute(
+                    _SECRET_UPDATE,
+                    {
+                        "b_id": secret_id,
+                        "current_version": command.version,
+                        "kind": command.kind,
+                        "deleted": False,
+                        "updated_at": now,
+                    },
+                )
         await connection.execute(
             _VERSION_INSERT,
             {
