@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flashgate.backend.models import OutboxMessage
@@ -31,6 +31,13 @@ log = structlog.get_logger("flashgate.backend.outbox")
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
 
 _OUTBOX_INSERT = insert(OUTBOX)
+_PENDING = (
+    select(OUTBOX.c.id, OUTBOX.c.subject, OUTBOX.c.payload, OUTBOX.c.msg_id, OUTBOX.c.operation)
+    .where(OUTBOX.c.published_at.is_(None))
+    .order_by(OUTBOX.c.id)
+    .limit(bindparam("b_limit"))
+)
+_MARK_PUBLISHED = update(OUTBOX).where(OUTBOX.c.id.in_(bindparam("b_ids", expanding=True)))
 
 KV_DELETE_HEADERS = {"KV-Operation": "DEL"}
 #: A purge also drops the key's earlier revisions from the bucket's stream.
@@ -221,6 +228,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._stopped = False
         self.published = 0
+        self._unmarked: list[int] = []  # published, to be marked with the next read
 
     def wake(self) -> None:
         """Called after a commit that added outbox rows: relay now rather than at the next poll."""
@@ -259,21 +267,24 @@ class Relay:
                     waiter.cancel()
 
     async def relay_once(self) -> int:
-        """Publish one batch of pending rows; returns how many were published."""
-        async with self._sessions() as session:
-            result = await session.execute(
-                select(
-                    OutboxMessage.id,
-                    OutboxMessage.subject,
-                    OutboxMessage.payload,
-                    OutboxMessage.msg_id,
-                    OutboxMessage.operation,
+        """Publish one batch of pending rows; returns how many were published.
+
+        The rows of a batch that all went out are marked published in the transaction
+        that reads the next batch (one transaction per batch, not two); rows of a batch
+        that failed are marked at once. Until marked, a row is only republished (a crash,
+        another replica taking the lease), and JetStream drops the copy.
+        """
+        unmarked = self._unmarked
+        async with self._sessions() as session, session.begin():
+            connection = await session.connection()
+            if unmarked:
+                await connection.execute(
+                    _MARK_PUBLISHED, {"b_ids": unmarked, "published_at": datetime.now(UTC)}
                 )
-                .where(OutboxMessage.published_at.is_(None))
-                .order_by(OutboxMessage.id)
-                .limit(self._batch)
-            )
+            result = await connection.execute(_PENDING, {"b_limit": self._batch})
             pending = [PendingRow(*row) for row in result]
+        if unmarked is self._unmarked:
+            self._unmarked = []
         done: list[int] = []
 
         async def publish(row: PendingRow) -> None:
@@ -291,16 +302,17 @@ class Relay:
                 for outcome in results:
                     if isinstance(outcome, BaseException):
                         raise outcome
-        finally:
+        except BaseException:
             if done:
                 await self._mark_published(done)
+            raise
+        self._unmarked = done
         self.published += len(done)
         return len(done)
 
     async def _mark_published(self, ids: list[int]) -> None:
         async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(ids))
-                .values(published_at=datetime.now(UTC))
+            connection = await session.connection()
+            await connection.execute(
+                _MARK_PUBLISHED, {"b_ids": ids, "published_at": datetime.now(UTC)}
             )
