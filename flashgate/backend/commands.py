@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,6 +38,7 @@ from flashgate.backend.models import (
     OutboxMessage,
     ProcessedCommand,
     Repository,
+    RewrapOrigin,
     Secret,
     SecretVersion,
 )
@@ -721,6 +722,12 @@ class CommandProcessor:
                 outbox.add_fleet_purge(
                     session, names, names.rotation_key(fleet.epoch), f"rotation-purge:{fleet.epoch}"
                 )
+        # The originals kept for reverts are under the retired epoch: nothing can use them.
+        await session.execute(
+            delete(RewrapOrigin).where(
+                RewrapOrigin.fleet_id == fleet.id, RewrapOrigin.to_epoch <= fleet.rotating_to
+            )
+        )
         fleet.epoch, fleet.rotating_to = fleet.rotating_to, None
         outbox.add_fleet_document(
             session,

@@ -35,11 +35,15 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
-def add_kv_put(session: AsyncSession, names: FleetNames, envelope: SecretEnvelope) -> None:
+def add_kv_put(
+    session: AsyncSession, names: FleetNames, envelope: SecretEnvelope, *, tag: str = ""
+) -> None:
+    """``tag`` makes the message id unique where the same version and epoch can be put
+    twice (a re-wrap, its revert, the next re-wrap)."""
     session.add(
         OutboxMessage(
             subject=kv_subject(names.secrets_bucket, envelope.key),
-            msg_id=f"kv:{envelope.key}:v{envelope.version}:e{envelope.epoch}",
+            msg_id=f"kv:{envelope.key}:v{envelope.version}:e{envelope.epoch}{tag}",
             operation="put",
             payload=ENVELOPE_CODEC.encode(envelope),
         )
