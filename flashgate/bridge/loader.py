@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -20,7 +21,7 @@ from flashgate.bridge.collector import Collector, CollectResult
 from flashgate.bridge.store import Entry
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.decrypt import open_jwe
-from flashgate.errors import FlashgateError, StaleVersion
+from flashgate.errors import DecryptionError, FlashgateError, StaleVersion
 
 log = structlog.get_logger("flashgate.bridge.loader")
 
@@ -34,6 +35,9 @@ class Loader:
     collectors: dict[int, Collector]  # one per fleet key epoch this node holds a share of
     pending: dict[str, str] = field(default_factory=dict)  # key -> reason
     loaded: int = 0
+    # Told of an envelope whose threshold result checked (y^e = c) and whose payload still
+    # does not open: its wrapped key is not its content key (a bad re-wrap, DESIGN §5).
+    on_unopenable: Callable[[Entry], None] | None = None
     _queue: dict[str, Entry] = field(default_factory=dict)
     _latest: dict[str, Entry] = field(default_factory=dict)  # the entry each key should end as
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -178,6 +182,8 @@ class Loader:
         except FlashgateError as exc:
             self.pending[entry.key] = exc.code
             log.error("envelope does not open", key=entry.key, reason=exc.code)
+            if isinstance(exc, DecryptionError) and self.on_unopenable is not None:
+                self.on_unopenable(entry)
             return
         self.pending.pop(entry.key, None)
         if replaced:
