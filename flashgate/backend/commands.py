@@ -659,6 +659,16 @@ class CommandProcessor:
                 f"rotation {command.from_epoch} -> {descriptor.epoch} does not start from "
                 f"the current epoch {fleet.epoch}"
             )
+        if fleet.roster:  # the new epoch goes to exactly the active nodes, revoked ones never
+            roster = ROSTER_CODEC.decode(fleet.roster.encode())
+            active = {n.id for n in roster.nodes if n.status == "active"}
+            dealt = {n.id for n in descriptor.nodes}
+            if dealt != active:
+                raise StaleRoster(
+                    f"the new epoch is dealt to {sorted(dealt)}, but the active nodes of roster "
+                    f"serial {roster.serial} are {sorted(active)}: update the home's roster.json "
+                    "and deal again"
+                )
         fleet.rotating_to = descriptor.epoch
         signed = cmd.COMMAND_CODEC.encode(command)
         session.add(

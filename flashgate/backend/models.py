@@ -189,8 +189,10 @@ class RewrapOrigin(Base):
     """One envelope re-wrapped (or reverted) during the rotation to ``to_epoch``.
 
     ``prior_jwe`` is the epoch ``to_epoch - 1`` envelope that the re-wrap replaced, kept so
-    that a re-wrap no node can open can be put back; ``barred`` lists (space-separated) the
-    nodes whose re-wrap of this envelope was disputed. Rows go when the old epoch retires.
+    that a re-wrap no node can open can be put back; ``barred`` lists (space-separated)
+    ``culprit>reporter`` pairs: a node whose re-wrap of this envelope was disputed and the
+    node that disputed it (the bar holds while the reporter is active). Rows go when the
+    old epoch retires.
     A prior JWE is public ciphertext under the fleet key, like every other envelope here.
     """
 

@@ -97,6 +97,17 @@ def check_rewrap(old_token: str, new_token: str, new_key: FleetPublicKey) -> Non
     new.wrapped_key(new_key)  # size and range under the new epoch's modulus
 
 
+def _is_barred(barred: str, node_id: str, active: frozenset[str]) -> bool:
+    """``barred`` holds ``culprit>reporter`` pairs: a node whose re-wrap of an envelope was
+    disputed may not re-wrap it again while the node that disputed it is active. Revoking a
+    node that disputes everything (it cannot be told from an honest one) lifts its bars."""
+    for pair in barred.split():
+        culprit, _, reporter = pair.partition(">")
+        if culprit == node_id and reporter in active:
+            return True
+    return False
+
+
 @dataclass
 class _Target:
     """The row holding a live envelope: a secret's current version, or an API key."""
@@ -133,11 +144,17 @@ class RewrapService:
             raise FleetMismatch(f"re-wrap request for fleet {request.fleet!r}")
         if abs(int(time.time() * 1000) - request.issued_at) > MAX_CLOCK_SKEW_MS:
             raise StaleEpoch("re-wrap request is too old or from the future")
+        # The signature first, without a lock: unsigned requests never queue on the fleet row.
+        async with self.sessions() as session:
+            roster_text = await session.scalar(
+                select(Fleet.roster).where(Fleet.id == state.fleet_id)
+            )
+        self._check_sender(roster_text, request, signature=True)
         async with self.sessions() as session, session.begin():
             # The fleet row lock orders re-wraps against fleet.rotation.finish.
             fleet = await session.get(Fleet, state.fleet_id, with_for_update=True)
             assert fleet is not None
-            self._check_sender(fleet, request)
+            active = self._check_sender(fleet.roster, request, signature=False)
             if fleet.rotating_to != request.to_epoch or fleet.epoch != request.from_epoch:
                 raise StaleEpoch(
                     f"no rotation {request.from_epoch} -> {request.to_epoch} is running"
@@ -152,7 +169,7 @@ class RewrapService:
                     if request.action == "revert":
                         await self._revert(session, request, item)
                     else:
-                        await self._apply(session, request, item, new_key)
+                        await self._apply(session, request, item, new_key, active)
                     accepted += 1
                 except FlashgateError as exc:
                     refusals.append(RewrapRefusal(item.key, exc.code))
@@ -198,14 +215,21 @@ class RewrapService:
             remaining=remaining,
         )
 
-    def _check_sender(self, fleet: Fleet, request: RewrapRequest) -> None:
-        if not fleet.roster:
+    @staticmethod
+    def _check_sender(
+        roster_text: str | None, request: RewrapRequest, *, signature: bool
+    ) -> frozenset[str]:
+        """The sender is an active node (and, with ``signature``, signed the request).
+        Returns the active nodes of the roster."""
+        if not roster_text:
             raise UnknownNode("no roster is pinned; cannot authenticate nodes")
-        roster = ROSTER_CODEC.decode(fleet.roster.encode())
+        roster = ROSTER_CODEC.decode(roster_text.encode())
         entry = roster.node(request.node_id)
         if entry is None or entry.status != "active":
             raise UnknownNode(f"{request.node_id!r} is not an active node")
-        verify(request, load_ed25519_public(entry.signing_key, "node key"))
+        if signature:
+            verify(request, load_ed25519_public(entry.signing_key, "node key"))
+        return frozenset(n.id for n in roster.nodes if n.status == "active")
 
     async def _target(self, session: AsyncSession, key: str, version: int) -> _Target:
         """The current envelope row of a live secret or API key (the caller holds the
@@ -283,11 +307,12 @@ class RewrapService:
         request: RewrapRequest,
         item: RewrapItem,
         new_key: FleetPublicKey,
+        active: frozenset[str],
     ) -> None:
         target = await self._target(session, item.key, item.version)
         self._check_epoch(target.row.epoch, request)
         origin = await self._origin(session, item, request.to_epoch)
-        if origin is not None and request.node_id in origin.barred.split():
+        if origin is not None and _is_barred(origin.barred, request.node_id, active):
             raise RewrapDisputed(f"{request.node_id}'s re-wrap of {item.key} was disputed")
         check_rewrap(target.row.jwe, item.jwe, new_key)
         if origin is None:
@@ -315,7 +340,7 @@ class RewrapService:
             raise NotFound(f"{item.key} was not re-wrapped in this rotation")
         culprit = origin.rewrapped_by
         target.row.jwe, target.row.epoch = origin.prior_jwe, request.from_epoch
-        origin.barred = " ".join([*origin.barred.split(), culprit])
+        origin.barred = " ".join([*origin.barred.split(), f"{culprit}>{request.node_id}"])
         origin.prior_jwe = origin.rewrapped_by = None
         self._publish(session, target, request, "rv")
         state = self.processor.state

@@ -45,18 +45,19 @@ class Loader:
     _backoff: float = 0.5
 
     def offer(self, entry: Entry) -> None:
-        """A new or changed envelope: (re)load it unless the vault already holds it. The same
-        version re-wrapped under a newer epoch (fleet key rotation) is loaded again: that
-        checks the re-wrap opens, and the vault notes the epoch."""
+        """A new or changed envelope: (re)load it unless the vault holds it from this very
+        envelope. The same version with another wrapped key (re-wrapped during a fleet key
+        rotation, or a re-wrap put back) is loaded again: every envelope a node reports
+        holding is one it has opened, so a re-wrap that does not open is always seen."""
         held = self.vault.held_as(entry.key)
         if held is not None:
-            version, epoch = held
+            version, _, source = held
             if entry.version < version:
                 self.vault.rollbacks_refused += 1
                 log.warning("rollback refused", key=entry.key, version=entry.version, held=version)
                 self.pending.pop(entry.key, None)
                 return
-            if entry.version == version and entry.epoch <= epoch:
+            if entry.version == version and entry.digest == source:
                 self.pending.pop(entry.key, None)
                 return
         if entry.epoch not in self.collectors:
@@ -174,6 +175,7 @@ class Loader:
                 envelope.kind,
                 plaintext,
                 api_key_id=api_key_id,
+                source=entry.digest,
             )
         except StaleVersion:
             self.pending.pop(entry.key, None)

@@ -38,7 +38,7 @@ from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.protocol import wall_clock_ms
 from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.crypto.decrypt import rewrap
-from flashgate.errors import FlashgateError
+from flashgate.errors import FlashgateError, RewrapDisputed
 from flashgate.events.rotation import (
     MAX_REWRAP_ITEMS,
     MAX_REWRAP_REQUEST_BYTES,
@@ -78,6 +78,7 @@ class Rewrapper:
     _submitted: dict[tuple[str, int], float] = field(default_factory=dict)  # (key, rev) -> t
     _disputes: dict[tuple[str, int], Entry] = field(default_factory=dict)  # to send
     _disputed: set[tuple[str, int]] = field(default_factory=set)  # sent
+    _barred: set[tuple[str, int]] = field(default_factory=set)  # our re-wrap was disputed
     disputes_sent: int = 0
     _backoff: float = 0.5
 
@@ -99,6 +100,7 @@ class Rewrapper:
             if plan is None:
                 self._disputes.clear()
                 self._disputed.clear()
+                self._barred.clear()
             elif self._disputes:
                 try:
                     await self._send_disputes(*plan)
@@ -135,6 +137,8 @@ class Rewrapper:
             sent = self._submitted.get((entry.key, entry.revision))
             if sent is not None and now - sent < RESUBMIT_AFTER_S:
                 continue
+            if (entry.key, entry.revision) in self._barred:
+                continue  # left to the next-ranked node
             first = self._first_seen.setdefault(entry.key, now)
             ranking = [n for n in self.peers.ranking(entry.digest) if n in members]
             if self.node_id not in ranking:
@@ -196,6 +200,8 @@ class Rewrapper:
         refused: dict[str, int] = {}
         for refusal in reply.refusals:
             refused[refusal.reason] = refused.get(refusal.reason, 0) + 1
+            if refusal.reason == RewrapDisputed.code and refusal.key in revisions:
+                self._barred.add((refusal.key, revisions[refusal.key]))
         log.info(
             "envelopes re-wrapped",
             accepted=reply.accepted,
@@ -235,6 +241,9 @@ class Rewrapper:
             )
             raw = await self.send(REWRAP_REQUEST_CODEC.encode(request))
             reply = REWRAP_REPLY_CODEC.decode(raw)
+            if not reply.ok:  # e.g. the clock: kept, and sent again on a later pass
+                log.warning("re-wrap dispute refused by the backend", reason=reply.error)
+                return
             for ident, _ in batch:
                 self._disputes.pop(ident, None)
                 self._disputed.add(ident)

@@ -21,6 +21,7 @@ from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.crypto.threshold.combine import combine
 from flashgate.crypto.threshold.partial import partial_decrypt
 from flashgate.events import commands as cmd
+from flashgate.events.fleet import Roster
 from flashgate.events.rotation import (
     REWRAP_REPLY_CODEC,
     REWRAP_REQUEST_CODEC,
@@ -318,10 +319,39 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
     )
     assert [r.reason for r in again.refusals] == ["stale_version"]  # reverted once, not twice
 
-    # node 0 may not re-wrap it again; node 2's correct re-wrap is accepted and opens.
+    # node 0 may not re-wrap it again while node 1, which disputed it, is active.
     good = rewrap(jwe.parse(original.jwe), y_of(admin, original.jwe), admin.fleet.key, new_key)
     barred = await send_rewrap(admin, [RewrapItem("payments.db", 1, good)], node=0)
     assert [r.reason for r in barred.refusals] == ["rewrap_disputed"]
+    # node 0 re-wrapped it correctly after all? node 2 disputes that one too (a node that
+    # disputes everything cannot be told from an honest one) ...
+    honest = await send_rewrap(admin, [RewrapItem("payments.db", 1, good)], node=2)
+    assert (honest.accepted, honest.remaining) == (1, 0)
+    disputed = await send_rewrap(
+        admin, [RewrapItem("payments.db", 1, good)], node=1, action="revert"
+    )
+    assert disputed.accepted == 1
+    for node in (0, 2):  # both barred by node 1 now
+        refused = await send_rewrap(admin, [RewrapItem("payments.db", 1, good)], node=node)
+        assert [r.reason for r in refused.refusals] == ["rewrap_disputed"]
+    # ... until the operator revokes node 1: its bars go with it.
+    cer = admin.fleet.ceremony
+    roster = sign(
+        msgspec.structs.replace(
+            cer.roster,
+            serial=cer.roster.serial + 1,
+            nodes=[
+                msgspec.structs.replace(n, status="revoked") if n.id == node_ids[1] else n
+                for n in cer.roster.nodes
+            ],
+            signature="",
+        ),
+        cer.admin_key,
+    )
+    revoked = await admin.send(
+        sign(cmd.RevokeNode(**admin.base(), node_id=node_ids[1], roster=roster), cer.admin_key)
+    )
+    assert revoked.type == "io.flashgate.node.revoked"
     honest = await send_rewrap(admin, [RewrapItem("payments.db", 1, good)], node=2)
     assert (honest.accepted, honest.remaining) == (1, 0)
     for _ in range(100):
@@ -342,6 +372,33 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
         from flashgate.backend.models import RewrapOrigin
 
         assert await session.scalar(select(func.count()).select_from(RewrapOrigin)) == 0
+
+    # The next epoch must go to exactly the active nodes: dealt from a stale roster that
+    # still lists the revoked node, it is refused.
+    def deal(roster: Roster) -> NextEpoch:
+        return deal_next_epoch(
+            current=dealt.descriptor,
+            roster=roster,
+            admin=cer.admin_key,
+            primes=fixed_primes(0),
+            allow_insecure=True,
+        )
+
+    def start3(epoch3: NextEpoch) -> cmd.StartKeyRotation:
+        return sign(
+            cmd.StartKeyRotation(
+                **admin.base(),
+                from_epoch=2,
+                descriptor=epoch3.descriptor,
+                shares=list(epoch3.shares),
+            ),
+            cer.admin_key,
+        )
+
+    stale_roster = await admin.send(start3(deal(cer.roster)))
+    assert stale_roster.data.reason == "stale_roster" and node_ids[1] in stale_roster.data.detail
+    started = await admin.send(start3(deal(roster)))
+    assert started.type == "io.flashgate.fleet.rotation.started"
 
 
 async def test_second_rotation_purges_the_first_ones_shares(
