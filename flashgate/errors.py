@@ -248,6 +248,13 @@ class NotARewrap(ConflictError):
     code = "not_a_rewrap"
 
 
+class RewrapDisputed(ConflictError):
+    """A re-wrap from a node whose earlier re-wrap of the same envelope was disputed (a
+    node could not open it) and reverted: another node must re-wrap it."""
+
+    code = "rewrap_disputed"
+
+
 class UnknownNode(FlashgateError):
     """A node-signed message from a node that is not active in the roster."""
 

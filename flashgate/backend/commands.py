@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,6 +40,7 @@ from flashgate.backend.models import (
     OutboxMessage,
     ProcessedCommand,
     Repository,
+    RewrapOrigin,
     Secret,
     SecretVersion,
 )
@@ -800,6 +801,16 @@ class CommandProcessor:
                 f"rotation {command.from_epoch} -> {descriptor.epoch} does not start from "
                 f"the current epoch {fleet.epoch}"
             )
+        if fleet.roster:  # the new epoch goes to exactly the active nodes, revoked ones never
+            roster = ROSTER_CODEC.decode(fleet.roster.encode())
+            active = {n.id for n in roster.nodes if n.status == "active"}
+            dealt = {n.id for n in descriptor.nodes}
+            if dealt != active:
+                raise StaleRoster(
+                    f"the new epoch is dealt to {sorted(dealt)}, but the active nodes of roster "
+                    f"serial {roster.serial} are {sorted(active)}: update the home's roster.json "
+                    "and deal again"
+                )
         fleet.rotating_to = descriptor.epoch
         signed = cmd.COMMAND_CODEC.encode(command)
         session.add(
@@ -863,6 +874,12 @@ class CommandProcessor:
                 outbox.add_fleet_purge(
                     session, names, names.rotation_key(fleet.epoch), f"rotation-purge:{fleet.epoch}"
                 )
+        # The originals kept for reverts are under the retired epoch: nothing can use them.
+        await session.execute(
+            delete(RewrapOrigin).where(
+                RewrapOrigin.fleet_id == fleet.id, RewrapOrigin.to_epoch <= fleet.rotating_to
+            )
+        )
         fleet.epoch, fleet.rotating_to = fleet.rotating_to, None
         outbox.add_fleet_document(
             session,

@@ -15,6 +15,8 @@ secret or a content key. The schema is owned by Alembic migrations
 | audit_events         | every command and its outcome; never a value |
 | outbox               | messages to publish after commit (KV puts/deletes, events) |
 | processed_commands   | command ids already handled, with their outcome |
+| rewrap_origins       | during a fleet key rotation: each re-wrapped envelope's original JWE |
+|                      | (for a revert), who re-wrapped it, and who may not re-wrap it again |
 """
 
 from __future__ import annotations
@@ -181,3 +183,27 @@ class ProcessedCommand(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     outcome_msg_id: Mapped[str | None] = mapped_column(String(160))
     processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RewrapOrigin(Base):
+    """One envelope re-wrapped (or reverted) during the rotation to ``to_epoch``.
+
+    ``prior_jwe`` is the epoch ``to_epoch - 1`` envelope that the re-wrap replaced, kept so
+    that a re-wrap no node can open can be put back; ``barred`` lists (space-separated)
+    ``culprit>reporter`` pairs: a node whose re-wrap of this envelope was disputed and the
+    node that disputed it (the bar holds while the reporter is active). Rows go when the
+    old epoch retires.
+    A prior JWE is public ciphertext under the fleet key, like every other envelope here.
+    """
+
+    __tablename__ = "rewrap_origins"
+    __table_args__ = (UniqueConstraint("fleet_id", "key", "version", "to_epoch"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id"))
+    key: Mapped[str] = mapped_column(String(160))
+    version: Mapped[int] = mapped_column(Integer)
+    to_epoch: Mapped[int] = mapped_column(Integer)
+    prior_jwe: Mapped[str | None] = mapped_column(Text)
+    rewrapped_by: Mapped[str | None] = mapped_column(NAME)
+    barred: Mapped[str] = mapped_column(Text, default="")

@@ -48,11 +48,13 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
-def kv_put_row(names: FleetNames, envelope: SecretEnvelope) -> dict[str, Any]:
-    """The outbox row of a KV put, as column values (for :func:`insert_rows`)."""
+def kv_put_row(names: FleetNames, envelope: SecretEnvelope, *, tag: str = "") -> dict[str, Any]:
+    """The outbox row of a KV put, as column values (for :func:`insert_rows`). ``tag``
+    makes the message id unique where the same version and epoch can be put twice (a
+    re-wrap, its revert, the next re-wrap)."""
     return {
         "subject": kv_subject(names.secrets_bucket, envelope.key),
-        "msg_id": f"kv:{envelope.key}:v{envelope.version}:e{envelope.epoch}",
+        "msg_id": f"kv:{envelope.key}:v{envelope.version}:e{envelope.epoch}{tag}",
         "operation": "put",
         "payload": ENVELOPE_CODEC.encode(envelope),
     }
@@ -83,8 +85,10 @@ async def insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None
     await connection.execute(_OUTBOX_INSERT, [{**row, "created_at": now} for row in rows])
 
 
-def add_kv_put(session: AsyncSession, names: FleetNames, envelope: SecretEnvelope) -> None:
-    session.add(OutboxMessage(**kv_put_row(names, envelope)))
+def add_kv_put(
+    session: AsyncSession, names: FleetNames, envelope: SecretEnvelope, *, tag: str = ""
+) -> None:
+    session.add(OutboxMessage(**kv_put_row(names, envelope, tag=tag)))
 
 
 def add_kv_delete(session: AsyncSession, names: FleetNames, key: str, last_version: int) -> None:

@@ -11,7 +11,16 @@ bridge loads the re-wrapped envelope through the share protocol, and ``fleet rot
 retires epoch k only once every online node holds every secret under k+1.
 
 Accepted envelopes replace the current row's JWE and epoch and go to the bucket through
-the outbox, with an audit row per request and a ``fleet.rotation.progressed`` event.
+the outbox, with an audit row per request and a ``fleet.rotation.progressed`` event. The
+original is kept (``rewrap_origins``) until epoch k retires.
+
+A node that cannot open a re-wrapped envelope (its threshold result checked, the payload
+tag wrong: the wrapped key is not the content key) sends ``action="revert"`` with the JWE
+that failed. If that is still the current envelope and a re-wrap replaced it, the original
+goes back (epoch k, to be re-wrapped again), the node that made the disputed re-wrap may
+not re-wrap that envelope again, and a ``node.misbehaved`` event and an audit row name
+both nodes. The backend cannot tell which of the two is wrong; a revert only costs a
+re-wrap, and the old epoch cannot retire while any envelope still uses it.
 """
 
 from __future__ import annotations
@@ -31,7 +40,15 @@ from flashgate.backend.commands import (
     CommandProcessor,
     count_live_envelopes,
 )
-from flashgate.backend.models import ApiKey, AuditEvent, Fleet, Repository, Secret, SecretVersion
+from flashgate.backend.models import (
+    ApiKey,
+    AuditEvent,
+    Fleet,
+    Repository,
+    RewrapOrigin,
+    Secret,
+    SecretVersion,
+)
 from flashgate.backend.reconcile import api_key_envelope, secret_envelope
 from flashgate.crypto import jwe
 from flashgate.crypto.publickey import FleetPublicKey
@@ -41,6 +58,7 @@ from flashgate.errors import (
     NotARewrap,
     NotFound,
     OversizedInput,
+    RewrapDisputed,
     StaleEpoch,
     StaleVersion,
     UnknownNode,
@@ -79,6 +97,27 @@ def check_rewrap(old_token: str, new_token: str, new_key: FleetPublicKey) -> Non
     new.wrapped_key(new_key)  # size and range under the new epoch's modulus
 
 
+def _is_barred(barred: str, node_id: str, active: frozenset[str]) -> bool:
+    """``barred`` holds ``culprit>reporter`` pairs: a node whose re-wrap of an envelope was
+    disputed may not re-wrap it again while the node that disputed it is active. Revoking a
+    node that disputes everything (it cannot be told from an honest one) lifts its bars."""
+    for pair in barred.split():
+        culprit, _, reporter = pair.partition(">")
+        if culprit == node_id and reporter in active:
+            return True
+    return False
+
+
+@dataclass
+class _Target:
+    """The row holding a live envelope: a secret's current version, or an API key."""
+
+    key: str
+    repo: str
+    row: SecretVersion | ApiKey
+    secret: Secret | None  # None for an API key
+
+
 @dataclass
 class RewrapService:
     sessions: async_sessionmaker[AsyncSession]
@@ -105,11 +144,17 @@ class RewrapService:
             raise FleetMismatch(f"re-wrap request for fleet {request.fleet!r}")
         if abs(int(time.time() * 1000) - request.issued_at) > MAX_CLOCK_SKEW_MS:
             raise StaleEpoch("re-wrap request is too old or from the future")
+        # The signature first, without a lock: unsigned requests never queue on the fleet row.
+        async with self.sessions() as session:
+            roster_text = await session.scalar(
+                select(Fleet.roster).where(Fleet.id == state.fleet_id)
+            )
+        self._check_sender(roster_text, request, signature=True)
         async with self.sessions() as session, session.begin():
             # The fleet row lock orders re-wraps against fleet.rotation.finish.
             fleet = await session.get(Fleet, state.fleet_id, with_for_update=True)
             assert fleet is not None
-            self._check_sender(fleet, request)
+            active = self._check_sender(fleet.roster, request, signature=False)
             if fleet.rotating_to != request.to_epoch or fleet.epoch != request.from_epoch:
                 raise StaleEpoch(
                     f"no rotation {request.from_epoch} -> {request.to_epoch} is running"
@@ -121,7 +166,10 @@ class RewrapService:
             accepted = 0
             for item in request.items:
                 try:
-                    await self._apply(session, request, item, new_key)
+                    if request.action == "revert":
+                        await self._revert(session, request, item)
+                    else:
+                        await self._apply(session, request, item, new_key, active)
                     accepted += 1
                 except FlashgateError as exc:
                     refusals.append(RewrapRefusal(item.key, exc.code))
@@ -139,20 +187,22 @@ class RewrapService:
                     source=self.source,
                 )
                 outbox.add_event(session, state.names, event)
-                session.add(
-                    AuditEvent(
-                        fleet=state.names.fleet,
-                        actor=f"node:{request.node_id}",
-                        command_type="fleet.rewrap",
-                        target=f"{accepted} envelope(s) to epoch {request.to_epoch}",
-                        result="applied",
+                if request.action == "rewrap":
+                    session.add(
+                        AuditEvent(
+                            fleet=state.names.fleet,
+                            actor=f"node:{request.node_id}",
+                            command_type="fleet.rewrap",
+                            target=f"{accepted} envelope(s) to epoch {request.to_epoch}",
+                            result="applied",
+                        )
                     )
-                )
         if accepted and self.on_commit is not None:
             self.on_commit()
-        self.accepted += accepted
+        if request.action == "rewrap":
+            self.accepted += accepted
         log.info(
-            "envelopes re-wrapped",
+            "envelopes re-wrapped" if request.action == "rewrap" else "re-wraps reverted",
             node=request.node_id,
             accepted=accepted,
             refused=len(refusals),
@@ -165,44 +215,43 @@ class RewrapService:
             remaining=remaining,
         )
 
-    def _check_sender(self, fleet: Fleet, request: RewrapRequest) -> None:
-        if not fleet.roster:
+    @staticmethod
+    def _check_sender(
+        roster_text: str | None, request: RewrapRequest, *, signature: bool
+    ) -> frozenset[str]:
+        """The sender is an active node (and, with ``signature``, signed the request).
+        Returns the active nodes of the roster."""
+        if not roster_text:
             raise UnknownNode("no roster is pinned; cannot authenticate nodes")
-        roster = ROSTER_CODEC.decode(fleet.roster.encode())
+        roster = ROSTER_CODEC.decode(roster_text.encode())
         entry = roster.node(request.node_id)
         if entry is None or entry.status != "active":
             raise UnknownNode(f"{request.node_id!r} is not an active node")
-        verify(request, load_ed25519_public(entry.signing_key, "node key"))
+        if signature:
+            verify(request, load_ed25519_public(entry.signing_key, "node key"))
+        return frozenset(n.id for n in roster.nodes if n.status == "active")
 
-    async def _apply(
-        self,
-        session: AsyncSession,
-        request: RewrapRequest,
-        item: RewrapItem,
-        new_key: FleetPublicKey,
-    ) -> None:
-        names = self.processor.state.names
-        repo, name = split_secret_key(item.key)
+    async def _target(self, session: AsyncSession, key: str, version: int) -> _Target:
+        """The current envelope row of a live secret or API key (the caller holds the
+        fleet row lock, which orders re-wraps, reverts and the retirement)."""
+        repo, name = split_secret_key(key)
+        fleet_id = self.processor.state.fleet_id
         if name.startswith(API_KEY_PREFIX):
-            key = await session.scalar(
+            api_key = await session.scalar(
                 select(ApiKey)
                 .join(Repository, Repository.id == ApiKey.repository_id)
                 .where(
-                    Repository.fleet_id == self.processor.state.fleet_id,
+                    Repository.fleet_id == fleet_id,
                     Repository.name == repo,
                     ApiKey.key_id == name,
                     ApiKey.revoked_at.is_(None),
                 )
             )
-            if key is None:
-                raise NotFound(f"API key {item.key} does not exist or is revoked")
-            if item.version != 1:
+            if api_key is None:
+                raise NotFound(f"API key {key} does not exist or is revoked")
+            if version != 1:
                 raise StaleVersion("API keys have version 1")
-            self._check_epoch(key.epoch, request)
-            check_rewrap(key.jwe, item.jwe, new_key)
-            key.jwe, key.epoch = item.jwe, request.to_epoch
-            outbox.add_kv_put(session, names, api_key_envelope(names, repo, key))
-            return
+            return _Target(key, repo, api_key, None)
         row = (
             await session.execute(
                 select(Secret, SecretVersion)
@@ -213,7 +262,7 @@ class RewrapService:
                     & (SecretVersion.version == Secret.current_version),
                 )
                 .where(
-                    Repository.fleet_id == self.processor.state.fleet_id,
+                    Repository.fleet_id == fleet_id,
                     Repository.name == repo,
                     Secret.name == name,
                     Secret.deleted.is_(False),
@@ -221,14 +270,111 @@ class RewrapService:
             )
         ).first()
         if row is None:
-            raise NotFound(f"secret {item.key} does not exist")
-        secret, version = row
-        if version.version != item.version:
-            raise StaleVersion(f"{item.key} is at version {version.version}")
-        self._check_epoch(version.epoch, request)
-        check_rewrap(version.jwe, item.jwe, new_key)
-        version.jwe, version.epoch = item.jwe, request.to_epoch
-        outbox.add_kv_put(session, names, secret_envelope(names, repo, secret, version))
+            raise NotFound(f"secret {key} does not exist")
+        secret, current = row
+        if current.version != version:
+            raise StaleVersion(f"{key} is at version {current.version}")
+        return _Target(key, repo, current, secret)
+
+    async def _origin(
+        self, session: AsyncSession, item: RewrapItem, to_epoch: int
+    ) -> RewrapOrigin | None:
+        return await session.scalar(
+            select(RewrapOrigin).where(
+                RewrapOrigin.fleet_id == self.processor.state.fleet_id,
+                RewrapOrigin.key == item.key,
+                RewrapOrigin.version == item.version,
+                RewrapOrigin.to_epoch == to_epoch,
+            )
+        )
+
+    def _publish(
+        self, session: AsyncSession, target: _Target, request: RewrapRequest, what: str
+    ) -> None:
+        names = self.processor.state.names
+        if target.secret is None:
+            assert isinstance(target.row, ApiKey)
+            envelope = api_key_envelope(names, target.repo, target.row)
+        else:
+            assert isinstance(target.row, SecretVersion)
+            envelope = secret_envelope(names, target.repo, target.secret, target.row)
+        # The same version and epoch can be published again after a revert: a unique id.
+        outbox.add_kv_put(session, names, envelope, tag=f":{what}{request.request_id.hex()}")
+
+    async def _apply(
+        self,
+        session: AsyncSession,
+        request: RewrapRequest,
+        item: RewrapItem,
+        new_key: FleetPublicKey,
+        active: frozenset[str],
+    ) -> None:
+        target = await self._target(session, item.key, item.version)
+        self._check_epoch(target.row.epoch, request)
+        origin = await self._origin(session, item, request.to_epoch)
+        if origin is not None and _is_barred(origin.barred, request.node_id, active):
+            raise RewrapDisputed(f"{request.node_id}'s re-wrap of {item.key} was disputed")
+        check_rewrap(target.row.jwe, item.jwe, new_key)
+        if origin is None:
+            origin = RewrapOrigin(
+                fleet_id=self.processor.state.fleet_id,
+                key=item.key,
+                version=item.version,
+                to_epoch=request.to_epoch,
+                barred="",
+            )
+            session.add(origin)
+        origin.prior_jwe, origin.rewrapped_by = target.row.jwe, request.node_id
+        target.row.jwe, target.row.epoch = item.jwe, request.to_epoch
+        self._publish(session, target, request, "rw")
+
+    async def _revert(
+        self, session: AsyncSession, request: RewrapRequest, item: RewrapItem
+    ) -> None:
+        """Put back the original of a re-wrap that the sender could not open."""
+        target = await self._target(session, item.key, item.version)
+        if target.row.epoch != request.to_epoch or target.row.jwe != item.jwe:
+            raise StaleVersion(f"the disputed envelope of {item.key} is no longer current")
+        origin = await self._origin(session, item, request.to_epoch)
+        if origin is None or origin.prior_jwe is None or origin.rewrapped_by is None:
+            raise NotFound(f"{item.key} was not re-wrapped in this rotation")
+        culprit = origin.rewrapped_by
+        target.row.jwe, target.row.epoch = origin.prior_jwe, request.from_epoch
+        origin.barred = " ".join([*origin.barred.split(), f"{culprit}>{request.node_id}"])
+        origin.prior_jwe = origin.rewrapped_by = None
+        self._publish(session, target, request, "rv")
+        state = self.processor.state
+        session.add(
+            AuditEvent(
+                fleet=state.names.fleet,
+                actor=f"node:{request.node_id}",
+                command_type="fleet.rewrap.revert",
+                target=item.key,
+                result="applied",
+                reason=RewrapDisputed.code,
+                detail=f"re-wrapped by node:{culprit} to epoch {request.to_epoch}; "
+                "the reporting node could not open it",
+            )
+        )
+        event = ev.make_event(
+            ev.NodeMisbehaved(
+                node_id=culprit,
+                reporter=request.node_id,
+                reason=RewrapDisputed.code,
+                secret_key=item.key,
+                epoch=request.to_epoch,
+            ),
+            event_id=f"revert.{request.request_id.hex()}.{secrets.token_hex(4)}",
+            source=self.source,
+        )
+        outbox.add_event(session, state.names, event)
+        log.warning(
+            "re-wrap disputed and reverted",
+            key=item.key,
+            rewrapped_by=culprit,
+            reporter=request.node_id,
+            to_epoch=request.to_epoch,
+        )
 
     @staticmethod
     def _check_epoch(epoch: int, request: RewrapRequest) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -20,7 +21,7 @@ from flashgate.bridge.collector import Collector, CollectResult
 from flashgate.bridge.store import Entry
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.decrypt import open_jwe
-from flashgate.errors import FlashgateError, StaleVersion
+from flashgate.errors import DecryptionError, FlashgateError, StaleVersion
 
 log = structlog.get_logger("flashgate.bridge.loader")
 
@@ -34,6 +35,9 @@ class Loader:
     collectors: dict[int, Collector]  # one per fleet key epoch this node holds a share of
     pending: dict[str, str] = field(default_factory=dict)  # key -> reason
     loaded: int = 0
+    # Told of an envelope whose threshold result checked (y^e = c) and whose payload still
+    # does not open: its wrapped key is not its content key (a bad re-wrap, DESIGN §5).
+    on_unopenable: Callable[[Entry], None] | None = None
     _queue: dict[str, Entry] = field(default_factory=dict)
     _latest: dict[str, Entry] = field(default_factory=dict)  # the entry each key should end as
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -41,18 +45,19 @@ class Loader:
     _backoff: float = 0.5
 
     def offer(self, entry: Entry) -> None:
-        """A new or changed envelope: (re)load it unless the vault already holds it. The same
-        version re-wrapped under a newer epoch (fleet key rotation) is loaded again: that
-        checks the re-wrap opens, and the vault notes the epoch."""
+        """A new or changed envelope: (re)load it unless the vault holds it from this very
+        envelope. The same version with another wrapped key (re-wrapped during a fleet key
+        rotation, or a re-wrap put back) is loaded again: every envelope a node reports
+        holding is one it has opened, so a re-wrap that does not open is always seen."""
         held = self.vault.held_as(entry.key)
         if held is not None:
-            version, epoch = held
+            version, _, source = held
             if entry.version < version:
                 self.vault.rollbacks_refused += 1
                 log.warning("rollback refused", key=entry.key, version=entry.version, held=version)
                 self.pending.pop(entry.key, None)
                 return
-            if entry.version == version and entry.epoch <= epoch:
+            if entry.version == version and entry.digest == source:
                 self.pending.pop(entry.key, None)
                 return
         if entry.epoch not in self.collectors:
@@ -170,6 +175,7 @@ class Loader:
                 envelope.kind,
                 plaintext,
                 api_key_id=api_key_id,
+                source=entry.digest,
             )
         except StaleVersion:
             self.pending.pop(entry.key, None)
@@ -178,6 +184,8 @@ class Loader:
         except FlashgateError as exc:
             self.pending[entry.key] = exc.code
             log.error("envelope does not open", key=entry.key, reason=exc.code)
+            if isinstance(exc, DecryptionError) and self.on_unopenable is not None:
+                self.on_unopenable(entry)
             return
         self.pending.pop(entry.key, None)
         if replaced:

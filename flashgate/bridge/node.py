@@ -229,7 +229,9 @@ class BridgeNode:
         self._tasks.append(asyncio.create_task(self._watch_fleet(fleet_kv), name="watch-fleet"))
         await self.fleet_synced.wait()
         self.kv = await self._bucket(self.names.secrets_bucket)
-        self.loader = Loader(vault=self.vault, collectors=self.collectors)
+        self.loader = Loader(
+            vault=self.vault, collectors=self.collectors, on_unopenable=self._on_unopenable
+        )
         self.rewrapper = Rewrapper(
             node_id=self.node_id,
             fleet=self.names.fleet,
@@ -474,6 +476,13 @@ class BridgeNode:
             return
         self.bundle = new
         log.info("bundle re-sealed for the current epoch", epoch=current.epoch, path=str(path))
+
+    def _on_unopenable(self, entry: Entry) -> None:
+        """An envelope of the rotation's new epoch that does not open is a bad re-wrap: the
+        rewrapper asks the backend to put the original back."""
+        plan = self.ring.rotation()
+        if self.rewrapper is not None and plan is not None and entry.epoch == plan[1]:
+            self.rewrapper.dispute(entry)
 
     async def _send_rewrap(self, payload: bytes) -> bytes:
         assert self.nc is not None

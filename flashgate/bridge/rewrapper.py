@@ -12,6 +12,12 @@ collection is: the first-ranked live node re-wraps an envelope. An envelope nobo
 re-wrapped after a while is taken by the next-ranked node too (a slow or faulty node must
 not stall the rotation); the backend accepts the first re-wrap and refuses the others.
 With fewer than t nodes up, collection fails and the work waits, with backoff.
+
+The backend cannot check a wrapped key, so a faulty re-wrap is caught by the nodes: one
+whose checked threshold result does not open a re-wrapped envelope (the loader tells
+:meth:`Rewrapper.dispute`) sends that JWE back with ``action="revert"``. The backend puts
+the original back and bars the disputed node from that envelope; the envelope is then
+re-wrapped again by the next-ranked node once its takeover time has passed.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.protocol import wall_clock_ms
 from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.crypto.decrypt import rewrap
-from flashgate.errors import FlashgateError
+from flashgate.errors import FlashgateError, RewrapDisputed
 from flashgate.events.rotation import (
     MAX_REWRAP_ITEMS,
     MAX_REWRAP_REQUEST_BYTES,
@@ -70,15 +76,36 @@ class Rewrapper:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _first_seen: dict[str, float] = field(default_factory=dict)  # key -> monotonic
     _submitted: dict[tuple[str, int], float] = field(default_factory=dict)  # (key, rev) -> t
+    _disputes: dict[tuple[str, int], Entry] = field(default_factory=dict)  # to send
+    _disputed: set[tuple[str, int]] = field(default_factory=set)  # sent
+    _barred: set[tuple[str, int]] = field(default_factory=set)  # our re-wrap was disputed
+    disputes_sent: int = 0
     _backoff: float = 0.5
 
     def wake(self) -> None:
         self._wake.set()
 
+    def dispute(self, entry: Entry) -> None:
+        """``entry`` (under the new epoch) does not open: ask the backend to revert it, once
+        per stored revision."""
+        ident = (entry.key, entry.revision)
+        if ident not in self._disputed:
+            self._disputes[ident] = entry
+            self._wake.set()
+
     async def run(self) -> None:
         while True:
             self._wake.clear()
             plan = self.ring.rotation()
+            if plan is None:
+                self._disputes.clear()
+                self._disputed.clear()
+                self._barred.clear()
+            elif self._disputes:
+                try:
+                    await self._send_disputes(*plan)
+                except FlashgateError as exc:
+                    log.warning("re-wrap dispute not delivered; retrying", reason=exc.code)
             batch = self._mine(*plan) if plan is not None else []
             if not batch:
                 with contextlib.suppress(TimeoutError):
@@ -110,6 +137,8 @@ class Rewrapper:
             sent = self._submitted.get((entry.key, entry.revision))
             if sent is not None and now - sent < RESUBMIT_AFTER_S:
                 continue
+            if (entry.key, entry.revision) in self._barred:
+                continue  # left to the next-ranked node
             first = self._first_seen.setdefault(entry.key, now)
             ranking = [n for n in self.peers.ranking(entry.digest) if n in members]
             if self.node_id not in ranking:
@@ -171,6 +200,8 @@ class Rewrapper:
         refused: dict[str, int] = {}
         for refusal in reply.refusals:
             refused[refusal.reason] = refused.get(refusal.reason, 0) + 1
+            if refusal.reason == RewrapDisputed.code and refusal.key in revisions:
+                self._barred.add((refusal.key, revisions[refusal.key]))
         log.info(
             "envelopes re-wrapped",
             accepted=reply.accepted,
@@ -179,6 +210,51 @@ class Rewrapper:
             to_epoch=to_epoch,
         )
         return True
+
+    async def _send_disputes(self, from_epoch: int, to_epoch: int) -> None:
+        while self._disputes:
+            batch: list[tuple[tuple[str, int], Entry]] = []
+            size = 0
+            for ident, entry in list(self._disputes.items()):
+                if entry.epoch != to_epoch:  # another rotation by now
+                    del self._disputes[ident]
+                    continue
+                cost = len(entry.envelope.jwe) + 256
+                if len(batch) >= MAX_REWRAP_ITEMS or size + cost > MAX_REWRAP_REQUEST_BYTES - 4096:
+                    break
+                batch.append((ident, entry))
+                size += cost
+            if not batch:
+                return
+            request = sign(
+                RewrapRequest(
+                    fleet=self.fleet,
+                    node_id=self.node_id,
+                    request_id=secrets.token_bytes(16),
+                    issued_at=wall_clock_ms(),
+                    from_epoch=from_epoch,
+                    to_epoch=to_epoch,
+                    items=[RewrapItem(e.key, e.version, e.envelope.jwe) for _, e in batch],
+                    action="revert",
+                ),
+                self.signing_key,
+            )
+            raw = await self.send(REWRAP_REQUEST_CODEC.encode(request))
+            reply = REWRAP_REPLY_CODEC.decode(raw)
+            if not reply.ok:  # e.g. the clock: kept, and sent again on a later pass
+                log.warning("re-wrap dispute refused by the backend", reason=reply.error)
+                return
+            for ident, _ in batch:
+                self._disputes.pop(ident, None)
+                self._disputed.add(ident)
+            self.disputes_sent += len(batch)
+            log.warning(
+                "re-wrapped envelopes do not open; asked the backend to revert them",
+                keys=[e.key for _, e in batch][:8],
+                reverted=reply.accepted,
+                refused=sorted({r.reason for r in reply.refusals}) or None,
+                error=reply.error,
+            )
 
     def _trim(self, now: float) -> None:
         for k in [k for k, t in self._submitted.items() if now - t > 4 * RESUBMIT_AFTER_S]:

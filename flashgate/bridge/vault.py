@@ -35,6 +35,7 @@ class _Slot:
     kind: str
     data: bytearray
     api_key_id: str | None = None
+    source: bytes = b""  # digest of the envelope's wrapped key it was last opened from
 
     def wipe(self) -> None:
         """Overwrite with zeros, then release the memory. While a consumer still holds a
@@ -81,11 +82,13 @@ class Vault:
         plaintext: bytes | bytearray,
         *,
         api_key_id: str | None = None,
+        source: bytes = b"",
     ) -> bool:
-        """Hold ``plaintext`` as ``key`` at ``version``. Returns False for a no-op (same
-        version, or the same version re-wrapped under another epoch); raises
-        :class:`StaleVersion` for a rollback. The caller's buffer is wiped if it is a
-        bytearray."""
+        """Hold ``plaintext`` as ``key`` at ``version``, opened from the envelope whose
+        wrapped key has digest ``source``. Returns False when the value is unchanged (the
+        same version, perhaps re-wrapped under another epoch or put back: the held epoch and
+        source become the given ones); raises :class:`StaleVersion` for a rollback. The
+        caller's buffer is wiped if it is a bytearray."""
         with self._lock:
             current = self._slots.get(key)
             if current is not None and version < current.version:
@@ -95,7 +98,7 @@ class Vault:
                     f"{key}: version {version} is below the held version {current.version}"
                 )
             if current is not None and version == current.version:
-                current.epoch = max(current.epoch, epoch)
+                current.epoch, current.source = epoch, source
                 _wipe_input(plaintext)
                 return False
             slot = _Slot(
@@ -104,6 +107,7 @@ class Vault:
                 kind=kind,
                 data=bytearray(plaintext),
                 api_key_id=api_key_id,
+                source=source,
             )
             _wipe_input(plaintext)
             self._slots[key] = slot
@@ -137,11 +141,11 @@ class Vault:
         slot = self._slots.get(key)
         return None if slot is None else slot.version
 
-    def held_as(self, key: str) -> tuple[int, int] | None:
-        """(version, epoch) of what is held for ``key``: the epoch says which fleet key
-        the envelope it was opened from was wrapped under (a re-wrap raises it)."""
+    def held_as(self, key: str) -> tuple[int, int, bytes] | None:
+        """(version, epoch, source) of what is held for ``key``: the fleet key epoch and
+        the wrapped-key digest of the envelope it was last opened from."""
         slot = self._slots.get(key)
-        return None if slot is None else (slot.version, slot.epoch)
+        return None if slot is None else (slot.version, slot.epoch, slot.source)
 
     def held(self) -> list[HeldSecretInfo]:
         with self._lock:

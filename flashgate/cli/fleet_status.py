@@ -27,7 +27,7 @@ class NotReady(FlashgateError):
 @dataclass
 class NodeRow:
     node: str
-    status: str  # online | offline | revoked
+    status: str  # online | offline | unverified (answer not signed by it) | revoked
     epoch: int | None
     held: int
     pending: int
@@ -77,7 +77,8 @@ async def snapshot(session: AdminSession, root: Path) -> tuple[list[NodeRow], di
             rows.append(NodeRow(node_id, "revoked", None, 0, 0, 0, 0, None))
             continue
         if status is None:
-            rows.append(NodeRow(node_id, "offline", None, 0, 0, 0, len(expected), None))
+            shown = "unverified" if node_id in session.unverified else "offline"
+            rows.append(NodeRow(node_id, shown, None, 0, 0, 0, len(expected), None))
             continue
         held = {(s.key, s.version) for s in status.secrets}
         missing = sum(1 for k, v in expected.items() if (k, v) not in held)
@@ -177,8 +178,10 @@ def status(
 
 def _summary(rows: list[NodeRow], expected: dict[str, int]) -> str:
     offline = [r.node for r in rows if r.status == "offline"]
+    unverified = [r.node for r in rows if r.status == "unverified"]
     behind = [f"{r.node} ({r.missing} missing)" for r in rows if r.status == "online" and r.missing]
     return (
         f"fleet not ready: {len(expected)} secret(s); offline: {offline or 'none'}; "
         f"behind: {behind or 'none'}"
+        + (f"; answers that do not verify: {unverified}" if unverified else "")
     )

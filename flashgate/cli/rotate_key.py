@@ -29,7 +29,7 @@ from nats.js.errors import KeyNotFoundError
 from flashgate.broker.connection import broker_errors
 from flashgate.cli.home import fleet_dir, resolve_home
 from flashgate.cli.secret import home_option, json_option
-from flashgate.cli.session import AdminSession, run, spinner
+from flashgate.cli.session import AdminSession, CommandRejected, run, spinner
 from flashgate.errors import ConfigurationError, FlashgateError
 from flashgate.events import commands as cmd
 from flashgate.events.fleet import FleetDescriptor, decode_descriptor, encode_descriptor
@@ -151,16 +151,25 @@ async def _start(session: AdminSession, root: Path, info: RotationInfo, display:
     )
 
 
+def _revoked(root: Path, session: AdminSession) -> set[str]:
+    if not (fleet_dir(root) / ROSTER_FILE).exists():
+        return set()
+    roster = load_roster(fleet_dir(root), session.descriptor)
+    return {n.id for n in roster.nodes if n.status != "active"}
+
+
 def _pin(root: Path, descriptor: FleetDescriptor) -> None:
     """The home's fleet.json names the new epoch: new secrets are written under it."""
     write_atomic(fleet_dir(root) / DESCRIPTOR_FILE, encode_descriptor(descriptor), 0o644)
 
 
 async def _node_check(
-    session: AdminSession, descriptor: FleetDescriptor, total: int
+    session: AdminSession, descriptor: FleetDescriptor, total: int, revoked: set[str]
 ) -> tuple[list[str], list[str]]:
-    """(online members of the new epoch, those of them holding every secret under it)."""
-    members = [n.id for n in descriptor.nodes]
+    """(online members of the new epoch, those of them holding every secret under it).
+    A member revoked since the dealing is not asked: its peers refuse it, so it never
+    holds everything (and a second rotation must follow to take its share away)."""
+    members = [n.id for n in descriptor.nodes if n.id not in revoked]
     statuses = await asyncio.gather(*(session.status(m, include_secrets=True) for m in members))
     online, verified = [], []
     for node_id, status in zip(members, statuses, strict=True):
@@ -207,7 +216,9 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
             every = POLL_S if progress.remaining == 0 else STATUS_EVERY_S
             if now - last_status >= every:
                 last_status = now
-                online, verified = await _node_check(session, new, progress.total)
+                online, verified = await _node_check(
+                    session, new, progress.total, _revoked(root, session)
+                )
                 if len(online) < new.threshold:
                     display.note(
                         f"waiting: {len(online)} of the new epoch's {len(new.nodes)} nodes "
@@ -216,13 +227,22 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
                 elif progress.remaining == 0:
                     offline = sorted({n.id for n in new.nodes} - set(online))
                     if len(verified) == len(online) and len(verified) >= new.threshold:
+                        try:
+                            await session.send(
+                                cmd.FinishKeyRotation(
+                                    **session.base(), retired_epoch=progress.from_epoch
+                                ),
+                                show=not quiet,
+                            )
+                        except CommandRejected as exc:
+                            if exc.reason != ConfigurationError.code:
+                                raise
+                            # An envelope went back to the old epoch meanwhile (a disputed
+                            # re-wrap): the backend refused to retire it; keep waiting.
+                            display.note(f"not retired yet: {exc}")
+                            await asyncio.sleep(POLL_S)
+                            continue
                         phases["verified_s"] = round(time.monotonic() - started, 3)
-                        await session.send(
-                            cmd.FinishKeyRotation(
-                                **session.base(), retired_epoch=progress.from_epoch
-                            ),
-                            show=not quiet,
-                        )
                         display.note(
                             f"epoch {progress.from_epoch} retired; epoch {progress.to_epoch} "
                             "is current"

@@ -20,7 +20,7 @@ from typing import Any, Self
 
 import msgspec
 import nats.errors
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -30,7 +30,7 @@ from flashgate.cli.passphrase import get_passphrase
 from flashgate.crypto import box
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
-from flashgate.errors import FlashgateError, SignatureInvalid
+from flashgate.errors import FlashgateError, SignatureInvalid, UnknownNode
 from flashgate.events import commands as cmd
 from flashgate.events.domain import DomainEvent, decode_event
 from flashgate.events.fleet import FleetDescriptor, RosterNode
@@ -50,7 +50,7 @@ from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.files import ADMIN_KEY_FILE, load_descriptor
+from flashgate.fleet.files import ADMIN_KEY_FILE, ROSTER_FILE, load_descriptor, load_roster
 from flashgate.fleet.signing import load_ed25519_public
 
 
@@ -112,6 +112,9 @@ class AdminSession:
         self._admin: Ed25519PrivateKey | None = None
         self._events: list[DomainEvent] = []
         self._sub: Any = None
+        self._node_keys: dict[str, str] | None = None
+        #: nodes whose status answer did not verify (signature, node, request, fleet)
+        self.unverified: set[str] = set()
 
     @property
     def fleet(self) -> str:
@@ -270,9 +273,37 @@ class AdminSession:
                 STATUS_REQUEST_CODEC.encode(request),
                 timeout=timeout,
             )
-            return STATUS_RESPONSE_CODEC.decode(msg.data)
+            answer = STATUS_RESPONSE_CODEC.decode(msg.data)
         except (nats.errors.Error, FlashgateError, TimeoutError):
             return None
+        # Decisions rest on these answers (fleet rotate-key retires an epoch on them): a
+        # status counts only when the node itself signed it, for this request.
+        try:
+            key = self._node_signing_key(node_id)
+            verify(answer, key)
+            if (answer.node_id, answer.request_id, answer.fleet) != (
+                node_id,
+                request.request_id,
+                self.fleet,
+            ):
+                raise SignatureInvalid("the status answer is not for this request")
+        except FlashgateError:
+            self.unverified.add(node_id)
+            return None
+        self.unverified.discard(node_id)
+        return answer
+
+    def _node_signing_key(self, node_id: str) -> Ed25519PublicKey:
+        """A node's Ed25519 key, from the home's roster (or the descriptor without one)."""
+        if self._node_keys is None:
+            keys = {n.id: n.signing_key for n in self.descriptor.nodes}
+            if (fleet_dir(self.home) / ROSTER_FILE).exists():
+                roster = load_roster(fleet_dir(self.home), self.descriptor)
+                keys |= {n.id: n.signing_key for n in roster.nodes}
+            self._node_keys = keys
+        if node_id not in self._node_keys:
+            raise UnknownNode(f"{node_id} is not in this home's roster")
+        return load_ed25519_public(self._node_keys[node_id], "node key")
 
 
 def run(coro: Any) -> Any:

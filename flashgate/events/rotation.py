@@ -11,11 +11,17 @@ The bridges then re-wrap each envelope's content key from k to k+1 and hand the 
 to the backend as a node-signed :class:`RewrapRequest` on ``fg.<f>.rewrap`` (core NATS
 request/reply, msgpack). The backend checks that only the wrapped key changed and
 answers with a :class:`RewrapReply`. No content key and no plaintext ever travels.
+
+The backend cannot tell a wrong wrapped key from a right one. A node that then fails to
+open a re-wrapped envelope (the threshold result checked, the payload's tag wrong) sends
+the same request with ``action="revert"`` and the JWE that failed: the backend puts the
+epoch-k original back (kept until epoch k retires) and refuses that envelope's next
+re-wrap from the node whose re-wrap was disputed.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
@@ -64,7 +70,9 @@ def share_aad(fleet: str, epoch: int, node_id: str, index: int) -> bytes:
 class RewrapItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
     key: SecretKey
     version: Version
-    jwe: JweText  # the same JWE with its content key wrapped under the new epoch
+    # rewrap: the same JWE with its content key wrapped under the new epoch;
+    # revert: the re-wrapped JWE, as published, that does not open
+    jwe: JweText
 
 
 class RewrapRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -78,6 +86,7 @@ class RewrapRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     from_epoch: Epoch
     to_epoch: Epoch
     items: Annotated[list[RewrapItem], Meta(min_length=1, max_length=MAX_REWRAP_ITEMS)]
+    action: Literal["rewrap", "revert"] = "rewrap"
     signature: SignatureRaw = b""
 
 
@@ -90,7 +99,7 @@ class RewrapReply(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     request_id: RequestId
     ok: bool = True
     error: ReasonCode | None = None  # the whole request was refused
-    accepted: Count = 0
+    accepted: Count = 0  # envelopes re-wrapped (or, for a revert, put back)
     refusals: Annotated[list[RewrapRefusal], Meta(max_length=MAX_REWRAP_ITEMS)] = []
     remaining: Count = 0  # envelopes still at the old epoch after this request
 

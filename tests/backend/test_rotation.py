@@ -16,10 +16,12 @@ from flashgate.crypto import jwe
 from flashgate.crypto.apikey import new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.decrypt import rewrap
-from flashgate.crypto.encrypt import encrypt_secret
+from flashgate.crypto.encrypt import encrypt_secret, wrap_key
+from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.crypto.threshold.combine import combine
 from flashgate.crypto.threshold.partial import partial_decrypt
 from flashgate.events import commands as cmd
+from flashgate.events.fleet import Roster
 from flashgate.events.rotation import (
     REWRAP_REPLY_CODEC,
     REWRAP_REQUEST_CODEC,
@@ -64,6 +66,7 @@ async def send_rewrap(
     signer: int | None = None,
     from_epoch: int = 1,
     to_epoch: int = 2,
+    action: str = "rewrap",
 ) -> RewrapReply:
     bundles = admin.fleet.ceremony.bundles
     request = sign(
@@ -75,6 +78,7 @@ async def send_rewrap(
             from_epoch=from_epoch,
             to_epoch=to_epoch,
             items=items,
+            action=action,  # type: ignore[arg-type]
         ),
         bundles[node if signer is None else signer].signing_key,
     )
@@ -236,6 +240,165 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
     )
     assert (await admin.send(put2)).type == "io.flashgate.secret.rotated"
     assert (await wait_kv(admin, "payments.db", 2)).epoch == 2
+
+
+def bad_rewrap(token: str, new_key: FleetPublicKey) -> str:
+    """What a byzantine node could send: a well-formed re-wrap of the wrong content key."""
+    p = jwe.parse(token)
+    return jwe.serialize(
+        p.protected, wrap_key(new_key, secrets.token_bytes(32)), p.iv, p.ciphertext, p.tag
+    )
+
+
+async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: AdminClient) -> None:
+    """The backend cannot check a wrapped key. A node that cannot open a re-wrap disputes
+    it: the original comes back, the disputed node may not re-wrap it again, another may."""
+    await admin.send(admin.put("payments", "db", CANARY))
+    original = await wait_kv(admin, "payments.db", 1)
+    dealt = next_epoch(admin)
+    start = cmd.StartKeyRotation(
+        **admin.base(), from_epoch=1, descriptor=dealt.descriptor, shares=list(dealt.shares)
+    )
+    await admin.send(sign(start, admin.fleet.admin))
+    new_key = fleet_public_key(dealt.descriptor)
+    forged = bad_rewrap(original.jwe, new_key)
+    node_ids = [b.node_id for b in admin.fleet.ceremony.bundles]
+
+    # node 0 re-wraps wrongly: the backend cannot tell and accepts it.
+    accepted = await send_rewrap(admin, [RewrapItem("payments.db", 1, forged)], node=0)
+    assert (accepted.accepted, accepted.remaining) == (1, 0)
+
+    # Disputes that do not match the current envelope, or name no re-wrap, change nothing.
+    stale = await send_rewrap(
+        admin, [RewrapItem("payments.db", 1, original.jwe)], node=1, action="revert"
+    )
+    assert [r.reason for r in stale.refusals] == ["stale_version"]
+    ctx = SecretContext(
+        fleet=admin.fleet.name, repo="payments", name="fresh", kind="generic", version=1
+    )
+    put2 = cmd.PutSecret(
+        **admin.base(),
+        repo="payments",
+        name="fresh",
+        kind="generic",
+        version=1,
+        epoch=2,
+        jwe=encrypt_secret(new_key, ctx, b"written under epoch 2"),
+    )
+    assert (await admin.send(sign(put2, admin.fleet.admin))).type == "io.flashgate.secret.created"
+    fresh = await wait_kv(admin, "payments.fresh", 1)
+    assert fresh.epoch == 2
+    not_rewrapped = await send_rewrap(
+        admin, [RewrapItem("payments.fresh", 1, fresh.jwe)], node=1, action="revert"
+    )
+    assert [r.reason for r in not_rewrapped.refusals] == ["not_found"]
+    assert not_rewrapped.accepted == 0
+
+    # node 1 cannot open it and disputes it: the epoch-1 original is back, in the bucket too.
+    reverted = await send_rewrap(
+        admin, [RewrapItem("payments.db", 1, forged)], node=1, action="revert"
+    )
+    assert (reverted.accepted, reverted.remaining, reverted.refusals) == (1, 1, [])
+    for _ in range(100):
+        env = await kv_envelope(admin, "payments.db")
+        if env is not None and env.epoch == 1:
+            break
+        time.sleep(0.02)
+    assert env is not None and (env.epoch, env.jwe) == (1, original.jwe)
+    blamed = await admin.wait_for(lambda e: e.type == "io.flashgate.node.misbehaved")
+    assert (blamed.data.node_id, blamed.data.reporter, blamed.data.reason) == (
+        node_ids[0],
+        node_ids[1],
+        "rewrap_disputed",
+    )
+    audit = (await admin.query("audit"))["audit"]
+    [row] = [a for a in audit if a["command_type"] == "fleet.rewrap.revert"]
+    assert row["actor"] == f"node:{node_ids[1]}" and f"node:{node_ids[0]}" in row["detail"]
+    again = await send_rewrap(
+        admin, [RewrapItem("payments.db", 1, forged)], node=1, action="revert"
+    )
+    assert [r.reason for r in again.refusals] == ["stale_version"]  # reverted once, not twice
+
+    # node 0 may not re-wrap it again while node 1, which disputed it, is active.
+    good = rewrap(jwe.parse(original.jwe), y_of(admin, original.jwe), admin.fleet.key, new_key)
+    barred = await send_rewrap(admin, [RewrapItem("payments.db", 1, good)], node=0)
+    assert [r.reason for r in barred.refusals] == ["rewrap_disputed"]
+    # node 0 re-wrapped it correctly after all? node 2 disputes that one too (a node that
+    # disputes everything cannot be told from an honest one) ...
+    honest = await send_rewrap(admin, [RewrapItem("payments.db", 1, good)], node=2)
+    assert (honest.accepted, honest.remaining) == (1, 0)
+    disputed = await send_rewrap(
+        admin, [RewrapItem("payments.db", 1, good)], node=1, action="revert"
+    )
+    assert disputed.accepted == 1
+    for node in (0, 2):  # both barred by node 1 now
+        refused = await send_rewrap(admin, [RewrapItem("payments.db", 1, good)], node=node)
+        assert [r.reason for r in refused.refusals] == ["rewrap_disputed"]
+    # ... until the operator revokes node 1: its bars go with it.
+    cer = admin.fleet.ceremony
+    roster = sign(
+        msgspec.structs.replace(
+            cer.roster,
+            serial=cer.roster.serial + 1,
+            nodes=[
+                msgspec.structs.replace(n, status="revoked") if n.id == node_ids[1] else n
+                for n in cer.roster.nodes
+            ],
+            signature="",
+        ),
+        cer.admin_key,
+    )
+    revoked = await admin.send(
+        sign(cmd.RevokeNode(**admin.base(), node_id=node_ids[1], roster=roster), cer.admin_key)
+    )
+    assert revoked.type == "io.flashgate.node.revoked"
+    honest = await send_rewrap(admin, [RewrapItem("payments.db", 1, good)], node=2)
+    assert (honest.accepted, honest.remaining) == (1, 0)
+    for _ in range(100):
+        env = await kv_envelope(admin, "payments.db")
+        if env is not None and env.epoch == 2:
+            break
+        time.sleep(0.02)
+    assert env is not None and env.jwe == good
+
+    # Retirement drops the kept originals.
+    done = await admin.send(
+        sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), admin.fleet.admin)
+    )
+    assert done.type == "io.flashgate.fleet.rotation.completed"
+    async with backend.sessions() as session:
+        from sqlalchemy import func, select
+
+        from flashgate.backend.models import RewrapOrigin
+
+        assert await session.scalar(select(func.count()).select_from(RewrapOrigin)) == 0
+
+    # The next epoch must go to exactly the active nodes: dealt from a stale roster that
+    # still lists the revoked node, it is refused.
+    def deal(roster: Roster) -> NextEpoch:
+        return deal_next_epoch(
+            current=dealt.descriptor,
+            roster=roster,
+            admin=cer.admin_key,
+            primes=fixed_primes(0),
+            allow_insecure=True,
+        )
+
+    def start3(epoch3: NextEpoch) -> cmd.StartKeyRotation:
+        return sign(
+            cmd.StartKeyRotation(
+                **admin.base(),
+                from_epoch=2,
+                descriptor=epoch3.descriptor,
+                shares=list(epoch3.shares),
+            ),
+            cer.admin_key,
+        )
+
+    stale_roster = await admin.send(start3(deal(cer.roster)))
+    assert stale_roster.data.reason == "stale_roster" and node_ids[1] in stale_roster.data.detail
+    started = await admin.send(start3(deal(roster)))
+    assert started.type == "io.flashgate.fleet.rotation.started"
 
 
 async def test_second_rotation_purges_the_first_ones_shares(

@@ -357,3 +357,110 @@ async def test_forged_rotation_documents_are_refused(
             assert status.epoch == 1
         await put(cluster, "r", "after", b"after")  # epoch 1 still works everywhere
         await cluster.wait_held(nodes, "r.after", 1)
+
+
+async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
+    tmp_path: Path, nats_url: str, nc: Client
+) -> None:
+    """A node that re-wraps a content key wrongly (here: a forged re-wrap signed with
+    node-1's key while every node is paused) cannot make the secret unreadable: the nodes
+    that fail to open it dispute it, the backend puts the original back and names node-1,
+    and another node re-wraps it correctly, so every node ends up holding it under epoch 2."""
+    import os
+    import secrets
+    import signal
+
+    from flashgate.crypto import jwe
+    from flashgate.crypto.encrypt import wrap_key
+    from flashgate.events import commands as cmd
+    from flashgate.events.rotation import (
+        REWRAP_REPLY_CODEC,
+        REWRAP_REQUEST_CODEC,
+        RewrapItem,
+        RewrapRequest,
+    )
+    from flashgate.fleet.descriptor import fleet_public_key
+    from flashgate.fleet.rotation import deal_next_epoch
+    from tests.helpers import fixed_primes
+
+    nodes = ["node-1", "node-2", "node-3"]
+    async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
+        await put(cluster, "r", "one", CANARY)
+        await put(cluster, "r", "two", b"two")
+        for key in ("r.one", "r.two"):
+            await cluster.wait_held(nodes, key, 1)
+        kv = await nc.jetstream().key_value(cluster.fleet.names.secrets_bucket)
+        original = ENVELOPE_CODEC.decode((await kv.get("r.one")).value)
+
+        cer = cluster.fleet.ceremony
+        dealt = deal_next_epoch(
+            current=cer.descriptor,
+            roster=cer.roster,
+            admin=cer.admin_key,
+            primes=fixed_primes(1),
+            allow_insecure=True,
+        )
+        pids = [cluster.nodes[n].process.pid for n in nodes]  # type: ignore[union-attr]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            start = cmd.StartKeyRotation(
+                **cluster.admin.base(),
+                from_epoch=1,
+                descriptor=dealt.descriptor,
+                shares=list(dealt.shares),
+            )
+            started = await cluster.admin.send(sign(start, cluster.fleet.admin))
+            assert started.type == "io.flashgate.fleet.rotation.started"
+            parsed = jwe.parse(original.jwe)
+            forged = jwe.serialize(
+                parsed.protected,
+                wrap_key(fleet_public_key(dealt.descriptor), secrets.token_bytes(32)),
+                parsed.iv,
+                parsed.ciphertext,
+                parsed.tag,
+            )
+            request = sign(
+                RewrapRequest(
+                    fleet=cluster.fleet.name,
+                    node_id="node-1",
+                    request_id=secrets.token_bytes(16),
+                    issued_at=int(time.time() * 1000),
+                    from_epoch=1,
+                    to_epoch=2,
+                    items=[RewrapItem("r.one", 1, forged)],
+                ),
+                cer.bundles[0].signing_key,
+            )
+            msg = await nc.request(
+                cluster.fleet.names.rewrap_subject, REWRAP_REQUEST_CODEC.encode(request), 10
+            )
+            assert REWRAP_REPLY_CODEC.decode(msg.data).accepted == 1
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+        blamed = await cluster.admin.wait_for(
+            lambda e: (
+                e.type == "io.flashgate.node.misbehaved" and e.data.reason == "rewrap_disputed"
+            ),
+            timeout=60,
+        )
+        assert blamed.data.node_id == "node-1" and blamed.data.secret_key == "r.one"
+
+        async def everyone_holds_both_under_epoch_2() -> bool:
+            for node in nodes:
+                status = await cluster.try_status(node)
+                if status is None:
+                    return False
+                held = {s.key: (s.version, s.epoch) for s in status.secrets}
+                if held.get("r.one") != (1, 2) or held.get("r.two") != (1, 2):
+                    return False
+            return True
+
+        await eventually(everyone_holds_both_under_epoch_2, 90, "both secrets under epoch 2")
+        final = ENVELOPE_CODEC.decode((await kv.get("r.one")).value)
+        assert final.epoch == 2 and final.jwe != forged
+        logs = [cluster.nodes[n].log.read_text() for n in nodes]
+        assert any("asked the backend to revert" in log for log in logs)
+        assert all(CANARY.decode() not in log for log in logs)

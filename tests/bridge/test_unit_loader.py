@@ -308,3 +308,69 @@ async def test_an_envelope_that_does_not_open_is_pending_with_the_reason(
     assert scene.loader.pending == {OPENAI.key: "decryption_failed"}
     assert scene.vault.version_of(OPENAI.key) is None
     assert scene.value(WEBHOOK.key) == WEBHOOK.value
+
+
+# --- the same version from another envelope (fleet key rotation) ----------------------------
+
+
+def _rewrapped(entry: Entry, *, good: bool, revision: int) -> Entry:
+    """``entry``'s envelope with its content key wrapped again (OAEP is randomised, so the
+    wrapped key differs); ``good=False`` wraps a wrong content key, as a faulty node might."""
+    import secrets
+
+    import msgspec
+
+    from flashgate.bridge.store import make_entry
+    from flashgate.crypto import jwe
+    from flashgate.crypto.decrypt import rewrap
+    from flashgate.crypto.encrypt import wrap_key
+    from flashgate.events.envelope import ENVELOPE_CODEC
+    from tests.bridge.unit_support import FLEET
+
+    p = entry.parsed
+    token = (
+        rewrap(p, reference_y(entry.ciphertext), public_key(), public_key())
+        if good
+        else jwe.serialize(
+            p.protected, wrap_key(public_key(), secrets.token_bytes(32)), p.iv, p.ciphertext, p.tag
+        )
+    )
+    envelope = msgspec.structs.replace(entry.envelope, jwe=token)
+    raw = ENVELOPE_CODEC.encode(envelope)
+    return make_entry(FLEET, entry.key, revision, raw, {EPOCH: public_key()})
+
+
+async def test_the_same_envelope_again_is_not_reloaded(scene: LoaderScene) -> None:
+    [entry] = scene.offer(S3_V1)
+    await scene.idle()
+    scene.loader.offer(entry)
+    await scene.idle()
+    assert scene.collector.calls == 1 and scene.loader.pending == {}
+
+
+async def test_the_same_version_wrapped_again_is_opened_again(scene: LoaderScene) -> None:
+    """A node reports holding only envelopes it has opened: a re-wrap of the version it holds
+    is loaded too, and one that does not open is reported, with the value still held."""
+    unopenable: list[Entry] = []
+    scene.loader.on_unopenable = unopenable.append
+    [entry] = scene.offer(S3_V1)
+    await scene.idle()
+    good = _rewrapped(entry, good=True, revision=2)
+    scene.loader.offer(good)
+    await scene.idle()
+    assert scene.collector.calls == 2 and scene.loader.pending == {}
+    assert scene.vault.held_as(S3_V1.key) == (1, EPOCH, good.digest)
+
+    bad = _rewrapped(entry, good=False, revision=3)
+    scene.loader.offer(bad)
+    await scene.idle()
+    assert scene.collector.calls == 3
+    assert scene.loader.pending == {S3_V1.key: "decryption_failed"}
+    assert [e.revision for e in unopenable] == [3]
+    assert scene.value(S3_V1.key) == S3_V1.value  # still held, from the envelope that opened
+    assert scene.vault.held_as(S3_V1.key) == (1, EPOCH, good.digest)
+
+    scene.loader.offer(entry)  # the original put back: opened again, nothing pending
+    await scene.idle()
+    assert scene.loader.pending == {} and scene.collector.calls == 4
+    assert scene.vault.held_as(S3_V1.key) == (1, EPOCH, entry.digest)

@@ -139,11 +139,15 @@ def test_same_version_is_a_no_op() -> None:
     assert vault.rollbacks_refused == 0
 
 
-def test_same_version_under_a_later_epoch_records_the_epoch() -> None:
+def test_same_version_from_another_envelope_records_its_epoch_and_source() -> None:
     vault = Vault()
-    vault.put(KEY, 3, 1, "storage", b"value-3")
-    assert vault.put(KEY, 3, 2, "storage", b"value-3") is False  # re-wrapped, same value
+    vault.put(KEY, 3, 1, "storage", b"value-3", source=b"a" * 32)
+    assert vault.put(KEY, 3, 2, "storage", b"value-3", source=b"b" * 32) is False  # re-wrapped
     assert [(h.version, h.epoch) for h in vault.held()] == [(3, 2)]
+    assert vault.held_as(KEY) == (3, 2, b"b" * 32)
+    # A re-wrap put back: the epoch it was opened under is the one held, not the highest.
+    assert vault.put(KEY, 3, 1, "storage", b"value-3", source=b"a" * 32) is False
+    assert vault.held_as(KEY) == (3, 1, b"a" * 32)
 
 
 def test_lower_version_raises_stale_version_and_is_counted() -> None:
