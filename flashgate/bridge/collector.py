@@ -26,6 +26,7 @@ Entries that cannot reach t partials are returned as failed with a reason, to be
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -185,8 +186,18 @@ class Collector:
             size = self.own_group if node == self.node_id else self.max_items
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
-                coro = self._own(chunk) if node == self.node_id else self._ask(node, chunk)
-                tasks[asyncio.create_task(coro)] = (node, chunk)
+                if node == self.node_id:
+                    # Counted at once, before any request goes out: their timeouts count
+                    # this node's own queue (see _request).
+                    task = asyncio.create_task(self._own(chunk))
+                    self._queued[node] += len(chunk)
+                    task.add_done_callback(functools.partial(self._dequeue, len(chunk)))
+                else:
+                    task = asyncio.create_task(self._ask(node, chunk))
+                tasks[task] = (node, chunk)
+
+    def _dequeue(self, items: int, _: object) -> None:
+        self._queued[self.node_id] -= items
 
     def _hedge_delay(
         self, tasks: dict[asyncio.Task[dict[str, int]], tuple[str, list[_Wanted]]]
@@ -221,11 +232,7 @@ class Collector:
         return None if entry is None else entry.index
 
     async def _own(self, group: list[_Wanted]) -> dict[str, int]:
-        self._queued[self.node_id] += len(group)
-        try:
-            values = await self.partials.partials([w.entry.ciphertext for w in group])
-        finally:
-            self._queued[self.node_id] -= len(group)
+        values = await self.partials.partials([w.entry.ciphertext for w in group])
         return {w.entry.key: x for w, x in zip(group, values, strict=True)}
 
     async def _ask(
