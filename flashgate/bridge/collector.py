@@ -4,8 +4,9 @@ For a batch of envelopes the collector:
 
 1. ranks the candidate nodes per ciphertext (rendezvous hashing, :mod:`peers`) and
    assigns the first t to it: this node's own partial when it is among them, peers for
-   the rest; items for the same peer travel in one request (up to 256 items); its own
-   partials are asked for in smaller groups, so that they are combined as they come;
+   the rest; items for the same peer travel together, in requests of up to 64 items (the
+   wire allows 256), and its own partials are asked for in groups of 32: answers then
+   come in as the partials are computed, and are combined as they come;
 2. sends the requests concurrently; a peer that has not answered within the hedge delay
    gets a stand-in: the affected items go to the next candidate too, and the first t
    partials to arrive win; a refusal, a timeout or a bad response moves on to the next
@@ -50,9 +51,10 @@ from flashgate.events.share import MAX_SHARE_ITEMS, ShareItem, ShareResults
 
 log = structlog.get_logger("flashgate.bridge.collector")
 
-#: This node's own partials are asked for in groups of this many (they are combined as
-#: each group is done; peers answer up to MAX_SHARE_ITEMS per request).
+#: This node's own partials are asked for in groups of this many, and a peer for at most
+#: PEER_GROUP items per request (<= MAX_SHARE_ITEMS): each group is combined once done.
 OWN_GROUP = 32
+PEER_GROUP = 64
 
 
 class Transport(Protocol):
@@ -116,7 +118,7 @@ class Collector:
     grace_poll_s: float = 0.1
     clock: Callable[[], float] = time.monotonic
     own_group: int = OWN_GROUP
-    max_items: int = MAX_SHARE_ITEMS
+    peer_group: int = PEER_GROUP
 
     def __post_init__(self) -> None:
         self._started = self.clock()
@@ -183,7 +185,7 @@ class Collector:
                 want.inflight.add(node)
                 by_node[node].append(want)
         for node, group in by_node.items():
-            size = self.own_group if node == self.node_id else self.max_items
+            size = self.own_group if node == self.node_id else min(self.peer_group, MAX_SHARE_ITEMS)
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
                 if node == self.node_id:

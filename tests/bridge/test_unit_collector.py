@@ -396,7 +396,7 @@ async def test_a_request_queued_behind_others_at_a_peer_gets_a_longer_timeout(
 ) -> None:
     entries = harness.entries()
     collector = harness.collector(per_item_ms=10.0)
-    collector.max_items = 1  # one item per request: several requests per peer
+    collector.peer_group = 1  # one item per request: several requests per peer
     seen: dict[str, list[float]] = {}
     original = harness.transport.request
 
