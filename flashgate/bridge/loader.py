@@ -24,7 +24,7 @@ from flashgate.errors import FlashgateError, StaleVersion
 
 log = structlog.get_logger("flashgate.bridge.loader")
 
-BATCH = 4096
+BATCH = 1024
 MAX_BACKOFF_S = 10.0
 
 
