@@ -204,7 +204,16 @@ class Collector:
     def _hedge_delay(
         self, tasks: dict[asyncio.Task[dict[str, int]], tuple[str, list[_Wanted]]]
     ) -> float:
-        largest = max((len(group) for _, group in tasks.values()), default=1)
+        # A peer answers our requests in order: the next answer from it may wait on every
+        # item of ours queued there, not just on its own request's (this node's own groups
+        # are computed here, one after another).
+        largest = max(
+            (
+                len(group) if node == self.node_id else max(len(group), self._queued[node])
+                for node, group in tasks.values()
+            ),
+            default=1,
+        )
         return max(self.hedge_floor_s, 2.0 * largest * self.per_item_ms / 1000.0 + 0.2)
 
     def _task_result(self, task: asyncio.Task[dict[str, int]], node: str) -> dict[str, int]:

@@ -7,11 +7,12 @@ named node, or fails, refuses, stalls or lies for the nodes a test picks.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from flashgate.bridge.collector import Collector, CollectResult
+from flashgate.bridge.collector import Collector, CollectResult, _Wanted
 from flashgate.bridge.store import Entry
 from flashgate.crypto.decrypt import open_jwe
 from flashgate.errors import BrokerUnavailable, NoResponders
@@ -414,3 +415,21 @@ async def test_a_request_queued_behind_others_at_a_peer_gets_a_longer_timeout(
         expected = [5.0 + (own + k + 1) * 0.010 * 2 for k in range(len(timeouts))]
         assert timeouts == pytest.approx(expected), node
     assert any(len(timeouts) > 1 for timeouts in seen.values())
+
+
+async def test_the_hedge_delay_counts_the_items_queued_at_a_peer(harness: FleetHarness) -> None:
+    """No answer yet from a peer that has 300 items of ours queued is no reason to hedge
+    when only one 64-item request's time has passed: its answers come in order."""
+    collector = harness.collector(per_item_ms=10.0, hedge_floor_s=0.01)
+    entries = harness.entries()
+    peer = first_peer_in_top_t(entries[0])
+    group = [_Wanted(e, [peer]) for e in entries]
+    task: asyncio.Task[dict[str, int]] = asyncio.create_task(asyncio.sleep(0, {}))
+    collector._queued[peer] = 300
+    delay = collector._hedge_delay({task: (peer, group)})
+    assert delay >= 2 * 300 * 0.010
+    collector._queued[peer] = 0
+    assert collector._hedge_delay({task: (peer, group)}) == pytest.approx(
+        2 * len(group) * 0.010 + 0.2
+    )
+    await task
