@@ -41,12 +41,12 @@ Measured per scenario (3072-bit key, t=3 of n=5, and 2048-bit key, t=2 of n=3):
    RSS (VmHWM, read at the end of the scenario; goal < 200 MB per node at 10,000 secrets,
    shown for every S). The CPU of the whole machine (/proc/stat) over the cold start says
    how much other processes took; the "less noise" line (informational, no goal) is the
-   cold start over the compute limit on the cores they left to the run. Share requests are watched on the wire by this process:
-   the replies on the bridges' inbox from the start, the requests to a node once it logs
-   that it serves (a subscriber on a node's subject before the node has one would turn the
-   immediate "no responders" into a silent timeout and change the outcome). A request the
-   tap saw that never got a reply is "unanswered" (listed in the notes with its time, to
-   match with node logs).
+   cold start over the compute limit on the cores they left to the run. Share requests are
+   watched on the wire by this process: the replies on the bridges' inbox from the start,
+   the requests to a node once it logs that it serves (a subscriber on a node's subject
+   before the node has one would turn the immediate "no responders" into a silent timeout
+   and change the outcome). A request the tap saw that never got a reply is "unanswered"
+   (listed in the notes with its time, to match with node logs).
 2. Rotation propagation (2048-bit fleet, running and loaded): at 10/s for 30 s (10 s in
    ``--quick``), a new version of one of 50 keys (round robin, version +1 each time) is put
    straight into the secrets bucket, open loop (each put is its own task). Latency = from
