@@ -202,6 +202,12 @@ class BrokerUnavailable(BrokerError):
     code = "broker_unavailable"
 
 
+class NoResponders(BrokerUnavailable):
+    """A request found no subscriber on its subject (e.g. a peer that has not started)."""
+
+    code = "no_responders"
+
+
 # --- commands against the current state ----------------------------------------------------
 
 

@@ -4,11 +4,19 @@ For a batch of envelopes the collector:
 
 1. ranks the candidate nodes per ciphertext (rendezvous hashing, :mod:`peers`) and
    assigns the first t to it: this node's own partial when it is among them, peers for
-   the rest; items for the same peer travel in one request (up to 256 items);
+   the rest; items for the same peer travel together, in requests of up to 64 items (the
+   wire allows 256), and its own partials are asked for in groups of 32: answers then
+   come in as the partials are computed, and are combined as they come;
 2. sends the requests concurrently; a peer that has not answered within the hedge delay
    gets a stand-in: the affected items go to the next candidate too, and the first t
    partials to arrive win; a refusal, a timeout or a bad response moves on to the next
-   candidate as well;
+   candidate as well. A request's timeout counts the items queued ahead of it: those
+   this collector already has in flight at that peer, and as many as it has queued for
+   itself (nodes starting together load the same envelopes, and rendezvous hashing gives
+   each about the same share), so a busy peer is not taken for a dead one. At start-up,
+   a peer never heard from whose subject has no subscriber yet ("no responders") is
+   asked again for up to ``start_grace_s`` rather than skipped: nodes started together
+   come up a little apart, and skipping would push work onto other candidates;
 3. combines optimistically (y^e = c); when that check fails, it asks the contributors for
    proofs, names the faulty node(s), excludes them from then on, reports them, and goes
    on with other candidates.
@@ -19,6 +27,7 @@ Entries that cannot reach t partials are returned as failed with a reason, to be
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,11 +45,16 @@ from flashgate.crypto.encoding import int_to_bytes
 from flashgate.crypto.threshold.combine import combine, identify_faulty
 from flashgate.crypto.threshold.keys import ThresholdPublicKey
 from flashgate.crypto.threshold.partial import Proof
-from flashgate.errors import CombineCheckFailed, FlashgateError
+from flashgate.errors import CombineCheckFailed, FlashgateError, NoResponders
 from flashgate.events.fleet import Roster
 from flashgate.events.share import MAX_SHARE_ITEMS, ShareItem, ShareResults
 
 log = structlog.get_logger("flashgate.bridge.collector")
+
+#: This node's own partials are asked for in groups of this many, and a peer for at most
+#: PEER_GROUP items per request (<= MAX_SHARE_ITEMS): each group is combined once done.
+OWN_GROUP = 32
+PEER_GROUP = 64
 
 
 class Transport(Protocol):
@@ -96,8 +110,19 @@ class Collector:
     #: node id -> share index in this collector's epoch (from the epoch's descriptor);
     #: None: the roster's indices (a node with a single epoch dealt by the ceremony).
     members: dict[str, int] | None = None
-    per_item_ms: float = 25.0  # learned: seconds a peer needs per item, for timeouts
+    per_item_ms: float = 25.0  # learned: ms a peer needs per item of ours, for timeouts
     hedge_floor_s: float = 0.3
+    #: From this collector's creation (the node's start), how long a peer never heard from
+    #: that has no responder yet is waited for, asked again every ``grace_poll_s``.
+    start_grace_s: float = 5.0
+    grace_poll_s: float = 0.1
+    clock: Callable[[], float] = time.monotonic
+    own_group: int = OWN_GROUP
+    peer_group: int = PEER_GROUP
+
+    def __post_init__(self) -> None:
+        self._started = self.clock()
+        self._queued: dict[str, int] = defaultdict(int)  # node -> our items in flight there
 
     # --- public --------------------------------------------------------------------------
 
@@ -160,15 +185,35 @@ class Collector:
                 want.inflight.add(node)
                 by_node[node].append(want)
         for node, group in by_node.items():
-            for start in range(0, len(group), MAX_SHARE_ITEMS):
-                chunk = group[start : start + MAX_SHARE_ITEMS]
-                coro = self._own(chunk) if node == self.node_id else self._ask(node, chunk)
-                tasks[asyncio.create_task(coro)] = (node, chunk)
+            size = self.own_group if node == self.node_id else min(self.peer_group, MAX_SHARE_ITEMS)
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                if node == self.node_id:
+                    # Counted at once, before any request goes out: their timeouts count
+                    # this node's own queue (see _request).
+                    task = asyncio.create_task(self._own(chunk))
+                    self._queued[node] += len(chunk)
+                    task.add_done_callback(functools.partial(self._dequeue, len(chunk)))
+                else:
+                    task = asyncio.create_task(self._ask(node, chunk))
+                tasks[task] = (node, chunk)
+
+    def _dequeue(self, items: int, _: object) -> None:
+        self._queued[self.node_id] -= items
 
     def _hedge_delay(
         self, tasks: dict[asyncio.Task[dict[str, int]], tuple[str, list[_Wanted]]]
     ) -> float:
-        largest = max((len(group) for _, group in tasks.values()), default=1)
+        # A peer answers our requests in order: the next answer from it may wait on every
+        # item of ours queued there, not just on its own request's (this node's own groups
+        # are computed here, one after another).
+        largest = max(
+            (
+                len(group) if node == self.node_id else max(len(group), self._queued[node])
+                for node, group in tasks.values()
+            ),
+            default=1,
+        )
         return max(self.hedge_floor_s, 2.0 * largest * self.per_item_ms / 1000.0 + 0.2)
 
     def _task_result(self, task: asyncio.Task[dict[str, int]], node: str) -> dict[str, int]:
@@ -229,16 +274,44 @@ class Collector:
             items=items,
             proofs=proofs,
         )
-        timeout = 5.0 + len(items) * self.per_item_ms / 1000.0 * (4 if proofs else 2)
-        started = time.monotonic()
-        raw = await self.transport.request(node, payload, timeout)
-        results = open_response(raw, request, reply_key, node, self.roster())
-        elapsed_ms = (time.monotonic() - started) * 1000
+        ahead = self._queued[node]  # ours, sent to this peer earlier and not answered yet
+        timeout = self._timeout(ahead + self._queued[self.node_id] + len(items), proofs=proofs)
+        self._queued[node] += len(items)
+        try:
+            started = time.monotonic()
+            raw = await self._send(node, payload, timeout)
+            results = open_response(raw, request, reply_key, node, self.roster())
+            elapsed_ms = (time.monotonic() - started) * 1000
+        finally:
+            self._queued[node] -= len(items)
         self.peers.seen(node, latency_ms=elapsed_ms)
         if items and not proofs:  # learn the per-item time peers need (bounded)
-            observed = elapsed_ms / len(items)
+            observed = elapsed_ms / (ahead + len(items))
             self.per_item_ms = min(200.0, max(2.0, 0.8 * self.per_item_ms + 0.2 * observed))
         return results
+
+    def _timeout(self, items: int, *, proofs: bool = False) -> float:
+        """Seconds to wait for a peer that has ``items`` of work queued up to our answer."""
+        return 5.0 + items * self.per_item_ms / 1000.0 * (4 if proofs else 2)
+
+    async def _send(self, node: str, payload: bytes, timeout: float) -> bytes:
+        """The request; during the start grace, "no responders" from a peer never heard
+        from means it is not up yet: ask again until it answers or the grace is over."""
+        while True:
+            try:
+                return await self.transport.request(node, payload, timeout)
+            except NoResponders:
+                if not self._in_start_grace(node):
+                    raise
+            await asyncio.sleep(self.grace_poll_s)
+
+    def _in_start_grace(self, node: str) -> bool:
+        state = self.peers.peers.get(node)
+        return (
+            state is not None
+            and state.last_seen is None
+            and self.clock() - self._started < self.start_grace_s
+        )
 
     # --- combining and the proof fallback -----------------------------------------------
 

@@ -500,8 +500,7 @@ class BridgeNode:
         task.add_done_callback(self._share_tasks.discard)
 
     async def _answer_share(self, msg: Msg) -> None:
-        async with self._share_gate:
-            reply = await self.share_service.answer(msg.data)
+        reply = await self.share_service.answer(msg.data, self._share_gate)
         with contextlib.suppress(Exception):
             await msg.respond(reply)
 

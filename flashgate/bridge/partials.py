@@ -1,10 +1,13 @@
 """This node's partial decryptions, computed once per ciphertext and shared.
 
 The same partial x_i = c^(2·Delta·s_i) serves this node and every peer that asks for it,
-so the fleet computes each one once. Work is batched onto the :class:`PartialEngine`
-(all cores; gmpy2 releases the GIL); concurrent askers of the same ciphertext wait on the
-same future. Entries are kept for a while (bounded) and wiped on stop. A partial is not a
-plaintext (t of them are needed), but it is key material: it lives only in this process.
+so the fleet computes each one once. Work goes to the :class:`PartialEngine` (all cores;
+gmpy2 releases the GIL) in slices of :data:`SLICE_PER_WORKER` items per worker, and each
+slice's results are released as soon as it is done: a large batch does not hold back its
+first partials until its last one is computed, so combining and answering peers overlap
+the computing. Concurrent askers of the same ciphertext wait on the same future. Entries
+are kept for a while (bounded) and wiped on stop. A partial is not a plaintext (t of them
+are needed), but it is key material: it lives only in this process.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from flashgate.crypto.threshold.keys import KeyShare, ThresholdPublicKey
 from flashgate.crypto.threshold.partial import Proof, prove
 
 MAX_CACHED = 50_000
+#: Items per worker thread in one engine submission; each submission's results are
+#: released when it is done. Small enough that results flow out while a large batch is
+#: being computed, large enough that the per-submission overhead stays negligible.
+SLICE_PER_WORKER = 8
 
 
 class PartialCache:
@@ -43,7 +50,7 @@ class PartialCache:
         cancel or fail the computation that other callers (a peer's request) wait on.
         """
         loop = asyncio.get_running_loop()
-        todo: list[int] = []
+        todo: list[tuple[int, asyncio.Future[int]]] = []
         futures: list[asyncio.Future[int]] = []
         for c in cs:
             future = self._cache.get(c)
@@ -54,7 +61,7 @@ class PartialCache:
             ):
                 future = loop.create_future()
                 self._cache[c] = future
-                todo.append(c)
+                todo.append((c, future))
             else:
                 self._cache.move_to_end(c)
             futures.append(future)
@@ -64,27 +71,51 @@ class PartialCache:
             task.add_done_callback(self._computing.discard)
         return [await asyncio.shield(f) for f in futures]
 
-    async def _compute(self, todo: list[int]) -> None:
+    async def _compute(self, todo: list[tuple[int, asyncio.Future[int]]]) -> None:
+        """Submit ``todo`` in slices (all at once: the engine's pool queues them in order)
+        and resolve each slice's futures as soon as that slice is done."""
+        step = SLICE_PER_WORKER * self.engine.workers
+        slices = [todo[i : i + step] for i in range(0, len(todo), step)]
+        submitted: list[tuple[list[tuple[int, asyncio.Future[int]]], asyncio.Future[list[int]]]]
+        submitted = []
         try:
-            values = await asyncio.wrap_future(self.engine.submit(todo))
-        except BaseException as exc:
-            for c in todo:
-                future = self._cache.pop(c, None)
-                if future is not None and not future.done():
-                    if isinstance(exc, asyncio.CancelledError):
-                        future.cancel()
-                    else:
-                        future.set_exception(exc)
-                        future.exception()  # retrieved: no "never retrieved" warning
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for c, x in zip(todo, values, strict=True):
-            future = self._cache.get(c)
-            if future is not None and not future.done():
-                future.set_result(x)
-        self.computed += len(todo)
-        self._trim()
+            for part in slices:
+                try:
+                    cs = [c for c, _ in part]
+                    submitted.append((part, asyncio.wrap_future(self.engine.submit(cs))))
+                except Exception as exc:  # e.g. a ciphertext out of range: fail this slice
+                    self._fail(part, exc)
+            for part, future in submitted:
+                try:
+                    values = await future
+                except Exception as exc:
+                    self._fail(part, exc)
+                    continue
+                for (_, waiting), x in zip(part, values, strict=True):
+                    if not waiting.done():
+                        waiting.set_result(x)
+                self.computed += len(part)
+        except BaseException as exc:  # cancelled (purge, stop): nothing more will resolve
+            for part, future in submitted:
+                future.add_done_callback(_retrieve)  # the engine may still finish (or fail)
+                self._fail(part, exc)
+            raise
+        finally:
+            self._trim()
+
+    def _fail(self, part: Sequence[tuple[int, asyncio.Future[int]]], exc: BaseException) -> None:
+        """Fail (or cancel) the futures of ``part`` not yet resolved and drop them from the
+        cache: a later ask computes them again."""
+        for c, future in part:
+            if future.done():
+                continue
+            if self._cache.get(c) is future:
+                del self._cache[c]
+            if isinstance(exc, asyncio.CancelledError) or not isinstance(exc, Exception):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning
 
     async def proof(self, c: int, x: int) -> Proof:
         return await asyncio.to_thread(prove, self.share, self.public, c, x)
@@ -106,3 +137,9 @@ class PartialCache:
     def close(self) -> None:
         self.purge()
         self.engine.close()
+
+
+def _retrieve(future: asyncio.Future[list[int]]) -> None:
+    """Mark an abandoned slice's outcome as seen (no "exception was never retrieved")."""
+    if not future.cancelled():
+        future.exception()

@@ -2,7 +2,10 @@
 
 :meth:`ShareService.answer` takes the raw request and always returns a signed reply: the
 partials, or a refusal with its reason (screening failures, a node not ready, even an
-unexpected error), so a requester never waits out a timeout for nothing. Each item is
+unexpected error), so a requester never waits out a timeout for nothing. A request is
+screened when it arrives, before it waits for a turn (``gate``, the node's bound on
+requests answered at once): its freshness is checked against its travel time, not against
+the time it queued behind earlier requests while this node computed their partials. Each item is
 looked up in this node's own copy of the store (fetching a revision it has not seen from
 the bucket when it can) and its digest checked before any partial is computed; partials
 come from the shared :class:`PartialCache`, so each is computed once.
@@ -10,6 +13,8 @@ come from the shared :class:`PartialCache`, so each is computed once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ from flashgate.bridge.protocol import Refused, Responder
 from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.crypto.encoding import int_to_bytes
 from flashgate.errors import FlashgateError
-from flashgate.events.share import ShareItemRefusal, SharePartial, ShareProof
+from flashgate.events.share import ShareItemRefusal, SharePartial, ShareProof, ShareRequest
 
 log = structlog.get_logger("flashgate.bridge.share")
 
@@ -37,13 +42,17 @@ class ShareService:
     fetch: Fetch | None = None  # a revision not in the store, from the bucket
     on_request: Callable[[str], None] | None = None  # a screened requester was heard from
 
-    async def answer(self, raw: bytes) -> bytes:
+    async def answer(self, raw: bytes, gate: asyncio.Semaphore | None = None) -> bytes:
         try:
             request = self.responder.screen(raw)
         except Refused as refusal:
             return self.responder.refuse(raw, refusal.reason)
         if self.on_request is not None:
             self.on_request(request.requester)
+        async with gate if gate is not None else contextlib.nullcontext():
+            return await self._answer(raw, request)
+
+    async def _answer(self, raw: bytes, request: ShareRequest) -> bytes:
         cache = self.partials_for(request.epoch)
         if cache is None:  # retired between the screening and now
             self.responder.refused["wrong_epoch"] += 1

@@ -21,7 +21,8 @@ Every component connects through :func:`connect`, which adds what a bare
 
 * **Errors mapped at the boundary.** :func:`broker_errors` turns nats-py exceptions into
   :class:`~flashgate.errors.BrokerUnavailable` (no answer: timeouts, no responders,
-  closed or reconnecting connection, JetStream 503) or
+  closed or reconnecting connection, JetStream 503; no responders as its subclass
+  :class:`~flashgate.errors.NoResponders`, nobody subscribed) or
   :class:`~flashgate.errors.BrokerError` (anything else), so callers above the broker
   package catch flashgate errors only.
 
@@ -49,7 +50,13 @@ from flashgate.broker.server import (
     minimum_version_text,
     parse_version,
 )
-from flashgate.errors import BrokerError, BrokerUnavailable, ConfigurationError, UnsupportedServer
+from flashgate.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    NoResponders,
+    UnsupportedServer,
+)
 from flashgate.names import validate_name
 
 _logger = structlog.get_logger("flashgate.broker")
@@ -305,9 +312,10 @@ def broker_errors(what: str) -> Iterator[None]:
     """Map nats-py errors raised inside the block to flashgate errors about ``what``."""
     try:
         yield
+    except nats.errors.NoRespondersError as exc:
+        raise NoResponders(f"{what}: nobody listens ({describe_error(exc)})") from exc
     except (
         nats.errors.TimeoutError,
-        nats.errors.NoRespondersError,
         nats.errors.ConnectionClosedError,
         nats.errors.ConnectionReconnectingError,
         nats.js.errors.ServiceUnavailableError,

@@ -7,14 +7,15 @@ named node, or fails, refuses, stalls or lies for the nodes a test picks.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from flashgate.bridge.collector import CollectResult
+from flashgate.bridge.collector import Collector, CollectResult, _Wanted
 from flashgate.bridge.store import Entry
 from flashgate.crypto.decrypt import open_jwe
-from flashgate.errors import BrokerUnavailable
+from flashgate.errors import BrokerUnavailable, NoResponders
 from flashgate.events.share import SHARE_REQUEST_CODEC
 from tests.bridge.unit_support import (
     NODE_IDS,
@@ -281,3 +282,154 @@ async def test_a_peer_without_the_envelope_is_replaced_by_the_next_candidate() -
         assert harness.reports == []
     finally:
         harness.close()
+
+
+# --- (i) start-up: peers not up yet ----------------------------------------------------------
+
+
+class NotUpYet:
+    """What a request to a node meets before it subscribes: NoResponders, ``times`` times
+    (for ever if None); each attempt moves the collector's clock by ``step_s``."""
+
+    def __init__(self, clock: list[float], times: int | None = None, step_s: float = 0.0):
+        self.clock = clock
+        self.times = times
+        self.step_s = step_s
+        self.attempts = 0
+
+    def __call__(self, node_id: str, payload: bytes) -> None:
+        self.attempts += 1
+        self.clock[0] += self.step_s
+        if self.times is None or self.attempts <= self.times:
+            raise NoResponders(f"share request to {node_id}: nobody listens")
+
+
+def routed_with(harness: FleetHarness, node: str, hook: NotUpYet) -> None:
+    """Route requests to ``node`` through ``hook`` first (it may raise)."""
+    transport = harness.transport
+    original = transport.request
+
+    async def request(node_id: str, payload: bytes, timeout: float) -> bytes:
+        if node_id == node:
+            transport.calls[node_id] += 1
+            hook(node_id, payload)
+            transport.calls[node_id] -= 1  # counted again by the real route
+        return await original(node_id, payload, timeout)
+
+    transport.request = request  # type: ignore[method-assign]
+
+
+def graceful_collector(harness: FleetHarness, clock: list[float], **kwargs: float) -> Collector:
+    collector = harness.collector(**kwargs)  # type: ignore[arg-type]
+    collector.clock = lambda: clock[0]
+    collector.grace_poll_s = 0.0
+    collector.__post_init__()  # restart the grace on this clock
+    return collector
+
+
+async def test_a_peer_not_up_yet_is_waited_for_during_the_start_grace(
+    harness: FleetHarness,
+) -> None:
+    entries = harness.entries()
+    late = first_peer_in_top_t(entries[0])
+    clock = [100.0]
+    hook = NotUpYet(clock, times=3, step_s=0.5)  # up after 1.5 s of the 5 s grace
+    routed_with(harness, late, hook)
+    collector = graceful_collector(harness, clock)
+    result = await collector.collect(entries)
+    assert_all_open(result, entries)
+    for entry in entries:  # nobody stood in for it: each partial computed where it belongs
+        assert asked_for(harness, entry) == set(top(entry))
+    assert hook.attempts > 3
+    assert collector.peers.peers[late].failures == 0
+
+
+async def test_a_peer_not_up_after_the_start_grace_is_skipped(harness: FleetHarness) -> None:
+    entries = harness.entries()
+    late = first_peer_in_top_t(entries[0])
+    clock = [100.0]
+    hook = NotUpYet(clock, times=None, step_s=1.0)
+    routed_with(harness, late, hook)
+    collector = graceful_collector(harness, clock)
+    result = await collector.collect(entries)
+    assert_all_open(result, entries)
+    assert 1 < hook.attempts <= 7  # asked again for about 5 s of the clock, then skipped
+    assert collector.peers.peers[late].failures >= 1
+    assert late not in asked_for(harness, entries[0])
+
+
+async def test_no_responders_from_a_peer_heard_from_is_not_waited_for(
+    harness: FleetHarness,
+) -> None:
+    entries = harness.entries()
+    gone = first_peer_in_top_t(entries[0])
+    clock = [100.0]
+    hook = NotUpYet(clock, times=None)
+    routed_with(harness, gone, hook)
+    collector = graceful_collector(harness, clock)
+    collector.peers.seen(gone)  # it was up: no responders now means it went away
+    result = await collector.collect(entries)
+    assert_all_open(result, entries)
+    assert hook.attempts == 1
+    assert collector.peers.peers[gone].failures == 1
+
+
+async def test_no_responders_after_the_start_grace_is_not_waited_for(
+    harness: FleetHarness,
+) -> None:
+    entries = harness.entries()
+    late = first_peer_in_top_t(entries[0])
+    clock = [100.0]
+    hook = NotUpYet(clock, times=None)
+    routed_with(harness, late, hook)
+    collector = graceful_collector(harness, clock)
+    clock[0] += collector.start_grace_s  # the node has been running for a while
+    result = await collector.collect(entries)
+    assert_all_open(result, entries)
+    assert hook.attempts == 1
+
+
+# --- (j) timeouts count the work queued ahead ------------------------------------------------
+
+
+async def test_a_request_queued_behind_others_at_a_peer_gets_a_longer_timeout(
+    harness: FleetHarness,
+) -> None:
+    entries = harness.entries()
+    collector = harness.collector(per_item_ms=10.0)
+    collector.peer_group = 1  # one item per request: several requests per peer
+    seen: dict[str, list[float]] = {}
+    original = harness.transport.request
+
+    async def request(node_id: str, payload: bytes, timeout: float) -> bytes:
+        seen.setdefault(node_id, []).append(timeout)
+        return await original(node_id, payload, timeout)
+
+    harness.transport.request = request  # type: ignore[method-assign]
+    own = sum(1 for e in entries if SELF in top(e))
+    result = await collector.collect(entries)
+    assert_all_open(result, entries)
+    for node, timeouts in seen.items():
+        # k-th request to a node: this node's own queue, k-1 of ours ahead of it, itself
+        # (all sent before any answer: at the starting estimate of 10 ms per item, x2)
+        expected = [5.0 + (own + k + 1) * 0.010 * 2 for k in range(len(timeouts))]
+        assert timeouts == pytest.approx(expected), node
+    assert any(len(timeouts) > 1 for timeouts in seen.values())
+
+
+async def test_the_hedge_delay_counts_the_items_queued_at_a_peer(harness: FleetHarness) -> None:
+    """No answer yet from a peer that has 300 items of ours queued is no reason to hedge
+    when only one 64-item request's time has passed: its answers come in order."""
+    collector = harness.collector(per_item_ms=10.0, hedge_floor_s=0.01)
+    entries = harness.entries()
+    peer = first_peer_in_top_t(entries[0])
+    group = [_Wanted(e, [peer]) for e in entries]
+    task: asyncio.Task[dict[str, int]] = asyncio.create_task(asyncio.sleep(0, {}))
+    collector._queued[peer] = 300
+    delay = collector._hedge_delay({task: (peer, group)})
+    assert delay >= 2 * 300 * 0.010
+    collector._queued[peer] = 0
+    assert collector._hedge_delay({task: (peer, group)}) == pytest.approx(
+        2 * len(group) * 0.010 + 0.2
+    )
+    await task

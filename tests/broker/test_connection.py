@@ -25,6 +25,7 @@ from flashgate.errors import (
     BrokerUnavailable,
     ConfigurationError,
     InvalidName,
+    NoResponders,
     UnsupportedServer,
 )
 from tests.nats_fixtures import eventually
@@ -107,8 +108,9 @@ async def test_nothing_listening_fails_fast_without_credentials_in_the_message()
 
 
 async def test_broker_errors_maps_nats_errors(nc: Client) -> None:
-    with pytest.raises(BrokerUnavailable, match="asking nobody"), broker_errors("asking nobody"):
+    with pytest.raises(NoResponders, match="asking nobody"), broker_errors("asking nobody"):
         await nc.request("fgtest.nobody.home", b"", timeout=0.5)
+    assert issubclass(NoResponders, BrokerUnavailable)
     js = nc.jetstream()
     with pytest.raises(BrokerError, match="stream not found"), broker_errors("info"):
         await js.stream_info("fgtest-no-such-stream")
