@@ -32,8 +32,11 @@ def normalize_url(url: str) -> str:
     """Give a bare ``sqlite://``/``postgresql://`` URL its async driver."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"not a database URL: {url[:80]!r}") from exc
+    except ArgumentError:
+        # The URL may carry a password: show its scheme only.
+        raise ConfigurationError(
+            f"not a database URL (scheme {url.partition(':')[0][:20]!r})"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite" and parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         parsed = parsed.set(drivername="sqlite+aiosqlite")

@@ -282,9 +282,9 @@ class BridgeNode:
             self._metrics.close()
         for task in [*self._tasks, *self._share_tasks]:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # gather, not a loop of suppressed awaits: a cancellation of stop() itself (its
+        # caller's timeout) must not be swallowed.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self.nc is not None:
             with contextlib.suppress(Exception):

@@ -310,7 +310,11 @@ class NatsServerProcess:
         if self.running:
             return self
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_text())
+        # The config holds the role passwords: readable by this user only.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as config:
+            config.write(self.config_text())
+        os.chmod(self.config_path, 0o600)  # an older file kept its mode
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - our binary and config, no shell
                 [str(self.binary.path), "-c", str(self.config_path)],

@@ -11,7 +11,7 @@ import click
 
 from flashgate.cli.home import fleet_dir, resolve_home
 from flashgate.cli.secret import emit, home_option, json_option
-from flashgate.cli.session import AdminSession, run
+from flashgate.cli.session import AdminSession, NoOutcome, run
 from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
@@ -58,20 +58,26 @@ def create(
                 ),
                 secret,
             )
-            await session.send(
-                cmd.CreateApiKey(
-                    **session.base(),
-                    key_id=key_id,
-                    repo=repo,
-                    scope=scope,  # type: ignore[arg-type]
-                    access=access,
-                    label=label,
-                    epoch=epoch,
-                    jwe=token,
-                ),
-                show=not as_json,
-            )
+            try:
+                await session.send(
+                    cmd.CreateApiKey(
+                        **session.base(),
+                        key_id=key_id,
+                        repo=repo,
+                        scope=scope,  # type: ignore[arg-type]
+                        access=access,
+                        label=label,
+                        epoch=epoch,
+                        jwe=token,
+                    ),
+                    show=not as_json,
+                )
+            except NoOutcome as exc:
+                # The command is out: the backend may still apply it. The secret is shown
+                # anyway, or a key created late would have a secret nobody ever saw.
+                unconfirmed.append(exc)
 
+    unconfirmed: list[NoOutcome] = []
     run(go())
     shown = secret.decode()
     if as_json:
@@ -95,6 +101,13 @@ def create(
         "A lost secret means a new key.",
         err=True,
     )
+    if unconfirmed:
+        click.echo(
+            f"warning: {unconfirmed[0]}; the key may still be created: if "
+            f"`flashgate apikey list {repo}` shows {key_id}, the secret above is its secret",
+            err=True,
+        )
+        raise unconfirmed[0]
 
 
 @apikey.command("list")

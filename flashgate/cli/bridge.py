@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from pathlib import Path
 
@@ -95,13 +96,16 @@ async def _run(node: object) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     stopper = asyncio.create_task(stop.wait())
+    # The node can stop itself (it finds itself revoked) while it is still starting.
+    waiter = asyncio.create_task(node.wait_stopped())
     starter = asyncio.create_task(node.start())  # may wait for NATS or the buckets
-    await asyncio.wait({starter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if starter.done() and not stop.is_set():
+    await asyncio.wait({starter, stopper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if starter.done() and not stop.is_set() and not waiter.done():
         starter.result()  # a start-up error ends here, as a typed error
-        waiter = asyncio.create_task(node.wait_stopped())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+    waiter.cancel()
     starter.cancel()
     stopper.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await starter
     await asyncio.wait_for(node.stop(), 4.5)

@@ -283,6 +283,7 @@ def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Ch
         "",
         "try (in another shell):",
         f"  export FLASHGATE_HOME={root}",
+        "  export FLASHGATE_PASSPHRASE=...   # the passphrase this dev up sealed with",
         "  flashgate fleet status --wait",
         "  echo -n s3cr3t | flashgate secret put demo/db-password --kind generic",
         "  flashgate secret list",

@@ -15,7 +15,7 @@ from flashgate.errors import ConfigurationError
 from flashgate.events import commands as cmd
 from flashgate.events.fleet import encode_roster
 from flashgate.events.signing import sign
-from flashgate.fleet.files import ROSTER_FILE, load_roster, write_atomic
+from flashgate.fleet.files import ROSTER_FILE, write_atomic
 from flashgate.names import validate_name
 
 
@@ -35,12 +35,15 @@ def revoke(node_id: str, home: Path | None, as_json: bool) -> None:
 
     async def go() -> None:
         async with AdminSession(root) as session:
-            current = load_roster(fleet_dir(root), session.descriptor)
+            current = await session.synced_roster()
             entry = current.node(node_id)
             if entry is None:
                 raise ConfigurationError(f"{node_id} is not in the roster")
-            if entry.status == "revoked":
-                raise ConfigurationError(f"{node_id} is already revoked")
+            if entry.status == "revoked":  # perhaps by a run whose outcome came too late
+                raise ConfigurationError(
+                    f"{node_id} is already revoked (roster serial {current.serial}); "
+                    "the home's roster.json has it"
+                )
             nodes = [
                 msgspec.structs.replace(n, status="revoked") if n.id == node_id else n
                 for n in current.nodes

@@ -125,7 +125,7 @@ async def _start(session: AdminSession, root: Path, info: RotationInfo, display:
     current = session.descriptor
     if current.epoch != info.epoch:
         current = await _fleet_descriptor(session, info.epoch)
-    roster = load_roster(fleet_dir(root), current)
+    roster = await session.synced_roster()  # never deal to a node revoked elsewhere
     admin = session.admin_key
     # The new epoch keeps the key size; a fleet made with --insecure-test-key stays a test one.
     insecure = not fleet_public_key(current).is_secure_size

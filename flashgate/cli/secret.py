@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def read_value(kind: str, value_file: Path | None, typed: dict[str, Any]) -> byt
     if value_file is not None and given:
         raise ConfigurationError("give the value either as --value-file or as typed flags")
     if value_file is not None:
-        data = value_file.read_bytes() if str(value_file) != "-" else sys.stdin.buffer.read()
+        data = _read_file(value_file)
     elif given:
         if kind not in ("storage", "ai"):
             raise ConfigurationError("typed value flags are for the storage and ai kinds")
@@ -70,7 +71,22 @@ def read_value(kind: str, value_file: Path | None, typed: dict[str, Any]) -> byt
         data = sys.stdin.buffer.read(MAX_PLAINTEXT_BYTES + 1)
     if len(data) > MAX_PLAINTEXT_BYTES:
         raise OversizedInput(f"secret values are limited to {MAX_PLAINTEXT_BYTES} bytes")
+    if not data:  # `cat missing | flashgate secret put ...` must not store an empty secret
+        raise ConfigurationError("the value is empty")
     return data
+
+
+def _read_file(path: Path) -> bytes:
+    """At most one byte more than the limit, from a file or ('-') stdin; one-line errors."""
+    if str(path) == "-":
+        return sys.stdin.buffer.read(MAX_PLAINTEXT_BYTES + 1)
+    try:
+        with path.open("rb") as f:
+            return f.read(MAX_PLAINTEXT_BYTES + 1)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read --value-file {str(path)[:200]}: {exc.strerror}"
+        ) from None
 
 
 def typed_value_options(fn: Any) -> Any:
@@ -125,8 +141,15 @@ def secret() -> None:
 
 
 async def _write(
-    home: Path | None, target: str, kind: str | None, value: bytes, rotate: bool, as_json: bool
+    home: Path | None,
+    target: str,
+    kind: str | None,
+    value_of: Callable[[str], bytes],
+    rotate: bool,
+    as_json: bool,
 ) -> None:
+    """``value_of(kind)`` reads the value once the kind is known (a rotation keeps the
+    secret's kind unless --kind is given, and typed flags depend on it)."""
     repo, name = split_target(target)
     async with AdminSession(resolve_home(home)) as session:
         info = await find_secret(session, repo, name)
@@ -139,6 +162,7 @@ async def _write(
                 f"{repo}/{name} exists at version {info.current_version}; use `secret rotate`"
             )
         assert kind is not None
+        value = value_of(kind)
         version = (info.current_version + 1) if info is not None else 1
         epoch = int(session.descriptor.epoch)
         context = SecretContext(
@@ -184,7 +208,7 @@ def put(
 ) -> None:
     """Create a secret (or re-create a deleted one at its next version)."""
     value = read_value(kind, value_file, {k: typed[k] for k in TYPED})
-    run(_write(home, target, kind, value, False, as_json))
+    run(_write(home, target, kind, lambda _: value, False, as_json))
 
 
 @secret.command("rotate")
@@ -202,8 +226,12 @@ def rotate(
     **typed: Any,
 ) -> None:
     """Replace a secret's value with a new version."""
-    value = read_value(kind or "generic", value_file, {k: typed[k] for k in TYPED})
-    run(_write(home, target, kind, value, True, as_json))
+    given = {k: typed[k] for k in TYPED}
+    if kind is not None or not any(v is not None for v in given.values()):
+        value = read_value(kind or "generic", value_file, given)  # before connecting
+        run(_write(home, target, kind, lambda _: value, True, as_json))
+    else:  # typed flags without --kind: the secret's own kind decides
+        run(_write(home, target, kind, lambda k: read_value(k, value_file, given), True, as_json))
 
 
 @secret.command("delete")

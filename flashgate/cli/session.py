@@ -23,6 +23,7 @@ import nats.errors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
 
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.cli.home import fleet_dir, load_config
@@ -33,7 +34,13 @@ from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.errors import FlashgateError, SignatureInvalid, UnknownNode
 from flashgate.events import commands as cmd
 from flashgate.events.domain import DomainEvent, decode_event
-from flashgate.events.fleet import FleetDescriptor, RosterNode
+from flashgate.events.fleet import (
+    ROSTER_CODEC,
+    FleetDescriptor,
+    Roster,
+    RosterNode,
+    encode_roster,
+)
 from flashgate.events.node import (
     APIKEY_CHECK_CODEC,
     APIKEY_CHECK_RESULT_CODEC,
@@ -50,7 +57,13 @@ from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.files import ADMIN_KEY_FILE, ROSTER_FILE, load_descriptor, load_roster
+from flashgate.fleet.files import (
+    ADMIN_KEY_FILE,
+    ROSTER_FILE,
+    load_descriptor,
+    load_roster,
+    write_atomic,
+)
 from flashgate.fleet.signing import load_ed25519_public
 
 
@@ -292,6 +305,28 @@ class AdminSession:
             return None
         self.unverified.discard(node_id)
         return answer
+
+    async def synced_roster(self) -> Roster:
+        """The newest admin-signed roster: the home's ``roster.json``, or the fleet bucket's
+        when its serial is higher (a revocation made elsewhere, or one whose outcome this
+        CLI did not see in time); the home's file is updated to it."""
+        assert self.nc is not None
+        local = load_roster(fleet_dir(self.home), self.descriptor)
+        with broker_errors("reading the roster from the fleet bucket"):
+            kv = await self.nc.jetstream().key_value(self.names.fleet_bucket)
+            try:
+                entry = await kv.get(FleetNames.ROSTER_KEY)
+            except KeyNotFoundError:
+                return local
+        if not entry.value:
+            return local
+        stored = ROSTER_CODEC.decode(entry.value)
+        verify(stored, load_ed25519_public(self.descriptor.admin_key, "admin key"))
+        if stored.fleet != self.fleet or stored.serial <= local.serial:
+            return local
+        write_atomic(fleet_dir(self.home) / ROSTER_FILE, encode_roster(stored), 0o644)
+        self._node_keys = None
+        return stored
 
     def _node_signing_key(self, node_id: str) -> Ed25519PublicKey:
         """A node's Ed25519 key, from the home's roster (or the descriptor without one)."""

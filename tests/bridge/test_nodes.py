@@ -191,6 +191,14 @@ async def test_requests_are_refused_with_their_reason_counted(
             return status.share_requests_refused.get("revoked_requester", 0) >= 1
 
         await eventually(revoked_refused, 20, "node-3 refused as revoked")
+        # node-3 itself purges and exits 3 (supervisors must not restart it); started again
+        # on its old bundle, it finds itself revoked while starting and exits 3 again.
+        node3 = cluster.nodes["node-3"]
+        assert node3.process is not None
+        assert await asyncio.to_thread(node3.process.wait, 30) == 3
+        node3.start()
+        assert node3.process is not None
+        assert await asyncio.to_thread(node3.process.wait, 30) == 3
 
 
 async def test_moved_and_rolled_back_envelopes_are_refused(

@@ -109,3 +109,44 @@ async def test_a_signed_answer_to_another_request_does_not_count(
     async with AdminSession(home) as session:
         assert await session.status("node-1", timeout=5) is None
         assert "node-1" in session.unverified
+
+
+async def test_the_roster_is_synced_from_the_fleet_bucket(
+    home: Path, ceremony: Ceremony, nc: Client
+) -> None:
+    """A revocation made elsewhere (or one whose outcome came too late) reaches the home
+    before the next revoke or rotation deals from it; a roster not signed by the admin
+    does not."""
+    from flashgate.errors import SignatureInvalid
+    from flashgate.events.fleet import ROSTER_CODEC
+    from flashgate.fleet.files import ROSTER_FILE, load_roster
+
+    names = FleetNames(ceremony.descriptor.fleet)
+    kv = await nc.jetstream().create_key_value(bucket=names.fleet_bucket)
+    newer = sign(
+        msgspec.structs.replace(
+            ceremony.roster,
+            serial=ceremony.roster.serial + 1,
+            nodes=[
+                msgspec.structs.replace(n, status="revoked") if n.id == "node-2" else n
+                for n in ceremony.roster.nodes
+            ],
+            signature="",
+        ),
+        ceremony.admin_key,
+    )
+    async with AdminSession(home) as session:
+        assert (await session.synced_roster()).serial == ceremony.roster.serial  # no key yet
+        await kv.put(FleetNames.ROSTER_KEY, ROSTER_CODEC.encode(newer))
+        synced = await session.synced_roster()
+        assert synced == newer
+        assert load_roster(home / "fleet", ceremony.descriptor) == newer
+        assert (home / "fleet" / ROSTER_FILE).exists()
+        forged = sign(
+            msgspec.structs.replace(newer, serial=newer.serial + 1, signature=""), new_ed25519()
+        )
+        await kv.put(FleetNames.ROSTER_KEY, ROSTER_CODEC.encode(forged))
+        with pytest.raises(SignatureInvalid):
+            await session.synced_roster()
+        assert load_roster(home / "fleet", ceremony.descriptor) == newer
+    await nc.jetstream().delete_key_value(names.fleet_bucket)

@@ -179,6 +179,26 @@ def test_typed_storage_secret(cluster: Cli) -> None:
         60,
         "the storage secret everywhere",
     )
+    # Typed flags on a rotation take the secret's own kind when --kind is not given.
+    rotated = cluster.json(
+        "secret", "rotate", "media/s3", "--provider", "s3", "--secret-access-key", "rotated"
+    )
+    assert (rotated["kind"], rotated["version"]) == ("storage", 2)
+    # An empty value and an unreadable file are one-line errors, and nothing is written.
+    empty = cluster.run("secret", "put", "media/empty", "--kind", "generic", check=False)
+    assert empty.returncode != 0 and b"the value is empty" in empty.stderr
+    missing = cluster.run(
+        "secret",
+        "put",
+        "media/x",
+        "--kind",
+        "generic",
+        "--value-file",
+        "/nonexistent",
+        check=False,
+    )
+    assert missing.returncode != 0 and b"cannot read --value-file" in missing.stderr
+    assert b"Traceback" not in missing.stderr + empty.stderr
 
 
 def test_api_key_lifecycle(cluster: Cli) -> None:
