@@ -8,8 +8,14 @@ RUN pip install --no-cache-dir --prefix=/install .
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /nonexistent flashgate
 COPY --from=build /install /usr/local
-# Mount points owned by the service user, so fresh named volumes are writable.
-RUN mkdir -p /fleet /home-fg/fleet && chown flashgate /fleet /home-fg/fleet
+COPY deploy/fleet-init.py /usr/local/share/flashgate/fleet-init.py
+# Mount points owned by the service user: a fresh named volume takes the ownership of the
+# image directory it is first mounted on, so every volume compose.yaml mounts is writable
+# by the (non-root) service user, whichever service mounts it first.
+RUN mkdir -p /ceremony /public /fleet /node /nodes/node-1 /nodes/node-2 /nodes/node-3 \
+        /home-fg/fleet \
+    && chown flashgate /ceremony /public /fleet /node /nodes/node-1 /nodes/node-2 \
+        /nodes/node-3 /home-fg/fleet
 USER flashgate
 # No core dumps from a process that holds plaintext (the bridge also sets this itself).
 ENTRYPOINT ["flashgate"]

@@ -1,14 +1,18 @@
 """compose.yaml and the deployment NATS config: what can be checked without Docker.
 
 Docker does not run on these machines; these tests check the file's structure and
-dependencies, that every service command is a valid `flashgate` invocation, and that the
-NATS configuration passes `nats-server -t` and matches what the permissions module makes.
+dependencies, that every service command is a valid `flashgate` invocation, that the
+NATS configuration passes `nats-server -t` and matches what the permissions module makes,
+who mounts which volume and gets which passphrase (admin.key with init/admin only, each
+bundle with its own bridge only, nothing secret for the backend), and they run the init
+service's script (deploy/fleet-init.py) on directories standing in for its volumes.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -39,6 +43,7 @@ def test_services_and_dependencies() -> None:
         assert deps["nats"] == {"condition": "service_healthy"}
         assert SERVICES[bridge]["restart"] == "unless-stopped"
         assert "IPC_LOCK" in SERVICES[bridge]["cap_add"]
+        assert SERVICES[bridge]["ulimits"]["memlock"] == {"soft": -1, "hard": -1}
         assert SERVICES[bridge]["environment"]["FLASHGATE_NATS_USER"] == "bridge"
     assert SERVICES["init"]["restart"] == "no"
     for name in ("nats", "postgres", "backend", "bridge-1"):
@@ -47,12 +52,169 @@ def test_services_and_dependencies() -> None:
     assert SERVICES["backend"]["environment"]["FLASHGATE_DB_URL"].startswith("postgresql://")
 
 
+BRIDGES = ["bridge-1", "bridge-2", "bridge-3"]
+SECRET_FILES = {"admin.key", "nodes"}
+
+
+def _volumes(service: str) -> dict[str, str]:
+    """Named volume -> mount point (bind mounts left out)."""
+    mounts = {}
+    for spec in SERVICES[service].get("volumes", []):
+        source, target = spec.split(":")[:2]
+        if not source.startswith((".", "/")):
+            mounts[source] = target
+    return mounts
+
+
+def _init_script_args() -> list[str]:
+    return list(SERVICES["init"]["command"])
+
+
 def _flashgate_args(service: str) -> list[str]:
-    spec = SERVICES[service]
-    if spec.get("entrypoint") == ["sh", "-c"]:
-        script = spec["command"][0]
-        return script.split("||", 1)[1].split()[1:]  # after "flashgate"
-    return list(spec["command"])
+    if service == "init":
+        args = _init_script_args()
+        return ["fleet", "init", "--out", "/ceremony", *args[args.index("--") + 1 :]]
+    return list(SERVICES[service]["command"])
+
+
+def _run_init(tmp_path: Path, **env: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Run deploy/fleet-init.py as the init service does, with the service's arguments
+    (volumes mapped to directories under tmp_path) and a small insecure test key."""
+    mounts = {target: tmp_path / source for source, target in _volumes("init").items()}
+    for path in mounts.values():
+        path.mkdir(exist_ok=True)
+    (tmp_path / "nodes").mkdir(exist_ok=True)
+    for n in (1, 2, 3):  # the per-node mount points under --nodes-root
+        target = tmp_path / "nodes" / f"node-{n}"
+        if not target.exists():
+            target.symlink_to(mounts[f"/nodes/node-{n}"])
+    args = [
+        a.replace("=/ceremony", f"={mounts['/ceremony']}")
+        .replace("=/public", f"={mounts['/public']}")
+        .replace("=/nodes", f"={tmp_path / 'nodes'}")
+        for a in _init_script_args()
+    ]
+    full_env = {
+        **os.environ,
+        "FLASHGATE_PASSPHRASE": "ceremony-passphrase",
+        "FLASHGATE_PASSPHRASE_NODE_1": "node-1-passphrase",
+        "FLASHGATE_PASSPHRASE_NODE_2": "node-2-passphrase",
+        "FLASHGATE_PASSPHRASE_NODE_3": "node-3-passphrase",
+        **env,
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "fleet-init.py"),
+            *args,
+            "--key-bits=1024",
+            "--insecure-test-key",
+        ],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
+    )
+    return tmp_path, result
+
+
+def test_admin_key_and_bundles_only_in_init_and_admin() -> None:
+    """The ceremony volume (admin.key) is mounted by init and admin only; each node volume
+    by init and its own bridge only; the backend gets the public volume, read-only."""
+    ceremony = _volumes("init")
+    assert ceremony["ceremony"] == "/ceremony"
+    assert _volumes("admin") == {"ceremony": "/home-fg/fleet"}
+    for name in SERVICES:
+        if name not in ("init", "admin"):
+            assert "ceremony" not in _volumes(name), name
+    for n, bridge in enumerate(BRIDGES, 1):
+        assert _volumes(bridge) == {f"node-{n}": "/node"}, bridge
+        args = SERVICES[bridge]["command"]
+        assert args[args.index("--bundle") + 1] == f"/node/node-{n}.bundle"
+        holders = {s for s in SERVICES if f"node-{n}" in _volumes(s)}
+        assert holders == {"init", bridge}
+        assert ceremony[f"node-{n}"] == f"/nodes/node-{n}"
+    assert SERVICES["backend"]["volumes"] == ["fleet-public:/fleet:ro"]
+    assert "x-flashgate" not in COMPOSE or "volumes" not in COMPOSE["x-flashgate"]
+
+
+def test_passphrases_per_node_and_none_for_the_backend() -> None:
+    assert "FLASHGATE_PASSPHRASE" not in COMPOSE["x-flashgate"]["environment"]
+    backend_env = SERVICES["backend"]["environment"]
+    assert not [k for k in backend_env if "PASSPHRASE" in k]
+    assert not [k for k in SERVICES["nats"]["environment"] if "PASSPHRASE" in k]
+    seen = set()
+    for n, bridge in enumerate(BRIDGES, 1):
+        env = SERVICES[bridge]["environment"]
+        assert [k for k in env if "PASSPHRASE" in k] == ["FLASHGATE_PASSPHRASE"], bridge
+        assert f"FLASHGATE_PASSPHRASE_NODE_{n}" in env["FLASHGATE_PASSPHRASE"]
+        seen.add(env["FLASHGATE_PASSPHRASE"])
+    assert len(seen) == 3
+    assert "${FLASHGATE_PASSPHRASE:" in SERVICES["admin"]["environment"]["FLASHGATE_PASSPHRASE"]
+
+
+def test_bridge_health_is_the_metrics_endpoint() -> None:
+    for bridge in BRIDGES:
+        args = SERVICES[bridge]["command"]
+        port = args[args.index("--metrics-port") + 1]
+        test = SERVICES[bridge]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"]
+        assert f"http://127.0.0.1:{port}/metrics" in test[3]
+        assert "os.kill" not in test[3]
+
+
+def test_image_mount_points_belong_to_the_service_user() -> None:
+    """A fresh named volume takes its owner from the image directory it is mounted on."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    chown = dockerfile.split("chown flashgate", 1)[1].split("\nUSER", 1)[0]
+    owned = set(chown.replace("\\", " ").split())
+    for name, spec in SERVICES.items():
+        if "build" not in spec:
+            continue
+        for target in _volumes(name).values():
+            assert target in owned, (name, target)
+    assert "COPY deploy/fleet-init.py /usr/local/share/flashgate/fleet-init.py" in dockerfile
+    assert SERVICES["init"]["entrypoint"] == [
+        "python",
+        "/usr/local/share/flashgate/fleet-init.py",
+    ]
+
+
+def test_init_hands_out_one_bundle_per_node(tmp_path: Path) -> None:
+    from flashgate.errors import FlashgateError
+    from flashgate.fleet.directory import read_bundle
+
+    root, result = _run_init(tmp_path)
+    assert result.returncode == 0, result.stderr
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert files == {
+        "ceremony/admin.key",
+        "ceremony/fleet.json",
+        "ceremony/roster.json",
+        "fleet-public/fleet.json",
+        "fleet-public/roster.json",
+        "node-1/node-1.bundle",
+        "node-2/node-2.bundle",
+        "node-3/node-3.bundle",
+    }
+    bundle = read_bundle(root / "node-2" / "node-2.bundle", "node-2-passphrase")
+    assert bundle.node_id == "node-2"
+    with pytest.raises(FlashgateError):  # sealed with the node's passphrase, not the ceremony's
+        read_bundle(root / "node-2" / "node-2.bundle", "ceremony-passphrase")
+
+    # A second run (every `docker compose up`) keeps a bundle a bridge has re-sealed.
+    (root / "node-1" / "node-1.bundle").write_bytes(b"re-sealed by the bridge")
+    _, again = _run_init(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (root / "node-1" / "node-1.bundle").read_bytes() == b"re-sealed by the bridge"
+
+
+def test_init_refuses_without_a_node_passphrase(tmp_path: Path) -> None:
+    root, result = _run_init(tmp_path, FLASHGATE_PASSPHRASE_NODE_3="")
+    assert result.returncode != 0
+    assert "FLASHGATE_PASSPHRASE_NODE_3" in result.stderr
+    assert not (root / "node-3" / "node-3.bundle").exists()
+    assert (root / "ceremony" / "nodes" / "node-3.bundle").exists()  # kept for the next run
 
 
 @pytest.mark.parametrize("service", FLASHGATE_SERVICES)
@@ -94,6 +256,8 @@ def test_nats_config_is_generated_and_valid() -> None:
 def test_no_secret_in_compose_or_example() -> None:
     text = (ROOT / "compose.yaml").read_text()
     assert "change-me" not in text  # values come from .env
+    for n in (1, 2, 3):
+        assert f"${{FLASHGATE_PASSPHRASE_NODE_{n}:?" in text
     example = (ROOT / "deploy" / "example.env").read_text()
     assert all(
         line.split("=", 1)[1].startswith("change-me")
