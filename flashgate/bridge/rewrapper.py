@@ -28,6 +28,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -45,6 +46,7 @@ from flashgate.events.rotation import (
     REWRAP_REPLY_CODEC,
     REWRAP_REQUEST_CODEC,
     RewrapItem,
+    RewrapReply,
     RewrapRequest,
 )
 from flashgate.events.signing import sign
@@ -175,19 +177,7 @@ class Rewrapper:
                 hint="fewer than t nodes up?" if "no_quorum" in reasons else None,
             )
             return False
-        request = sign(
-            RewrapRequest(
-                fleet=self.fleet,
-                node_id=self.node_id,
-                request_id=secrets.token_bytes(16),
-                issued_at=wall_clock_ms(),
-                from_epoch=from_epoch,
-                to_epoch=to_epoch,
-                items=items,
-            ),
-            self.signing_key,
-        )
-        reply = REWRAP_REPLY_CODEC.decode(await self.send(REWRAP_REQUEST_CODEC.encode(request)))
+        reply = await self._send(from_epoch, to_epoch, items, "rewrap")
         now = time.monotonic()
         revisions = {e.key: e.revision for e in batch}
         for item in items:
@@ -226,21 +216,8 @@ class Rewrapper:
                 size += cost
             if not batch:
                 return
-            request = sign(
-                RewrapRequest(
-                    fleet=self.fleet,
-                    node_id=self.node_id,
-                    request_id=secrets.token_bytes(16),
-                    issued_at=wall_clock_ms(),
-                    from_epoch=from_epoch,
-                    to_epoch=to_epoch,
-                    items=[RewrapItem(e.key, e.version, e.envelope.jwe) for _, e in batch],
-                    action="revert",
-                ),
-                self.signing_key,
-            )
-            raw = await self.send(REWRAP_REQUEST_CODEC.encode(request))
-            reply = REWRAP_REPLY_CODEC.decode(raw)
+            items = [RewrapItem(e.key, e.version, e.envelope.jwe) for _, e in batch]
+            reply = await self._send(from_epoch, to_epoch, items, "revert")
             if not reply.ok:  # e.g. the clock: kept, and sent again on a later pass
                 log.warning("re-wrap dispute refused by the backend", reason=reply.error)
                 return
@@ -255,6 +232,28 @@ class Rewrapper:
                 refused=sorted({r.reason for r in reply.refusals}) or None,
                 error=reply.error,
             )
+
+    async def _send(
+        self,
+        from_epoch: int,
+        to_epoch: int,
+        items: list[RewrapItem],
+        action: Literal["rewrap", "revert"],
+    ) -> RewrapReply:
+        request = sign(
+            RewrapRequest(
+                fleet=self.fleet,
+                node_id=self.node_id,
+                request_id=secrets.token_bytes(16),
+                issued_at=wall_clock_ms(),
+                from_epoch=from_epoch,
+                to_epoch=to_epoch,
+                items=items,
+                action=action,
+            ),
+            self.signing_key,
+        )
+        return REWRAP_REPLY_CODEC.decode(await self.send(REWRAP_REQUEST_CODEC.encode(request)))
 
     def _trim(self, now: float) -> None:
         for k in [k for k, t in self._submitted.items() if now - t > 4 * RESUBMIT_AFTER_S]:
