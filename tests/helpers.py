@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flashgate.crypto.seal import KdfParams
 from flashgate.crypto.threshold.dealing import Dealing, deal
+from flashgate.events.fleet import FleetDescriptor, Roster
+from flashgate.fleet.rotation import NextEpoch, deal_next_epoch
 
 VECTORS = Path(__file__).parent / "vectors"
 TEST_BITS = 1024
@@ -67,3 +70,13 @@ def reference_private_key(pair: int = 0) -> rsa.RSAPrivateKey:
         public_numbers=rsa.RSAPublicNumbers(e, n),
     )
     return numbers.private_key()
+
+
+def deal_test_epoch(
+    current: FleetDescriptor, roster: Roster, admin: Ed25519PrivateKey, pair: int = 1
+) -> NextEpoch:
+    """The next fleet key epoch dealt to ``roster``'s active nodes, from fixed 1024-bit
+    primes."""
+    return deal_next_epoch(
+        current=current, roster=roster, admin=admin, primes=fixed_primes(pair), allow_insecure=True
+    )

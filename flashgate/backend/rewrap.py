@@ -112,7 +112,6 @@ def _is_barred(barred: str, node_id: str, active: frozenset[str]) -> bool:
 class _Target:
     """The row holding a live envelope: a secret's current version, or an API key."""
 
-    key: str
     repo: str
     row: SecretVersion | ApiKey
     secret: Secret | None  # None for an API key
@@ -251,7 +250,7 @@ class RewrapService:
                 raise NotFound(f"API key {key} does not exist or is revoked")
             if version != 1:
                 raise StaleVersion("API keys have version 1")
-            return _Target(key, repo, api_key, None)
+            return _Target(repo, api_key, None)
         row = (
             await session.execute(
                 select(Secret, SecretVersion)
@@ -274,7 +273,7 @@ class RewrapService:
         secret, current = row
         if current.version != version:
             raise StaleVersion(f"{key} is at version {current.version}")
-        return _Target(key, repo, current, secret)
+        return _Target(repo, current, secret)
 
     async def _origin(
         self, session: AsyncSession, item: RewrapItem, to_epoch: int

@@ -31,23 +31,17 @@ from flashgate.events.rotation import (
 )
 from flashgate.events.signing import sign, verify
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.rotation import NextEpoch, deal_next_epoch
+from flashgate.fleet.rotation import NextEpoch
 from tests.backend.conftest import AdminClient
 from tests.backend.test_commands import kv_envelope, wait_kv
-from tests.helpers import CANARY, fixed_primes
+from tests.helpers import CANARY, deal_test_epoch
 
 pytestmark = pytest.mark.nats
 
 
 def next_epoch(admin: AdminClient) -> NextEpoch:
     cer = admin.fleet.ceremony
-    return deal_next_epoch(
-        current=cer.descriptor,
-        roster=cer.roster,
-        admin=cer.admin_key,
-        primes=fixed_primes(1),
-        allow_insecure=True,
-    )
+    return deal_test_epoch(cer.descriptor, cer.roster, cer.admin_key)
 
 
 def y_of(admin: AdminClient, token: str) -> int:
@@ -376,13 +370,7 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
     # The next epoch must go to exactly the active nodes: dealt from a stale roster that
     # still lists the revoked node, it is refused.
     def deal(roster: Roster) -> NextEpoch:
-        return deal_next_epoch(
-            current=dealt.descriptor,
-            roster=roster,
-            admin=cer.admin_key,
-            primes=fixed_primes(0),
-            allow_insecure=True,
-        )
+        return deal_test_epoch(dealt.descriptor, roster, cer.admin_key, pair=0)
 
     def start3(epoch3: NextEpoch) -> cmd.StartKeyRotation:
         return sign(
@@ -416,13 +404,7 @@ async def test_second_rotation_purges_the_first_ones_shares(
         )
     )
     await admin.send(sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), cer.admin_key))
-    third = deal_next_epoch(
-        current=dealt.descriptor,
-        roster=cer.roster,
-        admin=cer.admin_key,
-        primes=fixed_primes(0),
-        allow_insecure=True,
-    )
+    third = deal_test_epoch(dealt.descriptor, cer.roster, cer.admin_key, pair=0)
     started = await admin.send(
         sign(
             cmd.StartKeyRotation(

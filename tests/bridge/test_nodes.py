@@ -322,21 +322,14 @@ async def test_forged_rotation_documents_are_refused(
     """The fleet bucket is written by the backend; nodes act only on admin-signed rotation
     and retirement commands. A forged one changes nothing and loads go on."""
     from flashgate.events import commands as cmd
-    from flashgate.fleet.rotation import deal_next_epoch
-    from tests.helpers import fixed_primes
+    from tests.helpers import deal_test_epoch
 
     nodes = ["node-1", "node-2", "node-3"]
     async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
         await put(cluster, "r", "before", b"before")
         await cluster.wait_held(nodes, "r.before", 1)
         cer = cluster.fleet.ceremony
-        dealt = deal_next_epoch(
-            current=cer.descriptor,
-            roster=cer.roster,
-            admin=cer.admin_key,
-            primes=fixed_primes(1),
-            allow_insecure=True,
-        )
+        dealt = deal_test_epoch(cer.descriptor, cer.roster, cer.admin_key)
         intruder = new_ed25519()
         base = cluster.admin.base()
         forged_start = sign(
@@ -388,8 +381,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
         RewrapRequest,
     )
     from flashgate.fleet.descriptor import fleet_public_key
-    from flashgate.fleet.rotation import deal_next_epoch
-    from tests.helpers import fixed_primes
+    from tests.helpers import deal_test_epoch
 
     nodes = ["node-1", "node-2", "node-3"]
     async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
@@ -401,13 +393,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
         original = ENVELOPE_CODEC.decode((await kv.get("r.one")).value)
 
         cer = cluster.fleet.ceremony
-        dealt = deal_next_epoch(
-            current=cer.descriptor,
-            roster=cer.roster,
-            admin=cer.admin_key,
-            primes=fixed_primes(1),
-            allow_insecure=True,
-        )
+        dealt = deal_test_epoch(cer.descriptor, cer.roster, cer.admin_key)
         pids = [cluster.nodes[n].process.pid for n in nodes]  # type: ignore[union-attr]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
