@@ -7,6 +7,7 @@ accepted and given their async driver.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from alembic import command as alembic_command
@@ -33,10 +34,10 @@ def normalize_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        # The URL may carry a password: show its scheme only.
-        raise ConfigurationError(
-            f"not a database URL (scheme {url.partition(':')[0][:20]!r})"
-        ) from None
+        # The URL may carry a password: show at most a well-formed scheme.
+        scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]{0,30}(?=://)", url)
+        shown = f" (scheme {scheme.group()!r})" if scheme else ""
+        raise ConfigurationError(f"not a database URL{shown}") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite" and parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         parsed = parsed.set(drivername="sqlite+aiosqlite")

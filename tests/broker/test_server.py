@@ -185,6 +185,8 @@ def test_restart_keeps_ports_and_kill_stops_at_once(
     with NatsServerProcess(tmp_path, binary=nats_binary) as server:
         url, first_pid = server.url, server.pid
         assert server.health()
+        # The config may hold role passwords: readable by its owner only.
+        assert server.config_path.stat().st_mode & 0o777 == 0o600
         server.restart()
         assert server.url == url and server.pid != first_pid and server.health()
         server.kill()
