@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from flashgate import failpoints
-from flashgate.backend import outbox
+from flashgate.backend import outbox, pgwrite
 from flashgate.backend.models import (
     ApiKey,
     AuditEvent,
@@ -196,6 +196,21 @@ def _peek_id(raw: bytes) -> tuple[str | None, str | None]:
     return ok_id, ok_type
 
 
+def _secret_context(command: cmd.PutSecret | cmd.RotateSecret) -> SecretContext:
+    """The context a secret write's envelope must bind; refuses reserved kinds and names."""
+    if command.kind not in SECRET_KINDS:
+        raise ConfigurationError(f"secret kind {command.kind!r} is reserved")
+    if command.name.startswith(API_KEY_PREFIX):
+        raise ConfigurationError(f"secret names starting {API_KEY_PREFIX!r} are reserved")
+    return SecretContext(
+        fleet=command.fleet,
+        repo=command.repo,
+        name=command.name,
+        kind=command.kind,
+        version=command.version,
+    )
+
+
 class CommandProcessor:
     def __init__(
         self,
@@ -204,8 +219,13 @@ class CommandProcessor:
         *,
         source: str,
         on_commit: Callable[[], None] | None = None,
+        engine: AsyncEngine | None = None,
     ) -> None:
         self._sessions = sessions
+        # PostgreSQL: common secret writes in one statement (flashgate.backend.pgwrite).
+        self._one_statement = (
+            engine if engine is not None and engine.dialect.name == "postgresql" else None
+        )
         self.state = state
         self._source = source
         self._on_commit = on_commit
@@ -260,6 +280,12 @@ class CommandProcessor:
     # --- the transaction -----------------------------------------------------------------
 
     async def _apply(self, command: cmd.Command) -> Outcome:
+        if self._one_statement is not None and isinstance(
+            command, cmd.PutSecret | cmd.RotateSecret
+        ):
+            applied = await self._write_secret_in_one_statement(self._one_statement, command)
+            if applied is not None:
+                return applied
         # Core statements, not the ORM's unit of work, on this hot path: the ORM's
         # per-object bookkeeping was most of a write's CPU time.
         async with self._sessions() as session, session.begin():
@@ -309,6 +335,64 @@ class CommandProcessor:
             command_id=command.command_id,
             command_type=command.command_type,
             target=target,
+        )
+        return Outcome(command.command_id, command.command_type, "applied")
+
+    async def _write_secret_in_one_statement(
+        self, engine: AsyncEngine, command: cmd.PutSecret | cmd.RotateSecret
+    ) -> Outcome | None:
+        """PostgreSQL: a new secret or the next version of one, in one statement
+        (:mod:`flashgate.backend.pgwrite`). None, having written nothing, when this is not
+        that common case as far as this backend knows (an unknown repository, a deleted
+        secret, epochs changed elsewhere, a command seen before, anything to refuse): the
+        general path then decides."""
+        rotate = isinstance(command, cmd.RotateSecret)
+        repository_id = self._repository_ids.get(command.repo)
+        if repository_id is None or (not rotate and command.version != 1):
+            return None
+        try:
+            self._check_jwe_against_state(command.jwe, _secret_context(command), command.epoch)
+        except FlashgateError:
+            return None  # refused by the general path, with fresh epochs
+        key = secret_key(command.repo, command.name)
+        event = self._secret_written_event(command, command.version - 1, key)
+        expected = _outcome_msg_id(command)
+        assert expected is not None
+        write = pgwrite.SecretWrite(
+            fleet_id=self.state.fleet_id,
+            epoch=self.state.epoch,
+            rotating_to=self.state.rotating_to,
+            command_id=command.command_id,
+            command_type=command.command_type,
+            outcome_msg_id=expected,
+            repository_id=repository_id,
+            name=command.name,
+            kind=command.kind,
+            version=command.version,
+            envelope_epoch=command.epoch,
+            jwe=command.jwe,
+            at=datetime.now(UTC),
+            outbox=[self._secret_put_row(command), outbox.event_row(self.state.names, event)],
+            fleet=self.state.names.fleet,
+            actor=command.actor,
+            target=key,
+        )
+        async with engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None  # asyncpg's connection, checked out for this write
+            try:
+                applied = await pgwrite.write_secret(driver, write, rotate=rotate)
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) in pgwrite.FALLBACK_STATES:
+                    return None  # the statement was aborted: nothing written
+                raise
+        if not applied:
+            return None
+        log.info(
+            "command applied",
+            command_id=command.command_id,
+            command_type=command.command_type,
+            target=key,
         )
         return Outcome(command.command_id, command.command_type, "applied")
 
@@ -456,6 +540,11 @@ class CommandProcessor:
             epoch not in self.state.keys and epoch in (current, rotating_to)
         ):
             await self.refresh_state(session)
+        self._check_jwe_against_state(token, context, epoch)
+
+    def _check_jwe_against_state(self, token: str, context: SecretContext, epoch: int) -> None:
+        """The envelope's epoch is writable, its header binds ``context`` and its wrapped
+        key fits that epoch's fleet key (the epochs as this backend holds them)."""
         if epoch not in self.state.writable_epochs():
             raise StaleEpoch(
                 f"envelope is for epoch {epoch}; the fleet writes epoch "
@@ -510,17 +599,7 @@ class CommandProcessor:
         command: cmd.PutSecret | cmd.RotateSecret,
         rows: list[dict[str, Any]],
     ) -> tuple[str, ev.DomainEvent]:
-        if command.kind not in SECRET_KINDS:
-            raise ConfigurationError(f"secret kind {command.kind!r} is reserved")
-        if command.name.startswith(API_KEY_PREFIX):
-            raise ConfigurationError(f"secret names starting {API_KEY_PREFIX!r} are reserved")
-        context = SecretContext(
-            fleet=command.fleet,
-            repo=command.repo,
-            name=command.name,
-            kind=command.kind,
-            version=command.version,
-        )
+        context = _secret_context(command)
         await self._check_jwe(session, command.jwe, context, command.epoch)
         repository_id = await self._repository_id(session, command.repo)
         connection = await session.connection()
@@ -595,6 +674,11 @@ class CommandProcessor:
                 "created_at": now,
             },
         )
+        rows.append(self._secret_put_row(command))
+        return key, self._secret_written_event(command, current, key)
+
+    def _secret_put_row(self, command: cmd.PutSecret | cmd.RotateSecret) -> dict[str, Any]:
+        """The outbox row that puts a written secret's envelope into the bucket."""
         envelope = SecretEnvelope(
             fleet=command.fleet,
             repo=command.repo,
@@ -606,15 +690,19 @@ class CommandProcessor:
             written_at=_now_ms(),
             command_id=command.command_id,
         )
-        rows.append(outbox.kv_put_row(self.state.names, envelope))
+        return outbox.kv_put_row(self.state.names, envelope)
+
+    def _secret_written_event(
+        self, command: cmd.PutSecret | cmd.RotateSecret, previous: int, key: str
+    ) -> ev.DomainEvent:
         data: ev.EventData
-        if rotate:
+        if isinstance(command, cmd.RotateSecret):
             data = ev.SecretRotated(
                 repo=command.repo,
                 name=command.name,
                 kind=command.kind,
                 version=command.version,
-                previous_version=current,
+                previous_version=previous,
                 epoch=command.epoch,
                 command_id=command.command_id,
             )
@@ -627,7 +715,7 @@ class CommandProcessor:
                 epoch=command.epoch,
                 command_id=command.command_id,
             )
-        return key, self._event(command, data, key)
+        return self._event(command, data, key)
 
     async def _delete_secret(
         self, session: AsyncSession, command: cmd.DeleteSecret

@@ -134,6 +134,7 @@ class Backend:
             state,
             source=f"flashgate/{names.fleet}/backend",
             on_commit=self.relay.wake,
+            engine=self.engine,
         )
         if self._singleton is not None or not self._is_postgres:
             await self._drain_outbox()

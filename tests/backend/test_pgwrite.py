@@ -1,0 +1,306 @@
+"""PostgreSQL's one-statement secret write (flashgate.backend.pgwrite) against the general
+path: the same rows, the same refusals, each command applied once across replicas.
+
+These tests drive :class:`CommandProcessor` directly (no broker): what they check is the
+database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from flashgate.backend import db, pgwrite
+from flashgate.backend.commands import CommandProcessor, Outcome
+from flashgate.backend.service import Backend, BackendSettings
+from flashgate.events import commands as cmd
+from flashgate.events.domain import decode_event
+from flashgate.events.envelope import ENVELOPE_CODEC
+from flashgate.events.signing import sign
+from flashgate.events.types import SecretKind
+from tests.backend.conftest import FleetFixture, new_command_id, postgres_database
+
+
+@dataclass
+class Replica:
+    """One backend's command processor on a PostgreSQL database."""
+
+    engine: AsyncEngine
+    processor: CommandProcessor
+
+    async def apply(self, command: cmd.AnyCommand) -> Outcome:
+        return await self.processor.process(cmd.COMMAND_CODEC.encode(command))
+
+    async def rows(self, sql: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as connection:
+            return [dict(r._mapping) for r in await connection.execute(text(sql))]
+
+
+@contextlib.asynccontextmanager
+async def replica(url: str, fleet: FleetFixture, *, one_statement: bool) -> AsyncIterator[Replica]:
+    service = Backend(BackendSettings(nats_urls=[], db_url=url, fleet_dir=fleet.dir))
+    service.engine = db.create_engine(url)
+    service.sessions = db.sessionmaker(service.engine)
+    state = await service._load_state(fleet.names)
+    processor = CommandProcessor(
+        service.sessions,
+        state,
+        source="test",
+        engine=service.engine if one_statement else None,
+    )
+    try:
+        yield Replica(service.engine, processor)
+    finally:
+        await service.engine.dispose()
+
+
+@pytest.fixture
+def second_pg_url(pg_url: str) -> Iterator[str]:
+    """Another fresh, migrated PostgreSQL database (beside ``pg_url``)."""
+    with postgres_database() as url:
+        db.migrate(url)
+        yield url
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each one-statement write returned (True: applied; False: wrote nothing)."""
+    seen: list[bool] = []
+    original = pgwrite.write_secret
+
+    async def spy(connection: Any, write: pgwrite.SecretWrite, *, rotate: bool) -> bool:
+        applied = await original(connection, write, rotate=rotate)
+        seen.append(applied)
+        return applied
+
+    monkeypatch.setattr(pgwrite, "write_secret", spy)
+    return seen
+
+
+class Commands:
+    def __init__(self, fleet: FleetFixture) -> None:
+        self.fleet = fleet
+
+    def _base(self) -> dict[str, Any]:
+        return {
+            "command_id": new_command_id(),
+            "fleet": self.fleet.name,
+            "actor": "admin:test",
+            "issued_at": int(time.time() * 1000),
+        }
+
+    def _jwe(self, repo: str, name: str, kind: SecretKind, version: int) -> str:
+        from flashgate.crypto.context import SecretContext
+        from flashgate.crypto.encrypt import encrypt_secret
+
+        context = SecretContext(
+            fleet=self.fleet.name, repo=repo, name=name, kind=kind, version=version
+        )
+        return encrypt_secret(self.fleet.key, context, b"value")
+
+    def put(
+        self, repo: str, name: str, *, version: int = 1, kind: SecretKind = "generic"
+    ) -> cmd.AnyCommand:
+        return sign(
+            cmd.PutSecret(
+                **self._base(),
+                repo=repo,
+                name=name,
+                kind=kind,
+                version=version,
+                epoch=1,
+                jwe=self._jwe(repo, name, kind, version),
+            ),
+            self.fleet.admin,
+        )
+
+    def rotate(
+        self, repo: str, name: str, *, version: int, kind: SecretKind = "generic"
+    ) -> cmd.AnyCommand:
+        return sign(
+            cmd.RotateSecret(
+                **self._base(),
+                repo=repo,
+                name=name,
+                kind=kind,
+                version=version,
+                epoch=1,
+                jwe=self._jwe(repo, name, kind, version),
+            ),
+            self.fleet.admin,
+        )
+
+    def delete(self, repo: str, name: str) -> cmd.AnyCommand:
+        return sign(cmd.DeleteSecret(**self._base(), repo=repo, name=name), self.fleet.admin)
+
+
+@pytest.fixture
+def commands(fleet: FleetFixture) -> Commands:
+    return Commands(fleet)
+
+
+_TIMES = {"created_at", "updated_at", "processed_at", "at"}
+
+
+def _normalized_payload(operation: str, payload: bytes) -> Any:
+    """An outbox payload without the times it was made at."""
+    if operation == "event":
+        event = msgspec.to_builtins(decode_event(payload))
+        event.pop("time")
+        return event
+    if operation == "put":
+        envelope = msgspec.to_builtins(ENVELOPE_CODEC.decode(payload))
+        envelope.pop("written_at")
+        return envelope
+    return payload
+
+
+async def _dump(r: Replica) -> dict[str, list[dict[str, Any]]]:
+    tables = {
+        "secrets": "SELECT * FROM secrets ORDER BY id",
+        "secret_versions": "SELECT * FROM secret_versions ORDER BY id",
+        "processed_commands": "SELECT * FROM processed_commands ORDER BY command_id",
+        "audit_events": "SELECT * FROM audit_events ORDER BY id",
+        "outbox": "SELECT * FROM outbox ORDER BY id",
+    }
+    dump: dict[str, list[dict[str, Any]]] = {}
+    for table, sql in tables.items():
+        rows = await r.rows(sql)
+        for row in rows:
+            for column in _TIMES & row.keys():
+                row[column] = "<time>" if row[column] is not None else None
+            if table == "outbox":
+                row["payload"] = _normalized_payload(row["operation"], bytes(row["payload"]))
+        dump[table] = rows
+    return dump
+
+
+async def test_one_statement_writes_the_rows_the_general_path_writes(
+    fleet: FleetFixture,
+    commands: Commands,
+    statements: list[bool],
+    pg_url: str,
+    second_pg_url: str,
+) -> None:
+    script = [
+        commands.put("app", "first"),  # a new repository: general path on both
+        commands.put("app", "db", kind="storage"),
+        commands.rotate("app", "db", version=2, kind="storage"),
+        commands.rotate("app", "db", version=3, kind="storage"),
+        commands.put("app", "other"),
+        commands.delete("app", "other"),
+        commands.put("app", "other", version=2),  # re-created: general path on both
+        commands.rotate("app", "other", version=3),
+    ]
+    async with replica(pg_url, fleet, one_statement=False) as general:
+        for command in script:
+            assert (await general.apply(command)).result == "applied"
+        expected = await _dump(general)
+    assert statements == []
+    async with replica(second_pg_url, fleet, one_statement=True) as fast:
+        for command in script:
+            assert (await fast.apply(command)).result == "applied"
+        got = await _dump(fast)
+    # The statement needs the repository's id from a committed row: the first write
+    # creates the repository and the second reads (and caches) its id, both on the
+    # general path; so does the re-created secret's put at version 2.
+    assert statements == [True, True, True, True]
+    for table in expected:
+        assert got[table] == expected[table], table
+    # The envelope is published before the event that announces it.
+    operations = [(r["operation"], r["msg_id"].split(":")[0]) for r in got["outbox"]]
+    assert operations[:2] == [("put", "kv"), ("event", "evt")]
+
+
+async def test_uncommon_cases_fall_back_and_are_refused_as_before(
+    fleet: FleetFixture, commands: Commands, statements: list[bool], pg_url: str
+) -> None:
+    async with replica(pg_url, fleet, one_statement=True) as r:
+        assert (await r.apply(commands.put("app", "seed"))).result == "applied"
+        put = commands.put("app", "s")
+        assert (await r.apply(put)).result == "applied"
+        assert (await r.apply(commands.put("app", "d"))).result == "applied"
+        assert (await r.apply(commands.delete("app", "d"))).result == "applied"
+        del statements[:]
+        cases: list[tuple[cmd.AnyCommand, str, str | None]] = [
+            (put, "duplicate", None),
+            (commands.put("app", "s"), "rejected", "already_exists"),
+            (commands.rotate("app", "s", version=3), "rejected", "stale_version"),
+            (commands.rotate("app", "s", version=2, kind="storage"), "rejected", None),
+            (commands.rotate("app", "d", version=2), "rejected", "not_found"),
+            (commands.put("app", "d"), "rejected", "stale_version"),
+        ]
+        for command, result, reason in cases:
+            outcome = await r.apply(command)
+            assert outcome.result == result, command
+            if reason is not None:
+                assert outcome.reason == reason
+        # Each ran the statement, which wrote nothing; the general path refused.
+        assert statements == [False] * len(cases)
+        rows = await r.rows("SELECT count(*) AS n FROM secret_versions")
+        assert rows == [{"n": 3}]
+        claims = await r.rows("SELECT result, count(*) AS n FROM processed_commands GROUP BY 1")
+        assert {c["result"]: c["n"] for c in claims} == {"applied": 4, "rejected": 5}
+
+
+async def test_epochs_changed_by_another_replica_are_read_before_writing(
+    fleet: FleetFixture, commands: Commands, statements: list[bool], pg_url: str
+) -> None:
+    async with replica(pg_url, fleet, one_statement=True) as r:
+        for seed in ("seed-1", "seed-2"):  # the repository, then its id cached
+            assert (await r.apply(commands.put("app", seed))).result == "applied"
+        async with r.engine.begin() as connection:  # as if a replica started a rotation
+            await connection.execute(text("UPDATE fleets SET rotating_to = 2"))
+        assert r.processor.state.rotating_to is None
+        assert (await r.apply(commands.put("app", "s"))).result == "applied"
+        assert statements == [False]  # the statement saw other epochs and wrote nothing
+        assert r.processor.state.rotating_to == 2  # the general path re-read them
+        assert (await r.apply(commands.rotate("app", "s", version=2))).result == "applied"
+        assert statements == [False, True]
+
+
+async def test_two_replicas_apply_each_command_once(
+    fleet: FleetFixture, commands: Commands, statements: list[bool], pg_url: str
+) -> None:
+    async with (
+        replica(pg_url, fleet, one_statement=True) as one,
+        replica(pg_url, fleet, one_statement=True) as two,
+    ):
+        for i, r in enumerate((one, two, one, two)):  # the repository, its id cached by both
+            assert (await r.apply(commands.put("app", f"seed-{i}"))).result == "applied"
+        for i in range(20):
+            # The same command on both replicas at once (a redelivery racing the first).
+            put = commands.put("app", f"rotated-{i}")
+            results = await asyncio.gather(one.apply(put), two.apply(put))
+            assert sorted(o.result for o in results) == ["applied", "duplicate"]
+            rotate = commands.rotate("app", f"rotated-{i}", version=2)
+            results = await asyncio.gather(one.apply(rotate), two.apply(rotate))
+            assert sorted(o.result for o in results) == ["applied", "duplicate"]
+            # Two commands writing the same new secret: one is applied.
+            a, b = commands.put("app", f"raced-{i}"), commands.put("app", f"raced-{i}")
+            results = await asyncio.gather(one.apply(a), two.apply(b))
+            assert sorted((o.result, o.reason) for o in results) == [
+                ("applied", None),
+                ("rejected", "already_exists"),
+            ]
+        versions = await one.rows(
+            "SELECT s.name, count(*) AS n FROM secret_versions v "
+            "JOIN secrets s ON s.id = v.secret_id GROUP BY s.name"
+        )
+        assert {v["name"]: v["n"] for v in versions} == (
+            {f"seed-{i}": 1 for i in range(4)}
+            | {f"rotated-{i}": 2 for i in range(20)}
+            | {f"raced-{i}": 1 for i in range(20)}
+        )
+        outbox = await one.rows("SELECT count(*) AS n FROM outbox WHERE operation = 'put'")
+        assert outbox == [{"n": 4 + 20 * 3}]
+    # Every applied write of the race went in one statement; the losers' wrote nothing.
+    assert statements.count(True) >= 60 and False in statements
