@@ -247,6 +247,9 @@ class Relay:
     async def run(self) -> None:
         backoff = 0.1
         while not self._stopped:
+            # Cleared before the read, so that a commit made while this pass runs ends
+            # the wait below at once (cleared after, it would wait for the idle poll).
+            self._wake.clear()
             try:
                 sent = await self.relay_once()
                 backoff = 0.1
@@ -263,7 +266,6 @@ class Relay:
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
             if sent == 0 and not self._stopped:
-                self._wake.clear()
                 waiter = asyncio.ensure_future(self._wake.wait())
                 try:  # asyncio.wait, not wait_for: it never swallows a cancellation
                     await asyncio.wait({waiter}, timeout=self._idle)

@@ -237,3 +237,40 @@ async def test_failure_mid_group_stops_and_retry_publishes_everything_once(
     assert recorder.started.count("kv:r.k3:v1") == 2  # republished under the same msg id
     assert await published(sessions) == set(order)
     await check_streams(js, fleet_names, rows)  # ... and stored once
+
+
+async def test_a_commit_during_an_empty_pass_is_relayed_without_waiting_for_the_poll(
+    sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, fleet_names: FleetNames
+) -> None:
+    await declare_fleet(js, fleet_names)
+    recorder = Recorder(js, [])
+    relay = Relay(
+        sessions,
+        recorder,
+        keyed_prefix=kv_subject(fleet_names.secrets_bucket, ""),
+        idle_interval=60.0,  # only a wake can end the wait in time
+    )
+    relay_once = relay.relay_once
+    committed = asyncio.Event()
+
+    async def commit_during_first_empty_pass() -> int:
+        sent = await relay_once()
+        if sent == 0 and not committed.is_set():
+            # A command commits after this pass read nothing, before the relay waits.
+            await add_rows(sessions, [(kv_subject(fleet_names.secrets_bucket, "r.x"), "m1", "put")])
+            relay.wake()
+            committed.set()
+        return sent
+
+    relay.relay_once = commit_during_first_empty_pass  # type: ignore[method-assign]
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.wait_for(committed.wait(), 10)
+        for _ in range(100):
+            if recorder.acked == ["m1"]:
+                break
+            await asyncio.sleep(0.05)
+        assert recorder.acked == ["m1"], "the wake was lost: the row waits for the idle poll"
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 10)
