@@ -16,6 +16,8 @@ the wrapped key's size, with the encrypt-side modules; it cannot decrypt anythin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,10 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flashgate import failpoints
-from flashgate.backend import outbox, pgwrite
+from flashgate.backend import outbox
+from flashgate.backend.fastwrite import FastWriter, SecretWrite
 from flashgate.backend.models import (
     ApiKey,
     AuditEvent,
@@ -219,13 +222,13 @@ class CommandProcessor:
         *,
         source: str,
         on_commit: Callable[[], None] | None = None,
-        engine: AsyncEngine | None = None,
+        fast_writer: FastWriter | None = None,
+        write_lock: asyncio.Lock | None = None,
     ) -> None:
         self._sessions = sessions
-        # PostgreSQL: common secret writes in one statement (flashgate.backend.pgwrite).
-        self._one_statement = (
-            engine if engine is not None and engine.dialect.name == "postgresql" else None
-        )
+        self._fast_writer = fast_writer  # the common secret writes in one step
+        # SQLite: the process's writers take this lock around their write transactions.
+        self._write_lock = write_lock
         self.state = state
         self._source = source
         self._on_commit = on_commit
@@ -280,15 +283,17 @@ class CommandProcessor:
     # --- the transaction -----------------------------------------------------------------
 
     async def _apply(self, command: cmd.Command) -> Outcome:
-        if self._one_statement is not None and isinstance(
-            command, cmd.PutSecret | cmd.RotateSecret
-        ):
-            applied = await self._write_secret_in_one_statement(self._one_statement, command)
+        if self._fast_writer is not None and isinstance(command, cmd.PutSecret | cmd.RotateSecret):
+            applied = await self._write_secret_fast(self._fast_writer, command)
             if applied is not None:
                 return applied
         # Core statements, not the ORM's unit of work, on this hot path: the ORM's
         # per-object bookkeeping was most of a write's CPU time.
-        async with self._sessions() as session, session.begin():
+        async with (
+            self._writing(),
+            self._sessions() as session,
+            session.begin(),
+        ):
             connection = await session.connection()
             now = datetime.now(UTC)
             expected = _outcome_msg_id(command)
@@ -338,12 +343,16 @@ class CommandProcessor:
         )
         return Outcome(command.command_id, command.command_type, "applied")
 
-    async def _write_secret_in_one_statement(
-        self, engine: AsyncEngine, command: cmd.PutSecret | cmd.RotateSecret
+    def _writing(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """The write lock (SQLite), around a write transaction of the general path."""
+        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+
+    async def _write_secret_fast(
+        self, writer: FastWriter, command: cmd.PutSecret | cmd.RotateSecret
     ) -> Outcome | None:
-        """PostgreSQL: a new secret or the next version of one, in one statement
-        (:mod:`flashgate.backend.pgwrite`). None, having written nothing, when this is not
-        that common case as far as this backend knows (an unknown repository, a deleted
+        """A new secret or the next version of one, in one step
+        (:mod:`flashgate.backend.fastwrite`). None, having written nothing, when this is
+        not that common case as far as this backend knows (an unknown repository, a deleted
         secret, epochs changed elsewhere, a command seen before, anything to refuse): the
         general path then decides."""
         rotate = isinstance(command, cmd.RotateSecret)
@@ -358,7 +367,7 @@ class CommandProcessor:
         event = self._secret_written_event(command, command.version - 1, key)
         expected = _outcome_msg_id(command)
         assert expected is not None
-        write = pgwrite.SecretWrite(
+        write = SecretWrite(
             fleet_id=self.state.fleet_id,
             epoch=self.state.epoch,
             rotating_to=self.state.rotating_to,
@@ -377,16 +386,7 @@ class CommandProcessor:
             actor=command.actor,
             target=key,
         )
-        async with engine.connect() as connection:
-            driver = (await connection.get_raw_connection()).driver_connection
-            assert driver is not None  # asyncpg's connection, checked out for this write
-            try:
-                applied = await pgwrite.write_secret(driver, write, rotate=rotate)
-            except Exception as exc:
-                if getattr(exc, "sqlstate", None) in pgwrite.FALLBACK_STATES:
-                    return None  # the statement was aborted: nothing written
-                raise
-        if not applied:
+        if not await writer.write_secret(write, rotate=rotate):
             return None
         log.info(
             "command applied",
@@ -447,7 +447,7 @@ class CommandProcessor:
             source=self._source,
         )
         try:
-            async with self._sessions() as session, session.begin():
+            async with self._writing(), self._sessions() as session, session.begin():
                 if command_id is not None:
                     seen = await session.get(ProcessedCommand, command_id)
                     if seen is not None and command is not None:

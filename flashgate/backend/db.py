@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from alembic import command as alembic_command
 from alembic.config import Config
@@ -59,13 +60,18 @@ def sqlite_path(url: str) -> Path | None:
     return None if parsed.database == ":memory:" else Path(parsed.database)
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+def apply_sqlite_pragmas(dbapi_connection: Any) -> None:
+    """The settings of every connection to the backend's SQLite file."""
+    cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
     cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    apply_sqlite_pragmas(dbapi_connection)
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -11,6 +11,7 @@ they get the same deduplication as events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -221,6 +222,7 @@ class Relay:
         max_in_flight: int = MAX_IN_FLIGHT,
         idle_interval: float = 0.05,
         max_backoff: float = 5.0,
+        write_lock: asyncio.Lock | None = None,
     ) -> None:
         self._sessions = sessions
         self._publish = publish
@@ -233,6 +235,8 @@ class Relay:
         self._stopped = False
         self.published = 0
         self._unmarked: list[int] = []  # published, to be marked with the next read
+        # SQLite: taken around a pass that marks rows (a write); see sqlitewrite.
+        self._write_lock = write_lock
 
     def wake(self) -> None:
         """Called after a commit that added outbox rows: relay now rather than at the next poll."""
@@ -281,7 +285,11 @@ class Relay:
         another replica taking the lease), and JetStream drops the copy.
         """
         unmarked = self._unmarked
-        async with self._sessions() as session, session.begin():
+        async with (
+            self._writing(bool(unmarked)),
+            self._sessions() as session,
+            session.begin(),
+        ):
             connection = await session.connection()
             if unmarked:
                 await connection.execute(
@@ -316,8 +324,13 @@ class Relay:
         self.published += len(done)
         return len(done)
 
+    def _writing(self, writes: bool = True) -> contextlib.AbstractAsyncContextManager[object]:
+        if writes and self._write_lock is not None:
+            return self._write_lock
+        return contextlib.nullcontext()
+
     async def _mark_published(self, ids: list[int]) -> None:
-        async with self._sessions() as session, session.begin():
+        async with self._writing(), self._sessions() as session, session.begin():
             connection = await session.connection()
             await connection.execute(
                 _MARK_PUBLISHED, {"b_ids": ids, "published_at": datetime.now(UTC)}

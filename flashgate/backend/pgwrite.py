@@ -1,10 +1,9 @@
-"""PostgreSQL: the common secret write as one statement, in one round trip.
+"""PostgreSQL's fast write (:mod:`flashgate.backend.fastwrite`): one statement, one round trip.
 
-The general path (:meth:`CommandProcessor._apply`) takes about nine round trips for a
-write: check-out ping, ``BEGIN``, the command-id claim, the fleet's epochs, the secret, its
-version, the outbox rows, the audit row, ``COMMIT``. On PostgreSQL the two common writes,
-a new secret (``secret.put`` at version 1) and the next version of a live one
-(``secret.rotate``), are instead applied by one statement of data-modifying CTEs, run
+The general path takes about nine round trips for a write: check-out ping, ``BEGIN``, the
+command-id claim, the fleet's epochs, the secret, its version, the outbox rows, the audit
+row, ``COMMIT``. Here a new secret (``secret.put`` at version 1) or the next version of a
+live one (``secret.rotate``) is applied by one statement of data-modifying CTEs, run
 outside an explicit transaction (a single statement is atomic on its own).
 
 The statement is all or nothing by construction: every row it inserts (version, claim,
@@ -26,10 +25,11 @@ their ids in list order (``ORDER BY`` below the insert).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from flashgate.backend.fastwrite import SecretWrite
 
 # SQLSTATEs after which the statement wrote nothing and the general path decides.
 UNIQUE_VIOLATION = "23505"
@@ -100,29 +100,6 @@ class Fetchval(Protocol):
     async def fetchval(self, query: str, *args: Any) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
-class SecretWrite:
-    """Everything the statement writes, computed (and checked) before it runs."""
-
-    fleet_id: int
-    epoch: int  # the fleet's current epoch, as this backend holds it
-    rotating_to: int | None
-    command_id: str
-    command_type: str
-    outcome_msg_id: str
-    repository_id: int
-    name: str
-    kind: str
-    version: int
-    envelope_epoch: int
-    jwe: str
-    at: datetime
-    outbox: Sequence[dict[str, Any]]  # outbox rows in order (subject, msg_id, operation, payload)
-    fleet: str
-    actor: str
-    target: str
-
-
 async def write_secret(connection: Fetchval, write: SecretWrite, *, rotate: bool) -> bool:
     """Apply ``write`` in one statement; True if it was applied, False if nothing was
     written (the general path decides). Raises what the driver raises otherwise."""
@@ -150,3 +127,24 @@ async def write_secret(connection: Fetchval, write: SecretWrite, *, rotate: bool
         write.target,
     )
     return bool(written)
+
+
+class PostgresWriter:
+    """:class:`~flashgate.backend.fastwrite.FastWriter` on a PostgreSQL engine's pool."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def write_secret(self, write: SecretWrite, *, rotate: bool) -> bool:
+        async with self._engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None  # asyncpg's connection, checked out for this write
+            try:
+                return await write_secret(driver, write, rotate=rotate)
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) in FALLBACK_STATES:
+                    return False  # the statement was aborted: nothing written
+                raise
+
+    async def close(self) -> None:
+        """Nothing of its own: the engine's pool is the backend's."""

@@ -34,12 +34,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from flashgate.backend import db
 from flashgate.backend.apikeys import IssuedApiKey, issue_api_key
 from flashgate.backend.commands import CommandProcessor, FleetState, Outcome
+from flashgate.backend.fastwrite import FastWriter
 from flashgate.backend.lease import PostgresRelayLease, SqliteSingleton
 from flashgate.backend.models import Fleet, FleetEpoch
 from flashgate.backend.outbox import Relay, kv_subject
+from flashgate.backend.pgwrite import PostgresWriter
 from flashgate.backend.queries import Queries
 from flashgate.backend.reconcile import reconcile
 from flashgate.backend.rewrap import RewrapService
+from flashgate.backend.sqlitewrite import SqliteWriter
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.declare import declare_fleet
 from flashgate.errors import FleetMismatch
@@ -100,6 +103,8 @@ class Backend:
         self.rewrap: RewrapService | None = None
         self._singleton: SqliteSingleton | None = None
         self._relay_lease: PostgresRelayLease | None = None
+        self._fast_writer: FastWriter | None = None
+        self._write_lock: asyncio.Lock | None = None  # SQLite: one writer at a time
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.applied = 0
@@ -120,6 +125,7 @@ class Backend:
                 self._singleton.acquire()
         self.sessions = db.sessionmaker(self.engine)
         state = await self._load_state(names)
+        self._fast_writer = self._make_fast_writer(url)
         self.nc = await connect(
             s.nats_urls, role="backend", name=s.instance, user=s.nats_user, password=s.nats_password
         )
@@ -127,14 +133,18 @@ class Backend:
         declared = await declare_fleet(self.js, names, replicas=s.stream_replicas)
         await self._publish_fleet_documents(declared.fleet, state)
         self.relay = Relay(
-            self.sessions, self._publish, keyed_prefix=kv_subject(names.secrets_bucket, "")
+            self.sessions,
+            self._publish,
+            keyed_prefix=kv_subject(names.secrets_bucket, ""),
+            write_lock=self._write_lock,
         )
         self.processor = CommandProcessor(
             self.sessions,
             state,
             source=f"flashgate/{names.fleet}/backend",
             on_commit=self.relay.wake,
-            engine=self.engine,
+            fast_writer=self._fast_writer,
+            write_lock=self._write_lock,
         )
         if self._singleton is not None or not self._is_postgres:
             await self._drain_outbox()
@@ -154,6 +164,17 @@ class Backend:
             instance=s.instance,
             database=self.engine.dialect.name,
         )
+
+    def _make_fast_writer(self, url: str) -> FastWriter | None:
+        """The fast path of the common secret writes (flashgate.backend.fastwrite)."""
+        assert self.engine is not None
+        if self._is_postgres:
+            return PostgresWriter(self.engine)
+        path = db.sqlite_path(url)
+        if path is None:
+            return None  # an in-memory database: one connection, SQLAlchemy's
+        self._write_lock = asyncio.Lock()
+        return SqliteWriter(path, self._write_lock)
 
     @property
     def _is_postgres(self) -> bool:
@@ -175,6 +196,8 @@ class Backend:
                 await asyncio.wait_for(self.nc.close(), 5)
         if self._relay_lease is not None:
             await self._relay_lease.release()
+        if self._fast_writer is not None:
+            await self._fast_writer.close()
         if self.engine is not None:
             await self.engine.dispose()
         if self._singleton is not None:

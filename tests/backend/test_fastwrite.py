@@ -1,5 +1,6 @@
-"""PostgreSQL's one-statement secret write (flashgate.backend.pgwrite) against the general
-path: the same rows, the same refusals, each command applied once across replicas.
+"""The fast write of the common secret commands (flashgate.backend.fastwrite) against the
+general path, on SQLite and PostgreSQL: the same rows, the same refusals, and (PostgreSQL)
+each command applied once across replicas.
 
 These tests drive :class:`CommandProcessor` directly (no broker): what they check is the
 database."""
@@ -8,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,20 +22,45 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from flashgate.backend import db, pgwrite
+from flashgate.backend import db
 from flashgate.backend.commands import CommandProcessor, Outcome
+from flashgate.backend.fastwrite import FastWriter, SecretWrite
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.events import commands as cmd
 from flashgate.events.domain import decode_event
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.events.signing import sign
 from flashgate.events.types import SecretKind
-from tests.backend.conftest import FleetFixture, new_command_id, postgres_database
+from tests.backend.conftest import (
+    _PG,
+    PG_SKIP_REASON,
+    FleetFixture,
+    new_command_id,
+    postgres_database,
+    sqlite_url,
+)
+
+
+@dataclass
+class Spy:
+    """A fast writer that records what each write returned (True: applied; False: wrote
+    nothing)."""
+
+    writer: FastWriter
+    seen: list[bool]
+
+    async def write_secret(self, write: SecretWrite, *, rotate: bool) -> bool:
+        applied = await self.writer.write_secret(write, rotate=rotate)
+        self.seen.append(applied)
+        return applied
+
+    async def close(self) -> None:
+        await self.writer.close()
 
 
 @dataclass
 class Replica:
-    """One backend's command processor on a PostgreSQL database."""
+    """One backend's command processor on a database."""
 
     engine: AsyncEngine
     processor: CommandProcessor
@@ -45,44 +74,60 @@ class Replica:
 
 
 @contextlib.asynccontextmanager
-async def replica(url: str, fleet: FleetFixture, *, one_statement: bool) -> AsyncIterator[Replica]:
+async def replica(
+    url: str, fleet: FleetFixture, *, fast: bool, seen: list[bool] | None = None
+) -> AsyncIterator[Replica]:
     service = Backend(BackendSettings(nats_urls=[], db_url=url, fleet_dir=fleet.dir))
     service.engine = db.create_engine(url)
     service.sessions = db.sessionmaker(service.engine)
     state = await service._load_state(fleet.names)
+    writer = service._make_fast_writer(db.normalize_url(url)) if fast else None
+    assert (writer is not None) == fast
     processor = CommandProcessor(
         service.sessions,
         state,
         source="test",
-        engine=service.engine if one_statement else None,
+        fast_writer=Spy(writer, seen if seen is not None else []) if writer else None,
+        write_lock=service._write_lock,
     )
     try:
         yield Replica(service.engine, processor)
     finally:
+        if writer is not None:
+            await writer.close()
         await service.engine.dispose()
 
 
-@pytest.fixture
-def second_pg_url(pg_url: str) -> Iterator[str]:
-    """Another fresh, migrated PostgreSQL database (beside ``pg_url``)."""
-    with postgres_database() as url:
-        db.migrate(url)
-        yield url
+@dataclass
+class Databases:
+    """Two fresh, migrated databases of one kind."""
+
+    kind: str
+    urls: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databases]:
+    found = Databases(request.param)
+    if request.param == "sqlite":
+        for name in ("one.db", "two.db"):
+            found.urls.append(sqlite_url(tmp_path / name))
+            db.migrate(found.urls[-1])
+        yield found
+        return
+    if not _PG:
+        pytest.skip(PG_SKIP_REASON)
+    with postgres_database() as one, postgres_database() as two:
+        for url in (one, two):
+            db.migrate(url)
+        found.urls += [one, two]
+        yield found
 
 
 @pytest.fixture
-def statements(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """What each one-statement write returned (True: applied; False: wrote nothing)."""
-    seen: list[bool] = []
-    original = pgwrite.write_secret
-
-    async def spy(connection: Any, write: pgwrite.SecretWrite, *, rotate: bool) -> bool:
-        applied = await original(connection, write, rotate=rotate)
-        seen.append(applied)
-        return applied
-
-    monkeypatch.setattr(pgwrite, "write_secret", spy)
-    return seen
+def statements() -> list[bool]:
+    """What each fast write returned, in order."""
+    return []
 
 
 class Commands:
@@ -150,6 +195,16 @@ def commands(fleet: FleetFixture) -> Commands:
 _TIMES = {"created_at", "updated_at", "processed_at", "at"}
 
 
+def _time_shape(value: Any) -> Any:
+    """A stored time without its value: its type, and its format where it is text (SQLite
+    stores times as text in SQLAlchemy's format)."""
+    if isinstance(value, str):
+        return re.sub(r"\d", "9", value)
+    if isinstance(value, datetime):
+        return f"datetime, tz={value.utcoffset()}"
+    return value
+
+
 def _normalized_payload(operation: str, payload: bytes) -> Any:
     """An outbox payload without the times it was made at."""
     if operation == "event":
@@ -176,19 +231,15 @@ async def _dump(r: Replica) -> dict[str, list[dict[str, Any]]]:
         rows = await r.rows(sql)
         for row in rows:
             for column in _TIMES & row.keys():
-                row[column] = "<time>" if row[column] is not None else None
+                row[column] = _time_shape(row[column])
             if table == "outbox":
                 row["payload"] = _normalized_payload(row["operation"], bytes(row["payload"]))
         dump[table] = rows
     return dump
 
 
-async def test_one_statement_writes_the_rows_the_general_path_writes(
-    fleet: FleetFixture,
-    commands: Commands,
-    statements: list[bool],
-    pg_url: str,
-    second_pg_url: str,
+async def test_fast_write_stores_the_rows_the_general_path_stores(
+    fleet: FleetFixture, commands: Commands, statements: list[bool], databases: Databases
 ) -> None:
     script = [
         commands.put("app", "first"),  # a new repository: general path on both
@@ -200,16 +251,17 @@ async def test_one_statement_writes_the_rows_the_general_path_writes(
         commands.put("app", "other", version=2),  # re-created: general path on both
         commands.rotate("app", "other", version=3),
     ]
-    async with replica(pg_url, fleet, one_statement=False) as general:
+    general_url, fast_url = databases.urls
+    async with replica(general_url, fleet, fast=False) as general:
         for command in script:
             assert (await general.apply(command)).result == "applied"
         expected = await _dump(general)
     assert statements == []
-    async with replica(second_pg_url, fleet, one_statement=True) as fast:
+    async with replica(fast_url, fleet, fast=True, seen=statements) as fast:
         for command in script:
             assert (await fast.apply(command)).result == "applied"
         got = await _dump(fast)
-    # The statement needs the repository's id from a committed row: the first write
+    # The fast write needs the repository's id from a committed row: the first write
     # creates the repository and the second reads (and caches) its id, both on the
     # general path; so does the re-created secret's put at version 2.
     assert statements == [True, True, True, True]
@@ -221,9 +273,9 @@ async def test_one_statement_writes_the_rows_the_general_path_writes(
 
 
 async def test_uncommon_cases_fall_back_and_are_refused_as_before(
-    fleet: FleetFixture, commands: Commands, statements: list[bool], pg_url: str
+    fleet: FleetFixture, commands: Commands, statements: list[bool], databases: Databases
 ) -> None:
-    async with replica(pg_url, fleet, one_statement=True) as r:
+    async with replica(databases.urls[0], fleet, fast=True, seen=statements) as r:
         assert (await r.apply(commands.put("app", "seed"))).result == "applied"
         put = commands.put("app", "s")
         assert (await r.apply(put)).result == "applied"
@@ -243,7 +295,7 @@ async def test_uncommon_cases_fall_back_and_are_refused_as_before(
             assert outcome.result == result, command
             if reason is not None:
                 assert outcome.reason == reason
-        # Each ran the statement, which wrote nothing; the general path refused.
+        # Each ran the fast write, which wrote nothing; the general path refused.
         assert statements == [False] * len(cases)
         rows = await r.rows("SELECT count(*) AS n FROM secret_versions")
         assert rows == [{"n": 3}]
@@ -251,17 +303,17 @@ async def test_uncommon_cases_fall_back_and_are_refused_as_before(
         assert {c["result"]: c["n"] for c in claims} == {"applied": 4, "rejected": 5}
 
 
-async def test_epochs_changed_by_another_replica_are_read_before_writing(
-    fleet: FleetFixture, commands: Commands, statements: list[bool], pg_url: str
+async def test_epochs_changed_elsewhere_are_read_before_writing(
+    fleet: FleetFixture, commands: Commands, statements: list[bool], databases: Databases
 ) -> None:
-    async with replica(pg_url, fleet, one_statement=True) as r:
+    async with replica(databases.urls[0], fleet, fast=True, seen=statements) as r:
         for seed in ("seed-1", "seed-2"):  # the repository, then its id cached
             assert (await r.apply(commands.put("app", seed))).result == "applied"
         async with r.engine.begin() as connection:  # as if a replica started a rotation
             await connection.execute(text("UPDATE fleets SET rotating_to = 2"))
         assert r.processor.state.rotating_to is None
         assert (await r.apply(commands.put("app", "s"))).result == "applied"
-        assert statements == [False]  # the statement saw other epochs and wrote nothing
+        assert statements == [False]  # the fast write saw other epochs and wrote nothing
         assert r.processor.state.rotating_to == 2  # the general path re-read them
         assert (await r.apply(commands.rotate("app", "s", version=2))).result == "applied"
         assert statements == [False, True]
@@ -271,8 +323,8 @@ async def test_two_replicas_apply_each_command_once(
     fleet: FleetFixture, commands: Commands, statements: list[bool], pg_url: str
 ) -> None:
     async with (
-        replica(pg_url, fleet, one_statement=True) as one,
-        replica(pg_url, fleet, one_statement=True) as two,
+        replica(pg_url, fleet, fast=True, seen=statements) as one,
+        replica(pg_url, fleet, fast=True, seen=statements) as two,
     ):
         for i, r in enumerate((one, two, one, two)):  # the repository, its id cached by both
             assert (await r.apply(commands.put("app", f"seed-{i}"))).result == "applied"
