@@ -29,7 +29,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flashgate import failpoints
@@ -179,6 +179,16 @@ class Outcome:
     detail: str | None = None
 
 
+# SQLSTATEs of a transaction that PostgreSQL aborted for a concurrent one: retried.
+_RETRY_STATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    return getattr(exc.orig, "sqlstate", None) in _RETRY_STATES
+
+
 def _now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
 
@@ -259,10 +269,11 @@ class CommandProcessor:
                 break
             except FlashgateError as exc:
                 return await self._reject(command, exc)
-            except IntegrityError:
+            except DBAPIError as exc:
                 # A concurrent replica committed the same command id or created the same
-                # row first: retry, and the state checks decide.
-                if attempt == MAX_APPLY_ATTEMPTS - 1:
+                # row first, or PostgreSQL broke a deadlock with it by aborting this
+                # transaction: retry, and the state checks decide.
+                if not _retryable(exc) or attempt == MAX_APPLY_ATTEMPTS - 1:
                     raise
         if self._on_commit is not None:
             self._on_commit()
@@ -290,7 +301,7 @@ class CommandProcessor:
         # Core statements, not the ORM's unit of work, on this hot path: the ORM's
         # per-object bookkeeping was most of a write's CPU time.
         async with (
-            self._writing(),
+            self.writing(),
             self._sessions() as session,
             session.begin(),
         ):
@@ -343,7 +354,7 @@ class CommandProcessor:
         )
         return Outcome(command.command_id, command.command_type, "applied")
 
-    def _writing(self) -> contextlib.AbstractAsyncContextManager[object]:
+    def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
         """The write lock (SQLite), around a write transaction of the general path."""
         return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
 
@@ -359,6 +370,8 @@ class CommandProcessor:
         repository_id = self._repository_ids.get(command.repo)
         if repository_id is None or (not rotate and command.version != 1):
             return None
+        if command.epoch not in self.state.keys:
+            return None  # the general path re-reads the epochs first
         try:
             self._check_jwe_against_state(command.jwe, _secret_context(command), command.epoch)
         except FlashgateError:
@@ -447,7 +460,7 @@ class CommandProcessor:
             source=self._source,
         )
         try:
-            async with self._writing(), self._sessions() as session, session.begin():
+            async with self.writing(), self._sessions() as session, session.begin():
                 if command_id is not None:
                     seen = await session.get(ProcessedCommand, command_id)
                     if seen is not None and command is not None:

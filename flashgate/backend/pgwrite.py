@@ -25,6 +25,7 @@ their ids in list order (``ORDER BY`` below the insert).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -144,6 +145,12 @@ class PostgresWriter:
             except Exception as exc:
                 if getattr(exc, "sqlstate", None) in FALLBACK_STATES:
                     return False  # the statement was aborted: nothing written
+                # SQLAlchemy did not see this error: drop the connection rather than
+                # return one that may be broken or mid-statement to the pool.
+                await connection.invalidate()
+                raise
+            except asyncio.CancelledError:
+                await connection.invalidate()
                 raise
 
     async def close(self) -> None:

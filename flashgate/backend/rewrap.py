@@ -149,7 +149,7 @@ class RewrapService:
                 select(Fleet.roster).where(Fleet.id == state.fleet_id)
             )
         self._check_sender(roster_text, request, signature=True)
-        async with self.sessions() as session, session.begin():
+        async with self.processor.writing(), self.sessions() as session, session.begin():
             # The fleet row lock orders re-wraps against fleet.rotation.finish.
             fleet = await session.get(Fleet, state.fleet_id, with_for_update=True)
             assert fleet is not None

@@ -29,6 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from flashgate.backend import db
@@ -171,8 +172,10 @@ class Backend:
         if self._is_postgres:
             return PostgresWriter(self.engine)
         path = db.sqlite_path(url)
-        if path is None:
-            return None  # an in-memory database: one connection, SQLAlchemy's
+        if path is None or make_url(url).query:
+            # In memory, or opened with URL options (uri=true, ...) that a plain connection
+            # of this module's own would not honour: the general path only.
+            return None
         self._write_lock = asyncio.Lock()
         return SqliteWriter(path, self._write_lock)
 

@@ -16,6 +16,7 @@ queue in the process instead of meeting in SQLite's busy handler, which sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -101,17 +102,14 @@ def _write(connection: sqlite3.Connection, write: SecretWrite, rotate: bool) -> 
             "result) VALUES (?, ?, ?, ?, ?, ?, 'applied')",
             (at, write.fleet, write.actor, write.command_id, write.command_type, write.target),
         )
-    except _NotTheCommonCase:
-        connection.execute("ROLLBACK")
-        return False
-    except sqlite3.IntegrityError:
-        connection.execute("ROLLBACK")
-        return False  # the general path decides (and words) it
-    except BaseException:
+        connection.execute("COMMIT")
+    except (_NotTheCommonCase, sqlite3.IntegrityError):
+        return False  # nothing written: the general path decides (and words) it
+    finally:
+        # Whatever failed, COMMIT included (a full disk, an I/O error), the connection is
+        # left outside a transaction: one held open would block every writer.
         if connection.in_transaction:
             connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
     return True
 
 
@@ -138,7 +136,15 @@ class SqliteWriter:
     async def write_secret(self, write: SecretWrite, *, rotate: bool) -> bool:
         loop = asyncio.get_running_loop()
         async with self.write_lock:
-            return await loop.run_in_executor(self._thread, self._run, write, rotate)
+            done = loop.run_in_executor(self._thread, self._run, write, rotate)
+            try:
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: keep the lock until its transaction ends
+                # (committed or not, a redelivery of the command decides).
+                with contextlib.suppress(Exception):
+                    await done
+                raise
 
     def _close(self) -> None:
         if self._connection is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from flashgate.backend import db
 from flashgate.backend.commands import CommandProcessor, Outcome
 from flashgate.backend.fastwrite import FastWriter, SecretWrite
 from flashgate.backend.service import Backend, BackendSettings
+from flashgate.backend.sqlitewrite import SqliteWriter
 from flashgate.events import commands as cmd
 from flashgate.events.domain import decode_event
 from flashgate.events.envelope import ENVELOPE_CODEC
@@ -319,12 +321,16 @@ async def test_epochs_changed_elsewhere_are_read_before_writing(
         assert statements == [False, True]
 
 
+@pytest.mark.parametrize("second", ["fast", "general"])
 async def test_two_replicas_apply_each_command_once(
-    fleet: FleetFixture, commands: Commands, statements: list[bool], pg_url: str
+    fleet: FleetFixture, commands: Commands, statements: list[bool], pg_url: str, second: str
 ) -> None:
+    # fast + general: the two take their locks in other orders (claim first, or the
+    # secret first), and PostgreSQL may break a deadlock between them; either way each
+    # command is applied once and no error reaches the caller.
     async with (
         replica(pg_url, fleet, fast=True, seen=statements) as one,
-        replica(pg_url, fleet, fast=True, seen=statements) as two,
+        replica(pg_url, fleet, fast=second == "fast", seen=statements) as two,
     ):
         for i, r in enumerate((one, two, one, two)):  # the repository, its id cached by both
             assert (await r.apply(commands.put("app", f"seed-{i}"))).result == "applied"
@@ -354,5 +360,98 @@ async def test_two_replicas_apply_each_command_once(
         )
         outbox = await one.rows("SELECT count(*) AS n FROM outbox WHERE operation = 'put'")
         assert outbox == [{"n": 4 + 20 * 3}]
-    # Every applied write of the race went in one statement; the losers' wrote nothing.
-    assert statements.count(True) >= 60 and False in statements
+    if second == "fast":
+        # Every applied write of the race went in one statement; the losers' wrote nothing.
+        assert statements.count(True) >= 60 and False in statements
+
+
+class _FailingCommit:
+    """A sqlite3 connection whose next COMMIT fails (as on a full disk)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        self.fail_next_commit = True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.fail_next_commit:
+            self.fail_next_commit = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._connection.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> str:
+    url = sqlite_url(tmp_path / "backend.db")
+    db.migrate(url)
+    return url
+
+
+async def test_sqlite_failed_commit_leaves_no_transaction_open(
+    fleet: FleetFixture, commands: Commands, statements: list[bool], sqlite_db: str
+) -> None:
+    async with replica(sqlite_db, fleet, fast=True, seen=statements) as r:
+        for seed in ("seed-1", "seed-2"):  # the repository, then its id cached
+            assert (await r.apply(commands.put("app", seed))).result == "applied"
+        spy = r.processor._fast_writer
+        assert isinstance(spy, Spy) and isinstance(spy.writer, SqliteWriter)
+        writer = spy.writer
+        loop = asyncio.get_running_loop()
+        connection = await loop.run_in_executor(writer._thread, writer._connect)
+        failing = _FailingCommit(connection)
+        writer._connection = failing  # type: ignore[assignment]
+        lost = commands.put("app", "lost")
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            await r.apply(lost)  # the consumer naks it; a redelivery applies it
+        assert not connection.in_transaction
+        assert (await r.apply(commands.put("app", "next"))).result == "applied"
+        assert (await r.apply(lost)).result == "applied"
+        names = await r.rows("SELECT name FROM secrets ORDER BY id")
+        assert [n["name"] for n in names] == ["seed-1", "seed-2", "next", "lost"]
+
+
+async def test_postgres_broken_pooled_connections_are_replaced(
+    fleet: FleetFixture,
+    commands: Commands,
+    statements: list[bool],
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def terminate_connections(_r: Replica) -> None:
+        # As a server restart would: every session of the pool ends.
+        import asyncpg
+
+        admin = await asyncpg.connect(pg_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+
+    async with replica(pg_url, fleet, fast=True, seen=statements) as r:
+        for seed in ("seed-1", "seed-2"):
+            assert (await r.apply(commands.put("app", seed))).result == "applied"
+        # A connection idle for a while is pinged at check-out, and replaced.
+        monkeypatch.setattr(db, "PING_IDLE_AFTER", 0.0)
+        await terminate_connections(r)
+        assert (await r.apply(commands.put("app", "after-idle"))).result == "applied"
+        # One used moments ago is not: the write fails (the command is delivered again),
+        # the broken connection is dropped, and the next write gets a working one.
+        monkeypatch.setattr(db, "PING_IDLE_AFTER", 3600.0)
+        await terminate_connections(r)
+        retried = commands.put("app", "retried")
+        with pytest.raises(Exception) as failed:
+            await r.apply(retried)
+        assert not isinstance(failed.value, AssertionError)
+        for _ in range(10):  # the pool may hold a few broken connections, each dropped once
+            try:
+                outcome = await r.apply(retried)
+                break
+            except Exception:  # noqa: S112 - the next one
+                continue
+        assert outcome.result == "applied"
+    assert statements[-1] is True
