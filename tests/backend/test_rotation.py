@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Any
 
 import msgspec
 import pytest
@@ -447,8 +448,24 @@ async def test_a_replica_that_missed_the_rotation_writes_no_retired_epoch(
     for replica in replicas:
         await replica.start()
     try:
-        dealt = next_epoch(admin)
         cer = fleet.ceremony
+        late = replicas[1].processor
+        assert late is not None and late._fast_writer is not None
+        for i in range(2):  # the repository, then its id cached: writes take the fast path
+            put = admin.put("late", f"seed-{i}", b"x")
+            assert (await late.process_command(put)).result == "applied"
+        for i in range(2):  # gone before the rotation ends (they would hold epoch 1)
+            gone = admin.delete("late", f"seed-{i}")
+            assert (await late.process_command(gone)).result == "applied"
+        fast_writes: list[bool] = []
+        write_secret = late._fast_writer.write_secret
+
+        async def recorded(write: Any, *, rotate: bool) -> bool:
+            fast_writes.append(await write_secret(write, rotate=rotate))
+            return fast_writes[-1]
+
+        late._fast_writer.write_secret = recorded  # type: ignore[method-assign]
+        dealt = next_epoch(admin)
         start = sign(
             cmd.StartKeyRotation(
                 **admin.base(), from_epoch=1, descriptor=dealt.descriptor, shares=list(dealt.shares)
@@ -464,6 +481,7 @@ async def test_a_replica_that_missed_the_rotation_writes_no_retired_epoch(
         assert (await replicas[0].processor.process_command(finish)).result == "applied"
         stale = await replicas[1].processor.process_command(admin.put("late", "old", b"x"))
         assert (stale.result, stale.reason) == ("rejected", "stale_epoch")
+        assert fast_writes == [False]  # tried: the fleet row had other epochs; wrote nothing
         ctx = SecretContext(fleet=fleet.name, repo="late", name="new", kind="generic", version=1)
         fresh = sign(
             cmd.PutSecret(
