@@ -209,6 +209,16 @@ def _peek_id(raw: bytes) -> tuple[str | None, str | None]:
     return ok_id, ok_type
 
 
+def _applied(command: cmd.Command, target: str) -> Outcome:
+    log.info(
+        "command applied",
+        command_id=command.command_id,
+        command_type=command.command_type,
+        target=target,
+    )
+    return Outcome(command.command_id, command.command_type, "applied")
+
+
 def _secret_context(command: cmd.PutSecret | cmd.RotateSecret) -> SecretContext:
     """The context a secret write's envelope must bind; refuses reserved kinds and names."""
     if command.kind not in SECRET_KINDS:
@@ -346,13 +356,7 @@ class CommandProcessor:
                     "result": "applied",
                 },
             )
-        log.info(
-            "command applied",
-            command_id=command.command_id,
-            command_type=command.command_type,
-            target=target,
-        )
-        return Outcome(command.command_id, command.command_type, "applied")
+        return _applied(command, target)
 
     def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
         """The write lock (SQLite), around a write transaction of the general path."""
@@ -401,13 +405,7 @@ class CommandProcessor:
         )
         if not await writer.write_secret(write, rotate=rotate):
             return None
-        log.info(
-            "command applied",
-            command_id=command.command_id,
-            command_type=command.command_type,
-            target=key,
-        )
-        return Outcome(command.command_id, command.command_type, "applied")
+        return _applied(command, key)
 
     async def _repeat(
         self, session: AsyncSession, command: cmd.Command, seen: ProcessedCommand

@@ -167,30 +167,11 @@ def new_command_id() -> str:
     return "cmd-" + secrets.token_hex(10)
 
 
-class AdminClient:
-    """Signs commands as the fleet admin, publishes them, waits for their outcome events."""
+class Commands:
+    """Builds commands signed by the fleet admin (values encrypted to the fleet key)."""
 
-    def __init__(self, fleet: FleetFixture, nc: Client) -> None:
+    def __init__(self, fleet: FleetFixture) -> None:
         self.fleet = fleet
-        self.nc = nc
-        self.js: JetStreamContext = nc.jetstream()
-        self._events: list[DomainEvent] = []
-        self._sub: Any = None
-
-    async def start(self) -> None:
-        # Streams may not exist yet (the backend declares them too; it is idempotent).
-        await declare_fleet(self.js, self.fleet.names)
-        # An ordered consumer on the event stream: every event, including repeats.
-        self._sub = await self.js.subscribe(
-            self.fleet.names.event_subjects,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
-
-    async def close(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
 
     def base(self, command_id: str | None = None) -> dict[str, Any]:
         return {
@@ -247,6 +228,32 @@ class AdminClient:
 
     def delete(self, repo: str, name: str) -> cmd.DeleteSecret:
         return sign(cmd.DeleteSecret(**self.base(), repo=repo, name=name), self.fleet.admin)
+
+
+class AdminClient(Commands):
+    """Signs commands as the fleet admin, publishes them, waits for their outcome events."""
+
+    def __init__(self, fleet: FleetFixture, nc: Client) -> None:
+        super().__init__(fleet)
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self._events: list[DomainEvent] = []
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        # Streams may not exist yet (the backend declares them too; it is idempotent).
+        await declare_fleet(self.js, self.fleet.names)
+        # An ordered consumer on the event stream: every event, including repeats.
+        self._sub = await self.js.subscribe(
+            self.fleet.names.event_subjects,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
 
     async def publish(
         self,

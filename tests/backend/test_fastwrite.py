@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import re
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,13 +30,11 @@ from flashgate.backend.sqlitewrite import SqliteWriter
 from flashgate.events import commands as cmd
 from flashgate.events.domain import decode_event
 from flashgate.events.envelope import ENVELOPE_CODEC
-from flashgate.events.signing import sign
-from flashgate.events.types import SecretKind
 from tests.backend.conftest import (
     _PG,
     PG_SKIP_REASON,
+    Commands,
     FleetFixture,
-    new_command_id,
     postgres_database,
     sqlite_url,
 )
@@ -132,63 +129,6 @@ def statements() -> list[bool]:
     return []
 
 
-class Commands:
-    def __init__(self, fleet: FleetFixture) -> None:
-        self.fleet = fleet
-
-    def _base(self) -> dict[str, Any]:
-        return {
-            "command_id": new_command_id(),
-            "fleet": self.fleet.name,
-            "actor": "admin:test",
-            "issued_at": int(time.time() * 1000),
-        }
-
-    def _jwe(self, repo: str, name: str, kind: SecretKind, version: int) -> str:
-        from flashgate.crypto.context import SecretContext
-        from flashgate.crypto.encrypt import encrypt_secret
-
-        context = SecretContext(
-            fleet=self.fleet.name, repo=repo, name=name, kind=kind, version=version
-        )
-        return encrypt_secret(self.fleet.key, context, b"value")
-
-    def put(
-        self, repo: str, name: str, *, version: int = 1, kind: SecretKind = "generic"
-    ) -> cmd.AnyCommand:
-        return sign(
-            cmd.PutSecret(
-                **self._base(),
-                repo=repo,
-                name=name,
-                kind=kind,
-                version=version,
-                epoch=1,
-                jwe=self._jwe(repo, name, kind, version),
-            ),
-            self.fleet.admin,
-        )
-
-    def rotate(
-        self, repo: str, name: str, *, version: int, kind: SecretKind = "generic"
-    ) -> cmd.AnyCommand:
-        return sign(
-            cmd.RotateSecret(
-                **self._base(),
-                repo=repo,
-                name=name,
-                kind=kind,
-                version=version,
-                epoch=1,
-                jwe=self._jwe(repo, name, kind, version),
-            ),
-            self.fleet.admin,
-        )
-
-    def delete(self, repo: str, name: str) -> cmd.AnyCommand:
-        return sign(cmd.DeleteSecret(**self._base(), repo=repo, name=name), self.fleet.admin)
-
-
 @pytest.fixture
 def commands(fleet: FleetFixture) -> Commands:
     return Commands(fleet)
@@ -243,15 +183,15 @@ async def _dump(r: Replica) -> dict[str, list[dict[str, Any]]]:
 async def test_fast_write_stores_the_rows_the_general_path_stores(
     fleet: FleetFixture, commands: Commands, statements: list[bool], databases: Databases
 ) -> None:
-    script = [
-        commands.put("app", "first"),  # a new repository: general path on both
-        commands.put("app", "db", kind="storage"),
-        commands.rotate("app", "db", version=2, kind="storage"),
-        commands.rotate("app", "db", version=3, kind="storage"),
-        commands.put("app", "other"),
+    script: list[cmd.AnyCommand] = [
+        commands.put("app", "first", b"v"),  # a new repository: general path on both
+        commands.put("app", "db", b"v", kind="storage"),
+        commands.rotate("app", "db", b"v", version=2, kind="storage"),
+        commands.rotate("app", "db", b"v", version=3, kind="storage"),
+        commands.put("app", "other", b"v"),
         commands.delete("app", "other"),
-        commands.put("app", "other", version=2),  # re-created: general path on both
-        commands.rotate("app", "other", version=3),
+        commands.put("app", "other", b"v", version=2),  # re-created: general path on both
+        commands.rotate("app", "other", b"v", version=3),
     ]
     general_url, fast_url = databases.urls
     async with replica(general_url, fleet, fast=False) as general:
@@ -278,19 +218,19 @@ async def test_uncommon_cases_fall_back_and_are_refused_as_before(
     fleet: FleetFixture, commands: Commands, statements: list[bool], databases: Databases
 ) -> None:
     async with replica(databases.urls[0], fleet, fast=True, seen=statements) as r:
-        assert (await r.apply(commands.put("app", "seed"))).result == "applied"
-        put = commands.put("app", "s")
+        assert (await r.apply(commands.put("app", "seed", b"v"))).result == "applied"
+        put = commands.put("app", "s", b"v")
         assert (await r.apply(put)).result == "applied"
-        assert (await r.apply(commands.put("app", "d"))).result == "applied"
+        assert (await r.apply(commands.put("app", "d", b"v"))).result == "applied"
         assert (await r.apply(commands.delete("app", "d"))).result == "applied"
         del statements[:]
         cases: list[tuple[cmd.AnyCommand, str, str | None]] = [
             (put, "duplicate", None),
-            (commands.put("app", "s"), "rejected", "already_exists"),
-            (commands.rotate("app", "s", version=3), "rejected", "stale_version"),
-            (commands.rotate("app", "s", version=2, kind="storage"), "rejected", None),
-            (commands.rotate("app", "d", version=2), "rejected", "not_found"),
-            (commands.put("app", "d"), "rejected", "stale_version"),
+            (commands.put("app", "s", b"v"), "rejected", "already_exists"),
+            (commands.rotate("app", "s", b"v", version=3), "rejected", "stale_version"),
+            (commands.rotate("app", "s", b"v", version=2, kind="storage"), "rejected", None),
+            (commands.rotate("app", "d", b"v", version=2), "rejected", "not_found"),
+            (commands.put("app", "d", b"v"), "rejected", "stale_version"),
         ]
         for command, result, reason in cases:
             outcome = await r.apply(command)
@@ -310,14 +250,14 @@ async def test_epochs_changed_elsewhere_are_read_before_writing(
 ) -> None:
     async with replica(databases.urls[0], fleet, fast=True, seen=statements) as r:
         for seed in ("seed-1", "seed-2"):  # the repository, then its id cached
-            assert (await r.apply(commands.put("app", seed))).result == "applied"
+            assert (await r.apply(commands.put("app", seed, b"v"))).result == "applied"
         async with r.engine.begin() as connection:  # as if a replica started a rotation
             await connection.execute(text("UPDATE fleets SET rotating_to = 2"))
         assert r.processor.state.rotating_to is None
-        assert (await r.apply(commands.put("app", "s"))).result == "applied"
+        assert (await r.apply(commands.put("app", "s", b"v"))).result == "applied"
         assert statements == [False]  # the fast write saw other epochs and wrote nothing
         assert r.processor.state.rotating_to == 2  # the general path re-read them
-        assert (await r.apply(commands.rotate("app", "s", version=2))).result == "applied"
+        assert (await r.apply(commands.rotate("app", "s", b"v", version=2))).result == "applied"
         assert statements == [False, True]
 
 
@@ -333,17 +273,17 @@ async def test_two_replicas_apply_each_command_once(
         replica(pg_url, fleet, fast=second == "fast", seen=statements) as two,
     ):
         for i, r in enumerate((one, two, one, two)):  # the repository, its id cached by both
-            assert (await r.apply(commands.put("app", f"seed-{i}"))).result == "applied"
+            assert (await r.apply(commands.put("app", f"seed-{i}", b"v"))).result == "applied"
         for i in range(20):
             # The same command on both replicas at once (a redelivery racing the first).
-            put = commands.put("app", f"rotated-{i}")
+            put = commands.put("app", f"rotated-{i}", b"v")
             results = await asyncio.gather(one.apply(put), two.apply(put))
             assert sorted(o.result for o in results) == ["applied", "duplicate"]
-            rotate = commands.rotate("app", f"rotated-{i}", version=2)
+            rotate = commands.rotate("app", f"rotated-{i}", b"v", version=2)
             results = await asyncio.gather(one.apply(rotate), two.apply(rotate))
             assert sorted(o.result for o in results) == ["applied", "duplicate"]
             # Two commands writing the same new secret: one is applied.
-            a, b = commands.put("app", f"raced-{i}"), commands.put("app", f"raced-{i}")
+            a, b = commands.put("app", f"raced-{i}", b"v"), commands.put("app", f"raced-{i}", b"v")
             results = await asyncio.gather(one.apply(a), two.apply(b))
             assert sorted((o.result, o.reason) for o in results) == [
                 ("applied", None),
@@ -394,7 +334,7 @@ async def test_sqlite_failed_commit_leaves_no_transaction_open(
 ) -> None:
     async with replica(sqlite_db, fleet, fast=True, seen=statements) as r:
         for seed in ("seed-1", "seed-2"):  # the repository, then its id cached
-            assert (await r.apply(commands.put("app", seed))).result == "applied"
+            assert (await r.apply(commands.put("app", seed, b"v"))).result == "applied"
         spy = r.processor._fast_writer
         assert isinstance(spy, Spy) and isinstance(spy.writer, SqliteWriter)
         writer = spy.writer
@@ -402,11 +342,11 @@ async def test_sqlite_failed_commit_leaves_no_transaction_open(
         connection = await loop.run_in_executor(writer._thread, writer._connect)
         failing = _FailingCommit(connection)
         writer._connection = failing  # type: ignore[assignment]
-        lost = commands.put("app", "lost")
+        lost = commands.put("app", "lost", b"v")
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
             await r.apply(lost)  # the consumer naks it; a redelivery applies it
         assert not connection.in_transaction
-        assert (await r.apply(commands.put("app", "next"))).result == "applied"
+        assert (await r.apply(commands.put("app", "next", b"v"))).result == "applied"
         assert (await r.apply(lost)).result == "applied"
         names = await r.rows("SELECT name FROM secrets ORDER BY id")
         assert [n["name"] for n in names] == ["seed-1", "seed-2", "next", "lost"]
@@ -434,16 +374,16 @@ async def test_postgres_broken_pooled_connections_are_replaced(
 
     async with replica(pg_url, fleet, fast=True, seen=statements) as r:
         for seed in ("seed-1", "seed-2"):
-            assert (await r.apply(commands.put("app", seed))).result == "applied"
+            assert (await r.apply(commands.put("app", seed, b"v"))).result == "applied"
         # A connection idle for a while is pinged at check-out, and replaced.
         monkeypatch.setattr(db, "PING_IDLE_AFTER", 0.0)
         await terminate_connections(r)
-        assert (await r.apply(commands.put("app", "after-idle"))).result == "applied"
+        assert (await r.apply(commands.put("app", "after-idle", b"v"))).result == "applied"
         # One used moments ago is not: the write fails (the command is delivered again),
         # the broken connection is dropped, and the next write gets a working one.
         monkeypatch.setattr(db, "PING_IDLE_AFTER", 3600.0)
         await terminate_connections(r)
-        retried = commands.put("app", "retried")
+        retried = commands.put("app", "retried", b"v")
         with pytest.raises(Exception) as failed:
             await r.apply(retried)
         assert not isinstance(failed.value, AssertionError)
