@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flashgate import failpoints
-from flashgate.backend import outbox
+from flashgate.backend import db, outbox
 from flashgate.backend.fastwrite import FastWriter, SecretWrite
 from flashgate.backend.models import (
     ApiKey,
@@ -360,7 +360,7 @@ class CommandProcessor:
 
     def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
         """The write lock (SQLite), around a write transaction of the general path."""
-        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+        return db.holding(self._write_lock)
 
     async def _write_secret_fast(
         self, writer: FastWriter, command: cmd.PutSecret | cmd.RotateSecret

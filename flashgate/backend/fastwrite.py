@@ -3,7 +3,7 @@
 Nearly every command a backend applies is ``secret.put`` of a new secret (version 1) or
 ``secret.rotate`` to the next version of a live one. The general path
 (:meth:`CommandProcessor._apply <flashgate.backend.commands.CommandProcessor._apply>`)
-applies them with about nine database round trips, each an await on the event loop. A
+applies them with about eight database round trips, each an await on the event loop. A
 :class:`FastWriter` applies that common case in one step instead:
 
 * PostgreSQL (:mod:`flashgate.backend.pgwrite`): one statement of data-modifying CTEs;

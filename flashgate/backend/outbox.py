@@ -11,7 +11,6 @@ they get the same deduplication as events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import structlog
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from flashgate.backend import db
 from flashgate.backend.models import OutboxMessage
 from flashgate.events.domain import DomainEvent, encode_event
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
@@ -286,7 +286,7 @@ class Relay:
         """
         unmarked = self._unmarked
         async with (
-            self._writing(bool(unmarked)),
+            db.holding(self._write_lock if unmarked else None),
             self._sessions() as session,
             session.begin(),
         ):
@@ -324,13 +324,8 @@ class Relay:
         self.published += len(done)
         return len(done)
 
-    def _writing(self, writes: bool = True) -> contextlib.AbstractAsyncContextManager[object]:
-        if writes and self._write_lock is not None:
-            return self._write_lock
-        return contextlib.nullcontext()
-
     async def _mark_published(self, ids: list[int]) -> None:
-        async with self._writing(), self._sessions() as session, session.begin():
+        async with db.holding(self._write_lock), self._sessions() as session, session.begin():
             connection = await session.connection()
             await connection.execute(
                 _MARK_PUBLISHED, {"b_ids": ids, "published_at": datetime.now(UTC)}

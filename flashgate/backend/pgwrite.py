@@ -1,8 +1,8 @@
 """PostgreSQL's fast write (:mod:`flashgate.backend.fastwrite`): one statement, one round trip.
 
-The general path takes about nine round trips for a write: check-out ping, ``BEGIN``, the
-command-id claim, the fleet's epochs, the secret, its version, the outbox rows, the audit
-row, ``COMMIT``. Here a new secret (``secret.put`` at version 1) or the next version of a
+The general path takes about eight round trips for a write: ``BEGIN``, the command-id
+claim, the fleet's epochs, the secret, its version, the outbox rows, the audit row,
+``COMMIT``. Here a new secret (``secret.put`` at version 1) or the next version of a
 live one (``secret.rotate``) is applied by one statement of data-modifying CTEs, run
 outside an explicit transaction (a single statement is atomic on its own).
 
@@ -19,7 +19,7 @@ written only when
 
 When it writes nothing, or fails on a unique key or a deadlock, nothing was written and
 the caller runs the general path, which decides (and words) any refusal. The rows written
-are the same as the general path's (a PostgreSQL test compares them); the outbox rows get
+are the same as the general path's (a test compares them); the outbox rows get
 their ids in list order (``ORDER BY`` below the insert).
 """
 

@@ -8,9 +8,10 @@ of its own (``BEGIN IMMEDIATE`` ... ``COMMIT``), and the loop awaits it once.
 
 Values are stored exactly as SQLAlchemy stores them (its SQLite type processors), so the
 rows are the general path's (a test compares them). SQLite allows one writer at a time:
-the backend's writers of the hot path (this one, the general path and the outbox relay)
-take one asyncio lock (:attr:`write_lock`) around their write transactions, so that they
-queue in the process instead of meeting in SQLite's busy handler, which sleeps.
+the backend's writers (this one, the general path, the outbox relay and re-wraps) take
+one asyncio lock (:attr:`write_lock`, :func:`flashgate.backend.db.holding`) around their
+write transactions, so that they queue in the process instead of meeting in SQLite's
+busy handler, which sleeps.
 """
 
 from __future__ import annotations
