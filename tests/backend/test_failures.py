@@ -303,6 +303,11 @@ async def test_canary_never_reaches_database_store_or_logs(
         await until(lambda: _stream_exists(admin), 20, "the backend")
         await admin.send(admin.put("c", "one", CANARY), timeout=30)
         await admin.send(admin.rotate("c", "one", CANARY + b"-2", version=2))
+        # The repository's id is known now: these two take the fast write.
+        rotated = await admin.send(admin.rotate("c", "one", CANARY + b"-3", version=3))
+        assert rotated.type == "io.flashgate.secret.rotated"
+        created = await admin.send(admin.put("c", "three", CANARY + b"-4"))
+        assert created.type == "io.flashgate.secret.created"
         await admin.send(admin.delete("c", "one"))
         bad = admin.put("c", "two", CANARY, version=5)
         assert (await admin.send(bad)).data.reason == "stale_version"
