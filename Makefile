@@ -7,10 +7,11 @@ PYTEST_ARGS ?=
 
 .PHONY: test up lint bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the versions the suite is tested with (ranges are in pyproject.toml)
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 test: $(STAMP)

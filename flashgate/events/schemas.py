@@ -9,7 +9,9 @@ a field never changes type); such a change adds a new file and keeps the old one
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +83,34 @@ SPECS: tuple[SchemaSpec, ...] = (
 )
 
 
+def normalize_description(text: str) -> str:
+    """A docstring as prose: paragraphs of single-spaced words, whatever the indentation.
+
+    msgspec copies docstrings into ``description`` verbatim in some releases and dedented in
+    others (0.23 dedents), and Python 3.13 strips docstring indentation at compile time. The
+    committed schemas must not depend on either, so every description is reduced to its
+    words: paragraphs (blank-line separated) are kept, line breaks and runs of spaces inside
+    a paragraph become one space.
+    """
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+
+
+def _normalized(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: normalize_description(value)
+            if key == "description" and isinstance(value, str)
+            else _normalized(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_normalized(item) for item in node]
+    return node
+
+
 def render(spec: SchemaSpec) -> dict[str, Any]:
-    body = msgspec.json.schema(spec.type)
+    body = _normalized(msgspec.json.schema(spec.type))
     if spec.name == "domain-event":  # ``data`` is raw in the attributes Struct
         body["$defs"]["CloudEventAttributes"]["properties"]["data"] = {
             "description": "the payload; its schema is named by dataschema",

@@ -35,7 +35,7 @@ from flashgate.events.domain import (
 from flashgate.events.envelope import ENVELOPE_CODEC, check_envelope_location
 from flashgate.events.fleet import DESCRIPTOR_CODEC, ROSTER_CODEC
 from flashgate.events.node import HEARTBEAT_CODEC, STATUS_REQUEST_CODEC, STATUS_RESPONSE_CODEC
-from flashgate.events.schemas import SPECS, drift, render
+from flashgate.events.schemas import SPECS, drift, normalize_description, render, render_text
 from flashgate.events.share import (
     MAX_SHARE_ITEMS,
     SHARE_REQUEST_CODEC,
@@ -275,6 +275,49 @@ def test_wrong_signer_is_refused() -> None:
 
 def test_committed_schemas_match_the_structs() -> None:
     assert drift(SCHEMAS_DIR) == [], "run: flashgate schemas export"
+
+
+def test_schemas_do_not_depend_on_how_the_library_renders_docstrings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """msgspec < 0.23 copies a docstring verbatim, 0.23 dedents it, Python 3.13 strips the
+    indentation at compile time: the committed schemas must come out the same every way."""
+    real = msgspec.json.schema
+
+    def reindented(indent: str) -> Any:
+        def schema(type_: Any) -> Any:
+            def walk(node: Any) -> Any:
+                if isinstance(node, dict):
+                    return {
+                        k: (
+                            "\n".join(
+                                line if i == 0 or not line else indent + line.lstrip()
+                                for i, line in enumerate(v.split("\n"))
+                            )
+                            if k == "description" and isinstance(v, str)
+                            else walk(v)
+                        )
+                        for k, v in node.items()
+                    }
+                if isinstance(node, list):
+                    return [walk(item) for item in node]
+                return node
+
+            return walk(real(type_))
+
+        return schema
+
+    renderings = []
+    for indent in ("", "    ", "\t  "):
+        monkeypatch.setattr(msgspec.json, "schema", reindented(indent))
+        renderings.append([render_text(spec) for spec in SPECS])
+    assert renderings[0] == renderings[1] == renderings[2]
+    assert any("\\n\\n" in text for text in renderings[0])  # paragraphs survive
+
+
+def test_normalized_description_keeps_paragraphs_and_words() -> None:
+    text = "First line\n    goes on.\n\n    Second   paragraph\n    here."
+    assert normalize_description(text) == "First line goes on.\n\nSecond paragraph here."
 
 
 def test_every_schema_is_2020_12_with_an_id() -> None:
