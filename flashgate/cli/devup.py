@@ -72,7 +72,10 @@ class Child:
                 env=self.env,
                 start_new_session=True,
             )
-        self.pidfile.write_text(f"{self.process.pid}\n")
+        # Atomic: a reader (a script, a test) never sees the truncated, still empty file.
+        partial = self.pidfile.with_name(self.pidfile.name + ".tmp")
+        partial.write_text(f"{self.process.pid}\n")
+        partial.replace(self.pidfile)
         self.started_at = time.monotonic()
 
     def dead(self) -> bool:
