@@ -142,11 +142,25 @@ def demo(home: Path, nodes: int, threshold: int, key_bits: int, insecure_test_ke
     click.echo(f"  {fg} recover --fleet-dir {fleet_arg} {bundle_args} < s.jwe")
 
 
+def _host_port(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8222)")
+    return value
+
+
 @dev.command("nats-config")
 @click.option("--fleet", "fleet_name", required=True, help="Fleet name.")
-def nats_config(fleet_name: str) -> None:
+@click.option(
+    "--monitor-address",
+    default="127.0.0.1:8222",
+    show_default=True,
+    callback=_host_port,
+    help="HOST:PORT of the monitoring endpoint (it names every client and subject).",
+)
+def nats_config(fleet_name: str, monitor_address: str) -> None:
     """Print a nats-server config with per-role users (passwords from the environment)."""
     from flashgate.broker.permissions import server_config
     from flashgate.events.subjects import FleetNames
 
-    click.echo(server_config(FleetNames(fleet_name)), nl=False)
+    click.echo(server_config(FleetNames(fleet_name), monitor_address=monitor_address), nl=False)

@@ -11,8 +11,11 @@ HOME/logs/           the dev cluster's service logs
 from __future__ import annotations
 
 import os
+import shlex
+import stat
 from pathlib import Path
 
+import click
 import msgspec
 
 from flashgate.errors import ConfigurationError
@@ -53,10 +56,26 @@ def load_config(home: Path) -> HomeConfig:
             f"{path} does not exist: start the system with `flashgate dev up --home {home}` "
             "or set FLASHGATE_NATS_URL"
         )
+    warn_if_readable_by_others(path)
     try:
         return msgspec.json.decode(path.read_bytes(), type=HomeConfig)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ConfigurationError(f"{path} is not a valid config: {exc}") from exc
+
+
+def warn_if_readable_by_others(path: Path) -> None:
+    """One line on stderr when ``path`` (it holds NATS passwords) is group or world
+    readable, with the command that fixes it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        click.echo(
+            f"warning: {path} is readable by other users and holds NATS passwords: "
+            f"chmod 600 {shlex.quote(str(path))}",
+            err=True,
+        )
 
 
 def save_config(home: Path, config: HomeConfig) -> None:
