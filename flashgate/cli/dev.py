@@ -3,7 +3,12 @@
 ``dev up`` (:mod:`flashgate.cli.devup`) runs the whole system on this machine. ``dev demo``
 runs the key ceremony into a home directory (once) and shows the offline path end to end:
 encrypt a secret with the public key alone, recover it from t bundles. ``dev nats-config``
-prints a deployment nats-server config with one user per role.
+prints a deployment nats-server config with one user per role (monitoring on loopback
+unless ``--monitor-address`` says otherwise).
+
+Commands these print for the user to paste name ``flashgate`` as it can be run
+(:func:`flashgate_command`) and export the passphrase when it is the public dev one
+(:func:`passphrase_lines`); a passphrase the user set is never printed.
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
 HOME/fleet/          the ceremony's output (fleet.json, roster.json, admin.key, nodes/)
 HOME/config.json     connection settings: NATS URLs and the admin's NATS credentials
-                     (0600; written by ``flashgate dev up``)
+                     (0600; written by ``flashgate dev up``; reading it warns when
+                     other users can read it)
 HOME/backend.db      the dev cluster's SQLite database
 HOME/nats/           the dev cluster's nats-server (config, JetStream store, log)
 HOME/logs/           the dev cluster's service logs
+HOME/run/            the dev cluster's pid files and ``dev-up.lock``
 """
 
 from __future__ import annotations
