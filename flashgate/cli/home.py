@@ -54,9 +54,11 @@ def load_config(home: Path) -> HomeConfig:
         url = os.environ.get("FLASHGATE_NATS_URL")
         if url:
             return HomeConfig(nats=[u.strip() for u in url.split(",") if u.strip()])
+        from flashgate.cli.dev import flashgate_command  # the command as it can be run
+
+        start = f"{flashgate_command()} dev up --home {shlex.quote(str(home))}"
         raise ConfigurationError(
-            f"{path} does not exist: start the system with `flashgate dev up --home {home}` "
-            "or set FLASHGATE_NATS_URL"
+            f"{path} does not exist: start the system with `{start}` or set FLASHGATE_NATS_URL"
         )
     warn_if_readable_by_others(path)
     try:

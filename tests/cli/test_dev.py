@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,21 @@ def test_config_readable_by_others_draws_one_warning(dead_home: tuple[Path, str]
     assert len(lines) == 2 and "cannot reach NATS" in lines[1], str(result)
     config.chmod(0o600)
     assert "warning" not in run_cli("fleet", "status", "--home", home).err
+
+
+def test_missing_config_names_the_runnable_dev_up(tmp_path: Path, other: Fleet) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(other.dir, home / "fleet")
+    env = {k: v for k, v in os.environ.items() if k != "FLASHGATE_NATS_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flashgate.cli.main", "fleet", "status", "--home", str(home)],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [
+        f"flashgate: error: {home / 'config.json'} does not exist: start the system with "
+        f"`{flashgate_command()} dev up --home {home}` or set FLASHGATE_NATS_URL"
+    ]
