@@ -228,7 +228,8 @@ def test_children_stop_when_the_reader_of_stderr_is_gone(
         # the reader is gone: the next write to stderr fails with EPIPE
         os.killpg(process.pid, signal.SIGINT)
         assert_all_stop(children, "SIGINT with a closed stderr")
-        process.wait(STOP_DEADLINE)
+        assert process.wait(STOP_DEADLINE) == 0  # the failed prints did not end the cleanup
+        assert not list((home / "run").glob("*.pid"))
     finally:
         for pid in children:
             if alive(pid):
