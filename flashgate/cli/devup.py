@@ -162,7 +162,7 @@ def acquire_lock(root: Path) -> int:
         holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
         raise AlreadyRunning(
-            f"flashgate dev up is already running on {root} (pid {holder}); "
+            f"flashgate dev up is already running (pid {holder}) on {root}; "
             "stop it first (Ctrl-C in its terminal)"
         ) from None
     os.ftruncate(fd, 0)

@@ -281,8 +281,8 @@ def test_second_dev_up_is_refused_and_touches_nothing(dev_up: DevUp, tmp_path: P
     err = second.stderr.decode(errors="replace")
     assert second.returncode == 1, err
     assert err.splitlines() == [
-        f"flashgate: error: flashgate dev up is already running on {dev_up.home} "
-        f"(pid {dev_up.process.pid}); stop it first (Ctrl-C in its terminal)"
+        f"flashgate: error: flashgate dev up is already running (pid {dev_up.process.pid}) "
+        f"on {dev_up.home}; stop it first (Ctrl-C in its terminal)"
     ], err
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in watched} == before
     assert sorted(str(p) for p in dev_up.home.rglob("*") if "jetstream" not in p.parts) == listing
