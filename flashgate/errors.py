@@ -34,6 +34,12 @@ class ConfigurationError(FlashgateError):
     code = "bad_configuration"
 
 
+class AlreadyRunning(FlashgateError):
+    """Another process already runs on this resource (``flashgate dev up`` on a home)."""
+
+    code = "already_running"
+
+
 class InvalidName(ConfigurationError):
     """A name (fleet, repository, secret, node) outside ``[a-z0-9_-]{1,64}``."""
 

@@ -17,7 +17,9 @@ Every component connects through :func:`connect`, which adds what a bare
   when that number is positive). So the first connection is made with a small positive
   limit (``connect_retries``), and the caller's reconnect policy is put in place once
   connected. Failures become :class:`~flashgate.errors.BrokerUnavailable` naming the URLs
-  without their credentials.
+  without their credentials and why ("cannot reach NATS at nats://h:4222 (connection
+  refused)"); the errors of the attempts before it are logged at debug level only, since
+  that one exception says what failed.
 
 * **Errors mapped at the boundary.** :func:`broker_errors` turns nats-py exceptions into
   :class:`~flashgate.errors.BrokerUnavailable` (no answer: timeouts, no responders,
@@ -135,6 +137,9 @@ class _Errors:
 
     last: Exception | None = None
     auth_refused: bool = False
+    #: False until the first connection is up: failures before it are not logged as
+    #: warnings, since :func:`connect` raises one error that says what failed.
+    connected: bool = False
 
 
 def _logging_callbacks(
@@ -150,7 +155,8 @@ def _logging_callbacks(
     async def on_error(exc: Exception) -> None:
         errors.last = exc
         errors.auth_refused = errors.auth_refused or _is_auth_failure(exc)
-        log.warning("nats.error", error_type=type(exc).__name__, error=_error_text(exc))
+        report = log.warning if errors.connected else log.debug
+        report("nats.error", error_type=type(exc).__name__, error=_error_text(exc))
         await chain("error_cb", exc)
 
     async def on_disconnected() -> None:
@@ -206,9 +212,18 @@ def _connect_failure(urls: list[str], exc: BaseException, errors: _Errors) -> Br
         cause = errors.last
     if errors.auth_refused or _is_auth_failure(cause):
         return BrokerError(f"NATS at {shown} refused the credentials (authorization violation)")
-    return BrokerUnavailable(
-        f"cannot connect to NATS at {shown}: {type(cause).__name__}: {_error_text(cause)}"
-    )
+    return BrokerUnavailable(f"cannot reach NATS at {shown} ({_why_unreachable(cause)})")
+
+
+def _why_unreachable(cause: BaseException) -> str:
+    """A few words on why a connection failed: "connection refused", "timed out", ..."""
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, TimeoutError | nats.errors.TimeoutError):
+        return "timed out"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return f"{type(cause).__name__}: {_error_text(cause)}"
 
 
 async def _close_quietly(nc: Client) -> None:
@@ -269,6 +284,7 @@ async def connect(
         await _close_quietly(nc)
         raise
     # The first connection is up: from now on, the caller's reconnect policy.
+    errors.connected = True
     nc.options["allow_reconnect"] = max_reconnect_attempts != 0
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts or -1
     await _require_supported(nc)

@@ -47,6 +47,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from flashgate.errors import BrokerUnavailable, UnsupportedServer
+from flashgate.lifetime import die_with_parent
 
 MIN_SERVER_VERSION: tuple[int, int, int] = (2, 10, 0)
 ENV_BINARY = "NATS_SERVER_BIN"
@@ -230,6 +231,7 @@ class NatsServerProcess:
         binary: NatsBinary | None = None,
         max_file_store: str = "1G",
         max_memory_store: str = "64M",
+        supervised: bool = False,
     ) -> None:
         self.name = name
         self.base_dir = Path(base_dir)
@@ -241,6 +243,10 @@ class NatsServerProcess:
         self.binary = binary if binary is not None else find_nats_server()
         self.max_file_store = max_file_store
         self.max_memory_store = max_memory_store
+        #: ``flashgate dev up``: the server runs in a session of its own (a terminal's
+        #: Ctrl-C reaches its supervisor only, which stops it last) and gets SIGTERM when
+        #: the supervisor dies (:func:`flashgate.lifetime.die_with_parent`).
+        self.supervised = supervised
         self._process: subprocess.Popen[bytes] | None = None
         #: True between start() and stop()/kill(): an exit in that window is a crash.
         self._wanted = False
@@ -322,6 +328,8 @@ class NatsServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.base_dir,
+                start_new_session=self.supervised,
+                preexec_fn=die_with_parent() if self.supervised else None,
             )
         self._wanted = True
         _LIVE.add(self)

@@ -3,13 +3,20 @@
 ``dev up`` (:mod:`flashgate.cli.devup`) runs the whole system on this machine. ``dev demo``
 runs the key ceremony into a home directory (once) and shows the offline path end to end:
 encrypt a secret with the public key alone, recover it from t bundles. ``dev nats-config``
-prints a deployment nats-server config with one user per role.
+prints a deployment nats-server config with one user per role (monitoring on loopback
+unless ``--monitor-address`` says otherwise).
+
+Commands these print for the user to paste name ``flashgate`` as it can be run
+(:func:`flashgate_command`) and export the passphrase when it is the public dev one
+(:func:`passphrase_lines`); a passphrase the user set is never printed.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -29,16 +36,41 @@ from flashgate.fleet.recovery import recover
 DEV_PASSPHRASE = "flashgate-local-dev-only"  # noqa: S105 - documented dev-only default
 
 
-def dev_passphrase() -> str:
+def passphrase_is_set() -> bool:
+    return bool(os.environ.get(PASSPHRASE_ENV))
+
+
+def dev_passphrase(*, sealing: bool) -> str:
+    """``FLASHGATE_PASSPHRASE``, or the public dev passphrase with a warning that says
+    what it is used for: ``sealing`` new files, or opening existing ones."""
     value = os.environ.get(PASSPHRASE_ENV)
     if value:
         return value
+    use = "sealing the new fleet" if sealing else "opening the existing bundles"
     click.echo(
-        f"warning: {PASSPHRASE_ENV} is unset; sealing with the public dev passphrase "
+        f"warning: {PASSPHRASE_ENV} is unset; {use} with the public dev passphrase "
         "(fine for a local demo, never for real secrets)",
         err=True,
     )
     return DEV_PASSPHRASE
+
+
+def flashgate_command() -> str:
+    """The ``flashgate`` command as it can be run from any shell: the script installed
+    beside this interpreter, else ``python -m flashgate.cli.main`` (shell-quoted)."""
+    python = Path(os.path.abspath(sys.executable))
+    script = python.parent / "flashgate"
+    if script.is_file() and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return f"{shlex.quote(str(python))} -m flashgate.cli.main"
+
+
+def passphrase_lines() -> list[str]:
+    """Shell lines that give another shell the passphrase these commands need: the
+    public dev passphrase is printed; a passphrase the user set never is."""
+    if passphrase_is_set():
+        return [f"# export {PASSPHRASE_ENV} (the passphrase you set for this home)"]
+    return [f"export {PASSPHRASE_ENV}={shlex.quote(DEV_PASSPHRASE)}"]
 
 
 @click.group()
@@ -57,13 +89,15 @@ def dev() -> None:
 @click.option("--nodes", type=int, default=3, show_default=True)
 @click.option("--threshold", type=int, default=2, show_default=True)
 @click.option("--key-bits", type=int, default=DEFAULT_BITS, show_default=True)
-def demo(home: Path, nodes: int, threshold: int, key_bits: int) -> None:
+@click.option("--insecure-test-key", is_flag=True, help="Allow key sizes under 2048 (tests).")
+def demo(home: Path, nodes: int, threshold: int, key_bits: int, insecure_test_key: bool) -> None:
     """Ceremony (first run only), then encrypt a secret and recover it from t bundles."""
     from flashgate.cli.main import _search_primes  # the ceremony's progress display
 
-    passphrase = dev_passphrase()
-    fleet_dir = home / "fleet"
-    if not (fleet_dir / DESCRIPTOR_FILE).exists():
+    fleet_dir = home.resolve() / "fleet"
+    has_fleet = (fleet_dir / DESCRIPTOR_FILE).exists()
+    passphrase = dev_passphrase(sealing=not has_fleet)
+    if not has_fleet:
         click.echo(f"1. key ceremony: fleet 'demo', {threshold}-of-{nodes}, {key_bits}-bit key")
         primes = _search_primes(key_bits, quiet=False)
         ceremony = run_ceremony(
@@ -72,6 +106,7 @@ def demo(home: Path, nodes: int, threshold: int, key_bits: int) -> None:
             threshold=threshold,
             bits=key_bits,
             primes=primes,
+            allow_insecure=insecure_test_key,
         )
         write_fleet_dir(fleet_dir, ceremony, passphrase)
         click.echo(f"   wrote {fleet_dir}/fleet.json, admin.key, nodes/*.bundle")
@@ -97,20 +132,40 @@ def demo(home: Path, nodes: int, threshold: int, key_bits: int) -> None:
         f"3. recovered {context.describe()} from {', '.join(chosen)}: "
         "the value matches (partial decryptions combined, y^e = c checked)"
     )
+    fg = flashgate_command()
+    fleet_arg = shlex.quote(str(fleet_dir))
+    bundle_args = " ".join(
+        f"--bundle {shlex.quote(str(fleet_dir / 'nodes' / f'{n}.bundle'))}" for n in chosen
+    )
     click.echo("\ntry it yourself:")
+    for line in passphrase_lines():
+        click.echo(f"  {line}")
     click.echo(
-        f"  echo -n hello | flashgate encrypt --fleet-dir {fleet_dir} --repo r --name n "
+        f"  printf %s hello | {fg} encrypt --fleet-dir {fleet_arg} --repo r --name n "
         "--kind generic > s.jwe"
     )
-    bundle_args = " ".join(f"--bundle {fleet_dir}/nodes/{n}.bundle" for n in chosen)
-    click.echo(f"  flashgate recover --fleet-dir {fleet_dir} {bundle_args} < s.jwe")
+    click.echo(f"  {fg} recover --fleet-dir {fleet_arg} {bundle_args} < s.jwe")
+
+
+def _host_port(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8222)")
+    return value
 
 
 @dev.command("nats-config")
 @click.option("--fleet", "fleet_name", required=True, help="Fleet name.")
-def nats_config(fleet_name: str) -> None:
+@click.option(
+    "--monitor-address",
+    default="127.0.0.1:8222",
+    show_default=True,
+    callback=_host_port,
+    help="HOST:PORT of the monitoring endpoint (it names every client and subject).",
+)
+def nats_config(fleet_name: str, monitor_address: str) -> None:
     """Print a nats-server config with per-role users (passwords from the environment)."""
     from flashgate.broker.permissions import server_config
     from flashgate.events.subjects import FleetNames
 
-    click.echo(server_config(FleetNames(fleet_name)), nl=False)
+    click.echo(server_config(FleetNames(fleet_name), monitor_address=monitor_address), nl=False)

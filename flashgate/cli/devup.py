@@ -8,17 +8,31 @@
 3. the backend on SQLite (``HOME/backend.db``, migrated first);
 4. one process per Bridge Node.
 
-Logs go to ``HOME/logs/``; process ids to ``HOME/run/``. A process that dies is restarted
-(after a short, growing delay), like a restart policy. Ctrl-C (SIGINT) or SIGTERM stops
-everything: the bridges purge their vaults, the backend drains its outbox, NATS stops.
-Scripts run it in the background and wait with ``flashgate fleet status --wait``.
+Logs go to ``HOME/logs/``; process ids to ``HOME/run/`` (``backend.pid``, ``<node>.pid``,
+``nats-server.pid``). A process that dies is restarted (after a short, growing delay),
+like a restart policy. Scripts run it in the background and wait with
+``flashgate fleet status --wait``.
+
+Stopping: Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed) stops everything: the
+bridges purge their vaults, then the backend drains its outbox, then NATS stops; only then
+is anything printed, and a failed print (the reader of stderr is gone, as with ``| tee``
+after Ctrl-C) is ignored. Every child runs in a session of its own (a terminal's Ctrl-C
+reaches ``dev up`` only, which stops them in that order) and gets SIGTERM from the kernel
+when ``dev up`` dies, even by SIGKILL (:mod:`flashgate.lifetime`).
+
+One ``dev up`` per home: it holds ``HOME/run/dev-up.lock`` (an ``flock``, with its pid
+inside) for its lifetime and takes it before writing anything, so a second one says
+"already running (pid N)" and touches nothing. On a home that has a fleet, explicit
+``--nodes``/``--threshold``/``--key-bits`` that differ from it are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,11 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from flashgate.broker.permissions import ROLES, RoleCredentials, authorization_config
 from flashgate.broker.server import NatsServerProcess, free_port
 from flashgate.cli.bridge import EXIT_REVOKED
-from flashgate.cli.dev import dev, dev_passphrase
+from flashgate.cli.dev import dev, dev_passphrase, flashgate_command, passphrase_lines
 from flashgate.cli.home import (
     HomeConfig,
     RoleLogin,
@@ -42,11 +57,18 @@ from flashgate.cli.home import (
 )
 from flashgate.cli.passphrase import PASSPHRASE_ENV
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
-from flashgate.errors import FlashgateError
+from flashgate.errors import AlreadyRunning, ConfigurationError, FlashgateError
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import default_node_ids, run_ceremony
+from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import write_fleet_dir
 from flashgate.fleet.files import DESCRIPTOR_FILE, NODES_DIR, load_descriptor
+from flashgate.lifetime import die_with_parent
+
+LOCK_FILE = "dev-up.lock"
+NATS_PIDFILE = "nats-server.pid"
+#: How long a service has to stop after SIGTERM before it is killed.
+STOP_TIMEOUT = 10.0
 
 
 @dataclass
@@ -70,7 +92,8 @@ class Child:
                 stdout=log,
                 stderr=log,
                 env=self.env,
-                start_new_session=True,
+                start_new_session=True,  # a terminal's signals reach dev up only
+                preexec_fn=die_with_parent(),  # SIGTERM when dev up dies
             )
         # Atomic: a reader (a script, a test) never sees the truncated, still empty file.
         partial = self.pidfile.with_name(self.pidfile.name + ".tmp")
@@ -81,19 +104,94 @@ class Child:
     def dead(self) -> bool:
         return self.process is not None and self.process.poll() is not None
 
-    def stop(self, timeout: float) -> None:
-        if self.process is None or self.process.poll() is not None:
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout)
+            self.process.wait(max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
 
 
+def _say(message: str) -> None:
+    """Print to stderr, best effort: a reader that went away (EPIPE) is not an error.
+
+    After a failed write stderr is pointed at /dev/null, so nothing tries again (not even
+    the interpreter's final flush)."""
+    try:
+        click.echo(message, err=True)
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError):
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
+def _stop_all(children: list[Child], server: NatsServerProcess, run_dir: Path) -> None:
+    """The bridges (together), then the backend, then NATS; each step runs even if one
+    before it failed."""
+    bridges = [c for c in children if c.name != "backend"]
+    backend = [c for c in children if c.name == "backend"]
+    for group in (bridges, backend):
+        for child in group:
+            with contextlib.suppress(Exception):
+                child.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for child in group:
+            with contextlib.suppress(Exception):
+                child.wait_or_kill(deadline)
+            child.pidfile.unlink(missing_ok=True)
+    with contextlib.suppress(Exception):
+        server.stop(STOP_TIMEOUT)
+    (run_dir / NATS_PIDFILE).unlink(missing_ok=True)
+
+
 def _flashgate() -> list[str]:
     return [sys.executable, "-m", "flashgate.cli.main"]
+
+
+def acquire_lock(root: Path) -> int:
+    """Take ``HOME/run/dev-up.lock`` for this process's lifetime (the returned fd), and
+    write this pid into it; :class:`AlreadyRunning` if another ``dev up`` holds it."""
+    run_dir = root / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunning(
+            f"flashgate dev up is already running (pid {holder}) on {root}; "
+            "stop it first (Ctrl-C in its terminal)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)  # closing the last descriptor releases the flock
+
+
+def check_existing_fleet(root: Path, wanted: dict[str, int], explicit: set[str]) -> None:
+    """Refuse explicit --nodes/--threshold/--key-bits that differ from the home's fleet."""
+    descriptor = load_descriptor(fleet_dir(root))
+    bits = fleet_public_key(descriptor).bits
+    existing = {"nodes": len(descriptor.nodes), "threshold": descriptor.threshold, "key_bits": bits}
+    differ = [name for name in sorted(explicit) if wanted[name] != existing[name]]
+    if differ:
+        given = ", ".join(f"--{n.replace('_', '-')} {wanted[n]}" for n in differ)
+        raise ConfigurationError(
+            f"{given}: fleet {descriptor.fleet!r} in {root} is "
+            f"{descriptor.threshold}-of-{len(descriptor.nodes)} with a {bits}-bit key; "
+            f"use another --home or remove {fleet_dir(root)} for a new one"
+        )
 
 
 def ensure_fleet(
@@ -149,16 +247,37 @@ def up(
     home: Path | None, nodes: int, threshold: int, key_bits: int, insecure_test_key: bool
 ) -> None:
     """Run NATS, the backend and every bridge on this machine until Ctrl-C."""
+    ctx = click.get_current_context()
+    explicit = {
+        name
+        for name in ("nodes", "threshold", "key_bits")
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
     root = resolve_home(home).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    passphrase = dev_passphrase()
+    lock = acquire_lock(root)  # before anything else is written
+    try:
+        _run(root, nodes, threshold, key_bits, insecure_test_key, explicit)
+    finally:
+        release_lock(lock)
+
+
+def _run(
+    root: Path, nodes: int, threshold: int, key_bits: int, insecure: bool, explicit: set[str]
+) -> None:
+    has_fleet = (fleet_dir(root) / DESCRIPTOR_FILE).exists()
+    if has_fleet:
+        check_existing_fleet(
+            root, {"nodes": nodes, "threshold": threshold, "key_bits": key_bits}, explicit
+        )
+    passphrase = dev_passphrase(sealing=not has_fleet)
     ensure_fleet(
         root,
         nodes=nodes,
         threshold=threshold,
         key_bits=key_bits,
         passphrase=passphrase,
-        insecure=insecure_test_key,
+        insecure=insecure,
     )
     descriptor = load_descriptor(fleet_dir(root))
     names = FleetNames(descriptor.fleet)
@@ -168,6 +287,7 @@ def up(
     }
     for sub in ("logs", "run"):
         (root / sub).mkdir(exist_ok=True)
+    run_dir = root / "run"
     from flashgate.backend import db  # SQLAlchemy and Alembic: only the dev cluster needs them
 
     server = NatsServerProcess(
@@ -175,6 +295,7 @@ def up(
         name="flashgate-dev",
         port=_port(config.nats[0]),
         extra_config=authorization_config(names, creds),
+        supervised=True,
     )
     db_url = f"sqlite:///{root / 'backend.db'}"
     stop_requested = False
@@ -183,12 +304,18 @@ def up(
         nonlocal stop_requested
         stop_requested = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     children: list[Child] = []
-    try:
+
+    def start_server() -> None:
         server.start()
+        if server.pid is not None:
+            (run_dir / NATS_PIDFILE).write_text(f"{server.pid}\n")
         server.wait_ready(30)
+
+    try:
+        start_server()
         db.migrate(db_url)
         base_env = {
             k: v
@@ -216,7 +343,7 @@ def up(
                     "FLASHGATE_NATS_PASSWORD": creds["backend"].password,
                 },
                 root / "logs" / "backend.log",
-                root / "run" / "backend.pid",
+                run_dir / "backend.pid",
             )
         )
         bundles = sorted((fleet_dir(root) / NODES_DIR).glob("*.bundle"))
@@ -233,12 +360,15 @@ def up(
                         "FLASHGATE_NATS_PASSWORD": creds["bridge"].password,
                     },
                     root / "logs" / f"{node_id}.log",
-                    root / "run" / f"{node_id}.pid",
+                    run_dir / f"{node_id}.pid",
                 )
             )
         for child in children:
+            if stop_requested:
+                break
             child.start()
-        _summary(root, url, descriptor.fleet, descriptor.threshold, children)
+        if not stop_requested:
+            _say(_summary(root, url, descriptor.fleet, descriptor.threshold, children))
         while not stop_requested:
             time.sleep(0.2)
             for child in children:
@@ -247,35 +377,30 @@ def up(
                     code = child.process.returncode if child.process else None
                     if code == EXIT_REVOKED:
                         child.retired = True
-                        click.echo(f"{child.name} is revoked; not restarting it", err=True)
+                        _say(f"{child.name} is revoked; not restarting it")
                         continue
                     if child.next_start == 0.0:
                         delay = min(1.0 * 2 ** min(child.restarts, 4), 15.0)
                         if now - child.started_at > 60:
                             delay, child.restarts = 1.0, 0
                         child.next_start = now + delay
-                        click.echo(
-                            f"{child.name} exited ({code}); restarting in {delay:.0f}s", err=True
-                        )
+                        _say(f"{child.name} exited ({code}); restarting in {delay:.0f}s")
                     elif now >= child.next_start:
                         child.restarts += 1
                         child.next_start = 0.0
                         child.start()
             if not server.running and not stop_requested:
-                click.echo("nats-server exited; restarting it", err=True)
-                server.start()
-                server.wait_ready(30)
+                _say("nats-server exited; restarting it")
+                start_server()
     finally:
-        click.echo("stopping ...", err=True)
-        for child in reversed(children):  # bridges first, the backend last
-            child.stop(10)
-            child.pidfile.unlink(missing_ok=True)
-        server.stop()
-        click.echo("stopped", err=True)
+        # Stop first, print last: stderr may be a pipe whose reader is gone.
+        _stop_all(children, server, run_dir)
+        _say("stopped")
 
 
-def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Child]) -> None:
+def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Child]) -> str:
     bridges = [c.name for c in children if c.name != "backend"]
+    fg = flashgate_command()
     lines = [
         f"flashgate dev cluster: fleet {fleet!r}, {threshold}-of-{len(bridges)}",
         f"  home      {root}",
@@ -285,12 +410,12 @@ def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Ch
         f"  logs      {root / 'logs'}",
         "",
         "try (in another shell):",
-        f"  export FLASHGATE_HOME={root}",
-        "  export FLASHGATE_PASSPHRASE=...   # the passphrase this dev up sealed with",
-        "  flashgate fleet status --wait",
-        "  echo -n s3cr3t | flashgate secret put demo/db-password --kind generic",
-        "  flashgate secret list",
+        f"  export FLASHGATE_HOME={shlex.quote(str(root))}",
+        *(f"  {line}" for line in passphrase_lines()),
+        f"  {fg} fleet status --wait",
+        f"  printf %s s3cr3t | {fg} secret put demo/db-password --kind generic",
+        f"  {fg} secret list",
         "",
         "Ctrl-C stops everything.",
     ]
-    click.echo("\n".join(lines), err=True)
+    return "\n".join(lines)

@@ -2,17 +2,22 @@
 
 HOME/fleet/          the ceremony's output (fleet.json, roster.json, admin.key, nodes/)
 HOME/config.json     connection settings: NATS URLs and the admin's NATS credentials
-                     (0600; written by ``flashgate dev up``)
+                     (0600; written by ``flashgate dev up``; reading it warns when
+                     other users can read it)
 HOME/backend.db      the dev cluster's SQLite database
 HOME/nats/           the dev cluster's nats-server (config, JetStream store, log)
 HOME/logs/           the dev cluster's service logs
+HOME/run/            the dev cluster's pid files and ``dev-up.lock``
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import stat
 from pathlib import Path
 
+import click
 import msgspec
 
 from flashgate.errors import ConfigurationError
@@ -49,14 +54,32 @@ def load_config(home: Path) -> HomeConfig:
         url = os.environ.get("FLASHGATE_NATS_URL")
         if url:
             return HomeConfig(nats=[u.strip() for u in url.split(",") if u.strip()])
+        from flashgate.cli.dev import flashgate_command  # the command as it can be run
+
+        start = f"{flashgate_command()} dev up --home {shlex.quote(str(home))}"
         raise ConfigurationError(
-            f"{path} does not exist: start the system with `flashgate dev up --home {home}` "
-            "or set FLASHGATE_NATS_URL"
+            f"{path} does not exist: start the system with `{start}` or set FLASHGATE_NATS_URL"
         )
+    warn_if_readable_by_others(path)
     try:
         return msgspec.json.decode(path.read_bytes(), type=HomeConfig)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ConfigurationError(f"{path} is not a valid config: {exc}") from exc
+
+
+def warn_if_readable_by_others(path: Path) -> None:
+    """One line on stderr when ``path`` (it holds NATS passwords) is group or world
+    readable, with the command that fixes it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        click.echo(
+            f"warning: {path} is readable by other users and holds NATS passwords: "
+            f"chmod 600 {shlex.quote(str(path))}",
+            err=True,
+        )
 
 
 def save_config(home: Path, config: HomeConfig) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -26,12 +27,19 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
 from flashgate.broker.connection import broker_errors, connect
+from flashgate.cli.dev import flashgate_command
 from flashgate.cli.home import fleet_dir, load_config
 from flashgate.cli.passphrase import get_passphrase
 from flashgate.crypto import box
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
-from flashgate.errors import FlashgateError, SignatureInvalid, UnknownNode
+from flashgate.errors import (
+    BrokerUnavailable,
+    FlashgateError,
+    NoResponders,
+    SignatureInvalid,
+    UnknownNode,
+)
 from flashgate.events import commands as cmd
 from flashgate.events.domain import DomainEvent, decode_event
 from flashgate.events.fleet import (
@@ -146,14 +154,22 @@ class AdminSession:
 
     async def __aenter__(self) -> Self:
         login = self.config.logins.get("admin")
-        self.nc = await connect(
-            self.config.nats,
-            role="admin",
-            name="flashgate-cli",
-            user=login.user if login else os.environ.get("FLASHGATE_NATS_USER"),
-            password=login.password if login else os.environ.get("FLASHGATE_NATS_PASSWORD"),
-            max_reconnect_attempts=3,
-        )
+        try:
+            self.nc = await connect(
+                self.config.nats,
+                role="admin",
+                name="flashgate-cli",
+                user=login.user if login else os.environ.get("FLASHGATE_NATS_USER"),
+                password=login.password if login else os.environ.get("FLASHGATE_NATS_PASSWORD"),
+                max_reconnect_attempts=3,
+            )
+        except BrokerUnavailable as exc:
+            if isinstance(exc, NoResponders):
+                raise
+            start = f"{flashgate_command()} dev up --home {shlex.quote(str(self.home))}"
+            raise BrokerUnavailable(
+                f"{exc.message}; is the cluster up? (start it with: {start})"
+            ) from exc
         return self
 
     async def __aexit__(self, *exc: object) -> None:
