@@ -91,6 +91,23 @@ async def test_rotate_delete_and_recreate(backend: Backend, admin: AdminClient) 
     assert again.type == "io.flashgate.secret.created" and again.data.version == 3
 
 
+async def test_rejections_name_secrets_as_repo_slash_name(
+    backend: Backend, admin: AdminClient
+) -> None:
+    """The CLI takes REPO/NAME; the backend's reasons use the same form (not repo.name)."""
+    await admin.send(admin.put("ml", "openai", b"v1", kind="ai"))
+    changed = await admin.send(admin.rotate("ml", "openai", b"v2", version=2, kind="generic"))
+    assert changed.type == "io.flashgate.command.rejected"
+    assert "ml/openai is of kind ai, not generic" in changed.data.detail
+    stale = await admin.send(admin.rotate("ml", "openai", b"v", version=5, kind="ai"))
+    missing = await admin.send(admin.rotate("ml", "missing", b"v", version=2))
+    exists = await admin.send(admin.put("ml", "openai", b"v", version=2, kind="ai"))
+    gone = await admin.send(admin.delete("ml", "missing"))
+    details = [e.data.detail for e in (changed, stale, missing, exists, gone)]
+    assert ["ml/" in d for d in details] == [True] * 5, details
+    assert not any("ml.openai" in d or "ml.missing" in d for d in details), details
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [

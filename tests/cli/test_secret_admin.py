@@ -1,0 +1,297 @@
+"""``flashgate secret`` and ``flashgate apikey`` against a running system: a real
+nats-server, an in-process backend on SQLite, the CLI as a real subprocess.
+
+What the CLI writes is read back from the backend's database and opened with the test
+fleet's reference private key (the ceremony uses the fixed test primes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from flashgate.backend import db
+from flashgate.backend.service import Backend, BackendSettings
+from flashgate.crypto import jwe
+from flashgate.fleet.ceremony import run_ceremony
+from flashgate.fleet.directory import write_fleet_dir
+from tests.cli.conftest import TIMEOUT, Result
+from tests.cli.test_cli import assert_error
+from tests.helpers import (
+    CANARY,
+    FAST_KDF,
+    TEST_BITS,
+    TEST_PASSPHRASE,
+    fixed_primes,
+    reference_private_key,
+)
+
+pytestmark = pytest.mark.nats
+
+S3_FLAGS = (
+    "--provider",
+    "s3",
+    "--bucket",
+    "media",
+    "--region",
+    "eu-west-1",
+    "--access-key-id",
+    "AKIA",
+    "--secret-access-key",
+)
+
+
+@dataclass
+class Home:
+    path: Path
+    fleet: str
+    db_path: Path
+    nats_url: str
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.db_path}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHGATE_")}
+        return env | {
+            "FLASHGATE_HOME": str(self.path),
+            "FLASHGATE_NATS_URL": self.nats_url,
+            "FLASHGATE_PASSPHRASE": TEST_PASSPHRASE,
+        }
+
+    async def run(self, *args: str, input: bytes = b"") -> Result:
+        """``flashgate ARGS`` as a subprocess (the backend keeps running in this loop)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "flashgate.cli.main",
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(input), TIMEOUT)
+        assert proc.returncode is not None
+        return Result(args, proc.returncode, out, err)
+
+    async def json(self, *args: str, input: bytes = b"") -> object:
+        result = await self.run(*args, "--json", input=input)
+        assert result.returncode == 0, str(result)
+        return json.loads(result.stdout)
+
+    def sql(self, statement: str, *params: object) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.db_path) as conn:
+            return conn.execute(statement, params).fetchall()
+
+    def versions(self, repo: str, name: str) -> list[int]:
+        return [
+            int(v)  # type: ignore[call-overload]
+            for (v,) in self.sql(
+                "SELECT sv.version FROM secret_versions sv "
+                "JOIN secrets s ON s.id = sv.secret_id "
+                "JOIN repositories r ON r.id = s.repository_id "
+                "WHERE r.name = ? AND s.name = ? ORDER BY sv.version",
+                repo,
+                name,
+            )
+        ]
+
+    def stored_jwe(self, repo: str, name: str) -> str:
+        [(token,)] = self.sql(
+            "SELECT sv.jwe FROM secret_versions sv JOIN secrets s ON s.id = sv.secret_id "
+            "JOIN repositories r ON r.id = s.repository_id "
+            "WHERE r.name = ? AND s.name = ? AND sv.version = s.current_version",
+            repo,
+            name,
+        )
+        return str(token)
+
+    def stored_value(self, repo: str, name: str) -> bytes:
+        """The current version's plaintext, opened with the reference private key."""
+        parsed = jwe.parse(self.stored_jwe(repo, name))
+        oaep = padding.OAEP(
+            mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
+        )
+        cek = reference_private_key().decrypt(parsed.encrypted_key, oaep)
+        return AESGCM(cek).decrypt(parsed.iv, parsed.ciphertext + parsed.tag, parsed.aad)
+
+
+@pytest.fixture
+def home(tmp_path: Path, nats_url: str) -> Home:
+    fleet = f"c{uuid.uuid4().hex[:10]}"  # streams live on in the shared nats-server
+    ceremony = run_ceremony(
+        fleet=fleet,
+        node_ids=["node-1", "node-2", "node-3"],
+        threshold=2,
+        bits=TEST_BITS,
+        primes=fixed_primes(),
+        allow_insecure=True,
+    )
+    write_fleet_dir(tmp_path / "home" / "fleet", ceremony, TEST_PASSPHRASE, params=FAST_KDF)
+    found = Home(tmp_path / "home", fleet, tmp_path / "backend.db", nats_url)
+    db.migrate(found.db_url)
+    return found
+
+
+@pytest.fixture
+def offline(home: Home) -> Home:
+    """The same home pointed at a NATS URL where nothing listens: a command refused before
+    it connects says so; one that tried to connect fails differently."""
+    return Home(home.path, home.fleet, home.db_path, "nats://127.0.0.1:1")
+
+
+@pytest.fixture
+async def system(home: Home) -> AsyncIterator[Home]:
+    backend = Backend(
+        BackendSettings(
+            nats_urls=[home.nats_url], db_url=home.db_url, fleet_dir=home.path / "fleet"
+        )
+    )
+    await backend.start()
+    yield home
+    await backend.stop()
+
+
+def s3_value(secret: str) -> bytes:
+    """The storage value as the CLI has always stored it."""
+    fields = {
+        "type": "storage",
+        "provider": "s3",
+        "bucket": "media",
+        "region": "eu-west-1",
+        "access_key_id": "AKIA",
+        "secret_access_key": secret,
+    }
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+# --- 1. a partial typed rotation is refused ------------------------------------------------
+
+
+async def test_rotate_with_some_typed_flags_is_refused(system: Home) -> None:
+    put = await system.json("secret", "put", "media/s3", "--kind", "storage", *S3_FLAGS, "v1")
+    assert (put["kind"], put["version"]) == ("storage", 1)  # type: ignore[index]
+    assert system.stored_value("media", "s3") == s3_value("v1")
+
+    partial = await system.run("secret", "rotate", "media/s3", "--secret-access-key", "NEW")
+    line = assert_error(
+        partial,
+        "media/s3",
+        "s3: --bucket, --region, --access-key-id, --secret-access-key",
+        "gcs: --bucket, --access-key-id, --secret-access-key",
+        "missing: --provider",
+        "replaces the whole value",
+    )
+    assert "NEW" not in line
+    partial = await system.run(
+        "secret", "rotate", "media/s3", "--provider", "s3", "--secret-access-key", "NEW"
+    )
+    line = assert_error(
+        partial,
+        "media/s3",
+        "needs --bucket, --region, --access-key-id, --secret-access-key",
+        "missing: --bucket, --region, --access-key-id",
+        "replaces the whole value",
+    )
+    assert "NEW" not in line
+    assert system.versions("media", "s3") == [1]  # nothing written
+
+    whole = await system.json("secret", "rotate", "media/s3", *S3_FLAGS, "v2")
+    assert (whole["kind"], whole["version"]) == ("storage", 2)  # type: ignore[index]
+    assert system.stored_value("media", "s3") == s3_value("v2")
+
+
+# --- 2. typed values are validated -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        pytest.param(
+            ["--kind", "storage", *S3_FLAGS, "x", "--api-key", "foo"],
+            ("--api-key is not for a storage secret",),
+            id="api-key-on-storage",
+        ),
+        pytest.param(
+            ["--kind", "storage", "--provider", "dropbox"],
+            ("--provider 'dropbox' is not a storage provider", "s3|gcs|azure"),
+            id="dropbox",
+        ),
+        pytest.param(
+            ["--kind", "storage", "--provider", "s3"],
+            ("missing: --bucket, --region, --access-key-id, --secret-access-key",),
+            id="provider-alone",
+        ),
+        pytest.param(
+            ["--kind", "ai", "--provider", "nope"],
+            ("--provider 'nope' is not an ai provider",),
+            id="ai-nope",
+        ),
+        pytest.param(
+            ["--kind", "generic", "--provider", "s3"],
+            ("typed value flags are for the storage and ai kinds",),
+            id="typed-generic",
+        ),
+    ],
+)
+def test_put_refuses_invalid_typed_values_before_connecting(
+    offline: Home, args: list[str], words: tuple[str, ...]
+) -> None:
+    result = asyncio.run(offline.run("secret", "put", "media/s3", *args))
+    assert_error(result, "media/s3", *words)
+
+
+def test_put_refuses_a_value_file_that_is_not_of_its_kind(offline: Home, tmp_path: Path) -> None:
+    value = tmp_path / "value.json"
+    value.write_bytes(b'{"secret_access_key": "' + CANARY + b'", "type": "storage"}')
+    result = asyncio.run(
+        offline.run("secret", "put", "media/s3", "--kind", "storage", "--value-file", str(value))
+    )
+    line = assert_error(result, "not a storage value", "needs --provider")
+    assert CANARY.decode() not in line
+
+
+def test_apikey_create_refuses_an_unknown_ai_provider(offline: Home) -> None:
+    result = asyncio.run(
+        offline.run(
+            "apikey", "create", "ml", "--scope", "ai", "--name", "x", "--access", "notaprovider"
+        )
+    )
+    assert_error(result, "--access 'notaprovider'", "openai")
+    storage = asyncio.run(
+        offline.run(
+            "apikey", "create", "ml", "--scope", "storage", "--name", "x", "--access", "all"
+        )
+    )
+    assert_error(storage, "--access 'all'", "read|write|admin")
+
+
+# --- 3. a rotation keeps the kind; errors name secrets as repo/name ---------------------
+
+
+async def test_rotate_refuses_a_kind_change_in_the_users_words(system: Home) -> None:
+    ai = b'{"api_key": "sk-1", "provider": "openai", "type": "ai"}'
+    await system.json("secret", "put", "ml/openai", "--kind", "ai", input=ai)
+    changed = await system.run("secret", "rotate", "ml/openai", "--kind", "generic", input=b"x")
+    assert_error(changed, "ml/openai is of kind ai, not generic", "a rotation keeps the kind")
+    assert "ml.openai" not in changed.err
+    same = await system.json(
+        "secret", "rotate", "ml/openai", "--kind", "ai", "--provider", "openai", "--api-key", "k2"
+    )
+    assert same["version"] == 2  # type: ignore[index]
+    missing = await system.run("secret", "rotate", "ml/nothing", input=b"x")
+    assert_error(missing, "ml/nothing does not exist")
