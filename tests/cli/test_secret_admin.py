@@ -295,3 +295,44 @@ async def test_rotate_refuses_a_kind_change_in_the_users_words(system: Home) -> 
     assert same["version"] == 2  # type: ignore[index]
     missing = await system.run("secret", "rotate", "ml/nothing", input=b"x")
     assert_error(missing, "ml/nothing does not exist")
+
+
+# --- 4. API key names: checked as --name; apikey rename -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        pytest.param("", ("--name is empty",), id="empty"),
+        pytest.param(" ", ("--name is empty",), id="blank"),
+        pytest.param("x" * 300, ("--name is 300 characters", "at most 128"), id="300-chars"),
+        pytest.param("two\nlines", ("--name must be one line",), id="newline"),
+    ],
+)
+def test_apikey_name_is_checked_as_the_option(
+    offline: Home, name: str, words: tuple[str, ...]
+) -> None:
+    create = asyncio.run(
+        offline.run("apikey", "create", "ci", "--scope", "storage", "--name", name)
+    )
+    line = assert_error(create, *words)
+    assert "label" not in line and "$." not in line
+    rename = asyncio.run(offline.run("apikey", "rename", "fgk_" + "a" * 24, "--name", name))
+    assert_error(rename, *words)
+
+
+async def test_apikey_rename(system: Home) -> None:
+    created = await system.json("apikey", "create", "ci", "--scope", "storage", "--name", "old")
+    key_id = created["key_id"]  # type: ignore[index]
+    renamed = await system.json("apikey", "rename", key_id, "--name", "CI reader v2")
+    assert renamed == {
+        "key_id": key_id,
+        "name": "CI reader v2",
+        "event": "io.flashgate.apikey.renamed",
+    }
+    listed = await system.json("apikey", "list", "ci")
+    assert [(k["key_id"], k["name"]) for k in listed] == [(key_id, "CI reader v2")]  # type: ignore[union-attr,index]
+    unknown = await system.run("apikey", "rename", "fgk_" + "a" * 24, "--name", "x")
+    assert_error(unknown, "does not exist")
+    not_a_key = await system.run("apikey", "rename", "payments", "--name", "x")
+    assert_error(not_a_key, "not an API key id")
