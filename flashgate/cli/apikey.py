@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from flashgate.cli.home import fleet_dir, resolve_home
-from flashgate.cli.secret import emit, home_option, json_option
+from flashgate.cli.secret import emit, every_page, home_option, json_option
 from flashgate.cli.session import AdminSession, NoOutcome, run
 from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
@@ -149,10 +149,8 @@ def list_(repo: str | None, include_revoked: bool, home: Path | None, as_json: b
 
     async def go() -> None:
         async with AdminSession(resolve_home(home)) as session:
-            answer = await session.query(
-                "apikeys", repo=repo, include_deleted=include_revoked, limit=1000
-            )
-        keys = answer.api_keys or []
+            pages = await every_page(session, "apikeys", repo=repo, include_deleted=include_revoked)
+        keys = [key for answer in pages for key in answer.api_keys or []]
         if as_json:
             click.echo(
                 json.dumps(

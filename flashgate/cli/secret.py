@@ -32,7 +32,7 @@ from flashgate.errors import (
     OversizedInput,
 )
 from flashgate.events import commands as cmd
-from flashgate.events.queries import SecretInfo
+from flashgate.events.queries import Answer, SecretInfo
 from flashgate.events.values import (
     AI_PROVIDERS,
     STORAGE_PROVIDERS,
@@ -54,6 +54,9 @@ class InvalidJwe(ConfigurationError):
 
     code = "invalid_jwe"
 
+
+#: Rows asked for per page of a listing (the most a query answers).
+PAGE = 1000
 
 home_option = click.option(
     "--home",
@@ -249,11 +252,24 @@ TYPED = (
 
 
 async def find_secret(session: AdminSession, repo: str, name: str) -> SecretInfo | None:
-    answer = await session.query("secrets", repo=repo, include_deleted=True, limit=1000)
-    for info in answer.secrets or []:
-        if info.name == name:
-            return info
-    return None
+    """The secret ``repo/name`` (live or deleted), looked up by name."""
+    answer = await session.query("secrets", repo=repo, name=name, include_deleted=True, limit=1)
+    found = [info for info in answer.secrets or [] if (info.repo, info.name) == (repo, name)]
+    return found[0] if found else None
+
+
+async def every_page(session: AdminSession, what: str, **query: Any) -> list[Answer]:
+    """Every page of a ``secrets`` or ``apikeys`` listing (1000 rows a page), following
+    each answer's ``next`` cursor."""
+    pages: list[Answer] = []
+    after: str | None = None
+    while True:
+        cursor = {} if after is None else {"after": after}  # an older backend knows no cursor
+        answer = await session.query(what, **query, limit=PAGE, **cursor)
+        pages.append(answer)
+        if answer.next is None or answer.next == after:
+            return pages
+        after = answer.next
 
 
 def emit(as_json: bool, document: dict[str, Any], text: str) -> None:
@@ -422,10 +438,8 @@ def list_(repo: str | None, include_deleted: bool, home: Path | None, as_json: b
 
     async def go() -> None:
         async with AdminSession(resolve_home(home)) as session:
-            answer = await session.query(
-                "secrets", repo=repo, include_deleted=include_deleted, limit=1000
-            )
-        rows = answer.secrets or []
+            pages = await every_page(session, "secrets", repo=repo, include_deleted=include_deleted)
+        rows = [info for answer in pages for info in answer.secrets or []]
         if as_json:
             click.echo(
                 json.dumps(

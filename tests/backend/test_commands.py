@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
 from nats.js.errors import KeyNotFoundError
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
-from flashgate.backend.models import AuditEvent, ProcessedCommand, Secret, SecretVersion
+from flashgate.backend.models import (
+    ApiKey,
+    AuditEvent,
+    ProcessedCommand,
+    Repository,
+    Secret,
+    SecretVersion,
+)
 from flashgate.backend.service import Backend
 from flashgate.crypto import jwe
 from flashgate.events import commands as cmd
@@ -346,3 +354,78 @@ async def test_a_rejected_write_to_a_new_repository_leaves_no_trace(
         event = await admin.send(admin.put("fresh", name, b"v"))
         assert event.type == "io.flashgate.secret.created"
     await wait_kv(admin, "fresh.t", 1)
+
+
+async def test_secrets_by_name_and_keyset_pages_past_1000(
+    backend: Backend, admin: AdminClient
+) -> None:
+    """A secret is found by name however many its repository holds, and listings page with
+    a cursor to the end (rows inserted directly: 1100 secrets, 1001 API keys)."""
+    await admin.send(admin.put("big", "seed", b"v"))
+    assert backend.sessions is not None
+    async with backend.sessions() as session:
+        repo_id = await session.scalar(select(Repository.id).where(Repository.name == "big"))
+        now = datetime.now(UTC)
+        await session.execute(
+            insert(Secret),
+            [
+                {
+                    "repository_id": repo_id,
+                    "name": f"s{i:04d}",
+                    "kind": "generic",
+                    "current_version": 3 if i == 1099 else 1,
+                    "deleted": i == 1099,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(1100)
+            ],
+        )
+        await session.execute(
+            insert(ApiKey),
+            [
+                {
+                    "key_id": f"fgk_{i:024d}",
+                    "repository_id": repo_id,
+                    "scope": "storage",
+                    "access": "read",
+                    "label": f"key {i}",
+                    "epoch": 1,
+                    "jwe": "x",
+                    "created_at": now,
+                }
+                for i in range(1001)
+            ],
+        )
+        await session.commit()
+    last = await admin.query("secrets", repo="big", name="s1099", include_deleted=True)
+    assert [(s["name"], s["current_version"], s["deleted"]) for s in last["secrets"]] == [
+        ("s1099", 3, True)
+    ]
+    assert (await admin.query("secrets", repo="big", name="s1099"))["secrets"] == []
+    names, after, pages = [], None, 0
+    while True:
+        page = await admin.query(
+            "secrets",
+            repo="big",
+            include_deleted=True,
+            limit=1000,
+            **({"after": after} if after else {}),
+        )
+        pages += 1
+        names += [s["name"] for s in page["secrets"]]
+        after = page.get("next")
+        if after is None:
+            break
+    assert names == sorted([f"s{i:04d}" for i in range(1100)] + ["seed"])
+    assert pages == 2
+    keys, after = [], None
+    while True:
+        page = await admin.query("apikeys", limit=1000, **({"after": after} if after else {}))
+        keys += [k["key_id"] for k in page["api_keys"]]
+        after = page.get("next")
+        if after is None:
+            break
+    assert keys == [f"fgk_{i:024d}" for i in range(1001)]
+    one = await admin.query("apikeys", name="fgk_" + "0" * 21 + "999")
+    assert [k["label"] for k in one["api_keys"]] == ["key 999"]

@@ -336,3 +336,40 @@ async def test_apikey_rename(system: Home) -> None:
     assert_error(unknown, "does not exist")
     not_a_key = await system.run("apikey", "rename", "payments", "--name", "x")
     assert_error(not_a_key, "not an API key id")
+
+
+# --- 5. secrets found by name; every listing paged -------------------------------------------
+
+
+async def test_put_rotate_and_list_past_1000_secrets(system: Home) -> None:
+    """Rows inserted directly (fast): 1100 secrets in one repository, the last one deleted
+    at version 3, and 1001 API keys. `rotate` finds s1098, `put` re-creates s1099 at
+    version 4, `list` shows every row."""
+    await system.json("secret", "put", "big/seed", "--kind", "generic", input=b"v")
+    [(repo_id,)] = system.sql("SELECT id FROM repositories WHERE name = 'big'")
+    now = "2026-01-01 00:00:00.000000"
+    with sqlite3.connect(system.db_path) as conn:
+        conn.executemany(
+            "INSERT INTO secrets (repository_id, name, kind, current_version, deleted, "
+            "created_at, updated_at) VALUES (?, ?, 'generic', ?, ?, ?, ?)",
+            [
+                (repo_id, f"s{i:04d}", 3 if i == 1099 else 1, i == 1099, now, now)
+                for i in range(1100)
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO api_keys (key_id, repository_id, scope, access, label, epoch, jwe, "
+            "created_at) VALUES (?, ?, 'storage', 'read', ?, 1, 'x', ?)",
+            [(f"fgk_{i:024d}", repo_id, f"key {i}", now) for i in range(1001)],
+        )
+    rotated = await system.json("secret", "rotate", "big/s1098", input=b"new")
+    assert rotated["version"] == 2  # type: ignore[index]
+    assert system.stored_value("big", "s1098") == b"new"
+    recreated = await system.json("secret", "put", "big/s1099", "--kind", "generic", input=b"x")
+    assert recreated["version"] == 4  # type: ignore[index]
+    listed = await system.json("secret", "list", "big")
+    names = [row["name"] for row in listed]  # type: ignore[attr-defined]
+    assert names == sorted([f"s{i:04d}" for i in range(1100)] + ["seed"])
+    keys = await system.json("apikey", "list")
+    assert len(keys) == 1001  # type: ignore[arg-type]
+    assert keys[-1]["name"] == "key 1000"  # type: ignore[index]
