@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -18,12 +20,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from flashgate.backend import db
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.crypto import jwe
+from flashgate.crypto.threshold.dealing import generate_primes
 from flashgate.fleet.ceremony import run_ceremony
 from flashgate.fleet.directory import write_fleet_dir
 from tests.cli.conftest import TIMEOUT, Result
@@ -34,10 +37,10 @@ from tests.helpers import (
     TEST_BITS,
     TEST_PASSPHRASE,
     fixed_primes,
-    reference_private_key,
 )
 
 pytestmark = pytest.mark.nats
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "flashgate-jwe.mjs"
 
 S3_FLAGS = (
     "--provider",
@@ -58,6 +61,7 @@ class Home:
     fleet: str
     db_path: Path
     nats_url: str
+    primes: tuple[int, int]
 
     @property
     def db_url(self) -> str:
@@ -126,32 +130,53 @@ class Home:
         oaep = padding.OAEP(
             mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
         )
-        cek = reference_private_key().decrypt(parsed.encrypted_key, oaep)
+        cek = private_key(*self.primes).decrypt(parsed.encrypted_key, oaep)
         return AESGCM(cek).decrypt(parsed.iv, parsed.ciphertext + parsed.tag, parsed.aad)
 
 
-@pytest.fixture
-def home(tmp_path: Path, nats_url: str) -> Home:
+def make_home(
+    base: Path, nats_url: str, bits: int = TEST_BITS, primes: tuple[int, int] | None = None
+) -> Home:
     fleet = f"c{uuid.uuid4().hex[:10]}"  # streams live on in the shared nats-server
     ceremony = run_ceremony(
         fleet=fleet,
         node_ids=["node-1", "node-2", "node-3"],
         threshold=2,
-        bits=TEST_BITS,
-        primes=fixed_primes(),
+        bits=bits,
+        primes=primes or fixed_primes(),
         allow_insecure=True,
     )
-    write_fleet_dir(tmp_path / "home" / "fleet", ceremony, TEST_PASSPHRASE, params=FAST_KDF)
-    found = Home(tmp_path / "home", fleet, tmp_path / "backend.db", nats_url)
+    write_fleet_dir(base / "home" / "fleet", ceremony, TEST_PASSPHRASE, params=FAST_KDF)
+    found = Home(base / "home", fleet, base / "backend.db", nats_url, primes or fixed_primes())
     db.migrate(found.db_url)
     return found
+
+
+@pytest.fixture
+def home(tmp_path: Path, nats_url: str) -> Home:
+    return make_home(tmp_path, nats_url)
+
+
+def private_key(p: int, q: int) -> rsa.RSAPrivateKey:
+    """The fleet's RSA private key from its primes (tests only: the ceremony's p and q)."""
+    n, e = p * q, 65537
+    d = pow(e, -1, (p - 1) * (q - 1))
+    return rsa.RSAPrivateNumbers(
+        p,
+        q,
+        d,
+        rsa.rsa_crt_dmp1(d, p),
+        rsa.rsa_crt_dmq1(d, q),
+        rsa.rsa_crt_iqmp(p, q),
+        rsa.RSAPublicNumbers(e, n),
+    ).private_key()
 
 
 @pytest.fixture
 def offline(home: Home) -> Home:
     """The same home pointed at a NATS URL where nothing listens: a command refused before
     it connects says so; one that tried to connect fails differently."""
-    return Home(home.path, home.fleet, home.db_path, "nats://127.0.0.1:1")
+    return Home(home.path, home.fleet, home.db_path, "nats://127.0.0.1:1", home.primes)
 
 
 @pytest.fixture
@@ -373,3 +398,170 @@ async def test_put_rotate_and_list_past_1000_secrets(system: Home) -> None:
     keys = await system.json("apikey", "list")
     assert len(keys) == 1001  # type: ignore[arg-type]
     assert keys[-1]["name"] == "key 1000"  # type: ignore[index]
+
+
+# --- 6. secret put/rotate --jwe: an envelope another JOSE library wrote ---------------------
+
+
+def jose_header(home: Home, name: str, version: int, **overrides: object) -> dict[str, object]:
+    """The protected header a JOSE library must write for ``app/<name>`` (generic)."""
+    context = {"v": 1, "fleet": home.fleet, "repo": "app", "name": name, "kind": "generic"}
+    header: dict[str, object] = {
+        "alg": "RSA-OAEP-256",
+        "enc": "A256GCM",
+        "kid": f"flashgate:{home.fleet}:1",
+        "flashgate": context | {"version": version},
+    }
+    for key, value in overrides.items():
+        if value is None:
+            header.pop(key, None)
+        else:
+            header[key] = value
+    return header
+
+
+def jwcrypto_jwe(home: Home, plaintext: bytes, header: dict[str, object]) -> str:
+    """A compact JWE written by jwcrypto for the fleet's published JWK."""
+    from jwcrypto import jwe as jwcrypto_jwe_module
+    from jwcrypto import jwk as jwcrypto_jwk
+
+    descriptor = json.loads((home.path / "fleet" / "fleet.json").read_bytes())
+    key = jwcrypto_jwk.JWK(**descriptor["public_key_jwk"])
+    token = jwcrypto_jwe_module.JWE(plaintext, protected=json.dumps(header))
+    token.add_recipient(key)
+    return str(token.serialize(compact=True))
+
+
+async def test_put_and_rotate_a_jwe_written_by_jwcrypto(system: Home, tmp_path: Path) -> None:
+    first = tmp_path / "v1.jwe"
+    first.write_text(jwcrypto_jwe(system, b"from jwcrypto", jose_header(system, "hook", 1)))
+    put = await system.json("secret", "put", "app/hook", "--kind", "generic", "--jwe", str(first))
+    assert put["version"] == 1  # type: ignore[index]
+    assert system.stored_jwe("app", "hook") == first.read_text().strip()  # as written
+    assert system.stored_value("app", "hook") == b"from jwcrypto"
+    second = tmp_path / "v2.jwe"
+    second.write_text(jwcrypto_jwe(system, b"rotated", jose_header(system, "hook", 2)))
+    rotated = await system.json("secret", "rotate", "app/hook", "--jwe", str(second))
+    assert rotated["version"] == 2  # type: ignore[index]
+    assert system.stored_value("app", "hook") == b"rotated"
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        pytest.param({"alg": "RSA-OAEP"}, ("alg must be RSA-OAEP-256",), id="alg"),
+        pytest.param({"enc": "A128GCM"}, ("enc must be A256GCM",), id="enc"),
+        pytest.param({"kid": "flashgate:other:1"}, ("kid is 'flashgate:other:1'",), id="kid"),
+        pytest.param(
+            {"flashgate": None}, ("no 'flashgate' context", '"name": "hook"'), id="no-context"
+        ),
+        pytest.param({"zip": "DEF"}, ("'zip'",), id="zip"),
+        pytest.param({"x-extra": "1"}, ("x-extra",), id="other-parameter"),
+    ],
+)
+async def test_put_jwe_refusals_say_what_is_wrong(
+    system: Home, tmp_path: Path, header: dict[str, object], words: tuple[str, ...]
+) -> None:
+    token = tmp_path / "bad.jwe"
+    full = jose_header(system, "hook", 1, **header)
+    if header.get("alg") == "RSA-OAEP" or header.get("enc") or header.get("zip"):
+        # jwcrypto would honour these; write the right token and swap in the header.
+        good = jwcrypto_jwe(system, b"v", jose_header(system, "hook", 1)).split(".")
+        protected = jwe.encode_header(full)
+        token.write_text(".".join([protected, *good[1:]]))
+    else:
+        token.write_text(jwcrypto_jwe(system, b"v", full))
+    result = await system.run("secret", "put", "app/hook", "--kind", "generic", "--jwe", str(token))
+    assert_error(result, "--jwe", *words)
+    assert system.versions("app", "hook") == []
+
+
+async def test_put_jwe_context_must_be_this_secrets(system: Home, tmp_path: Path) -> None:
+    await system.json("secret", "put", "app/hook", "--kind", "generic", input=b"v1")
+    token = tmp_path / "v.jwe"
+    token.write_text(jwcrypto_jwe(system, b"v", jose_header(system, "hook", 1)))
+    stale = await system.run("secret", "rotate", "app/hook", "--jwe", str(token))
+    assert_error(stale, "--jwe: the context's version is 1", "app/hook needs 2", '"version": 2')
+    other = tmp_path / "other.jwe"
+    other.write_text(jwcrypto_jwe(system, b"v", jose_header(system, "other", 2)))
+    moved = await system.run("secret", "rotate", "app/hook", "--jwe", str(other))
+    assert_error(moved, "the context's name is 'other'", "needs 'hook'")
+    kind = await system.run("secret", "rotate", "app/hook", "--kind", "ai", "--jwe", str(token))
+    assert_error(kind, "app/hook is of kind generic, not ai")
+    garbage = tmp_path / "garbage.jwe"
+    garbage.write_text("not.a.jwe")
+    bad = await system.run("secret", "rotate", "app/hook", "--jwe", str(garbage))
+    assert_error(bad, "--jwe", "5 dot-separated parts")
+    both = await system.run(
+        "secret", "rotate", "app/hook", "--jwe", str(token), "--value-file", str(token)
+    )
+    assert_error(both, "one way only", "--value-file and --jwe")
+    missing = await system.run("secret", "rotate", "app/hook", "--jwe", str(tmp_path / "nope"))
+    assert_error(missing, "cannot read --jwe")
+    assert system.versions("app", "hook") == [1]
+
+
+@pytest.fixture(scope="session")
+def node_jose(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with the `jose` npm package installed and the docs' example script."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are needed to write a JWE with the `jose` npm package")
+    where = tmp_path_factory.mktemp("node-jose")
+    (where / "package.json").write_text('{"private": true, "type": "module"}\n')
+    installed = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--silent", "jose@6"],
+        cwd=where,
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
+    if installed.returncode != 0:
+        pytest.skip(f"`npm install jose` failed: {installed.stderr.decode()[-300:]}")
+    shutil.copy(EXAMPLE, where / EXAMPLE.name)
+    return where
+
+
+async def test_put_a_jwe_written_by_node_jose(
+    node_jose: Path, tmp_path: Path, nats_url: str
+) -> None:
+    """The worked example of docs/operations.md: Node's `jose` writes the envelope. jose
+    refuses RSA keys under 2048 bits, so this fleet has a 2048-bit key (new primes)."""
+    primes = await asyncio.to_thread(generate_primes, 2048)
+    home = await asyncio.to_thread(make_home, tmp_path, nats_url, 2048, primes)
+    value = tmp_path / "value.txt"
+    value.write_bytes(b"written by node jose")
+    fleet_json = str(home.path / "fleet" / "fleet.json")
+    script = str(node_jose / EXAMPLE.name)
+    wrote = subprocess.run(
+        ["node", script, fleet_json, "app", "hook", "generic", "1", str(value)],
+        cwd=node_jose,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert wrote.returncode == 0, wrote.stderr.decode()
+    token = tmp_path / "value.jwe"
+    token.write_bytes(wrote.stdout)
+    backend = Backend(
+        BackendSettings(
+            nats_urls=[home.nats_url], db_url=home.db_url, fleet_dir=home.path / "fleet"
+        )
+    )
+    await backend.start()
+    try:
+        put = await home.json("secret", "put", "app/hook", "--kind", "generic", "--jwe", str(token))
+        assert put["version"] == 1  # type: ignore[index]
+        assert home.stored_value("app", "hook") == b"written by node jose"
+        wrong = subprocess.run(
+            ["node", script, fleet_json, "app", "hook", "generic", "1", str(value)],
+            cwd=node_jose,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        token.write_bytes(wrong.stdout)  # version 1 again: the secret is at 1 now
+        stale = await home.run("secret", "rotate", "app/hook", "--jwe", str(token))
+        assert_error(stale, "the context's version is 1", "needs 2")
+    finally:
+        await backend.stop()
