@@ -278,7 +278,7 @@ def test_init_shows_progress_and_names_nodes(run: Runner, tmp_path: Path) -> Non
     recovered = named.recover(token, [named.bundle("gamma"), named.bundle("beta")])
     assert recovered.returncode == 0, str(recovered)
     assert recovered.stdout == b"named fleet secret"
-    assert "recovered named/svc/key (token) v1" in recovered.err
+    assert "recovered named/svc/key (generic) v1" in recovered.err
 
 
 def test_init_force_writes_into_non_empty_dir(run: Runner, tmp_path: Path) -> None:
@@ -349,14 +349,14 @@ def test_recover_with_every_threshold_subset(
     result = demo.recover(demo_token, [demo.bundle(i) for i in subset])
     assert result.returncode == 0, str(result)
     assert result.stdout == BINARY_SECRET
-    assert result.err.splitlines() == ["recovered demo/app/db-password (password) v3"]
+    assert result.err.splitlines() == ["recovered demo/app/db-password (generic) v3"]
 
 
 def test_recover_with_four_bundles_in_any_order(demo: Fleet, demo_token: bytes) -> None:
     result = demo.recover(demo_token, [demo.bundle(i) for i in (5, 1, 3, 2)])
     assert result.returncode == 0, str(result)
     assert result.stdout == BINARY_SECRET
-    assert "recovered demo/app/db-password (password) v3" in result.err
+    assert "recovered demo/app/db-password (generic) v3" in result.err
 
 
 def test_recover_empty_secret_with_all_bundles(demo: Fleet) -> None:
@@ -364,7 +364,7 @@ def test_recover_empty_secret_with_all_bundles(demo: Fleet) -> None:
     result = demo.recover(token, demo.bundles)
     assert result.returncode == 0, str(result)
     assert result.stdout == b""
-    assert result.err.splitlines() == ["recovered demo/app/empty (flag) v1"]
+    assert result.err.splitlines() == ["recovered demo/app/empty (generic) v1"]
 
 
 def test_largest_secret_round_trips(demo: Fleet, run: Runner) -> None:
