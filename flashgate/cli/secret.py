@@ -80,7 +80,7 @@ def _secret_flag(value: str | None, label: str) -> str | None:
     return value
 
 
-@dataclass
+@dataclass(repr=False)
 class ValueInput:
     """What the user gave as the value, read before connecting: the bytes of --value-file
     or stdin, typed flags, or a ready-made JWE (--jwe). It becomes a value once the
@@ -90,6 +90,10 @@ class ValueInput:
     typed: dict[str, str] | None = None
     jwe: str | None = None
 
+    def __repr__(self) -> str:  # holds the plaintext or credentials
+        given = "jwe" if self.jwe is not None else "typed" if self.typed else "data"
+        return f"ValueInput({given}=<redacted>)"
+
     def value(self, kind: str) -> bytes:
         """The plaintext, checked against ``kind`` (typed flags become the kind's JSON)."""
         if self.typed is not None:
@@ -98,7 +102,10 @@ class ValueInput:
         try:
             check_value(kind, self.data)
         except InvalidSecretValue as exc:
-            raise InvalidSecretValue(f"the value is not a {kind} value: {exc.message}") from None
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise InvalidSecretValue(
+                f"the value is not {article} {kind} value: {exc.message}"
+            ) from None
         return self.data
 
 
