@@ -271,3 +271,10 @@ class UnknownNode(FlashgateError):
     """A node-signed message from a node that is not active in the roster."""
 
     code = "unknown_node"
+
+
+class InvalidSecretValue(ConfigurationError):
+    """A secret value that does not match its kind (a storage value without its bucket,
+    an unknown provider, ...). The message names the flags, never the value."""
+
+    code = "invalid_value"

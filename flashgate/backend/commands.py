@@ -615,6 +615,7 @@ class CommandProcessor:
         repository_id = await self._repository_id(session, command.repo)
         connection = await session.connection()
         key = secret_key(command.repo, command.name)
+        shown = f"{command.repo}/{command.name}"  # as people write it (the CLI's REPO/NAME)
         rotate = isinstance(command, cmd.RotateSecret)
         now = datetime.now(UTC)
         values = {
@@ -642,21 +643,22 @@ class CommandProcessor:
                 )
             ).first()
             if rotate and (secret is None or secret.deleted):
-                raise NotFound(f"secret {key} does not exist; use put to create it")
+                raise NotFound(f"secret {shown} does not exist; use put to create it")
             if not rotate and secret is not None and not secret.deleted:
                 raise AlreadyExists(
-                    f"secret {key} exists (version {secret.current_version}); "
+                    f"secret {shown} exists (version {secret.current_version}); "
                     "use rotate for a new version"
                 )
             current = secret.current_version if secret is not None else 0
             if command.version != current + 1:
                 raise StaleVersion(
-                    f"secret {key} is at version {current}; the next version is "
+                    f"secret {shown} is at version {current}; the next version is "
                     f"{current + 1}, not {command.version}"
                 )
             if rotate and secret is not None and secret.kind != command.kind:
                 raise ConfigurationError(
-                    f"secret {key} is of kind {secret.kind}, not {command.kind}"
+                    f"secret {shown} is of kind {secret.kind}, not {command.kind}; "
+                    "a rotation keeps the kind"
                 )
             if secret is None:
                 inserted = await connection.execute(_SECRET_INSERT, values)
@@ -735,7 +737,7 @@ class CommandProcessor:
         repo = await self._repository(session, command.repo, create=False)
         secret = await self._secret(session, repo, command.name)
         if secret is None or secret.deleted:
-            raise NotFound(f"secret {key} does not exist")
+            raise NotFound(f"secret {command.repo}/{command.name} does not exist")
         secret.deleted = True
         secret.updated_at = datetime.now(UTC)
         outbox.add_kv_delete(session, self.state.names, key, secret.current_version)

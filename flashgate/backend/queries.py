@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
 
 from flashgate.backend.models import (
     ApiKey,
@@ -32,6 +33,14 @@ def _ms_required(value: datetime) -> int:
 
 def _ms(value: datetime | None) -> int | None:
     return None if value is None else _ms_required(value)
+
+
+def _after(
+    repo: InstrumentedAttribute[str], name: InstrumentedAttribute[str], cursor: str
+) -> ColumnElement[bool]:
+    """Rows after the keyset cursor ``<repo>/<name>`` in (repo, name) order."""
+    after_repo, _, after_name = cursor.partition("/")
+    return or_(repo > after_repo, and_(repo == after_repo, name > after_name))
 
 
 class Queries:
@@ -102,6 +111,10 @@ class Queries:
         )
         if query.repo is not None:
             stmt = stmt.where(Repository.name == query.repo)
+        if query.name is not None:  # the (repository_id, name) unique index
+            stmt = stmt.where(Secret.name == query.name)
+        if query.after is not None:
+            stmt = stmt.where(_after(Repository.name, Secret.name, query.after))
         if not query.include_deleted:
             stmt = stmt.where(Secret.deleted.is_(False))
         rows = (await session.scalars(stmt)).all()
@@ -137,23 +150,33 @@ class Queries:
                     ],
                 )
             )
-        return q.Answer(secrets=out)
+        return q.Answer(
+            secrets=out,
+            next=f"{out[-1].repo}/{out[-1].name}" if len(out) == query.limit else None,
+        )
 
     async def api_keys(self, session: AsyncSession, query: q.Query) -> q.Answer:
         stmt = (
             select(ApiKey)
             .join(Repository, Repository.id == ApiKey.repository_id)
             .where(Repository.fleet_id == self._fleet_id)
-            .order_by(Repository.name, ApiKey.created_at, ApiKey.key_id)
+            .order_by(Repository.name, ApiKey.key_id)
             .limit(query.limit)
             .offset(query.offset)
         )
         if query.repo is not None:
             stmt = stmt.where(Repository.name == query.repo)
+        if query.name is not None:
+            stmt = stmt.where(ApiKey.key_id == query.name)
+        if query.after is not None:
+            stmt = stmt.where(_after(Repository.name, ApiKey.key_id, query.after))
         if not query.include_deleted:
             stmt = stmt.where(ApiKey.revoked_at.is_(None))
         keys = (await session.scalars(stmt)).all()
         return q.Answer(
+            next=f"{keys[-1].repository.name}/{keys[-1].key_id}"
+            if len(keys) == query.limit
+            else None,
             api_keys=[
                 q.ApiKeyListing(
                     key_id=k.key_id,
@@ -166,7 +189,7 @@ class Queries:
                     revoked_at=_ms(k.revoked_at),
                 )
                 for k in keys
-            ]
+            ],
         )
 
     async def audit(self, session: AsyncSession, query: q.Query) -> q.Answer:

@@ -2,8 +2,11 @@
 
 Every envelope that arrives (initial values and live updates) is queued; the loader takes
 batches, has the collector gather and combine partials, opens each JWE with the context
-it was found under, and hands the plaintext to the vault (newer versions replace older
-ones; a lower version is refused as a rollback). What cannot be loaded yet stays pending
+it was found under, checks the plaintext against the envelope's kind (a value that does
+not match, :func:`flashgate.events.values.check_value`, is never held: it is logged
+without the value, counted, and reported as pending ``invalid_value``), and hands the
+plaintext to the vault (newer versions replace older ones; a lower version is refused
+as a rollback). What cannot be loaded yet stays pending
 with a reason and is retried with backoff, and at once when a peer comes back.
 """
 
@@ -21,7 +24,8 @@ from flashgate.bridge.collector import Collector, CollectResult
 from flashgate.bridge.store import Entry
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.decrypt import open_jwe
-from flashgate.errors import DecryptionError, FlashgateError, StaleVersion
+from flashgate.errors import DecryptionError, FlashgateError, InvalidSecretValue, StaleVersion
+from flashgate.events.values import check_value
 
 log = structlog.get_logger("flashgate.bridge.loader")
 
@@ -35,6 +39,8 @@ class Loader:
     collectors: dict[int, Collector]  # one per fleet key epoch this node holds a share of
     pending: dict[str, str] = field(default_factory=dict)  # key -> reason
     loaded: int = 0
+    # Envelopes that opened to a value that is not of their kind (never held).
+    invalid_values: int = 0
     # Told of an envelope whose threshold result checked (y^e = c) and whose payload still
     # does not open: its wrapped key is not its content key (a bad re-wrap, DESIGN §5).
     on_unopenable: Callable[[Entry], None] | None = None
@@ -167,6 +173,21 @@ class Loader:
             opened = open_jwe(entry.parsed, y, collector.public.key, envelope.context)
             plaintext = bytearray(opened.plaintext)
             del opened
+            try:
+                check_value(envelope.kind, plaintext)
+            except InvalidSecretValue as exc:
+                plaintext[:] = bytes(len(plaintext))
+                self.invalid_values += 1
+                self.pending[entry.key] = exc.code
+                # The reason's code and the kind only: the message may quote the value.
+                log.error(
+                    "secret value does not match its kind; not served",
+                    key=entry.key,
+                    kind=envelope.kind,
+                    version=envelope.version,
+                    reason=exc.code,
+                )
+                return
             api_key_id = envelope.api_key.key_id if envelope.api_key is not None else None
             replaced = self.vault.put(
                 entry.key,

@@ -10,15 +10,45 @@ from pathlib import Path
 import click
 
 from flashgate.cli.home import fleet_dir, resolve_home
-from flashgate.cli.secret import emit, home_option, json_option
+from flashgate.cli.secret import emit, every_page, home_option, json_option
 from flashgate.cli.session import AdminSession, NoOutcome, run
 from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import ConfigurationError, FlashgateError
 from flashgate.events import commands as cmd
+from flashgate.events.values import AI_PROVIDERS
 from flashgate.fleet.files import load_roster
 from flashgate.names import validate_name
+
+STORAGE_ACCESS = ("read", "write", "admin")
+#: A key's name: what the wire's Label allows (flashgate/events/types.py).
+MAX_NAME_CHARS = 128
+
+
+def check_label(name: str) -> str:
+    """A key's --name: 1 to 128 characters of one line (errors name --name)."""
+    if not name.strip():
+        raise ConfigurationError("--name is empty: give the key a name for people")
+    if len(name) > MAX_NAME_CHARS:
+        raise ConfigurationError(f"--name is {len(name)} characters; at most {MAX_NAME_CHARS}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ConfigurationError("--name must be one line without control characters")
+    return name
+
+
+def check_access(scope: str, access: str | None) -> str:
+    """--access for the scope: read|write|admin for storage, a provider for ai."""
+    choices = STORAGE_ACCESS if scope == "storage" else AI_PROVIDERS
+    if access is None:
+        if scope == "storage":
+            return "read"
+        raise ConfigurationError(f"ai keys need --access PROVIDER ({'|'.join(choices)})")
+    if access not in choices:
+        raise ConfigurationError(
+            f"--access {access[:40]!r} is not valid for {scope} keys ({'|'.join(choices)})"
+        )
+    return access
 
 
 @click.group()
@@ -33,7 +63,8 @@ def apikey() -> None:
 @click.option(
     "--access",
     default=None,
-    help="storage: read|write|admin (default read); ai: the provider type.",
+    help=f"storage: {'|'.join(STORAGE_ACCESS)} (default read); ai: the provider "
+    f"({'|'.join(AI_PROVIDERS)}).",
 )
 @home_option
 @json_option
@@ -42,10 +73,8 @@ def create(
 ) -> None:
     """Create an API key. Its secret is printed once and cannot be shown again."""
     validate_name(repo, "repository name")
-    access = access or ("read" if scope == "storage" else None)
-    if access is None:
-        raise ConfigurationError("ai keys need --access PROVIDER (e.g. openai)")
-    validate_name(access, "access")
+    label = check_label(label)
+    access = check_access(scope, access)
     key_id, secret = new_key_id(), new_key_secret()
 
     async def go() -> None:
@@ -120,10 +149,8 @@ def list_(repo: str | None, include_revoked: bool, home: Path | None, as_json: b
 
     async def go() -> None:
         async with AdminSession(resolve_home(home)) as session:
-            answer = await session.query(
-                "apikeys", repo=repo, include_deleted=include_revoked, limit=1000
-            )
-        keys = answer.api_keys or []
+            pages = await every_page(session, "apikeys", repo=repo, include_deleted=include_revoked)
+        keys = [key for answer in pages for key in answer.api_keys or []]
         if as_json:
             click.echo(
                 json.dumps(
@@ -165,6 +192,32 @@ def revoke(key_id: str, home: Path | None, as_json: bool) -> None:
                 cmd.RevokeApiKey(**session.base(), key_id=key_id), show=not as_json
             )
         emit(as_json, {"key_id": key_id, "event": event.type}, f"{key_id}: revoked")
+
+    run(go())
+
+
+@apikey.command("rename")
+@click.argument("key_id")
+@click.option("--name", "label", required=True, help="The key's new name.")
+@home_option
+@json_option
+def rename(key_id: str, label: str, home: Path | None, as_json: bool) -> None:
+    """Give an API key a new name (its id and secret do not change)."""
+    if not is_key_id(key_id):
+        raise ConfigurationError(f"{key_id[:40]!r} is not an API key id (fgk_...)")
+    label = check_label(label)
+
+    async def go() -> None:
+        async with AdminSession(resolve_home(home)) as session:
+            event = await session.send(
+                cmd.RenameApiKey(**session.base(), key_id=key_id, label=label),
+                show=not as_json,
+            )
+        emit(
+            as_json,
+            {"key_id": key_id, "name": label, "event": event.type},
+            f"{key_id}: renamed to {label}",
+        )
 
     run(go())
 

@@ -37,9 +37,11 @@ from flashgate.errors import (
     ConfigurationError,
     DuplicateShares,
     FlashgateError,
+    InvalidName,
     NotEnoughShares,
     OversizedInput,
 )
+from flashgate.events.values import KINDS
 from flashgate.fleet.ceremony import check_ceremony, default_node_ids, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import check_out_dir, read_bundle, write_fleet_dir
@@ -65,6 +67,12 @@ def _name(kind: str) -> NameCallback:
         return None if value is None else validate_name(value, kind)
 
     return callback
+
+
+def _kind(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value not in KINDS:
+        raise InvalidName(f"--kind {value[:40]!r} is not a secret kind ({', '.join(KINDS)})")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -204,7 +212,7 @@ def _search_primes(bits: int, *, quiet: bool) -> tuple[int, int]:
 @click.option("--fleet-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--repo", required=True, callback=_name("repository name"))
 @click.option("--name", required=True, callback=_name("secret name"))
-@click.option("--kind", required=True, callback=_name("secret kind"))
+@click.option("--kind", required=True, callback=_kind, help=f"One of: {', '.join(KINDS)}.")
 @click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
 def encrypt_cmd(fleet_dir: Path, repo: str, name: str, kind: str, version: int) -> None:
     """Encrypt stdin under the fleet key; print the JWE. Needs no passphrase."""

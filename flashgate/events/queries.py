@@ -31,12 +31,25 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 
 
+#: A keyset cursor: the last row of a page as ``<repo>/<name>`` (a secret's name, an API
+#: key's id); the next page starts after it.
+Cursor = Annotated[
+    str,
+    Meta(pattern=r"^[a-z0-9_-]{1,64}/[a-z0-9_-]{1,64}$", description="<repo>/<name>"),
+]
+
+
 class Query(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A metadata query. ``secrets`` and ``apikeys`` are ordered by repository, then name
+    (key id); page them with ``after`` = the previous answer's ``next``."""
+
     repo: Name | None = None
     limit: Limit = 100
     include_deleted: bool = False
     before_id: Annotated[int, Meta(ge=1)] | None = None  # audit paging: ids below this
     offset: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 0  # paging of the other listings
+    name: Name | None = None  # secrets: only this name; apikeys: only this key id
+    after: Cursor | None = None  # secrets, apikeys: rows after this cursor
 
 
 class RepositoryInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,6 +116,8 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     api_keys: list[ApiKeyListing] | None = None
     audit: list[AuditEntry] | None = None
     rotation: RotationInfo | None = None
+    #: secrets, apikeys: when the page is full, the cursor to ask for the next one with
+    next: Cursor | None = None
 
 
 QUERY_CODEC: Codec[Query] = Codec(Query, max_bytes=MAX_QUERY_BYTES, what="query")

@@ -31,6 +31,7 @@ from flashgate.events.node import (
 )
 from flashgate.events.rotation import RewrapReply, RewrapRequest
 from flashgate.events.share import ShareRequest, ShareResponse, ShareResults
+from flashgate.events.values import VALUE_TYPES
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 MSGPACK_NOTE = (
@@ -79,6 +80,10 @@ SPECS: tuple[SchemaSpec, ...] = (
     SchemaSpec("apikey-check", ApiKeyCheck, title="API key check (admin-signed)"),
     SchemaSpec(
         "apikey-check-result", ApiKeyCheckResult, title="API key check result", msgpack=True
+    ),
+    *(
+        SchemaSpec(f"secret-value-{kind}", t, title=f"Secret value of kind {kind} (plaintext)")
+        for kind, t in VALUE_TYPES.items()
     ),
 )
 

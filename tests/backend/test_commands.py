@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
 from nats.js.errors import KeyNotFoundError
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
-from flashgate.backend.models import AuditEvent, ProcessedCommand, Secret, SecretVersion
+from flashgate.backend.models import (
+    ApiKey,
+    AuditEvent,
+    ProcessedCommand,
+    Repository,
+    Secret,
+    SecretVersion,
+)
 from flashgate.backend.service import Backend
 from flashgate.crypto import jwe
 from flashgate.events import commands as cmd
@@ -89,6 +97,23 @@ async def test_rotate_delete_and_recreate(backend: Backend, admin: AdminClient) 
     assert stale.data.reason == "stale_version"
     again = await admin.send(admin.put("app", "db", b"again", version=3))
     assert again.type == "io.flashgate.secret.created" and again.data.version == 3
+
+
+async def test_rejections_name_secrets_as_repo_slash_name(
+    backend: Backend, admin: AdminClient
+) -> None:
+    """The CLI takes REPO/NAME; the backend's reasons use the same form (not repo.name)."""
+    await admin.send(admin.put("ml", "openai", b"v1", kind="ai"))
+    changed = await admin.send(admin.rotate("ml", "openai", b"v2", version=2, kind="generic"))
+    assert changed.type == "io.flashgate.command.rejected"
+    assert "ml/openai is of kind ai, not generic" in changed.data.detail
+    stale = await admin.send(admin.rotate("ml", "openai", b"v", version=5, kind="ai"))
+    missing = await admin.send(admin.rotate("ml", "missing", b"v", version=2))
+    exists = await admin.send(admin.put("ml", "openai", b"v", version=2, kind="ai"))
+    gone = await admin.send(admin.delete("ml", "missing"))
+    details = [e.data.detail for e in (changed, stale, missing, exists, gone)]
+    assert ["ml/" in d for d in details] == [True] * 5, details
+    assert not any("ml.openai" in d or "ml.missing" in d for d in details), details
 
 
 @pytest.mark.parametrize(
@@ -329,3 +354,78 @@ async def test_a_rejected_write_to_a_new_repository_leaves_no_trace(
         event = await admin.send(admin.put("fresh", name, b"v"))
         assert event.type == "io.flashgate.secret.created"
     await wait_kv(admin, "fresh.t", 1)
+
+
+async def test_secrets_by_name_and_keyset_pages_past_1000(
+    backend: Backend, admin: AdminClient
+) -> None:
+    """A secret is found by name however many its repository holds, and listings page with
+    a cursor to the end (rows inserted directly: 1100 secrets, 1001 API keys)."""
+    await admin.send(admin.put("big", "seed", b"v"))
+    assert backend.sessions is not None
+    async with backend.sessions() as session:
+        repo_id = await session.scalar(select(Repository.id).where(Repository.name == "big"))
+        now = datetime.now(UTC)
+        await session.execute(
+            insert(Secret),
+            [
+                {
+                    "repository_id": repo_id,
+                    "name": f"s{i:04d}",
+                    "kind": "generic",
+                    "current_version": 3 if i == 1099 else 1,
+                    "deleted": i == 1099,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(1100)
+            ],
+        )
+        await session.execute(
+            insert(ApiKey),
+            [
+                {
+                    "key_id": f"fgk_{i:024d}",
+                    "repository_id": repo_id,
+                    "scope": "storage",
+                    "access": "read",
+                    "label": f"key {i}",
+                    "epoch": 1,
+                    "jwe": "x",
+                    "created_at": now,
+                }
+                for i in range(1001)
+            ],
+        )
+        await session.commit()
+    last = await admin.query("secrets", repo="big", name="s1099", include_deleted=True)
+    assert [(s["name"], s["current_version"], s["deleted"]) for s in last["secrets"]] == [
+        ("s1099", 3, True)
+    ]
+    assert (await admin.query("secrets", repo="big", name="s1099"))["secrets"] == []
+    names, after, pages = [], None, 0
+    while True:
+        page = await admin.query(
+            "secrets",
+            repo="big",
+            include_deleted=True,
+            limit=1000,
+            **({"after": after} if after else {}),
+        )
+        pages += 1
+        names += [s["name"] for s in page["secrets"]]
+        after = page.get("next")
+        if after is None:
+            break
+    assert names == sorted([f"s{i:04d}" for i in range(1100)] + ["seed"])
+    assert pages == 2
+    keys, after = [], None
+    while True:
+        page = await admin.query("apikeys", limit=1000, **({"after": after} if after else {}))
+        keys += [k["key_id"] for k in page["api_keys"]]
+        after = page.get("next")
+        if after is None:
+            break
+    assert keys == [f"fgk_{i:024d}" for i in range(1001)]
+    one = await admin.query("apikeys", name="fgk_" + "0" * 21 + "999")
+    assert [k["label"] for k in one["api_keys"]] == ["key 999"]

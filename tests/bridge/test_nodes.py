@@ -218,16 +218,24 @@ async def test_moved_and_rolled_back_envelopes_are_refused(
         history = await kv.history("r.b")
         v1 = next(h.value for h in history if ENVELOPE_CODEC.decode(h.value).version == 1)
         await kv.put("r.b", v1)
+        # not of its kind: a storage value without its provider, bucket, region, key id
+        partial = b'{"secret_access_key": "' + CANARY + b'", "type": "storage"}'
+        written = await cluster.admin.send(cluster.admin.put("r", "s3", partial, kind="storage"))
+        assert not written.type.endswith("rejected"), written.data
 
         async def refused() -> bool:
             status = await cluster.status("node-1")
             held = {(s.key, s.version) for s in status.secrets}
             pending = {p.key: p.reason for p in status.pending}
-            return pending.get("r.c") == "context_mismatch" and ("r.b", 2) in held
+            return (
+                pending.get("r.c") == "context_mismatch"
+                and pending.get("r.s3") == "invalid_value"
+                and ("r.b", 2) in held
+            )
 
-        await eventually(refused, 20, "moved envelope refused, rollback ignored")
+        await eventually(refused, 20, "moved envelope and invalid value refused, rollback ignored")
         status = await cluster.status("node-1")
-        assert "r.c" not in {s.key for s in status.secrets}
+        assert not {"r.c", "r.s3"} & {s.key for s in status.secrets}
 
 
 async def test_byzantine_node_is_named_and_does_not_stop_loads(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -23,14 +24,32 @@ from tests.bridge.unit_support import EPOCH, SecretSpec, make_test_entry, public
 
 WAIT_S = 5.0  # upper bound for anything awaited here; never reached when things work
 
-S3_V1 = SecretSpec("payments", "s3", b"s3-secret-v1", version=1, kind="storage")
-S3_V2 = SecretSpec("payments", "s3", b"s3-secret-v2", version=2, kind="storage")
-OPENAI = SecretSpec("payments", "openai", b"sk-openai-unit")
+
+def s3_value(secret: str) -> bytes:
+    """A storage value (flashgate/events/values.py) for an S3 bucket."""
+    return json.dumps(
+        {
+            "type": "storage",
+            "provider": "s3",
+            "bucket": "media",
+            "region": "eu-west-1",
+            "access_key_id": "AKIA-unit",
+            "secret_access_key": secret,
+        },
+        sort_keys=True,
+    ).encode()
+
+
+S3_V1 = SecretSpec("payments", "s3", s3_value("s3-secret-v1"), version=1, kind="storage")
+S3_V2 = SecretSpec("payments", "s3", s3_value("s3-secret-v2"), version=2, kind="storage")
+OPENAI = SecretSpec(
+    "payments", "openai", b'{"api_key": "sk-openai-unit", "provider": "openai", "type": "ai"}'
+)
 WEBHOOK = SecretSpec("ops", "webhook", b"whsec-unit", kind="integration")
 API_KEY = SecretSpec(
     "payments",
     "fgk_abcdefghijklmnopqrstuvwx",
-    b"fgs_unit-api-key-secret",
+    b"fgs_unit-api-key-secret-0123456789abcdefghijklm",
     kind="apikey",
     api_key_id="fgk_abcdefghijklmnopqrstuvwx",
 )
@@ -149,6 +168,52 @@ async def test_rotation_replaces_the_held_version(scene: LoaderScene) -> None:
     assert scene.loader.loaded == 2
 
 
+# --- values that do not match their kind ---------------------------------------------------
+
+
+async def test_a_value_that_is_not_of_its_kind_is_not_served(
+    scene: LoaderScene, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A storage envelope that opens to a partial value (the old `secret rotate` wrote
+    ``{"secret_access_key": ..., "type": "storage"}``), an ai value of an unknown provider,
+    an API key that is not one: refused, reported as pending, counted, never held."""
+    partial = b'{"secret_access_key": "canary-partial", "type": "storage"}'
+    bad = [
+        SecretSpec("payments", "partial", partial, kind="storage"),
+        SecretSpec("payments", "nope", b'{"api_key": "sk", "provider": "nope", "type": "ai"}'),
+        SecretSpec("payments", "text", b"not json", kind="storage"),
+        SecretSpec(
+            "payments",
+            "fgk_zzzzzzzzzzzzzzzzzzzzzzzz",
+            b"fgs_short",
+            kind="apikey",
+            api_key_id="fgk_zzzzzzzzzzzzzzzzzzzzzzzz",
+        ),
+    ]
+    scene.offer(*bad, OPENAI)
+    await scene.idle()
+    assert [h.key for h in scene.vault.held()] == [OPENAI.key]
+    assert scene.loader.pending == {spec.key: "invalid_value" for spec in bad}
+    assert scene.loader.invalid_values == len(bad)
+    for spec in bad:
+        with pytest.raises(SecretNotHeld), scene.vault.use(spec.key):
+            pass  # pragma: no cover - never entered
+    assert scene.vault.verify_api_key("fgk_zzzzzzzzzzzzzzzzzzzzzzzz", b"fgs_short") is False
+    logged = capsys.readouterr()
+    assert "invalid_value" in logged.out + logged.err  # logged (structlog prints) ...
+    assert "canary-partial" not in logged.out + logged.err  # ... without the value
+
+
+async def test_an_invalid_new_version_leaves_the_held_one(scene: LoaderScene) -> None:
+    scene.offer(S3_V1)
+    await scene.idle()
+    partial = b'{"secret_access_key": "new", "type": "storage"}'
+    scene.offer(SecretSpec("payments", "s3", partial, version=2, kind="storage"), revision=2)
+    await scene.idle()
+    assert scene.value(S3_V1.key) == S3_V1.value
+    assert scene.loader.pending == {S3_V1.key: "invalid_value"}
+
+
 # --- versions never go backwards -----------------------------------------------------------
 
 
@@ -251,7 +316,7 @@ async def test_a_secret_deleted_while_its_collection_fails_is_not_retried(
 
 
 async def test_an_envelope_for_another_epoch_is_pending(scene: LoaderScene) -> None:
-    other = SecretSpec("payments", "s3", b"s3-secret-e2", epoch=EPOCH + 1, kind="storage")
+    other = SecretSpec("payments", "s3", s3_value("s3-secret-e2"), epoch=EPOCH + 1, kind="storage")
     scene.offer(other)
     await scene.idle()
     assert scene.loader.pending == {other.key: "other_epoch"}

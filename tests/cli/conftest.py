@@ -103,7 +103,7 @@ class Fleet:
         *,
         repo: str = "app",
         name: str = "db-password",
-        kind: str = "password",
+        kind: str = "generic",
         version: int | None = None,
     ) -> bytes:
         args = ["encrypt", "--fleet-dir", self.dir, "--repo", repo, "--name", name, "--kind", kind]
@@ -170,11 +170,11 @@ BINARY_SECRET = bytes(range(256)) + b"\xff\xfe\x00 not utf-8 \xc3\x28\n"
 
 @pytest.fixture(scope="session")
 def demo_token(demo: Fleet) -> bytes:
-    """BINARY_SECRET encrypted for demo as app/db-password (password) v3."""
+    """BINARY_SECRET encrypted for demo as app/db-password (generic) v3."""
     return demo.encrypt(BINARY_SECRET, version=3)
 
 
 @pytest.fixture(scope="session")
 def other_token(other: Fleet) -> bytes:
     """A JWE encrypted for the 'other' fleet."""
-    return other.encrypt(b"belongs to other", repo="app", name="api-key", kind="token")
+    return other.encrypt(b"belongs to other", repo="app", name="api-key", kind="generic")

@@ -274,11 +274,11 @@ def test_init_shows_progress_and_names_nodes(run: Runner, tmp_path: Path) -> Non
         init=result,
         node_ids=["alpha", "beta", "gamma"],
     )
-    token = named.encrypt(b"named fleet secret", repo="svc", name="key", kind="token")
+    token = named.encrypt(b"named fleet secret", repo="svc", name="key", kind="generic")
     recovered = named.recover(token, [named.bundle("gamma"), named.bundle("beta")])
     assert recovered.returncode == 0, str(recovered)
     assert recovered.stdout == b"named fleet secret"
-    assert "recovered named/svc/key (token) v1" in recovered.err
+    assert "recovered named/svc/key (generic) v1" in recovered.err
 
 
 def test_init_force_writes_into_non_empty_dir(run: Runner, tmp_path: Path) -> None:
@@ -317,7 +317,7 @@ def test_encrypt_output_is_one_jwe_line(demo: Fleet, run: Runner) -> None:
         "--name",
         "db-password",
         "--kind",
-        "password",
+        "generic",
         "--version",
         "3",
         input=b"x",
@@ -334,7 +334,7 @@ def test_encrypt_output_is_one_jwe_line(demo: Fleet, run: Runner) -> None:
         "fleet": "demo",
         "repo": "app",
         "name": "db-password",
-        "kind": "password",
+        "kind": "generic",
         "version": 3,
     }
     assert len(unb64url(jwe_parts(result.stdout)[1])) == TEST_BITS // 8
@@ -349,27 +349,27 @@ def test_recover_with_every_threshold_subset(
     result = demo.recover(demo_token, [demo.bundle(i) for i in subset])
     assert result.returncode == 0, str(result)
     assert result.stdout == BINARY_SECRET
-    assert result.err.splitlines() == ["recovered demo/app/db-password (password) v3"]
+    assert result.err.splitlines() == ["recovered demo/app/db-password (generic) v3"]
 
 
 def test_recover_with_four_bundles_in_any_order(demo: Fleet, demo_token: bytes) -> None:
     result = demo.recover(demo_token, [demo.bundle(i) for i in (5, 1, 3, 2)])
     assert result.returncode == 0, str(result)
     assert result.stdout == BINARY_SECRET
-    assert "recovered demo/app/db-password (password) v3" in result.err
+    assert "recovered demo/app/db-password (generic) v3" in result.err
 
 
 def test_recover_empty_secret_with_all_bundles(demo: Fleet) -> None:
-    token = demo.encrypt(b"", name="empty", kind="flag")
+    token = demo.encrypt(b"", name="empty", kind="generic")
     result = demo.recover(token, demo.bundles)
     assert result.returncode == 0, str(result)
     assert result.stdout == b""
-    assert result.err.splitlines() == ["recovered demo/app/empty (flag) v1"]
+    assert result.err.splitlines() == ["recovered demo/app/empty (generic) v1"]
 
 
 def test_largest_secret_round_trips(demo: Fleet, run: Runner) -> None:
     secret = bytes(i % 251 for i in range(MAX_PLAINTEXT_BYTES))
-    token = demo.encrypt(secret, name="big", kind="blob")
+    token = demo.encrypt(secret, name="big", kind="generic")
     assert len(token) <= MAX_TOKEN_BYTES
     result = demo.recover(token, [demo.bundle(i) for i in (2, 4, 5)])
     assert result.returncode == 0, str(result)
@@ -399,7 +399,7 @@ def test_canary_never_written_or_logged(
         "--name",
         "canary",
         "--kind",
-        "password",
+        "generic",
         input=CANARY,
     )
     assert enc.returncode == 0, str(enc)
@@ -636,7 +636,7 @@ USAGE_ERRORS = [
         id="init-missing-out",
     ),
     pytest.param(
-        ["encrypt", "--fleet-dir", "f", "--name", "n", "--kind", "k"],
+        ["encrypt", "--fleet-dir", "f", "--name", "n", "--kind", "generic"],
         ("--repo",),
         id="encrypt-missing-repo",
     ),
@@ -650,7 +650,7 @@ USAGE_ERRORS = [
             "--name",
             "n",
             "--kind",
-            "k",
+            "generic",
             "--version",
             "0",
         ],
@@ -678,12 +678,14 @@ def test_usage_errors(run: Runner, tmp_path: Path, args: list[str], words: tuple
         ("--name", "", "secret name"),
         ("--name", "x" * 65, "secret name"),
         ("--kind", "Pass word", "secret kind"),
+        ("--kind", "bogus", "secret kind"),
+        ("--kind", "password", "secret kind"),
     ],
 )
 def test_encrypt_refuses_invalid_names(
     demo: Fleet, run: Runner, option: str, value: str, what: str
 ) -> None:
-    names = {"--repo": "app", "--name": "n", "--kind": "k"} | {option: value}
+    names = {"--repo": "app", "--name": "n", "--kind": "generic"} | {option: value}
     args = [a for pair in names.items() for a in pair]
     result = run("encrypt", "--fleet-dir", demo.dir, *args, input=b"secret")
     assert_error(result, what)
@@ -699,7 +701,7 @@ def test_encrypt_refuses_oversized_stdin(demo: Fleet, run: Runner) -> None:
         "--name",
         "n",
         "--kind",
-        "k",
+        "generic",
         input=b"a" * (MAX_PLAINTEXT_BYTES + 1),
     )
     assert_error(result, "over", str(MAX_PLAINTEXT_BYTES))
@@ -715,7 +717,7 @@ def test_encrypt_refuses_missing_fleet_dir(run: Runner, tmp_path: Path) -> None:
         "--name",
         "n",
         "--kind",
-        "k",
+        "generic",
         input=b"secret",
     )
     assert_error(result, "does not exist", "fleet.json")
@@ -731,7 +733,7 @@ def test_encrypt_refuses_dir_without_fleet_json(run: Runner, tmp_path: Path) -> 
         "--name",
         "n",
         "--kind",
-        "k",
+        "generic",
         input=b"secret",
     )
     assert_error(result, "does not exist", "fleet.json")
@@ -746,7 +748,8 @@ def test_fleet_dir_that_is_a_file_is_refused(
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     if command == "encrypt":
-        args = ["encrypt", "--fleet-dir", not_a_dir, "--repo", "a", "--name", "n", "--kind", "k"]
+        args = ["encrypt", "--fleet-dir", not_a_dir, "--repo", "a", "--name", "n"]
+        args += ["--kind", "generic"]
     else:
         args = recover_args(not_a_dir, demo.bundles[:3])
     assert_error(run(*args, input=b"x"), str(not_a_dir))
@@ -768,7 +771,7 @@ def test_encrypt_refuses_tampered_descriptor(demo: Fleet, run: Runner, tmp_path:
         "--name",
         "n",
         "--kind",
-        "k",
+        "generic",
         input=b"secret",
     )
     assert_error(result, "signature")
@@ -785,7 +788,7 @@ def test_encrypt_refuses_garbage_descriptor(run: Runner, tmp_path: Path) -> None
         "--name",
         "n",
         "--kind",
-        "k",
+        "generic",
         input=b"secret",
     )
     assert_error(result, "fleet descriptor", "JSON")

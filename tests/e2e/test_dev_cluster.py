@@ -179,9 +179,27 @@ def test_typed_storage_secret(cluster: Cli) -> None:
         60,
         "the storage secret everywhere",
     )
-    # Typed flags on a rotation take the secret's own kind when --kind is not given.
+    # A rotation replaces the whole value: some typed flags alone are refused (the CLI
+    # cannot read the old value to merge them) ...
+    partial = cluster.run(
+        "secret", "rotate", "media/s3", "--provider", "s3", "--secret-access-key", "x", check=False
+    )
+    assert partial.returncode == 1 and b"missing: --bucket" in partial.stderr
+    # ... and typed flags take the secret's own kind when --kind is not given.
     rotated = cluster.json(
-        "secret", "rotate", "media/s3", "--provider", "s3", "--secret-access-key", "rotated"
+        "secret",
+        "rotate",
+        "media/s3",
+        "--provider",
+        "s3",
+        "--bucket",
+        "media",
+        "--region",
+        "eu-west-1",
+        "--access-key-id",
+        "AKIA",
+        "--secret-access-key",
+        "rotated",
     )
     assert (rotated["kind"], rotated["version"]) == ("storage", 2)
     # An empty value and an unreadable file are one-line errors, and nothing is written.
