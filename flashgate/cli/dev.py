@@ -26,6 +26,7 @@ from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
 from flashgate.errors import FlashgateError
+from flashgate.events.values import check_value, typed_value
 from flashgate.fleet.ceremony import default_node_ids, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import read_bundle, write_fleet_dir
@@ -114,7 +115,10 @@ def demo(home: Path, nodes: int, threshold: int, key_bits: int, insecure_test_ke
         click.echo(f"1. key ceremony: reusing the fleet in {fleet_dir}")
     descriptor = load_descriptor(fleet_dir)
     key = fleet_public_key(descriptor)
-    value = f"demo-api-key-{secrets.token_hex(16)}".encode()
+    # A well-formed ai value (events/values.py), as `secret put --kind ai` would store it.
+    value = typed_value(
+        "ai", {"provider": "openai", "api_key": f"demo-api-key-{secrets.token_hex(16)}"}
+    )
     context = SecretContext(
         fleet=descriptor.fleet, repo="demo-repo", name="openai", kind="ai", version=1
     )
@@ -128,6 +132,7 @@ def demo(home: Path, nodes: int, threshold: int, key_bits: int, insecure_test_ke
     result = recover(descriptor, bundles, token, expected=context)
     if result.secret.plaintext != value:
         raise FlashgateError("demo recovery returned a different value")
+    check_value(context.kind, result.secret.plaintext)  # what a node checks before it holds it
     click.echo(
         f"3. recovered {context.describe()} from {', '.join(chosen)}: "
         "the value matches (partial decryptions combined, y^e = c checked)"
