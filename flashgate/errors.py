@@ -40,6 +40,14 @@ class InvalidName(ConfigurationError):
     code = "invalid_name"
 
 
+class HomeFileError(ConfigurationError):
+    """A file of the admin home (``HOME/config.json``, ``HOME/fleet/fleet.json``,
+    ``roster.json``, ``admin.key``) is missing or unusable; the message names the file and
+    what to do."""
+
+    code = "home_file"
+
+
 class OversizedInput(FlashgateError):
     """An input larger than its limit; refused before it is parsed."""
 

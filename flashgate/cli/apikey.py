@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from flashgate.cli.home import fleet_dir, resolve_home
+from flashgate.cli.home import load_home_roster, resolve_home
 from flashgate.cli.secret import emit, home_option, json_option
 from flashgate.cli.session import AdminSession, NoOutcome, run
 from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
@@ -17,7 +17,6 @@ from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import ConfigurationError, FlashgateError
 from flashgate.events import commands as cmd
-from flashgate.fleet.files import load_roster
 from flashgate.names import validate_name
 
 
@@ -119,7 +118,7 @@ def list_(repo: str | None, include_revoked: bool, home: Path | None, as_json: b
     """API keys (metadata only)."""
 
     async def go() -> None:
-        async with AdminSession(resolve_home(home)) as session:
+        async with AdminSession(resolve_home(home), signing=False) as session:
             answer = await session.query(
                 "apikeys", repo=repo, include_deleted=include_revoked, limit=1000
             )
@@ -201,7 +200,7 @@ def verify_(key_id: str, nodes: tuple[str, ...], home: Path | None, as_json: boo
 
     async def go() -> dict[str, str]:
         async with AdminSession(root) as session:
-            roster = load_roster(fleet_dir(root), session.descriptor)
+            roster = load_home_roster(root, session.descriptor)
             entries = [n for n in roster.nodes if n.status == "active"]
             if nodes:
                 unknown = set(nodes) - {n.id for n in entries}

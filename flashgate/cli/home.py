@@ -10,16 +10,48 @@ HOME/logs/           the dev cluster's service logs
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 
-from flashgate.errors import ConfigurationError
-from flashgate.fleet.files import write_atomic
+from flashgate.crypto import seal
+from flashgate.errors import FlashgateError, HomeFileError
+from flashgate.events.fleet import MAX_DESCRIPTOR_BYTES, MAX_ROSTER_BYTES, FleetDescriptor, Roster
+from flashgate.fleet.bundle import ADMIN_KEY_PURPOSE
+from flashgate.fleet.files import (
+    ADMIN_KEY_FILE,
+    DESCRIPTOR_FILE,
+    ROSTER_FILE,
+    parse_descriptor,
+    parse_roster,
+    write_atomic,
+)
 
 HOME_ENV = "FLASHGATE_HOME"
 CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 1 << 20
+
+#: What to do about each file of the home when it is missing or unusable.
+HOME_FILE_REMEDIES = {
+    CONFIG_FILE: (
+        "start the system with `flashgate dev up --home {home}`, or set FLASHGATE_NATS_URL"
+    ),
+    DESCRIPTOR_FILE: (
+        "copy the fleet's fleet.json (written by `flashgate fleet init`) there, "
+        "or point --home / FLASHGATE_HOME at the admin home"
+    ),
+    ROSTER_FILE: (
+        "copy the fleet's latest roster.json (written by `flashgate fleet init`, then by "
+        "`flashgate node revoke`) there, or point --home / FLASHGATE_HOME at the admin home"
+    ),
+    ADMIN_KEY_FILE: (
+        "restore admin.key from the ceremony's offline backup, "
+        "or point --home / FLASHGATE_HOME at the admin home"
+    ),
+}
 
 
 class RoleLogin(msgspec.Struct, kw_only=True):
@@ -43,20 +75,76 @@ def fleet_dir(home: Path) -> Path:
     return home / "fleet"
 
 
+def home_file(home: Path, name: str) -> Path:
+    """Where a file of the home lives: config.json in HOME, the fleet's files in HOME/fleet."""
+    return home / name if name == CONFIG_FILE else fleet_dir(home) / name
+
+
+def _home_file_error(home: Path, name: str, problem: str) -> HomeFileError:
+    remedy = HOME_FILE_REMEDIES[name].replace("{home}", str(home))
+    problem = " ".join(problem.split())  # one line, whatever the cause says
+    return HomeFileError(f"{home_file(home, name)} {problem}: {remedy}")
+
+
+def read_home_file(home: Path, name: str, limit: int) -> bytes:
+    """The bytes of a file of the home; :class:`HomeFileError` (naming the file and what to
+    do) when it is missing, not a file, unreadable or over ``limit`` bytes."""
+    path = home_file(home, name)
+    try:
+        if path.stat().st_size > limit:
+            raise _home_file_error(home, name, f"is over {limit} bytes")
+        return path.read_bytes()
+    except FileNotFoundError:
+        problem = "does not exist"
+    except IsADirectoryError:
+        problem = "is a directory, not a file"
+    except OSError as exc:  # permission denied, not a directory, I/O error, ...
+        problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    raise _home_file_error(home, name, problem)
+
+
+@contextlib.contextmanager
+def checking_home_file(home: Path, name: str) -> Iterator[None]:
+    """Turn an error about a home file's contents into a :class:`HomeFileError`."""
+    try:
+        yield
+    except HomeFileError:
+        raise
+    except FlashgateError as exc:
+        raise _home_file_error(home, name, f"is not usable ({exc.message})") from exc
+
+
+def load_home_descriptor(home: Path) -> FleetDescriptor:
+    data = read_home_file(home, DESCRIPTOR_FILE, MAX_DESCRIPTOR_BYTES)
+    with checking_home_file(home, DESCRIPTOR_FILE):
+        return parse_descriptor(data)
+
+
+def load_home_roster(home: Path, descriptor: FleetDescriptor) -> Roster:
+    data = read_home_file(home, ROSTER_FILE, MAX_ROSTER_BYTES)
+    with checking_home_file(home, ROSTER_FILE):
+        return parse_roster(data, descriptor)
+
+
+def read_admin_key(home: Path) -> bytes:
+    """The sealed admin key's bytes, checked to be a sealed admin key (not yet opened)."""
+    blob = read_home_file(home, ADMIN_KEY_FILE, seal.MAX_SEALED_BYTES)
+    with checking_home_file(home, ADMIN_KEY_FILE):
+        seal.check_sealed(blob, ADMIN_KEY_PURPOSE)
+    return blob
+
+
 def load_config(home: Path) -> HomeConfig:
-    path = home / CONFIG_FILE
-    if not path.exists():
+    path = home_file(home, CONFIG_FILE)
+    if not path.exists() and not path.is_symlink():
         url = os.environ.get("FLASHGATE_NATS_URL")
         if url:
             return HomeConfig(nats=[u.strip() for u in url.split(",") if u.strip()])
-        raise ConfigurationError(
-            f"{path} does not exist: start the system with `flashgate dev up --home {home}` "
-            "or set FLASHGATE_NATS_URL"
-        )
+    data = read_home_file(home, CONFIG_FILE, MAX_CONFIG_BYTES)
     try:
-        return msgspec.json.decode(path.read_bytes(), type=HomeConfig)
+        return msgspec.json.decode(data, type=HomeConfig)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ConfigurationError(f"{path} is not a valid config: {exc}") from exc
+        raise _home_file_error(home, CONFIG_FILE, f"is not a valid config ({exc})") from exc
 
 
 def save_config(home: Path, config: HomeConfig) -> None:

@@ -27,7 +27,7 @@ import click
 from nats.js.errors import KeyNotFoundError
 
 from flashgate.broker.connection import broker_errors
-from flashgate.cli.home import fleet_dir, resolve_home
+from flashgate.cli.home import fleet_dir, load_home_roster, resolve_home
 from flashgate.cli.secret import home_option, json_option
 from flashgate.cli.session import AdminSession, CommandRejected, run, spinner
 from flashgate.errors import ConfigurationError, FlashgateError
@@ -35,7 +35,7 @@ from flashgate.events import commands as cmd
 from flashgate.events.fleet import FleetDescriptor, decode_descriptor, encode_descriptor
 from flashgate.events.queries import RotationInfo
 from flashgate.fleet.descriptor import fleet_public_key, verify_descriptor
-from flashgate.fleet.files import DESCRIPTOR_FILE, ROSTER_FILE, load_roster, write_atomic
+from flashgate.fleet.files import DESCRIPTOR_FILE, write_atomic
 from flashgate.fleet.rotation import deal_next_epoch
 
 POLL_S = 0.5
@@ -152,9 +152,7 @@ async def _start(session: AdminSession, root: Path, info: RotationInfo, display:
 
 
 def _revoked(root: Path, session: AdminSession) -> set[str]:
-    if not (fleet_dir(root) / ROSTER_FILE).exists():
-        return set()
-    roster = load_roster(fleet_dir(root), session.descriptor)
+    roster = load_home_roster(root, session.descriptor)
     return {n.id for n in roster.nodes if n.status != "active"}
 
 
@@ -293,8 +291,6 @@ def rotate_key(home: Path | None, as_json: bool, timeout: float) -> None:
     with it: the revoked node gets no share of the new epoch.
     """
     root = resolve_home(home)
-    if not (fleet_dir(root) / ROSTER_FILE).exists():
-        raise ConfigurationError(f"no roster in {fleet_dir(root)}; is this an admin home?")
     result = run(rotate(root, timeout=timeout, quiet=as_json))
     if as_json:
         click.echo(json.dumps(result))

@@ -263,7 +263,7 @@ def list_(repo: str | None, include_deleted: bool, home: Path | None, as_json: b
         validate_name(repo, "repository name")
 
     async def go() -> None:
-        async with AdminSession(resolve_home(home)) as session:
+        async with AdminSession(resolve_home(home), signing=False) as session:
             answer = await session.query(
                 "secrets", repo=repo, include_deleted=include_deleted, limit=1000
             )
