@@ -48,6 +48,12 @@ class HomeFileError(ConfigurationError):
     code = "home_file"
 
 
+class BelowThreshold(ConfigurationError):
+    """An action that would leave fewer active nodes than the fleet's threshold t."""
+
+    code = "below_threshold"
+
+
 class OversizedInput(FlashgateError):
     """An input larger than its limit; refused before it is parsed."""
 

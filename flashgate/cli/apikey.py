@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from flashgate.cli.home import load_home_roster, resolve_home
-from flashgate.cli.secret import emit, home_option, json_option
+from flashgate.cli.output import emit, json_option, mark_error_reported
+from flashgate.cli.secret import home_option
 from flashgate.cli.session import AdminSession, NoOutcome, run
 from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
@@ -80,19 +81,18 @@ def create(
     run(go())
     shown = secret.decode()
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "key_id": key_id,
-                    "secret": shown,
-                    "repo": repo,
-                    "scope": scope,
-                    "access": access,
-                    "name": label,
-                },
-                sort_keys=True,
-            )
-        )
+        document: dict[str, object] = {
+            "key_id": key_id,
+            "secret": shown,
+            "repo": repo,
+            "scope": scope,
+            "access": access,
+            "name": label,
+        }
+        if unconfirmed:  # one document: the secret, and why the exit status is 1
+            document["error"] = {"code": unconfirmed[0].code, "message": unconfirmed[0].message}
+            mark_error_reported()
+        click.echo(json.dumps(document, sort_keys=True))
     else:
         click.echo(f"key id:  {key_id}\nsecret:  {shown}")
     click.echo(

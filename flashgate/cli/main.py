@@ -7,6 +7,7 @@ traceback, and never a secret in the message.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from flashgate.cli.bridge import bridge
 from flashgate.cli.dev import dev
 from flashgate.cli.fleet_status import status as fleet_status
 from flashgate.cli.node import node
+from flashgate.cli.output import ERROR_REPORTED, JSON_MODE, error_document
 from flashgate.cli.passphrase import get_passphrase
 from flashgate.cli.rotate_key import rotate_key
 from flashgate.cli.schemas import schemas
@@ -270,24 +272,55 @@ fleet.add_command(rotate_key)
 cli.add_command(schemas)
 
 
+def _json_mode(meta: dict[str, object], exc: BaseException | None, args: list[str]) -> bool:
+    """Was the failing command given --json? Recorded in ``ctx.meta`` by its (eager)
+    ``--json`` option; a usage error found while parsing, before any option was processed,
+    is told by the command having a --json option and ``--json`` being among the args."""
+    if meta.get(ERROR_REPORTED):
+        return False  # the command's own document carries the error
+    if meta.get(JSON_MODE):
+        return True
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        has_json = any(p.name == "as_json" for p in ctx.command.params)
+        given = args[: args.index("--")] if "--" in args else args
+        return has_json and "--json" in given
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; every error ends as one stderr line and an exit status, and under
+    ``--json`` also as one JSON document on stdout (:mod:`flashgate.cli.output`)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    meta: dict[str, object] = {}
+    error: BaseException | None = None
     try:
-        cli.main(args=argv, prog_name="flashgate", standalone_mode=False)
+        try:
+            with cli.make_context("flashgate", list(args)) as ctx:
+                meta = ctx.meta
+                cli.invoke(ctx)
+        except (EOFError, KeyboardInterrupt) as exc:  # as click's own main does
+            raise click.exceptions.Abort() from exc
+    except click.exceptions.Exit as exc:  # --help, --version
+        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("flashgate: aborted", err=True)
-        return 130
+        code, message, status = "aborted", "aborted", 130
     except click.ClickException as exc:
         exc.show()
-        return exc.exit_code
+        code = "usage_error" if isinstance(exc, click.UsageError) else "error"
+        message, status, error = exc.format_message(), exc.exit_code, exc
     except FlashgateError as exc:
         click.echo(f"flashgate: error: {exc.message}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        click.echo("flashgate: interrupted", err=True)
-        return 130
+        code, message, status, error = exc.code, exc.message, 1, exc
     except BrokenPipeError:
         return 1
-    return 0
+    else:
+        return 0
+    if _json_mode(meta, error, args):
+        with contextlib.suppress(BrokenPipeError):
+            click.echo(error_document(code, message))
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

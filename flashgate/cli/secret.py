@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from flashgate.cli.home import resolve_home
+from flashgate.cli.output import emit, json_option
 from flashgate.cli.session import AdminSession, run
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
@@ -35,7 +36,6 @@ home_option = click.option(
     default=None,
     help="Admin home (default $FLASHGATE_HOME or ./.flashgate).",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -129,10 +129,6 @@ async def find_secret(session: AdminSession, repo: str, name: str) -> SecretInfo
         if info.name == name:
             return info
     return None
-
-
-def emit(as_json: bool, document: dict[str, Any], text: str) -> None:
-    click.echo(json.dumps(document, sort_keys=True) if as_json else text)
 
 
 @click.group()
