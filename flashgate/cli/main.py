@@ -8,6 +8,7 @@ traceback, and never a secret in the message.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -25,7 +26,13 @@ from flashgate.cli.dev import dev
 from flashgate.cli.fleet_status import status as fleet_status
 from flashgate.cli.node import node
 from flashgate.cli.output import ERROR_REPORTED, JSON_MODE, error_document
-from flashgate.cli.passphrase import get_passphrase
+from flashgate.cli.passphrase import (
+    PASSPHRASE_ENV,
+    env_passphrase,
+    get_passphrase,
+    prompt_passphrase,
+)
+from flashgate.cli.reseal import reseal_cmd
 from flashgate.cli.rotate_key import rotate_key
 from flashgate.cli.schemas import schemas
 from flashgate.cli.secret import secret
@@ -39,9 +46,12 @@ from flashgate.errors import (
     ConfigurationError,
     DuplicateShares,
     FlashgateError,
+    MalformedSealedFile,
     NotEnoughShares,
     OversizedInput,
+    UnsealError,
 )
+from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.ceremony import check_ceremony, default_node_ids, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import check_out_dir, read_bundle, write_fleet_dir
@@ -229,7 +239,18 @@ def encrypt_cmd(fleet_dir: Path, repo: str, name: str, kind: str, version: int) 
     required=True,
     help="A node bundle; give at least t of them.",
 )
-def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
+@click.option(
+    "--passphrase-env",
+    "passphrase_envs",
+    multiple=True,
+    metavar="BUNDLE=VAR",
+    help="Bundle BUNDLE (its file name without .bundle, e.g. node-2, or its path as given) "
+    f"is sealed with the passphrase in environment variable VAR. Repeatable. Other bundles: "
+    f"{PASSPHRASE_ENV}, else a prompt per bundle on the terminal.",
+)
+def recover_cmd(
+    fleet_dir: Path, bundles: tuple[Path, ...], passphrase_envs: tuple[str, ...]
+) -> None:
     """Break-glass: decrypt a JWE from stdin with t node bundles, offline."""
     descriptor = load_descriptor(fleet_dir)
     resolved = [p.resolve() for p in bundles]
@@ -240,9 +261,9 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
             f"{len(bundles)} bundle(s) given; fleet {descriptor.fleet!r} needs "
             f"{descriptor.threshold}"
         )
+    env_of = _bundle_passphrase_envs(bundles, passphrase_envs)
     token = _read_stdin(MAX_TOKEN_BYTES, "JWE")
-    passphrase = get_passphrase(confirm=False)
-    opened = [read_bundle(p, passphrase) for p in bundles]
+    opened = [_open_bundle(path, env_of.get(path)) for path in bundles]
     result = recover(descriptor, opened, token, labels=[str(p) for p in bundles])
     for faulty in result.faulty_nodes:
         click.echo(
@@ -261,6 +282,57 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
     sys.stdout.buffer.flush()
 
 
+def _bundle_name(path: Path) -> str:
+    return path.name.removesuffix(".bundle")
+
+
+def _bundle_passphrase_envs(bundles: tuple[Path, ...], options: tuple[str, ...]) -> dict[Path, str]:
+    """``--passphrase-env BUNDLE=VAR`` options: bundle path -> variable name."""
+    out: dict[Path, str] = {}
+    for option in options:
+        name, sep, var = option.partition("=")
+        if not sep or not name or not var:
+            raise ConfigurationError(f"--passphrase-env {option!r}: expected BUNDLE=VAR")
+        matches = [p for p in bundles if name in (str(p), p.name, _bundle_name(p))]
+        if len(matches) != 1:
+            raise ConfigurationError(
+                f"--passphrase-env {name}=...: {name!r} names "
+                f"{'no' if not matches else len(matches)} --bundle; name it by its path"
+            )
+        if matches[0] in out:
+            raise ConfigurationError(f"--passphrase-env names bundle {matches[0]} twice")
+        out[matches[0]] = var
+    return out
+
+
+def _open_bundle(path: Path, env: str | None) -> NodeBundle:
+    """Open one bundle with its own passphrase: its --passphrase-env variable, else
+    FLASHGATE_PASSPHRASE, else a prompt on the terminal."""
+    if env is not None:
+        passphrase = env_passphrase(env)
+    elif PASSPHRASE_ENV in os.environ:
+        passphrase = get_passphrase(confirm=False)
+    else:
+        passphrase = prompt_passphrase(
+            f"passphrase of {path}",
+            confirm=False,
+            hint=f"set {PASSPHRASE_ENV}, or --passphrase-env {_bundle_name(path)}=VAR",
+        )
+    try:
+        return read_bundle(path, passphrase)
+    except MalformedSealedFile:
+        raise
+    except UnsealError as exc:
+        if env is not None:
+            source = env
+        else:
+            source = PASSPHRASE_ENV if PASSPHRASE_ENV in os.environ else "the prompt"
+        raise UnsealError(
+            f"{exc.message} (passphrase from {source}; a bundle sealed with its own "
+            f"passphrase: --passphrase-env {_bundle_name(path)}=VAR)"
+        ) from exc
+
+
 cli.add_command(dev)
 cli.add_command(backend)
 cli.add_command(bridge)
@@ -269,6 +341,7 @@ cli.add_command(apikey)
 cli.add_command(node)
 fleet.add_command(fleet_status)
 fleet.add_command(rotate_key)
+fleet.add_command(reseal_cmd)
 cli.add_command(schemas)
 
 

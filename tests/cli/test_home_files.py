@@ -71,9 +71,7 @@ def test_command_names_the_unusable_home_file(
     path = home / FILES[file]
     damage(path, how)
     args, stdin = COMMANDS[command]
-    result = run_cli(
-        *args, "--home", home, input=stdin, env={"FLASHGATE_NATS_URL": ""}
-    )
+    result = run_cli(*args, "--home", home, input=stdin, env={"FLASHGATE_NATS_URL": ""})
     assert_names_file(result, path, HOME_FILE_REMEDIES[file])
 
 
