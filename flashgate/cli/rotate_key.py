@@ -30,7 +30,7 @@ from flashgate.broker.connection import broker_errors
 from flashgate.cli.home import fleet_dir, load_home_roster, resolve_home
 from flashgate.cli.output import json_option
 from flashgate.cli.secret import home_option
-from flashgate.cli.session import AdminSession, CommandRejected, run, spinner
+from flashgate.cli.session import CLEAR_LINE, AdminSession, CommandRejected, run, spinner
 from flashgate.errors import ConfigurationError, FlashgateError
 from flashgate.events import commands as cmd
 from flashgate.events.fleet import FleetDescriptor, decode_descriptor, encode_descriptor
@@ -90,19 +90,32 @@ class Display:
             f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total}"
         )
         if self.tty:
-            sys.stderr.write("\r" + line)
+            sys.stderr.write(CLEAR_LINE + line)
             sys.stderr.flush()
         elif line != self._last_bar and (p.remaining == 0 or p.done % 100 == 0):
             click.echo(line, err=True)
         self._last_bar = line
 
     def note(self, text: str) -> None:
+        """A line of its own; on a terminal the bar is erased, the note written, and the bar
+        drawn again below it (no fragment of either is left behind)."""
         if self.quiet or text == self._last_note:
             return
         self._last_note = text
         if self.tty:
-            sys.stderr.write("\n")
+            sys.stderr.write(CLEAR_LINE)
         click.echo(text, err=True)
+        if self.tty and self._last_bar:
+            sys.stderr.write(self._last_bar)
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        """End the bar's line (a terminal keeps its last state as a whole line)."""
+        if self.quiet or not self.tty or not self._last_bar:
+            return
+        sys.stderr.write(CLEAR_LINE + self._last_bar + "\n")
+        sys.stderr.flush()
+        self._last_bar = ""
 
 
 async def _fleet_descriptor(session: AdminSession, epoch: int) -> FleetDescriptor:
@@ -183,6 +196,15 @@ async def _node_check(
 
 async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object]:
     display = Display(quiet)
+    try:
+        return await _rotate(root, display, timeout=timeout, quiet=quiet)
+    finally:
+        display.close()  # however it ends, the terminal's cursor is on a fresh line
+
+
+async def _rotate(
+    root: Path, display: Display, *, timeout: float, quiet: bool
+) -> dict[str, object]:
     started = time.monotonic()
     phases: dict[str, float] = {}
     async with AdminSession(root) as session:
@@ -242,6 +264,7 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
                             await asyncio.sleep(POLL_S)
                             continue
                         phases["verified_s"] = round(time.monotonic() - started, 3)
+                        display.close()
                         display.note(
                             f"epoch {progress.from_epoch} retired; epoch {progress.to_epoch} "
                             "is current"

@@ -88,6 +88,10 @@ def new_command_id() -> str:
     return "cli-" + secrets.token_hex(12)
 
 
+#: Carriage return, then ANSI "erase the entire line" (only ever written to a terminal).
+CLEAR_LINE = "\r\x1b[2K"
+
+
 @contextlib.contextmanager
 def spinner(text: str, enabled: bool) -> Iterator[None]:
     """A spinner on stderr while a block awaits (only on a terminal)."""
@@ -111,7 +115,9 @@ def spinner(text: str, enabled: bool) -> Iterator[None]:
     finally:
         stop = True
         task.cancel()
-        sys.stderr.write("\r" + " " * (len(text) + 2) + "\r")
+        # Erase the whole line (whatever was on it before the spinner, e.g. a progress bar
+        # longer than the spinner's text), cursor at its start.
+        sys.stderr.write(CLEAR_LINE)
         sys.stderr.flush()
 
 
