@@ -54,6 +54,14 @@ class BelowThreshold(ConfigurationError):
     code = "below_threshold"
 
 
+class Interrupted(FlashgateError):
+    """The operator interrupted a command (Ctrl-C); the message says how to go on. Exit
+    status 130, as for SIGINT."""
+
+    code = "interrupted"
+    exit_code = 130
+
+
 class OversizedInput(FlashgateError):
     """An input larger than its limit; refused before it is parsed."""
 

@@ -46,6 +46,7 @@ from flashgate.errors import (
     ConfigurationError,
     DuplicateShares,
     FlashgateError,
+    Interrupted,
     MalformedSealedFile,
     NotEnoughShares,
     OversizedInput,
@@ -385,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         message, status, error = exc.format_message(), exc.exit_code, exc
     except FlashgateError as exc:
         click.echo(f"flashgate: error: {exc.message}", err=True)
-        code, message, status, error = exc.code, exc.message, 1, exc
+        status = exc.exit_code if isinstance(exc, Interrupted) else 1
+        code, message, error = exc.code, exc.message, exc
     except BrokenPipeError:
         return 1
     else:

@@ -31,7 +31,7 @@ from flashgate.cli.home import fleet_dir, load_home_roster, resolve_home
 from flashgate.cli.output import json_option
 from flashgate.cli.secret import home_option
 from flashgate.cli.session import CLEAR_LINE, AdminSession, CommandRejected, run, spinner
-from flashgate.errors import ConfigurationError, FlashgateError
+from flashgate.errors import ConfigurationError, FlashgateError, Interrupted
 from flashgate.events import commands as cmd
 from flashgate.events.fleet import FleetDescriptor, decode_descriptor, encode_descriptor
 from flashgate.events.queries import RotationInfo
@@ -315,7 +315,13 @@ def rotate_key(home: Path | None, as_json: bool, timeout: float) -> None:
     with it: the revoked node gets no share of the new epoch.
     """
     root = resolve_home(home)
-    result = run(rotate(root, timeout=timeout, quiet=as_json))
+    try:
+        result = run(rotate(root, timeout=timeout, quiet=as_json))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted; what is done so far is kept in the backend: run "
+            "`flashgate fleet rotate-key` again to resume the rotation"
+        ) from None
     if as_json:
         click.echo(json.dumps(result))
     else:
