@@ -52,6 +52,7 @@ from flashgate.errors import (
     OversizedInput,
     UnsealError,
 )
+from flashgate.events.envelope import ENVELOPE_CODEC, MAX_ENVELOPE_BYTES
 from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.ceremony import check_ceremony, default_node_ids, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
@@ -263,9 +264,9 @@ def recover_cmd(
             f"{descriptor.threshold}"
         )
     env_of = _bundle_passphrase_envs(bundles, passphrase_envs)
-    token = _read_stdin(MAX_TOKEN_BYTES, "JWE")
+    token, epoch = _read_envelope()
     opened = [_open_bundle(path, env_of.get(path)) for path in bundles]
-    result = recover(descriptor, opened, token, labels=[str(p) for p in bundles])
+    result = recover(descriptor, opened, token, labels=[str(p) for p in bundles], epoch=epoch)
     for faulty in result.faulty_nodes:
         click.echo(
             f"warning: bundle of {faulty!r} produced a faulty partial decryption and was left out",
@@ -281,6 +282,18 @@ def recover_cmd(
         click.echo(f"recovered {result.secret.context.describe()}", err=True)
     sys.stdout.buffer.write(result.secret.plaintext)
     sys.stdout.buffer.flush()
+
+
+def _read_envelope() -> tuple[bytes, int | None]:
+    """stdin: a compact JWE, or a whole envelope document (JSON, as in the secrets KV
+    bucket) whose ``epoch`` lets recover check the fleet key epoch before decrypting."""
+    data = _read_stdin(MAX_ENVELOPE_BYTES, "JWE or envelope")
+    if not data.lstrip().startswith(b"{"):
+        if len(data) > MAX_TOKEN_BYTES:
+            raise OversizedInput(f"JWE on stdin is over {MAX_TOKEN_BYTES} bytes")
+        return data, None
+    envelope = ENVELOPE_CODEC.decode(data.strip())
+    return envelope.jwe.encode("ascii"), envelope.epoch
 
 
 def _bundle_name(path: Path) -> str:

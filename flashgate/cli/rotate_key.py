@@ -51,6 +51,9 @@ class RotationStalled(FlashgateError):
 
 @dataclass
 class Progress:
+    """Re-wrap progress: envelopes re-wrapped from the old epoch (``done``) and those still
+    under it. Envelopes written under the new epoch meanwhile are not part of it."""
+
     from_epoch: int
     to_epoch: int
     total: int
@@ -63,11 +66,12 @@ class Progress:
 
 def _progress(info: RotationInfo) -> Progress:
     assert info.rotating_to is not None
+    remaining = info.envelopes.get(info.epoch, 0)
     return Progress(
         from_epoch=info.epoch,
         to_epoch=info.rotating_to,
-        total=sum(info.envelopes.values()),
-        remaining=info.envelopes.get(info.epoch, 0),
+        total=info.rewrapped + remaining,
+        remaining=remaining,
     )
 
 
@@ -224,12 +228,14 @@ async def _rotate(
         last_status = 0.0
         online: list[str] = []
         verified: list[str] = []
+        rewrapped = 0  # the backend's count goes with the old epoch: read it before retiring
         while True:
             info = (await session.query("rotation")).rotation
             assert info is not None
             if info.rotating_to is None:  # finished meanwhile (another admin, or resumed)
                 break
             progress = _progress(info)
+            rewrapped = info.rewrapped
             display.bar(progress)
             if progress.remaining == 0 and "rewrapped_s" not in phases:
                 phases["rewrapped_s"] = round(time.monotonic() - started, 3)
@@ -238,7 +244,7 @@ async def _rotate(
             if now - last_status >= every:
                 last_status = now
                 online, verified = await _node_check(
-                    session, new, progress.total, _revoked(root, session)
+                    session, new, sum(info.envelopes.values()), _revoked(root, session)
                 )
                 if len(online) < new.threshold:
                     display.note(
@@ -291,7 +297,8 @@ async def _rotate(
     return {
         "epoch": final.epoch,
         "retired_epoch": final.epoch - 1,
-        "envelopes": sum(final.envelopes.values()),
+        "envelopes": sum(final.envelopes.values()),  # live now, under the current epoch
+        "rewrapped": rewrapped,  # of them, re-wrapped from the retired epoch by this rotation
         "nodes_verified": verified,
         "seconds": round(time.monotonic() - started, 3),
         "phases": phases,  # seconds from the start: dealt, re-wrapped, verified
@@ -327,6 +334,6 @@ def rotate_key(home: Path | None, as_json: bool, timeout: float) -> None:
     else:
         click.echo(
             f"fleet key rotated: epoch {result['epoch']} is current, epoch "
-            f"{result['retired_epoch']} retired ({result['envelopes']} envelope(s) re-wrapped, "
+            f"{result['retired_epoch']} retired ({result['rewrapped']} envelope(s) re-wrapped, "
             f"{result['seconds']}s)"
         )

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from flashgate.cli.rotate_key import Display, Progress
+from flashgate.cli.rotate_key import Display, Progress, _progress
 from flashgate.cli.session import spinner
+from flashgate.events.queries import RotationInfo
 
 ERASE_LINE = "\x1b[2K"
 
@@ -89,3 +90,11 @@ def test_no_escape_codes_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None
     display.note("done")
     display.close()
     assert "\x1b" not in plain.getvalue() and "\r" not in plain.getvalue()
+
+
+def test_progress_counts_rewraps_only() -> None:
+    """A secret written under the new epoch during the rotation is no re-wrap: it is in
+    neither the bar's done nor its total."""
+    info = RotationInfo(epoch=1, rotating_to=2, envelopes={1: 1, 2: 2}, rewrapped=1)
+    progress = _progress(info)
+    assert (progress.done, progress.remaining, progress.total) == (1, 1, 2)
