@@ -14,7 +14,7 @@ from flashgate.cli.home import load_home_roster, resolve_home
 from flashgate.cli.output import json_option
 from flashgate.cli.secret import home_option
 from flashgate.cli.session import AdminSession, run, spinner
-from flashgate.errors import FlashgateError
+from flashgate.errors import FlashgateError, HomeFileError
 from flashgate.events.subjects import secret_key
 
 
@@ -134,7 +134,7 @@ def status(
                             if time.monotonic() > deadline:
                                 raise NotReady(_summary(rows, expected))
                             await asyncio.sleep(0.5)
-            except NotReady:
+            except (NotReady, HomeFileError):  # a home file does not appear by waiting
                 raise
             except FlashgateError:
                 if not wait or time.monotonic() > deadline:

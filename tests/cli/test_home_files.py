@@ -19,6 +19,8 @@ from tests.helpers import TEST_PASSPHRASE
 
 COMMANDS: dict[str, tuple[list[str], bytes]] = {
     "fleet-status": (["fleet", "status"], b""),
+    # fails at once: waiting does not make a file appear (the run times out otherwise)
+    "fleet-status-wait": (["fleet", "status", "--wait", "--timeout", "3600"], b""),
     "secret-put": (["secret", "put", "app/db", "--kind", "generic"], b"a value"),
     "secret-delete": (["secret", "delete", "app/db"], b""),
     "apikey-create": (["apikey", "create", "app", "--scope", "storage", "--name", "ci"], b""),
