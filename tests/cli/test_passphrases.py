@@ -4,8 +4,15 @@ bundle or of admin.key. Real subprocesses, real sealed files."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
+import select
 import shutil
 import stat
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -212,3 +219,95 @@ def test_reseal_without_a_new_passphrase_and_no_terminal(demo: Fleet, tmp_path: 
     shutil.copyfile(demo.bundle(5), copy)
     result = run_cli("fleet", "reseal", copy)  # old: FLASHGATE_PASSPHRASE
     one_error_line(result, "--new-passphrase-env", "terminal")
+
+
+# --- prompts on a terminal (a real pseudo-terminal as the command's controlling tty) -----
+
+PROMPT = re.compile(r"(passphrase (?:of|for) [^\r\n]*?|again): ")
+
+
+def run_on_terminal(
+    *args: str | Path, answers: list[str], stdin: bytes = b""
+) -> tuple[int, bytes, list[str]]:
+    """Run the command with stderr and the controlling terminal on a pty (stdin and stdout
+    stay pipes, as in `recover < jwe > value`); answer each prompt in turn. Returns the exit
+    status, stdout and the prompts seen."""
+    master, slave = os.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "FLASHGATE_PASSPHRASE"}
+
+    def controlling_tty() -> None:  # in the child, after setsid: the pty becomes its tty
+        fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flashgate.cli.main", *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+        preexec_fn=controlling_tty,
+    )
+    os.close(slave)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    transcript, prompts = "", []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, f"no output from the command; so far: {transcript!r}"
+            try:
+                chunk = os.read(master, 4096).decode(errors="replace")
+            except OSError:  # EIO: the command closed the terminal (it ended)
+                break
+            if not chunk:
+                break
+            transcript += chunk
+            found = PROMPT.findall(transcript)
+            while len(prompts) < len(found):
+                prompts.append(found[len(prompts)])
+                assert len(prompts) <= len(answers), f"unexpected prompt: {transcript!r}"
+                os.write(master, (answers[len(prompts) - 1] + "\n").encode())
+        out = proc.stdout.read()
+        status = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert "Traceback" not in transcript, transcript
+    return status, out, prompts
+
+
+def test_recover_prompts_for_each_bundle_on_the_terminal(
+    demo: Fleet, demo_token: bytes, sealed_apart: list[Path]
+) -> None:
+    status, out, prompts = run_on_terminal(
+        "recover",
+        "--fleet-dir",
+        demo.dir,
+        *(a for p in sealed_apart for a in ("--bundle", p)),
+        answers=[TEST_PASSPHRASE, P2, P3],
+        stdin=demo_token,
+    )
+    assert prompts == [f"passphrase of {p}" for p in sealed_apart]
+    assert status == 0
+    assert out == BINARY_SECRET
+
+
+def test_reseal_prompts_for_the_current_and_new_passphrase(demo: Fleet, tmp_path: Path) -> None:
+    copy = tmp_path / "node-5.bundle"
+    shutil.copyfile(demo.bundle(5), copy)
+    status, _, prompts = run_on_terminal(
+        "fleet", "reseal", copy, answers=[TEST_PASSPHRASE, "typed-new-passphrase", "nope"]
+    )
+    assert prompts == [f"passphrase of {copy}", f"passphrase for {copy}", "again"]
+    assert status == 1  # typed twice, differently
+    status, _, _ = run_on_terminal(
+        "fleet",
+        "reseal",
+        copy,
+        answers=[TEST_PASSPHRASE, "typed-new-passphrase", "typed-new-passphrase"],
+    )
+    assert status == 0
+    reopened = reseal(copy, "typed-new-passphrase", TEST_PASSPHRASE)
+    assert reopened.returncode == 0, str(reopened)
