@@ -2,7 +2,8 @@
 
 Every error the project raises on purpose ends as one line on stderr,
 ``flashgate: error: <cause>``, and exit status 1 (usage errors: click's status 2). No
-traceback, and never a secret in the message.
+traceback, and never a secret in the message. A command given ``--json`` also prints the
+error as one JSON document on stdout (:mod:`flashgate.cli.output`).
 """
 
 from __future__ import annotations
