@@ -46,6 +46,28 @@ class InvalidName(ConfigurationError):
     code = "invalid_name"
 
 
+class HomeFileError(ConfigurationError):
+    """A file of the admin home (``HOME/config.json``, ``HOME/fleet/fleet.json``,
+    ``roster.json``, ``admin.key``) is missing or unusable; the message names the file and
+    what to do."""
+
+    code = "home_file"
+
+
+class BelowThreshold(ConfigurationError):
+    """An action that would leave fewer active nodes than the fleet's threshold t."""
+
+    code = "below_threshold"
+
+
+class Interrupted(FlashgateError):
+    """The operator interrupted a command (Ctrl-C); the message says how to go on. Exit
+    status 130, as for SIGINT."""
+
+    code = "interrupted"
+    exit_code = 130
+
+
 class OversizedInput(FlashgateError):
     """An input larger than its limit; refused before it is parsed."""
 

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from flashgate.errors import ConfigurationError
+from flashgate.runnable import flashgate_command
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -156,7 +157,7 @@ async def check_schema(engine: AsyncEngine) -> None:
         state = "empty" if current is None else f"at revision {current}"
         raise ConfigurationError(
             f"the database schema is {state}, this version needs {head}: "
-            "run `flashgate backend migrate` (with the same --db)"
+            f"run `{flashgate_command()} backend migrate` (with the same --db)"
         )
 
 

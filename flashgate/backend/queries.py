@@ -16,6 +16,7 @@ from flashgate.backend.models import (
     AuditEvent,
     Fleet,
     Repository,
+    RewrapOrigin,
     Secret,
     SecretVersion,
 )
@@ -240,8 +241,25 @@ class Queries:
         counts: dict[int, int] = {}
         for epoch, count in [*secrets_by_epoch.all(), *keys_by_epoch.all()]:
             counts[epoch] = counts.get(epoch, 0) + count
+        rewrapped = 0
+        if fleet.rotating_to is not None:  # a re-wrap keeps its original until retirement
+            rewrapped = (
+                await session.scalar(
+                    select(func.count())
+                    .select_from(RewrapOrigin)
+                    .where(
+                        RewrapOrigin.fleet_id == self._fleet_id,
+                        RewrapOrigin.to_epoch == fleet.rotating_to,
+                        RewrapOrigin.prior_jwe.is_not(None),  # None: reverted
+                    )
+                )
+                or 0
+            )
         return q.Answer(
             rotation=q.RotationInfo(
-                epoch=fleet.epoch, rotating_to=fleet.rotating_to, envelopes=counts
+                epoch=fleet.epoch,
+                rotating_to=fleet.rotating_to,
+                envelopes=counts,
+                rewrapped=rewrapped,
             )
         )

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from flashgate.cli.home import fleet_dir, resolve_home
-from flashgate.cli.secret import emit, every_page, home_option, json_option
+from flashgate.cli.home import load_home_roster, resolve_home
+from flashgate.cli.output import emit, json_option, mark_error_reported
+from flashgate.cli.secret import every_page, home_option
 from flashgate.cli.session import AdminSession, NoOutcome, run
 from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
@@ -18,8 +19,8 @@ from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import ConfigurationError, FlashgateError
 from flashgate.events import commands as cmd
 from flashgate.events.values import AI_PROVIDERS
-from flashgate.fleet.files import load_roster
 from flashgate.names import validate_name
+from flashgate.runnable import command
 
 STORAGE_ACCESS = ("read", "write", "admin")
 #: A key's name: what the wire's Label allows (flashgate/events/types.py).
@@ -110,19 +111,18 @@ def create(
     run(go())
     shown = secret.decode()
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "key_id": key_id,
-                    "secret": shown,
-                    "repo": repo,
-                    "scope": scope,
-                    "access": access,
-                    "name": label,
-                },
-                sort_keys=True,
-            )
-        )
+        document: dict[str, object] = {
+            "key_id": key_id,
+            "secret": shown,
+            "repo": repo,
+            "scope": scope,
+            "access": access,
+            "name": label,
+        }
+        if unconfirmed:  # one document: the secret, and why the exit status is 1
+            document["error"] = {"code": unconfirmed[0].code, "message": unconfirmed[0].message}
+            mark_error_reported()
+        click.echo(json.dumps(document, sort_keys=True))
     else:
         click.echo(f"key id:  {key_id}\nsecret:  {shown}")
     click.echo(
@@ -133,7 +133,8 @@ def create(
     if unconfirmed:
         click.echo(
             f"warning: {unconfirmed[0]}; the key may still be created: if "
-            f"`flashgate apikey list {repo}` shows {key_id}, the secret above is its secret",
+            f"`{command('apikey', 'list', repo, '--home', resolve_home(home))}` shows {key_id}, "
+            "the secret above is its secret",
             err=True,
         )
         raise unconfirmed[0]
@@ -148,7 +149,7 @@ def list_(repo: str | None, include_revoked: bool, home: Path | None, as_json: b
     """API keys (metadata only)."""
 
     async def go() -> None:
-        async with AdminSession(resolve_home(home)) as session:
+        async with AdminSession(resolve_home(home), signing=False) as session:
             pages = await every_page(session, "apikeys", repo=repo, include_deleted=include_revoked)
         keys = [key for answer in pages for key in answer.api_keys or []]
         if as_json:
@@ -254,7 +255,7 @@ def verify_(key_id: str, nodes: tuple[str, ...], home: Path | None, as_json: boo
 
     async def go() -> dict[str, str]:
         async with AdminSession(root) as session:
-            roster = load_roster(fleet_dir(root), session.descriptor)
+            roster = load_home_roster(root, session.descriptor)
             entries = [n for n in roster.nodes if n.status == "active"]
             if nodes:
                 unknown = set(nodes) - {n.id for n in entries}

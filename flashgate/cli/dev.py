@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-import sys
 from pathlib import Path
 
 import click
@@ -32,6 +31,7 @@ from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import read_bundle, write_fleet_dir
 from flashgate.fleet.files import DESCRIPTOR_FILE, load_descriptor
 from flashgate.fleet.recovery import recover
+from flashgate.runnable import flashgate_command
 
 #: Used only when FLASHGATE_PASSPHRASE is unset, only by ``dev`` commands, with a warning.
 DEV_PASSPHRASE = "flashgate-local-dev-only"  # noqa: S105 - documented dev-only default
@@ -54,16 +54,6 @@ def dev_passphrase(*, sealing: bool) -> str:
         err=True,
     )
     return DEV_PASSPHRASE
-
-
-def flashgate_command() -> str:
-    """The ``flashgate`` command as it can be run from any shell: the script installed
-    beside this interpreter, else ``python -m flashgate.cli.main`` (shell-quoted)."""
-    python = Path(os.path.abspath(sys.executable))
-    script = python.parent / "flashgate"
-    if script.is_file() and os.access(script, os.X_OK):
-        return shlex.quote(str(script))
-    return f"{shlex.quote(str(python))} -m flashgate.cli.main"
 
 
 def passphrase_lines() -> list[str]:

@@ -46,7 +46,7 @@ from click.core import ParameterSource
 from flashgate.broker.permissions import ROLES, RoleCredentials, authorization_config
 from flashgate.broker.server import NatsServerProcess, free_port
 from flashgate.cli.bridge import EXIT_REVOKED
-from flashgate.cli.dev import dev, dev_passphrase, flashgate_command, passphrase_lines
+from flashgate.cli.dev import dev, dev_passphrase, passphrase_lines
 from flashgate.cli.home import (
     HomeConfig,
     RoleLogin,
@@ -64,6 +64,7 @@ from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import write_fleet_dir
 from flashgate.fleet.files import DESCRIPTOR_FILE, NODES_DIR, load_descriptor
 from flashgate.lifetime import die_with_parent
+from flashgate.runnable import flashgate_command
 
 LOCK_FILE = "dev-up.lock"
 NATS_PIDFILE = "nats-server.pid"

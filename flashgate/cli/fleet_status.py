@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from flashgate.cli.home import fleet_dir, resolve_home
-from flashgate.cli.secret import home_option, json_option
+from flashgate.cli.home import load_home_roster, resolve_home
+from flashgate.cli.output import json_option
+from flashgate.cli.secret import home_option
 from flashgate.cli.session import AdminSession, run, spinner
-from flashgate.errors import FlashgateError
+from flashgate.errors import FlashgateError, HomeFileError
 from flashgate.events.subjects import secret_key
-from flashgate.fleet.files import ROSTER_FILE, load_roster
 
 
 class NotReady(FlashgateError):
@@ -63,9 +63,7 @@ async def expected_secrets(session: AdminSession) -> dict[str, int]:
 
 async def snapshot(session: AdminSession, root: Path) -> tuple[list[NodeRow], dict[str, int]]:
     expected = await expected_secrets(session)
-    roster_path = fleet_dir(root) / ROSTER_FILE
-    nodes = load_roster(fleet_dir(root), session.descriptor).nodes if roster_path.exists() else []
-    ids = [(n.id, n.status) for n in nodes] or [(n.id, "active") for n in session.descriptor.nodes]
+    ids = [(n.id, n.status) for n in load_home_roster(root, session.descriptor).nodes]
     statuses = await asyncio.gather(
         *(session.status(i, include_secrets=True) for i, st in ids if st == "active")
     )
@@ -136,7 +134,7 @@ def status(
                             if time.monotonic() > deadline:
                                 raise NotReady(_summary(rows, expected))
                             await asyncio.sleep(0.5)
-            except NotReady:
+            except (NotReady, HomeFileError):  # a home file does not appear by waiting
                 raise
             except FlashgateError:
                 if not wait or time.monotonic() > deadline:

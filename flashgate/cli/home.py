@@ -12,19 +12,50 @@ HOME/run/            the dev cluster's pid files and ``dev-up.lock``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import msgspec
 
-from flashgate.errors import ConfigurationError
-from flashgate.fleet.files import write_atomic
+from flashgate.crypto import seal
+from flashgate.errors import FlashgateError, HomeFileError
+from flashgate.events.fleet import MAX_DESCRIPTOR_BYTES, MAX_ROSTER_BYTES, FleetDescriptor, Roster
+from flashgate.fleet.bundle import ADMIN_KEY_PURPOSE
+from flashgate.fleet.files import (
+    ADMIN_KEY_FILE,
+    DESCRIPTOR_FILE,
+    ROSTER_FILE,
+    parse_descriptor,
+    parse_roster,
+    write_atomic,
+)
+from flashgate.runnable import command
 
 HOME_ENV = "FLASHGATE_HOME"
 CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 1 << 20
+
+
+#: What to do about each file of the home when it is missing or unusable.
+def _remedy(home: Path, name: str) -> str:
+    """What to do about a missing or unusable home file; every command in it runs as pasted."""
+    admin_home = "or point --home / FLASHGATE_HOME at the admin home"
+    if name == CONFIG_FILE:
+        start = command("dev", "up", "--home", home)
+        return f"start the system with `{start}` or set FLASHGATE_NATS_URL"
+    if name == DESCRIPTOR_FILE:
+        return f"copy the fleet's fleet.json (written by `fleet init`) there, {admin_home}"
+    if name == ROSTER_FILE:
+        return (
+            "copy the fleet's latest roster.json (written by `fleet init`, then by "
+            f"`node revoke`) there, {admin_home}"
+        )
+    return f"restore admin.key from the ceremony's offline backup, {admin_home}"
 
 
 class RoleLogin(msgspec.Struct, kw_only=True):
@@ -48,23 +79,77 @@ def fleet_dir(home: Path) -> Path:
     return home / "fleet"
 
 
+def home_file(home: Path, name: str) -> Path:
+    """Where a file of the home lives: config.json in HOME, the fleet's files in HOME/fleet."""
+    return home / name if name == CONFIG_FILE else fleet_dir(home) / name
+
+
+def _home_file_error(home: Path, name: str, problem: str) -> HomeFileError:
+    remedy = _remedy(home, name)
+    problem = " ".join(problem.split())  # one line, whatever the cause says
+    return HomeFileError(f"{home_file(home, name)} {problem}: {remedy}")
+
+
+def read_home_file(home: Path, name: str, limit: int) -> bytes:
+    """The bytes of a file of the home; :class:`HomeFileError` (naming the file and what to
+    do) when it is missing, not a file, unreadable or over ``limit`` bytes."""
+    path = home_file(home, name)
+    try:
+        if path.stat().st_size > limit:
+            raise _home_file_error(home, name, f"is over {limit} bytes")
+        return path.read_bytes()
+    except FileNotFoundError:
+        problem = "does not exist"
+    except IsADirectoryError:
+        problem = "is a directory, not a file"
+    except OSError as exc:  # permission denied, not a directory, I/O error, ...
+        problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    raise _home_file_error(home, name, problem)
+
+
+@contextlib.contextmanager
+def checking_home_file(home: Path, name: str) -> Iterator[None]:
+    """Turn an error about a home file's contents into a :class:`HomeFileError`."""
+    try:
+        yield
+    except HomeFileError:
+        raise
+    except FlashgateError as exc:
+        raise _home_file_error(home, name, f"is not usable ({exc.message})") from exc
+
+
+def load_home_descriptor(home: Path) -> FleetDescriptor:
+    data = read_home_file(home, DESCRIPTOR_FILE, MAX_DESCRIPTOR_BYTES)
+    with checking_home_file(home, DESCRIPTOR_FILE):
+        return parse_descriptor(data)
+
+
+def load_home_roster(home: Path, descriptor: FleetDescriptor) -> Roster:
+    data = read_home_file(home, ROSTER_FILE, MAX_ROSTER_BYTES)
+    with checking_home_file(home, ROSTER_FILE):
+        return parse_roster(data, descriptor)
+
+
+def read_admin_key(home: Path) -> bytes:
+    """The sealed admin key's bytes, checked to be a sealed admin key (not yet opened)."""
+    blob = read_home_file(home, ADMIN_KEY_FILE, seal.MAX_SEALED_BYTES)
+    with checking_home_file(home, ADMIN_KEY_FILE):
+        seal.check_sealed(blob, ADMIN_KEY_PURPOSE)
+    return blob
+
+
 def load_config(home: Path) -> HomeConfig:
-    path = home / CONFIG_FILE
-    if not path.exists():
+    path = home_file(home, CONFIG_FILE)
+    if not path.exists() and not path.is_symlink():
         url = os.environ.get("FLASHGATE_NATS_URL")
         if url:
             return HomeConfig(nats=[u.strip() for u in url.split(",") if u.strip()])
-        from flashgate.cli.dev import flashgate_command  # the command as it can be run
-
-        start = f"{flashgate_command()} dev up --home {shlex.quote(str(home))}"
-        raise ConfigurationError(
-            f"{path} does not exist: start the system with `{start}` or set FLASHGATE_NATS_URL"
-        )
-    warn_if_readable_by_others(path)
+    data = read_home_file(home, CONFIG_FILE, MAX_CONFIG_BYTES)
+    warn_if_readable_by_others(home_file(home, CONFIG_FILE))
     try:
-        return msgspec.json.decode(path.read_bytes(), type=HomeConfig)
+        return msgspec.json.decode(data, type=HomeConfig)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ConfigurationError(f"{path} is not a valid config: {exc}") from exc
+        raise _home_file_error(home, CONFIG_FILE, f"is not a valid config ({exc})") from exc
 
 
 def warn_if_readable_by_others(path: Path) -> None:

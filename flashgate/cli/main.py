@@ -2,11 +2,14 @@
 
 Every error the project raises on purpose ends as one line on stderr,
 ``flashgate: error: <cause>``, and exit status 1 (usage errors: click's status 2). No
-traceback, and never a secret in the message.
+traceback, and never a secret in the message. A command given ``--json`` also prints the
+error as one JSON document on stdout (:mod:`flashgate.cli.output`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import threading
 import time
@@ -23,7 +26,14 @@ from flashgate.cli.bridge import bridge
 from flashgate.cli.dev import dev
 from flashgate.cli.fleet_status import status as fleet_status
 from flashgate.cli.node import node
-from flashgate.cli.passphrase import get_passphrase
+from flashgate.cli.output import ERROR_REPORTED, JSON_MODE, error_document
+from flashgate.cli.passphrase import (
+    PASSPHRASE_ENV,
+    env_passphrase,
+    get_passphrase,
+    prompt_passphrase,
+)
+from flashgate.cli.reseal import reseal_cmd
 from flashgate.cli.rotate_key import rotate_key
 from flashgate.cli.schemas import schemas
 from flashgate.cli.secret import secret
@@ -37,11 +47,16 @@ from flashgate.errors import (
     ConfigurationError,
     DuplicateShares,
     FlashgateError,
+    Interrupted,
     InvalidName,
+    MalformedSealedFile,
     NotEnoughShares,
     OversizedInput,
+    UnsealError,
 )
+from flashgate.events.envelope import ENVELOPE_CODEC, MAX_ENVELOPE_BYTES
 from flashgate.events.values import KINDS
+from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.ceremony import check_ceremony, default_node_ids, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import check_out_dir, read_bundle, write_fleet_dir
@@ -235,7 +250,18 @@ def encrypt_cmd(fleet_dir: Path, repo: str, name: str, kind: str, version: int) 
     required=True,
     help="A node bundle; give at least t of them.",
 )
-def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
+@click.option(
+    "--passphrase-env",
+    "passphrase_envs",
+    multiple=True,
+    metavar="BUNDLE=VAR",
+    help="Bundle BUNDLE (its file name without .bundle, e.g. node-2, or its path as given) "
+    f"is sealed with the passphrase in environment variable VAR. Repeatable. Other bundles: "
+    f"{PASSPHRASE_ENV}, else a prompt per bundle on the terminal.",
+)
+def recover_cmd(
+    fleet_dir: Path, bundles: tuple[Path, ...], passphrase_envs: tuple[str, ...]
+) -> None:
     """Break-glass: decrypt a JWE from stdin with t node bundles, offline."""
     descriptor = load_descriptor(fleet_dir)
     resolved = [p.resolve() for p in bundles]
@@ -246,10 +272,10 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
             f"{len(bundles)} bundle(s) given; fleet {descriptor.fleet!r} needs "
             f"{descriptor.threshold}"
         )
-    token = _read_stdin(MAX_TOKEN_BYTES, "JWE")
-    passphrase = get_passphrase(confirm=False)
-    opened = [read_bundle(p, passphrase) for p in bundles]
-    result = recover(descriptor, opened, token, labels=[str(p) for p in bundles])
+    env_of = _bundle_passphrase_envs(bundles, passphrase_envs)
+    token, epoch = _read_envelope()
+    opened = [_open_bundle(path, env_of.get(path)) for path in bundles]
+    result = recover(descriptor, opened, token, labels=[str(p) for p in bundles], epoch=epoch)
     for faulty in result.faulty_nodes:
         click.echo(
             f"warning: bundle of {faulty!r} produced a faulty partial decryption and was left out",
@@ -267,6 +293,69 @@ def recover_cmd(fleet_dir: Path, bundles: tuple[Path, ...]) -> None:
     sys.stdout.buffer.flush()
 
 
+def _read_envelope() -> tuple[bytes, int | None]:
+    """stdin: a compact JWE, or a whole envelope document (JSON, as in the secrets KV
+    bucket) whose ``epoch`` lets recover check the fleet key epoch before decrypting."""
+    data = _read_stdin(MAX_ENVELOPE_BYTES, "JWE or envelope")
+    if not data.lstrip().startswith(b"{"):
+        if len(data) > MAX_TOKEN_BYTES:
+            raise OversizedInput(f"JWE on stdin is over {MAX_TOKEN_BYTES} bytes")
+        return data, None
+    envelope = ENVELOPE_CODEC.decode(data.strip())
+    return envelope.jwe.encode("ascii"), envelope.epoch
+
+
+def _bundle_name(path: Path) -> str:
+    return path.name.removesuffix(".bundle")
+
+
+def _bundle_passphrase_envs(bundles: tuple[Path, ...], options: tuple[str, ...]) -> dict[Path, str]:
+    """``--passphrase-env BUNDLE=VAR`` options: bundle path -> variable name."""
+    out: dict[Path, str] = {}
+    for option in options:
+        name, sep, var = option.partition("=")
+        if not sep or not name or not var:
+            raise ConfigurationError(f"--passphrase-env {option!r}: expected BUNDLE=VAR")
+        matches = [p for p in bundles if name in (str(p), p.name, _bundle_name(p))]
+        if len(matches) != 1:
+            raise ConfigurationError(
+                f"--passphrase-env {name}=...: {name!r} names "
+                f"{'no' if not matches else len(matches)} --bundle; name it by its path"
+            )
+        if matches[0] in out:
+            raise ConfigurationError(f"--passphrase-env names bundle {matches[0]} twice")
+        out[matches[0]] = var
+    return out
+
+
+def _open_bundle(path: Path, env: str | None) -> NodeBundle:
+    """Open one bundle with its own passphrase: its --passphrase-env variable, else
+    FLASHGATE_PASSPHRASE, else a prompt on the terminal."""
+    if env is not None:
+        passphrase = env_passphrase(env)
+    elif PASSPHRASE_ENV in os.environ:
+        passphrase = get_passphrase(confirm=False)
+    else:
+        passphrase = prompt_passphrase(
+            f"passphrase of {path}",
+            confirm=False,
+            hint=f"set {PASSPHRASE_ENV}, or --passphrase-env {_bundle_name(path)}=VAR",
+        )
+    try:
+        return read_bundle(path, passphrase)
+    except MalformedSealedFile:
+        raise
+    except UnsealError as exc:
+        if env is not None:
+            source = env
+        else:
+            source = PASSPHRASE_ENV if PASSPHRASE_ENV in os.environ else "the prompt"
+        raise UnsealError(
+            f"{exc.message} (passphrase from {source}; a bundle sealed with its own "
+            f"passphrase: --passphrase-env {_bundle_name(path)}=VAR)"
+        ) from exc
+
+
 cli.add_command(dev)
 cli.add_command(backend)
 cli.add_command(bridge)
@@ -275,27 +364,60 @@ cli.add_command(apikey)
 cli.add_command(node)
 fleet.add_command(fleet_status)
 fleet.add_command(rotate_key)
+fleet.add_command(reseal_cmd)
 cli.add_command(schemas)
 
 
+def _json_mode(meta: dict[str, object], exc: BaseException | None, args: list[str]) -> bool:
+    """Was the failing command given --json? Recorded in ``ctx.meta`` by its (eager)
+    ``--json`` option; a usage error found while parsing, before any option was processed,
+    is told by the command having a --json option and ``--json`` being among the args."""
+    if meta.get(ERROR_REPORTED):
+        return False  # the command's own document carries the error
+    if meta.get(JSON_MODE):
+        return True
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        has_json = any(p.name == "as_json" for p in ctx.command.params)
+        given = args[: args.index("--")] if "--" in args else args
+        return has_json and "--json" in given
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; every error ends as one stderr line and an exit status, and under
+    ``--json`` also as one JSON document on stdout (:mod:`flashgate.cli.output`)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    meta: dict[str, object] = {}
+    error: BaseException | None = None
     try:
-        cli.main(args=argv, prog_name="flashgate", standalone_mode=False)
+        try:
+            with cli.make_context("flashgate", list(args)) as ctx:
+                meta = ctx.meta
+                cli.invoke(ctx)
+        except (EOFError, KeyboardInterrupt) as exc:  # as click's own main does
+            raise click.exceptions.Abort() from exc
+    except click.exceptions.Exit as exc:  # --help, --version
+        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("flashgate: aborted", err=True)
-        return 130
+        code, message, status = "aborted", "aborted", 130
     except click.ClickException as exc:
         exc.show()
-        return exc.exit_code
+        code = "usage_error" if isinstance(exc, click.UsageError) else "error"
+        message, status, error = exc.format_message(), exc.exit_code, exc
     except FlashgateError as exc:
         click.echo(f"flashgate: error: {exc.message}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        click.echo("flashgate: interrupted", err=True)
-        return 130
+        status = exc.exit_code if isinstance(exc, Interrupted) else 1
+        code, message, error = exc.code, exc.message, exc
     except BrokenPipeError:
         return 1
-    return 0
+    else:
+        return 0
+    if _json_mode(meta, error, args):
+        with contextlib.suppress(BrokenPipeError):
+            click.echo(error_document(code, message))
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,5 @@
-"""Where the sealing passphrase comes from: ``FLASHGATE_PASSPHRASE``, else a prompt."""
+"""Where sealing passphrases come from: an environment variable (``FLASHGATE_PASSPHRASE``
+by default, or one named per file), else a prompt on the terminal."""
 
 from __future__ import annotations
 
@@ -22,6 +23,44 @@ def get_passphrase(*, confirm: bool) -> str:
             f"no passphrase: set {PASSPHRASE_ENV} (stdin is not a terminal to prompt on)"
         )
     first = getpass.getpass("bundle passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise ConfigurationError("the passphrases do not match")
+    if not first:
+        raise ConfigurationError("empty passphrase")
+    return first
+
+
+def env_passphrase(var: str) -> str:
+    """The passphrase in environment variable ``var`` (named by an option)."""
+    value = os.environ.get(var)
+    if value is None:
+        raise ConfigurationError(f"environment variable {var} is not set")
+    if value == "":
+        raise ConfigurationError(f"environment variable {var} is set but empty")
+    return value
+
+
+def terminal_available() -> bool:
+    """Can we prompt someone? stdin is a terminal, or (stdin carrying data, as for
+    ``recover < envelope.jwe``) stderr is one and the controlling terminal opens."""
+    if sys.stdin.isatty():
+        return True
+    if not sys.stderr.isatty():
+        return False
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def prompt_passphrase(prompt: str, *, confirm: bool, hint: str) -> str:
+    """Ask on the terminal (getpass reads /dev/tty); ``hint`` says what to set instead when
+    there is no terminal."""
+    if not terminal_available():
+        raise ConfigurationError(f"no passphrase: {hint} (no terminal to prompt on)")
+    first = getpass.getpass(f"{prompt}: ")
     if confirm and getpass.getpass("again: ") != first:
         raise ConfigurationError("the passphrases do not match")
     if not first:

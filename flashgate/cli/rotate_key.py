@@ -27,16 +27,18 @@ import click
 from nats.js.errors import KeyNotFoundError
 
 from flashgate.broker.connection import broker_errors
-from flashgate.cli.home import fleet_dir, resolve_home
-from flashgate.cli.secret import home_option, json_option
-from flashgate.cli.session import AdminSession, CommandRejected, run, spinner
-from flashgate.errors import ConfigurationError, FlashgateError
+from flashgate.cli.home import fleet_dir, load_home_roster, resolve_home
+from flashgate.cli.output import json_option
+from flashgate.cli.secret import home_option
+from flashgate.cli.session import CLEAR_LINE, AdminSession, CommandRejected, run, spinner
+from flashgate.errors import ConfigurationError, FlashgateError, Interrupted
 from flashgate.events import commands as cmd
 from flashgate.events.fleet import FleetDescriptor, decode_descriptor, encode_descriptor
 from flashgate.events.queries import RotationInfo
 from flashgate.fleet.descriptor import fleet_public_key, verify_descriptor
-from flashgate.fleet.files import DESCRIPTOR_FILE, ROSTER_FILE, load_roster, write_atomic
+from flashgate.fleet.files import DESCRIPTOR_FILE, write_atomic
 from flashgate.fleet.rotation import deal_next_epoch
+from flashgate.runnable import command
 
 POLL_S = 0.5
 STATUS_EVERY_S = 2.0
@@ -50,6 +52,9 @@ class RotationStalled(FlashgateError):
 
 @dataclass
 class Progress:
+    """Re-wrap progress: envelopes re-wrapped from the old epoch (``done``) and those still
+    under it. Envelopes written under the new epoch meanwhile are not part of it."""
+
     from_epoch: int
     to_epoch: int
     total: int
@@ -62,11 +67,12 @@ class Progress:
 
 def _progress(info: RotationInfo) -> Progress:
     assert info.rotating_to is not None
+    remaining = info.envelopes.get(info.epoch, 0)
     return Progress(
         from_epoch=info.epoch,
         to_epoch=info.rotating_to,
-        total=sum(info.envelopes.values()),
-        remaining=info.envelopes.get(info.epoch, 0),
+        total=info.rewrapped + remaining,
+        remaining=remaining,
     )
 
 
@@ -89,19 +95,32 @@ class Display:
             f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total}"
         )
         if self.tty:
-            sys.stderr.write("\r" + line)
+            sys.stderr.write(CLEAR_LINE + line)
             sys.stderr.flush()
         elif line != self._last_bar and (p.remaining == 0 or p.done % 100 == 0):
             click.echo(line, err=True)
         self._last_bar = line
 
     def note(self, text: str) -> None:
+        """A line of its own; on a terminal the bar is erased, the note written, and the bar
+        drawn again below it (no fragment of either is left behind)."""
         if self.quiet or text == self._last_note:
             return
         self._last_note = text
         if self.tty:
-            sys.stderr.write("\n")
+            sys.stderr.write(CLEAR_LINE)
         click.echo(text, err=True)
+        if self.tty and self._last_bar:
+            sys.stderr.write(self._last_bar)
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        """End the bar's line (a terminal keeps its last state as a whole line)."""
+        if self.quiet or not self.tty or not self._last_bar:
+            return
+        sys.stderr.write(CLEAR_LINE + self._last_bar + "\n")
+        sys.stderr.flush()
+        self._last_bar = ""
 
 
 async def _fleet_descriptor(session: AdminSession, epoch: int) -> FleetDescriptor:
@@ -152,9 +171,7 @@ async def _start(session: AdminSession, root: Path, info: RotationInfo, display:
 
 
 def _revoked(root: Path, session: AdminSession) -> set[str]:
-    if not (fleet_dir(root) / ROSTER_FILE).exists():
-        return set()
-    roster = load_roster(fleet_dir(root), session.descriptor)
+    roster = load_home_roster(root, session.descriptor)
     return {n.id for n in roster.nodes if n.status != "active"}
 
 
@@ -184,6 +201,15 @@ async def _node_check(
 
 async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object]:
     display = Display(quiet)
+    try:
+        return await _rotate(root, display, timeout=timeout, quiet=quiet)
+    finally:
+        display.close()  # however it ends, the terminal's cursor is on a fresh line
+
+
+async def _rotate(
+    root: Path, display: Display, *, timeout: float, quiet: bool
+) -> dict[str, object]:
     started = time.monotonic()
     phases: dict[str, float] = {}
     async with AdminSession(root) as session:
@@ -203,12 +229,14 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
         last_status = 0.0
         online: list[str] = []
         verified: list[str] = []
+        rewrapped = 0  # the backend's count goes with the old epoch: read it before retiring
         while True:
             info = (await session.query("rotation")).rotation
             assert info is not None
             if info.rotating_to is None:  # finished meanwhile (another admin, or resumed)
                 break
             progress = _progress(info)
+            rewrapped = info.rewrapped
             display.bar(progress)
             if progress.remaining == 0 and "rewrapped_s" not in phases:
                 phases["rewrapped_s"] = round(time.monotonic() - started, 3)
@@ -217,7 +245,7 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
             if now - last_status >= every:
                 last_status = now
                 online, verified = await _node_check(
-                    session, new, progress.total, _revoked(root, session)
+                    session, new, sum(info.envelopes.values()), _revoked(root, session)
                 )
                 if len(online) < new.threshold:
                     display.note(
@@ -243,6 +271,7 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
                             await asyncio.sleep(POLL_S)
                             continue
                         phases["verified_s"] = round(time.monotonic() - started, 3)
+                        display.close()
                         display.note(
                             f"epoch {progress.from_epoch} retired; epoch {progress.to_epoch} "
                             "is current"
@@ -258,10 +287,11 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
                         "to load every secret under the new epoch"
                     )
             if time.monotonic() > deadline:
+                resume = command("fleet", "rotate-key", "--home", root)
                 raise RotationStalled(
                     f"the rotation to epoch {info.rotating_to} did not complete within "
                     f"{timeout:.0f}s ({progress.remaining} envelope(s) left, "
-                    f"{len(online)} node(s) online); run `flashgate fleet rotate-key` to resume"
+                    f"{len(online)} node(s) online); run `{resume}` to resume"
                 )
             await asyncio.sleep(POLL_S)
         final = (await session.query("rotation")).rotation
@@ -269,7 +299,8 @@ async def rotate(root: Path, *, timeout: float, quiet: bool) -> dict[str, object
     return {
         "epoch": final.epoch,
         "retired_epoch": final.epoch - 1,
-        "envelopes": sum(final.envelopes.values()),
+        "envelopes": sum(final.envelopes.values()),  # live now, under the current epoch
+        "rewrapped": rewrapped,  # of them, re-wrapped from the retired epoch by this rotation
         "nodes_verified": verified,
         "seconds": round(time.monotonic() - started, 3),
         "phases": phases,  # seconds from the start: dealt, re-wrapped, verified
@@ -293,14 +324,18 @@ def rotate_key(home: Path | None, as_json: bool, timeout: float) -> None:
     with it: the revoked node gets no share of the new epoch.
     """
     root = resolve_home(home)
-    if not (fleet_dir(root) / ROSTER_FILE).exists():
-        raise ConfigurationError(f"no roster in {fleet_dir(root)}; is this an admin home?")
-    result = run(rotate(root, timeout=timeout, quiet=as_json))
+    try:
+        result = run(rotate(root, timeout=timeout, quiet=as_json))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted; what is done so far is kept in the backend: run "
+            f"`{command('fleet', 'rotate-key', '--home', root)}` again to resume the rotation"
+        ) from None
     if as_json:
         click.echo(json.dumps(result))
     else:
         click.echo(
             f"fleet key rotated: epoch {result['epoch']} is current, epoch "
-            f"{result['retired_epoch']} retired ({result['envelopes']} envelope(s) re-wrapped, "
+            f"{result['retired_epoch']} retired ({result['rewrapped']} envelope(s) re-wrapped, "
             f"{result['seconds']}s)"
         )

@@ -8,6 +8,7 @@ import click
 
 from flashgate.errors import ConfigurationError
 from flashgate.events.schemas import drift, export
+from flashgate.runnable import command
 
 
 @click.group()
@@ -25,7 +26,7 @@ def export_cmd(out: Path, check: bool) -> None:
         if problems:
             raise ConfigurationError(
                 f"schemas in {out} are stale ({'; '.join(problems[:5])}); "
-                "run: flashgate schemas export"
+                f"run: {command('schemas', 'export', '--out', out)}"
             )
         click.echo(f"schemas in {out} match the wire types", err=True)
         return

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from flashgate.cli.home import resolve_home
+from flashgate.cli.output import emit, json_option
 from flashgate.cli.session import AdminSession, run
 from flashgate.crypto import jwe
 from flashgate.crypto.context import HEADER_PARAM, SecretContext
@@ -64,7 +65,6 @@ home_option = click.option(
     default=None,
     help="Admin home (default $FLASHGATE_HOME or ./.flashgate).",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -279,10 +279,6 @@ async def every_page(session: AdminSession, what: str, **query: Any) -> list[Ans
         after = answer.next
 
 
-def emit(as_json: bool, document: dict[str, Any], text: str) -> None:
-    click.echo(json.dumps(document, sort_keys=True) if as_json else text)
-
-
 @click.group()
 def secret() -> None:
     """Secrets of a running system (needs FLASHGATE_PASSPHRASE for the admin key)."""
@@ -444,7 +440,7 @@ def list_(repo: str | None, include_deleted: bool, home: Path | None, as_json: b
         validate_name(repo, "repository name")
 
     async def go() -> None:
-        async with AdminSession(resolve_home(home)) as session:
+        async with AdminSession(resolve_home(home), signing=False) as session:
             pages = await every_page(session, "secrets", repo=repo, include_deleted=include_deleted)
         rows = [info for answer in pages for info in answer.secrets or []]
         if as_json:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -27,8 +26,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
 from flashgate.broker.connection import broker_errors, connect
-from flashgate.cli.dev import flashgate_command
-from flashgate.cli.home import fleet_dir, load_config
+from flashgate.cli.home import (
+    fleet_dir,
+    home_file,
+    load_config,
+    load_home_descriptor,
+    load_home_roster,
+    read_admin_key,
+)
 from flashgate.cli.passphrase import get_passphrase
 from flashgate.crypto import box
 from flashgate.crypto.encoding import b64url_decode
@@ -65,14 +70,9 @@ from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.files import (
-    ADMIN_KEY_FILE,
-    ROSTER_FILE,
-    load_descriptor,
-    load_roster,
-    write_atomic,
-)
+from flashgate.fleet.files import ADMIN_KEY_FILE, ROSTER_FILE, write_atomic
 from flashgate.fleet.signing import load_ed25519_public
+from flashgate.runnable import command
 
 
 class CommandRejected(FlashgateError):
@@ -93,6 +93,10 @@ class NoOutcome(FlashgateError):
 
 def new_command_id() -> str:
     return "cli-" + secrets.token_hex(12)
+
+
+#: Carriage return, then ANSI "erase the entire line" (only ever written to a terminal).
+CLEAR_LINE = "\r\x1b[2K"
 
 
 @contextlib.contextmanager
@@ -118,14 +122,22 @@ def spinner(text: str, enabled: bool) -> Iterator[None]:
     finally:
         stop = True
         task.cancel()
-        sys.stderr.write("\r" + " " * (len(text) + 2) + "\r")
+        # Erase the whole line (whatever was on it before the spinner, e.g. a progress bar
+        # longer than the spinner's text), cursor at its start.
+        sys.stderr.write(CLEAR_LINE)
         sys.stderr.flush()
 
 
 class AdminSession:
-    def __init__(self, home: Path, *, actor: str | None = None) -> None:
+    """The admin home's files are all read and checked here, before any connection: a
+    missing or unusable one is a :class:`HomeFileError` naming it and what to do.
+    ``signing=False`` (listing commands) does not need ``admin.key``."""
+
+    def __init__(self, home: Path, *, actor: str | None = None, signing: bool = True) -> None:
         self.home = home
-        self.descriptor: FleetDescriptor = load_descriptor(fleet_dir(home))
+        self.descriptor: FleetDescriptor = load_home_descriptor(home)
+        load_home_roster(home, self.descriptor)  # checked now; read again where it is used
+        self._admin_blob = read_admin_key(home) if signing else None
         self.names = FleetNames(self.descriptor.fleet)
         self.config = load_config(home)
         self.actor = actor or "admin:cli"
@@ -148,8 +160,12 @@ class AdminSession:
     @property
     def admin_key(self) -> Ed25519PrivateKey:
         if self._admin is None:
-            blob = (fleet_dir(self.home) / ADMIN_KEY_FILE).read_bytes()
-            self._admin = open_admin_key(blob, get_passphrase(confirm=False), self.descriptor)
+            blob = self._admin_blob or read_admin_key(self.home)
+            try:
+                self._admin = open_admin_key(blob, get_passphrase(confirm=False), self.descriptor)
+            except FlashgateError as exc:
+                path = home_file(self.home, ADMIN_KEY_FILE)
+                raise type(exc)(f"{path}: {exc.message}") from exc
         return self._admin
 
     async def __aenter__(self) -> Self:
@@ -166,7 +182,7 @@ class AdminSession:
         except BrokerUnavailable as exc:
             if isinstance(exc, NoResponders):
                 raise
-            start = f"{flashgate_command()} dev up --home {shlex.quote(str(self.home))}"
+            start = command("dev", "up", "--home", self.home)
             raise BrokerUnavailable(
                 f"{exc.message}; is the cluster up? (start it with: {start})"
             ) from exc
@@ -327,7 +343,7 @@ class AdminSession:
         when its serial is higher (a revocation made elsewhere, or one whose outcome this
         CLI did not see in time); the home's file is updated to it."""
         assert self.nc is not None
-        local = load_roster(fleet_dir(self.home), self.descriptor)
+        local = load_home_roster(self.home, self.descriptor)
         with broker_errors("reading the roster from the fleet bucket"):
             kv = await self.nc.jetstream().key_value(self.names.fleet_bucket)
             try:
@@ -348,9 +364,8 @@ class AdminSession:
         """A node's Ed25519 key, from the home's roster (or the descriptor without one)."""
         if self._node_keys is None:
             keys = {n.id: n.signing_key for n in self.descriptor.nodes}
-            if (fleet_dir(self.home) / ROSTER_FILE).exists():
-                roster = load_roster(fleet_dir(self.home), self.descriptor)
-                keys |= {n.id: n.signing_key for n in roster.nodes}
+            roster = load_home_roster(self.home, self.descriptor)
+            keys |= {n.id: n.signing_key for n in roster.nodes}
             self._node_keys = keys
         if node_id not in self._node_keys:
             raise UnknownNode(f"{node_id} is not in this home's roster")

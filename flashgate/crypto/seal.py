@@ -127,12 +127,12 @@ def seal(
     return header + AESGCM(key).encrypt(nonce, data, header)
 
 
-def unseal(blob: bytes, passphrase: str, purpose: str) -> bytes:
-    """Open a sealed file of the given purpose. Raises :class:`UnsealError` (or its child
-    :class:`MalformedSealedFile` when the file is not a sealed file of that purpose)."""
+def sealed_purpose(blob: bytes) -> str:
+    """The purpose a sealed file names (``node-bundle``, ``admin-key``, ...), from its
+    header alone (no passphrase). Raises :class:`MalformedSealedFile` for a blob that is not
+    a whole sealed file of this format."""
     if len(blob) > MAX_SEALED_BYTES:
         raise OversizedInput(f"sealed file over {MAX_SEALED_BYTES} bytes")
-    want = _check_purpose(purpose)
     if len(blob) < 8 or blob[:6] != MAGIC:
         raise MalformedSealedFile("not a flashgate sealed file")
     if blob[6] != VERSION:
@@ -141,11 +141,23 @@ def unseal(blob: bytes, passphrase: str, purpose: str) -> bytes:
     fixed = 8 + plen + 1 + _PARAMS.size + SALT_BYTES + NONCE_BYTES
     if len(blob) < fixed + 16:
         raise MalformedSealedFile("sealed file is truncated")
-    purpose_raw = blob[8 : 8 + plen]
-    if purpose_raw != want:
-        raise MalformedSealedFile(
-            f"sealed file holds a {purpose_raw.decode('ascii', 'replace')!r}, not a {purpose!r}"
-        )
+    return blob[8 : 8 + plen].decode("ascii", "replace")
+
+
+def check_sealed(blob: bytes, purpose: str) -> None:
+    """Raise :class:`MalformedSealedFile` unless ``blob`` is a sealed file of ``purpose``."""
+    found = sealed_purpose(blob)
+    if found != purpose:
+        raise MalformedSealedFile(f"sealed file holds a {found!r}, not a {purpose!r}")
+
+
+def unseal(blob: bytes, passphrase: str, purpose: str) -> bytes:
+    """Open a sealed file of the given purpose. Raises :class:`UnsealError` (or its child
+    :class:`MalformedSealedFile` when the file is not a sealed file of that purpose)."""
+    _check_purpose(purpose)
+    check_sealed(blob, purpose)
+    plen = blob[7]
+    fixed = 8 + plen + 1 + _PARAMS.size + SALT_BYTES + NONCE_BYTES
     pos = 8 + plen
     if blob[pos] != KDF_ARGON2ID:
         raise MalformedSealedFile("sealed file uses an unknown key derivation")

@@ -105,6 +105,9 @@ class RotationInfo(msgspec.Struct, frozen=True, kw_only=True):
     epoch: Epoch
     rotating_to: Epoch | None = None
     envelopes: dict[Epoch, Count] = {}
+    #: envelopes re-wrapped from ``epoch`` to ``rotating_to`` in the rotation under way (one
+    #: written under the new epoch is no re-wrap; a re-wrap reverted does not count)
+    rewrapped: Count = 0
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):

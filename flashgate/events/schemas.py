@@ -115,7 +115,7 @@ def _normalized(node: Any) -> Any:
 
 
 def render(spec: SchemaSpec) -> dict[str, Any]:
-    body = _normalized(msgspec.json.schema(spec.type))
+    body: dict[str, Any] = _normalized(msgspec.json.schema(spec.type))
     if spec.name == "domain-event":  # ``data`` is raw in the attributes Struct
         body["$defs"]["CloudEventAttributes"]["properties"]["data"] = {
             "description": "the payload; its schema is named by dataschema",

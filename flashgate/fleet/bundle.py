@@ -174,3 +174,54 @@ def open_admin_key(blob: bytes, passphrase: str, descriptor: FleetDescriptor) ->
     if contents.fleet != descriptor.fleet or public_b64(key) != descriptor.admin_key:
         raise FleetMismatch("this admin key does not belong to the fleet descriptor")
     return key
+
+
+@dataclass(frozen=True)
+class Resealed:
+    purpose: str  # BUNDLE_PURPOSE or ADMIN_KEY_PURPOSE
+    fleet: str
+    node_id: str | None  # a bundle's node
+    epoch: int | None  # a bundle's epoch
+    blob: bytes
+
+    def __repr__(self) -> str:
+        return f"Resealed(purpose={self.purpose!r}, fleet={self.fleet!r}, node_id={self.node_id!r})"
+
+
+def reseal(
+    blob: bytes,
+    old_passphrase: str,
+    new_passphrase: str,
+    *,
+    params: seal.KdfParams = seal.DEFAULT_KDF,
+    rng: Rng = SYSTEM_RNG,
+) -> Resealed:
+    """Open a node bundle or a sealed admin key with ``old_passphrase`` (a bundle is fully
+    checked, as a node would) and seal the same contents with ``new_passphrase`` (a fresh
+    salt and nonce: the old passphrase opens nothing of the result)."""
+    seal.check_passphrase(new_passphrase)
+    purpose = seal.sealed_purpose(blob)
+    if purpose == BUNDLE_PURPOSE:
+        bundle = open_bundle(blob, old_passphrase)
+        return Resealed(
+            purpose=purpose,
+            fleet=bundle.fleet,
+            node_id=bundle.node_id,
+            epoch=bundle.epoch,
+            blob=bundle.seal(new_passphrase, params=params, rng=rng),
+        )
+    if purpose == ADMIN_KEY_PURPOSE:
+        raw = seal.unseal(blob, old_passphrase, ADMIN_KEY_PURPOSE)
+        try:
+            contents = msgspec.msgpack.decode(raw, type=AdminKeyFile)
+            Ed25519PrivateKey.from_private_bytes(b64url_decode(contents.signing_key, "key"))
+        except (msgspec.ValidationError, msgspec.DecodeError, FlashgateError, ValueError) as exc:
+            raise MalformedSealedFile("admin key file contents are invalid") from exc
+        return Resealed(
+            purpose=purpose,
+            fleet=contents.fleet,
+            node_id=None,
+            epoch=None,
+            blob=seal.seal(raw, new_passphrase, ADMIN_KEY_PURPOSE, params=params, rng=rng),
+        )
+    raise MalformedSealedFile(f"sealed file holds a {purpose!r}, not a node bundle or an admin key")

@@ -66,6 +66,11 @@ def load_descriptor(fleet_dir: Path, pinned_admin_key: str | None = None) -> Fle
     """Read ``fleet.json`` and check its signature (against ``pinned_admin_key`` when given,
     else against the admin key it names: the fleet directory is then the trust anchor)."""
     data = read_limited(fleet_dir / DESCRIPTOR_FILE, MAX_DESCRIPTOR_BYTES, "fleet descriptor")
+    return parse_descriptor(data, pinned_admin_key)
+
+
+def parse_descriptor(data: bytes, pinned_admin_key: str | None = None) -> FleetDescriptor:
+    """Decode ``fleet.json``'s bytes and check the signature (see :func:`load_descriptor`)."""
     descriptor = decode_descriptor(data)
     verify_descriptor(descriptor, pinned_admin_key or descriptor.admin_key)
     return descriptor
@@ -73,7 +78,13 @@ def load_descriptor(fleet_dir: Path, pinned_admin_key: str | None = None) -> Fle
 
 def load_roster(fleet_dir: Path, descriptor: FleetDescriptor) -> Roster:
     """Read ``roster.json`` and check it: signed by the descriptor's admin, same fleet."""
-    roster = ROSTER_CODEC.decode(read_limited(fleet_dir / ROSTER_FILE, MAX_ROSTER_BYTES, "roster"))
+    data = read_limited(fleet_dir / ROSTER_FILE, MAX_ROSTER_BYTES, "roster")
+    return parse_roster(data, descriptor)
+
+
+def parse_roster(data: bytes, descriptor: FleetDescriptor) -> Roster:
+    """Decode ``roster.json``'s bytes and check them (see :func:`load_roster`)."""
+    roster = ROSTER_CODEC.decode(data)
     verify(roster, load_ed25519_public(descriptor.admin_key, "admin key"))
     if roster.fleet != descriptor.fleet:
         raise FleetMismatch(f"roster is for fleet {roster.fleet!r}, not {descriptor.fleet!r}")

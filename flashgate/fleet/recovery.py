@@ -12,9 +12,19 @@ from dataclasses import dataclass, field
 from flashgate.crypto import jwe
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.decrypt import OpenedSecret, open_jwe
+from flashgate.crypto.publickey import fleet_kid
 from flashgate.crypto.threshold.combine import combine, combine_robust
+from flashgate.crypto.threshold.keys import ThresholdPublicKey
 from flashgate.crypto.threshold.partial import partial_decrypt, prove
-from flashgate.errors import CombineCheckFailed, DuplicateShares, FleetMismatch, NotEnoughShares
+from flashgate.errors import (
+    CombineCheckFailed,
+    DecryptionError,
+    DuplicateShares,
+    FleetMismatch,
+    InvalidCiphertext,
+    NotEnoughShares,
+    StaleEpoch,
+)
 from flashgate.events.fleet import FleetDescriptor
 from flashgate.fleet.bundle import NodeBundle
 
@@ -62,6 +72,37 @@ def check_bundles(
         )
 
 
+def _kid_epoch(kid: object, fleet: str) -> int | None:
+    """The epoch a ``kid`` of this fleet names (``flashgate:<fleet>:<epoch>``), else None."""
+    prefix = fleet_kid(fleet, 0)[:-1]
+    if isinstance(kid, str) and kid.startswith(prefix) and kid[len(prefix) :].isdigit():
+        return int(kid[len(prefix) :])
+    return None
+
+
+def check_epoch(descriptor: FleetDescriptor, jwe_epoch: int, source: str) -> None:
+    """Refuse a JWE of another fleet key epoch than the descriptor's (and the bundles',
+    which :func:`check_bundles` holds to it), saying which epoch it needs."""
+    have = descriptor.epoch
+    if jwe_epoch == have:
+        return
+    if jwe_epoch < have:
+        advice = (
+            f"epoch {jwe_epoch} was retired by a key rotation: recover it with the fleet.json "
+            f"and bundles of epoch {jwe_epoch} (backups from before the rotation), or take "
+            f"the secret's current envelope (re-wrapped under epoch {have})"
+        )
+    else:
+        advice = (
+            f"use the fleet.json and bundles of epoch {jwe_epoch} (the admin home's fleet.json "
+            "names the current epoch; nodes re-seal their bundles when a rotation completes)"
+        )
+    raise StaleEpoch(
+        f"this JWE is under fleet key epoch {jwe_epoch} ({source}); fleet.json and the "
+        f"bundles are for epoch {have}: {advice}"
+    )
+
+
 def recover(
     descriptor: FleetDescriptor,
     bundles: Sequence[NodeBundle],
@@ -69,7 +110,10 @@ def recover(
     *,
     expected: SecretContext | None = None,
     labels: Sequence[str] | None = None,
+    epoch: int | None = None,
 ) -> Recovered:
+    """``epoch``: the JWE's fleet key epoch when known (an envelope's ``epoch``); else the
+    JWE's ``kid`` names it, if it has one (a JWE does not otherwise carry its epoch)."""
     check_bundles(descriptor, bundles, labels)
     public = bundles[0].public
     parsed = jwe.parse(token)
@@ -77,6 +121,30 @@ def recover(
         raise FleetMismatch(
             f"envelope is for fleet {parsed.context.fleet!r}, not {descriptor.fleet!r}"
         )
+    kid = parsed.header.get("kid")
+    if epoch is not None:
+        check_epoch(descriptor, epoch, "the envelope's epoch")
+    elif (kid_epoch := _kid_epoch(kid, descriptor.fleet)) is not None:
+        check_epoch(descriptor, kid_epoch, f"its kid {kid}")
+    try:
+        return _decrypt(public, bundles, parsed, expected)
+    except (DecryptionError, InvalidCiphertext) as exc:
+        if epoch is not None or kid is not None:
+            raise
+        raise type(exc)(
+            f"{exc.message}; fleet.json and the bundles are for fleet key epoch "
+            f"{descriptor.epoch}, and this JWE names no epoch: one written under another "
+            "epoch needs that epoch's fleet.json and bundles (give the whole envelope, "
+            "with its epoch, to have it checked)"
+        ) from exc
+
+
+def _decrypt(
+    public: ThresholdPublicKey,
+    bundles: Sequence[NodeBundle],
+    parsed: jwe.ParsedJWE,
+    expected: SecretContext | None,
+) -> Recovered:
     c = parsed.wrapped_key(public.key)
     ordered = sorted(bundles, key=lambda b: b.index)
     first = ordered[: public.threshold]

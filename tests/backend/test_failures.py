@@ -235,6 +235,7 @@ async def test_two_replicas_on_postgresql_apply_each_command_once(
         await asyncio.sleep(1.0)
         created = [e for e in admin.events if e.type.endswith("secret.created")]
         assert len(created) == len({e.data.command_id for e in created}) == len(commands)
+
         # The relay publishes the bucket's puts after the outcomes; on a loaded machine that
         # can take longer than the second above, so wait for them rather than sample once.
         async def every_key_published() -> bool:

@@ -143,7 +143,12 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
     assert (await fleet_kv.get("descriptor.2")).value is not None
 
     answer = await admin.query("rotation")
-    assert answer["rotation"] == {"epoch": 1, "rotating_to": 2, "envelopes": {"1": 3}}
+    assert answer["rotation"] == {
+        "epoch": 1,
+        "rotating_to": 2,
+        "envelopes": {"1": 3},
+        "rewrapped": 0,
+    }
 
     # Retiring now is refused: envelopes still use epoch 1.
     finish = sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), admin.fleet.admin)
@@ -213,7 +218,12 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
     verify(retirement, admin.fleet.admin.public_key())
     assert (await fleet_kv.get("epoch")).value == b"2"
     answer = await admin.query("rotation")
-    assert answer["rotation"] == {"epoch": 2, "rotating_to": None, "envelopes": {"2": 3}}
+    assert answer["rotation"] == {
+        "epoch": 2,
+        "rotating_to": None,
+        "envelopes": {"2": 3},
+        "rewrapped": 0,
+    }
 
     # Epoch 1 is gone for writers; epoch 2 is current.
     old = await admin.send(admin.rotate("payments", "db", b"v2", version=2))
@@ -235,6 +245,55 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
     )
     assert (await admin.send(put2)).type == "io.flashgate.secret.rotated"
     assert (await wait_kv(admin, "payments.db", 2)).epoch == 2
+
+
+async def test_rewrapped_counts_only_rewraps_from_the_old_epoch(
+    backend: Backend, admin: AdminClient
+) -> None:
+    """A secret written under the new epoch during the rotation is live under it but was
+    never re-wrapped: the rotation query's ``rewrapped`` leaves it out (and `fleet
+    rotate-key` reports that count)."""
+    await admin.send(admin.put("payments", "db", b"db-value"))
+    await admin.send(admin.put("payments", "s3", b"s3-value"))
+    envelopes = {k: await wait_kv(admin, k, 1) for k in ("payments.db", "payments.s3")}
+    dealt = next_epoch(admin)
+    started = await admin.send(
+        sign(
+            cmd.StartKeyRotation(
+                **admin.base(), from_epoch=1, descriptor=dealt.descriptor, shares=list(dealt.shares)
+            ),
+            admin.fleet.admin,
+        )
+    )
+    assert started.type == "io.flashgate.fleet.rotation.started"
+    new_key = fleet_public_key(dealt.descriptor)
+    ctx = SecretContext(
+        fleet=admin.fleet.name, repo="payments", name="new", kind="generic", version=1
+    )
+    written = await admin.send(
+        sign(
+            cmd.PutSecret(
+                **admin.base(),
+                repo="payments",
+                name="new",
+                kind="generic",
+                version=1,
+                epoch=2,
+                jwe=encrypt_secret(new_key, ctx, b"written under epoch 2"),
+            ),
+            admin.fleet.admin,
+        )
+    )
+    assert written.type == "io.flashgate.secret.created", written
+    env = envelopes["payments.db"]
+    item = RewrapItem(
+        "payments.db", 1, rewrap(jwe.parse(env.jwe), y_of(admin, env.jwe), admin.fleet.key, new_key)
+    )
+    assert (await send_rewrap(admin, [item])).accepted == 1
+
+    rotation = (await admin.query("rotation"))["rotation"]
+    assert rotation["envelopes"] == {"1": 1, "2": 2}
+    assert rotation["rewrapped"] == 1
 
 
 def bad_rewrap(token: str, new_key: FleetPublicKey) -> str:

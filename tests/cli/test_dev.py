@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from flashgate.broker.server import find_nats_server, free_port
-from flashgate.cli.dev import DEV_PASSPHRASE, flashgate_command
+from flashgate.cli.dev import DEV_PASSPHRASE
 from flashgate.cli.home import HomeConfig, RoleLogin, save_config
+from flashgate.runnable import flashgate_command
 from tests.cli.conftest import UNSET, Fleet, Result, run_cli
 
 USER_PASSPHRASE = "a-passphrase-the-user-chose"

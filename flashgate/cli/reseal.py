@@ -1,0 +1,88 @@
+"""``flashgate fleet reseal FILE``: change the passphrase of a node bundle or ``admin.key``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from flashgate.cli.output import emit, json_option
+from flashgate.cli.passphrase import PASSPHRASE_ENV, env_passphrase, prompt_passphrase
+from flashgate.crypto import seal
+from flashgate.errors import ConfigurationError, FlashgateError, MalformedSealedFile
+from flashgate.fleet.bundle import BUNDLE_PURPOSE, reseal
+from flashgate.fleet.files import read_limited, write_atomic
+
+
+@click.command("reseal")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--old-passphrase-env",
+    metavar="VAR",
+    default=None,
+    help=f"The current passphrase is in VAR (default {PASSPHRASE_ENV}, else a prompt).",
+)
+@click.option(
+    "--new-passphrase-env",
+    metavar="VAR",
+    default=None,
+    help="The new passphrase is in VAR (default: a prompt, typed twice).",
+)
+@json_option
+def reseal_cmd(
+    file: Path, old_passphrase_env: str | None, new_passphrase_env: str | None, as_json: bool
+) -> None:
+    """Seal a node bundle or admin.key with a new passphrase.
+
+    The file is fully opened and checked with the current passphrase, sealed again with
+    the new one (a fresh salt), and replaced atomically (mode 0600): afterwards only the
+    new passphrase opens it."""
+    target = file.resolve() if file.is_symlink() else file
+    blob = read_limited(target, seal.MAX_SEALED_BYTES, "sealed file")
+    try:
+        purpose = seal.sealed_purpose(blob)
+    except FlashgateError as exc:
+        raise MalformedSealedFile(f"{file}: {exc.message}") from exc
+    old = _passphrase(old_passphrase_env, f"current passphrase of {file}", confirm=False)
+    new = (
+        env_passphrase(new_passphrase_env)
+        if new_passphrase_env
+        else prompt_passphrase(
+            f"new passphrase for {file}", confirm=True, hint="give --new-passphrase-env VAR"
+        )
+    )
+    if new == old:
+        raise ConfigurationError("the new passphrase is the current one")
+    seal.check_passphrase(new)
+    try:
+        result = reseal(blob, old, new)
+    except FlashgateError as exc:
+        raise type(exc)(f"{file}: {exc.message}") from exc
+    write_atomic(target, result.blob, 0o600)
+    what = (
+        f"node bundle of {result.node_id} (fleet {result.fleet!r}, epoch {result.epoch})"
+        if purpose == BUNDLE_PURPOSE
+        else f"admin key of fleet {result.fleet!r}"
+    )
+    emit(
+        as_json,
+        {
+            "file": str(file),
+            "kind": purpose,
+            "fleet": result.fleet,
+            "node_id": result.node_id,
+            "epoch": result.epoch,
+        },
+        f"{file}: {what} resealed; only the new passphrase opens it",
+    )
+
+
+def _passphrase(var: str | None, prompt: str, *, confirm: bool) -> str:
+    if var:
+        return env_passphrase(var)
+    if PASSPHRASE_ENV in os.environ:
+        return env_passphrase(PASSPHRASE_ENV)
+    return prompt_passphrase(
+        prompt, confirm=confirm, hint=f"set {PASSPHRASE_ENV} or give --old-passphrase-env VAR"
+    )
