@@ -42,7 +42,7 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 #: What to do about each file of the home when it is missing or unusable.
-def _remedy(home: Path, name: str) -> str:
+def home_file_remedy(home: Path, name: str) -> str:
     """What to do about a missing or unusable home file; every command in it runs as pasted."""
     admin_home = "or point --home / FLASHGATE_HOME at the admin home"
     if name == CONFIG_FILE:
@@ -85,7 +85,7 @@ def home_file(home: Path, name: str) -> Path:
 
 
 def _home_file_error(home: Path, name: str, problem: str) -> HomeFileError:
-    remedy = _remedy(home, name)
+    remedy = home_file_remedy(home, name)
     problem = " ".join(problem.split())  # one line, whatever the cause says
     return HomeFileError(f"{home_file(home, name)} {problem}: {remedy}")
 
@@ -145,11 +145,12 @@ def load_config(home: Path) -> HomeConfig:
         if url:
             return HomeConfig(nats=[u.strip() for u in url.split(",") if u.strip()])
     data = read_home_file(home, CONFIG_FILE, MAX_CONFIG_BYTES)
-    warn_if_readable_by_others(home_file(home, CONFIG_FILE))
     try:
-        return msgspec.json.decode(data, type=HomeConfig)
+        config = msgspec.json.decode(data, type=HomeConfig)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _home_file_error(home, CONFIG_FILE, f"is not a valid config ({exc})") from exc
+    warn_if_readable_by_others(home_file(home, CONFIG_FILE))  # after the error, if any: one line
+    return config
 
 
 def warn_if_readable_by_others(path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flashgate.cli.home import HOME_FILE_REMEDIES
+from flashgate.cli.home import HomeConfig, home_file_remedy, save_config
 from tests.cli.conftest import Fleet, Result, run_cli
 from tests.helpers import TEST_PASSPHRASE
 
@@ -39,7 +39,7 @@ FILES = {
 def make_home(base: Path, demo: Fleet) -> Path:
     home = base / "home"
     shutil.copytree(demo.dir, home / "fleet")
-    (home / "config.json").write_text(json.dumps({"nats": ["nats://127.0.0.1:1"]}))
+    save_config(home, HomeConfig(nats=["nats://127.0.0.1:1"]))  # 0600, as the CLI writes it
     return home
 
 
@@ -59,7 +59,7 @@ def assert_names_file(result: Result, path: Path, remedy: str) -> None:
     assert len(lines) == 1, f"not one line:\n{result}"
     assert lines[0].startswith("flashgate: error: "), str(result)
     assert str(path) in lines[0], str(result)
-    assert remedy.split("{home}")[0] in lines[0], str(result)
+    assert lines[0].endswith(remedy), str(result)
     assert TEST_PASSPHRASE not in err
 
 
@@ -74,7 +74,7 @@ def test_command_names_the_unusable_home_file(
     damage(path, how)
     args, stdin = COMMANDS[command]
     result = run_cli(*args, "--home", home, input=stdin, env={"FLASHGATE_NATS_URL": ""})
-    assert_names_file(result, path, HOME_FILE_REMEDIES[file])
+    assert_names_file(result, path, home_file_remedy(home, file))
 
 
 @pytest.mark.parametrize("command", ["fleet-status", "node-revoke"])

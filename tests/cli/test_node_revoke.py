@@ -14,6 +14,7 @@ import pytest
 
 from flashgate.backend import db
 from flashgate.backend.service import Backend, BackendSettings
+from flashgate.cli.home import HomeConfig, save_config
 from flashgate.cli.node import check_revocation
 from flashgate.errors import BelowThreshold
 from flashgate.events.fleet import ROSTER_CODEC
@@ -29,7 +30,7 @@ async def home(tmp_path: Path, nats_url: str) -> AsyncIterator[Path]:
     fleet = make_fleet(tmp_path / "fleets")
     home = tmp_path / "home"
     shutil.copytree(fleet.dir, home / "fleet")
-    (home / "config.json").write_text(json.dumps({"nats": [nats_url]}))
+    save_config(home, HomeConfig(nats=[nats_url]))  # 0600, as the CLI writes it
     url = sqlite_url(tmp_path / "backend.db")
     await asyncio.to_thread(db.migrate, url)
     service = Backend(BackendSettings(nats_urls=[nats_url], db_url=url, fleet_dir=fleet.dir))

@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from flashgate.cli.home import HomeConfig, save_config
 from flashgate.events.subjects import FleetNames
 from tests.backend.conftest import make_fleet
 from tests.helpers import TEST_PASSPHRASE
@@ -32,7 +33,7 @@ async def interrupt_while_querying(
     fleet = make_fleet(tmp_path / "fleets")
     home = tmp_path / "home"
     shutil.copytree(fleet.dir, home / "fleet")
-    (home / "config.json").write_text(json.dumps({"nats": [nats_url]}))
+    save_config(home, HomeConfig(nats=[nats_url]))  # 0600, as the CLI writes it
 
     asked = asyncio.Event()
 
