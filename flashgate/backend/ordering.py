@@ -139,9 +139,11 @@ class Sequencer:
         top = steps[-1].seq
         if self._has_gap(top, batch):
             self._floor(await self._consumer_info(), top - 1)
+            last = {target: found[-1].seq for target, found in lanes.items()}
             for seq in await self._gaps(top, batch):
                 target = self._lanes[seq]
-                if target != NO_LANE and target in lanes:
+                # Only what comes before one of the batch's commands of its target.
+                if target != NO_LANE and seq < last.get(target, 0):
                     lanes[target].append(Step(seq, None))
         return [sorted(found, key=lambda s: s.seq) for found in lanes.values()]
 
