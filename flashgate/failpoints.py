@@ -7,8 +7,9 @@ duplicates nothing.
 
 ``name=stop@N`` instead stops the process (``SIGSTOP``) at the N-th hit, so that a test
 can SIGKILL it at a known point: in the middle of a batch of commands it fetched and has
-not acknowledged. ``name@N`` exits at the N-th hit. Unset in production; reading it costs
-one dict lookup.
+not acknowledged. ``name=raise@N`` raises :class:`FailpointError` there (as a database
+that fails once would), ``name@N`` exits at the N-th hit. Points: ``backend.after_commit``,
+``backend.before_apply``. Unset in production; reading it costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def _parse(spec: str) -> dict[str, tuple[str, int]]:
     return points
 
 
+class FailpointError(RuntimeError):
+    """Raised by a ``raise`` failpoint (tests only)."""
+
+
 _ACTIVE = _parse(os.environ.get(ENV, ""))
 _HITS: dict[str, int] = {}
 
@@ -48,4 +53,6 @@ def hit(name: str) -> None:
     if action == "stop":
         os.kill(os.getpid(), signal.SIGSTOP)
         return
+    if action == "raise":
+        raise FailpointError(f"failpoint {name}")
     os._exit(EXIT_CODE)

@@ -287,6 +287,7 @@ class CommandProcessor:
             self._check_envelope_of_command(command, verify_signature=not trusted)
         except FlashgateError as exc:
             return await self._reject(command, exc)
+        failpoints.hit("backend.before_apply")
         for attempt in range(MAX_APPLY_ATTEMPTS):
             try:
                 outcome = await self._apply(command)

@@ -480,3 +480,29 @@ async def test_an_idle_fetch_is_not_a_failure(
     finally:
         await sub.unsubscribe()
     assert [e for e in logs if e["event"] == "fetching commands failed; retrying"] == []
+
+
+async def test_a_command_that_fails_holds_the_later_commands_of_its_target(
+    nats_url: str, fleet: FleetFixture, admin: AdminClient, tmp_path: Path
+) -> None:
+    """v2 of a secret fails once (as a database error would) and is nak'd: v3 behind it
+    in the same batch waits for it instead of being rejected as a version gap."""
+    url = f"sqlite:///{tmp_path / 'hold.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    log = tmp_path / "backend.log"
+    commands = [admin.put("hold", "k", b"v1")] + [
+        admin.rotate("hold", "k", f"v{v}".encode(), version=v) for v in (2, 3, 4)
+    ]
+    for command in commands:  # one batch
+        await admin.publish(command)
+    process = backend_process(nats_url, url, fleet, log, "backend.before_apply=raise@2")
+    try:
+        for command in commands:
+            event = await admin.outcome(command.command_id, timeout=30)
+            assert not event.type.endswith("rejected"), event.data
+    finally:
+        process.kill()
+        await asyncio.to_thread(process.wait, 10)
+    assert "failpoint backend.before_apply" in log.read_text()  # it did fail once
+    versions = [e.data.version for e in admin.events if e.type.endswith("secret.rotated")]
+    assert versions == [2, 3, 4]
