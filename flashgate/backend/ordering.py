@@ -12,10 +12,13 @@ So the backend never applies a command while an earlier command of the same targ
 (a secret, an API key) may be unprocessed. Before a fetched batch, the
 :class:`Sequencer` lists the stream sequences between the consumer's ack floor and the
 batch that nobody has acknowledged and this backend has not processed, reads from the
-stream those of the batch's targets, and the backend applies them first, each lane in
-stream order. On start it does the same for every target, up to the last message the
-consumer delivered, so a restarted backend finishes what its predecessor had fetched
-without waiting for ``ack_wait``. ``processed_commands`` keeps each command applied once:
+stream those that come before one of the batch's commands of their target, and the
+backend applies them first, each lane in stream order. On start, a backend that is the
+fleet's only one (SQLite) does the same for every target, up to the last message the
+consumer delivered, so it finishes what its predecessor had fetched without waiting for
+``ack_wait``; PostgreSQL replicas do not (another replica may be applying those very
+commands): a dead replica's come back after ``ack_wait``, or earlier when a later
+command of their target pulls them ahead. ``processed_commands`` keeps each command applied once:
 whoever holds the delivery of a command applied here finds it processed (this backend
 acknowledges such a delivery without applying it again). The consumer info is asked for
 only when there is such a gap: a lone backend in steady state never asks.

@@ -335,7 +335,11 @@ class Backend:
                 await asyncio.sleep(1.0)
         gate = asyncio.Semaphore(concurrency)
         sequencer = Sequencer(self.js, names.command_stream, sub.consumer_info)
-        while not self._stopping.is_set():  # first what a previous backend left unfinished
+        # First what a previous backend left unacknowledged, on SQLite, where this is the
+        # fleet's one backend. PostgreSQL replicas could be holding those very commands:
+        # there, a dead replica's come back after ack_wait, unless a later command of
+        # their target fetched meanwhile pulls them ahead (Sequencer.plan).
+        while not self._stopping.is_set() and not self._is_postgres:
             try:
                 with broker_errors("reading unacknowledged commands"):
                     lanes = await sequencer.catch_up()
