@@ -373,9 +373,10 @@ async def test_sigkilled_backend_keeps_the_order_of_pipelined_writes(
 
     for command in commands:  # pipelined, before the backend starts: a backlog
         await admin.publish(command)
-    # The first run stops itself in the middle of its first batch (at its 20th commit),
-    # the second in its second batch (after finishing the first one's), and each is
-    # SIGKILLed there; the third run is left to finish.
+    # The first run stops itself in the middle of its first batch (at its 20th commit);
+    # the second applies what the first left unacknowledged (43 commands), then stops in
+    # the middle of the first batch it fetches. Each is SIGKILLed there, and restarted at
+    # once; the third run is left to finish.
     process = backend_process(nats_url, url, fleet, log, "backend.after_commit=stop@20")
     try:
         for failpoint in ("backend.after_commit=stop@80", ""):
