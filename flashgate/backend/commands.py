@@ -265,6 +265,21 @@ class CommandProcessor:
             return await self._reject(None, exc, command_id=command_id, command_type=command_type)
         return await self.process_command(command)
 
+    async def process_earlier(self, raw: bytes) -> Outcome | None:
+        """A command read from the stream, ahead of a later one of its target
+        (:mod:`flashgate.backend.ordering`): applied or rejected like any, unless it was
+        processed already, or is not a command of this fleet's admin (whoever holds its
+        delivery rejects that one). None: nothing was done."""
+        try:
+            command = cmd.COMMAND_CODEC.decode(raw)
+            self._check_envelope_of_command(command)
+        except FlashgateError:
+            return None
+        async with self._sessions() as session:
+            if await session.get(ProcessedCommand, command.command_id) is not None:
+                return None
+        return await self.process_command(command)
+
     async def process_command(self, command: cmd.Command, *, trusted: bool = False) -> Outcome:
         """Apply a decoded command. ``trusted`` skips the admin signature: only for the
         backend's own in-process API (server-side API keys), never for broker input."""
@@ -272,6 +287,7 @@ class CommandProcessor:
             self._check_envelope_of_command(command, verify_signature=not trusted)
         except FlashgateError as exc:
             return await self._reject(command, exc)
+        failpoints.hit("backend.before_apply")
         for attempt in range(MAX_APPLY_ATTEMPTS):
             try:
                 outcome = await self._apply(command)

@@ -19,7 +19,6 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgspec
 import nats.errors
 import structlog
 from nats.aio.client import Client
@@ -38,6 +37,7 @@ from flashgate.backend.commands import CommandProcessor, FleetState, Outcome
 from flashgate.backend.fastwrite import FastWriter
 from flashgate.backend.lease import PostgresRelayLease, SqliteSingleton
 from flashgate.backend.models import Fleet, FleetEpoch
+from flashgate.backend.ordering import Sequencer, Step
 from flashgate.backend.outbox import Relay, kv_subject
 from flashgate.backend.pgwrite import PostgresWriter
 from flashgate.backend.queries import Queries
@@ -71,25 +71,6 @@ class BackendSettings:
     batch: int = 64
     concurrency: int | None = None  # commands applied at once; default 1 on SQLite, 8 on PG
     ack_wait: float = 30.0
-
-
-class _LaneProbe(msgspec.Struct):
-    """Just enough of a command to keep commands on one target in order."""
-
-    repo: str | None = None
-    name: str | None = None
-    key_id: str | None = None
-
-
-_lane_decoder = msgspec.json.Decoder(_LaneProbe)
-
-
-def _lane(raw: bytes) -> str:
-    try:
-        probe = _lane_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return "?"
-    return probe.key_id or f"{probe.repo}.{probe.name}"
 
 
 class Backend:
@@ -353,38 +334,107 @@ class Backend:
                 log.warning("command consumer not ready; retrying", error=str(exc)[:200])
                 await asyncio.sleep(1.0)
         gate = asyncio.Semaphore(concurrency)
-        while not self._stopping.is_set():
+        sequencer = Sequencer(self.js, names.command_stream, sub.consumer_info)
+        # First what a previous backend left unacknowledged, on SQLite, where this is the
+        # fleet's one backend. PostgreSQL replicas could be holding those very commands:
+        # there, a dead replica's come back after ack_wait, unless a later command of
+        # their target fetched meanwhile pulls them ahead (Sequencer.plan).
+        while not self._stopping.is_set() and not self._is_postgres:
             try:
-                messages = await sub.fetch(self.settings.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+                with broker_errors("reading unacknowledged commands"):
+                    lanes = await sequencer.catch_up()
+            except Exception as exc:
+                log.warning("unacknowledged commands not read; retrying", error=str(exc)[:200])
+                await asyncio.sleep(1.0)
                 continue
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("fetching commands failed; retrying", error=type(exc).__name__)
-                await asyncio.sleep(0.5)
+            await asyncio.gather(*(self._run_lane(lane, gate, sequencer) for lane in lanes))
+            break
+        while not self._stopping.is_set():
+            messages = await self._fetch(sub)
+            if not messages:
                 continue
-            lanes: dict[str, list[Msg]] = {}
-            for msg in messages:
-                lanes.setdefault(_lane(msg.data), []).append(msg)
-            await asyncio.gather(*(self._run_lane(lane, gate) for lane in lanes.values()))
+            try:
+                with broker_errors("reading earlier commands"):
+                    lanes = await sequencer.plan(messages)
+            except Exception as exc:
+                # Which earlier commands these wait for is unknown: not now.
+                log.warning("earlier commands not read; retrying", error=str(exc)[:200])
+                for msg in messages:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+                continue
+            await asyncio.gather(*(self._run_lane(lane, gate, sequencer) for lane in lanes))
 
-    async def _run_lane(self, messages: list[Msg], gate: asyncio.Semaphore) -> None:
+    async def _fetch(
+        self, sub: JetStreamContext.PullSubscription, timeout: float = 1.0
+    ) -> list[Msg]:
+        """The next batch of commands; none when there are none for ``timeout`` seconds."""
+        try:
+            return await sub.fetch(self.settings.batch, timeout=timeout)
+        except TimeoutError:
+            # Nothing to fetch. nats-py raises its own TimeoutError or, when the time runs
+            # out between its two pull requests, the builtin one (an OSError, which the
+            # clause below would otherwise take for a failure).
+            return []
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("fetching commands failed; retrying", error=type(exc).__name__)
+            await asyncio.sleep(0.5)
+            return []
+
+    async def _run_lane(
+        self, steps: list[Step], gate: asyncio.Semaphore, sequencer: Sequencer
+    ) -> None:
+        """One target's commands, in stream order. One that fails holds the rest: they
+        are nak'd and come back after it."""
         assert self.processor is not None
-        for msg in messages:
+        failed = False
+        for step in steps:
+            msg = step.msg
+            if failed:
+                if msg is not None:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+                continue
+            if msg is not None and sequencer.take_applied(step.seq):
+                with contextlib.suppress(Exception):  # applied here from the stream
+                    await msg.ack()
+                continue
             async with gate:
                 try:
-                    outcome = await self.processor.process(msg.data)
+                    if msg is None:
+                        outcome = await self._process_earlier(step.seq, sequencer)
+                    else:
+                        outcome = await self.processor.process(msg.data)
                 except Exception as exc:
                     log.error(
                         "applying a command failed; it will be redelivered",
                         error=type(exc).__name__,
                         detail=str(exc)[:200],
                     )
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
+                    failed = True
+                    if msg is not None:
+                        with contextlib.suppress(Exception):
+                            await msg.nak(delay=1.0)
                     continue
+            if outcome is not None:
                 self._count(outcome)
+            if msg is not None:
                 with contextlib.suppress(Exception):
                     await msg.ack()
+                sequencer.done(step.seq)
+
+    async def _process_earlier(self, seq: int, sequencer: Sequencer) -> Outcome | None:
+        """A command someone else holds (or held) the delivery of, read from the stream."""
+        assert self.processor is not None
+        with broker_errors("reading an earlier command"):
+            raw = await sequencer.read(seq)
+        outcome = None if raw is None else await self.processor.process_earlier(raw)
+        if outcome is None:
+            sequencer.done(seq)
+        else:
+            log.info("applied ahead of its delivery", stream_seq=seq, result=outcome.result)
+            sequencer.applied_from_stream(seq)
+        return outcome
 
     def _count(self, outcome: Outcome) -> None:
         if outcome.result == "applied":

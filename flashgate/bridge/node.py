@@ -18,6 +18,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -263,15 +264,25 @@ class BridgeNode:
         )
 
     async def _bucket(self, name: str) -> KeyValue:
+        """Bind bucket ``name``, waiting for it: the backend creates the buckets, and a
+        bridge may start first. That wait is said once (info), its retries at debug level;
+        any other failure to bind is a warning each time."""
         assert self.js is not None
+        waiting = False
         while True:
             try:
                 with broker_errors(f"binding bucket {name}"):
                     return await self.js.key_value(name)
             except FlashgateError as exc:
-                log.warning(
-                    "bucket not available yet; retrying", bucket=name, error=exc.message[:200]
-                )
+                if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                    log.warning(
+                        "bucket not available yet; retrying", bucket=name, error=exc.message[:200]
+                    )
+                elif not waiting:
+                    waiting = True
+                    log.info("waiting for the backend to create bucket", bucket=name)
+                else:
+                    log.debug("bucket not created yet", bucket=name)
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> int:

@@ -15,6 +15,7 @@ from flashgate.cli.output import json_option
 from flashgate.cli.secret import home_option
 from flashgate.cli.session import AdminSession, run, spinner
 from flashgate.errors import FlashgateError, HomeFileError
+from flashgate.events.node import StatusResponse
 from flashgate.events.subjects import secret_key
 
 
@@ -36,6 +37,7 @@ class NodeRow:
     latency_ms: float | None
     secrets: dict[str, int] | None = None  # key -> version held (with --secrets)
     epochs: dict[str, int] | None = None  # key -> fleet key epoch it was opened under
+    pending_secrets: dict[str, str] | None = None  # key -> why it is pending (--secrets)
 
 
 PAGE = 1000
@@ -78,24 +80,28 @@ async def snapshot(session: AdminSession, root: Path) -> tuple[list[NodeRow], di
             shown = "unverified" if node_id in session.unverified else "offline"
             rows.append(NodeRow(node_id, shown, None, 0, 0, 0, len(expected), None))
             continue
-        held = {(s.key, s.version) for s in status.secrets}
-        missing = sum(1 for k, v in expected.items() if (k, v) not in held)
-        latencies = [p.last_latency_ms for p in status.peers if p.last_latency_ms is not None]
-        rows.append(
-            NodeRow(
-                node_id,
-                "online",
-                status.epoch,
-                status.secrets_held,
-                len(status.pending),
-                sum(status.misbehaviour.values()),
-                missing,
-                round(sum(latencies) / len(latencies), 1) if latencies else None,
-                {s.key: s.version for s in status.secrets},
-                {s.key: s.epoch for s in status.secrets if s.epoch is not None},
-            )
-        )
+        rows.append(online_row(status, expected))
     return rows, expected
+
+
+def online_row(status: StatusResponse, expected: dict[str, int]) -> NodeRow:
+    """The row of a node that answered (its signed status, asked with its secrets)."""
+    held = {(s.key, s.version) for s in status.secrets}
+    missing = sum(1 for k, v in expected.items() if (k, v) not in held)
+    latencies = [p.last_latency_ms for p in status.peers if p.last_latency_ms is not None]
+    return NodeRow(
+        status.node_id,
+        "online",
+        status.epoch,
+        status.secrets_held,
+        len(status.pending),
+        sum(status.misbehaviour.values()),
+        missing,
+        round(sum(latencies) / len(latencies), 1) if latencies else None,
+        {s.key: s.version for s in status.secrets},
+        {s.key: s.epoch for s in status.secrets if s.epoch is not None},
+        {p.key: p.reason for p in status.pending},
+    )
 
 
 def ready(rows: list[NodeRow]) -> bool:
@@ -111,7 +117,8 @@ def ready(rows: list[NodeRow]) -> bool:
     "--secrets",
     "with_secrets",
     is_flag=True,
-    help="With --json: each node's held secrets and versions (never values).",
+    help="Also each node's pending secrets and why (no_quorum, ...); with --json, its held "
+    "secrets and versions too (never values).",
 )
 @home_option
 @json_option
@@ -142,36 +149,42 @@ def status(
                 await asyncio.sleep(1.0)  # the system is still starting
 
     rows, expected = run(go())
+    click.echo(render(rows, expected, with_secrets=with_secrets, as_json=as_json))
+
+
+def render(
+    rows: list[NodeRow], expected: dict[str, int], *, with_secrets: bool, as_json: bool
+) -> str:
     if as_json:
         nodes = [asdict(r) for r in rows]
         for row in nodes if not with_secrets else []:
             row.pop("secrets")
             row.pop("epochs")
-        click.echo(
-            json.dumps(
-                {
-                    "ready": ready(rows),
-                    "secrets": len(expected),
-                    "nodes": nodes,
-                },
-                sort_keys=True,
-            )
+            row.pop("pending_secrets")
+        return json.dumps(
+            {"ready": ready(rows), "secrets": len(expected), "nodes": nodes}, sort_keys=True
         )
-        return
-    click.echo(
+    lines = [
         f"{'NODE':16} {'STATUS':8} {'EPOCH':>5} {'HELD':>6} {'PENDING':>7} "
         f"{'MISSING':>7} {'MISBEHAVIOUR':>12} {'PEER RTT ms':>11}"
-    )
+    ]
     for r in rows:
-        click.echo(
+        lines.append(
             f"{r.node:16} {r.status:8} {r.epoch if r.epoch else '-':>5} {r.held:>6} "
             f"{r.pending:>7} {r.missing:>7} {r.misbehaviour:>12} "
             f"{r.latency_ms if r.latency_ms is not None else '-':>11}"
         )
-    click.echo(
+    pending = [
+        (r.node, k, why) for r in rows for k, why in sorted((r.pending_secrets or {}).items())
+    ]
+    if with_secrets and pending:
+        lines += ["", f"{'NODE':16} {'PENDING SECRET':40} REASON"]
+        lines += [f"{node:16} {key:40} {why}" for node, key, why in pending]
+    lines.append(
         f"\n{len(expected)} current secret(s) and API key(s); "
         f"{'every node holds every one' if ready(rows) else 'not all held yet'}"
     )
+    return "\n".join(lines)
 
 
 def _summary(rows: list[NodeRow], expected: dict[str, int]) -> str:

@@ -10,14 +10,18 @@ import time
 from pathlib import Path
 
 import pytest
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from sqlalchemy import func, select
+from structlog.testing import capture_logs
 
 from flashgate.backend import db
 from flashgate.backend.models import AuditEvent, OutboxMessage, ProcessedCommand
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.broker.connection import connect
+from flashgate.broker.declare import declare_fleet
 from flashgate.broker.server import NatsServerProcess
+from flashgate.events.domain import DomainEvent, decode_event
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.failpoints import EXIT_CODE
 from tests.backend.conftest import AdminClient, FleetFixture
@@ -333,3 +337,179 @@ async def test_canary_never_reaches_database_store_or_logs(
     assert log.stat().st_size > 0
     for path in touched:
         assert CANARY not in path.read_bytes(), path
+
+
+async def _drain_events(admin: AdminClient) -> None:
+    """Read every event published so far into ``admin.events`` (no waiting for more)."""
+    while True:
+        try:
+            msg = await admin._sub.next_msg(timeout=0.05)
+        except Exception:
+            return
+        admin.events.append(decode_event(msg.data))
+
+
+async def test_sigkilled_backend_keeps_the_order_of_pipelined_writes(
+    nats_url: str, fleet: FleetFixture, admin: AdminClient, tmp_path: Path
+) -> None:
+    """Pipelined writes v1..v5 of many secrets; the backend is SIGKILLed twice while it
+    holds fetched, unacknowledged commands, and restarted at once (well within ack_wait).
+    Every write is applied, once, in publication order; none is rejected."""
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    log = tmp_path / "backend.log"
+    secrets_count, last = 60, 5
+    commands = [
+        admin.put("drill", f"s{i}", b"v1")
+        if v == 1
+        else admin.rotate("drill", f"s{i}", f"v{v}".encode(), version=v)
+        for v in range(1, last + 1)
+        for i in range(secrets_count)
+    ]
+    wanted = {c.command_id for c in commands}
+
+    def outcomes() -> list[DomainEvent]:
+        return [e for e in admin.events if getattr(e.data, "command_id", None) in wanted]
+
+    async def progressed(n: int) -> bool:  # fails at once on a rejection
+        await _drain_events(admin)
+        rejected = [e for e in outcomes() if e.type.endswith("rejected")]
+        assert not rejected, (rejected[0].data, log.read_text()[-3000:])
+        return len({e.data.command_id for e in outcomes()}) >= n
+
+    for command in commands:  # pipelined, before the backend starts: a backlog
+        await admin.publish(command)
+    # The first run stops itself in the middle of its first batch (at its 20th commit);
+    # the second applies what the first left unacknowledged (43 commands), then stops in
+    # the middle of the first batch it fetches. Each is SIGKILLed there, and restarted at
+    # once; the third run is left to finish.
+    process = backend_process(nats_url, url, fleet, log, "backend.after_commit=stop@20")
+    try:
+        for failpoint in ("backend.after_commit=stop@80", ""):
+            await until(lambda p=process: _stopped(p), 30, "the backend to stop mid-batch")
+            process.kill()
+            await asyncio.to_thread(process.wait, 10)
+            process = backend_process(nats_url, url, fleet, log, failpoint)
+        await until(lambda: progressed(len(commands)), 30, "every outcome")
+    finally:
+        process.kill()
+        await asyncio.to_thread(process.wait, 10)
+    written: dict[str, list[int]] = {}
+    for event in outcomes():
+        if event.type.endswith(("secret.created", "secret.rotated")):
+            written.setdefault(f"{event.data.repo}.{event.data.name}", []).append(
+                event.data.version
+            )
+    # Every secret went v1, v2, ... v5: in order, each version once (a repeated outcome
+    # event would show as a repeated version).
+    assert written == {f"drill.s{i}": list(range(1, last + 1)) for i in range(secrets_count)}
+    assert await kv_versions(admin) == {f"drill.s{i}": last for i in range(secrets_count)}
+    engine = db.create_engine(url)
+    async with db.sessionmaker(engine)() as session:
+        results = (
+            await session.execute(
+                select(AuditEvent.result, func.count()).group_by(AuditEvent.result)
+            )
+        ).all()
+    await engine.dispose()
+    counts = dict(results)
+    assert counts.get("applied") == len(commands) and "rejected" not in counts, counts
+
+
+async def _stopped(process: subprocess.Popen[bytes]) -> bool:
+    """The process is stopped (SIGSTOP), as its failpoint does."""
+    stat = Path(f"/proc/{process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+async def test_replicas_apply_pipelined_writes_of_one_secret_in_order(
+    nats_url: str, pg_url: str, fleet: FleetFixture, admin: AdminClient
+) -> None:
+    """Two replicas fetch interleaved batches of pipelined writes v1..v5 of a few secrets:
+    a replica never applies a later version while the other holds an earlier one."""
+    secrets_count, last = 30, 5
+    commands = [
+        admin.put("pipe", f"s{i}", b"v1")
+        if v == 1
+        else admin.rotate("pipe", f"s{i}", f"v{v}".encode(), version=v)
+        for i in range(secrets_count)
+        for v in range(1, last + 1)
+    ]
+    replicas = [
+        Backend(
+            BackendSettings(
+                nats_urls=[nats_url],
+                db_url=pg_url,
+                fleet_dir=fleet.dir,
+                instance=f"replica-{i}",
+                batch=8,  # a secret's versions straddle batches
+            )
+        )
+        for i in range(2)
+    ]
+    for replica in replicas:
+        await replica.start()
+    try:
+        await asyncio.gather(*(admin.publish(c) for c in commands))  # pipelined
+        for command in commands:
+            event = await admin.outcome(command.command_id, timeout=30)
+            assert not event.type.endswith("rejected"), event.data
+    finally:
+        for replica in replicas:
+            await replica.stop()
+    assert await kv_versions(admin) == {f"pipe.s{i}": last for i in range(secrets_count)}
+    engine = db.create_engine(pg_url)
+    async with db.sessionmaker(engine)() as session:
+        applied = await session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.result == "applied")
+        )
+    await engine.dispose()
+    assert applied == len(commands)
+
+
+async def test_an_idle_fetch_is_not_a_failure(
+    nats_url: str, fleet: FleetFixture, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """Fetching from an empty command stream times out, sometimes with nats-py's
+    TimeoutError, sometimes (time out between its two pull requests) with the builtin
+    one: neither is logged as a failure, and the fetch does not back off."""
+    await declare_fleet(js, fleet.names)
+    sub = await js.pull_subscribe(
+        fleet.names.command_subjects, durable="idle", stream=fleet.names.command_stream
+    )
+    service = Backend(
+        BackendSettings(nats_urls=[nats_url], db_url="sqlite://", fleet_dir=fleet.dir)
+    )
+    try:
+        with capture_logs() as logs:
+            for timeout in (0.0001, 0.001, 0.005) * 20:  # short: both kinds occur
+                assert await service._fetch(sub, timeout=timeout) == []
+    finally:
+        await sub.unsubscribe()
+    assert [e for e in logs if e["event"] == "fetching commands failed; retrying"] == []
+
+
+async def test_a_command_that_fails_holds_the_later_commands_of_its_target(
+    nats_url: str, fleet: FleetFixture, admin: AdminClient, tmp_path: Path
+) -> None:
+    """v2 of a secret fails once (as a database error would) and is nak'd: v3 behind it
+    in the same batch waits for it instead of being rejected as a version gap."""
+    url = f"sqlite:///{tmp_path / 'hold.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    log = tmp_path / "backend.log"
+    commands = [admin.put("hold", "k", b"v1")] + [
+        admin.rotate("hold", "k", f"v{v}".encode(), version=v) for v in (2, 3, 4)
+    ]
+    for command in commands:  # one batch
+        await admin.publish(command)
+    process = backend_process(nats_url, url, fleet, log, "backend.before_apply=raise@2")
+    try:
+        for command in commands:
+            event = await admin.outcome(command.command_id, timeout=30)
+            assert not event.type.endswith("rejected"), event.data
+    finally:
+        process.kill()
+        await asyncio.to_thread(process.wait, 10)
+    assert "failpoint backend.before_apply" in log.read_text()  # it did fail once
+    versions = [e.data.version for e in admin.events if e.type.endswith("secret.rotated")]
+    assert versions == [2, 3, 4]

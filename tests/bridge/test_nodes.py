@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -10,12 +12,14 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
+from flashgate.backend import db
+from flashgate.backend.service import Backend, BackendSettings
 from flashgate.bridge.protocol import build_request
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.events.share import SHARE_REQUEST_CODEC, ShareItem
 from flashgate.events.signing import sign
 from flashgate.fleet.signing import new_ed25519
-from tests.bridge.conftest import Cluster, eventually, running_cluster
+from tests.bridge.conftest import Cluster, NodeProcess, eventually, make_fleet, running_cluster
 from tests.helpers import CANARY
 
 pytestmark = pytest.mark.nats
@@ -466,3 +470,48 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
         logs = [cluster.nodes[n].log.read_text() for n in nodes]
         assert any("asked the backend to revert" in log for log in logs)
         assert all(CANARY.decode() not in log for log in logs)
+
+
+async def test_a_bridge_started_before_the_backend_waits_quietly_for_the_buckets(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """No buckets yet (the backend declares them): the bridge says once, at info, that it
+    waits for them, retries at debug level only, and starts once they exist."""
+    fleet = make_fleet(tmp_path / "fleets", 3, 2)
+    log = tmp_path / "node-1.log"
+    node = NodeProcess(
+        "node-1",
+        fleet.dir / "nodes" / "node-1.bundle",
+        nats_url,
+        log,
+        extra_args=["--log-level", "debug"],
+    )
+
+    def lines(event: str) -> list[dict[str, object]]:
+        found = []
+        for line in log.read_text().splitlines() if log.exists() else []:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("event") == event:
+                    found.append(entry)
+        return found
+
+    async def seen(event: str, count: int = 1) -> bool:
+        return len(lines(event)) >= count
+
+    url = f"sqlite:///{tmp_path / 'backend.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    backend = Backend(BackendSettings(nats_urls=[nats_url], db_url=url, fleet_dir=fleet.dir))
+    node.start()
+    try:
+        # Several retries went by (each at debug level) before the backend starts.
+        await eventually(lambda: seen("bucket not created yet", 3), 30, "three retries")
+        await backend.start()
+        await eventually(lambda: seen("bridge node started"), 30, "the bridge to start")
+    finally:
+        node.kill()
+        await backend.stop()
+    waiting = lines("waiting for the backend to create bucket")
+    assert [(e["level"], e["bucket"]) for e in waiting] == [("info", fleet.names.fleet_bucket)]
+    assert lines("bucket not available yet; retrying") == []
+    assert {e["level"] for e in lines("bucket not created yet")} == {"debug"}

@@ -1,0 +1,43 @@
+"""``fleet status --secrets``: why each secret a node has not loaded is pending."""
+
+from __future__ import annotations
+
+import json
+
+from flashgate.cli.fleet_status import online_row, render
+from flashgate.events.node import HeldSecret, PendingSecret, StatusResponse
+
+
+def _answer() -> StatusResponse:
+    return StatusResponse(
+        fleet="demo",
+        node_id="node-2",
+        request_id="r" * 16,
+        issued_at=1_700_000_000_000,
+        started_at=1_700_000_000_000,
+        epoch=1,
+        roster_serial=1,
+        secrets=[HeldSecret("pay.db", 2, 1)],
+        pending=[PendingSecret("pay.s3", "no_quorum"), PendingSecret("ops.key", "other_epoch")],
+        secrets_held=1,
+    )
+
+
+def test_secrets_table_names_each_pending_secret_and_its_reason() -> None:
+    expected = {"pay.db": 2, "pay.s3": 1, "ops.key": 1}
+    row = online_row(_answer(), expected)
+    assert (row.pending, row.missing) == (2, 2)
+    table = render([row], expected, with_secrets=True, as_json=False).splitlines()
+    assert any(line.split() == ["node-2", "pay.s3", "no_quorum"] for line in table), table
+    assert any(line.split() == ["node-2", "ops.key", "other_epoch"] for line in table), table
+    plain = render([row], expected, with_secrets=False, as_json=False)
+    assert "no_quorum" not in plain  # the count only, as before
+
+
+def test_json_with_secrets_carries_the_reasons() -> None:
+    expected = {"pay.db": 2, "pay.s3": 1, "ops.key": 1}
+    row = online_row(_answer(), expected)
+    [node] = json.loads(render([row], expected, with_secrets=True, as_json=True))["nodes"]
+    assert node["pending_secrets"] == {"pay.s3": "no_quorum", "ops.key": "other_epoch"}
+    [bare] = json.loads(render([row], expected, with_secrets=False, as_json=True))["nodes"]
+    assert "pending_secrets" not in bare and "secrets" not in bare
