@@ -11,6 +11,7 @@ service's script (deploy/fleet-init.py) on directories standing in for its volum
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,6 @@ def test_services_and_dependencies() -> None:
         assert deps["nats"] == {"condition": "service_healthy"}
         assert SERVICES[bridge]["restart"] == "unless-stopped"
         assert "IPC_LOCK" in SERVICES[bridge]["cap_add"]
-        assert SERVICES[bridge]["ulimits"]["memlock"] == {"soft": -1, "hard": -1}
         assert SERVICES[bridge]["environment"]["FLASHGATE_NATS_USER"] == "bridge"
     assert SERVICES["init"]["restart"] == "no"
     for name in ("nats", "postgres", "backend", "bridge-1"):
@@ -151,6 +151,37 @@ def test_passphrases_per_node_and_none_for_the_backend() -> None:
         seen.add(env["FLASHGATE_PASSPHRASE"])
     assert len(seen) == 3
     assert "${FLASHGATE_PASSPHRASE:" in SERVICES["admin"]["environment"]["FLASHGATE_PASSPHRASE"]
+
+
+def _interpolate(value: object, env: dict[str, str]) -> str:
+    """compose's ``${NAME:-default}`` / ``${NAME}`` interpolation (the forms this file uses)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(3)
+        return env.get(name) or (default or "")
+
+    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", one, str(value))
+
+
+#: RLIMIT_MEMLOCK that every Linux runtime allows without CAP_SYS_RESOURCE: the kernel
+#: default before 5.16 (64 KiB); since then it is 8 MiB. Lowering a limit needs no privilege.
+SMALLEST_DEFAULT_MEMLOCK = 64 * 1024
+
+
+def test_bridge_memlock_is_configurable_and_starts_without_cap_sys_resource() -> None:
+    """``memlock: -1`` fails container creation where the runtime lacks CAP_SYS_RESOURCE; the
+    default must be one any runtime accepts, FG_MEMLOCK raises it (docs: -1 for mlockall)."""
+    for bridge in BRIDGES:
+        memlock = SERVICES[bridge]["ulimits"]["memlock"]
+        limits = [memlock] if not isinstance(memlock, dict) else [memlock["soft"], memlock["hard"]]
+        for limit in limits:
+            assert "FG_MEMLOCK" in str(limit), bridge
+            default = int(_interpolate(limit, {}))
+            assert 0 <= default <= SMALLEST_DEFAULT_MEMLOCK, (bridge, default)
+            assert int(_interpolate(limit, {"FG_MEMLOCK": "-1"})) == -1
+        assert SERVICES[bridge]["ulimits"]["core"] == 0
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    assert "FG_MEMLOCK=-1" in docs
 
 
 def test_bridge_health_is_the_metrics_endpoint() -> None:
