@@ -10,6 +10,7 @@ service's script (deploy/fleet-init.py) on directories standing in for its volum
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -295,3 +296,132 @@ def test_no_secret_in_compose_or_example() -> None:
         for line in example.splitlines()
         if line and not line.startswith("#")
     )
+
+
+#: Each set gives the three roles a password; the first four are the ones the issue names
+#: (nats-server read them as a number, a boolean, a size and two tokens).
+PASSWORD_SETS = [
+    ("123456", "true", "1e4f9a"),
+    ("pa ss", "no", "-12.5"),
+    ('quo"te\\back', "# not a comment", "$FG_ADMIN_PASSWORD"),
+    ("ünïcødé €😀", "it's", "tab\there, {x: [1]}; //"),
+]
+
+
+def _nats_service_argv(tmp_path: Path) -> list[str]:
+    """The nats service's entrypoint and command as compose runs them, with the files it
+    bind-mounts from the project mapped back to the project."""
+    service = SERVICES["nats"]
+    mounts = {}
+    for spec in service.get("volumes", []):
+        source, target = spec.split(":")[:2]
+        if source.startswith("./"):
+            mounts[target] = str(ROOT / source[2:])
+    # The store under tmp_path (nats-server refuses -sd next to a store_dir in the file).
+    config = Path(mounts["/etc/nats/nats.conf"]).read_text()
+    store = re.search(r'store_dir: ("[^"]*")', config)
+    assert store is not None
+    copy = tmp_path / "nats.conf"
+    copy.write_text(config.replace(store.group(1), json.dumps(str(tmp_path / "store"))))
+    mounts["/etc/nats/nats.conf"] = str(copy)
+    entrypoint = service.get("entrypoint", ["nats-server"])
+    argv = [mounts.get(arg, arg) for arg in [*entrypoint, *service["command"]]]
+    return argv
+
+
+@pytest.mark.parametrize("shell", ["sh", "busybox"])
+@pytest.mark.parametrize("passwords", PASSWORD_SETS, ids=range(len(PASSWORD_SETS)))
+def test_nats_service_accepts_any_password(
+    tmp_path: Path, passwords: tuple[str, ...], shell: str
+) -> None:
+    """The nats service, run as compose runs it (entrypoint, command, deploy/nats.conf),
+    starts with any password and lets each role in with exactly its password; also with
+    busybox's sh and tools only, as in the Alpine image."""
+    import asyncio
+    import shutil
+
+    import nats
+
+    from flashgate.broker.permissions import ROLES, password_env
+    from flashgate.broker.server import free_ports
+
+    binary = find_nats_server().path
+    path = f"{binary.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    argv = _nats_service_argv(tmp_path)
+    if shell == "busybox":
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            pytest.skip("busybox not installed: the Alpine-like run is SKIPPED")
+        tools = tmp_path / "bin"
+        tools.mkdir()
+        for applet in ("sh", "od", "tr", "sed", "printf"):
+            (tools / applet).symlink_to(busybox)
+        (tools / "nats-server").symlink_to(binary)
+        path = str(tools)
+        assert argv[0] == "/bin/sh"
+        argv[0] = str(tools / "sh")
+    port, http_port = free_ports(2)
+    env = {
+        **os.environ,
+        "PATH": path,
+        **{password_env(role): pw for role, pw in zip(ROLES, passwords, strict=True)},
+    }
+    argv += ["-a", "127.0.0.1", "-p", str(port), "-m", str(http_port)]  # flags override the file
+    log = tmp_path / "nats.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    async def login(user: str, password: str) -> bool:
+        try:
+            nc = await nats.connect(
+                f"nats://127.0.0.1:{port}",
+                user=user,
+                password=password,
+                allow_reconnect=False,
+                connect_timeout=2,
+                max_reconnect_attempts=0,
+            )
+        except Exception:
+            return False
+        await nc.close()
+        return True
+
+    async def wait_and_check() -> None:
+        for _ in range(100):
+            if server.poll() is not None:
+                raise AssertionError(f"nats-server exited: {log.read_text()[-2000:]}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            break
+        for role, pw in zip(ROLES, passwords, strict=True):
+            assert await login(role, pw), (role, log.read_text()[-2000:])
+            assert not await login(role, pw + "x"), role
+
+    try:
+        asyncio.run(wait_and_check())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_nats_entrypoint_passes_every_role_and_refuses_a_missing_one(tmp_path: Path) -> None:
+    from flashgate.broker.permissions import ROLES, password_env
+
+    script = (ROOT / "deploy" / "nats-entrypoint.sh").read_text()
+    for role in ROLES:
+        assert password_env(role) in script, role
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FG_")}
+    env.update(FG_ADMIN_PASSWORD="a", FG_BRIDGE_PASSWORD="c")
+    result = subprocess.run(
+        ["/bin/sh", str(ROOT / "deploy" / "nats-entrypoint.sh"), "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "FG_BACKEND_PASSWORD is not set" in result.stderr
