@@ -425,3 +425,36 @@ def test_nats_entrypoint_passes_every_role_and_refuses_a_missing_one(tmp_path: P
     )
     assert result.returncode != 0
     assert "FG_BACKEND_PASSWORD is not set" in result.stderr
+
+
+def test_backend_reaches_postgresql_with_any_password() -> None:
+    """The backend's database settings, as compose gives them, with a password full of URL
+    delimiters: `flashgate backend migrate` reaches PostgreSQL (at 127.0.0.1, trust auth
+    here: the URL must parse to the right host, user and database)."""
+    from tests.backend.conftest import _PG, PG_SKIP_REASON, postgres_database
+
+    if not _PG:
+        pytest.skip(PG_SKIP_REASON)
+    compose_env = SERVICES["backend"]["environment"]
+    values = {"POSTGRES_PASSWORD": "p@ss/w:rd"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHGATE_")}
+    for name, value in compose_env.items():
+        if name.startswith("FLASHGATE_DB_"):
+            env[name] = _interpolate(value, values)
+    with postgres_database() as test_url:
+        database = test_url.rsplit("/", 1)[1]
+        env["FLASHGATE_DB_URL"] = (
+            env["FLASHGATE_DB_URL"]
+            .replace("@postgres:5432/flashgate", f"@127.0.0.1:5432/{database}")
+            .replace("postgresql://flashgate", "postgresql://postgres")
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "flashgate.cli.main", "backend", "migrate"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "database at revision" in result.stderr
+    assert "p@ss" not in result.stderr

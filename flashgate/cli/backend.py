@@ -34,6 +34,19 @@ db_option = click.option(
     show_default="sqlite:///$FLASHGATE_HOME/backend.db",
     help="SQLAlchemy URL: sqlite:///FILE or postgresql://USER@HOST/DB.",
 )
+db_password_option = click.option(
+    "--db-password",
+    envvar="FLASHGATE_DB_PASSWORD",
+    default=None,
+    help="PostgreSQL password, any characters (put in --db's URL for you); "
+    "prefer the environment variable.",
+)
+
+
+def database_url(db_url: str, db_password: str | None) -> str:
+    from flashgate.backend import db
+
+    return db.with_password(db_url, db_password)
 
 
 @click.group(invoke_without_command=True)
@@ -48,6 +61,7 @@ db_option = click.option(
 @click.option("--nats-user", envvar="FLASHGATE_NATS_USER", default=None)
 @click.option("--nats-password", envvar="FLASHGATE_NATS_PASSWORD", default=None)
 @db_option
+@db_password_option
 @click.option(
     "--fleet-dir",
     type=click.Path(path_type=Path),
@@ -74,6 +88,7 @@ def backend(
     nats_user: str | None,
     nats_password: str | None,
     db_url: str,
+    db_password: str | None,
     fleet_dir: Path,
     stream_replicas: int,
     run_migrations: bool,
@@ -86,6 +101,7 @@ def backend(
     from flashgate.backend.service import Backend, BackendSettings
 
     logs.configure(level=log_level, json=log_json)
+    db_url = database_url(db_url, db_password)
     if run_migrations:
         from flashgate.backend import db
 
@@ -121,9 +137,10 @@ async def _run(service: object) -> None:
 
 @backend.command("migrate")
 @db_option
-def migrate_cmd(db_url: str) -> None:
+@db_password_option
+def migrate_cmd(db_url: str, db_password: str | None) -> None:
     """Bring the database schema to the latest version."""
     from flashgate.backend import db
 
-    db.migrate(db_url)
+    db.migrate(database_url(db_url, db_password))
     click.echo(f"database at revision {db.head_revision()}", err=True)
