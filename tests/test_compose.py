@@ -458,3 +458,29 @@ def test_backend_reaches_postgresql_with_any_password() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "database at revision" in result.stderr
     assert "p@ss" not in result.stderr
+
+
+def test_env_file_is_kept_out_of_git_and_build_contexts(tmp_path: Path) -> None:
+    """.env holds every passphrase: git ignores it and it is not sent to `docker build`
+    (make compose-test checks the real build context)."""
+    if (ROOT / ".git").exists():
+        for path in (".env", "deploy/.env", ".env.local"):
+            ignored = subprocess.run(
+                ["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", path],
+                capture_output=True,
+                timeout=30,
+            )
+            assert ignored.returncode == 0, f"git does not ignore {path}"
+        kept = subprocess.run(
+            ["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", "deploy/example.env"],
+            capture_output=True,
+            timeout=30,
+        )
+        assert kept.returncode == 1, "deploy/example.env must stay tracked"
+    patterns = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for needed in ("**/.env", "**/.env.*", ".git", "**/.venv", "**/.flashgate*", "**/.*_cache"):
+        assert needed in patterns, needed
