@@ -484,3 +484,20 @@ def test_env_file_is_kept_out_of_git_and_build_contexts(tmp_path: Path) -> None:
     }
     for needed in ("**/.env", "**/.env.*", ".git", "**/.venv", "**/.flashgate*", "**/.*_cache"):
         assert needed in patterns, needed
+
+
+def test_backend_health_is_its_own_health_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not `os.kill(1, 0)` (which cannot fail): `flashgate backend health`, reading the file
+    the backend rewrites while NATS, the database and the relay are fine
+    (tests/backend/test_health.py)."""
+    backend = SERVICES["backend"]
+    test = backend["healthcheck"]["test"]
+    assert test[:4] == ["CMD", "flashgate", "backend", "health"], test
+    assert not any("os.kill" in part for part in test)
+    health_file = backend["environment"]["FLASHGATE_HEALTH_FILE"]
+    assert health_file.startswith("/tmp/")  # noqa: S108 - the container's own /tmp
+    from flashgate.cli.backend import backend as backend_group
+
+    monkeypatch.setenv("FLASHGATE_HEALTH_FILE", health_file)
+    ctx = backend_group.commands["health"].make_context("health", list(test[4:]))
+    assert ctx.params["health_file"] == Path(health_file)

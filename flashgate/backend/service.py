@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from flashgate.backend import db
+from flashgate.backend import db, health
 from flashgate.backend.apikeys import IssuedApiKey, issue_api_key
 from flashgate.backend.commands import CommandProcessor, FleetState, Outcome
 from flashgate.backend.fastwrite import FastWriter
@@ -71,6 +71,7 @@ class BackendSettings:
     batch: int = 64
     concurrency: int | None = None  # commands applied at once; default 1 on SQLite, 8 on PG
     ack_wait: float = 30.0
+    health_file: Path | None = None  # rewritten while running (flashgate.backend.health)
 
 
 class _LaneProbe(msgspec.Struct):
@@ -158,6 +159,8 @@ class Backend:
         await self._start_queries(names, state.fleet_id)
         await self._start_rewrap(names)
         self._tasks.append(asyncio.create_task(self._consume(names), name="consumer"))
+        if s.health_file is not None:
+            self._tasks.append(asyncio.create_task(health.run(self, s.health_file), name="health"))
         log.info(
             "backend started",
             fleet=names.fleet,
@@ -206,6 +209,11 @@ class Backend:
         if self._singleton is not None:
             self._singleton.release()
         log.info("backend stopped", instance=self.settings.instance)
+
+    @property
+    def tasks(self) -> tuple[asyncio.Task[None], ...]:
+        """The long-running tasks (read by flashgate.backend.health)."""
+        return tuple(self._tasks)
 
     async def wait_stopped(self) -> None:
         await self._stopping.wait()

@@ -79,6 +79,14 @@ def database_url(db_url: str, db_password: str | None) -> str:
 @click.option(
     "--migrate", "run_migrations", is_flag=True, help="Apply database migrations before starting."
 )
+@click.option(
+    "--health-file",
+    type=click.Path(path_type=Path),
+    envvar="FLASHGATE_HEALTH_FILE",
+    default=None,
+    help="Rewrite this file with the backend's health every few seconds "
+    "(read by `flashgate backend health`).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--log-json/--log-console", default=None, help="Default: JSON unless a terminal.")
 @click.pass_context
@@ -92,6 +100,7 @@ def backend(
     fleet_dir: Path,
     stream_replicas: int,
     run_migrations: bool,
+    health_file: Path | None,
     log_level: str,
     log_json: bool | None,
 ) -> None:
@@ -113,6 +122,7 @@ def backend(
         nats_user=nats_user,
         nats_password=nats_password,
         stream_replicas=stream_replicas,
+        health_file=health_file,
     )
     asyncio.run(_run(Backend(settings)))
 
@@ -144,3 +154,32 @@ def migrate_cmd(db_url: str, db_password: str | None) -> None:
 
     db.migrate(database_url(db_url, db_password))
     click.echo(f"database at revision {db.head_revision()}", err=True)
+
+
+@backend.command("health")
+@click.option(
+    "--file",
+    "health_file",
+    type=click.Path(path_type=Path),
+    envvar="FLASHGATE_HEALTH_FILE",
+    required=True,
+    help="The running backend's --health-file.",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Seconds after which an unchanged file means a hung or stopped backend.",
+)
+def health_cmd(health_file: Path, max_age: float) -> None:
+    """Exit 0 if the backend is connected to NATS and the database and its outbox relay
+    is not stuck (what its --health-file says); else print why and exit 1."""
+    from flashgate.backend import health
+
+    problems = health.read(health_file, max_age=max_age)
+    if problems:
+        for problem in problems:
+            click.echo(f"unhealthy: {problem}", err=True)
+        raise SystemExit(1)
+    click.echo("healthy")
