@@ -317,12 +317,17 @@ def _nats_service_argv(tmp_path: Path) -> list[str]:
         source, target = spec.split(":")[:2]
         if source.startswith("./"):
             mounts[target] = str(ROOT / source[2:])
-    # The store under tmp_path (nats-server refuses -sd next to a store_dir in the file).
+    # The nats-data volume's mount point mapped to tmp_path/data in store_dir (nats-server
+    # refuses -sd next to a store_dir in the file).
     config = Path(mounts["/etc/nats/nats.conf"]).read_text()
     store = re.search(r'store_dir: ("[^"]*")', config)
     assert store is not None
+    volume = _volumes("nats")["nats-data"]
+    store_dir = json.loads(store.group(1))
+    assert store_dir == volume or store_dir.startswith(volume + "/"), store_dir
+    mapped = str(tmp_path / "data") + store_dir[len(volume) :]
     copy = tmp_path / "nats.conf"
-    copy.write_text(config.replace(store.group(1), json.dumps(str(tmp_path / "store"))))
+    copy.write_text(config.replace(store.group(1), json.dumps(mapped)))
     mounts["/etc/nats/nats.conf"] = str(copy)
     entrypoint = service.get("entrypoint", ["nats-server"])
     argv = [mounts.get(arg, arg) for arg in [*entrypoint, *service["command"]]]
@@ -406,6 +411,10 @@ def test_nats_service_accepts_any_password(
     finally:
         server.terminate()
         server.wait(timeout=10)
+    # nats-server puts JetStream in STORE_DIR/jetstream: that must be the volume's
+    # /jetstream, not /jetstream/jetstream.
+    assert (tmp_path / "data" / "jetstream").is_dir()
+    assert not (tmp_path / "data" / "jetstream" / "jetstream").exists()
 
 
 def test_nats_entrypoint_passes_every_role_and_refuses_a_missing_one(tmp_path: Path) -> None:

@@ -140,7 +140,8 @@ def server_config(names: FleetNames) -> str:
         'listen: "0.0.0.0:4222"\n'
         'http: "0.0.0.0:8222"\n'
         'server_name: "flashgate"\n'
-        'jetstream {\n  store_dir: "/data/jetstream"\n  max_file_store: 10G\n'
+        # nats-server keeps JetStream in STORE_DIR/jetstream: /data is the volume.
+        'jetstream {\n  store_dir: "/data"\n  max_file_store: 10G\n'
         "  max_memory_store: 256M\n}\n"
         "max_payload: 4MB\n" + authorization_config(names)
     )
