@@ -510,3 +510,11 @@ def test_backend_health_is_its_own_health_check(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("FLASHGATE_HEALTH_FILE", health_file)
     ctx = backend_group.commands["health"].make_context("health", list(test[4:]))
     assert ctx.params["health_file"] == Path(health_file)
+
+
+def test_image_installs_the_tested_versions() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copy = next(line for line in dockerfile.splitlines() if line.startswith("COPY pyproject"))
+    assert "constraints.txt" in copy.split()
+    install = next(line for line in dockerfile.splitlines() if "pip install" in line)
+    assert "-c constraints.txt" in install
