@@ -315,24 +315,36 @@ class Backend:
         while not self._stopping.is_set():
             self._relay_lease = PostgresRelayLease(self.engine)
             await self._relay_lease.wait()
-            assert self.processor is not None
-            await self._drain_outbox()
-            assert self.js is not None
-            await reconcile(
-                self.sessions,
-                self.js,
-                secrets_kv,
-                self.processor.state.names,
-                self.processor.state.fleet_id,
-            )
-            relay = asyncio.create_task(self.relay.run())
+            relay: asyncio.Task[None] | None = None
+            failed = False
             try:
+                assert self.processor is not None
+                await self._drain_outbox()
+                assert self.js is not None
+                await reconcile(
+                    self.sessions,
+                    self.js,
+                    secrets_kv,
+                    self.processor.state.names,
+                    self.processor.state.fleet_id,
+                )
+                relay = asyncio.create_task(self.relay.run())
                 while await self._relay_lease.still_held():
                     await asyncio.sleep(1.0)
                 log.warning("outbox relay lease lost; standing by")
+            except Exception as exc:  # the database or NATS went away mid-way: start over
+                failed = True
+                log.warning(
+                    "outbox relay interrupted; taking the lease again",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                )
             finally:
-                await _cancel_all([relay])
+                if relay is not None:
+                    await _cancel_all([relay])
                 await self._relay_lease.release()
+            if failed:
+                await asyncio.sleep(1.0)
 
     # --- commands -------------------------------------------------------------------------
 

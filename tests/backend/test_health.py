@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+from structlog.testing import capture_logs
 
 from flashgate.backend import health
 from flashgate.backend.models import OutboxMessage
@@ -129,6 +130,8 @@ async def test_unhealthy_while_postgresql_refuses_connections(
     await service.start()
     database = pg_url.rsplit("/", 1)[1]
     admin = await asyncpg.connect(PG_ADMIN_URL)
+    capture = capture_logs()
+    logs = capture.__enter__()
     try:
         assert await health.check(service) == []
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
@@ -142,6 +145,16 @@ async def test_unhealthy_while_postgresql_refuses_connections(
             return any("database" in p for p in problems)
 
         await until(db_missed, 20, "the check to see the database gone")
+
+        # The relay lease was on a terminated connection: the lease loop notices and
+        # tries to take it again while the database still refuses (it must keep trying).
+        async def lease_retried_or_died() -> bool:
+            retried = any(e["event"].startswith("outbox relay lease: database") for e in logs)
+            retried |= any(e["event"].startswith("outbox relay interrupted") for e in logs)
+            return retried or any("task has ended" in p for p in await health.check(service))
+
+        await until(lease_retried_or_died, 20, "the relay lease loop to meet the outage")
+        assert not [p for p in await health.check(service) if "task has ended" in p]
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
 
         async def healthy_again() -> bool:
@@ -149,6 +162,7 @@ async def test_unhealthy_while_postgresql_refuses_connections(
 
         await until(healthy_again, 30, "healthy after the database returned")
     finally:
+        capture.__exit__(None, None, None)
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         await admin.close()
         await service.stop()
