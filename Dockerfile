@@ -1,9 +1,10 @@
 # flashgate: one image for the ceremony (init), the backend and the Bridge Nodes.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY flashgate ./flashgate
-RUN pip install --no-cache-dir --prefix=/install .
+# The versions the suite is tested with (constraints.txt), not whatever is newest today.
+RUN pip install --no-cache-dir --prefix=/install -c constraints.txt .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /nonexistent flashgate

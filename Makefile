@@ -5,7 +5,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: test up lint bench clean
+.PHONY: test up lint bench clean compose-test
 
 # constraints.txt pins the versions the suite is tested with (ranges are in pyproject.toml)
 $(STAMP): pyproject.toml constraints.txt
@@ -29,3 +29,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache .mypy_cache
+
+# make compose-test : build the image, run compose.yaml for real (put/rotate/delete a secret,
+# revoke a node, rotate the fleet key, restart PostgreSQL and bridges), tear it all down.
+# Needs Docker (uses ../shared/compose-sandbox where present); not part of `make test`.
+compose-test: $(STAMP)
+	$(VENV)/bin/python tests/compose/run.py $(COMPOSE_TEST_ARGS)

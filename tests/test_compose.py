@@ -10,7 +10,9 @@ service's script (deploy/fleet-init.py) on directories standing in for its volum
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +45,6 @@ def test_services_and_dependencies() -> None:
         assert deps["nats"] == {"condition": "service_healthy"}
         assert SERVICES[bridge]["restart"] == "unless-stopped"
         assert "IPC_LOCK" in SERVICES[bridge]["cap_add"]
-        assert SERVICES[bridge]["ulimits"]["memlock"] == {"soft": -1, "hard": -1}
         assert SERVICES[bridge]["environment"]["FLASHGATE_NATS_USER"] == "bridge"
     assert SERVICES["init"]["restart"] == "no"
     for name in ("nats", "postgres", "backend", "bridge-1"):
@@ -151,6 +152,37 @@ def test_passphrases_per_node_and_none_for_the_backend() -> None:
         seen.add(env["FLASHGATE_PASSPHRASE"])
     assert len(seen) == 3
     assert "${FLASHGATE_PASSPHRASE:" in SERVICES["admin"]["environment"]["FLASHGATE_PASSPHRASE"]
+
+
+def _interpolate(value: object, env: dict[str, str]) -> str:
+    """compose's ``${NAME:-default}`` / ``${NAME}`` interpolation (the forms this file uses)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(3)
+        return env.get(name) or (default or "")
+
+    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", one, str(value))
+
+
+#: RLIMIT_MEMLOCK that every Linux runtime allows without CAP_SYS_RESOURCE: the kernel
+#: default before 5.16 (64 KiB); since then it is 8 MiB. Lowering a limit needs no privilege.
+SMALLEST_DEFAULT_MEMLOCK = 64 * 1024
+
+
+def test_bridge_memlock_is_configurable_and_starts_without_cap_sys_resource() -> None:
+    """``memlock: -1`` fails container creation where the runtime lacks CAP_SYS_RESOURCE; the
+    default must be one any runtime accepts, FG_MEMLOCK raises it (docs: -1 for mlockall)."""
+    for bridge in BRIDGES:
+        memlock = SERVICES[bridge]["ulimits"]["memlock"]
+        limits = [memlock] if not isinstance(memlock, dict) else [memlock["soft"], memlock["hard"]]
+        for limit in limits:
+            assert "FG_MEMLOCK" in str(limit), bridge
+            default = int(_interpolate(limit, {}))
+            assert 0 <= default <= SMALLEST_DEFAULT_MEMLOCK, (bridge, default)
+            assert int(_interpolate(limit, {"FG_MEMLOCK": "-1"})) == -1
+        assert SERVICES[bridge]["ulimits"]["core"] == 0
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    assert "FG_MEMLOCK=-1" in docs
 
 
 def test_bridge_health_is_the_metrics_endpoint() -> None:
@@ -264,3 +296,225 @@ def test_no_secret_in_compose_or_example() -> None:
         for line in example.splitlines()
         if line and not line.startswith("#")
     )
+
+
+#: Each set gives the three roles a password; the first four are the ones the issue names
+#: (nats-server read them as a number, a boolean, a size and two tokens).
+PASSWORD_SETS = [
+    ("123456", "true", "1e4f9a"),
+    ("pa ss", "no", "-12.5"),
+    ('quo"te\\back', "# not a comment", "$FG_ADMIN_PASSWORD"),
+    ("ünïcødé €😀", "it's", "tab\there, {x: [1]}; //"),
+]
+
+
+def _nats_service_argv(tmp_path: Path) -> list[str]:
+    """The nats service's entrypoint and command as compose runs them, with the files it
+    bind-mounts from the project mapped back to the project."""
+    service = SERVICES["nats"]
+    mounts = {}
+    for spec in service.get("volumes", []):
+        source, target = spec.split(":")[:2]
+        if source.startswith("./"):
+            mounts[target] = str(ROOT / source[2:])
+    # The nats-data volume's mount point mapped to tmp_path/data in store_dir (nats-server
+    # refuses -sd next to a store_dir in the file).
+    config = Path(mounts["/etc/nats/nats.conf"]).read_text()
+    store = re.search(r'store_dir: ("[^"]*")', config)
+    assert store is not None
+    volume = _volumes("nats")["nats-data"]
+    store_dir = json.loads(store.group(1))
+    assert store_dir == volume or store_dir.startswith(volume + "/"), store_dir
+    mapped = str(tmp_path / "data") + store_dir[len(volume) :]
+    copy = tmp_path / "nats.conf"
+    copy.write_text(config.replace(store.group(1), json.dumps(mapped)))
+    mounts["/etc/nats/nats.conf"] = str(copy)
+    entrypoint = service.get("entrypoint", ["nats-server"])
+    argv = [mounts.get(arg, arg) for arg in [*entrypoint, *service["command"]]]
+    return argv
+
+
+@pytest.mark.parametrize("shell", ["sh", "busybox"])
+@pytest.mark.parametrize("passwords", PASSWORD_SETS, ids=range(len(PASSWORD_SETS)))
+def test_nats_service_accepts_any_password(
+    tmp_path: Path, passwords: tuple[str, ...], shell: str
+) -> None:
+    """The nats service, run as compose runs it (entrypoint, command, deploy/nats.conf),
+    starts with any password and lets each role in with exactly its password; also with
+    busybox's sh and tools only, as in the Alpine image."""
+    import asyncio
+    import shutil
+
+    import nats
+
+    from flashgate.broker.permissions import ROLES, password_env
+    from flashgate.broker.server import free_ports
+
+    binary = find_nats_server().path
+    path = f"{binary.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    argv = _nats_service_argv(tmp_path)
+    if shell == "busybox":
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            pytest.skip("busybox not installed: the Alpine-like run is SKIPPED")
+        tools = tmp_path / "bin"
+        tools.mkdir()
+        for applet in ("sh", "od", "tr", "sed", "printf"):
+            (tools / applet).symlink_to(busybox)
+        (tools / "nats-server").symlink_to(binary)
+        path = str(tools)
+        assert argv[0] == "/bin/sh"
+        argv[0] = str(tools / "sh")
+    port, http_port = free_ports(2)
+    env = {
+        **os.environ,
+        "PATH": path,
+        **{password_env(role): pw for role, pw in zip(ROLES, passwords, strict=True)},
+    }
+    argv += ["-a", "127.0.0.1", "-p", str(port), "-m", str(http_port)]  # flags override the file
+    log = tmp_path / "nats.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    async def login(user: str, password: str) -> bool:
+        try:
+            nc = await nats.connect(
+                f"nats://127.0.0.1:{port}",
+                user=user,
+                password=password,
+                allow_reconnect=False,
+                connect_timeout=2,
+                max_reconnect_attempts=0,
+            )
+        except Exception:
+            return False
+        await nc.close()
+        return True
+
+    async def wait_and_check() -> None:
+        for _ in range(100):
+            if server.poll() is not None:
+                raise AssertionError(f"nats-server exited: {log.read_text()[-2000:]}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            break
+        for role, pw in zip(ROLES, passwords, strict=True):
+            assert await login(role, pw), (role, log.read_text()[-2000:])
+            assert not await login(role, pw + "x"), role
+
+    try:
+        asyncio.run(wait_and_check())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    # nats-server puts JetStream in STORE_DIR/jetstream: that must be the volume's
+    # /jetstream, not /jetstream/jetstream.
+    assert (tmp_path / "data" / "jetstream").is_dir()
+    assert not (tmp_path / "data" / "jetstream" / "jetstream").exists()
+
+
+def test_nats_entrypoint_passes_every_role_and_refuses_a_missing_one(tmp_path: Path) -> None:
+    from flashgate.broker.permissions import ROLES, password_env
+
+    script = (ROOT / "deploy" / "nats-entrypoint.sh").read_text()
+    for role in ROLES:
+        assert password_env(role) in script, role
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FG_")}
+    env.update(FG_ADMIN_PASSWORD="a", FG_BRIDGE_PASSWORD="c")
+    result = subprocess.run(
+        ["/bin/sh", str(ROOT / "deploy" / "nats-entrypoint.sh"), "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "FG_BACKEND_PASSWORD is not set" in result.stderr
+
+
+def test_backend_reaches_postgresql_with_any_password() -> None:
+    """The backend's database settings, as compose gives them, with a password full of URL
+    delimiters: `flashgate backend migrate` reaches PostgreSQL (at 127.0.0.1, trust auth
+    here: the URL must parse to the right host, user and database)."""
+    from tests.backend.conftest import _PG, PG_SKIP_REASON, postgres_database
+
+    if not _PG:
+        pytest.skip(PG_SKIP_REASON)
+    compose_env = SERVICES["backend"]["environment"]
+    values = {"POSTGRES_PASSWORD": "p@ss/w:rd"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHGATE_")}
+    for name, value in compose_env.items():
+        if name.startswith("FLASHGATE_DB_"):
+            env[name] = _interpolate(value, values)
+    with postgres_database() as test_url:
+        database = test_url.rsplit("/", 1)[1]
+        env["FLASHGATE_DB_URL"] = (
+            env["FLASHGATE_DB_URL"]
+            .replace("@postgres:5432/flashgate", f"@127.0.0.1:5432/{database}")
+            .replace("postgresql://flashgate", "postgresql://postgres")
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "flashgate.cli.main", "backend", "migrate"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "database at revision" in result.stderr
+    assert "p@ss" not in result.stderr
+
+
+def test_env_file_is_kept_out_of_git_and_build_contexts(tmp_path: Path) -> None:
+    """.env holds every passphrase: git ignores it and it is not sent to `docker build`
+    (make compose-test checks the real build context)."""
+    if (ROOT / ".git").exists():
+        for path in (".env", "deploy/.env", ".env.local"):
+            ignored = subprocess.run(
+                ["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", path],
+                capture_output=True,
+                timeout=30,
+            )
+            assert ignored.returncode == 0, f"git does not ignore {path}"
+        kept = subprocess.run(
+            ["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", "deploy/example.env"],
+            capture_output=True,
+            timeout=30,
+        )
+        assert kept.returncode == 1, "deploy/example.env must stay tracked"
+    patterns = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for needed in ("**/.env", "**/.env.*", ".git", "**/.venv", "**/.flashgate*", "**/.*_cache"):
+        assert needed in patterns, needed
+
+
+def test_backend_health_is_its_own_health_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not `os.kill(1, 0)` (which cannot fail): `flashgate backend health`, reading the file
+    the backend rewrites while NATS, the database and the relay are fine
+    (tests/backend/test_health.py)."""
+    backend = SERVICES["backend"]
+    test = backend["healthcheck"]["test"]
+    assert test[:4] == ["CMD", "flashgate", "backend", "health"], test
+    assert not any("os.kill" in part for part in test)
+    health_file = backend["environment"]["FLASHGATE_HEALTH_FILE"]
+    assert health_file.startswith("/tmp/")  # noqa: S108 - the container's own /tmp
+    from flashgate.cli.backend import backend as backend_group
+
+    monkeypatch.setenv("FLASHGATE_HEALTH_FILE", health_file)
+    ctx = backend_group.commands["health"].make_context("health", list(test[4:]))
+    assert ctx.params["health_file"] == Path(health_file)
+
+
+def test_image_installs_the_tested_versions() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copy = next(line for line in dockerfile.splitlines() if line.startswith("COPY pyproject"))
+    assert "constraints.txt" in copy.split()
+    install = next(line for line in dockerfile.splitlines() if "pip install" in line)
+    assert "-c constraints.txt" in install

@@ -59,6 +59,25 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def with_password(url: str, password: str | None) -> str:
+    """``url`` with ``password`` (``--db-password``/``FLASHGATE_DB_PASSWORD``) set in it,
+    percent-encoded, so any password works (``p@ss/w:rd`` pasted into a URL would not)."""
+    if password is None:
+        return url
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError("--db is not a database URL") from None
+    if parsed.get_backend_name() == "sqlite":
+        raise ConfigurationError("--db-password applies to PostgreSQL only (--db is SQLite)")
+    if parsed.password is not None:
+        raise ConfigurationError(
+            "--db already holds a password: give it in --db or in --db-password "
+            "(FLASHGATE_DB_PASSWORD), not both"
+        )
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 

@@ -71,13 +71,32 @@ class PostgresRelayLease:
         self._connection: AsyncConnection | None = None
 
     async def wait(self) -> None:
-        """Block until this replica holds the relay lock."""
+        """Block until this replica holds the relay lock (also while the database is
+        away: a supervisor sees that in the backend's health, not in a dead relay)."""
         while True:
-            connection = await self._engine.connect()
-            held = await connection.scalar(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": RELAY_LOCK_KEY}
-            )
-            await connection.commit()
+            try:
+                connection = await self._engine.connect()
+            except Exception as exc:
+                log.warning(
+                    "outbox relay lease: database unavailable; retrying",
+                    error=type(exc).__name__,
+                )
+                await asyncio.sleep(self._retry)
+                continue
+            try:
+                held = await connection.scalar(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": RELAY_LOCK_KEY}
+                )
+                await connection.commit()
+            except Exception as exc:
+                log.warning(
+                    "outbox relay lease: database unavailable; retrying",
+                    error=type(exc).__name__,
+                )
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                await asyncio.sleep(self._retry)
+                continue
             if held:
                 self._connection = connection
                 log.info("outbox relay lease acquired")

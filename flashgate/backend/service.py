@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from flashgate.backend import db
+from flashgate.backend import db, health
 from flashgate.backend.apikeys import IssuedApiKey, issue_api_key
 from flashgate.backend.commands import CommandProcessor, FleetState, Outcome
 from flashgate.backend.fastwrite import FastWriter
@@ -71,6 +71,7 @@ class BackendSettings:
     batch: int = 64
     concurrency: int | None = None  # commands applied at once; default 1 on SQLite, 8 on PG
     ack_wait: float = 30.0
+    health_file: Path | None = None  # rewritten while running (flashgate.backend.health)
 
 
 class Backend:
@@ -139,6 +140,8 @@ class Backend:
         await self._start_queries(names, state.fleet_id)
         await self._start_rewrap(names)
         self._tasks.append(asyncio.create_task(self._consume(names), name="consumer"))
+        if s.health_file is not None:
+            self._tasks.append(asyncio.create_task(health.run(self, s.health_file), name="health"))
         log.info(
             "backend started",
             fleet=names.fleet,
@@ -187,6 +190,11 @@ class Backend:
         if self._singleton is not None:
             self._singleton.release()
         log.info("backend stopped", instance=self.settings.instance)
+
+    @property
+    def tasks(self) -> tuple[asyncio.Task[None], ...]:
+        """The long-running tasks (read by flashgate.backend.health)."""
+        return tuple(self._tasks)
 
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
@@ -288,24 +296,36 @@ class Backend:
         while not self._stopping.is_set():
             self._relay_lease = PostgresRelayLease(self.engine)
             await self._relay_lease.wait()
-            assert self.processor is not None
-            await self._drain_outbox()
-            assert self.js is not None
-            await reconcile(
-                self.sessions,
-                self.js,
-                secrets_kv,
-                self.processor.state.names,
-                self.processor.state.fleet_id,
-            )
-            relay = asyncio.create_task(self.relay.run())
+            relay: asyncio.Task[None] | None = None
+            failed = False
             try:
+                assert self.processor is not None
+                await self._drain_outbox()
+                assert self.js is not None
+                await reconcile(
+                    self.sessions,
+                    self.js,
+                    secrets_kv,
+                    self.processor.state.names,
+                    self.processor.state.fleet_id,
+                )
+                relay = asyncio.create_task(self.relay.run())
                 while await self._relay_lease.still_held():
                     await asyncio.sleep(1.0)
                 log.warning("outbox relay lease lost; standing by")
+            except Exception as exc:  # the database or NATS went away mid-way: start over
+                failed = True
+                log.warning(
+                    "outbox relay interrupted; taking the lease again",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                )
             finally:
-                await _cancel_all([relay])
+                if relay is not None:
+                    await _cancel_all([relay])
                 await self._relay_lease.release()
+            if failed:
+                await asyncio.sleep(1.0)
 
     # --- commands -------------------------------------------------------------------------
 

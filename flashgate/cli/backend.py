@@ -34,6 +34,19 @@ db_option = click.option(
     show_default="sqlite:///$FLASHGATE_HOME/backend.db",
     help="SQLAlchemy URL: sqlite:///FILE or postgresql://USER@HOST/DB.",
 )
+db_password_option = click.option(
+    "--db-password",
+    envvar="FLASHGATE_DB_PASSWORD",
+    default=None,
+    help="PostgreSQL password, any characters (put in --db's URL for you); "
+    "prefer the environment variable.",
+)
+
+
+def database_url(db_url: str, db_password: str | None) -> str:
+    from flashgate.backend import db
+
+    return db.with_password(db_url, db_password)
 
 
 @click.group(invoke_without_command=True)
@@ -48,6 +61,7 @@ db_option = click.option(
 @click.option("--nats-user", envvar="FLASHGATE_NATS_USER", default=None)
 @click.option("--nats-password", envvar="FLASHGATE_NATS_PASSWORD", default=None)
 @db_option
+@db_password_option
 @click.option(
     "--fleet-dir",
     type=click.Path(path_type=Path),
@@ -65,6 +79,14 @@ db_option = click.option(
 @click.option(
     "--migrate", "run_migrations", is_flag=True, help="Apply database migrations before starting."
 )
+@click.option(
+    "--health-file",
+    type=click.Path(path_type=Path),
+    envvar="FLASHGATE_HEALTH_FILE",
+    default=None,
+    help="Rewrite this file with the backend's health every few seconds "
+    "(read by `flashgate backend health`).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--log-json/--log-console", default=None, help="Default: JSON unless a terminal.")
 @click.pass_context
@@ -74,9 +96,11 @@ def backend(
     nats_user: str | None,
     nats_password: str | None,
     db_url: str,
+    db_password: str | None,
     fleet_dir: Path,
     stream_replicas: int,
     run_migrations: bool,
+    health_file: Path | None,
     log_level: str,
     log_json: bool | None,
 ) -> None:
@@ -86,6 +110,7 @@ def backend(
     from flashgate.backend.service import Backend, BackendSettings
 
     logs.configure(level=log_level, json=log_json)
+    db_url = database_url(db_url, db_password)
     if run_migrations:
         from flashgate.backend import db
 
@@ -97,6 +122,7 @@ def backend(
         nats_user=nats_user,
         nats_password=nats_password,
         stream_replicas=stream_replicas,
+        health_file=health_file,
     )
     asyncio.run(_run(Backend(settings)))
 
@@ -121,9 +147,39 @@ async def _run(service: object) -> None:
 
 @backend.command("migrate")
 @db_option
-def migrate_cmd(db_url: str) -> None:
+@db_password_option
+def migrate_cmd(db_url: str, db_password: str | None) -> None:
     """Bring the database schema to the latest version."""
     from flashgate.backend import db
 
-    db.migrate(db_url)
+    db.migrate(database_url(db_url, db_password))
     click.echo(f"database at revision {db.head_revision()}", err=True)
+
+
+@backend.command("health")
+@click.option(
+    "--file",
+    "health_file",
+    type=click.Path(path_type=Path),
+    envvar="FLASHGATE_HEALTH_FILE",
+    required=True,
+    help="The running backend's --health-file.",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Seconds after which an unchanged file means a hung or stopped backend.",
+)
+def health_cmd(health_file: Path, max_age: float) -> None:
+    """Exit 0 if the backend is connected to NATS and the database and its outbox relay
+    is not stuck (what its --health-file says); else print why and exit 1."""
+    from flashgate.backend import health
+
+    problems = health.read(health_file, max_age=max_age)
+    if problems:
+        for problem in problems:
+            click.echo(f"unhealthy: {problem}", err=True)
+        raise SystemExit(1)
+    click.echo("healthy")
