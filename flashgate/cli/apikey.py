@@ -271,11 +271,16 @@ def verify_(key_id: str, nodes: tuple[str, ...], home: Path | None, as_json: boo
         }
 
     outcome = run(go())
-    if as_json:
-        click.echo(json.dumps({"key_id": key_id, "nodes": outcome}, sort_keys=True))
+    bad = sorted(n for n, v in outcome.items() if v != "valid")
+    refused = ApiKeyRefused(f"not accepted by {', '.join(bad)}") if bad else None
+    if as_json:  # one document: the verdicts, and why the exit status is 1
+        document: dict[str, object] = {"key_id": key_id, "nodes": outcome}
+        if refused is not None:
+            document["error"] = {"code": refused.code, "message": refused.message}
+            mark_error_reported()
+        click.echo(json.dumps(document, sort_keys=True))
     else:
         for node_id, verdict in outcome.items():
             click.echo(f"{node_id:16} {verdict}")
-    bad = sorted(n for n, v in outcome.items() if v != "valid")
-    if bad:
-        raise ApiKeyRefused(f"not accepted by {', '.join(bad)}")
+    if refused is not None:
+        raise refused
