@@ -23,6 +23,7 @@ up: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check flashgate tests bench
 	$(VENV)/bin/mypy flashgate
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/crypto.py
