@@ -1,136 +1,128 @@
 """Optional Prometheus metrics for a Bridge Node (``--metrics-port``).
 
-A minimal HTTP endpoint serving the text exposition format (version 0.0.4) on
-``GET /metrics``; anything else is 404. Counts and gauges only: names, versions and
-reasons, never a value. Written here rather than with ``prometheus_client`` to keep the
-node's dependencies to what it already has; the format is a few lines.
+``GET /metrics`` answers the node's counts and gauges; anything else is 404. Names, versions
+and reasons only, never a value. The metric families and the exposition (text format 0.0.4,
+what a scraper gets when it names no format) are ``prometheus_client``'s.
+
+The listener stays asyncio's rather than ``prometheus_client.start_http_server``: that server
+answers from a thread of its own, and the snapshot reads the node's vault, loader and peer
+tables, which only the node's event loop may touch. Here the snapshot runs on the loop, and
+the front end is only the request line and a ``Connection: close`` answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterable
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from flashgate.events.node import StatusResponse
 
-Sample = tuple[str, dict[str, str], float]
+_READ_TIMEOUT_S = 5.0
+_CONTENT_TYPE = choose_encoder("")[1].encode()  # text/plain; version=0.0.4; charset=utf-8
+_MAX_HEADERS = 100
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Families(Collector):
+    """A collector over metric families computed already (one scrape's worth)."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
 
 
-def render(families: Iterable[tuple[str, str, str, list[Sample]]]) -> bytes:
-    lines: list[str] = []
-    for name, kind, help_text, samples in families:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for sample_name, labels, value in samples:
-            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-            lines.append(
-                f"{sample_name}{{{label_text}}} {value}" if label_text else f"{sample_name} {value}"
-            )
-    return ("\n".join(lines) + "\n").encode()
+def families(status: StatusResponse, partials_computed: int) -> list[Metric]:
+    """The node's metrics, read from one status snapshot."""
+    node_id = status.node_id
 
+    def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=["node"])
+        family.add_metric([node_id], value)
+        return family
 
-def families(
-    status: StatusResponse, partials_computed: int
-) -> list[tuple[str, str, str, list[Sample]]]:
-    node = {"node": status.node_id}
+    def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=["node"])
+        family.add_metric([node_id], value)
+        return family
+
+    pending = GaugeMetricFamily(
+        "flashgate_secrets_pending", "Secrets not loaded yet, by reason.", labels=["node", "reason"]
+    )
+    for reason, count in sorted(Counter(p.reason for p in status.pending).items()):
+        pending.add_metric([node_id, reason], count)
+    refused = CounterMetricFamily(
+        "flashgate_share_requests_refused_total",
+        "Share requests refused.",
+        labels=["node", "reason"],
+    )
+    for reason, count in sorted(status.share_requests_refused.items()):
+        refused.add_metric([node_id, reason], count)
+    misbehaviour = CounterMetricFamily(
+        "flashgate_peer_misbehaviour_total",
+        "Faulty partials proven, by peer.",
+        labels=["node", "peer"],
+    )
+    for peer, count in sorted(status.misbehaviour.items()):
+        misbehaviour.add_metric([node_id, peer], count)
+    latency = GaugeMetricFamily(
+        "flashgate_peer_latency_ms", "Last share round-trip per peer.", labels=["node", "peer"]
+    )
+    for p in status.peers:
+        if p.last_latency_ms is not None:
+            latency.add_metric([node_id, p.node_id], p.last_latency_ms)
     return [
-        (
-            "flashgate_secrets_held",
-            "gauge",
-            "Secrets held in memory.",
-            [("flashgate_secrets_held", node, float(status.secrets_held))],
-        ),
-        (
-            "flashgate_secrets_pending",
-            "gauge",
-            "Secrets not loaded yet, by reason.",
-            [
-                ("flashgate_secrets_pending", {**node, "reason": r}, float(c))
-                for r, c in _count(p.reason for p in status.pending).items()
-            ],
-        ),
-        (
+        gauge("flashgate_secrets_held", "Secrets held in memory.", status.secrets_held),
+        pending,
+        counter(
             "flashgate_share_requests_served_total",
-            "counter",
             "Share requests answered.",
-            [("flashgate_share_requests_served_total", node, float(status.share_requests_served))],
+            status.share_requests_served,
         ),
-        (
-            "flashgate_share_requests_refused_total",
-            "counter",
-            "Share requests refused.",
-            [
-                ("flashgate_share_requests_refused_total", {**node, "reason": r}, float(c))
-                for r, c in sorted(status.share_requests_refused.items())
-            ],
+        refused,
+        counter(
+            "flashgate_partials_computed_total", "Partial decryptions computed.", partials_computed
         ),
-        (
-            "flashgate_partials_computed_total",
-            "counter",
-            "Partial decryptions computed.",
-            [("flashgate_partials_computed_total", node, float(partials_computed))],
-        ),
-        (
-            "flashgate_peer_misbehaviour_total",
-            "counter",
-            "Faulty partials proven, by peer.",
-            [
-                ("flashgate_peer_misbehaviour_total", {**node, "peer": p}, float(c))
-                for p, c in sorted(status.misbehaviour.items())
-            ],
-        ),
-        (
-            "flashgate_peer_latency_ms",
-            "gauge",
-            "Last share round-trip per peer.",
-            [
-                ("flashgate_peer_latency_ms", {**node, "peer": p.node_id}, float(p.last_latency_ms))
-                for p in status.peers
-                if p.last_latency_ms is not None
-            ],
-        ),
-        (
-            "flashgate_roster_serial",
-            "gauge",
-            "Roster serial in force.",
-            [("flashgate_roster_serial", node, float(status.roster_serial))],
-        ),
+        misbehaviour,
+        latency,
+        gauge("flashgate_roster_serial", "Roster serial in force.", status.roster_serial),
     ]
 
 
-def _count(reasons: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for reason in reasons:
-        out[reason] = out.get(reason, 0) + 1
-    return dict(sorted(out.items()))
+def render(metric_families: Iterable[Metric]) -> bytes:
+    """The text exposition (0.0.4) of ``metric_families``."""
+    encoder, _ = choose_encoder("")
+    return encoder(_Families(metric_families))
 
 
 async def serve(host: str, port: int, snapshot: Callable[[], bytes]) -> asyncio.Server:
+    """Listen on ``host:port``; ``snapshot`` renders the metrics (text 0.0.4), on the loop."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            request = await asyncio.wait_for(reader.readline(), _READ_TIMEOUT_S)
+            for _ in range(_MAX_HEADERS):  # read past the headers; none changes the answer
+                if await asyncio.wait_for(reader.readline(), _READ_TIMEOUT_S) in (
+                    b"\r\n",
+                    b"\n",
+                    b"",
+                ):
+                    break
             parts = request.split()
             if len(parts) >= 2 and parts[0] == b"GET" and parts[1] == b"/metrics":
                 body, status = snapshot(), b"200 OK"
-                ctype = b"text/plain; version=0.0.4; charset=utf-8"
+                ctype = _CONTENT_TYPE
             else:
                 body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
             writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\nContent-Type: "
-                + ctype
-                + b"\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\nConnection: close\r\n\r\n"
-                + body
+                b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (status, ctype, len(body), body)
             )
             await writer.drain()
         writer.close()
