@@ -13,7 +13,8 @@ import click
 from flashgate.cli.home import load_home_roster, resolve_home
 from flashgate.cli.output import json_option
 from flashgate.cli.secret import home_option
-from flashgate.cli.session import AdminSession, run, spinner
+from flashgate.cli.session import AdminSession, run
+from flashgate.cli.terminal import spinner, table
 from flashgate.errors import FlashgateError, HomeFileError
 from flashgate.events.node import StatusResponse
 from flashgate.events.subjects import secret_key
@@ -41,6 +42,7 @@ class NodeRow:
 
 
 PAGE = 1000
+COLUMNS = ["NODE", "STATUS", "EPOCH", "HELD", "PENDING", "MISSING", "MISBEHAVIOUR", "PEER RTT ms"]
 
 
 async def expected_secrets(session: AdminSession) -> dict[str, int]:
@@ -165,21 +167,29 @@ def render(
             {"ready": ready(rows), "secrets": len(expected), "nodes": nodes}, sort_keys=True
         )
     lines = [
-        f"{'NODE':16} {'STATUS':8} {'EPOCH':>5} {'HELD':>6} {'PENDING':>7} "
-        f"{'MISSING':>7} {'MISBEHAVIOUR':>12} {'PEER RTT ms':>11}"
-    ]
-    for r in rows:
-        lines.append(
-            f"{r.node:16} {r.status:8} {r.epoch if r.epoch else '-':>5} {r.held:>6} "
-            f"{r.pending:>7} {r.missing:>7} {r.misbehaviour:>12} "
-            f"{r.latency_ms if r.latency_ms is not None else '-':>11}"
+        table(
+            COLUMNS,
+            [
+                [
+                    r.node,
+                    r.status,
+                    r.epoch if r.epoch else "-",
+                    r.held,
+                    r.pending,
+                    r.missing,
+                    r.misbehaviour,
+                    r.latency_ms if r.latency_ms is not None else "-",
+                ]
+                for r in rows
+            ],
+            right={2, 3, 4, 5, 6, 7},
         )
+    ]
     pending = [
         (r.node, k, why) for r in rows for k, why in sorted((r.pending_secrets or {}).items())
     ]
     if with_secrets and pending:
-        lines += ["", f"{'NODE':16} {'PENDING SECRET':40} REASON"]
-        lines += [f"{node:16} {key:40} {why}" for node, key, why in pending]
+        lines += ["", table(["NODE", "PENDING SECRET", "REASON"], pending, right=set())]
     lines.append(
         f"\n{len(expected)} current secret(s) and API key(s); "
         f"{'every node holds every one' if ready(rows) else 'not all held yet'}"

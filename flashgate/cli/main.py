@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+import rich.progress
 
 from flashgate import __version__, logs
 from flashgate.cli import devup as _devup  # noqa: F401 - registers `dev up`
@@ -37,6 +38,7 @@ from flashgate.cli.reseal import reseal_cmd
 from flashgate.cli.rotate_key import rotate_key
 from flashgate.cli.schemas import schemas
 from flashgate.cli.secret import secret
+from flashgate.cli.terminal import stderr_console
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
@@ -202,22 +204,29 @@ def _search_primes(bits: int, *, quiet: bool) -> tuple[int, int]:
     worker = threading.Thread(target=work, daemon=True)
     start = time.monotonic()
     worker.start()
-    tty = sys.stderr.isatty()
     label = f"searching for two {bits // 2}-bit safe primes"
-    spinner = "|/-\\"
-    tick = 0
-    last_line = 0.0
-    while worker.is_alive():
-        worker.join(0.2)
-        elapsed = time.monotonic() - start
-        if tty:
-            click.echo(f"\r{label} {spinner[tick % 4]} {elapsed:5.1f}s", nl=False, err=True)
-            tick += 1
-        elif elapsed - last_line >= 5 or last_line == 0:
-            click.echo(f"{label} ... {elapsed:.0f}s", err=True)
-            last_line = max(elapsed, 0.001)
+    console = stderr_console()
+    if console.is_terminal:  # a spinner and a live timer, erased when done
+        with rich.progress.Progress(
+            rich.progress.SpinnerColumn(),
+            rich.progress.TextColumn("{task.description}"),
+            rich.progress.TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            progress.add_task(label, total=None)
+            while worker.is_alive():
+                worker.join(0.2)
+    else:  # a line every 5 s
+        last_line = 0.0
+        while worker.is_alive():
+            worker.join(0.2)
+            elapsed = time.monotonic() - start
+            if elapsed - last_line >= 5 or last_line == 0:
+                click.echo(f"{label} ... {elapsed:.0f}s", err=True)
+                last_line = max(elapsed, 0.001)
     elapsed = time.monotonic() - start
-    click.echo(f"{chr(13) if tty else ''}{label}: done in {elapsed:.1f}s", err=True)
+    click.echo(f"{label}: done in {elapsed:.1f}s", err=True)
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result["primes"]  # type: ignore[return-value]

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import rich.progress
 from nats.js.errors import KeyNotFoundError
 
 from flashgate.broker.connection import broker_errors
 from flashgate.cli.home import fleet_dir, load_home_roster, resolve_home
 from flashgate.cli.output import json_option
 from flashgate.cli.secret import home_option
-from flashgate.cli.session import CLEAR_LINE, AdminSession, CommandRejected, run, spinner
+from flashgate.cli.session import AdminSession, CommandRejected, run
+from flashgate.cli.terminal import spinner, stderr_console
 from flashgate.errors import ConfigurationError, FlashgateError, Interrupted
 from flashgate.events import commands as cmd
 from flashgate.events.fleet import FleetDescriptor, decode_descriptor, encode_descriptor
@@ -77,50 +78,56 @@ def _progress(info: RotationInfo) -> Progress:
 
 
 class Display:
-    """A progress bar on a terminal's stderr; plain lines otherwise (unless --json)."""
+    """A progress bar on a terminal's stderr (rich's); plain lines otherwise (unless --json)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.tty = sys.stderr.isatty()
+        self.console = stderr_console()
+        self.tty = self.console.is_terminal
         self._last_note = ""
         self._last_bar = ""
+        self._live: rich.progress.Progress | None = None
+        self._task: rich.progress.TaskID | None = None
 
     def bar(self, p: Progress) -> None:
         if self.quiet:
             return
+        text = f"re-wrapping epoch {p.from_epoch} -> {p.to_epoch}"
+        if self.tty:
+            if self._live is None or self._task is None:
+                self._live = rich.progress.Progress(
+                    rich.progress.TextColumn("{task.description}"),
+                    rich.progress.BarColumn(),
+                    rich.progress.MofNCompleteColumn(),
+                    console=self.console,
+                )
+                self._task = self._live.add_task(text, total=p.total, completed=p.done)
+                self._live.start()
+            else:
+                self._live.update(self._task, description=text, total=p.total, completed=p.done)
+            return
         width = 30
         filled = width if p.total == 0 else int(width * p.done / p.total)
-        line = (
-            f"re-wrapping epoch {p.from_epoch} -> {p.to_epoch} "
-            f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total}"
-        )
-        if self.tty:
-            sys.stderr.write(CLEAR_LINE + line)
-            sys.stderr.flush()
-        elif line != self._last_bar and (p.remaining == 0 or p.done % 100 == 0):
+        line = f"{text} [{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total}"
+        if line != self._last_bar and (p.remaining == 0 or p.done % 100 == 0):
             click.echo(line, err=True)
         self._last_bar = line
 
     def note(self, text: str) -> None:
-        """A line of its own; on a terminal the bar is erased, the note written, and the bar
-        drawn again below it (no fragment of either is left behind)."""
+        """A line of its own, above the bar while the bar is drawn."""
         if self.quiet or text == self._last_note:
             return
         self._last_note = text
-        if self.tty:
-            sys.stderr.write(CLEAR_LINE)
-        click.echo(text, err=True)
-        if self.tty and self._last_bar:
-            sys.stderr.write(self._last_bar)
-            sys.stderr.flush()
+        if self._live is not None:
+            self._live.console.print(text)
+        else:
+            click.echo(text, err=True)
 
     def close(self) -> None:
-        """End the bar's line (a terminal keeps its last state as a whole line)."""
-        if self.quiet or not self.tty or not self._last_bar:
-            return
-        sys.stderr.write(CLEAR_LINE + self._last_bar + "\n")
-        sys.stderr.flush()
-        self._last_bar = ""
+        """Stop drawing the bar: its last state stays as a whole line."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = self._task = None
 
 
 async def _fleet_descriptor(session: AdminSession, epoch: int) -> FleetDescriptor:

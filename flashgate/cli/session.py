@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -35,6 +33,7 @@ from flashgate.cli.home import (
     read_admin_key,
 )
 from flashgate.cli.passphrase import get_passphrase
+from flashgate.cli.terminal import spinner
 from flashgate.crypto import box
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
@@ -93,39 +92,6 @@ class NoOutcome(FlashgateError):
 
 def new_command_id() -> str:
     return "cli-" + secrets.token_hex(12)
-
-
-#: Carriage return, then ANSI "erase the entire line" (only ever written to a terminal).
-CLEAR_LINE = "\r\x1b[2K"
-
-
-@contextlib.contextmanager
-def spinner(text: str, enabled: bool) -> Iterator[None]:
-    """A spinner on stderr while a block awaits (only on a terminal)."""
-    if not enabled or not sys.stderr.isatty():
-        yield
-        return
-    stop = False
-
-    async def spin() -> None:
-        frames = "|/-\\"
-        i = 0
-        while not stop:
-            sys.stderr.write(f"\r{text} {frames[i % 4]}")
-            sys.stderr.flush()
-            i += 1
-            await asyncio.sleep(0.1)
-
-    task = asyncio.get_event_loop().create_task(spin())
-    try:
-        yield
-    finally:
-        stop = True
-        task.cancel()
-        # Erase the whole line (whatever was on it before the spinner, e.g. a progress bar
-        # longer than the spinner's text), cursor at its start.
-        sys.stderr.write(CLEAR_LINE)
-        sys.stderr.flush()
 
 
 class AdminSession:

@@ -1,5 +1,6 @@
 """What ``fleet rotate-key`` leaves on a terminal: every line whole, no fragment of a
-progress bar or spinner (rendered by a small terminal model: CR, LF, ANSI erase-line)."""
+progress bar or spinner (the output is played on pyte's terminal emulator, as a terminal
+would show it)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import asyncio
 import io
 import sys
 
+import pyte
 import pytest
 
 from flashgate.cli.rotate_key import Display, Progress, _progress
 from flashgate.cli.session import spinner
 from flashgate.events.queries import RotationInfo
 
-ERASE_LINE = "\x1b[2K"
+COLUMNS, ROWS = 100, 24
 
 
 class FakeTerminal(io.StringIO):
@@ -21,45 +23,30 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def render(output: str) -> list[str]:
-    """The screen's lines after ``output``: CR to column 0, LF to a new line, ESC[2K
-    erases the line (the cursor stays), other characters overwrite at the cursor."""
-    assert "\x1b" not in output.replace(ERASE_LINE, ""), "an escape the model does not know"
-    lines, col, i = [""], 0, 0
-    while i < len(output):
-        if output.startswith(ERASE_LINE, i):
-            lines[-1] = ""
-            i += len(ERASE_LINE)
-            continue
-        char = output[i]
-        i += 1
-        if char == "\r":
-            col = 0
-        elif char == "\n":
-            lines.append("")
-            col = 0
-        else:
-            line = lines[-1].ljust(col)
-            lines[-1] = line[:col] + char + line[col + 1 :]
-            col += 1
-    return [line.rstrip() for line in lines]
+def screen_lines(output: str) -> list[str]:
+    """The screen's non-blank lines after ``output`` (LF written as CR LF, as a tty does)."""
+    screen = pyte.Screen(COLUMNS, ROWS)
+    pyte.Stream(screen).feed(output.replace("\n", "\r\n"))
+    return [line.rstrip() for line in screen.display if line.strip()]
 
 
 def on_terminal(monkeypatch: pytest.MonkeyPatch) -> FakeTerminal:
     """stderr is a terminal (patched in the test's body: pytest's own capture replaces
     sys.stderr when the call phase starts, after fixtures)."""
     fake = FakeTerminal()
+    monkeypatch.setenv("COLUMNS", str(COLUMNS))
     monkeypatch.setattr(sys, "stderr", fake)
     return fake
 
 
-async def test_spinner_erases_its_whole_line(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_spinner_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
     terminal = on_terminal(monkeypatch)
-    terminal.write("\r" + "re-wrapping epoch 1 -> 2 [" + "#" * 30 + "] 1000/1000")
-    with spinner("waiting", True):
+    terminal.write("before\n")
+    with spinner("waiting for the backend", True):
         await asyncio.sleep(0.25)  # a few frames
+    assert "waiting for the backend" in terminal.getvalue()  # it was drawn
     terminal.write("next line\n")
-    assert render(terminal.getvalue()) == ["next line", ""]
+    assert screen_lines(terminal.getvalue()) == ["before", "next line"]
 
 
 async def test_rotation_display_leaves_whole_lines(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,13 +60,11 @@ async def test_rotation_display_leaves_whole_lines(monkeypatch: pytest.MonkeyPat
     display.close()
     display.note("epoch 1 retired; epoch 2 is current")
     display.close()
-    bar = "re-wrapping epoch 1 -> 2 [" + "#" * 30 + "] 3/3"
-    assert render(terminal.getvalue()) == [
-        "waiting: 1 of the new epoch's 3 nodes online; 2 are needed to re-wrap",
-        bar,
-        "epoch 1 retired; epoch 2 is current",
-        "",
-    ]
+    assert "fleet.rotation.finish" in terminal.getvalue()  # the spinner was drawn
+    note, bar, retired = screen_lines(terminal.getvalue())
+    assert note == "waiting: 1 of the new epoch's 3 nodes online; 2 are needed to re-wrap"
+    assert bar.startswith("re-wrapping epoch 1 -> 2 ") and bar.endswith(" 3/3"), bar
+    assert retired == "epoch 1 retired; epoch 2 is current"
 
 
 def test_no_escape_codes_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
