@@ -11,7 +11,6 @@ over.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -21,10 +20,26 @@ from typing import IO
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_result,
+    wait_fixed,
+)
 
 from flashgate.errors import ConfigurationError
 
 log = structlog.get_logger("flashgate.backend.lease")
+
+
+def _log_unavailable(state: RetryCallState) -> None:
+    """A failed attempt is logged; a lock held by another replica is the normal wait."""
+    if state.outcome is not None and state.outcome.failed:
+        log.warning(
+            "outbox relay lease: database unavailable; retrying",
+            error=type(state.outcome.exception()).__name__,
+        )
 
 #: Advisory lock key of the outbox relay: "fgrelay" as a 64-bit integer.
 RELAY_LOCK_KEY = int.from_bytes(b"fgrelay\x00", "big") >> 1
@@ -73,36 +88,30 @@ class PostgresRelayLease:
     async def wait(self) -> None:
         """Block until this replica holds the relay lock (also while the database is
         away: a supervisor sees that in the backend's health, not in a dead relay)."""
-        while True:
-            try:
-                connection = await self._engine.connect()
-            except Exception as exc:
-                log.warning(
-                    "outbox relay lease: database unavailable; retrying",
-                    error=type(exc).__name__,
-                )
-                await asyncio.sleep(self._retry)
-                continue
-            try:
-                held = await connection.scalar(
-                    text("SELECT pg_try_advisory_lock(:key)"), {"key": RELAY_LOCK_KEY}
-                )
-                await connection.commit()
-            except Exception as exc:
-                log.warning(
-                    "outbox relay lease: database unavailable; retrying",
-                    error=type(exc).__name__,
-                )
-                with contextlib.suppress(Exception):
-                    await connection.close()
-                await asyncio.sleep(self._retry)
-                continue
-            if held:
-                self._connection = connection
-                log.info("outbox relay lease acquired")
-                return
-            await connection.close()
-            await asyncio.sleep(self._retry)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Exception) | retry_if_result(lambda c: c is None),
+            wait=wait_fixed(self._retry),
+            before_sleep=_log_unavailable,
+        )
+        self._connection = await retrying(self._try_lock)
+        log.info("outbox relay lease acquired")
+
+    async def _try_lock(self) -> AsyncConnection | None:
+        """The connection holding the lock; None while another replica holds it."""
+        connection = await self._engine.connect()
+        try:
+            held = await connection.scalar(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": RELAY_LOCK_KEY}
+            )
+            await connection.commit()
+        except Exception:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        if held:
+            return connection
+        await connection.close()
+        return None
 
     async def still_held(self) -> bool:
         """False once the lock connection is gone (then the lock is gone too)."""

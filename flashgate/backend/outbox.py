@@ -11,7 +11,6 @@ they get the same deduplication as events.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +19,13 @@ from typing import Any
 import structlog
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random_exponential,
+)
 
 from flashgate.backend import db
 from flashgate.backend.models import OutboxMessage
@@ -198,6 +204,16 @@ def plan_groups(
     return groups
 
 
+def _log_relay_failure(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    log.warning(
+        "outbox relay failed; retrying",
+        error=type(exc).__name__,
+        detail=str(exc)[:200],
+        retry_in=round(state.next_action.sleep, 2) if state.next_action is not None else None,
+    )
+
+
 class Relay:
     """Publishes committed outbox rows in id order; retries with backoff while NATS is away.
 
@@ -249,32 +265,33 @@ class Relay:
         self._wake.set()
 
     async def run(self) -> None:
-        backoff = 0.1
         while not self._stopped:
             # Cleared before the read, so that a commit made while this pass runs ends
             # the wait below at once (cleared after, it would wait for the idle poll).
             self._wake.clear()
-            try:
-                sent = await self.relay_once()
-                backoff = 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS away, database hiccup: retry with backoff
-                log.warning(
-                    "outbox relay failed; retrying",
-                    error=type(exc).__name__,
-                    detail=str(exc)[:200],
-                    retry_in=round(backoff, 2),
-                )
-                await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 - jitter
-                backoff = min(backoff * 2, self._max_backoff)
-                continue
+            sent = await self._relay_retrying()
             if sent == 0 and not self._stopped:
                 waiter = asyncio.ensure_future(self._wake.wait())
                 try:  # asyncio.wait, not wait_for: it never swallows a cancellation
                     await asyncio.wait({waiter}, timeout=self._idle)
                 finally:
                     waiter.cancel()
+
+    async def _relay_retrying(self) -> int:
+        """One pass of :meth:`relay_once`, retried while it fails (NATS away, a database
+        hiccup) until it succeeds or the relay is stopped (then: 0). The wait before retry n
+        is b/2 + uniform(0, b), b = 0.1 s · 2^(n-1) up to ``max_backoff``: exponential, with
+        jitter so that replicas do not retry in step. A cancellation is never retried."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=0.05, max=self._max_backoff / 2)
+            + wait_random_exponential(multiplier=0.1, max=self._max_backoff),
+            stop=lambda _: self._stopped,
+            before_sleep=_log_relay_failure,
+            retry_error_callback=lambda _: 0,
+        )
+        sent: int = await retrying(self.relay_once)
+        return sent
 
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; returns how many were published.

@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import nats.errors
 import structlog
@@ -30,6 +32,7 @@ from nats.js.kv import KeyValue
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_fixed
 
 from flashgate.backend import db, health
 from flashgate.backend.apikeys import IssuedApiKey, issue_api_key
@@ -55,6 +58,7 @@ from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ROSTER_FILE, load_descriptor, load_roster
 
 log = structlog.get_logger("flashgate.backend")
+_T = TypeVar("_T")
 
 DURABLE = "backend"
 
@@ -340,35 +344,36 @@ class Backend:
             max_ack_pending=max(1024, self.settings.batch * 4),
             filter_subject=names.command_subjects,
         )
-        while not self._stopping.is_set():
-            try:
-                with broker_errors("subscribing to commands"):
-                    sub = await self.js.pull_subscribe(
-                        names.command_subjects,
-                        durable=DURABLE,
-                        stream=names.command_stream,
-                        config=config,
-                    )
-                break
-            except Exception as exc:
-                log.warning("command consumer not ready; retrying", error=str(exc)[:200])
-                await asyncio.sleep(1.0)
+        js = self.js
+
+        async def subscribe() -> JetStreamContext.PullSubscription:
+            with broker_errors("subscribing to commands"):
+                return await js.pull_subscribe(
+                    names.command_subjects,
+                    durable=DURABLE,
+                    stream=names.command_stream,
+                    config=config,
+                )
+
+        sub = await self._retry_until_stopped("command consumer not ready", subscribe)
+        if sub is None:
+            return
         gate = asyncio.Semaphore(concurrency)
         sequencer = Sequencer(self.js, names.command_stream, sub.consumer_info)
         # First what a previous backend left unacknowledged, on SQLite, where this is the
         # fleet's one backend. PostgreSQL replicas could be holding those very commands:
         # there, a dead replica's come back after ack_wait, unless a later command of
         # their target fetched meanwhile pulls them ahead (Sequencer.plan).
-        while not self._stopping.is_set() and not self._is_postgres:
-            try:
+        if not self._is_postgres:
+
+            async def catch_up() -> list[list[Step]]:
                 with broker_errors("reading unacknowledged commands"):
-                    lanes = await sequencer.catch_up()
-            except Exception as exc:
-                log.warning("unacknowledged commands not read; retrying", error=str(exc)[:200])
-                await asyncio.sleep(1.0)
-                continue
+                    return await sequencer.catch_up()
+
+            lanes = await self._retry_until_stopped("unacknowledged commands not read", catch_up)
+            if lanes is None:
+                return
             await asyncio.gather(*(self._run_lane(lane, gate, sequencer) for lane in lanes))
-            break
         while not self._stopping.is_set():
             messages = await self._fetch(sub)
             if not messages:
@@ -384,6 +389,26 @@ class Backend:
                         await msg.nak(delay=1.0)
                 continue
             await asyncio.gather(*(self._run_lane(lane, gate, sequencer) for lane in lanes))
+
+    async def _retry_until_stopped(
+        self, what: str, attempt: Callable[[], Awaitable[_T]]
+    ) -> _T | None:
+        """``attempt()`` every second until it succeeds (its result) or the backend is
+        stopping (None). A cancellation is never retried."""
+
+        def warn(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            log.warning(f"{what}; retrying", error=str(exc)[:200])
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_fixed(1.0),
+            stop=lambda _: self._stopping.is_set(),
+            before_sleep=warn,
+            retry_error_callback=lambda _: None,
+        )
+        result: _T | None = await retrying(attempt)
+        return result
 
     async def _fetch(
         self, sub: JetStreamContext.PullSubscription, timeout: float = 1.0

@@ -30,6 +30,8 @@ from flashgate.events.values import check_value
 log = structlog.get_logger("flashgate.bridge.loader")
 
 BATCH = 1024
+# The backoff is kept by hand rather than with tenacity (as the backend's retries are): wake()
+# (a peer is back) cuts the wait short and resets it, and a batch can partly succeed.
 MAX_BACKOFF_S = 10.0
 
 

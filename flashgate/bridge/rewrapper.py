@@ -58,6 +58,8 @@ TAKEOVER_AFTER_S = 15.0
 #: A submitted envelope not seen re-wrapped after this long is submitted again.
 RESUBMIT_AFTER_S = 20.0
 IDLE_POLL_S = 1.0
+# The backoff is kept by hand rather than with tenacity (as the backend's retries are): wake()
+# (a peer is back) cuts the wait short and resets it, and a batch can partly succeed.
 MAX_BACKOFF_S = 10.0
 
 Send = Callable[[bytes], Awaitable[bytes]]

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
+from tenacity import AsyncRetrying, retry_if_exception, wait_fixed
 
 from flashgate.cli.home import load_home_roster, resolve_home
 from flashgate.cli.output import json_option
@@ -130,27 +131,33 @@ def status(
     """Nodes (online, epoch, secrets held, pending, misbehaviour) and secrets."""
     root = resolve_home(home)
 
-    async def go() -> tuple[list[NodeRow], dict[str, int]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                async with AdminSession(root) as session:
-                    with spinner("waiting for the fleet", wait and not as_json):
-                        while True:
-                            rows, expected = await snapshot(session, root)
-                            if not wait or ready(rows):
-                                return rows, expected
-                            if time.monotonic() > deadline:
-                                raise NotReady(_summary(rows, expected))
-                            await asyncio.sleep(0.5)
-            except (NotReady, HomeFileError):  # a home file does not appear by waiting
-                raise
-            except FlashgateError:
-                if not wait or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(1.0)  # the system is still starting
+    deadline = time.monotonic() + timeout
 
-    rows, expected = run(go())
+    async def attempt() -> tuple[list[NodeRow], dict[str, int]]:
+        async with AdminSession(root) as session:
+            with spinner("waiting for the fleet", wait and not as_json):
+                while True:
+                    rows, expected = await snapshot(session, root)
+                    if not wait or ready(rows):
+                        return rows, expected
+                    if time.monotonic() > deadline:
+                        raise NotReady(_summary(rows, expected))
+                    await asyncio.sleep(0.5)
+
+    # With --wait, a failure to connect or to read is the system still starting: try again
+    # every second until the deadline (then the last error is raised as it is). A home file
+    # does not appear by waiting, and NotReady is the deadline itself.
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(
+            lambda e: wait
+            and isinstance(e, FlashgateError)
+            and not isinstance(e, (NotReady, HomeFileError))
+        ),
+        wait=wait_fixed(1.0),
+        stop=lambda _: time.monotonic() > deadline,
+        reraise=True,
+    )
+    rows, expected = run(retrying(attempt))
     click.echo(render(rows, expected, with_secrets=with_secrets, as_json=as_json))
 
 
