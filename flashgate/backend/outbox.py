@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from nats.js import api, kv
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import (
@@ -46,9 +47,10 @@ _PENDING = (
 )
 _MARK_PUBLISHED = update(OUTBOX).where(OUTBOX.c.id.in_(bindparam("b_ids", expanding=True)))
 
-KV_DELETE_HEADERS = {"KV-Operation": "DEL"}
+# What nats-py's own KeyValue.delete and KeyValue.purge send, with its constants.
+KV_DELETE_HEADERS = {kv.KV_OP: kv.KV_DEL}
 #: A purge also drops the key's earlier revisions from the bucket's stream.
-KV_PURGE_HEADERS = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
+KV_PURGE_HEADERS = {kv.KV_OP: kv.KV_PURGE, api.Header.ROLLUP.value: kv.MSG_ROLLUP_SUBJECT}
 
 
 def kv_subject(bucket: str, key: str) -> str:
@@ -158,7 +160,7 @@ class PendingRow:
 
     @property
     def headers(self) -> dict[str, str]:
-        headers = {"Nats-Msg-Id": self.msg_id}
+        headers = {api.Header.MSG_ID.value: self.msg_id}
         if self.operation == "del":
             headers |= KV_DELETE_HEADERS
         elif self.operation == "purge":

@@ -20,6 +20,7 @@ import msgspec
 import nats.errors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client
+from nats.js import api
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
@@ -188,7 +189,7 @@ class AdminSession:
             await self.nc.jetstream().publish(
                 self.names.command_subject(signed.command_type),
                 cmd.COMMAND_CODEC.encode(signed),  # type: ignore[arg-type]
-                headers={"Nats-Msg-Id": signed.command_id},
+                headers={api.Header.MSG_ID.value: signed.command_id},
             )
         with spinner(f"{signed.command_type}: waiting for the backend", show):
             event = await self._outcome(signed.command_id, timeout)
