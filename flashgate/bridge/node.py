@@ -26,19 +26,20 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from flashgate.bridge import metrics
+from flashgate.bridge.admin import AdminRpcs
 from flashgate.bridge.collector import Collector
 from flashgate.bridge.hardening import HardeningReport, harden
 from flashgate.bridge.keyring import EpochSlot, KeyRing
 from flashgate.bridge.loader import Loader
 from flashgate.bridge.peers import PeerBook
-from flashgate.bridge.protocol import ReplayCache, Responder, wall_clock_ms
+from flashgate.bridge.protocol import Responder
 from flashgate.bridge.rewrapper import Rewrapper
+from flashgate.bridge.screening import Clock, wall_clock_ms
 from flashgate.bridge.share_service import ShareService
 from flashgate.bridge.store import Entry, EnvelopeStore, make_entry
 from flashgate.bridge.vault import Vault
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.watch import Deleted, InitialDone, follow
-from flashgate.crypto import box
 from flashgate.errors import (
     FlashgateError,
     FleetMismatch,
@@ -50,18 +51,10 @@ from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 from flashgate.events.fleet import ROSTER_CODEC, Roster, RosterNode
 from flashgate.events.node import (
-    APIKEY_CHECK_CODEC,
     APIKEY_CHECK_RESULT_CODEC,
     HEARTBEAT_CODEC,
-    STATUS_REQUEST_CODEC,
     STATUS_RESPONSE_CODEC,
-    ApiKeyCheckResult,
     Heartbeat,
-    HeldSecret,
-    PeerStatus,
-    PendingSecret,
-    StatusResponse,
-    apikey_check_aad,
 )
 from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
@@ -110,6 +103,8 @@ class BridgeNode:
     vault: Vault = field(default_factory=Vault)
     hardening: HardeningReport | None = None
     started_at: int = field(default_factory=wall_clock_ms)
+    #: Milliseconds since the epoch: every freshness check and timestamp of this node.
+    clock: Clock = wall_clock_ms
 
     def __post_init__(self) -> None:
         self.names = FleetNames(self.bundle.fleet)
@@ -129,6 +124,23 @@ class BridgeNode:
             signing_key=self.bundle.signing_key,
             roster=lambda: self.roster,
             epochs=self.ring.epochs,
+            clock=self.clock,
+        )
+        self.admin = AdminRpcs(
+            fleet=self.names.fleet,
+            node_id=self.node_id,
+            admin_key=self.admin_key,
+            signing_key=self.bundle.signing_key,
+            exchange_key=self.bundle.exchange_key,
+            vault=self.vault,
+            store=self.store,
+            peers=self.peers,
+            ring=self.ring,
+            responder=self.responder,
+            roster=lambda: self.roster,
+            pending=lambda: self.loader.pending if self.loader is not None else {},
+            started_at=self.started_at,
+            clock=self.clock,
         )
         self.share_service = ShareService(
             responder=self.responder,
@@ -140,7 +152,6 @@ class BridgeNode:
         self.rewrapper: Rewrapper | None = None
         self._retire_wanted: set[int] = set()
         self.fleet_synced = asyncio.Event()
-        self._apikey_checks = ReplayCache(120_000)
         self._share_tasks: set[asyncio.Task[None]] = set()
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
         self.nc: Client | None = None
@@ -251,7 +262,7 @@ class BridgeNode:
         ]
         if self.settings.metrics_port is not None:
             self._metrics = await metrics.serve(
-                self.settings.metrics_host, self.settings.metrics_port, self.metrics_text
+                self.settings.metrics_host, self.settings.metrics_port, self.admin.metrics_text
             )
         log.info(
             "bridge node started",
@@ -565,7 +576,7 @@ class BridgeNode:
                     node_id=self.node_id,
                     epoch=self.ring.current.epoch,
                     roster_serial=self.roster.serial,
-                    issued_at=wall_clock_ms(),
+                    issued_at=self.clock(),
                     started_at=self.started_at,
                     secrets_held=len(self.vault),
                     secrets_pending=len(self.loader.pending) if self.loader else 0,
@@ -598,105 +609,13 @@ class BridgeNode:
             self.loader.wake()
 
     async def _on_status(self, msg: Msg) -> None:
-        try:
-            request = STATUS_REQUEST_CODEC.decode(msg.data)
-            verify(request, self.admin_key)
-            if request.fleet != self.names.fleet:
-                return
-            if abs(wall_clock_ms() - request.issued_at) > 60_000:
-                return
-        except FlashgateError:
-            return  # unsigned or malformed status requests get no answer
-        with contextlib.suppress(Exception):
-            await msg.respond(
-                STATUS_RESPONSE_CODEC.encode(
-                    self.status(request.request_id, request.include_secrets)
-                )
-            )
+        response = self.admin.answer_status(msg.data)
+        if response is not None:
+            with contextlib.suppress(Exception):
+                await msg.respond(STATUS_RESPONSE_CODEC.encode(response))
 
     async def _on_apikey_check(self, msg: Msg) -> None:
-        result = self.check_api_key(msg.data)
+        result = self.admin.check_api_key(msg.data)
         if result is not None:
             with contextlib.suppress(Exception):
                 await msg.respond(APIKEY_CHECK_RESULT_CODEC.encode(result))
-
-    def check_api_key(self, raw: bytes) -> ApiKeyCheckResult | None:
-        """An admin-signed API key check: the presented secret (sealed to this node) against
-        the vault, in constant time. Unsigned or malformed requests get no answer."""
-        try:
-            request = APIKEY_CHECK_CODEC.decode(raw)
-            verify(request, self.admin_key)
-        except FlashgateError:
-            return None
-
-        def answer(valid: bool, refused: str | None = None) -> ApiKeyCheckResult:
-            return sign(
-                ApiKeyCheckResult(
-                    fleet=self.names.fleet,
-                    node_id=self.node_id,
-                    request_id=request.request_id,
-                    key_id=request.key_id,
-                    valid=valid,
-                    refused=refused,
-                ),
-                self.bundle.signing_key,
-            )
-
-        now = wall_clock_ms()
-        if request.fleet != self.names.fleet or request.node_id != self.node_id:
-            return answer(False, "wrong_node")
-        if abs(now - request.issued_at) > 60_000:
-            return answer(False, "stale")
-        if not self._apikey_checks.check_and_add(request.request_id, now):
-            return answer(False, "replay")
-        try:
-            presented = box.open_sealed(
-                self.bundle.exchange_key,
-                box.Sealed(request.sender_key, request.nonce, request.sealed),
-                apikey_check_aad(
-                    self.names.fleet, self.node_id, request.request_id, request.key_id
-                ),
-            )
-        except FlashgateError:
-            return answer(False, "unreadable")
-        return answer(self.vault.verify_api_key(request.key_id, presented))
-
-    def status(
-        self, request_id: bytes = b"\x00" * 16, include_secrets: bool = True
-    ) -> StatusResponse:
-        held = self.vault.held() if include_secrets else []
-        pending = dict(self.loader.pending) if self.loader else {}
-        pending.update(self.store.rejected)
-        peers = [
-            PeerStatus(
-                p.node_id,
-                p.last_seen_wall_ms,
-                round(p.latency_ms, 3) if p.latency_ms is not None else None,
-            )
-            for p in self.peers.peers.values()
-            if p.node_id != self.node_id
-        ]
-        response = StatusResponse(
-            fleet=self.names.fleet,
-            node_id=self.node_id,
-            request_id=request_id,
-            issued_at=wall_clock_ms(),
-            started_at=self.started_at,
-            epoch=self.ring.current.epoch,
-            roster_serial=self.roster.serial,
-            peers=peers,
-            secrets=[HeldSecret(h.key, h.version, h.epoch) for h in held]
-            if include_secrets
-            else [],
-            pending=[PendingSecret(k, r) for k, r in sorted(pending.items())]
-            if include_secrets
-            else [],
-            secrets_held=len(self.vault),
-            share_requests_served=self.responder.served,
-            share_requests_refused=dict(self.responder.refused),
-            misbehaviour=dict(self.peers.misbehaviour),
-        )
-        return sign(response, self.bundle.signing_key)
-
-    def metrics_text(self) -> bytes:
-        return metrics.render(metrics.families(self.status(), self.ring.computed))
