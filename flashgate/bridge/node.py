@@ -7,7 +7,10 @@ and listen to peers' heartbeats; follow the fleet bucket until its initial value
 (every epoch this node holds a share of is known); then start heartbeats, the loader, the
 secrets bucket watch and the rewrapper, and the metrics endpoint. The roster is followed:
 a revoked peer is refused at once and never asked; a revoked node purges and stops. SIGTERM
-or SIGINT purges the vault and the partial cache and the process exits 0.
+or SIGINT purges the vault and the partial cache and the process exits 0. The node's tasks
+(watches, loader, rewrapper, heartbeats, each share answer) run in one
+:class:`asyncio.TaskGroup` (:class:`NodeTasks`): stop cancels and waits for all of them, and a
+task that fails stops the node (purged; the CLI exits 1).
 
 The parts, each in a module of its own:
 
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,61 @@ class BridgeSettings:
     #: bundle's epoch, the node re-seals it with its new share (and the old one is gone).
     bundle_path: Path | None = None
     passphrase: str | None = field(default=None, repr=False)
+
+
+class NodeTasks:
+    """The node's tasks, in one :class:`asyncio.TaskGroup` held open by a supervising task
+    from :meth:`open` to :meth:`close` (the node starts and stops from separate calls).
+
+    :meth:`close` cancels the group: every task is cancelled and waited for. A task that
+    fails (raises anything but a cancellation) cancels the others; it is logged and
+    ``on_failure`` is called, so the node stops (and purges) instead of running on
+    without one of its parts. A task spawned before :meth:`open` or once the group is
+    closing is not started (e.g. a share request arriving during the stop).
+    """
+
+    def __init__(self) -> None:
+        self._group: asyncio.TaskGroup | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self.failed = False
+
+    async def open(self, on_failure: Callable[[], None]) -> None:
+        opened: asyncio.Future[asyncio.TaskGroup] = asyncio.get_running_loop().create_future()
+        self._supervisor = asyncio.create_task(self._hold(opened, on_failure), name="bridge")
+        self._group = await opened
+
+    async def _hold(
+        self, opened: asyncio.Future[asyncio.TaskGroup], on_failure: Callable[[], None]
+    ) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                opened.set_result(group)
+                await asyncio.Event().wait()  # until close() cancels the group
+        except* Exception as failures:
+            for exc in failures.exceptions:
+                log.error("a bridge task failed; stopping", error=type(exc).__name__)
+            self.failed = True
+            on_failure()
+        finally:
+            self._group = None
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
+        try:
+            if self._group is None:
+                raise RuntimeError("no task group")
+            self._group.create_task(coro, name=name)
+        except RuntimeError:  # not open, or closing: the task is not started
+            coro.close()
+
+    async def close(self) -> None:
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is None:
+            return
+        supervisor.cancel()
+        # wait, not gather or a suppressed await: the group's own CancelledError stays
+        # in the task, and a cancellation of close() itself (its caller's timeout) is not
+        # swallowed.
+        await asyncio.wait({supervisor})
 
 
 @dataclass
@@ -186,9 +244,8 @@ class BridgeNode:
             started_at=self.started_at,
             clock=self.clock,
         )
-        self._share_tasks: set[asyncio.Task[None]] = set()
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = NodeTasks()
         self._stopped = asyncio.Event()
         self._metrics: asyncio.Server | None = None
 
@@ -204,11 +261,17 @@ class BridgeNode:
     def initial_load_done(self) -> asyncio.Event:
         return self.secrets.initial_load_done
 
+    @property
+    def failed(self) -> bool:
+        """A task of the node failed: it stopped (and the process exits non-zero)."""
+        return self._tasks.failed
+
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         self.hardening = harden(lock_memory=self.settings.lock_memory)
         log.info("process hardening", **self.hardening.as_dict())
+        await self._tasks.open(on_failure=self._stopped.set)
         s = self.settings
         await self.transport.connect(s.nats_urls, user=s.nats_user, password=s.nats_password)
         # Serve peers first: nodes that start together must not wait on each other.
@@ -249,12 +312,7 @@ class BridgeNode:
         self.ring.purge()
         if self._metrics is not None:
             self._metrics.close()
-        for task in [*self._tasks, *self._share_tasks]:
-            task.cancel()
-        # gather, not a loop of suppressed awaits: a cancellation of stop() itself (its
-        # caller's timeout) must not be swallowed.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.close()
         await self.transport.close()
         await asyncio.to_thread(self.ring.close)
         self._stopped.set()
@@ -265,7 +323,7 @@ class BridgeNode:
         await self._stopped.wait()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))
+        self._tasks.spawn(coro, name)
 
     # --- wiring --------------------------------------------------------------------------
 
@@ -286,9 +344,7 @@ class BridgeNode:
     async def _on_share(self, msg: Msg) -> None:
         """Answer in a task of its own: nats-py runs a subscription's callbacks one at a
         time, and a request whose partials are cached must not queue behind others."""
-        task = asyncio.create_task(self._answer_share(msg))
-        self._share_tasks.add(task)
-        task.add_done_callback(self._share_tasks.discard)
+        self._spawn(self._answer_share(msg))
 
     async def _answer_share(self, msg: Msg) -> None:
         reply = await self.share_service.answer(msg.data, self._share_gate)

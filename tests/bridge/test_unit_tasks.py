@@ -1,0 +1,65 @@
+"""The node's task group (flashgate/bridge/node.py, NodeTasks): stop cancels and waits for
+every task; a failing task stops the others and the node; nothing starts once closing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flashgate.bridge.node import NodeTasks
+
+
+async def test_close_cancels_every_task_and_waits_for_it() -> None:
+    tasks, stopped = NodeTasks(), asyncio.Event()
+    await tasks.open(on_failure=stopped.set)
+    started, cleaned = asyncio.Event(), []
+
+    async def forever(name: str) -> None:
+        try:
+            started.set()
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append(name)
+
+    tasks.spawn(forever("a"), "a")
+    tasks.spawn(forever("b"), "b")
+    await started.wait()
+    await tasks.close()
+    assert sorted(cleaned) == ["a", "b"]
+    assert not tasks.failed and not stopped.is_set()
+
+
+async def test_a_failing_task_cancels_the_others_and_calls_on_failure() -> None:
+    tasks, stopped = NodeTasks(), asyncio.Event()
+    await tasks.open(on_failure=stopped.set)
+    cancelled = asyncio.Event()
+
+    async def sibling() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def broken() -> None:
+        raise ValueError("boom")
+
+    tasks.spawn(sibling())
+    await asyncio.sleep(0)
+    tasks.spawn(broken())
+    await stopped.wait()
+    assert cancelled.is_set() and tasks.failed
+    await tasks.close()
+
+
+async def test_nothing_is_started_before_open_or_after_close() -> None:
+    tasks, ran = NodeTasks(), []
+
+    async def work() -> None:
+        ran.append(1)
+
+    tasks.spawn(work())
+    await tasks.open(on_failure=lambda: None)
+    await tasks.close()
+    tasks.spawn(work())
+    await asyncio.sleep(0)
+    assert ran == []
