@@ -68,6 +68,8 @@ log = structlog.get_logger("flashgate.bridge")
 
 #: Share requests answered at once (the partial computations themselves share the engine).
 SHARE_CONCURRENCY = 16
+#: Seconds between cancellations of a task that has not ended on stop.
+CANCEL_AGAIN_AFTER_S = 0.5
 
 
 @dataclass
@@ -99,6 +101,7 @@ class NodeTasks:
     def __init__(self) -> None:
         self._group: asyncio.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self.failed = False
 
     async def open(self, on_failure: Callable[[], None]) -> None:
@@ -125,9 +128,12 @@ class NodeTasks:
         try:
             if self._group is None:
                 raise RuntimeError("no task group")
-            self._group.create_task(coro, name=name)
+            task = self._group.create_task(coro, name=name)
         except RuntimeError:  # not open, or closing: the task is not started
             coro.close()
+            return
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def close(self) -> None:
         supervisor, self._supervisor = self._supervisor, None
@@ -136,8 +142,12 @@ class NodeTasks:
         supervisor.cancel()
         # wait, not gather or a suppressed await: the group's own CancelledError stays
         # in the task, and a cancellation of close() itself (its caller's timeout) is not
-        # swallowed.
-        await asyncio.wait({supervisor})
+        # swallowed. On Python 3.11 a cancellation can be swallowed by asyncio.wait_for
+        # (fixed in 3.12): the tasks still running are cancelled again until they end.
+        while not supervisor.done():
+            await asyncio.wait({supervisor}, timeout=CANCEL_AGAIN_AFTER_S)
+            for task in self._running:
+                task.cancel()
 
 
 @dataclass

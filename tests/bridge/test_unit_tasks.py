@@ -4,6 +4,7 @@ every task; a failing task stops the others and the node; nothing starts once cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from flashgate.bridge.node import NodeTasks
 
@@ -63,3 +64,24 @@ async def test_nothing_is_started_before_open_or_after_close() -> None:
     tasks.spawn(work())
     await asyncio.sleep(0)
     assert ran == []
+
+
+async def test_a_task_that_swallows_a_cancellation_is_cancelled_again() -> None:
+    """Python 3.11's asyncio.wait_for can swallow a cancellation; stop must still end."""
+    tasks = NodeTasks()
+    await tasks.open(on_failure=lambda: None)
+    started, ended = asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()  # the first cancellation is lost here
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    tasks.spawn(stubborn())
+    await started.wait()
+    await asyncio.wait_for(tasks.close(), 30)  # a hang is the failure, not a slow stop
+    assert ended.is_set()
