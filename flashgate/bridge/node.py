@@ -8,9 +8,9 @@ and listen to peers' heartbeats; follow the fleet bucket until its initial value
 secrets bucket watch and the rewrapper, and the metrics endpoint. The roster is followed:
 a revoked peer is refused at once and never asked; a revoked node purges and stops. SIGTERM
 or SIGINT purges the vault and the partial cache and the process exits 0. The node's tasks
-(watches, loader, rewrapper, heartbeats, each share answer) run in one
-:class:`asyncio.TaskGroup` (:class:`NodeTasks`): stop cancels and waits for all of them, and a
-task that fails stops the node (purged; the CLI exits 1).
+(watches, loader, rewrapper, heartbeats, each share answer) run in one task group
+(:class:`~flashgate.taskgroup.HeldTaskGroup`): stop cancels and waits for all of them, and
+a task that fails stops the node (purged; the CLI exits 1).
 
 The parts, each in a module of its own:
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,12 @@ from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.rotation import EpochKey
 from flashgate.fleet.signing import load_ed25519_public
+from flashgate.taskgroup import HeldTaskGroup
 
 log = structlog.get_logger("flashgate.bridge")
 
 #: Share requests answered at once (the partial computations themselves share the engine).
 SHARE_CONCURRENCY = 16
-#: Seconds between cancellations of a task that has not ended on stop.
-CANCEL_AGAIN_AFTER_S = 0.5
 
 
 @dataclass
@@ -85,69 +84,6 @@ class BridgeSettings:
     #: bundle's epoch, the node re-seals it with its new share (and the old one is gone).
     bundle_path: Path | None = None
     passphrase: str | None = field(default=None, repr=False)
-
-
-class NodeTasks:
-    """The node's tasks, in one :class:`asyncio.TaskGroup` held open by a supervising task
-    from :meth:`open` to :meth:`close` (the node starts and stops from separate calls).
-
-    :meth:`close` cancels the group: every task is cancelled and waited for. A task that
-    fails (raises anything but a cancellation) cancels the others; it is logged and
-    ``on_failure`` is called, so the node stops (and purges) instead of running on
-    without one of its parts. A task spawned before :meth:`open` or once the group is
-    closing is not started (e.g. a share request arriving during the stop).
-    """
-
-    def __init__(self) -> None:
-        self._group: asyncio.TaskGroup | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
-        self.failed = False
-
-    async def open(self, on_failure: Callable[[], None]) -> None:
-        opened: asyncio.Future[asyncio.TaskGroup] = asyncio.get_running_loop().create_future()
-        self._supervisor = asyncio.create_task(self._hold(opened, on_failure), name="bridge")
-        self._group = await opened
-
-    async def _hold(
-        self, opened: asyncio.Future[asyncio.TaskGroup], on_failure: Callable[[], None]
-    ) -> None:
-        try:
-            async with asyncio.TaskGroup() as group:
-                opened.set_result(group)
-                await asyncio.Event().wait()  # until close() cancels the group
-        except* Exception as failures:
-            for exc in failures.exceptions:
-                log.error("a bridge task failed; stopping", error=type(exc).__name__)
-            self.failed = True
-            on_failure()
-        finally:
-            self._group = None
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
-        try:
-            if self._group is None:
-                raise RuntimeError("no task group")
-            task = self._group.create_task(coro, name=name)
-        except RuntimeError:  # not open, or closing: the task is not started
-            coro.close()
-            return
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def close(self) -> None:
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is None:
-            return
-        supervisor.cancel()
-        # wait, not gather or a suppressed await: the group's own CancelledError stays
-        # in the task, and a cancellation of close() itself (its caller's timeout) is not
-        # swallowed. On Python 3.11 a cancellation can be swallowed by asyncio.wait_for
-        # (fixed in 3.12): the tasks still running are cancelled again until they end.
-        while not supervisor.done():
-            await asyncio.wait({supervisor}, timeout=CANCEL_AGAIN_AFTER_S)
-            for task in self._running:
-                task.cancel()
 
 
 @dataclass
@@ -255,7 +191,7 @@ class BridgeNode:
             clock=self.clock,
         )
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
-        self._tasks = NodeTasks()
+        self._tasks = HeldTaskGroup("bridge")
         self._stopped = asyncio.Event()
         self._metrics: asyncio.Server | None = None
 
