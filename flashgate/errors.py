@@ -300,3 +300,14 @@ class InvalidSecretValue(ConfigurationError):
     an unknown provider, ...). The message names the flags, never the value."""
 
     code = "invalid_value"
+
+
+class Refused(FlashgateError):
+    """A signed request (share request, admin RPC) or a share response refused; ``reason``
+    is the counted reason code (:mod:`flashgate.bridge.screening`)."""
+
+    code = "share_refused"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or reason)

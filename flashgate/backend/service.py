@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import structlog
@@ -56,6 +56,7 @@ from flashgate.events.subjects import FleetNames
 from flashgate.events.types import ApiKeyScope
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ROSTER_FILE, load_descriptor, load_roster
+from flashgate.taskgroup import HeldTaskGroup
 
 log = structlog.get_logger("flashgate.backend")
 _T = TypeVar("_T")
@@ -92,7 +93,8 @@ class Backend:
         self._relay_lease: PostgresRelayLease | None = None
         self._fast_writer: FastWriter | None = None
         self._write_lock: asyncio.Lock | None = None  # SQLite: one writer at a time
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = HeldTaskGroup("backend")
+        self._long: list[asyncio.Task[None]] = []  # the long-running ones (health reads them)
         self._stopping = asyncio.Event()
         self.applied = 0
 
@@ -119,6 +121,7 @@ class Backend:
         self.js = self.nc.jetstream()
         declared = await declare_fleet(self.js, names, replicas=s.stream_replicas)
         await self._publish_fleet_documents(declared.fleet, state)
+        await self._tasks.open(on_failure=self._on_task_failure)
         self.relay = Relay(
             self.sessions,
             self._publish,
@@ -136,16 +139,14 @@ class Backend:
         if self._singleton is not None or not self._is_postgres:
             await self._drain_outbox()
             await reconcile(self.sessions, self.js, declared.secrets, names, state.fleet_id)
-            self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
+            self._spawn(self.relay.run(), "relay")
         else:
-            self._tasks.append(
-                asyncio.create_task(self._relay_when_leader(declared.secrets), name="relay-lease")
-            )
+            self._spawn(self._relay_when_leader(declared.secrets), "relay-lease")
         await self._start_queries(names, state.fleet_id)
         await self._start_rewrap(names)
-        self._tasks.append(asyncio.create_task(self._consume(names), name="consumer"))
+        self._spawn(self._consume(names), "consumer")
         if s.health_file is not None:
-            self._tasks.append(asyncio.create_task(health.run(self, s.health_file), name="health"))
+            self._spawn(health.run(self, s.health_file), "health")
         log.info(
             "backend started",
             fleet=names.fleet,
@@ -175,8 +176,7 @@ class Backend:
         self._stopping.set()
         if self.relay is not None:
             self.relay.stop()
-        await _cancel_all(self._tasks)
-        self._tasks.clear()
+        await self._tasks.close()
         if self.relay is not None and self.nc is not None and self.nc.is_connected:
             with contextlib.suppress(Exception):  # best effort: the next start relays the rest
                 await asyncio.wait_for(self._drain_outbox(), 3)
@@ -198,7 +198,21 @@ class Backend:
     @property
     def tasks(self) -> tuple[asyncio.Task[None], ...]:
         """The long-running tasks (read by flashgate.backend.health)."""
-        return tuple(self._tasks)
+        return tuple(self._long)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = self._tasks.spawn(coro, name)
+        if task is not None:
+            self._long.append(task)
+
+    def _on_task_failure(self) -> None:
+        """A task failed and the group cancelled the others (the health task too): say so
+        in the health file at once, as the next check would have."""
+        path = self.settings.health_file
+        if path is not None:
+            ended = [t.get_name() for t in self._long if t.done() and not t.cancelled()]
+            with contextlib.suppress(OSError):
+                health.write(path, [f"its {name} task has ended" for name in ended])
 
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
@@ -313,7 +327,7 @@ class Backend:
                     self.processor.state.names,
                     self.processor.state.fleet_id,
                 )
-                relay = asyncio.create_task(self.relay.run())
+                relay = self._tasks.spawn(self.relay.run(), "relay")
                 while await self._relay_lease.still_held():
                     await asyncio.sleep(1.0)
                 log.warning("outbox relay lease lost; standing by")
@@ -326,7 +340,7 @@ class Backend:
                 )
             finally:
                 if relay is not None:
-                    await _cancel_all([relay])
+                    await self._tasks.cancel(relay)
                 await self._relay_lease.release()
             if failed:
                 await asyncio.sleep(1.0)
@@ -525,18 +539,3 @@ class Backend:
         return await issue_api_key(
             self.processor, repo=repo, scope=scope, access=access, label=label, actor=actor
         )
-
-
-async def _cancel_all(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None:
-    """Cancel and wait, cancelling again while any is still running: on Python 3.11 a
-    cancellation can be swallowed by ``asyncio.wait_for`` (fixed in 3.12)."""
-    pending = {t for t in tasks if not t.done()}
-    deadline = asyncio.get_running_loop().time() + timeout
-    while pending:
-        for task in pending:
-            task.cancel()
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            log.error("tasks did not stop", tasks=[t.get_name() for t in pending])
-            return
-        _, pending = await asyncio.wait(pending, timeout=min(0.5, remaining))

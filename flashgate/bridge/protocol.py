@@ -4,7 +4,8 @@ Responder, cheapest checks first (:meth:`Responder.screen`):
     size limit -> schema -> fleet and epoch -> requester in the roster, active, not us ->
     issued-at within the skew window -> Ed25519 signature -> request id not seen (replay;
     after the signature, so a forged request cannot burn a real id) -> per-requester rate
-    limit.
+    limit. Freshness, signature and replay are :class:`~flashgate.bridge.screening.RequestScreen`,
+    the same screening every admin RPC goes through.
 Each refusal is a :class:`Refused` with a reason code, counted by reason. Only a request
 that passes all of them reaches the per-item checks (the node's own copy of each envelope
 and its digest, done by the caller) and then the partial decryptions.
@@ -16,8 +17,7 @@ under the roster key) and opens the sealed results.
 
 from __future__ import annotations
 
-import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,9 +25,10 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from flashgate.bridge.screening import Clock, RequestScreen, wall_clock_ms
 from flashgate.crypto import box
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
-from flashgate.errors import FlashgateError, SignatureInvalid
+from flashgate.errors import FlashgateError, Refused, SignatureInvalid
 from flashgate.events.fleet import Roster
 from flashgate.events.share import (
     SHARE_REQUEST_CODEC,
@@ -43,49 +44,12 @@ from flashgate.events.share import (
 from flashgate.events.signing import sign, verify
 from flashgate.fleet.signing import load_ed25519_public
 
-Clock = Callable[[], int]  # milliseconds since the epoch
-
-
-def wall_clock_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class Refused(FlashgateError):
-    """A share request or response refused; ``reason`` is the counted reason code."""
-
-    code = "share_refused"
-
-    def __init__(self, reason: str, message: str | None = None) -> None:
-        self.reason = reason
-        super().__init__(message or reason)
-
 
 @dataclass(frozen=True)
 class ProtocolLimits:
     skew_ms: int = 30_000  # |now - issued_at| allowed
     rate_per_second: float = 50.0  # sustained requests per requester
     burst: int = 100  # bucket size
-
-
-class ReplayCache:
-    """Request ids seen within the skew window (an older request is refused as stale)."""
-
-    def __init__(self, ttl_ms: int, max_entries: int = 200_000) -> None:
-        self._ttl = ttl_ms
-        self._max = max_entries
-        self._seen: OrderedDict[bytes, int] = OrderedDict()
-
-    def check_and_add(self, request_id: bytes, now: int) -> bool:
-        """True if new (and remembered now); False for a replay."""
-        while self._seen:
-            oldest, at = next(iter(self._seen.items()))
-            if now - at <= self._ttl and len(self._seen) < self._max:
-                break
-            del self._seen[oldest]
-        if request_id in self._seen:
-            return False
-        self._seen[request_id] = now
-        return True
 
 
 class RateLimiter:
@@ -135,7 +99,7 @@ class Responder:
     served: int = 0
 
     def __post_init__(self) -> None:
-        self._replays = ReplayCache(2 * self.limits.skew_ms)
+        self._requests = RequestScreen(skew_ms=self.limits.skew_ms, clock=self.clock)
         self._rates = RateLimiter(self.limits.rate_per_second, self.limits.burst)
 
     def screen(self, raw: bytes) -> ShareRequest:
@@ -164,16 +128,8 @@ class Responder:
             raise Refused("unknown_requester", f"{request.requester} is not in the roster")
         if entry.status != "active":
             raise Refused("revoked_requester", f"{request.requester} is revoked")
-        now = self.clock()
-        if abs(now - request.issued_at) > self.limits.skew_ms:
-            raise Refused("stale", "issued-at outside the skew window")
-        try:
-            verify(request, load_ed25519_public(entry.signing_key))
-        except SignatureInvalid as exc:
-            raise Refused("bad_signature") from exc
-        # After the signature: a forged request cannot burn a real request id.
-        if not self._replays.check_and_add(request.request_id, now):
-            raise Refused("replay")
+        # Freshness, signature, then replay (a forged request cannot burn a real id).
+        now = self._requests.check(request, load_ed25519_public(entry.signing_key))
         if not self._rates.allow(request.requester, now):
             raise Refused("rate_limited")
         return request

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flashgate.bridge.collector import Collector
 from flashgate.bridge.keyring import KeyRing
 from flashgate.bridge.peers import PeerBook
-from flashgate.bridge.protocol import wall_clock_ms
+from flashgate.bridge.screening import wall_clock_ms
 from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.crypto.decrypt import rewrap
 from flashgate.errors import FlashgateError, RewrapDisputed

@@ -81,10 +81,14 @@ def bridge(
     asyncio.run(_run(node))
     if node.revoked:
         raise SystemExit(EXIT_REVOKED)
+    if node.failed:
+        raise SystemExit(EXIT_FAILED)
 
 
 #: Exit status of a node that found itself revoked: supervisors must not restart it.
 EXIT_REVOKED = 3
+#: Exit status of a node one of whose tasks failed (it purged and stopped): restart it.
+EXIT_FAILED = 1
 
 
 async def _run(node: object) -> None:

@@ -13,11 +13,11 @@ from flashgate.bridge.protocol import (
     ProtocolLimits,
     RateLimiter,
     Refused,
-    ReplayCache,
     Responder,
     build_request,
     open_response,
 )
+from flashgate.bridge.screening import ReplayCache
 from flashgate.crypto import box
 from flashgate.events.fleet import Roster
 from flashgate.events.share import (

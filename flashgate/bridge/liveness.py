@@ -1,0 +1,115 @@
+"""Liveness: this node's heartbeats, its peers' heartbeats, and misbehaviour reports.
+
+Every :data:`HEARTBEAT_INTERVAL_S` the node publishes a signed :class:`Heartbeat` (epoch,
+roster serial, secrets held and pending) on ``fg.<f>.node.<node>.heartbeat``. A peer's
+heartbeat counts only when it verifies under that peer's roster key while the peer is
+active; the first one heard from a peer wakes the loader (secrets pending for want of
+that peer are tried again). A peer proven to have misbehaved (a partial that fails its
+proof) is reported as a ``NodeMisbehaved`` event on JetStream, deduplicated by its id.
+Publishing is best effort: a broker hiccup must not stop the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.aio.msg import Msg
+
+from flashgate.bridge.keyring import KeyRing
+from flashgate.bridge.loader import Loader
+from flashgate.bridge.peers import PeerBook
+from flashgate.bridge.screening import Clock
+from flashgate.bridge.transport import NatsTransport
+from flashgate.bridge.vault import Vault
+from flashgate.crypto.rng import Rng
+from flashgate.errors import FlashgateError, SignatureInvalid
+from flashgate.events import domain as ev
+from flashgate.events.fleet import Roster
+from flashgate.events.node import HEARTBEAT_CODEC, Heartbeat
+from flashgate.events.signing import sign, verify
+from flashgate.fleet.signing import load_ed25519_public
+
+HEARTBEAT_INTERVAL_S = 2.0
+
+
+@dataclass
+class Liveness:
+    node_id: str
+    signing_key: Ed25519PrivateKey
+    transport: NatsTransport
+    peers: PeerBook
+    ring: KeyRing
+    vault: Vault
+    loader: Loader
+    roster: Callable[[], Roster]
+    started_at: int
+    clock: Clock
+    rng: Rng
+
+    @property
+    def fleet(self) -> str:
+        return self.transport.names.fleet
+
+    async def heartbeats(self) -> None:
+        names = self.transport.names
+        while True:
+            beat = sign(
+                Heartbeat(
+                    fleet=self.fleet,
+                    node_id=self.node_id,
+                    epoch=self.ring.current.epoch,
+                    roster_serial=self.roster().serial,
+                    issued_at=self.clock(),
+                    started_at=self.started_at,
+                    secrets_held=len(self.vault),
+                    secrets_pending=len(self.loader.pending),
+                ),
+                self.signing_key,
+            )
+            with contextlib.suppress(Exception):
+                await self.transport.publish(
+                    names.heartbeat_subject(self.node_id), HEARTBEAT_CODEC.encode(beat)
+                )
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = HEARTBEAT_CODEC.decode(msg.data)
+        except FlashgateError:
+            return
+        if beat.node_id == self.node_id or beat.fleet != self.fleet:
+            return
+        entry = self.peers.active(beat.node_id)
+        if entry is None:
+            return
+        try:
+            verify(beat, load_ed25519_public(entry.signing_key))
+        except SignatureInvalid:
+            return
+        was_alive = self.peers.peers[beat.node_id].last_seen is not None
+        self.peers.seen(beat.node_id)
+        if not was_alive:
+            self.loader.wake()
+
+    async def report_misbehaviour(self, node_id: str, reason: str, key: str | None) -> None:
+        names = self.transport.names
+        event = ev.make_event(
+            ev.NodeMisbehaved(
+                node_id=node_id,
+                reporter=self.node_id,
+                reason=reason,
+                secret_key=key,
+                epoch=self.ring.current.epoch,
+            ),
+            event_id=f"{self.node_id}.{node_id}.{self.rng.token_bytes(8).hex()}",
+            source=f"flashgate/{names.fleet}/bridge/{self.node_id}",
+            subject=node_id,
+        )
+        with contextlib.suppress(Exception):  # not connected yet, or a broker hiccup
+            await self.transport.publish_event(
+                names.event_subject(event.short_type), ev.encode_event(event), f"evt:{event.id}"
+            )
