@@ -86,6 +86,13 @@ class AdminRpcs:
     def status(
         self, request_id: bytes = b"\x00" * 16, include_secrets: bool = True
     ) -> StatusResponse:
+        """The node's status, signed with its identity key (what an admin is answered)."""
+        return sign(self.snapshot(request_id, include_secrets), self.signing_key)
+
+    def snapshot(
+        self, request_id: bytes = b"\x00" * 16, include_secrets: bool = True
+    ) -> StatusResponse:
+        """The node's status, unsigned: for the metrics scrape, which nobody verifies."""
         held = self.vault.held() if include_secrets else []
         pending = dict(self.pending())
         pending.update(self.store.rejected)
@@ -118,10 +125,10 @@ class AdminRpcs:
             share_requests_refused=dict(self.responder.refused),
             misbehaviour=dict(self.peers.misbehaviour),
         )
-        return sign(response, self.signing_key)
+        return response
 
     def metrics_text(self) -> bytes:
-        return metrics.render(metrics.families(self.status(), self.ring.computed))
+        return metrics.render(metrics.families(self.snapshot(), self.ring.computed))
 
     # --- API key check -----------------------------------------------------------------------
 

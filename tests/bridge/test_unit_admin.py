@@ -145,3 +145,22 @@ def test_a_forged_api_key_check_gets_no_answer_even_when_stale(
     assert node.admin.check_api_key(forged) is None
     clock.advance(ADMIN_SKEW_MS + 1)
     assert node.admin.check_api_key(forged) is None
+
+
+def test_a_metrics_scrape_signs_nothing(node: BridgeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scrape is frequent and unauthenticated: it must not cost an Ed25519 signature."""
+    import flashgate.bridge.admin as admin_module
+
+    signed: list[object] = []
+    real_sign = admin_module.sign
+
+    def counting_sign(message, key):  # type: ignore[no-untyped-def]
+        signed.append(message)
+        return real_sign(message, key)
+
+    monkeypatch.setattr(admin_module, "sign", counting_sign)
+    text = node.admin.metrics_text()
+    assert b"flashgate_" in text
+    assert signed == []
+    node.admin.status()  # what an admin is answered is still signed
+    assert len(signed) == 1
