@@ -39,12 +39,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
 
 from flashgate.broker.permissions import ROLES, RoleCredentials, authorization_config
-from flashgate.broker.server import NatsServerProcess, free_port
 from flashgate.cli.bridge import EXIT_REVOKED
 from flashgate.cli.dev import dev, dev_passphrase, passphrase_lines
 from flashgate.cli.home import (
@@ -65,6 +65,9 @@ from flashgate.fleet.directory import write_fleet_dir
 from flashgate.fleet.files import DESCRIPTOR_FILE, NODES_DIR, load_descriptor
 from flashgate.lifetime import die_with_parent
 from flashgate.runnable import flashgate_command
+
+if TYPE_CHECKING:
+    from flashgate.devcluster.nats_server import NatsServerProcess
 
 LOCK_FILE = "dev-up.lock"
 NATS_PIDFILE = "nats-server.pid"
@@ -221,6 +224,8 @@ def ensure_config(home: Path) -> HomeConfig:
         config = load_config(home)
         if set(config.logins) >= set(ROLES):
             return config
+    from flashgate.devcluster.nats_server import free_port  # see _run
+
     config = HomeConfig(
         nats=[f"nats://127.0.0.1:{free_port()}"],
         logins={role: RoleLogin(user=role, password=secrets.token_urlsafe(24)) for role in ROLES},
@@ -290,6 +295,10 @@ def _run(
         (root / sub).mkdir(exist_ok=True)
     run_dir = root / "run"
     from flashgate.backend import db  # SQLAlchemy and Alembic: only the dev cluster needs them
+
+    # The nats-server harness (and its atexit hook) stays out of every other command's
+    # process: `flashgate backend`/`bridge` import this module through flashgate.cli.main.
+    from flashgate.devcluster.nats_server import NatsServerProcess
 
     server = NatsServerProcess(
         root / "nats",

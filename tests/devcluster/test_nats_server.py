@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from flashgate.broker.server import (
+from flashgate.broker.version import MIN_SERVER_VERSION, parse_version
+from flashgate.devcluster.nats_server import (
     ENV_BINARY,
-    MIN_SERVER_VERSION,
     NatsBinary,
     NatsCluster,
     NatsServerProcess,
     find_nats_server,
     free_port,
     free_ports,
-    parse_version,
 )
 from flashgate.errors import BrokerUnavailable, UnsupportedServer
 
