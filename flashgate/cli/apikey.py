@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 from flashgate.cli.home import load_home_roster, resolve_home
-from flashgate.cli.output import emit, json_option, mark_error_reported
-from flashgate.cli.secret import every_page, home_option
+from flashgate.cli.options import home_option, json_option
+from flashgate.cli.output import emit, mark_error_reported
+from flashgate.cli.secret import every_page
 from flashgate.cli.session import AdminSession, NoOutcome, run
 from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext

@@ -46,7 +46,7 @@ from click.core import ParameterSource
 
 from flashgate.broker.permissions import ROLES, RoleCredentials, authorization_config
 from flashgate.cli.bridge import EXIT_REVOKED
-from flashgate.cli.dev import dev, dev_passphrase, passphrase_lines
+from flashgate.cli.ceremony_progress import search_primes
 from flashgate.cli.home import (
     HomeConfig,
     RoleLogin,
@@ -55,7 +55,7 @@ from flashgate.cli.home import (
     resolve_home,
     save_config,
 )
-from flashgate.cli.passphrase import PASSPHRASE_ENV
+from flashgate.cli.passphrase import PASSPHRASE_ENV, dev_passphrase, passphrase_lines
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
 from flashgate.errors import AlreadyRunning, ConfigurationError, FlashgateError
 from flashgate.events.subjects import FleetNames
@@ -203,10 +203,8 @@ def ensure_fleet(
 ) -> None:
     if (fleet_dir(home) / DESCRIPTOR_FILE).exists():
         return
-    from flashgate.cli.main import _search_primes
-
     click.echo(f"key ceremony: fleet 'dev', {threshold}-of-{nodes}, {key_bits}-bit key", err=True)
-    primes = _search_primes(key_bits, quiet=False)
+    primes = search_primes(key_bits, quiet=False)
     ceremony = run_ceremony(
         fleet="dev",
         node_ids=default_node_ids(nodes),
@@ -238,7 +236,7 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-@dev.command("up")
+@click.command("up")
 @click.option(
     "--home",
     type=click.Path(path_type=Path),

@@ -11,8 +11,7 @@ from pathlib import Path
 import click
 
 from flashgate.cli.home import load_home_roster, resolve_home
-from flashgate.cli.output import json_option
-from flashgate.cli.secret import home_option
+from flashgate.cli.options import home_option, json_option
 from flashgate.cli.session import AdminSession, run, spinner
 from flashgate.errors import FlashgateError, HomeFileError
 from flashgate.events.node import StatusResponse

@@ -11,18 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from flashgate import __version__, logs
-from flashgate.cli import devup as _devup  # noqa: F401 - registers `dev up`
 from flashgate.cli.apikey import apikey
 from flashgate.cli.backend import backend
 from flashgate.cli.bridge import bridge
+from flashgate.cli.ceremony_progress import search_primes
 from flashgate.cli.dev import dev
 from flashgate.cli.fleet_status import status as fleet_status
 from flashgate.cli.node import node
@@ -41,7 +39,7 @@ from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
 from flashgate.crypto.seal import check_passphrase
-from flashgate.crypto.threshold.dealing import DEFAULT_BITS, generate_primes
+from flashgate.crypto.threshold.dealing import DEFAULT_BITS
 from flashgate.crypto.threshold.keys import MAX_PARTIES
 from flashgate.errors import (
     ConfigurationError,
@@ -163,7 +161,7 @@ def fleet_init(
     check_passphrase(passphrase)
     if insecure_test_key and key_bits < 2048 and not quiet:
         click.echo(f"warning: {key_bits}-bit INSECURE test key", err=True)
-    primes = _search_primes(key_bits, quiet=quiet)
+    primes = search_primes(key_bits, quiet=quiet)
     ceremony = run_ceremony(
         fleet=fleet_name,
         node_ids=ids,
@@ -185,42 +183,6 @@ def fleet_init(
         )
         for path in written:
             click.echo(f"  wrote {path}", err=True)
-
-
-def _search_primes(bits: int, *, quiet: bool) -> tuple[int, int]:
-    """Run the safe-prime search, showing a live timer on stderr."""
-    if quiet:
-        return generate_primes(bits)
-    result: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            result["primes"] = generate_primes(bits)
-        except BaseException as exc:  # re-raised in the caller's thread
-            result["error"] = exc
-
-    worker = threading.Thread(target=work, daemon=True)
-    start = time.monotonic()
-    worker.start()
-    tty = sys.stderr.isatty()
-    label = f"searching for two {bits // 2}-bit safe primes"
-    spinner = "|/-\\"
-    tick = 0
-    last_line = 0.0
-    while worker.is_alive():
-        worker.join(0.2)
-        elapsed = time.monotonic() - start
-        if tty:
-            click.echo(f"\r{label} {spinner[tick % 4]} {elapsed:5.1f}s", nl=False, err=True)
-            tick += 1
-        elif elapsed - last_line >= 5 or last_line == 0:
-            click.echo(f"{label} ... {elapsed:.0f}s", err=True)
-            last_line = max(elapsed, 0.001)
-    elapsed = time.monotonic() - start
-    click.echo(f"{chr(13) if tty else ''}{label}: done in {elapsed:.1f}s", err=True)
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["primes"]  # type: ignore[return-value]
 
 
 @cli.command("encrypt")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from flashgate.cli.output import emit, json_option
+from flashgate.cli.options import json_option
+from flashgate.cli.output import emit
 from flashgate.cli.passphrase import PASSPHRASE_ENV, env_passphrase, prompt_passphrase
 from flashgate.crypto import seal
 from flashgate.errors import ConfigurationError, FlashgateError, MalformedSealedFile

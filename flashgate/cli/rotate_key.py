@@ -28,8 +28,7 @@ from nats.js.errors import KeyNotFoundError
 
 from flashgate.broker.connection import broker_errors
 from flashgate.cli.home import fleet_dir, load_home_roster, resolve_home
-from flashgate.cli.output import json_option
-from flashgate.cli.secret import home_option
+from flashgate.cli.options import home_option, json_option
 from flashgate.cli.session import CLEAR_LINE, AdminSession, CommandRejected, run, spinner
 from flashgate.errors import ConfigurationError, FlashgateError, Interrupted
 from flashgate.events import commands as cmd

@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from flashgate.cli.home import resolve_home
-from flashgate.cli.output import emit, json_option
+from flashgate.cli.options import home_option, json_option
+from flashgate.cli.output import emit
 from flashgate.cli.session import AdminSession, run
 from flashgate.crypto import jwe
 from flashgate.crypto.context import HEADER_PARAM, SecretContext
@@ -58,13 +59,6 @@ class InvalidJwe(ConfigurationError):
 
 #: Rows asked for per page of a listing (the most a query answers).
 PAGE = 1000
-
-home_option = click.option(
-    "--home",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Admin home (default $FLASHGATE_HOME or ./.flashgate).",
-)
 
 
 def split_target(target: str) -> tuple[str, str]:
