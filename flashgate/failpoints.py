@@ -18,6 +18,8 @@ import os
 import signal
 import sys
 
+from flashgate.errors import FailpointError
+
 ENV = "FLASHGATE_FAILPOINTS"
 EXIT_CODE = 86
 
@@ -30,10 +32,6 @@ def _parse(spec: str) -> dict[str, tuple[str, int]]:
         name, _, action = entry.partition("=")
         points[name] = (action or "exit", int(at) if at else 1)
     return points
-
-
-class FailpointError(RuntimeError):
-    """Raised by a ``raise`` failpoint (tests only)."""
 
 
 _ACTIVE = _parse(os.environ.get(ENV, ""))

@@ -39,13 +39,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.peers import PeerBook
-from flashgate.bridge.protocol import Refused, build_request, open_response
+from flashgate.bridge.protocol import build_request, open_response
 from flashgate.bridge.store import Entry
 from flashgate.crypto.encoding import int_to_bytes
 from flashgate.crypto.threshold.combine import combine, identify_faulty
 from flashgate.crypto.threshold.keys import ThresholdPublicKey
 from flashgate.crypto.threshold.partial import Proof
-from flashgate.errors import CombineCheckFailed, FlashgateError, NoResponders
+from flashgate.errors import CombineCheckFailed, FlashgateError, NoResponders, Refused
 from flashgate.events.fleet import Roster
 from flashgate.events.share import MAX_SHARE_ITEMS, ShareItem, ShareResults
 

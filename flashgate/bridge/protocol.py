@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from flashgate.crypto import box
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
-from flashgate.errors import FlashgateError, SignatureInvalid
+from flashgate.errors import FlashgateError, Refused, SignatureInvalid
 from flashgate.events.fleet import Roster
 from flashgate.events.share import (
     SHARE_REQUEST_CODEC,
@@ -48,16 +48,6 @@ Clock = Callable[[], int]  # milliseconds since the epoch
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
-
-
-class Refused(FlashgateError):
-    """A share request or response refused; ``reason`` is the counted reason code."""
-
-    code = "share_refused"
-
-    def __init__(self, reason: str, message: str | None = None) -> None:
-        self.reason = reason
-        super().__init__(message or reason)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ import structlog
 
 from flashgate.bridge.collector import encode_partial
 from flashgate.bridge.partials import PartialCache
-from flashgate.bridge.protocol import Refused, Responder
+from flashgate.bridge.protocol import Responder
 from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.crypto.encoding import int_to_bytes
-from flashgate.errors import FlashgateError
+from flashgate.errors import FlashgateError, Refused
 from flashgate.events.share import ShareItemRefusal, SharePartial, ShareProof, ShareRequest
 
 log = structlog.get_logger("flashgate.bridge.share")

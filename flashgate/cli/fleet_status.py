@@ -13,15 +13,9 @@ import click
 from flashgate.cli.home import load_home_roster, resolve_home
 from flashgate.cli.options import home_option, json_option
 from flashgate.cli.session import AdminSession, run, spinner
-from flashgate.errors import FlashgateError, HomeFileError
+from flashgate.errors import FlashgateError, HomeFileError, NotReady
 from flashgate.events.node import StatusResponse
 from flashgate.events.subjects import secret_key
-
-
-class NotReady(FlashgateError):
-    """``--wait`` ran out of time."""
-
-    code = "not_ready"
 
 
 @dataclass

@@ -29,7 +29,9 @@ from flashgate.crypto.publickey import FleetPublicKey, fleet_kid
 from flashgate.errors import (
     ConfigurationError,
     FlashgateError,
+    InvalidJwe,
     InvalidSecretValue,
+    KindChange,
     NotFound,
     OversizedInput,
 )
@@ -43,19 +45,6 @@ from flashgate.events.values import (
     typed_value,
 )
 from flashgate.names import validate_name
-
-
-class KindChange(ConfigurationError):
-    """A rotation that would change a secret's kind."""
-
-    code = "kind_change"
-
-
-class InvalidJwe(ConfigurationError):
-    """A --jwe file that the fleet would not accept for this secret."""
-
-    code = "invalid_jwe"
-
 
 #: Rows asked for per page of a listing (the most a query answers).
 PAGE = 1000

@@ -40,8 +40,11 @@ from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.errors import (
     BrokerUnavailable,
+    CommandRejected,
     FlashgateError,
+    NoOutcome,
     NoResponders,
+    QueryFailed,
     SignatureInvalid,
     UnknownNode,
 )
@@ -73,22 +76,6 @@ from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ADMIN_KEY_FILE, ROSTER_FILE, write_atomic
 from flashgate.fleet.signing import load_ed25519_public
 from flashgate.runnable import command
-
-
-class CommandRejected(FlashgateError):
-    """The backend rejected the command; the message carries its reason."""
-
-    code = "command_rejected"
-
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        super().__init__(f"rejected ({reason}): {detail}")
-
-
-class NoOutcome(FlashgateError):
-    """No outcome arrived in time (is the backend running?)."""
-
-    code = "no_outcome"
 
 
 def new_command_id() -> str:
@@ -259,7 +246,7 @@ class AdminSession:
             )
         answer = ANSWER_CODEC.decode(msg.data)
         if not answer.ok:
-            raise CommandRejected(answer.error or "error", answer.detail or "")
+            raise QueryFailed(answer.error or "error", answer.detail or "")
         return answer
 
     async def check_api_key(
