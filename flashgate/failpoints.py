@@ -18,9 +18,10 @@ import os
 import signal
 import sys
 
+from flashgate import environment
+from flashgate.environment import FAILPOINTS_ENV
 from flashgate.errors import FailpointError
 
-ENV = "FLASHGATE_FAILPOINTS"
 EXIT_CODE = 86
 
 
@@ -34,7 +35,7 @@ def _parse(spec: str) -> dict[str, tuple[str, int]]:
     return points
 
 
-_ACTIVE = _parse(os.environ.get(ENV, ""))
+_ACTIVE = _parse(environment.read(FAILPOINTS_ENV) or "")
 _HITS: dict[str, int] = {}
 
 

@@ -167,3 +167,43 @@ def test_import_graph_reads_deferred_and_type_checking_imports_apart() -> None:
     assert "flashgate.backend.service" not in graph["flashgate.backend.health"]
     assert "flashgate.backend.service" in graph["flashgate.cli.backend"]
     assert "flashgate.backend.service" not in _import_graph(deferred=False)["flashgate.cli.backend"]
+
+
+def _reads_environment(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
+            return True
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(a.name in ("environ", "getenv", "environb") for a in node.names)
+        ):
+            return True
+    return False
+
+
+def _variable_names(tree: ast.AST) -> list[str]:
+    """String constants that are a FLASHGATE_* variable name and nothing else."""
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.startswith("FLASHGATE_")
+        and node.value.replace("_", "").isalnum()
+        and node.value.isupper()
+    ]
+
+
+def test_one_module_reads_the_environment_and_names_its_variables() -> None:
+    readers, namers = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        if name == "flashgate.environment":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        if _reads_environment(tree):
+            readers.append(name)
+        namers.extend(f"{name}: {value}" for value in _variable_names(tree))
+    assert readers == []
+    assert namers == []

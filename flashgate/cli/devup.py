@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 import click
 from click.core import ParameterSource
 
+from flashgate import environment
 from flashgate.broker.permissions import ROLES, RoleCredentials, authorization_config
 from flashgate.cli.bridge import EXIT_REVOKED
 from flashgate.cli.ceremony_progress import search_primes
@@ -55,8 +56,15 @@ from flashgate.cli.home import (
     resolve_home,
     save_config,
 )
-from flashgate.cli.passphrase import PASSPHRASE_ENV, dev_passphrase, passphrase_lines
+from flashgate.cli.passphrase import dev_passphrase, passphrase_lines
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
+from flashgate.environment import (
+    HOME_ENV,
+    NATS_PASSWORD_ENV,
+    NATS_USER_ENV,
+    NOT_INHERITED_BY_DEV_CHILDREN,
+    PASSPHRASE_ENV,
+)
 from flashgate.errors import AlreadyRunning, ConfigurationError, FlashgateError
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import default_node_ids, run_ceremony
@@ -325,11 +333,7 @@ def _run(
     try:
         start_server()
         db.migrate(db_url)
-        base_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("FLASHGATE_NATS", "FLASHGATE_FAILPOINTS"))
-        }
+        base_env = environment.inherited(without_prefixes=NOT_INHERITED_BY_DEV_CHILDREN)
         url = config.nats[0]
         children.append(
             Child(
@@ -347,8 +351,8 @@ def _run(
                 ],
                 {
                     **base_env,
-                    "FLASHGATE_NATS_USER": creds["backend"].user,
-                    "FLASHGATE_NATS_PASSWORD": creds["backend"].password,
+                    NATS_USER_ENV: creds["backend"].user,
+                    NATS_PASSWORD_ENV: creds["backend"].password,
                 },
                 root / "logs" / "backend.log",
                 run_dir / "backend.pid",
@@ -364,8 +368,8 @@ def _run(
                     {
                         **base_env,
                         PASSPHRASE_ENV: passphrase,
-                        "FLASHGATE_NATS_USER": creds["bridge"].user,
-                        "FLASHGATE_NATS_PASSWORD": creds["bridge"].password,
+                        NATS_USER_ENV: creds["bridge"].user,
+                        NATS_PASSWORD_ENV: creds["bridge"].password,
                     },
                     root / "logs" / f"{node_id}.log",
                     run_dir / f"{node_id}.pid",
@@ -418,7 +422,7 @@ def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Ch
         f"  logs      {root / 'logs'}",
         "",
         "try (in another shell):",
-        f"  export FLASHGATE_HOME={shlex.quote(str(root))}",
+        f"  export {HOME_ENV}={shlex.quote(str(root))}",
         *(f"  {line}" for line in passphrase_lines()),
         f"  {fg} fleet status --wait",
         f"  printf %s s3cr3t | {fg} secret put demo/db-password --kind generic",

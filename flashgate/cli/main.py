@@ -9,14 +9,13 @@ error as one JSON document on stdout (:mod:`flashgate.cli.output`).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from flashgate import __version__, logs
+from flashgate import __version__, environment, logs
 from flashgate.cli.apikey import apikey
 from flashgate.cli.backend import backend
 from flashgate.cli.bridge import bridge
@@ -26,7 +25,6 @@ from flashgate.cli.fleet_status import status as fleet_status
 from flashgate.cli.node import node
 from flashgate.cli.output import ERROR_REPORTED, JSON_MODE, error_document
 from flashgate.cli.passphrase import (
-    PASSPHRASE_ENV,
     env_passphrase,
     get_passphrase,
     prompt_passphrase,
@@ -41,6 +39,7 @@ from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
 from flashgate.crypto.seal import check_passphrase
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
 from flashgate.crypto.threshold.keys import MAX_PARTIES
+from flashgate.environment import PASSPHRASE_ENV
 from flashgate.errors import (
     ConfigurationError,
     DuplicateShares,
@@ -295,7 +294,7 @@ def _open_bundle(path: Path, env: str | None) -> NodeBundle:
     FLASHGATE_PASSPHRASE, else a prompt on the terminal."""
     if env is not None:
         passphrase = env_passphrase(env)
-    elif PASSPHRASE_ENV in os.environ:
+    elif environment.is_set(PASSPHRASE_ENV):
         passphrase = get_passphrase(confirm=False)
     else:
         passphrase = prompt_passphrase(
@@ -311,7 +310,7 @@ def _open_bundle(path: Path, env: str | None) -> NodeBundle:
         if env is not None:
             source = env
         else:
-            source = PASSPHRASE_ENV if PASSPHRASE_ENV in os.environ else "the prompt"
+            source = PASSPHRASE_ENV if environment.is_set(PASSPHRASE_ENV) else "the prompt"
         raise UnsealError(
             f"{exc.message} (passphrase from {source}; a bundle sealed with its own "
             f"passphrase: --passphrase-env {_bundle_name(path)}=VAR)"

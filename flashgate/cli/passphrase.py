@@ -11,21 +11,22 @@ import sys
 
 import click
 
+from flashgate import environment
+from flashgate.environment import PASSPHRASE_ENV
 from flashgate.errors import ConfigurationError
 
-PASSPHRASE_ENV = "FLASHGATE_PASSPHRASE"  # noqa: S105 - a variable name, not a password
 #: Used only when FLASHGATE_PASSPHRASE is unset, only by ``dev`` commands, with a warning.
 DEV_PASSPHRASE = "flashgate-local-dev-only"  # noqa: S105 - documented dev-only default
 
 
 def passphrase_is_set() -> bool:
-    return bool(os.environ.get(PASSPHRASE_ENV))
+    return bool(environment.read(PASSPHRASE_ENV))
 
 
 def dev_passphrase(*, sealing: bool) -> str:
     """``FLASHGATE_PASSPHRASE``, or the public dev passphrase with a warning that says
     what it is used for: ``sealing`` new files, or opening existing ones."""
-    value = os.environ.get(PASSPHRASE_ENV)
+    value = environment.read(PASSPHRASE_ENV)
     if value:
         return value
     use = "sealing the new fleet" if sealing else "opening the existing bundles"
@@ -46,7 +47,7 @@ def passphrase_lines() -> list[str]:
 
 
 def get_passphrase(*, confirm: bool) -> str:
-    value = os.environ.get(PASSPHRASE_ENV)
+    value = environment.read(PASSPHRASE_ENV)
     if value:
         return value
     if value == "":
@@ -65,7 +66,7 @@ def get_passphrase(*, confirm: bool) -> str:
 
 def env_passphrase(var: str) -> str:
     """The passphrase in environment variable ``var`` (named by an option)."""
-    value = os.environ.get(var)
+    value = environment.read(var)
     if value is None:
         raise ConfigurationError(f"environment variable {var} is not set")
     if value == "":

