@@ -131,7 +131,6 @@ class AdminSession:
         self.actor = actor or "admin:cli"
         self.nc: Client | None = None
         self._admin: Ed25519PrivateKey | None = None
-        self._events: list[DomainEvent] = []
         self._sub: Any = None
         self._node_keys: dict[str, str] | None = None
         #: nodes whose status answer did not verify (signature, node, request, fleet)
