@@ -22,7 +22,7 @@ from flashgate.cli.bridge import bridge
 from flashgate.cli.ceremony_progress import search_primes
 from flashgate.cli.dev import dev
 from flashgate.cli.fleet_status import status as fleet_status
-from flashgate.cli.node import node
+from flashgate.cli.node_revoke import node
 from flashgate.cli.output import ERROR_REPORTED, JSON_MODE, error_document
 from flashgate.cli.passphrase import (
     env_passphrase,
