@@ -87,11 +87,11 @@ from flashgate.backend import db
 from flashgate.backend.commands import Outcome
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.broker.connection import connect
-from flashgate.broker.server import NatsServerProcess
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.seal import KdfParams
 from flashgate.crypto.threshold.dealing import generate_primes
+from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events import commands as cmd
 from flashgate.events.signing import sign
 from flashgate.events.subjects import FleetNames, secret_key

@@ -113,13 +113,13 @@ from flashgate import logs
 from flashgate.bridge.store import make_entry
 from flashgate.broker.connection import connect, inbox_prefix
 from flashgate.broker.declare import declare_fleet
-from flashgate.broker.server import NatsServerProcess
 from flashgate.crypto import jwe
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.decrypt import open_jwe
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.seal import KdfParams
 from flashgate.crypto.threshold import combine, generate_primes, partial_decrypt
+from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
 from flashgate.events.fleet import encode_roster
 from flashgate.events.node import (

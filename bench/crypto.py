@@ -52,13 +52,13 @@ from cryptography.hazmat.backends.openssl.backend import backend as openssl_back
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from flashgate.bridge.partial_engine import PartialEngine, default_workers
 from flashgate.crypto import jwe
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.decrypt import open_jwe
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.threshold import (
     Dealing,
-    PartialEngine,
     Proof,
     combine,
     deal,
@@ -66,7 +66,6 @@ from flashgate.crypto.threshold import (
     prove,
     verify_proof,
 )
-from flashgate.crypto.threshold.engine import default_workers
 
 SIZES = (2048, 3072)
 PARTIES = 5

@@ -99,10 +99,10 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from flashgate import logs
-from flashgate.cli.session import AdminSession, CommandRejected, NoOutcome
+from flashgate.cli.session import AdminSession
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
-from flashgate.errors import FlashgateError
+from flashgate.errors import CommandRejected, FlashgateError, NoOutcome
 from flashgate.events import commands as cmd
 from flashgate.events.domain import decode_event
 from flashgate.events.signing import sign

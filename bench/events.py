@@ -69,10 +69,10 @@ from nats.js.kv import KeyValue
 from flashgate import logs
 from flashgate.broker.connection import connect
 from flashgate.broker.declare import declare_fleet
-from flashgate.broker.server import NatsServerProcess
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.publickey import FleetPublicKey
+from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope

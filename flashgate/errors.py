@@ -54,6 +54,12 @@ class HomeFileError(ConfigurationError):
     code = "home_file"
 
 
+class InvalidJwe(ConfigurationError):
+    """A --jwe file that the fleet would not accept for this secret."""
+
+    code = "invalid_jwe"
+
+
 class BelowThreshold(ConfigurationError):
     """An action that would leave fewer active nodes than the fleet's threshold t."""
 
@@ -289,6 +295,13 @@ class RewrapDisputed(ConflictError):
     code = "rewrap_disputed"
 
 
+class KindChange(ConflictError):
+    """A rotation that would change a secret's kind (a secret keeps the kind it was put
+    with)."""
+
+    code = "kind_change"
+
+
 class UnknownNode(FlashgateError):
     """A node-signed message from a node that is not active in the roster."""
 
@@ -302,6 +315,62 @@ class InvalidSecretValue(ConfigurationError):
     code = "invalid_value"
 
 
+# --- the admin client and the backend --------------------------------------------------------
+
+
+class CommandRejected(FlashgateError):
+    """The backend rejected the command; the message carries its reason."""
+
+    code = "command_rejected"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"rejected ({reason}): {detail}")
+
+
+class QueryFailed(FlashgateError):
+    """The backend answered a query with an error; the message carries its reason."""
+
+    code = "query_failed"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"query failed ({reason}): {detail}")
+
+
+class NoOutcome(FlashgateError):
+    """No outcome arrived in time (is the backend running?)."""
+
+    code = "no_outcome"
+
+
+class NotReady(FlashgateError):
+    """``--wait`` ran out of time."""
+
+    code = "not_ready"
+
+
+class RotationStalled(FlashgateError):
+    """The rotation did not complete within the timeout (it can be resumed)."""
+
+    code = "rotation_stalled"
+
+
+class ApiKeyRejected(FlashgateError):
+    """The backend refused to issue the API key."""
+
+    code = "apikey_rejected"
+
+
+class ApiKeyRefused(FlashgateError):
+    """A node did not accept the presented API key secret."""
+
+    code = "apikey_refused"
+
+
+# --- Bridge Nodes ------------------------------------------------------------------------------
+
+
 class Refused(FlashgateError):
     """A signed request (share request, admin RPC) or a share response refused; ``reason``
     is the counted reason code (:mod:`flashgate.bridge.screening`)."""
@@ -311,3 +380,17 @@ class Refused(FlashgateError):
     def __init__(self, reason: str, message: str | None = None) -> None:
         self.reason = reason
         super().__init__(message or reason)
+
+
+class SecretNotHeld(FlashgateError):
+    """The vault does not hold that secret (not loaded yet, deleted, or unknown)."""
+
+    code = "not_held"
+
+
+# --- outside the tree on purpose -------------------------------------------------------------
+
+
+class FailpointError(RuntimeError):
+    """Raised by a ``raise`` failpoint (tests only, :mod:`flashgate.failpoints`): it stands
+    for an unexpected crash, so it is not a :class:`FlashgateError` that callers handle."""

@@ -18,7 +18,10 @@ import os
 import signal
 import sys
 
-ENV = "FLASHGATE_FAILPOINTS"
+from flashgate import environment
+from flashgate.environment import FAILPOINTS_ENV
+from flashgate.errors import FailpointError
+
 EXIT_CODE = 86
 
 
@@ -32,11 +35,7 @@ def _parse(spec: str) -> dict[str, tuple[str, int]]:
     return points
 
 
-class FailpointError(RuntimeError):
-    """Raised by a ``raise`` failpoint (tests only)."""
-
-
-_ACTIVE = _parse(os.environ.get(ENV, ""))
+_ACTIVE = _parse(environment.read(FAILPOINTS_ENV) or "")
 _HITS: dict[str, int] = {}
 
 

@@ -32,7 +32,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from flashgate.broker.connection import connect
-from flashgate.broker.server import NatsBinary, NatsCluster, NatsServerProcess, find_nats_server
+from flashgate.devcluster.nats_server import (
+    NatsBinary,
+    NatsCluster,
+    NatsServerProcess,
+    find_nats_server,
+)
 from flashgate.errors import BrokerError
 from flashgate.events.subjects import FleetNames
 

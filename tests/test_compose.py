@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from flashgate.broker.permissions import server_config
-from flashgate.broker.server import find_nats_server
 from flashgate.cli.main import cli
+from flashgate.devcluster.nats_server import find_nats_server
 from flashgate.events.subjects import FleetNames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,7 +348,7 @@ def test_nats_service_accepts_any_password(
     import nats
 
     from flashgate.broker.permissions import ROLES, password_env
-    from flashgate.broker.server import free_ports
+    from flashgate.devcluster.nats_server import free_ports
 
     binary = find_nats_server().path
     path = f"{binary.parent}{os.pathsep}{os.environ.get('PATH', '')}"

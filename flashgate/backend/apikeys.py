@@ -15,7 +15,7 @@ from flashgate.backend.commands import CommandProcessor
 from flashgate.crypto.apikey import new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
-from flashgate.errors import FlashgateError
+from flashgate.errors import ApiKeyRejected
 from flashgate.events.commands import CreateApiKey
 from flashgate.events.types import ApiKeyScope
 
@@ -28,12 +28,6 @@ class IssuedApiKey:
 
     def __repr__(self) -> str:
         return f"IssuedApiKey(key_id={self.key_id!r}, repo={self.repo!r}, secret=<redacted>)"
-
-
-class ApiKeyRejected(FlashgateError):
-    """The backend refused to issue the API key."""
-
-    code = "apikey_rejected"
 
 
 async def issue_api_key(

@@ -41,6 +41,7 @@ def _log_unavailable(state: RetryCallState) -> None:
             error=type(state.outcome.exception()).__name__,
         )
 
+
 #: Advisory lock key of the outbox relay: "fgrelay" as a 64-bit integer.
 RELAY_LOCK_KEY = int.from_bytes(b"fgrelay\x00", "big") >> 1
 

@@ -43,7 +43,7 @@ from flashgate.backend.models import Fleet, FleetEpoch
 from flashgate.backend.ordering import Sequencer, Step
 from flashgate.backend.outbox import Relay, kv_subject
 from flashgate.backend.pgwrite import PostgresWriter
-from flashgate.backend.queries import Queries
+from flashgate.backend.query_answers import Queries
 from flashgate.backend.reconcile import reconcile
 from flashgate.backend.rewrap import RewrapService
 from flashgate.backend.sqlitewrite import SqliteWriter

@@ -16,7 +16,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from flashgate.crypto.threshold.engine import PartialEngine
+from flashgate.bridge.partial_engine import PartialEngine
 from flashgate.crypto.threshold.keys import KeyShare, ThresholdPublicKey
 from flashgate.crypto.threshold.partial import Proof, prove
 

@@ -83,7 +83,6 @@ class Rewrapper:
     _disputes: dict[tuple[str, int], Entry] = field(default_factory=dict)  # to send
     _disputed: set[tuple[str, int]] = field(default_factory=set)  # sent
     _barred: set[tuple[str, int]] = field(default_factory=set)  # our re-wrap was disputed
-    disputes_sent: int = 0
     _backoff: float = 0.5
 
     def wake(self) -> None:
@@ -226,7 +225,6 @@ class Rewrapper:
             for ident, _ in batch:
                 self._disputes.pop(ident, None)
                 self._disputed.add(ident)
-            self.disputes_sent += len(batch)
             log.warning(
                 "re-wrapped envelopes do not open; asked the backend to revert them",
                 keys=[e.key for _, e in batch][:8],

@@ -19,13 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flashgate.crypto.apikey import secrets_match
-from flashgate.errors import FlashgateError, StaleVersion
-
-
-class SecretNotHeld(FlashgateError):
-    """The vault does not hold that secret (not loaded yet, deleted, or unknown)."""
-
-    code = "not_held"
+from flashgate.errors import SecretNotHeld, StaleVersion
 
 
 @dataclass(repr=False)

@@ -1,12 +1,14 @@
-"""The NATS side of flashgate: running servers, connecting, declaring a fleet's layout.
+"""The NATS side of flashgate: connecting, declaring a fleet's layout.
 
-* :mod:`flashgate.broker.server`: find a nats-server >= 2.10 and run it (one server or a
-  loopback cluster) for tests and ``flashgate dev up``;
+* :mod:`flashgate.broker.version`: the nats-server version flashgate needs (>= 2.10);
 * :mod:`flashgate.broker.connection`: :func:`connect` with role inboxes, reconnect
   logging and the server version check; :func:`flush` that really waits for
   the server; :func:`broker_errors` maps nats-py errors;
 * :mod:`flashgate.broker.declare`: :func:`declare_fleet`, the idempotent JetStream layout
   of DESIGN §3 (command and event streams, secrets and fleet buckets).
+
+Running nats-server processes (tests, ``flashgate dev up``) is not here but in
+:mod:`flashgate.devcluster`, which no service process imports.
 
 Names of streams, buckets and subjects come from :class:`flashgate.events.subjects.FleetNames`.
 """
@@ -22,32 +24,17 @@ from flashgate.broker.connection import (
     redact_url,
 )
 from flashgate.broker.declare import Change, DeclaredFleet, declare_fleet
-from flashgate.broker.server import (
-    MIN_SERVER_VERSION,
-    NatsBinary,
-    NatsCluster,
-    NatsServerProcess,
-    find_nats_server,
-    free_port,
-    free_ports,
-    parse_version,
-)
+from flashgate.broker.version import MIN_SERVER_VERSION, parse_version
 
 __all__ = [
     "MIN_SERVER_VERSION",
     "Change",
     "DeclaredFleet",
-    "NatsBinary",
-    "NatsCluster",
-    "NatsServerProcess",
     "broker_errors",
     "check_server_version",
     "connect",
     "declare_fleet",
-    "find_nats_server",
     "flush",
-    "free_port",
-    "free_ports",
     "inbox_prefix",
     "parse_version",
     "redact_url",

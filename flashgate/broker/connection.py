@@ -46,7 +46,7 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 
-from flashgate.broker.server import (
+from flashgate.broker.version import (
     MIN_SERVER_VERSION,
     WHY_MIN_VERSION,
     minimum_version_text,

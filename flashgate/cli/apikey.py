@@ -10,13 +10,14 @@ from pathlib import Path
 import click
 
 from flashgate.cli.home import load_home_roster, resolve_home
-from flashgate.cli.output import emit, json_option, mark_error_reported
-from flashgate.cli.secret import every_page, home_option
-from flashgate.cli.session import AdminSession, NoOutcome, run
+from flashgate.cli.options import home_option, json_option
+from flashgate.cli.output import emit, mark_error_reported
+from flashgate.cli.secret import every_page
+from flashgate.cli.session import AdminSession, run
 from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
-from flashgate.errors import ConfigurationError, FlashgateError
+from flashgate.errors import ApiKeyRefused, ConfigurationError, NoOutcome
 from flashgate.events import commands as cmd
 from flashgate.events.values import AI_PROVIDERS
 from flashgate.names import validate_name
@@ -221,12 +222,6 @@ def rename(key_id: str, label: str, home: Path | None, as_json: bool) -> None:
         )
 
     run(go())
-
-
-class ApiKeyRefused(FlashgateError):
-    """A node did not accept the presented API key secret."""
-
-    code = "apikey_refused"
 
 
 @apikey.command("verify")

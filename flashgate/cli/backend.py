@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 
 import click
 import structlog
 
-from flashgate import logs
+from flashgate import environment, logs
+from flashgate.environment import (
+    DB_PASSWORD_ENV,
+    DB_URL_ENV,
+    FLEET_DIR_ENV,
+    HEALTH_FILE_ENV,
+    HOME_ENV,
+    NATS_PASSWORD_ENV,
+    NATS_URL_ENV,
+    NATS_USER_ENV,
+)
 
-HOME_ENV = "FLASHGATE_HOME"
 #: SIGTERM to exit: bounded, so supervisors and tests never wait on a stuck close.
 STOP_TIMEOUT_S = 10.0
 log = structlog.get_logger("flashgate.backend")
 
 
 def default_home() -> Path:
-    return Path(os.environ.get(HOME_ENV, ".flashgate"))
+    home = environment.read(HOME_ENV)
+    return Path(home if home is not None else ".flashgate")
 
 
 def default_db_url() -> str:
@@ -29,14 +38,14 @@ def default_db_url() -> str:
 db_option = click.option(
     "--db",
     "db_url",
-    envvar="FLASHGATE_DB_URL",
+    envvar=DB_URL_ENV,
     default=default_db_url,
     show_default="sqlite:///$FLASHGATE_HOME/backend.db",
     help="SQLAlchemy URL: sqlite:///FILE or postgresql://USER@HOST/DB.",
 )
 db_password_option = click.option(
     "--db-password",
-    envvar="FLASHGATE_DB_PASSWORD",
+    envvar=DB_PASSWORD_ENV,
     default=None,
     help="PostgreSQL password, any characters (put in --db's URL for you); "
     "prefer the environment variable.",
@@ -53,19 +62,19 @@ def database_url(db_url: str, db_password: str | None) -> str:
 @click.option(
     "--nats",
     "nats_url",
-    envvar="FLASHGATE_NATS_URL",
+    envvar=NATS_URL_ENV,
     default="nats://127.0.0.1:4222",
     show_default=True,
     help="NATS URL(s), comma-separated.",
 )
-@click.option("--nats-user", envvar="FLASHGATE_NATS_USER", default=None)
-@click.option("--nats-password", envvar="FLASHGATE_NATS_PASSWORD", default=None)
+@click.option("--nats-user", envvar=NATS_USER_ENV, default=None)
+@click.option("--nats-password", envvar=NATS_PASSWORD_ENV, default=None)
 @db_option
 @db_password_option
 @click.option(
     "--fleet-dir",
     type=click.Path(path_type=Path),
-    envvar="FLASHGATE_FLEET_DIR",
+    envvar=FLEET_DIR_ENV,
     default=lambda: default_home() / "fleet",
     show_default="$FLASHGATE_HOME/fleet",
 )
@@ -82,7 +91,7 @@ def database_url(db_url: str, db_password: str | None) -> str:
 @click.option(
     "--health-file",
     type=click.Path(path_type=Path),
-    envvar="FLASHGATE_HEALTH_FILE",
+    envvar=HEALTH_FILE_ENV,
     default=None,
     help="Rewrite this file with the backend's health every few seconds "
     "(read by `flashgate backend health`).",
@@ -161,7 +170,7 @@ def migrate_cmd(db_url: str, db_password: str | None) -> None:
     "--file",
     "health_file",
     type=click.Path(path_type=Path),
-    envvar="FLASHGATE_HEALTH_FILE",
+    envvar=HEALTH_FILE_ENV,
     required=True,
     help="The running backend's --health-file.",
 )

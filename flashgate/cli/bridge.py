@@ -11,26 +11,27 @@ import click
 
 from flashgate import logs
 from flashgate.cli.passphrase import get_passphrase
+from flashgate.environment import BUNDLE_ENV, NATS_PASSWORD_ENV, NATS_URL_ENV, NATS_USER_ENV
 
 
 @click.command()
 @click.option(
     "--bundle",
     type=click.Path(path_type=Path),
-    envvar="FLASHGATE_BUNDLE",
+    envvar=BUNDLE_ENV,
     required=True,
     help="This node's sealed bundle.",
 )
 @click.option(
     "--nats",
     "nats_url",
-    envvar="FLASHGATE_NATS_URL",
+    envvar=NATS_URL_ENV,
     default="nats://127.0.0.1:4222",
     show_default=True,
     help="NATS URL(s), comma-separated.",
 )
-@click.option("--nats-user", envvar="FLASHGATE_NATS_USER", default=None)
-@click.option("--nats-password", envvar="FLASHGATE_NATS_PASSWORD", default=None)
+@click.option("--nats-user", envvar=NATS_USER_ENV, default=None)
+@click.option("--nats-password", envvar=NATS_PASSWORD_ENV, default=None)
 @click.option("--no-mlock", is_flag=True, help="Do not lock memory (mlockall).")
 @click.option(
     "--workers",

@@ -8,19 +8,21 @@ unless ``--monitor-address`` says otherwise).
 
 Commands these print for the user to paste name ``flashgate`` as it can be run
 (:func:`flashgate_command`) and export the passphrase when it is the public dev one
-(:func:`passphrase_lines`); a passphrase the user set is never printed.
+(:func:`flashgate.cli.passphrase.passphrase_lines`); a passphrase the user set is never
+printed.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import shlex
 from pathlib import Path
 
 import click
 
-from flashgate.cli.passphrase import PASSPHRASE_ENV
+from flashgate.cli.ceremony_progress import search_primes
+from flashgate.cli.devup import up
+from flashgate.cli.passphrase import dev_passphrase, passphrase_lines
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
@@ -33,40 +35,13 @@ from flashgate.fleet.files import DESCRIPTOR_FILE, load_descriptor
 from flashgate.fleet.recovery import recover
 from flashgate.runnable import flashgate_command
 
-#: Used only when FLASHGATE_PASSPHRASE is unset, only by ``dev`` commands, with a warning.
-DEV_PASSPHRASE = "flashgate-local-dev-only"  # noqa: S105 - documented dev-only default
-
-
-def passphrase_is_set() -> bool:
-    return bool(os.environ.get(PASSPHRASE_ENV))
-
-
-def dev_passphrase(*, sealing: bool) -> str:
-    """``FLASHGATE_PASSPHRASE``, or the public dev passphrase with a warning that says
-    what it is used for: ``sealing`` new files, or opening existing ones."""
-    value = os.environ.get(PASSPHRASE_ENV)
-    if value:
-        return value
-    use = "sealing the new fleet" if sealing else "opening the existing bundles"
-    click.echo(
-        f"warning: {PASSPHRASE_ENV} is unset; {use} with the public dev passphrase "
-        "(fine for a local demo, never for real secrets)",
-        err=True,
-    )
-    return DEV_PASSPHRASE
-
-
-def passphrase_lines() -> list[str]:
-    """Shell lines that give another shell the passphrase these commands need: the
-    public dev passphrase is printed; a passphrase the user set never is."""
-    if passphrase_is_set():
-        return [f"# export {PASSPHRASE_ENV} (the passphrase you set for this home)"]
-    return [f"export {PASSPHRASE_ENV}={shlex.quote(DEV_PASSPHRASE)}"]
-
 
 @click.group()
 def dev() -> None:
     """Local development: the local cluster (`up`), an offline demo, NATS config."""
+
+
+dev.add_command(up)
 
 
 @dev.command("demo")
@@ -83,14 +58,12 @@ def dev() -> None:
 @click.option("--insecure-test-key", is_flag=True, help="Allow key sizes under 2048 (tests).")
 def demo(home: Path, nodes: int, threshold: int, key_bits: int, insecure_test_key: bool) -> None:
     """Ceremony (first run only), then encrypt a secret and recover it from t bundles."""
-    from flashgate.cli.main import _search_primes  # the ceremony's progress display
-
     fleet_dir = home.resolve() / "fleet"
     has_fleet = (fleet_dir / DESCRIPTOR_FILE).exists()
     passphrase = dev_passphrase(sealing=not has_fleet)
     if not has_fleet:
         click.echo(f"1. key ceremony: fleet 'demo', {threshold}-of-{nodes}, {key_bits}-bit key")
-        primes = _search_primes(key_bits, quiet=False)
+        primes = search_primes(key_bits, quiet=False)
         ceremony = run_ceremony(
             fleet="demo",
             node_ids=default_node_ids(nodes),

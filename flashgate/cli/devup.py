@@ -39,14 +39,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
 
+from flashgate import environment
 from flashgate.broker.permissions import ROLES, RoleCredentials, authorization_config
-from flashgate.broker.server import NatsServerProcess, free_port
 from flashgate.cli.bridge import EXIT_REVOKED
-from flashgate.cli.dev import dev, dev_passphrase, passphrase_lines
+from flashgate.cli.ceremony_progress import search_primes
 from flashgate.cli.home import (
     HomeConfig,
     RoleLogin,
@@ -55,8 +56,15 @@ from flashgate.cli.home import (
     resolve_home,
     save_config,
 )
-from flashgate.cli.passphrase import PASSPHRASE_ENV
+from flashgate.cli.passphrase import dev_passphrase, passphrase_lines
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
+from flashgate.environment import (
+    HOME_ENV,
+    NATS_PASSWORD_ENV,
+    NATS_USER_ENV,
+    NOT_INHERITED_BY_DEV_CHILDREN,
+    PASSPHRASE_ENV,
+)
 from flashgate.errors import AlreadyRunning, ConfigurationError, FlashgateError
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import default_node_ids, run_ceremony
@@ -65,6 +73,9 @@ from flashgate.fleet.directory import write_fleet_dir
 from flashgate.fleet.files import DESCRIPTOR_FILE, NODES_DIR, load_descriptor
 from flashgate.lifetime import die_with_parent
 from flashgate.runnable import flashgate_command
+
+if TYPE_CHECKING:
+    from flashgate.devcluster.nats_server import NatsServerProcess
 
 LOCK_FILE = "dev-up.lock"
 NATS_PIDFILE = "nats-server.pid"
@@ -200,10 +211,8 @@ def ensure_fleet(
 ) -> None:
     if (fleet_dir(home) / DESCRIPTOR_FILE).exists():
         return
-    from flashgate.cli.main import _search_primes
-
     click.echo(f"key ceremony: fleet 'dev', {threshold}-of-{nodes}, {key_bits}-bit key", err=True)
-    primes = _search_primes(key_bits, quiet=False)
+    primes = search_primes(key_bits, quiet=False)
     ceremony = run_ceremony(
         fleet="dev",
         node_ids=default_node_ids(nodes),
@@ -221,6 +230,8 @@ def ensure_config(home: Path) -> HomeConfig:
         config = load_config(home)
         if set(config.logins) >= set(ROLES):
             return config
+    from flashgate.devcluster.nats_server import free_port  # see _run
+
     config = HomeConfig(
         nats=[f"nats://127.0.0.1:{free_port()}"],
         logins={role: RoleLogin(user=role, password=secrets.token_urlsafe(24)) for role in ROLES},
@@ -233,7 +244,7 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-@dev.command("up")
+@click.command("up")
 @click.option(
     "--home",
     type=click.Path(path_type=Path),
@@ -291,6 +302,10 @@ def _run(
     run_dir = root / "run"
     from flashgate.backend import db  # SQLAlchemy and Alembic: only the dev cluster needs them
 
+    # The nats-server harness (and its atexit hook) stays out of every other command's
+    # process: `flashgate backend`/`bridge` import this module through flashgate.cli.main.
+    from flashgate.devcluster.nats_server import NatsServerProcess
+
     server = NatsServerProcess(
         root / "nats",
         name="flashgate-dev",
@@ -318,11 +333,7 @@ def _run(
     try:
         start_server()
         db.migrate(db_url)
-        base_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("FLASHGATE_NATS", "FLASHGATE_FAILPOINTS"))
-        }
+        base_env = environment.inherited(without_prefixes=NOT_INHERITED_BY_DEV_CHILDREN)
         url = config.nats[0]
         children.append(
             Child(
@@ -340,8 +351,8 @@ def _run(
                 ],
                 {
                     **base_env,
-                    "FLASHGATE_NATS_USER": creds["backend"].user,
-                    "FLASHGATE_NATS_PASSWORD": creds["backend"].password,
+                    NATS_USER_ENV: creds["backend"].user,
+                    NATS_PASSWORD_ENV: creds["backend"].password,
                 },
                 root / "logs" / "backend.log",
                 run_dir / "backend.pid",
@@ -357,8 +368,8 @@ def _run(
                     {
                         **base_env,
                         PASSPHRASE_ENV: passphrase,
-                        "FLASHGATE_NATS_USER": creds["bridge"].user,
-                        "FLASHGATE_NATS_PASSWORD": creds["bridge"].password,
+                        NATS_USER_ENV: creds["bridge"].user,
+                        NATS_PASSWORD_ENV: creds["bridge"].password,
                     },
                     root / "logs" / f"{node_id}.log",
                     run_dir / f"{node_id}.pid",
@@ -411,7 +422,7 @@ def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Ch
         f"  logs      {root / 'logs'}",
         "",
         "try (in another shell):",
-        f"  export FLASHGATE_HOME={shlex.quote(str(root))}",
+        f"  export {HOME_ENV}={shlex.quote(str(root))}",
         *(f"  {line}" for line in passphrase_lines()),
         f"  {fg} fleet status --wait",
         f"  printf %s s3cr3t | {fg} secret put demo/db-password --kind generic",

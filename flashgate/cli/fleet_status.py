@@ -12,19 +12,12 @@ import click
 from tenacity import AsyncRetrying, retry_if_exception, wait_fixed
 
 from flashgate.cli.home import load_home_roster, resolve_home
-from flashgate.cli.output import json_option
-from flashgate.cli.secret import home_option
+from flashgate.cli.options import home_option, json_option
 from flashgate.cli.session import AdminSession, run
 from flashgate.cli.terminal import spinner, table
-from flashgate.errors import FlashgateError, HomeFileError
+from flashgate.errors import FlashgateError, HomeFileError, NotReady
 from flashgate.events.node import StatusResponse
 from flashgate.events.subjects import secret_key
-
-
-class NotReady(FlashgateError):
-    """``--wait`` ran out of time."""
-
-    code = "not_ready"
 
 
 @dataclass
@@ -149,9 +142,11 @@ def status(
     # does not appear by waiting, and NotReady is the deadline itself.
     retrying = AsyncRetrying(
         retry=retry_if_exception(
-            lambda e: wait
-            and isinstance(e, FlashgateError)
-            and not isinstance(e, (NotReady, HomeFileError))
+            lambda e: (
+                wait
+                and isinstance(e, FlashgateError)
+                and not isinstance(e, (NotReady, HomeFileError))
+            )
         ),
         wait=wait_fixed(1.0),
         stop=lambda _: time.monotonic() > deadline,

@@ -13,7 +13,6 @@ HOME/run/            the dev cluster's pid files and ``dev-up.lock``
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import stat
 from collections.abc import Iterator
@@ -22,7 +21,9 @@ from pathlib import Path
 import click
 import msgspec
 
+from flashgate import environment
 from flashgate.crypto import seal
+from flashgate.environment import HOME_ENV, NATS_URL_ENV
 from flashgate.errors import FlashgateError, HomeFileError
 from flashgate.events.fleet import MAX_DESCRIPTOR_BYTES, MAX_ROSTER_BYTES, FleetDescriptor, Roster
 from flashgate.fleet.bundle import ADMIN_KEY_PURPOSE
@@ -36,7 +37,6 @@ from flashgate.fleet.files import (
 )
 from flashgate.runnable import command
 
-HOME_ENV = "FLASHGATE_HOME"
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -72,7 +72,7 @@ class HomeConfig(msgspec.Struct, kw_only=True):
 
 
 def resolve_home(home: Path | None) -> Path:
-    return Path(home or os.environ.get(HOME_ENV) or ".flashgate")
+    return Path(home or environment.read(HOME_ENV) or ".flashgate")
 
 
 def fleet_dir(home: Path) -> Path:
@@ -141,7 +141,7 @@ def read_admin_key(home: Path) -> bytes:
 def load_config(home: Path) -> HomeConfig:
     path = home_file(home, CONFIG_FILE)
     if not path.exists() and not path.is_symlink():
-        url = os.environ.get("FLASHGATE_NATS_URL")
+        url = environment.read(NATS_URL_ENV)
         if url:
             return HomeConfig(nats=[u.strip() for u in url.split(",") if u.strip()])
     data = read_home_file(home, CONFIG_FILE, MAX_CONFIG_BYTES)

@@ -9,27 +9,22 @@ error as one JSON document on stdout (:mod:`flashgate.cli.output`).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import click
-import rich.progress
 
-from flashgate import __version__, logs
-from flashgate.cli import devup as _devup  # noqa: F401 - registers `dev up`
+from flashgate import __version__, environment, logs
 from flashgate.cli.apikey import apikey
 from flashgate.cli.backend import backend
 from flashgate.cli.bridge import bridge
+from flashgate.cli.ceremony_progress import search_primes
 from flashgate.cli.dev import dev
 from flashgate.cli.fleet_status import status as fleet_status
-from flashgate.cli.node import node
+from flashgate.cli.node_revoke import node
 from flashgate.cli.output import ERROR_REPORTED, JSON_MODE, error_document
 from flashgate.cli.passphrase import (
-    PASSPHRASE_ENV,
     env_passphrase,
     get_passphrase,
     prompt_passphrase,
@@ -38,13 +33,13 @@ from flashgate.cli.reseal import reseal_cmd
 from flashgate.cli.rotate_key import rotate_key
 from flashgate.cli.schemas import schemas
 from flashgate.cli.secret import secret
-from flashgate.cli.terminal import stderr_console
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
 from flashgate.crypto.seal import check_passphrase
-from flashgate.crypto.threshold.dealing import DEFAULT_BITS, generate_primes
+from flashgate.crypto.threshold.dealing import DEFAULT_BITS
 from flashgate.crypto.threshold.keys import MAX_PARTIES
+from flashgate.environment import PASSPHRASE_ENV
 from flashgate.errors import (
     ConfigurationError,
     DuplicateShares,
@@ -165,7 +160,7 @@ def fleet_init(
     check_passphrase(passphrase)
     if insecure_test_key and key_bits < 2048 and not quiet:
         click.echo(f"warning: {key_bits}-bit INSECURE test key", err=True)
-    primes = _search_primes(key_bits, quiet=quiet)
+    primes = search_primes(key_bits, quiet=quiet)
     ceremony = run_ceremony(
         fleet=fleet_name,
         node_ids=ids,
@@ -187,49 +182,6 @@ def fleet_init(
         )
         for path in written:
             click.echo(f"  wrote {path}", err=True)
-
-
-def _search_primes(bits: int, *, quiet: bool) -> tuple[int, int]:
-    """Run the safe-prime search, showing a live timer on stderr."""
-    if quiet:
-        return generate_primes(bits)
-    result: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            result["primes"] = generate_primes(bits)
-        except BaseException as exc:  # re-raised in the caller's thread
-            result["error"] = exc
-
-    worker = threading.Thread(target=work, daemon=True)
-    start = time.monotonic()
-    worker.start()
-    label = f"searching for two {bits // 2}-bit safe primes"
-    console = stderr_console()
-    if console.is_terminal:  # a spinner and a live timer, erased when done
-        with rich.progress.Progress(
-            rich.progress.SpinnerColumn(),
-            rich.progress.TextColumn("{task.description}"),
-            rich.progress.TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
-            progress.add_task(label, total=None)
-            while worker.is_alive():
-                worker.join(0.2)
-    else:  # a line every 5 s
-        last_line = 0.0
-        while worker.is_alive():
-            worker.join(0.2)
-            elapsed = time.monotonic() - start
-            if elapsed - last_line >= 5 or last_line == 0:
-                click.echo(f"{label} ... {elapsed:.0f}s", err=True)
-                last_line = max(elapsed, 0.001)
-    elapsed = time.monotonic() - start
-    click.echo(f"{label}: done in {elapsed:.1f}s", err=True)
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["primes"]  # type: ignore[return-value]
 
 
 @cli.command("encrypt")
@@ -342,7 +294,7 @@ def _open_bundle(path: Path, env: str | None) -> NodeBundle:
     FLASHGATE_PASSPHRASE, else a prompt on the terminal."""
     if env is not None:
         passphrase = env_passphrase(env)
-    elif PASSPHRASE_ENV in os.environ:
+    elif environment.is_set(PASSPHRASE_ENV):
         passphrase = get_passphrase(confirm=False)
     else:
         passphrase = prompt_passphrase(
@@ -358,7 +310,7 @@ def _open_bundle(path: Path, env: str | None) -> NodeBundle:
         if env is not None:
             source = env
         else:
-            source = PASSPHRASE_ENV if PASSPHRASE_ENV in os.environ else "the prompt"
+            source = PASSPHRASE_ENV if environment.is_set(PASSPHRASE_ENV) else "the prompt"
         raise UnsealError(
             f"{exc.message} (passphrase from {source}; a bundle sealed with its own "
             f"passphrase: --passphrase-env {_bundle_name(path)}=VAR)"

@@ -1,6 +1,7 @@
 """What the admin commands print: ``--json`` documents, and errors as JSON under ``--json``.
 
-A command's ``--json`` option records itself in click's ``ctx.meta`` (eagerly, before any
+A command's ``--json`` option (:data:`flashgate.cli.options.json_option`) records itself
+in click's ``ctx.meta`` (eagerly, before any
 other option is processed), so :func:`flashgate.cli.main.main` knows, whatever goes wrong
 after that, to print the error as one JSON document on stdout::
 
@@ -18,22 +19,6 @@ import click
 JSON_MODE = "flashgate.json"
 #: ``ctx.meta`` key: the command printed its own document about the error already.
 ERROR_REPORTED = "flashgate.error_reported"
-
-
-def _record_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    if value:
-        ctx.meta[JSON_MODE] = True
-    return value
-
-
-json_option = click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    is_eager=True,  # recorded before other options can fail
-    callback=_record_json,
-    help="Machine-readable output (errors too: one JSON document on stdout).",
-)
 
 
 def emit(as_json: bool, document: dict[str, Any], text: str) -> None:

@@ -1,19 +1,53 @@
 """Where sealing passphrases come from: an environment variable (``FLASHGATE_PASSPHRASE``
-by default, or one named per file), else a prompt on the terminal."""
+by default, or one named per file), else a prompt on the terminal; for ``dev`` commands
+only, the public dev passphrase (:data:`DEV_PASSPHRASE`) with a warning."""
 
 from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import sys
 
+import click
+
+from flashgate import environment
+from flashgate.environment import PASSPHRASE_ENV
 from flashgate.errors import ConfigurationError
 
-PASSPHRASE_ENV = "FLASHGATE_PASSPHRASE"  # noqa: S105 - a variable name, not a password
+#: Used only when FLASHGATE_PASSPHRASE is unset, only by ``dev`` commands, with a warning.
+DEV_PASSPHRASE = "flashgate-local-dev-only"  # noqa: S105 - documented dev-only default
+
+
+def passphrase_is_set() -> bool:
+    return bool(environment.read(PASSPHRASE_ENV))
+
+
+def dev_passphrase(*, sealing: bool) -> str:
+    """``FLASHGATE_PASSPHRASE``, or the public dev passphrase with a warning that says
+    what it is used for: ``sealing`` new files, or opening existing ones."""
+    value = environment.read(PASSPHRASE_ENV)
+    if value:
+        return value
+    use = "sealing the new fleet" if sealing else "opening the existing bundles"
+    click.echo(
+        f"warning: {PASSPHRASE_ENV} is unset; {use} with the public dev passphrase "
+        "(fine for a local demo, never for real secrets)",
+        err=True,
+    )
+    return DEV_PASSPHRASE
+
+
+def passphrase_lines() -> list[str]:
+    """Shell lines that give another shell the passphrase these commands need: the
+    public dev passphrase is printed; a passphrase the user set never is."""
+    if passphrase_is_set():
+        return [f"# export {PASSPHRASE_ENV} (the passphrase you set for this home)"]
+    return [f"export {PASSPHRASE_ENV}={shlex.quote(DEV_PASSPHRASE)}"]
 
 
 def get_passphrase(*, confirm: bool) -> str:
-    value = os.environ.get(PASSPHRASE_ENV)
+    value = environment.read(PASSPHRASE_ENV)
     if value:
         return value
     if value == "":
@@ -32,7 +66,7 @@ def get_passphrase(*, confirm: bool) -> str:
 
 def env_passphrase(var: str) -> str:
     """The passphrase in environment variable ``var`` (named by an option)."""
-    value = os.environ.get(var)
+    value = environment.read(var)
     if value is None:
         raise ConfigurationError(f"environment variable {var} is not set")
     if value == "":

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from flashgate.cli.output import emit, json_option
-from flashgate.cli.passphrase import PASSPHRASE_ENV, env_passphrase, prompt_passphrase
+from flashgate import environment
+from flashgate.cli.options import json_option
+from flashgate.cli.output import emit
+from flashgate.cli.passphrase import env_passphrase, prompt_passphrase
 from flashgate.crypto import seal
+from flashgate.environment import PASSPHRASE_ENV
 from flashgate.errors import ConfigurationError, FlashgateError, MalformedSealedFile
 from flashgate.fleet.bundle import BUNDLE_PURPOSE, reseal
 from flashgate.fleet.files import read_limited, write_atomic
@@ -81,7 +83,7 @@ def reseal_cmd(
 def _passphrase(var: str | None, prompt: str, *, confirm: bool) -> str:
     if var:
         return env_passphrase(var)
-    if PASSPHRASE_ENV in os.environ:
+    if environment.is_set(PASSPHRASE_ENV):
         return env_passphrase(PASSPHRASE_ENV)
     return prompt_passphrase(
         prompt, confirm=confirm, hint=f"set {PASSPHRASE_ENV} or give --old-passphrase-env VAR"

@@ -28,11 +28,15 @@ from nats.js.errors import KeyNotFoundError
 
 from flashgate.broker.connection import broker_errors
 from flashgate.cli.home import fleet_dir, load_home_roster, resolve_home
-from flashgate.cli.output import json_option
-from flashgate.cli.secret import home_option
-from flashgate.cli.session import AdminSession, CommandRejected, run
+from flashgate.cli.options import home_option, json_option
+from flashgate.cli.session import AdminSession, run
 from flashgate.cli.terminal import spinner, stderr_console
-from flashgate.errors import ConfigurationError, FlashgateError, Interrupted
+from flashgate.errors import (
+    CommandRejected,
+    ConfigurationError,
+    Interrupted,
+    RotationStalled,
+)
 from flashgate.events import commands as cmd
 from flashgate.events.fleet import FleetDescriptor, decode_descriptor, encode_descriptor
 from flashgate.events.queries import RotationInfo
@@ -43,12 +47,6 @@ from flashgate.runnable import command
 
 POLL_S = 0.5
 STATUS_EVERY_S = 2.0
-
-
-class RotationStalled(FlashgateError):
-    """The rotation did not complete within the timeout (it can be resumed)."""
-
-    code = "rotation_stalled"
 
 
 @dataclass

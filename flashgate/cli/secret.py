@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from flashgate.cli.home import resolve_home
-from flashgate.cli.output import emit, json_option
+from flashgate.cli.options import home_option, json_option
+from flashgate.cli.output import emit
 from flashgate.cli.session import AdminSession, run
 from flashgate.crypto import jwe
 from flashgate.crypto.context import HEADER_PARAM, SecretContext
@@ -28,7 +29,9 @@ from flashgate.crypto.publickey import FleetPublicKey, fleet_kid
 from flashgate.errors import (
     ConfigurationError,
     FlashgateError,
+    InvalidJwe,
     InvalidSecretValue,
+    KindChange,
     NotFound,
     OversizedInput,
 )
@@ -43,28 +46,8 @@ from flashgate.events.values import (
 )
 from flashgate.names import validate_name
 
-
-class KindChange(ConfigurationError):
-    """A rotation that would change a secret's kind."""
-
-    code = "kind_change"
-
-
-class InvalidJwe(ConfigurationError):
-    """A --jwe file that the fleet would not accept for this secret."""
-
-    code = "invalid_jwe"
-
-
 #: Rows asked for per page of a listing (the most a query answers).
 PAGE = 1000
-
-home_option = click.option(
-    "--home",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Admin home (default $FLASHGATE_HOME or ./.flashgate).",
-)
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from nats.js import api
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
+from flashgate import environment
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.cli.home import (
     fleet_dir,
@@ -38,10 +38,14 @@ from flashgate.cli.terminal import spinner
 from flashgate.crypto import box
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
+from flashgate.environment import NATS_PASSWORD_ENV, NATS_USER_ENV
 from flashgate.errors import (
     BrokerUnavailable,
+    CommandRejected,
     FlashgateError,
+    NoOutcome,
     NoResponders,
+    QueryFailed,
     SignatureInvalid,
     UnknownNode,
 )
@@ -75,22 +79,6 @@ from flashgate.fleet.signing import load_ed25519_public
 from flashgate.runnable import command
 
 
-class CommandRejected(FlashgateError):
-    """The backend rejected the command; the message carries its reason."""
-
-    code = "command_rejected"
-
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        super().__init__(f"rejected ({reason}): {detail}")
-
-
-class NoOutcome(FlashgateError):
-    """No outcome arrived in time (is the backend running?)."""
-
-    code = "no_outcome"
-
-
 def new_command_id() -> str:
     return "cli-" + secrets.token_hex(12)
 
@@ -110,7 +98,6 @@ class AdminSession:
         self.actor = actor or "admin:cli"
         self.nc: Client | None = None
         self._admin: Ed25519PrivateKey | None = None
-        self._events: list[DomainEvent] = []
         self._sub: Any = None
         self._node_keys: dict[str, str] | None = None
         #: nodes whose status answer did not verify (signature, node, request, fleet)
@@ -142,8 +129,8 @@ class AdminSession:
                 self.config.nats,
                 role="admin",
                 name="flashgate-cli",
-                user=login.user if login else os.environ.get("FLASHGATE_NATS_USER"),
-                password=login.password if login else os.environ.get("FLASHGATE_NATS_PASSWORD"),
+                user=login.user if login else environment.read(NATS_USER_ENV),
+                password=login.password if login else environment.read(NATS_PASSWORD_ENV),
                 max_reconnect_attempts=3,
             )
         except BrokerUnavailable as exc:
@@ -226,7 +213,7 @@ class AdminSession:
             )
         answer = ANSWER_CODEC.decode(msg.data)
         if not answer.ok:
-            raise CommandRejected(answer.error or "error", answer.detail or "")
+            raise QueryFailed(answer.error or "error", answer.detail or "")
         return answer
 
     async def check_api_key(

@@ -38,10 +38,5 @@ def int_to_bytes(value: int, length: int) -> bytes:
     return int(value).to_bytes(length, "big")
 
 
-def bytes_to_int(data: bytes) -> int:
-    """OS2IP (RFC 8017 §4.2)."""
-    return int.from_bytes(data, "big")
-
-
 def byte_length(n: int) -> int:
     return (int(n).bit_length() + 7) // 8

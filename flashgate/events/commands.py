@@ -53,7 +53,7 @@ class Command(
         return type(self).__struct_config__.tag  # type: ignore[return-value]
 
 
-class SecretWrite(Command, frozen=True):
+class SecretWriteCommand(Command, frozen=True):
     """The fields of a command that writes a secret version (an envelope)."""
 
     repo: Name
@@ -65,11 +65,11 @@ class SecretWrite(Command, frozen=True):
     signature: Ed25519Sig = ""
 
 
-class PutSecret(SecretWrite, tag="secret.put", frozen=True):
+class PutSecret(SecretWriteCommand, tag="secret.put", frozen=True):
     """Create a secret (version 1), or re-create a deleted one at its next version."""
 
 
-class RotateSecret(SecretWrite, tag="secret.rotate", frozen=True):
+class RotateSecret(SecretWriteCommand, tag="secret.rotate", frozen=True):
     """Replace an existing secret's value: version must be current + 1."""
 
 

@@ -101,10 +101,6 @@ class FleetNames:
     def share_subject(self, node_id: str) -> str:
         return f"{PREFIX}.{self.fleet}.share.{validate_name(node_id, 'node id')}"
 
-    @property
-    def share_wildcard(self) -> str:
-        return f"{PREFIX}.{self.fleet}.share.*"
-
     def heartbeat_subject(self, node_id: str) -> str:
         return f"{PREFIX}.{self.fleet}.node.{validate_name(node_id, 'node id')}.heartbeat"
 

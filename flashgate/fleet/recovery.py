@@ -34,10 +34,6 @@ class Recovered:
     secret: OpenedSecret
     faulty_nodes: list[str] = field(default_factory=list)
 
-    @property
-    def has_context(self) -> bool:
-        return self.secret.context is not None
-
 
 def check_bundles(
     descriptor: FleetDescriptor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from flashgate.crypto.encoding import b64url_decode, b64url_encode
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
@@ -39,15 +39,5 @@ def load_ed25519_public(value: str, what: str = "Ed25519 public key") -> Ed25519
         if len(raw) != 32:
             raise InvalidKey(f"{what} must be 32 bytes")
         return Ed25519PublicKey.from_public_bytes(raw)
-    except (MalformedEnvelope, ValueError) as exc:
-        raise InvalidKey(f"{what} is malformed") from exc
-
-
-def load_x25519_public(value: str, what: str = "X25519 public key") -> X25519PublicKey:
-    try:
-        raw = b64url_decode(value, what)
-        if len(raw) != 32:
-            raise InvalidKey(f"{what} must be 32 bytes")
-        return X25519PublicKey.from_public_bytes(raw)
     except (MalformedEnvelope, ValueError) as exc:
         raise InvalidKey(f"{what} is malformed") from exc

@@ -20,7 +20,7 @@ from flashgate.backend.models import AuditEvent, OutboxMessage, ProcessedCommand
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.broker.connection import connect
 from flashgate.broker.declare import declare_fleet
-from flashgate.broker.server import NatsServerProcess
+from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events.domain import DomainEvent, decode_event
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.failpoints import EXIT_CODE

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from flashgate.backend import health
 from flashgate.backend.models import OutboxMessage
 from flashgate.backend.service import Backend, BackendSettings
-from flashgate.broker.server import NatsServerProcess
+from flashgate.devcluster.nats_server import NatsServerProcess
 from tests.backend.conftest import PG_ADMIN_URL, FleetFixture
 
 

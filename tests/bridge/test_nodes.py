@@ -293,7 +293,7 @@ async def test_sigterm_purges_the_vault_in_process(
         for node in ("node-2", "node-3"):
             cluster.start(node)
         bundle = read_bundle(cluster.fleet.dir / "nodes" / "node-1.bundle", TEST_PASSPHRASE)
-        from flashgate.broker.server import free_port
+        from flashgate.devcluster.nats_server import free_port
 
         port = free_port()
         node = BridgeNode(

@@ -19,7 +19,8 @@ import pytest
 from flashgate.bridge.collector import Collector, CollectResult
 from flashgate.bridge.loader import MAX_BACKOFF_S, Loader
 from flashgate.bridge.store import Entry
-from flashgate.bridge.vault import SecretNotHeld, Vault
+from flashgate.bridge.vault import Vault
+from flashgate.errors import SecretNotHeld
 from tests.bridge.unit_support import EPOCH, SecretSpec, make_test_entry, public_key, reference_y
 
 WAIT_S = 5.0  # upper bound for anything awaited here; never reached when things work

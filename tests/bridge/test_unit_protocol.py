@@ -12,13 +12,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flashgate.bridge.protocol import (
     ProtocolLimits,
     RateLimiter,
-    Refused,
     Responder,
     build_request,
     open_response,
 )
 from flashgate.bridge.screening import ReplayCache
 from flashgate.crypto import box
+from flashgate.errors import Refused
 from flashgate.events.fleet import Roster
 from flashgate.events.share import (
     MAX_SHARE_REQUEST_BYTES,

@@ -14,8 +14,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from flashgate.bridge.partials import PartialCache
-from flashgate.bridge.protocol import Refused, Responder, build_request, open_response
+from flashgate.bridge.protocol import Responder, build_request, open_response
 from flashgate.bridge.share_service import ShareService
+from flashgate.errors import Refused
 from flashgate.events.share import ShareItem, ShareRequest
 from tests.bridge.unit_support import (
     EPOCH,

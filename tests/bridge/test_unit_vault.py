@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flashgate.bridge.vault import SecretNotHeld, Vault
-from flashgate.errors import StaleVersion
+from flashgate.bridge.vault import Vault
+from flashgate.errors import SecretNotHeld, StaleVersion
 from tests.helpers import CANARY
 
 KEY = "payments.s3"

@@ -20,14 +20,14 @@ from functools import cache
 from flashgate.bridge.collector import Collector, encode_partial
 from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.peers import PeerBook
-from flashgate.bridge.protocol import Refused, Responder
+from flashgate.bridge.protocol import Responder
 from flashgate.bridge.store import Entry, EnvelopeStore, make_entry
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encoding import int_to_bytes
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.crypto.rng import DeterministicRng
-from flashgate.errors import FlashgateError
+from flashgate.errors import FlashgateError, Refused
 from flashgate.events.envelope import ENVELOPE_CODEC, ApiKeyInfo, SecretEnvelope
 from flashgate.events.fleet import Roster, RosterNode
 from flashgate.events.share import ShareItemRefusal, SharePartial, ShareProof

@@ -15,7 +15,7 @@ from nats.js.kv import KeyValue
 
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.declare import declare_fleet
-from flashgate.broker.server import NatsCluster, NatsServerProcess
+from flashgate.devcluster.nats_server import NatsCluster, NatsServerProcess
 from flashgate.errors import BrokerError
 from flashgate.events.subjects import FleetNames, secret_key
 from tests.nats_fixtures import eventually

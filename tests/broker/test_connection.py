@@ -19,7 +19,7 @@ from flashgate.broker.connection import (
     inbox_prefix,
     redact_url,
 )
-from flashgate.broker.server import NatsBinary, NatsServerProcess, free_port
+from flashgate.devcluster.nats_server import NatsBinary, NatsServerProcess, free_port
 from flashgate.errors import (
     BrokerError,
     BrokerUnavailable,

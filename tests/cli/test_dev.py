@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from flashgate.broker.server import find_nats_server, free_port
-from flashgate.cli.dev import DEV_PASSPHRASE
 from flashgate.cli.home import HomeConfig, RoleLogin, save_config
+from flashgate.cli.passphrase import DEV_PASSPHRASE
+from flashgate.devcluster.nats_server import find_nats_server, free_port
 from flashgate.runnable import flashgate_command
 from tests.cli.conftest import UNSET, Fleet, Result, run_cli
 

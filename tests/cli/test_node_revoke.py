@@ -15,7 +15,7 @@ import pytest
 from flashgate.backend import db
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.cli.home import HomeConfig, save_config
-from flashgate.cli.node import check_revocation
+from flashgate.cli.node_revoke import check_revocation
 from flashgate.errors import BelowThreshold
 from flashgate.events.fleet import ROSTER_CODEC
 from tests.backend.conftest import make_fleet, sqlite_url

@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flashgate.bridge.partial_engine import PartialEngine
 from flashgate.crypto.oaep import oaep_decode
 from flashgate.crypto.rng import SYSTEM_RNG, DeterministicRng
 from flashgate.crypto.threshold import (
     KeyShare,
-    PartialEngine,
     Proof,
     ThresholdPublicKey,
     combine,

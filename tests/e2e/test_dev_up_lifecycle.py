@@ -26,7 +26,7 @@ from typing import IO
 
 import pytest
 
-from flashgate.cli.dev import DEV_PASSPHRASE
+from flashgate.cli.passphrase import DEV_PASSPHRASE
 
 pytestmark = [pytest.mark.nats, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]

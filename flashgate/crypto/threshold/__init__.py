@@ -8,7 +8,6 @@ from flashgate.crypto.threshold.combine import (
     verify_proof,
 )
 from flashgate.crypto.threshold.dealing import Dealing, deal, generate_primes
-from flashgate.crypto.threshold.engine import PartialEngine
 from flashgate.crypto.threshold.keys import KeyShare, ThresholdPublicKey
 from flashgate.crypto.threshold.partial import (
     Proof,
@@ -21,7 +20,6 @@ from flashgate.crypto.threshold.partial import (
 __all__ = [
     "Dealing",
     "KeyShare",
-    "PartialEngine",
     "Proof",
     "ThresholdPublicKey",
     "combine",

