@@ -450,7 +450,11 @@ class LoopProfile:
                 "asyncio/events.py"
             )
             for child in frame.children:
-                walk(child, self._task(child) if parent_is_loop else task, inner, caller)
+                if parent_is_loop:  # a callback or a task step; [self]: the loop's own code
+                    named = self._task(child) if real(child) else "loop callbacks (no task)"
+                    walk(child, named, inner, caller)
+                else:
+                    walk(child, task, inner, caller)
 
         root = session.root_frame()
         if root is not None:
