@@ -13,9 +13,9 @@ it exits 0 and prints a PASS/MISS column beside the goals.
 
 Diagnostics (they slow the runs they observe): ``--profile`` times each stage of every
 write of the throughput run (consumer queue, transaction, outbox relay, broker) and
-samples the event loop thread's CPU with ``SIGPROF`` (by asyncio task and by innermost
-frame), printed below the table; ``--cprofile`` times the stages and runs cProfile over
-the throughput run instead (top functions to stderr, stats to
+samples the event loop thread with ``pyinstrument`` (by asyncio task and by innermost
+frame: ``harness.LoopProfile``), printed below the table; ``--cprofile`` times the stages
+and runs cProfile over the throughput run instead (top functions to stderr, stats to
 ``$TMPDIR/bench_backend_<db>.prof``; cProfile's cumulative times are meaningless across
 SQLAlchemy's greenlet switches, use its own times only).
 
@@ -45,28 +45,26 @@ import asyncio
 import contextlib
 import cProfile
 import io
-import json
 import math
 import os
 import pstats
 import secrets
 import shutil
-import signal
 import sqlite3
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from _report import (
+from harness import (
     Arrivals,
     Goal,
     Latency,
+    LoopProfile,
+    arg_parser,
     at_least,
     below,
     fmt_int,
@@ -75,9 +73,10 @@ from _report import (
     goal_cells,
     goal_summary,
     header_lines,
-    json_safe,
     log,
     machine_info,
+    mode_of,
+    print_json,
     render_table,
 )
 from nats.js import JetStreamContext
@@ -90,7 +89,6 @@ from flashgate.broker.connection import connect
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.seal import KdfParams
-from flashgate.crypto.threshold.dealing import generate_primes
 from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events import commands as cmd
 from flashgate.events.signing import sign
@@ -98,6 +96,7 @@ from flashgate.events.subjects import FleetNames, secret_key
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import write_fleet_dir
+from flashgate.fleet.prime_search import search_primes
 
 BITS = 2048
 PASSPHRASE = "bench-passphrase"  # noqa: S105 - throwaway fleet, deleted at the end
@@ -123,6 +122,7 @@ class Profile:
 
 
 FULL = Profile(warmup=100, throughput_writes=3000, rate=100.0, latency_seconds=20.0)
+SMOKE = Profile(warmup=10, throughput_writes=20, rate=20.0, latency_seconds=1.0)
 QUICK = Profile(warmup=64, throughput_writes=500, rate=100.0, latency_seconds=5.0)
 
 
@@ -355,74 +355,6 @@ def stage_summary(
     }
 
 
-class StackSampler:
-    """A statistical CPU profiler of the event loop thread (``--profile``).
-
-    ``SIGPROF`` fires every ``interval`` of process CPU time; the handler, which Python
-    runs in the main thread at the next bytecode, records the asyncio task the loop is
-    running (by its coroutine) and the innermost Python frame (a C call such as a socket
-    write or an Ed25519 verify is charged to the Python frame that made it). Unlike
-    cProfile it is not misled by SQLAlchemy's greenlets, and unlike a sampling thread it is
-    not drawn to the moments the loop releases the GIL. Idle time shows as the loop
-    thread's CPU time being less than the wall time."""
-
-    def __init__(self, interval: float = 0.0005) -> None:
-        self.interval = interval
-        self.by_task: Counter[str] = Counter()
-        self.by_frame: Counter[str] = Counter()
-        self.by_task_frame: Counter[tuple[str, str]] = Counter()
-        self.by_leaf: Counter[str] = Counter()
-        self.samples = 0
-        self.wall = self.cpu = 0.0
-        self._previous: Any = None
-
-    def __enter__(self) -> StackSampler:
-        self._previous = signal.signal(signal.SIGPROF, self._sample)
-        self.wall, self.cpu = time.perf_counter(), time.thread_time()
-        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.setitimer(signal.ITIMER_PROF, 0, 0)
-        signal.signal(signal.SIGPROF, self._previous or signal.SIG_DFL)
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.thread_time() - self.cpu
-
-    def _sample(self, _signum: int, frame: FrameType | None) -> None:
-        if frame is None:
-            return
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:
-            task = None
-        label = _task_label(task) if task is not None else "loop callbacks (no task)"
-        component = _component(frame)
-        self.samples += 1
-        self.by_task[label] += 1
-        self.by_frame[component] += 1
-        self.by_task_frame[label, component] += 1
-        caller = _frame_label(frame.f_back) if frame.f_back else "-"
-        self.by_leaf[f"{_frame_label(frame)} <- {caller}"] += 1
-
-    def summary(self, top: int = 12) -> dict[str, Any]:
-        n = max(self.samples, 1)
-
-        def share(counter: Counter[Any]) -> dict[str, float]:
-            return {
-                (" / ".join(k) if isinstance(k, tuple) else k): round(100 * v / n, 1)
-                for k, v in counter.most_common(top)
-            }
-
-        return {
-            "samples": self.samples,
-            "loop thread CPU s / wall s": f"{self.cpu:.2f} / {self.wall:.2f}",
-            "by task, % of the process's CPU": share(self.by_task),
-            "by component (innermost frame), %": share(self.by_frame),
-            "task / component, %": share(self.by_task_frame),
-            "innermost frames, %": share(self.by_leaf),
-        }
-
-
 _TASK_NAMES = {
     "Backend._run_lane": "commands (consumer lanes: decode, verify, transaction, ack)",
     "Backend._consume": "consumer fetch loop",
@@ -436,17 +368,6 @@ _TASK_NAMES = {
 }
 
 
-def _task_label(task: asyncio.Task[Any]) -> str:
-    coro = task.get_coro()
-    code = getattr(coro, "cr_code", None)
-    name = code.co_qualname if code is not None else type(coro).__name__
-    return _TASK_NAMES.get(name, name)
-
-
-def _frame_label(frame: FrameType) -> str:
-    return f"{frame.f_code.co_name} ({Path(frame.f_code.co_filename).name})"
-
-
 _COMPONENTS = (
     ("/sqlalchemy/", "SQLAlchemy"),
     ("/asyncpg/", "asyncpg"),
@@ -458,18 +379,8 @@ _COMPONENTS = (
     ("/flashgate/", "flashgate"),
     ("/bench/", "bench"),
     ("/asyncio/", "asyncio"),
-    ("selectors.py", "loop in select (CPU of other threads, e.g. aiosqlite's)"),
+    ("selectors.py", "loop in select (idle, or waiting on other threads, e.g. aiosqlite's)"),
 )
-
-
-def _component(frame: FrameType) -> str:
-    path = frame.f_code.co_filename
-    for marker, name in _COMPONENTS:
-        if marker in path:
-            if name == "flashgate":  # which part of flashgate: the module
-                return f"flashgate.{Path(path).stem} {frame.f_code.co_name}"
-            return name
-    return f"other ({Path(path).name} {frame.f_code.co_name})"
 
 
 # --------------------------------------------------------------------------- the runs
@@ -588,7 +499,7 @@ async def drive(
         arrivals.expect([p.key for p in burst])
         sent: dict[str, float] = {}
         profiler = cProfile.Profile() if profiling == "cprofile" else None
-        sampler = StackSampler() if profiling == "sample" else None
+        sampler = LoopProfile(_TASK_NAMES, _COMPONENTS) if profiling == "sample" else None
         with sampler or contextlib.nullcontext():
             if profiler is not None:
                 profiler.enable()
@@ -806,9 +717,7 @@ def stage_lines(stages: dict[str, Any], indent: str = "  ") -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer writes (smoke check)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser = arg_parser(__doc__, "fewer writes (smoke check)")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -829,13 +738,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logs.configure(level="warning", json=True)  # the backend's logs go to stderr
-    profile = replace(QUICK if args.quick else FULL, concurrency=args.concurrency)
-    mode = "quick" if args.quick else "full"
+    mode = mode_of(args)
+    profiles = {"smoke": SMOKE, "quick": QUICK, "full": FULL}
+    profile = replace(profiles[mode], concurrency=args.concurrency)
+    if args.smoke and args.only is None:
+        args.only = "sqlite"  # a smoke run needs no PostgreSQL
     info = machine_info(PACKAGES)
     info["sqlite"] = sqlite3.sqlite_version
     started = time.perf_counter()
     log(f"generating a {BITS}-bit safe-prime pair")
-    primes = generate_primes(BITS)
+    primes = search_primes(BITS)
     rows: list[Row] = []
     skipped: dict[str, str] = {}
     results: dict[str, DbResult] = {}
@@ -898,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name: r.latency_stages for name, r in results.items() if r.latency_stages
             },
         }
-        print(json.dumps(json_safe(document), indent=2))
+        print_json(document)
     else:
         print_report(info, mode, profile, rows, skipped, extra, elapsed)
     return 0

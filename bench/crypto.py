@@ -29,21 +29,17 @@ Measured for each key size (t = 3 of n = 5):
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import math
 import multiprocessing
 import os
-import platform
 import secrets
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import cryptography
@@ -51,8 +47,25 @@ import gmpy2
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from harness import (
+    Goal,
+    arg_parser,
+    at_least,
+    at_most,
+    gc_paused,
+    goal_summary,
+    header_lines,
+    log,
+    machine_info,
+    mode_of,
+    p90,
+    print_json,
+    render_table,
+    time_calls,
+    time_interleaved,
+)
 
-from flashgate.bridge.partial_engine import PartialEngine, default_workers
+from flashgate.bridge.partial_engine import PartialEngine
 from flashgate.crypto import jwe
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.decrypt import open_jwe
@@ -66,8 +79,10 @@ from flashgate.crypto.threshold import (
     prove,
     verify_proof,
 )
+from flashgate.fleet.prime_search import search_primes
 
 SIZES = (2048, 3072)
+PACKAGES = ("gmpy2", "cryptography")
 PARTIES = 5
 THRESHOLD = 3
 PLAINTEXT = b"bench-secret-value: correct horse battery staple"
@@ -112,6 +127,16 @@ FULL = Profile(
     jwe_secrets=60,
     rsa_calls=300,
 )
+SMOKE = Profile(
+    dealings=1,
+    partial_calls=3,
+    batch_size=4,
+    batch_rounds=1,
+    combine_calls=3,
+    proof_calls=2,
+    jwe_secrets=2,
+    rsa_calls=2,
+)
 QUICK = Profile(
     dealings=1,
     partial_calls=30,
@@ -122,12 +147,6 @@ QUICK = Profile(
     jwe_secrets=10,
     rsa_calls=50,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Goal:
-    text: str
-    passed: bool
 
 
 SECTIONS = {
@@ -167,50 +186,6 @@ class Row:
 # --------------------------------------------------------------------------- helpers
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No garbage collection inside a timed loop (as :mod:`timeit` does)."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def time_interleaved(
-    fns: Mapping[str, Callable[[int], object]], calls: int, warmup: int = 2
-) -> dict[str, list[float]]:
-    """Per-call seconds of each function; call i of every function runs before call i+1."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup):
-        for fn in fns.values():
-            fn(i)
-    with gc_paused():
-        for i in range(calls):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                fn(i)
-                samples[name].append(time.perf_counter() - start)
-    return samples
-
-
-def time_calls(fn: Callable[[int], object], calls: int, warmup: int = 2) -> list[float]:
-    return time_interleaved({"fn": fn}, calls, warmup)["fn"]
-
-
-def p90(samples: Sequence[float]) -> float | None:
-    if len(samples) < 2:
-        return None
-    return statistics.quantiles(samples, n=10, method="inclusive")[-1]
-
-
 def stats_row(
     bits: int,
     key: str,
@@ -242,14 +217,6 @@ def ratio_row(
     return Row(
         bits=bits, key=key, name=name, unit="x", median=value, goal=goal(value) if goal else None
     )
-
-
-def at_most(limit: float, text: str) -> Callable[[float], Goal]:
-    return lambda value: Goal(text, value <= limit)
-
-
-def at_least(limit: float, text: str) -> Callable[[float], Goal]:
-    return lambda value: Goal(text, value >= limit)
 
 
 def random_ciphertexts(n: int, count: int) -> list[int]:
@@ -318,7 +285,8 @@ def bench_dealing(bits: int, count: int) -> tuple[Row, Dealing]:
     dealings: list[Dealing] = []
     for k in range(max(1, count)):
         start = time.perf_counter()
-        dealings.append(deal(bits=bits, parties=PARTIES, threshold=THRESHOLD))
+        primes = search_primes(bits)  # two processes, as the ceremony searches them
+        dealings.append(deal(bits=bits, parties=PARTIES, threshold=THRESHOLD, primes=primes))
         times.append(time.perf_counter() - start)
         log(f"{bits}-bit dealing {k + 1}/{count}: {times[-1]:.2f} s")
     goal = at_most(DEALING_GOAL_S, f"< {DEALING_GOAL_S:.0f} s") if bits == 3072 else None
@@ -554,30 +522,6 @@ def bench_size(bits: int, profile: Profile, cores: int) -> list[Row]:
 # ---------------------------------------------------------------------------- output
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "usable_cores": default_workers(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "gmpy2": gmpy2.version(),
-        "gmp": gmpy2.mp_version(),
-        "cryptography": cryptography.__version__,
-        "openssl": openssl_backend.openssl_version_text(),
-    }
-
-
 def format_value(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
@@ -613,53 +557,41 @@ def table_lines(rows: Sequence[Row]) -> list[str]:
             *(format_value(v, r.unit) for v in (r.median, r.p90, r.low, r.high)),
             str(r.count) if r.count is not None else "-",
             r.goal.text if r.goal else "",
-            ("PASS" if r.goal.passed else "MISS") if r.goal else "",
+            r.goal.result if r.goal else "",
         )
         for r in rows
     ]
-    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-    numeric = {0, 3, 4, 5, 6, 7}
+    return render_table(
+        header, body, right=frozenset({0, 3, 4, 5, 6, 7}), groups=[r.bits for r in rows]
+    )
 
-    def render(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in numeric else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
 
-    lines = [render(header), render(["-" * w for w in widths])]
-    previous = None
-    for row, cells in zip(rows, body, strict=True):
-        if previous is not None and row.bits != previous:
-            lines.append("")
-        previous = row.bits
-        lines.append(render(cells))
-    return lines
+def crypto_info() -> dict[str, Any]:
+    """The machine, and the libraries the arithmetic runs on (GMP and OpenSSL versions)."""
+    return machine_info(PACKAGES) | {
+        "gmpy2": gmpy2.version(),
+        "gmp": gmpy2.mp_version(),
+        "cryptography": cryptography.__version__,
+        "openssl": openssl_backend.openssl_version_text(),
+    }
 
 
 def print_table(info: dict[str, Any], mode: str, rows: Sequence[Row], elapsed: float) -> None:
-    print(f"flashgate crypto benchmark ({mode} mode, t={THRESHOLD} of n={PARTIES})")
-    print(
-        f"machine: {info['cpu_count']} CPUs ({info['usable_cores']} usable), "
-        f"{info['cpu_model']}, {info['platform']}"
-    )
-    print(
-        f"python {info['python']}, gmpy2 {info['gmpy2']} ({info['gmp']}), "
-        f"cryptography {info['cryptography']} ({info['openssl']})"
-    )
+    title = f"flashgate crypto benchmark ({mode} mode, t={THRESHOLD} of n={PARTIES})"
+    for line in header_lines(title, info):
+        print(line)
+    print(f"{info['gmp']}, {info['openssl']}")
     print()
     for line in table_lines(rows):
         print(line)
-    goals = [r.goal for r in rows if r.goal]
-    passed = sum(g.passed for g in goals)
     print()
-    print(f"goals: {passed} PASS, {len(goals) - passed} MISS; elapsed {elapsed:.0f} s")
+    print(f"{goal_summary([r.goal for r in rows if r.goal])}; elapsed {elapsed:.0f} s")
     for note in NOTES:
         print(f"note: {note}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few repetitions (smoke check)")
+    parser = arg_parser(__doc__, "few repetitions (smoke check)")
     parser.add_argument(
         "--bits",
         type=int,
@@ -667,17 +599,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         help="key size to measure (repeatable; default: all of %(choices)s)",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    profile = QUICK if args.quick else FULL
-    mode = "quick" if args.quick else "full"
-    sizes = sorted(set(args.bits or SIZES))
+    mode = mode_of(args)
+    profile = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
+    sizes = sorted(set(args.bits or (SIZES[:1] if args.smoke else SIZES)))
     cores = os.cpu_count() or 1
-    info = machine_info()
+    info = crypto_info()
     started = time.perf_counter()
     rows: list[Row] = []
     for bits in sizes:
@@ -691,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "elapsed_s": elapsed,
             "rows": [{"section": r.section, **asdict(r)} for r in rows],
         }
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         print_table(info, mode, rows, elapsed)
     return 0

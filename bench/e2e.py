@@ -85,14 +85,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from _report import (
+from harness import (
     Latency,
+    arg_parser,
     fmt_int,
     fmt_ms,
     header_lines,
-    json_safe,
     log,
     machine_info,
+    mode_of,
+    print_json,
     render_table,
 )
 from nats.aio.msg import Msg
@@ -148,6 +150,7 @@ class Profile:
 
 
 FULL = Profile(puts=200, rate=PACED_RATE, rotation_secrets=1000)
+SMOKE = Profile(puts=5, rate=PACED_RATE, rotation_secrets=10)
 QUICK = Profile(puts=30, rate=PACED_RATE, rotation_secrets=100)
 
 
@@ -772,9 +775,7 @@ def print_rotation(rotation: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer puts (smoke check)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser = arg_parser(__doc__, "fewer puts (smoke check)")
     parser.add_argument(
         "--insecure-test-key",
         action="store_true",
@@ -786,8 +787,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logs.configure(level="warning")  # the session's logs go to stderr, and only warnings
-    profile = QUICK if args.quick else FULL
-    mode = "quick" if args.quick else "full"
+    mode = mode_of(args)
+    profile = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
     bits = INSECURE_BITS if args.insecure_test_key else BITS
     info = machine_info(PACKAGES)
     started = time.perf_counter()
@@ -858,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rotation": rotation,
             "notes": list(NOTES),
         }
-        print(json.dumps(json_safe(doc), indent=2))
+        print_json(doc)
     else:
         print_table(info, mode, summary, results, rows, elapsed)
         print_rotation(rotation)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import secrets
 import shutil
@@ -48,22 +47,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _report import (
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from harness import (
     Arrivals,
     Latency,
+    arg_parser,
     fmt_int,
     fmt_ms,
     fmt_rate,
     fmt_us,
-    gc_paused,
     header_lines,
-    json_safe,
     log,
     machine_info,
+    mode_of,
+    print_json,
     render_table,
+    time_rounds,
 )
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js.kv import KeyValue
 
 from flashgate import logs
@@ -98,6 +99,7 @@ class Profile:
 
 
 FULL = Profile(rounds=9, round_time=0.2, paced_puts=2000, rate=200.0, burst_puts=5000)
+SMOKE = Profile(rounds=1, round_time=0.002, paced_puts=20, rate=200.0, burst_puts=50)
 QUICK = Profile(rounds=3, round_time=0.05, paced_puts=300, rate=200.0, burst_puts=1000)
 
 
@@ -206,29 +208,6 @@ def secret_created(command_id: str) -> ev.DomainEvent:
 
 
 # --------------------------------------------------------------------------- codec rates
-
-
-def time_rounds(
-    fn: Callable[[], object], rounds: int, round_time: float
-) -> tuple[list[float], int]:
-    """Seconds per call of ``fn`` in each of ``rounds`` rounds of about ``round_time``."""
-    fn()  # warm-up (and any lazy initialization)
-    calls, elapsed = 1, 0.0
-    while elapsed < round_time / 4 and calls < 10_000_000:  # calibrate
-        calls *= 2
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-    calls = max(1, round(calls * round_time / max(elapsed, 1e-9)))
-    samples: list[float] = []
-    with gc_paused():
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            samples.append((time.perf_counter() - start) / calls)
-    return samples, calls
 
 
 def bench_codecs(profile: Profile) -> list[CodecRow]:
@@ -525,17 +504,14 @@ def print_report(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few rounds and writes (smoke)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return parser.parse_args(argv)
+    return arg_parser(__doc__, "few rounds and writes (smoke)").parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logs.configure(level="warning", json=True)  # library logs to stderr, never the table
-    profile = QUICK if args.quick else FULL
-    mode = "quick" if args.quick else "full"
+    mode = mode_of(args)
+    profile = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
     info = machine_info(PACKAGES)
     started = time.perf_counter()
     log("codec rates")
@@ -555,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
             "broker": [asdict(r) for r in broker],
         }
-        print(json.dumps(json_safe(result), indent=2))
+        print_json(result)
     else:
         print_report(info, mode, codecs, broker, elapsed)
     return 0

@@ -44,6 +44,14 @@ def test_import_contracts_are_kept() -> None:
     assert f"Contracts: {len(ids)} kept, 0 broken." in result.stdout
 
 
+def test_crypto_contract_has_no_exception() -> None:
+    """crypto holds no pool of any kind: not even one allowed import of concurrent,
+    threading or multiprocessing (the pools live at the edges that use them)."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    crypto = next(c for c in contracts["contracts"] if c["id"] == "crypto-sans-io")
+    assert crypto.get("ignore_imports", []) == []
+
+
 def test_backend_process_loads_no_share_or_combine_code() -> None:
     """Not only direct imports: the whole import closure of the backend service."""
     code = (

@@ -215,6 +215,12 @@ class BridgeNode:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        # The node's name is bound once for its log lines: every task and NATS callback
+        # started here copies this context (as does stop()'s), no call passes it by hand.
+        with structlog.contextvars.bound_contextvars(node=self.node_id):
+            await self._start()
+
+    async def _start(self) -> None:
         self.hardening = harden(lock_memory=self.settings.lock_memory)
         log.info("process hardening", **self.hardening.as_dict())
         await self._tasks.open(on_failure=self._stopped.set)
@@ -244,7 +250,6 @@ class BridgeNode:
             )
         log.info(
             "bridge node started",
-            node=self.node_id,
             fleet=names.fleet,
             epochs=sorted(self.ring.epochs()),
             index=self.ring.current.key.share.index,
@@ -254,6 +259,10 @@ class BridgeNode:
 
     async def stop(self) -> int:
         """Purge everything held, stop tasks, close. Returns how many secrets were purged."""
+        with structlog.contextvars.bound_contextvars(node=self.node_id):
+            return await self._stop()
+
+    async def _stop(self) -> int:
         purged = self.vault.purge()
         self.ring.purge()
         if self._metrics is not None:
@@ -262,7 +271,7 @@ class BridgeNode:
         await self.transport.close()
         await asyncio.to_thread(self.ring.close)
         self._stopped.set()
-        log.info("bridge node stopped; vault purged", node=self.node_id, purged=purged)
+        log.info("bridge node stopped; vault purged", purged=purged)
         return purged
 
     async def wait_stopped(self) -> None:

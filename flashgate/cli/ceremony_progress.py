@@ -12,18 +12,18 @@ import click
 import rich.progress
 
 from flashgate.cli.terminal import stderr_console
-from flashgate.crypto.threshold.dealing import generate_primes
+from flashgate.fleet import prime_search
 
 
 def search_primes(bits: int, *, quiet: bool) -> tuple[int, int]:
-    """Run the safe-prime search, showing a live timer on stderr."""
+    """Run the safe-prime search (two processes), showing a live timer on stderr."""
     if quiet:
-        return generate_primes(bits)
+        return prime_search.search_primes(bits)
     result: dict[str, object] = {}
 
     def work() -> None:
         try:
-            result["primes"] = generate_primes(bits)
+            result["primes"] = prime_search.search_primes(bits)
         except BaseException as exc:  # re-raised in the caller's thread
             result["error"] = exc
 

@@ -19,6 +19,7 @@ from flashgate.errors import ConfigurationError
 from flashgate.events.fleet import FleetDescriptor, NodeEntry, Roster, RosterNode
 from flashgate.events.signing import sign
 from flashgate.fleet.bundle import NodeBundle
+from flashgate.fleet.prime_search import search_primes
 from flashgate.fleet.signing import new_ed25519, new_x25519, public_b64
 from flashgate.fleet.threshold_key import build_descriptor
 from flashgate.names import validate_name
@@ -77,6 +78,8 @@ def run_ceremony(
     )
     if epoch < 1:
         raise ConfigurationError("epoch must be >= 1")
+    if primes is None:  # after every cheap check
+        primes = search_primes(bits, rng)
     dealing = deal(
         bits=bits,
         parties=len(node_ids),

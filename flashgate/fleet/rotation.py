@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flashgate.crypto import box
 from flashgate.crypto.encoding import b64url_decode, b64url_encode, int_to_bytes
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
-from flashgate.crypto.threshold.dealing import deal
+from flashgate.crypto.threshold.dealing import check_parameters, deal
 from flashgate.crypto.threshold.keys import KeyShare, ThresholdPublicKey
 from flashgate.crypto.threshold.partial import share_matches
 from flashgate.errors import (
@@ -35,6 +35,7 @@ from flashgate.events.fleet import FleetDescriptor, NodeEntry, Roster
 from flashgate.events.rotation import SealedShare, share_aad
 from flashgate.events.signing import verify
 from flashgate.fleet.descriptor import check_sealed_shares, fleet_public_key, node_entry
+from flashgate.fleet.prime_search import search_primes
 from flashgate.fleet.signing import load_ed25519_public
 from flashgate.fleet.threshold_key import build_descriptor, verified_threshold_key
 
@@ -105,6 +106,9 @@ def deal_next_epoch(
             "A new epoch needs at least t active nodes (run a new ceremony otherwise)"
         )
     bits = fleet_public_key(current).bits
+    check_parameters(bits, len(nodes), current.threshold, allow_insecure=allow_insecure)
+    if primes is None:  # after every cheap check
+        primes = search_primes(bits, rng)
     dealing = deal(
         bits=bits,
         parties=len(nodes),

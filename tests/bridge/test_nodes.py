@@ -10,7 +10,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import structlog
 from nats.aio.client import Client
+from structlog.testing import capture_logs
 
 from flashgate.backend import db
 from flashgate.backend.service import Backend, BackendSettings
@@ -300,20 +302,26 @@ async def test_sigterm_purges_the_vault_in_process(
             bundle,
             BridgeSettings(nats_urls=[nats_url], lock_memory=False, metrics_port=port),
         )
-        await node.start()
-        try:
-            await put(cluster, "c", "inproc", CANARY)
-            await eventually(lambda: _holds(node, "c.inproc"), 30, "the in-process node")
-            buffers = [slot.data for slot in node.vault._slots.values()]
-            assert any(CANARY in bytes(b) for b in buffers)
-            metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
-            assert 'flashgate_secrets_held{node="node-1"}' in metrics
-            assert "flashgate_share_requests_served_total" in metrics
-            assert CANARY.decode() not in metrics
-        finally:
-            purged = await node.stop()
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logged:
+            await node.start()
+            try:
+                await put(cluster, "c", "inproc", CANARY)
+                await eventually(lambda: _holds(node, "c.inproc"), 30, "the in-process node")
+                buffers = [slot.data for slot in node.vault._slots.values()]
+                assert any(CANARY in bytes(b) for b in buffers)
+                metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+                assert 'flashgate_secrets_held{node="node-1"}' in metrics
+                assert "flashgate_share_requests_served_total" in metrics
+                assert CANARY.decode() not in metrics
+            finally:
+                purged = await node.stop()
         assert purged >= 1 and len(node.vault) == 0
         assert all(not b for b in buffers)  # wiped and cleared
+        # The node's name is bound once (contextvars): its tasks' lines carry it too.
+        events = {line["event"]: line for line in logged}
+        for event in ("bridge node started", "secrets loaded", "bridge node stopped; vault purged"):
+            assert events[event].get("node") == "node-1", event
+        assert "node" not in structlog.contextvars.get_contextvars()  # not left bound
 
 
 async def _holds(node, key: str) -> bool:  # type: ignore[no-untyped-def]

@@ -3,13 +3,16 @@
 ``deal`` returns only the public key and the shares. The primes, d, m and the polynomial
 live in this function's locals and are dropped when it returns. (CPython cannot promise
 to overwrite integer memory; the ceremony runs in a short-lived process for that reason.)
+
+Everything here runs in the calling thread: the two safe-prime searches are sequential in
+:func:`generate_primes`. The ceremony and the rotation run them in two processes at their
+edge (:mod:`flashgate.fleet.prime_search`) and pass the primes in.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import gmpy2
@@ -59,26 +62,24 @@ def generate_primes(
     bits: int,
     rng: Rng = SYSTEM_RNG,
     *,
-    parallel: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
-    """Two distinct safe primes of ``bits // 2`` bits each.
+    """Two distinct safe primes of ``bits // 2`` bits each, one after the other.
 
-    With ``parallel`` (and the system RNG) the two searches run in two processes, since the
-    search is CPU-bound Python. ``progress`` then receives elapsed-candidate counts only
-    from the in-process fallback; callers show a timer instead.
-    """
+    ``progress`` receives the candidates examined by the current search after each sieve
+    window (see :func:`generate_safe_prime`)."""
     half = bits // 2
-    if parallel and rng is SYSTEM_RNG:
-        with ProcessPoolExecutor(max_workers=2) as pool:
-            futures = [pool.submit(generate_safe_prime, half, SYSTEM_RNG) for _ in range(2)]
-            p, q = (f.result() for f in futures)
-    else:
-        p = generate_safe_prime(half, rng, progress)
-        q = generate_safe_prime(half, rng, progress)
-    while p == q:  # astronomically unlikely, but the design requires p != q
-        q = generate_safe_prime(half, rng, progress)
-    return p, q
+    p = generate_safe_prime(half, rng, progress)
+    q = generate_safe_prime(half, rng, progress)
+    return p, distinct_from(p, q, half, rng)
+
+
+def distinct_from(p: int, q: int, half: int, rng: Rng = SYSTEM_RNG) -> int:
+    """``q``, or a fresh safe prime of ``half`` bits if it equals ``p`` (astronomically
+    unlikely, but the design requires p != q)."""
+    while p == q:
+        q = generate_safe_prime(half, rng)
+    return q
 
 
 def deal(
@@ -93,8 +94,9 @@ def deal(
 ) -> Dealing:
     """Deal a fresh t-of-n threshold RSA key.
 
-    ``primes`` (two safe primes of ``bits // 2`` bits) may be passed in, so that tests and
-    benchmarks can reuse an expensive search; the search runs otherwise.
+    ``primes`` (two safe primes of ``bits // 2`` bits) may be passed in: searched in
+    parallel by the caller, or reused by tests and benchmarks; otherwise
+    :func:`generate_primes` searches them here, one after the other.
     """
     check_parameters(bits, parties, threshold, allow_insecure=allow_insecure)
     if primes is None:

@@ -1,0 +1,73 @@
+"""Every bench script still runs: its smallest mode (``--smoke``), with JSON output.
+
+The numbers are not looked at (no timing assertion): only that each script runs through
+every measurement and reports it. bridge.py and e2e.py start process clusters: slow tier.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *args: str, timeout: float = 300) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", "--json", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    document: dict[str, Any] = json.loads(out.stdout)
+    assert document["mode"] == "smoke"
+    assert document["machine"]["usable_cores"] >= 1
+    return document
+
+
+def test_crypto() -> None:
+    document = run_bench("crypto.py")
+    keys = {row["key"] for row in document["rows"]}
+    assert {"deal", "partial.ratio", "throughput.threads_w1", "combine", "jwe.total"} <= keys
+    assert "proof.verify" in keys and "baseline.rsa_oaep" in keys
+
+
+def test_events() -> None:
+    document = run_bench("events.py")
+    assert {r["key"] for r in document["codecs"]} >= {"envelope.encode", "event.decode"}
+    assert [r["key"] for r in document["broker"]] == [
+        "kv.paced_watch",
+        "kv.paced_ack",
+        "kv.burst_watch",
+    ]
+
+
+def test_backend_with_its_loop_profile() -> None:
+    document = run_bench("backend.py", "--profile")
+    assert [r["key"] for r in document["rows"]] == ["throughput", "latency"]
+    assert all(r["seen"] == r["count"] for r in document["rows"])
+    assert document["stages"]["sqlite"]["sampled"]["samples"] > 0
+
+
+@pytest.mark.slow
+def test_bridge() -> None:
+    document = run_bench("bridge.py")
+    (scenario,) = document["scenarios"]
+    assert scenario["error"] is None
+    assert scenario["cold_start"]["complete"]
+    assert scenario["rotation"]["verified"]
+
+
+@pytest.mark.slow
+def test_e2e() -> None:
+    document = run_bench("e2e.py", "--insecure-test-key", timeout=600)
+    assert {r["key"] for r in document["rows"]} >= {"sequential.held_all", "paced.held_all"}
+    assert document["rotation"]["epoch"] == 2
