@@ -59,4 +59,3 @@ async def test_a_publish_retried_under_one_id_is_stored_once(
     again = await publish_until_stored(nc, subject, b"a", msg_id="id-1", deadline=deadline)
     assert again.duplicate and again.seq == first.seq
     assert (await js.stream_info(stream)).state.messages == 1
-
