@@ -78,7 +78,7 @@ async def tail_stream(
 
 
 def _set_resume_point(sub: JetStreamContext.PushSubscription, last: int) -> None:
-    jsi: Any = getattr(sub._sub, "_jsi", None)  # type: ignore[attr-defined]
+    jsi: Any = getattr(sub._sub, "_jsi", None)
     if jsi is None or not isinstance(getattr(jsi, "_sseq", None), int):
         raise BrokerError("nats-py's ordered consumer changed: its resume point is not found")
     jsi._sseq = max(jsi._sseq, last)
