@@ -17,8 +17,8 @@ whole run. Each round kills (SIGKILL) the server that leads the command stream, 
 restarts it and waits until the cluster is whole again. Measured per kill, from the kill:
 
 * **leader**: until a stream info names a new leader of the command stream (polled every
-  50 ms; the election itself, nats-server's Raft: at least its 4 s election timeout
-  after a SIGKILL, which is not configurable);
+  50 ms, each poll with a 0.5 s timeout; the election itself: nats-server's Raft waits
+  for its randomized election timeout, about 4 to 9 s, after a SIGKILLed leader);
 * **both leaders**: until both the command and the event stream have a leader (each
   stream elects on its own; the killed server often led both);
 * **applied**: until the backend applies the first write that the writer *started* after
@@ -28,8 +28,10 @@ restarts it and waits until the cluster is whole again. Measured per kill, from 
 * **outcome after leaders**: outcome minus both leaders: what flashgate adds to the
   elections (the relay's retry, the CLI's publish retry and event watch).
 
-The goal (issue 17): the first outcome within 3 s of the kill. Progress goes to stderr,
-results to stdout. No timing assertions; exit 0 when the cluster ran.
+The goal (issue 17): the first outcome within 3 s of the kill. The election alone takes
+longer after a SIGKILL; "outcome minus both leaders" is the part flashgate controls.
+Progress goes to stderr, results to stdout. No timing assertions; exit 0 when the
+cluster ran.
 """
 
 from __future__ import annotations
