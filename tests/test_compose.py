@@ -185,14 +185,51 @@ def test_bridge_memlock_is_configurable_and_starts_without_cap_sys_resource() ->
     assert "FG_MEMLOCK=-1" in docs
 
 
-def test_bridge_health_is_the_metrics_endpoint() -> None:
+def test_bridge_health_is_its_readiness() -> None:
+    """Healthy = buckets bound and loaded (/healthz), not merely the process answering."""
     for bridge in BRIDGES:
         args = SERVICES[bridge]["command"]
         port = args[args.index("--metrics-port") + 1]
         test = SERVICES[bridge]["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "-c"]
-        assert f"http://127.0.0.1:{port}/metrics" in test[3]
+        assert f"http://127.0.0.1:{port}/healthz" in test[3]
         assert "os.kill" not in test[3]
+
+
+HA = yaml.safe_load((ROOT / "compose.ha.yaml").read_text())
+HA_SERVERS = {
+    "nats": ("nats-1", 4222, 6222),
+    "nats-2": ("nats-2", 4223, 6223),
+    "nats-3": ("nats-3", 4224, 6224),
+}
+
+
+def _flag(args: list[str], name: str, default: str) -> str:
+    return args[args.index(name) + 1] if name in args else default
+
+
+def test_the_ha_file_runs_three_routed_servers_with_the_same_permissions() -> None:
+    """compose.ha.yaml: three servers of one cluster, each on the one generated nats.conf
+    (the same per-role users), each routed to the two others, each with its own store."""
+    services = HA["services"]
+    stores = set()
+    for service, (name, port, route) in HA_SERVERS.items():
+        args = services[service]["command"]
+        assert args[:2] == ["-c", "/etc/nats/nats.conf"]
+        assert _flag(args, "--name", "") == name
+        assert int(_flag(args, "-p", "4222")) == port
+        assert _flag(args, "--cluster_name", "") == "flashgate"
+        assert _flag(args, "--cluster", "").endswith(f":{route}")
+        others = {f"nats://{s}:{r}" for s, (_, _, r) in HA_SERVERS.items() if s != service}
+        assert set(_flag(args, "--routes", "").split(",")) == others
+        volumes = services[service].get("volumes") or SERVICES[service]["volumes"]
+        assert "./deploy/nats.conf:/etc/nats/nats.conf:ro" in volumes
+        stores |= {v for v in volumes if v.endswith(":/data")}
+    assert len(stores) == 3
+    urls = {f"nats://{s}:{port}" for s, (_, port, _) in HA_SERVERS.items()}
+    for service in ("backend", "admin", *BRIDGES):
+        assert set(services[service]["environment"]["FLASHGATE_NATS_URL"].split(",")) == urls
+    assert services["backend"]["environment"]["FLASHGATE_STREAM_REPLICAS"] == "3"
 
 
 def test_image_mount_points_belong_to_the_service_user() -> None:

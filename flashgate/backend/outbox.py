@@ -30,6 +30,7 @@ from tenacity import (
 
 from flashgate.backend import db
 from flashgate.backend.models import OutboxMessage
+from flashgate.errors import BrokerUnavailable
 from flashgate.events.domain import DomainEvent, encode_event
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
 from flashgate.events.subjects import FleetNames
@@ -206,6 +207,11 @@ def plan_groups(
     return groups
 
 
+#: Longest backoff step (seconds) while NATS does not take the relay's publishes: the
+#: relay resumes within about a second of a stream having a leader again.
+BROKER_BACKOFF = 0.6
+
+
 def _log_relay_failure(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None
     log.warning(
@@ -240,6 +246,7 @@ class Relay:
         max_in_flight: int = MAX_IN_FLIGHT,
         idle_interval: float = 0.05,
         max_backoff: float = 5.0,
+        broker_backoff: float = BROKER_BACKOFF,
         write_lock: asyncio.Lock | None = None,
     ) -> None:
         self._sessions = sessions
@@ -249,6 +256,7 @@ class Relay:
         self._max_in_flight = max_in_flight
         self._idle = idle_interval
         self._max_backoff = max_backoff
+        self._broker_backoff = broker_backoff
         self._wake = asyncio.Event()
         self._stopped = False
         self.published = 0
@@ -281,19 +289,30 @@ class Relay:
 
     async def _relay_retrying(self) -> int:
         """One pass of :meth:`relay_once`, retried while it fails (NATS away, a database
-        hiccup) until it succeeds or the relay is stopped (then: 0). The wait before retry n
-        is b/2 + uniform(0, b), b = 0.1 s · 2^(n-1) up to ``max_backoff``: exponential, with
-        jitter so that replicas do not retry in step. A cancellation is never retried."""
+        hiccup) until it succeeds or the relay is stopped (then: 0); see :meth:`retry_wait`.
+        A cancellation is never retried."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Exception),
-            wait=wait_exponential(multiplier=0.05, max=self._max_backoff / 2)
-            + wait_random_exponential(multiplier=0.1, max=self._max_backoff),
+            wait=self.retry_wait,
             stop=lambda _: self._stopped,
             before_sleep=_log_relay_failure,
             retry_error_callback=lambda _: 0,
         )
         sent: int = await retrying(self.relay_once)
         return sent
+
+    def retry_wait(self, state: RetryCallState) -> float:
+        """The wait before retry n: b/2 + uniform(0, b), b = 0.1 s · 2^(n-1), exponential
+        with jitter so that replicas do not retry in step. b stops at ``max_backoff`` after
+        a database failure, at ``broker_backoff`` when NATS did not take the publish (no
+        stream leader during a failover, a reconnect): a retry costs NATS one refused
+        request, and a long wait would idle the relay after the new leader is elected."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        cap = self._broker_backoff if isinstance(exc, BrokerUnavailable) else self._max_backoff
+        return float(
+            wait_exponential(multiplier=0.05, max=cap / 2)(state)
+            + wait_random_exponential(multiplier=0.1, max=cap)(state)
+        )
 
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; returns how many were published.

@@ -62,6 +62,9 @@ log = structlog.get_logger("flashgate.backend")
 _T = TypeVar("_T")
 
 DURABLE = "backend"
+#: Seconds the relay waits for a publish's acknowledgement: one sent to a stream leader
+#: that dies is sent again (same Nats-Msg-Id) after this, not after nats-py's 5 s.
+PUBLISH_TIMEOUT = 2.0
 
 
 @dataclass
@@ -71,7 +74,8 @@ class BackendSettings:
     fleet_dir: Path
     nats_user: str | None = None
     nats_password: str | None = None
-    stream_replicas: int = 1
+    #: None: follow the NATS cluster (flashgate.broker.declare.default_replicas).
+    stream_replicas: int | None = None
     instance: str = field(default_factory=lambda: f"backend-{socket.gethostname()}-{os.getpid()}")
     batch: int = 64
     concurrency: int | None = None  # commands applied at once; default 1 on SQLite, 8 on PG
@@ -301,7 +305,7 @@ class Backend:
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         assert self.js is not None
         with broker_errors(f"publishing to {subject.split('.')[0]}"):
-            await self.js.publish(subject, payload, headers=headers, timeout=5)
+            await self.js.publish(subject, payload, headers=headers, timeout=PUBLISH_TIMEOUT)
 
     async def _drain_outbox(self) -> None:
         assert self.relay is not None

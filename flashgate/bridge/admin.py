@@ -64,6 +64,8 @@ class AdminRpcs:
     pending: Callable[[], Mapping[str, str]]  # the loader's pending secrets and reasons
     started_at: int
     clock: Clock
+    #: Buckets bound and their initial values loaded (the node's readiness).
+    ready: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
         self.screen = RequestScreen(
@@ -124,6 +126,7 @@ class AdminRpcs:
             share_requests_served=self.responder.served,
             share_requests_refused=dict(self.responder.refused),
             misbehaviour=dict(self.peers.misbehaviour),
+            ready=self.ready(),
         )
         return response
 

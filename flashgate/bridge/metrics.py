@@ -101,8 +101,16 @@ def render(metric_families: Iterable[Metric]) -> bytes:
     return encoder(_Families(metric_families))
 
 
-async def serve(host: str, port: int, snapshot: Callable[[], bytes]) -> asyncio.Server:
-    """Listen on ``host:port``; ``snapshot`` renders the metrics (text 0.0.4), on the loop."""
+async def serve(
+    host: str,
+    port: int,
+    snapshot: Callable[[], bytes],
+    *,
+    ready: Callable[[], bool] = lambda: True,
+) -> asyncio.Server:
+    """Listen on ``host:port``; ``GET /metrics``: ``snapshot`` renders the metrics (text
+    0.0.4), on the loop; ``GET /healthz``: 200 once ``ready()`` (the node's buckets bound
+    and their initial values loaded), 503 before (for health checks)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -118,6 +126,13 @@ async def serve(host: str, port: int, snapshot: Callable[[], bytes]) -> asyncio.
             if len(parts) >= 2 and parts[0] == b"GET" and parts[1] == b"/metrics":
                 body, status = snapshot(), b"200 OK"
                 ctype = _CONTENT_TYPE
+            elif len(parts) >= 2 and parts[0] == b"GET" and parts[1] == b"/healthz":
+                ctype = b"text/plain"
+                body, status = (
+                    (b"ready\n", b"200 OK")
+                    if ready()
+                    else (b"starting\n", b"503 Service Unavailable")
+                )
             else:
                 body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
             writer.write(

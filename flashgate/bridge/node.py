@@ -189,6 +189,7 @@ class BridgeNode:
             pending=lambda: self.loader.pending,
             started_at=self.started_at,
             clock=self.clock,
+            ready=lambda: self.ready,
         )
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
         self._tasks = HeldTaskGroup("bridge")
@@ -206,6 +207,12 @@ class BridgeNode:
     @property
     def initial_load_done(self) -> asyncio.Event:
         return self.secrets.initial_load_done
+
+    @property
+    def ready(self) -> bool:
+        """Both buckets bound and their initial values loaded: what a status answer, the
+        ``/healthz`` endpoint and ``fleet status --wait`` call ready (answering is not)."""
+        return self.fleet.synced.is_set() and self.initial_load_done.is_set()
 
     @property
     def failed(self) -> bool:
@@ -246,7 +253,7 @@ class BridgeNode:
         self._spawn(self.rewrapper.run(), "rewrapper")
         if s.metrics_port is not None:
             self._metrics = await metrics.serve(
-                s.metrics_host, s.metrics_port, self.admin.metrics_text
+                s.metrics_host, s.metrics_port, self.admin.metrics_text, ready=lambda: self.ready
             )
         log.info(
             "bridge node started",

@@ -335,6 +335,7 @@ def broker_errors(what: str) -> Iterator[None]:
         nats.errors.ConnectionClosedError,
         nats.errors.ConnectionReconnectingError,
         nats.js.errors.ServiceUnavailableError,
+        nats.js.errors.NoStreamResponseError,  # a publish while the stream has no leader
     ) as exc:
         raise BrokerUnavailable(f"{what}: NATS did not answer ({describe_error(exc)})") from exc
     except nats.errors.Error as exc:

@@ -24,6 +24,17 @@ The declaration is authoritative: a smaller history or max age than the current 
 applied too (the server then drops the excess), so one component owns the layout
 (``flashgate dev up`` or the admin tooling) and the others only bind to it.
 
+Replicas (docs/operations.md, "A NATS cluster"): the operator's one setting is the
+backend's ``--stream-replicas`` (``FLASHGATE_STREAM_REPLICAS``). Unset, it follows the
+cluster: :func:`default_replicas`, ``min(3, cluster size)``, the size being what the
+connected server reports (its ``connect_urls``: every server of its cluster that
+advertises a client URL; a server outside a cluster reports none, so 1). Followed that
+way, replicas are raised to the default but never lowered: a backend that starts while a
+server of the cluster is down sees a smaller cluster, and must not shrink R3 streams to
+R2. A stream whose replica count differs from the declared one and that the server
+refuses to change (fewer servers than replicas) is logged as an error and listed in
+:attr:`DeclaredFleet.replica_mismatches`; it keeps working at its current count.
+
 nats-py errors are mapped here, at the boundary, to
 :class:`~flashgate.errors.BrokerError` / :class:`~flashgate.errors.BrokerUnavailable`.
 """
@@ -36,6 +47,7 @@ from typing import Any
 
 import nats.js.errors
 import structlog
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -58,6 +70,8 @@ MIN_SECRETS_HISTORY = 5
 MAX_KV_HISTORY = 64  # the JetStream limit for KV history
 FLEET_HISTORY = 16
 MAX_REPLICAS = 5
+#: Replicas when the operator sets none: the cluster's size, up to this.
+DEFAULT_MAX_REPLICAS = 3
 #: Fields the server refuses to change on an existing stream.
 IMMUTABLE_FIELDS = frozenset({"storage", "retention"})
 #: JetStream "stream name already in use with a different configuration".
@@ -86,6 +100,10 @@ class DeclaredFleet:
     fleet: KeyValue
     created: tuple[str, ...]
     changes: tuple[Change, ...]
+    #: The replica count declared (configured, or followed from the cluster).
+    replicas: int = 1
+    #: Replica counts that differ from :attr:`replicas` and were left as they are.
+    replica_mismatches: tuple[Change, ...] = ()
 
 
 # --- desired configs --------------------------------------------------------------------------
@@ -195,28 +213,61 @@ async def _stream_info(js: JetStreamContext, stream: str) -> StreamInfo | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Reconciled:
+    info: StreamInfo
+    changes: list[Change]
+    mismatches: list[Change]
+
+
+def _replica_change(changes: list[Change]) -> Change | None:
+    return next((change for change in changes if change.field == "num_replicas"), None)
+
+
 async def _reconcile(
     js: JetStreamContext,
     stream: str,
     wanted: StreamConfig | KeyValueConfig,
     current: StreamInfo,
-) -> tuple[StreamInfo, list[Change]]:
-    """Bring an existing stream to the wanted managed fields; return what changed."""
+    *,
+    never_lower_replicas: bool,
+) -> _Reconciled:
+    """Bring an existing stream to the wanted managed fields; say what changed."""
     if isinstance(wanted, KeyValueConfig):
         changes = _diff(stream, _kv_fields(current.config), _kv_fields(wanted))
     else:
         changes = _diff(stream, _stream_fields(current.config), _stream_fields(wanted))
+    mismatches: list[Change] = []
+    replicas = _replica_change(changes)
+    if replicas is not None and never_lower_replicas and _int(replicas.old) > _int(replicas.new):
+        changes.remove(replicas)
+        _logger.warning(
+            "broker.replicas_kept",
+            stream=stream,
+            replicas=replicas.old,
+            cluster_default=replicas.new,
+            why="replicas follow the cluster: raised, never lowered (a server may be down)",
+        )
     if not changes:
-        return current, []
+        return _Reconciled(current, [], mismatches)
     _refuse_immutable(changes)
-    config = current.config.evolve(**_update_params(changes, wanted))
-    fields = ", ".join(change.field for change in changes)
     try:
-        info = await js.update_stream(config)
-    except nats.js.errors.APIError as exc:
-        raise BrokerError(
-            f"stream {stream}: cannot update {fields}: {describe_error(exc)}"
-        ) from exc
+        info = await _update(js, stream, current, changes, wanted)
+    except BrokerError as exc:
+        if replicas is None or replicas not in changes:
+            raise
+        # The server cannot place that many replicas (fewer servers than replicas):
+        # apply the rest, keep the stream working at its current count, and say so.
+        _logger.error(
+            "broker.replicas_not_changed",
+            stream=stream,
+            replicas=replicas.old,
+            declared=replicas.new,
+            error=exc.message,
+        )
+        changes.remove(replicas)
+        mismatches.append(replicas)
+        info = await _update(js, stream, current, changes, wanted) if changes else current
     for change in changes:
         _logger.warning(
             "broker.stream_updated",
@@ -225,7 +276,28 @@ async def _reconcile(
             old=change.old,
             new=change.new,
         )
-    return info, changes
+    return _Reconciled(info, changes, mismatches)
+
+
+async def _update(
+    js: JetStreamContext,
+    stream: str,
+    current: StreamInfo,
+    changes: list[Change],
+    wanted: StreamConfig | KeyValueConfig,
+) -> StreamInfo:
+    config = current.config.evolve(**_update_params(changes, wanted))
+    fields = ", ".join(change.field for change in changes)
+    try:
+        return await js.update_stream(config)
+    except nats.js.errors.APIError as exc:
+        raise BrokerError(
+            f"stream {stream}: cannot update {fields}: {describe_error(exc)}"
+        ) from exc
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 1
 
 
 async def _create(js: JetStreamContext, wanted: StreamConfig | KeyValueConfig) -> StreamInfo:
@@ -236,9 +308,13 @@ async def _create(js: JetStreamContext, wanted: StreamConfig | KeyValueConfig) -
 
 
 async def _ensure(
-    js: JetStreamContext, stream: str, wanted: StreamConfig | KeyValueConfig
-) -> tuple[StreamInfo, bool, list[Change]]:
-    """``(info, created, changes)`` for one asset; a lost creation race is reconciled."""
+    js: JetStreamContext,
+    stream: str,
+    wanted: StreamConfig | KeyValueConfig,
+    *,
+    never_lower_replicas: bool,
+) -> tuple[_Reconciled, bool]:
+    """``(what was done, created)`` for one asset; a lost creation race is reconciled."""
     with broker_errors(f"declaring {stream}"):
         current = await _stream_info(js, stream)
         if current is None:
@@ -251,9 +327,11 @@ async def _ensure(
                 current = await js.stream_info(stream)
             else:
                 _logger.info("broker.stream_created", stream=stream)
-                return info, True, []
-        info, changes = await _reconcile(js, stream, wanted, current)
-        return info, False, changes
+                return _Reconciled(info, [], []), True
+        done = await _reconcile(
+            js, stream, wanted, current, never_lower_replicas=never_lower_replicas
+        )
+        return done, False
 
 
 # --- the fleet --------------------------------------------------------------------------------
@@ -269,11 +347,28 @@ def _check_parameters(*, replicas: int, secrets_history: int) -> None:
         )
 
 
+def reported_cluster_size(nc: Client) -> int:
+    """How many servers the connected server says its cluster has (1 outside a cluster).
+
+    Read from the server's INFO: ``connect_urls`` lists the client URL of every server of
+    the cluster that advertises one (itself included). A cluster configured with
+    ``no_advertise`` reports none: there, set the replicas explicitly."""
+    info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+    if not info.get("cluster"):
+        return 1
+    return max(1, len(set(info.get("connect_urls") or [])))
+
+
+def default_replicas(cluster_size: int) -> int:
+    """The replica count when the operator sets none: ``min(3, cluster size)``."""
+    return max(1, min(DEFAULT_MAX_REPLICAS, cluster_size))
+
+
 async def declare_fleet(
     js: JetStreamContext,
     names: FleetNames,
     *,
-    replicas: int = 1,
+    replicas: int | None = None,
     secrets_history: int = MIN_SECRETS_HISTORY,
     command_duplicate_window: float = 120.0,
     command_max_age: float = 30 * DAY,
@@ -282,8 +377,12 @@ async def declare_fleet(
     """Create or update the streams and buckets of ``names``; see the module docstring.
 
     Durations are in seconds. The event stream uses the command stream's duplicate
-    window (events carry their id in ``Nats-Msg-Id`` too).
+    window (events carry their id in ``Nats-Msg-Id`` too). ``replicas=None`` follows the
+    cluster (:func:`default_replicas` of :func:`reported_cluster_size`; never lowers).
     """
+    follow_cluster = replicas is None
+    if replicas is None:
+        replicas = default_replicas(reported_cluster_size(js._nc))
     _check_parameters(replicas=replicas, secrets_history=secrets_history)
     wanted: list[tuple[str, StreamConfig | KeyValueConfig]] = [
         (
@@ -318,11 +417,13 @@ async def declare_fleet(
     infos: list[StreamInfo] = []
     created: list[str] = []
     changes: list[Change] = []
+    mismatches: list[Change] = []
     for stream, config in wanted:
-        info, was_created, changed = await _ensure(js, stream, config)
-        infos.append(info)
+        done, was_created = await _ensure(js, stream, config, never_lower_replicas=follow_cluster)
+        infos.append(done.info)
         created += [stream] if was_created else []
-        changes += changed
+        changes += done.changes
+        mismatches += done.mismatches
     with broker_errors(f"binding the buckets of fleet {names.fleet}"):
         secrets = await js.key_value(names.secrets_bucket)
         fleet = await js.key_value(names.fleet_bucket)
@@ -334,4 +435,6 @@ async def declare_fleet(
         fleet=fleet,
         created=tuple(created),
         changes=tuple(changes),
+        replicas=replicas,
+        replica_mismatches=tuple(mismatches),
     )

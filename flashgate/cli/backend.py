@@ -19,6 +19,7 @@ from flashgate.environment import (
     NATS_PASSWORD_ENV,
     NATS_URL_ENV,
     NATS_USER_ENV,
+    STREAM_REPLICAS_ENV,
 )
 
 #: SIGTERM to exit: bounded, so supervisors and tests never wait on a stuck close.
@@ -81,9 +82,11 @@ def database_url(db_url: str, db_password: str | None) -> str:
 @click.option(
     "--stream-replicas",
     type=click.IntRange(1, 5),
-    default=1,
-    show_default=True,
-    help="Replicas of the fleet's streams and buckets (3 on a 3-node cluster).",
+    envvar=STREAM_REPLICAS_ENV,
+    default=None,
+    show_default="min(3, cluster size), raised as the cluster grows, never lowered",
+    help="Replicas of the fleet's streams and buckets; set it to apply another count "
+    "(also lower). Default: follow the NATS cluster the server reports.",
 )
 @click.option(
     "--migrate", "run_migrations", is_flag=True, help="Apply database migrations before starting."
@@ -107,7 +110,7 @@ def backend(
     db_url: str,
     db_password: str | None,
     fleet_dir: Path,
-    stream_replicas: int,
+    stream_replicas: int | None,
     run_migrations: bool,
     health_file: Path | None,
     log_level: str,

@@ -4,7 +4,10 @@
 2. a nats-server (from ``NATS_SERVER_BIN``, beside the interpreter, or ``PATH``; >= 2.10)
    with JetStream and one user per role with subject permissions
    (:mod:`flashgate.broker.permissions`): the backend cannot subscribe to share subjects,
-   a bridge cannot publish admin commands;
+   a bridge cannot publish admin commands. ``--nats-cluster 3`` runs three such servers
+   joined by routes instead (a JetStream cluster on loopback, stores in
+   ``HOME/nats-cluster/``): the streams and buckets then get three replicas, and any one
+   server can be killed (``HOME/run/nats-server.pid`` has one pid per line);
 3. the backend on SQLite (``HOME/backend.db``, migrated first);
 4. one process per Bridge Node.
 
@@ -142,7 +145,7 @@ def _say(message: str) -> None:
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
-def _stop_all(children: list[Child], server: NatsServerProcess, run_dir: Path) -> None:
+def _stop_all(children: list[Child], servers: list[NatsServerProcess], run_dir: Path) -> None:
     """The bridges (together), then the backend, then NATS; each step runs even if one
     before it failed."""
     bridges = [c for c in children if c.name != "backend"]
@@ -156,8 +159,9 @@ def _stop_all(children: list[Child], server: NatsServerProcess, run_dir: Path) -
             with contextlib.suppress(Exception):
                 child.wait_or_kill(deadline)
             child.pidfile.unlink(missing_ok=True)
-    with contextlib.suppress(Exception):
-        server.stop(STOP_TIMEOUT)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop(STOP_TIMEOUT)
     (run_dir / NATS_PIDFILE).unlink(missing_ok=True)
 
 
@@ -224,17 +228,22 @@ def ensure_fleet(
     write_fleet_dir(fleet_dir(home), ceremony, passphrase)
 
 
-def ensure_config(home: Path) -> HomeConfig:
-    """Connection settings and per-role NATS logins, made once per home."""
+def ensure_config(home: Path, servers: int = 1) -> HomeConfig:
+    """Connection settings (one URL per NATS server) and per-role NATS logins, made once
+    per home; the URLs are made again when the number of servers changes."""
+    logins: dict[str, RoleLogin] = {}
     with contextlib.suppress(FlashgateError):  # no or unusable config: make a new one
         config = load_config(home)
         if set(config.logins) >= set(ROLES):
-            return config
-    from flashgate.devcluster.nats_server import free_port  # see _run
+            if len(config.nats) == servers:
+                return config
+            logins = config.logins
+    from flashgate.devcluster.nats_server import free_ports  # see _run
 
     config = HomeConfig(
-        nats=[f"nats://127.0.0.1:{free_port()}"],
-        logins={role: RoleLogin(user=role, password=secrets.token_urlsafe(24)) for role in ROLES},
+        nats=[f"nats://127.0.0.1:{port}" for port in free_ports(servers)],
+        logins=logins
+        or {role: RoleLogin(user=role, password=secrets.token_urlsafe(24)) for role in ROLES},
     )
     save_config(home, config)
     return config
@@ -255,8 +264,22 @@ def _port(url: str) -> int:
 @click.option("--threshold", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--key-bits", type=int, default=DEFAULT_BITS, show_default=True)
 @click.option("--insecure-test-key", is_flag=True, help="Allow key sizes under 2048 (tests).")
+@click.option(
+    "--nats-cluster",
+    "nats_servers",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="NATS servers to run, joined as one JetStream cluster (3: replicated streams, "
+    "any one server can be killed).",
+)
 def up(
-    home: Path | None, nodes: int, threshold: int, key_bits: int, insecure_test_key: bool
+    home: Path | None,
+    nodes: int,
+    threshold: int,
+    key_bits: int,
+    insecure_test_key: bool,
+    nats_servers: int,
 ) -> None:
     """Run NATS, the backend and every bridge on this machine until Ctrl-C."""
     ctx = click.get_current_context()
@@ -269,13 +292,19 @@ def up(
     root.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(root)  # before anything else is written
     try:
-        _run(root, nodes, threshold, key_bits, insecure_test_key, explicit)
+        _run(root, nodes, threshold, key_bits, insecure_test_key, explicit, nats_servers)
     finally:
         release_lock(lock)
 
 
 def _run(
-    root: Path, nodes: int, threshold: int, key_bits: int, insecure: bool, explicit: set[str]
+    root: Path,
+    nodes: int,
+    threshold: int,
+    key_bits: int,
+    insecure: bool,
+    explicit: set[str],
+    nats_servers: int = 1,
 ) -> None:
     has_fleet = (fleet_dir(root) / DESCRIPTOR_FILE).exists()
     if has_fleet:
@@ -293,7 +322,7 @@ def _run(
     )
     descriptor = load_descriptor(fleet_dir(root))
     names = FleetNames(descriptor.fleet)
-    config = ensure_config(root)
+    config = ensure_config(root, nats_servers)
     creds = {
         role: RoleCredentials(login.user, login.password) for role, login in config.logins.items()
     }
@@ -304,15 +333,30 @@ def _run(
 
     # The nats-server harness (and its atexit hook) stays out of every other command's
     # process: `flashgate backend`/`bridge` import this module through flashgate.cli.main.
-    from flashgate.devcluster.nats_server import NatsServerProcess
+    from flashgate.devcluster.nats_server import NatsCluster, NatsServerProcess
 
-    server = NatsServerProcess(
-        root / "nats",
-        name="flashgate-dev",
-        port=_port(config.nats[0]),
-        extra_config=authorization_config(names, creds),
-        supervised=True,
-    )
+    servers: list[NatsServerProcess]
+    cluster: NatsCluster | None = None
+    if nats_servers == 1:
+        servers = [
+            NatsServerProcess(
+                root / "nats",
+                name="flashgate-dev",
+                port=_port(config.nats[0]),
+                extra_config=authorization_config(names, creds),
+                supervised=True,
+            )
+        ]
+    else:
+        cluster = NatsCluster(
+            nats_servers,
+            base_dir=root / "nats-cluster",
+            name="flashgate-dev",
+            extra_config=authorization_config(names, creds),
+            client_ports=[_port(url) for url in config.nats],
+            supervised=True,
+        )
+        servers = cluster.servers
     db_url = f"sqlite:///{root / 'backend.db'}"
     stop_requested = False
 
@@ -324,17 +368,24 @@ def _run(
         signal.signal(signum, on_signal)
     children: list[Child] = []
 
-    def start_server() -> None:
-        server.start()
-        if server.pid is not None:
-            (run_dir / NATS_PIDFILE).write_text(f"{server.pid}\n")
-        server.wait_ready(30)
+    def write_pids() -> None:
+        pids = "".join(f"{server.pid}\n" for server in servers if server.pid is not None)
+        (run_dir / NATS_PIDFILE).write_text(pids)
+
+    def start_servers() -> None:
+        for server in servers:
+            server.start()
+        write_pids()
+        if cluster is not None:
+            cluster.wait_ready(60)
+        else:
+            servers[0].wait_ready(30)
 
     try:
-        start_server()
+        start_servers()
         db.migrate(db_url)
         base_env = environment.inherited(without_prefixes=NOT_INHERITED_BY_DEV_CHILDREN)
-        url = config.nats[0]
+        url = ",".join(config.nats)
         children.append(
             Child(
                 "backend",
@@ -401,12 +452,15 @@ def _run(
                         child.restarts += 1
                         child.next_start = 0.0
                         child.start()
-            if not server.running and not stop_requested:
-                _say("nats-server exited; restarting it")
-                start_server()
+            for server in servers:
+                if not server.running and not stop_requested:
+                    _say(f"nats-server {server.name} exited; restarting it")
+                    server.start()
+                    write_pids()
+                    server.wait_ready(30)
     finally:
         # Stop first, print last: stderr may be a pipe whose reader is gone.
-        _stop_all(children, server, run_dir)
+        _stop_all(children, servers, run_dir)
         _say("stopped")
 
 

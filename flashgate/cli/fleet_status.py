@@ -23,7 +23,9 @@ from flashgate.events.subjects import secret_key
 @dataclass
 class NodeRow:
     node: str
-    status: str  # online | offline | unverified (answer not signed by it) | revoked
+    #: online | loading (answers; buckets not bound or loaded yet) | offline |
+    #: unverified (answer not signed by it) | revoked
+    status: str
     epoch: int | None
     held: int
     pending: int
@@ -87,7 +89,7 @@ def online_row(status: StatusResponse, expected: dict[str, int]) -> NodeRow:
     latencies = [p.last_latency_ms for p in status.peers if p.last_latency_ms is not None]
     return NodeRow(
         status.node_id,
-        "online",
+        "online" if status.ready else "loading",
         status.epoch,
         status.secrets_held,
         len(status.pending),
@@ -106,7 +108,10 @@ def ready(rows: list[NodeRow]) -> bool:
 
 @click.command("status")
 @click.option(
-    "--wait", is_flag=True, help="Block until every node is online and holds every current secret."
+    "--wait",
+    is_flag=True,
+    help="Block until every node is online (its buckets bound and loaded) and holds every "
+    "current secret.",
 )
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option(
@@ -202,9 +207,10 @@ def render(
 def _summary(rows: list[NodeRow], expected: dict[str, int]) -> str:
     offline = [r.node for r in rows if r.status == "offline"]
     unverified = [r.node for r in rows if r.status == "unverified"]
+    loading = [r.node for r in rows if r.status == "loading"]
     behind = [f"{r.node} ({r.missing} missing)" for r in rows if r.status == "online" and r.missing]
     return (
         f"fleet not ready: {len(expected)} secret(s); offline: {offline or 'none'}; "
-        f"behind: {behind or 'none'}"
+        f"loading: {loading or 'none'}; behind: {behind or 'none'}"
         + (f"; answers that do not verify: {unverified}" if unverified else "")
     )

@@ -4,6 +4,10 @@ Commands are signed with the sealed admin key (unsealed with ``FLASHGATE_PASSPHR
 when a command is signed), published on the command stream with the command id as
 ``Nats-Msg-Id``, and the outcome is read from the event stream: the first event carrying
 the command id (created, rotated, ..., or ``command rejected`` with its reason).
+
+On a NATS cluster a leader change costs the session about a second beyond the election
+(:mod:`flashgate.broker.failover`): the event watch resumes on its own, and a publish
+that finds no leader is sent again, under the same id, until the command's timeout.
 """
 
 from __future__ import annotations
@@ -19,12 +23,11 @@ import msgspec
 import nats.errors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client
-from nats.js import api
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
 from flashgate import environment
 from flashgate.broker.connection import broker_errors, connect
+from flashgate.broker.failover import publish_until_stored, tail_stream
 from flashgate.cli.home import (
     fleet_dir,
     home_file,
@@ -155,15 +158,12 @@ class AdminSession:
             "issued_at": int(time.time() * 1000),
         }
 
-    async def _watch_events(self) -> None:
+    async def _watch_events(self, deadline: float) -> None:
         assert self.nc is not None
         if self._sub is None:
-            with broker_errors("following the event stream"):
-                self._sub = await self.nc.jetstream().subscribe(
-                    self.names.event_subjects,
-                    ordered_consumer=True,
-                    config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
-                )
+            self._sub = await tail_stream(
+                self.nc, self.names.event_stream, self.names.event_subjects, deadline=deadline
+            )
 
     async def send(
         self, command: cmd.Command, *, timeout: float = 30.0, show: bool = True
@@ -171,22 +171,23 @@ class AdminSession:
         """Sign, publish, and wait for the outcome; raises CommandRejected on rejection."""
         assert self.nc is not None
         signed = sign(command, self.admin_key)
-        await self._watch_events()
-        with broker_errors("publishing the command"):
-            await self.nc.jetstream().publish(
-                self.names.command_subject(signed.command_type),
-                cmd.COMMAND_CODEC.encode(signed),  # type: ignore[arg-type]
-                headers={api.Header.MSG_ID.value: signed.command_id},
-            )
+        deadline = time.monotonic() + timeout
+        await self._watch_events(deadline)
+        await publish_until_stored(
+            self.nc,
+            self.names.command_subject(signed.command_type),
+            cmd.COMMAND_CODEC.encode(signed),  # type: ignore[arg-type]
+            msg_id=signed.command_id,
+            deadline=deadline,
+        )
         with spinner(f"{signed.command_type}: waiting for the backend", show):
-            event = await self._outcome(signed.command_id, timeout)
+            event = await self._outcome(signed.command_id, timeout, deadline)
         if event.type.endswith("command.rejected"):
             data = event.data
             raise CommandRejected(getattr(data, "reason", "rejected"), getattr(data, "detail", ""))
         return event
 
-    async def _outcome(self, command_id: str, timeout: float) -> DomainEvent:
-        deadline = time.monotonic() + timeout
+    async def _outcome(self, command_id: str, timeout: float, deadline: float) -> DomainEvent:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

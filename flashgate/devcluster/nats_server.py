@@ -414,7 +414,10 @@ class NatsServerProcess:
 
 
 class NatsCluster:
-    """``size`` JetStream servers on loopback, each routed to all the others."""
+    """``size`` JetStream servers on loopback, each routed to all the others.
+
+    ``client_ports`` fixes the client ports (``flashgate dev up`` keeps them in the home's
+    config); the monitoring and route ports are picked at each construction."""
 
     def __init__(
         self,
@@ -424,11 +427,17 @@ class NatsCluster:
         name: str = "flashgate",
         extra_config: str = "",
         binary: NatsBinary | None = None,
+        client_ports: list[int] | None = None,
+        supervised: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one server")
+        if client_ports is not None and len(client_ports) != size:
+            raise ValueError(f"{size} servers need {size} client ports")
         binary = binary if binary is not None else find_nats_server()
         ports = free_ports(3 * size)  # client, monitoring and route port of each server
+        if client_ports is not None:
+            ports[0 : 2 * size : 2] = client_ports
         route_ports = ports[2 * size :]
         self.name = name
         self.servers: list[NatsServerProcess] = []
@@ -445,6 +454,7 @@ class NatsCluster:
                     cluster=ClusterSpec(name=name, port=route_port, routes=routes),
                     extra_config=extra_config,
                     binary=binary,
+                    supervised=supervised,
                 )
             )
 

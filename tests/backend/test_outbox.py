@@ -10,6 +10,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 from nats.js import JetStreamContext
@@ -274,3 +275,24 @@ async def test_a_commit_during_an_empty_pass_is_relayed_without_waiting_for_the_
     finally:
         relay.stop()
         await asyncio.wait_for(task, 10)
+
+
+def test_the_relay_retries_within_a_second_while_nats_refuses_and_backs_off_for_the_database() -> (
+    None
+):
+    """A failover refuses the relay's publishes (no stream leader) for seconds: its backoff
+    must stay short, or it idles after the new leader is elected. A database failure
+    still backs off to ``max_backoff``. (Bounds of the wait, not a timing measurement.)"""
+
+    async def never(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        raise AssertionError("not called")
+
+    relay = Relay(None, never, max_backoff=5.0)  # type: ignore[arg-type] # never reads
+
+    def wait_after(exc: BaseException, attempt: int) -> float:
+        outcome = SimpleNamespace(exception=lambda: exc)
+        return relay.retry_wait(SimpleNamespace(attempt_number=attempt, outcome=outcome))  # type: ignore[arg-type]
+
+    nats_refused = [wait_after(BrokerUnavailable("no leader"), n) for n in range(1, 30)]
+    assert max(nats_refused) <= 1.0
+    assert wait_after(OSError("database away"), 20) > 1.0

@@ -69,3 +69,22 @@ async def test_serves_get_metrics_and_nothing_else() -> None:
         await server.wait_closed()
     with pytest.raises(OSError):
         await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+
+
+async def test_healthz_is_ready_only_once_the_node_says_so() -> None:
+    """A node that answers is not ready until its buckets are bound and loaded: the
+    health check reads /healthz, 503 until then."""
+    ready = False
+    server = await metrics.serve(
+        "127.0.0.1", 0, lambda: metrics.render(metrics.families(STATUS, 4)), ready=lambda: ready
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        status, _, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/healthz")
+        assert (status, body) == (503, "starting\n")
+        ready = True
+        status, _, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/healthz")
+        assert (status, body) == (200, "ready\n")
+    finally:
+        server.close()
+        await server.wait_closed()

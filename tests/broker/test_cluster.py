@@ -1,4 +1,5 @@
-"""A 3-node cluster loses the leader of an R3 secrets bucket: nothing is lost, writes resume.
+"""A 3-node cluster: replicas follow it; it loses the leader of an R3 secrets bucket:
+nothing is lost, writes resume.
 
 No timing is asserted: reads and writes are retried (bounded) while the remaining two
 servers elect a new leader, and the killed server is restarted at the end so the session
@@ -11,8 +12,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from flashgate.broker import declare
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.declare import declare_fleet
 from flashgate.devcluster.nats_server import NatsCluster, NatsServerProcess
@@ -100,3 +103,34 @@ async def test_secrets_survive_losing_the_stream_leader(
 
     await eventually(rejoined, timeout=FAILOVER_TIMEOUT * 2)
     nats_cluster.wait_ready()
+
+
+async def replica_counts(js: JetStreamContext, names: FleetNames) -> dict[str, int]:
+    streams = [
+        names.command_stream,
+        names.event_stream,
+        f"KV_{names.secrets_bucket}",
+        f"KV_{names.fleet_bucket}",
+    ]
+    with broker_errors("stream info"):
+        return {s: (await js.stream_info(s)).config.num_replicas or 1 for s in streams}
+
+
+async def test_replicas_follow_the_cluster_raised_never_lowered(
+    cluster_nc: Client, fleet_names: FleetNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing configured: a 3-node cluster gets R3 everywhere; a fleet declared at R1 by
+    hand is raised to R3; a backend that sees a smaller cluster (a server down) keeps R3."""
+    js = cluster_nc.jetstream(timeout=5)
+    await eventually(lambda: declare_fleet(js, fleet_names, replicas=1))
+    assert set((await replica_counts(js, fleet_names)).values()) == {1}
+
+    raised = await eventually(lambda: declare_fleet(js, fleet_names))
+    assert raised.replicas == 3
+    assert {(c.field, c.old, c.new) for c in raised.changes} == {("num_replicas", 1, 3)}
+    assert set((await replica_counts(js, fleet_names)).values()) == {3}
+
+    monkeypatch.setattr(declare, "reported_cluster_size", lambda nc: 1)
+    kept = await eventually(lambda: declare_fleet(js, fleet_names))
+    assert (kept.replicas, kept.changes) == (1, ())
+    assert set((await replica_counts(js, fleet_names)).values()) == {3}

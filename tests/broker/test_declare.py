@@ -7,7 +7,13 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig, StreamInfo
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from flashgate.broker.declare import DAY, MIN_SECRETS_HISTORY, declare_fleet
+from flashgate.broker.declare import (
+    DAY,
+    MIN_SECRETS_HISTORY,
+    declare_fleet,
+    default_replicas,
+    reported_cluster_size,
+)
 from flashgate.errors import BrokerError, ConfigurationError
 from flashgate.events.subjects import FleetNames, secret_key
 
@@ -157,3 +163,39 @@ async def test_replicas_beyond_a_single_server_are_a_broker_error(
 ) -> None:
     with pytest.raises(BrokerError, match=fleet_names.command_stream):
         await declare_fleet(js, fleet_names, replicas=3)
+
+
+async def test_more_replicas_than_servers_on_an_existing_stream_is_reported_not_fatal(
+    js: JetStreamContext, fleet_names: FleetNames
+) -> None:
+    """One server cannot hold R3: the streams keep working at R1, and the declaration
+    says which ones differ instead of failing the backend's start."""
+    await declare_fleet(js, fleet_names)
+    declared = await declare_fleet(js, fleet_names, replicas=3)
+    assert declared.replicas == 3
+    assert {(c.stream, c.field, c.old, c.new) for c in declared.replica_mismatches} == {
+        (stream, "num_replicas", 1, 3) for stream in (await all_infos(js, fleet_names))
+    }
+    assert declared.changes == ()
+    assert (await js.stream_info(fleet_names.command_stream)).config.num_replicas == 1
+
+
+async def test_replicas_follow_a_single_server(
+    js: JetStreamContext, fleet_names: FleetNames
+) -> None:
+    declared = await declare_fleet(js, fleet_names)
+    assert declared.replicas == 1
+
+
+def test_reported_cluster_size_reads_the_servers_info() -> None:
+    class FakeClient:
+        def __init__(self, info: dict[str, object]) -> None:
+            self._server_info = info
+
+    alone = FakeClient({"server_name": "n1"})
+    three = FakeClient({"cluster": "c", "connect_urls": ["a:1", "b:1", "c:1"]})
+    quiet = FakeClient({"cluster": "c"})  # no_advertise: nothing to count
+    assert reported_cluster_size(alone) == 1  # type: ignore[arg-type]
+    assert reported_cluster_size(three) == 3  # type: ignore[arg-type]
+    assert reported_cluster_size(quiet) == 1  # type: ignore[arg-type]
+    assert [default_replicas(n) for n in (1, 2, 3, 5)] == [1, 2, 3, 3]

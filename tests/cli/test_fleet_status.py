@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
-from flashgate.cli.fleet_status import online_row, render
+import msgspec
+
+from flashgate.cli.fleet_status import online_row, ready, render
 from flashgate.events.node import HeldSecret, PendingSecret, StatusResponse
 
 
-def _answer() -> StatusResponse:
+def _answer(*, is_ready: bool = True) -> StatusResponse:
     return StatusResponse(
         fleet="demo",
         node_id="node-2",
@@ -20,6 +22,7 @@ def _answer() -> StatusResponse:
         secrets=[HeldSecret("pay.db", 2, 1)],
         pending=[PendingSecret("pay.s3", "no_quorum"), PendingSecret("ops.key", "other_epoch")],
         secrets_held=1,
+        ready=is_ready,
     )
 
 
@@ -41,3 +44,14 @@ def test_json_with_secrets_carries_the_reasons() -> None:
     assert node["pending_secrets"] == {"pay.s3": "no_quorum", "ops.key": "other_epoch"}
     [bare] = json.loads(render([row], expected, with_secrets=False, as_json=True))["nodes"]
     assert "pending_secrets" not in bare and "secrets" not in bare
+
+
+def test_a_node_that_answers_before_its_buckets_are_loaded_is_not_ready() -> None:
+    """An empty fleet: a node that answers with nothing held and nothing missing, before
+    it has bound and read its buckets, is loading, and the fleet is not ready."""
+    empty = msgspec.structs.replace(_answer(is_ready=False), secrets=[], pending=[])
+    row = online_row(empty, {})
+    assert (row.status, row.missing) == ("loading", 0)
+    assert not ready([row])
+    loaded = online_row(msgspec.structs.replace(empty, ready=True), {})
+    assert loaded.status == "online" and ready([loaded])

@@ -5,7 +5,10 @@ Steps: build the image (`docker build`, layers cached between runs); check that 
 in the build context; start the stack with passwords nats-server and URLs used to choke on;
 wait until every service is healthy; through the admin service put, rotate and delete a
 secret; revoke a node and rotate the fleet key; restart PostgreSQL and a bridge and check
-that the stack recovers; tear everything down (`down -v`), also after a failure.
+that the stack recovers; tear everything down (`down -v`), also after a failure. Then the
+same again with compose.ha.yaml (a 3-node NATS cluster): every stream and bucket is R3,
+and the server leading the command stream is SIGKILLed while the admin writes secrets;
+every write comes back with its outcome, and every node holds them all (--no-ha skips it).
 
 On machines with the compose sandbox (../shared/compose-sandbox: no registry, loopback
 only) it runs the sandbox's up.sh first and adds its override file, minus its memlock
@@ -36,6 +39,10 @@ DEFAULT_SANDBOX = ROOT.parent / "shared" / "compose-sandbox"
 PROJECT = "fgtest"
 IMAGE = "flashgate:local"
 SERVICES = ["nats", "postgres", "backend", "bridge-1", "bridge-2", "bridge-3"]
+HA_SERVICES = [*SERVICES, "nats-2", "nats-3"]
+#: compose.ha.yaml: the service of each NATS server name, and its monitoring port.
+HA_NATS = {"nats-1": ("nats", 8222), "nats-2": ("nats-2", 8223), "nats-3": ("nats-3", 8224)}
+HA_WRITES = 12
 T0 = time.monotonic()
 
 #: The passwords the issue names (and worse): nats-server read them as a number, a
@@ -86,8 +93,10 @@ def sh(
 
 
 class Stack:
-    def __init__(self, override: Path | None) -> None:
+    def __init__(self, override: Path | None, *, ha: bool = False) -> None:
         files = [str(ROOT / "compose.yaml")]
+        if ha:
+            files.append(str(ROOT / "compose.ha.yaml"))
         if override is not None:
             files.append(str(override))
         self.env = {
@@ -163,13 +172,23 @@ class Stack:
         self.env_file.unlink(missing_ok=True)
 
 
-def sandbox_override(sandbox: Path, dest: Path) -> Path:
+def sandbox_override(sandbox: Path, dest: Path, *, ha: bool = False) -> Path:
     """The sandbox's override without its memlock settings (the project's own default is
-    what must start here, where runc cannot raise RLIMIT_MEMLOCK)."""
+    what must start here, where runc cannot raise RLIMIT_MEMLOCK), the bridges' health
+    checks on /healthz as in compose.yaml, and with ``ha`` the two more NATS servers in
+    its network namespace."""
     data = yaml.safe_load((sandbox / "compose.sandbox.yaml").read_text())
     for service in data["services"].values():
         if isinstance(service, dict):
             service.pop("ulimits", None)
+            test = service.get("healthcheck", {}).get("test")
+            if isinstance(test, list):
+                service["healthcheck"]["test"] = [t.replace("/metrics'", "/healthz'") for t in test]
+    if ha:
+        services = data["services"]
+        services["netns"]["extra_hosts"] += ["nats-2:127.0.0.1", "nats-3:127.0.0.1"]
+        for name in ("nats-2", "nats-3"):
+            services[name] = {"network_mode": "service:netns", "depends_on": ["netns"]}
     dest.write_text(yaml.safe_dump(data, sort_keys=False))
     return dest
 
@@ -320,39 +339,116 @@ def exercise(stack: Stack) -> None:
     print(stack("ps", quiet=True).stdout.decode(), flush=True)
 
 
+def stream_replicas(stack: Stack) -> dict[str, tuple[int, str]]:
+    """Every stream of the fleet: (replicas, leader), from nats-1's monitoring endpoint."""
+    url = "http://127.0.0.1:8222/jsz?accounts=true&streams=true&config=true"
+    raw = stack("exec", "-T", "nats", "wget", "-qO-", url, quiet=True).stdout
+    found: dict[str, tuple[int, str]] = {}
+    for account in json.loads(raw).get("account_details") or []:
+        for stream in account.get("stream_detail") or []:
+            config = stream.get("config") or {}
+            leader = (stream.get("cluster") or {}).get("leader") or ""
+            found[stream["name"]] = (int(config.get("num_replicas") or 1), leader)
+    return found
+
+
+def exercise_ha(stack: Stack) -> None:
+    """compose.ha.yaml: R3 everywhere; SIGKILL the command stream's leader during writes."""
+    stack("up", "-d", timeout=600)
+    stack.wait_healthy(HA_SERVICES)
+    say(stack.admin("fleet", "status", "--wait").strip())
+    stack.admin_json("secret", "put", "ha/first", "--kind", "generic", input=b"v")
+    streams = stream_replicas(stack)
+    fleet = {name: value for name, value in streams.items() if "demo" in name}
+    say(f"streams: {fleet}")
+    if len(fleet) != 4 or {replicas for replicas, _ in fleet.values()} != {3}:
+        raise Failed(f"not every stream and bucket is R3: {fleet}")
+    leader = fleet["fg-demo-cmd"][1]
+    service = HA_NATS[leader][0]
+    # The writes: one admin container, one `secret put` after the other, each waiting for
+    # its outcome (the CLI's publish retry and its event watch carry it over the kill).
+    script = (
+        f"for i in $(seq 1 {HA_WRITES}); do "
+        'printf "value-$i" | flashgate secret put "ha/s$i" --kind generic '
+        '|| exit 1; echo "written $i"; done'
+    )
+    writer = subprocess.Popen(
+        [*stack.compose, "--env-file", str(stack.env_file), "run", "--rm", "-T",
+         "--entrypoint", "sh", "admin", "-c", script],
+        env=stack.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert writer.stdout is not None
+    written = 0
+    while written < HA_WRITES // 3:
+        line = writer.stdout.readline()
+        if not line:
+            raise Failed(f"the writer stopped: {writer.wait()} {writer.stderr.read()!r}")
+        written += line.startswith(b"written")
+    pid = stack.inspect(service, "{{.State.Pid}}")
+    t_kill = time.monotonic()
+    sh(["kill", "-KILL", pid])
+    say(f"SIGKILLed {service} ({leader}, the command stream's leader) after {written} writes")
+    out, err = writer.communicate(timeout=600)
+    if writer.returncode != 0:
+        raise Failed(f"a write failed across the kill: {out[-2000:]!r} {err[-2000:]!r}")
+    say(f"every write after the kill came back ({time.monotonic() - t_kill:.1f}s for the rest)")
+    listed = stack.admin_json("secret", "list", "ha")
+    names = sorted(s["name"] for s in listed)
+    expected = sorted(["first", *(f"s{i}" for i in range(1, HA_WRITES + 1))])
+    if names != expected or any(s["version"] != 1 for s in listed):
+        raise Failed(f"secrets after the kill: {listed}")
+    stack.wait_healthy(HA_SERVICES)
+    status = stack.admin_json("fleet", "status", "--wait")
+    if not status["ready"]:
+        raise Failed(f"not every node holds every secret: {status}")
+    after = {n: v for n, v in stream_replicas(stack).items() if "demo" in n}
+    say(f"{service} back; streams: {after}; every node holds all {len(expected)} secrets")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sandbox", type=Path, default=None)
     parser.add_argument("--no-sandbox", action="store_true")
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--keep-daemon", action="store_true")
+    parser.add_argument("--no-ha", action="store_true", help="skip the compose.ha.yaml run")
+    parser.add_argument("--only-ha", action="store_true", help="only the compose.ha.yaml run")
     args = parser.parse_args(argv)
     sandbox: Path | None = None
     if not args.no_sandbox:
         sandbox = args.sandbox or (DEFAULT_SANDBOX if DEFAULT_SANDBOX.is_dir() else None)
     started_daemon = False
     workdir = Path(tempfile.mkdtemp(prefix="fg-compose-test-"))
-    override = None
+    override = ha_override = None
     if sandbox is not None:
         was_up = sh(["docker", "info"], check=False, quiet=True).returncode == 0
         say(f"compose sandbox: {sandbox}")
         sh([str(sandbox / "up.sh")], timeout=1800)
         started_daemon = not was_up
         override = sandbox_override(sandbox, workdir / "compose.sandbox.yaml")
-    stack = Stack(override)
+        ha_override = sandbox_override(sandbox, workdir / "compose.sandbox.ha.yaml", ha=True)
+    runs = [] if args.only_ha else [(Stack(override), exercise)]
+    if not args.no_ha:
+        runs.append((Stack(ha_override, ha=True), exercise_ha))
     failed = False
     try:
         if not args.skip_build:
             sh(["docker", "build", "--network", "host", "-t", IMAGE, "."], timeout=1800)
         check_build_context()
-        exercise(stack)
+        for stack, run in runs:
+            try:
+                run(stack)
+            except (Failed, AssertionError):
+                print(stack.logs(40), flush=True)
+                raise
+            finally:
+                stack("down", "-v", "--remove-orphans", check=False, timeout=300)
     except (Failed, AssertionError) as exc:
         failed = True
         say(f"FAILED: {exc}")
-        print(stack.logs(40), flush=True)
     finally:
-        stack("down", "-v", "--remove-orphans", check=False, timeout=300)
-        stack.close()
+        for stack, _ in runs:
+            stack.close()
         shutil.rmtree(workdir, ignore_errors=True)
         if sandbox is not None and started_daemon and not args.keep_daemon:
             sh([str(sandbox / "down.sh")], check=False)

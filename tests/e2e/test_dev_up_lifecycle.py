@@ -13,6 +13,7 @@ on the public dev passphrase the way ``make up`` does.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -124,9 +125,9 @@ class DevUp:
         return self.log.read_text(errors="replace")
 
 
-def start(home: Path, stderr: int | IO[bytes], log: Path) -> subprocess.Popen[bytes]:
+def start(home: Path, stderr: int | IO[bytes], log: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        _flashgate("dev", "up", "--home", str(home)),
+        _flashgate("dev", "up", "--home", str(home), *extra),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=stderr,
@@ -174,6 +175,47 @@ def dev_up(tmp_path: Path, template_fleet: Path) -> Iterator[DevUp]:
         if process.poll() is None:
             process.kill()
         process.wait(10)
+
+
+@pytest.mark.slow
+def test_a_three_server_nats_cluster_survives_a_killed_server(
+    tmp_path: Path, template_fleet: Path
+) -> None:
+    """``dev up --nats-cluster 3``: three servers, the admin given all three URLs; one
+    killed, a secret is still written and loaded (dev up then restarts the server)."""
+    home = new_home(tmp_path, template_fleet)
+    log = tmp_path / "dev-up.log"
+    with log.open("wb") as out:
+        process = start(home, out, log, "--nats-cluster", "3")
+    env = {**_env(), "FLASHGATE_HOME": str(home), "FLASHGATE_PASSPHRASE": DEV_PASSPHRASE}
+    pids: list[int] = []
+    try:
+        wait_ready(home, process, log.read_text(errors="replace"))
+        config = json.loads((home / "config.json").read_text())
+        assert len(config["nats"]) == 3
+        pids = [int(line) for line in (home / "run" / "nats-server.pid").read_text().split()]
+        assert len(pids) == 3 and all(alive(pid) for pid in pids)
+        os.kill(pids[0], signal.SIGKILL)
+        put = subprocess.run(
+            _flashgate("secret", "put", "ha/after-kill", "--kind", "generic"),
+            input=b"value",
+            env=env,
+            capture_output=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+        assert put.returncode == 0, put.stderr.decode(errors="replace")
+        wait_ready(home, process, log.read_text(errors="replace"))
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(STOP_DEADLINE) == 0, log.read_text(errors="replace")[-3000:]
+        assert not any(alive(pid) for pid in pids)
+    finally:
+        for pid in descendants(process.pid) | set(pids):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def assert_all_stop(children: set[int], what: str) -> None:
