@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _report import log, percentile
+from harness import log, percentile
 
 from flashgate import logs
 from flashgate.backend import db
