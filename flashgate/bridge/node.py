@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from flashgate.bridge import metrics
 from flashgate.bridge.admin import AdminRpcs
 from flashgate.bridge.collector import Collector
-from flashgate.bridge.fleet_follower import FleetFollower, descriptor_roster
+from flashgate.bridge.fleet_follower import FleetFollower, starting_roster
 from flashgate.bridge.hardening import HardeningReport, harden
 from flashgate.bridge.keyring import KeyRing
 from flashgate.bridge.liveness import Liveness
@@ -106,7 +106,7 @@ class BridgeNode:
         self.ring = KeyRing(first, workers=self.settings.workers)
         self.store = EnvelopeStore(self.names.fleet, {first.epoch: first.public.key})
         self.collectors: dict[int, Collector] = {}
-        roster = descriptor_roster(bundle.descriptor)
+        roster = starting_roster(bundle)
         self.peers = PeerBook(self.node_id, roster)
         self.loader = Loader(
             vault=self.vault, collectors=self.collectors, on_unopenable=self._on_unopenable
@@ -163,7 +163,7 @@ class BridgeNode:
             fleet=self.names.fleet,
             signing_key=bundle.signing_key,
             roster=lambda: self.fleet.roster,
-            epochs=self.ring.epochs,
+            members=self.ring.members_of,
             clock=self.clock,
             rng=self.rng,
         )

@@ -1,7 +1,9 @@
 """The share protocol's rules, without I/O (DESIGN §2.4). Clock and randomness come in.
 
 Responder, cheapest checks first (:meth:`Responder.screen`):
-    size limit -> schema -> fleet and epoch -> requester in the roster, active, not us ->
+    size limit -> schema -> fleet and epoch (one this node holds) -> requester not us, in
+    the roster and active there, and a member of the requested epoch (dealt a share of it:
+    the epoch's admin-signed descriptor) ->
     issued-at within the skew window -> Ed25519 signature -> request id not seen (replay;
     after the signature, so a forged request cannot burn a real id) -> per-requester rate
     limit. Freshness, signature and replay are :class:`~flashgate.bridge.screening.RequestScreen`,
@@ -18,7 +20,7 @@ under the roster key) and opens the sealed results.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -91,7 +93,9 @@ class Responder:
     fleet: str
     signing_key: Ed25519PrivateKey
     roster: Callable[[], Roster]
-    epochs: Callable[[], set[int]]
+    #: Node id -> share index of the nodes dealt a share of an epoch; None for an epoch
+    #: this node holds no share of.
+    members: Callable[[int], Mapping[str, int] | None]
     clock: Clock = wall_clock_ms
     limits: ProtocolLimits = field(default_factory=ProtocolLimits)
     rng: Rng = SYSTEM_RNG
@@ -119,7 +123,8 @@ class Responder:
             ) from exc
         if request.fleet != self.fleet:
             raise Refused("wrong_fleet", f"request for fleet {request.fleet!r}")
-        if request.epoch not in self.epochs():
+        members = self.members(request.epoch)
+        if members is None:
             raise Refused("wrong_epoch", f"request for epoch {request.epoch}")
         if request.requester == self.node_id:
             raise Refused("self_request")
@@ -128,6 +133,8 @@ class Responder:
             raise Refused("unknown_requester", f"{request.requester} is not in the roster")
         if entry.status != "active":
             raise Refused("revoked_requester", f"{request.requester} is revoked")
+        if request.requester not in members:
+            raise Refused("not_a_member", f"{request.requester} holds no share of this epoch")
         # Freshness, signature, then replay (a forged request cannot burn a real id).
         now = self._requests.check(request, load_ed25519_public(entry.signing_key))
         if not self._rates.allow(request.requester, now):

@@ -31,7 +31,7 @@ from flashgate.events.share import (
     ShareRequest,
 )
 from flashgate.events.signing import sign
-from tests.bridge.unit_support import EPOCH, FLEET, T0, ManualClock, bundle, roster
+from tests.bridge.unit_support import EPOCH, FLEET, MEMBERS, T0, ManualClock, bundle, roster
 
 RESPONDER = "node-2"
 REQUESTER = "node-1"
@@ -53,6 +53,7 @@ class Scene:
     def __init__(self, *, limits: ProtocolLimits | None = None, fleet_roster: Roster | None = None):
         self.clock = ManualClock()
         self.roster = fleet_roster or roster()
+        self.members = dict(MEMBERS)  # the nodes dealt a share of EPOCH
         self.responder = self.responder_for(RESPONDER, limits=limits)
 
     def responder_for(
@@ -67,7 +68,7 @@ class Scene:
             fleet=FLEET,
             signing_key=signing_key or bundle(node_id).signing_key,
             roster=lambda: self.roster,
-            epochs=lambda: {EPOCH},
+            members=lambda epoch: self.members if epoch == EPOCH else None,
             clock=self.clock,
             limits=limits or ProtocolLimits(skew_ms=SKEW_MS),
         )
@@ -129,6 +130,7 @@ def refusal_cases() -> list[tuple[str, str]]:
         ("from itself", "self_request"),
         ("unknown node", "unknown_requester"),
         ("revoked node", "revoked_requester"),
+        ("active, but dealt no share of the epoch", "not_a_member"),
         ("issued too long ago", "stale"),
         ("issued in the future", "stale"),
         ("signed by another node", "bad_signature"),
@@ -156,6 +158,11 @@ def bad_request(scene: Scene, case: str) -> bytes:
             return scene.request("node-9", key=Ed25519PrivateKey.generate())[0]
         case "revoked node":
             scene.roster = roster(revoked=[REQUESTER])
+            return raw
+        case "active, but dealt no share of the epoch":
+            # a roster written back from before its revocation says "active"; the epoch's
+            # descriptor does not name it
+            del scene.members[REQUESTER]
             return raw
         case "issued too long ago":
             return scene.request(issued_at=scene.clock.now - SKEW_MS - 1)[0]

@@ -21,6 +21,7 @@ from flashgate.events.share import ShareItem, ShareRequest
 from tests.bridge.unit_support import (
     EPOCH,
     FLEET,
+    MEMBERS,
     SAMPLE_SECRETS,
     ManualClock,
     bundle,
@@ -43,7 +44,7 @@ def service() -> Iterator[tuple[ShareService, ManualClock]]:
         fleet=FLEET,
         signing_key=node.signing_key,
         roster=lambda: fleet_roster,
-        epochs=lambda: {EPOCH},
+        members=lambda epoch: MEMBERS if epoch == EPOCH else None,
         clock=clock,
     )
     cache = PartialCache(node.share, node.public, workers=1)
