@@ -152,6 +152,7 @@ async def test_a_rolled_back_roster_does_not_undo_revocation_and_rotation(
         for node in RESTARTED:
             raw, request, reply_key = build_request(
                 node_id="node-2",
+                responder=node,
                 fleet=fleet.name,
                 epoch=2,
                 signing_key=bundle2.signing_key,
