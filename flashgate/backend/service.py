@@ -49,13 +49,20 @@ from flashgate.backend.rewrap import RewrapService
 from flashgate.backend.sqlitewrite import SqliteWriter
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.declare import declare_fleet
-from flashgate.errors import FleetMismatch
-from flashgate.events.fleet import decode_descriptor, encode_descriptor, encode_roster
+from flashgate.errors import FlashgateError, FleetMismatch
+from flashgate.events.fleet import (
+    ROSTER_CODEC,
+    decode_descriptor,
+    encode_descriptor,
+    encode_roster,
+)
 from flashgate.events.queries import QUERY_KINDS
+from flashgate.events.signing import verify
 from flashgate.events.subjects import FleetNames
 from flashgate.events.types import ApiKeyScope
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ROSTER_FILE, load_descriptor, load_roster
+from flashgate.fleet.signing import load_ed25519_public
 from flashgate.taskgroup import HeldTaskGroup
 
 log = structlog.get_logger("flashgate.backend")
@@ -290,7 +297,7 @@ class Backend:
             ).all()
         assert fleet is not None
         documents = {state.names.descriptor_key(e.epoch): e.descriptor.encode() for e in epochs}
-        if fleet.roster:
+        if fleet.roster and not await self._newer_roster_in_bucket(kv, fleet):
             documents[FleetNames.ROSTER_KEY] = fleet.roster.encode()
         documents[FleetNames.CURRENT_EPOCH_KEY] = str(fleet.epoch).encode()
         with broker_errors("publishing fleet documents"):
@@ -299,6 +306,31 @@ class Backend:
                     if (await kv.get(key)).value == value:
                         continue
                 await kv.put(key, value)
+
+    async def _newer_roster_in_bucket(self, kv: KeyValue, fleet: Fleet) -> bool:
+        """Whether the fleet bucket holds an admin-signed roster with a higher serial than
+        the database's (a database restored from before a revocation): then the backend
+        does not publish its own, which would undo the revocation. Anything else under
+        the key (unsigned, another fleet's) is replaced."""
+        with broker_errors("reading the fleet bucket's roster"):
+            try:
+                raw = (await kv.get(FleetNames.ROSTER_KEY)).value
+            except KeyNotFoundError:
+                return False
+        try:
+            held = ROSTER_CODEC.decode(raw or b"")
+            verify(held, load_ed25519_public(fleet.admin_key, "admin key"))
+        except FlashgateError:
+            return False
+        if held.fleet != fleet.name or held.serial <= fleet.roster_serial:
+            return False
+        log.error(
+            f"not publishing roster serial {fleet.roster_serial}: the fleet bucket holds serial "
+            f"{held.serial} (is the database restored from before a revocation?); put the "
+            "newest roster.json into the fleet directory and restart the backend",
+            fleet=fleet.name,
+        )
+        return True
 
     # --- outbox ---------------------------------------------------------------------------
 

@@ -268,6 +268,7 @@ class Collector:
         items = [ShareItem(e.key, e.revision, e.digest) for e in entries]
         payload, request, reply_key = build_request(
             node_id=self.node_id,
+            responder=node,
             fleet=self.fleet,
             epoch=self.epoch,
             signing_key=self.signing_key,

@@ -3,9 +3,16 @@
 Each document in the fleet bucket is admin-signed and checked against the pinned admin
 key before it changes anything:
 
-- ``roster``: a roster with a higher serial replaces the one held (the first one read may
-  repeat the serial); a revoked peer is refused at once and never asked. When this node
-  finds itself revoked it purges its vault and stops (the CLI exits 3).
+- ``roster``: a roster with a higher serial replaces the one held; a revoked peer is
+  refused at once and never asked. When this node finds itself revoked it purges its vault
+  and stops (the CLI exits 3). The node starts from the newest roster it accepted before,
+  kept in its sealed bundle (:func:`starting_roster`), and re-seals the bundle with each
+  roster it accepts: a roster with a lower serial (an old one written back into the bucket,
+  or republished from a database restored from before a revocation) is refused, across
+  restarts too, and so is a roster for an older epoch than the one held with no higher
+  serial (the serial-1 roster of epoch 1 does not replace the serial-1 roster this node
+  derives from its epoch-2 descriptor). The roster's key may be deleted: the node keeps
+  the one it holds.
 - ``rotation.<epoch>``: a new fleet key epoch; this node opens its sealed share of it,
   adds the epoch to its key ring (and a collector for it), and reads again the envelopes
   it had refused for want of that epoch.
@@ -55,9 +62,18 @@ from flashgate.fleet.rotation import open_share
 log = structlog.get_logger("flashgate.bridge")
 
 
+def starting_roster(bundle: NodeBundle) -> Roster:
+    """The roster a node starts from: the newest one it accepted before (kept in its
+    bundle), else the serial-1 roster of its descriptor."""
+    if bundle.roster is not None:
+        return bundle.roster
+    return descriptor_roster(bundle.descriptor)
+
+
 def descriptor_roster(descriptor: FleetDescriptor) -> Roster:
     """Every node of the (signed) descriptor, active, as serial 1 (what the ceremony's
-    initial roster says), until a signed roster is read from the fleet bucket."""
+    initial roster says), until a signed roster is read from the fleet bucket. Unsigned:
+    the descriptor's signature covers it."""
     return Roster(
         fleet=descriptor.fleet,
         epoch=descriptor.epoch,
@@ -87,7 +103,8 @@ class FleetFollower:
     on_roster: Callable[[], None]  # a roster was applied (the loader tries again)
     on_epoch: Callable[[], None]  # a new epoch is held (read refused envelopes again)
     on_revoked: Callable[[], None]  # this node is revoked (after the purge): stop
-    #: Where the bundle lives and its passphrase, to re-seal it after a retirement.
+    #: Where the bundle lives and its passphrase, to re-seal it with a newer roster and
+    #: after a retirement.
     bundle_path: Path | None = None
     passphrase: str | None = field(default=None, repr=False)
     revoked: bool = False
@@ -95,6 +112,7 @@ class FleetFollower:
     def __post_init__(self) -> None:
         self.synced = asyncio.Event()
         self._retire_wanted: set[int] = set()
+        self._sealing = asyncio.Lock()  # one re-seal of the bundle at a time
 
     @property
     def names(self) -> FleetNames:
@@ -106,40 +124,58 @@ class FleetFollower:
 
     # --- the roster --------------------------------------------------------------------------
 
-    def apply_roster(self, raw: bytes, *, initial: bool = False) -> bool:
-        """Accept an admin-signed roster with a higher serial (or the first one read)."""
+    def apply_roster(self, raw: bytes) -> bool:
+        """Accept an admin-signed roster newer than the one held. Rosters are ordered by
+        serial (the admin raises it with each one): a higher serial, or the serial of the
+        unsigned roster derived from the descriptor (the ceremony's roster) when it is for
+        no older an epoch than this node's. Returns whether it was applied; the caller
+        persists it (:meth:`persist`), then acts on a revocation of this node
+        (:meth:`check_revoked`)."""
+        held = self.roster
         try:
             roster = ROSTER_CODEC.decode(raw)
-            if roster == self.roster:
+            if roster == held:
                 return False  # the one we hold (e.g. the watch's first value)
             verify(roster, self.admin_key)
             if roster.fleet != self.names.fleet:
                 raise StaleRoster("roster of another fleet")
-            if roster.serial < self.roster.serial or (
-                roster.serial == self.roster.serial and not initial
-            ):
-                raise StaleRoster(
-                    f"roster serial {roster.serial} is not above {self.roster.serial}"
-                )
+            if roster.serial < held.serial:
+                raise StaleRoster(f"roster serial {roster.serial} is below {held.serial}")
+            if roster.serial == held.serial:
+                if held.signature:
+                    raise StaleRoster(f"roster serial {roster.serial} is not above the held one")
+                if roster.epoch < held.epoch:
+                    raise StaleRoster(
+                        f"roster serial {roster.serial} is for epoch {roster.epoch}, below "
+                        f"this node's epoch {held.epoch}"
+                    )
         except (FlashgateError, SignatureInvalid) as exc:
-            log.warning("roster refused", reason=exc.code)
+            log.warning("roster refused", reason=exc.code, detail=exc.message[:200])
             return False
-        revoked = [n.id for n in roster.nodes if n.status == "revoked"]
         self.roster = roster
         self.peers.set_roster(roster)
-        log.info("roster applied", serial=roster.serial, revoked=revoked)
-        if self.node_id in revoked:
+        log.info(
+            "roster applied",
+            serial=roster.serial,
+            revoked=[n.id for n in roster.nodes if n.status == "revoked"],
+        )
+        return True
+
+    def check_revoked(self) -> None:
+        """This node revoked by the roster held: purge and stop."""
+        entry = self.roster.node(self.node_id)
+        if entry is not None and entry.status == "revoked" and not self.revoked:
             log.error("this node is revoked; purging and stopping")
             self.revoked = True
             self.vault.purge()
             self.on_revoked()
-        return True
 
     # --- the fleet bucket ----------------------------------------------------------------------
 
     async def run(self, fleet_kv: KeyValue) -> None:
         """The fleet bucket: roster updates, rotations (a new epoch's sealed shares) and
         retirements, each admin-signed; ``synced`` is set after the initial values."""
+        self.check_revoked()  # by the roster kept in the bundle, whatever the bucket says
         async with contextlib.aclosing(follow(fleet_kv)) as events:
             async for event in events:
                 if isinstance(event, InitialDone):
@@ -149,7 +185,9 @@ class FleetFollower:
                 if isinstance(event, Deleted):
                     continue
                 if event.key == FleetNames.ROSTER_KEY:
-                    if self.apply_roster(event.value, initial=not self.synced.is_set()):
+                    if self.apply_roster(event.value):
+                        await self.persist()
+                        self.check_revoked()
                         self.on_roster()
                 elif event.key.startswith("rotation."):
                     await self._on_rotation(event.value)
@@ -236,31 +274,47 @@ class FleetFollower:
             retired = True
             log.info("fleet key epoch retired; its share is dropped", epoch=epoch)
         if retired:
-            await self._reseal_bundle()
+            await self.persist(share=True)
 
-    async def _reseal_bundle(self) -> None:
-        """Re-seal the bundle with the current epoch's share, so that the retired share is
-        no longer on disk either."""
-        current = self.ring.current.key
-        if self.bundle.epoch == current.epoch:
-            return
-        new = dataclasses.replace(
-            self.bundle, share=current.share, descriptor=current.descriptor, public=current.public
-        )
-        path, passphrase = self.bundle_path, self.passphrase
-        if path is None or passphrase is None:
-            log.warning(
-                "the bundle on disk still holds a retired epoch's share; no bundle path or "
-                "passphrase to re-seal it with",
-                epoch=current.epoch,
-            )
+    async def persist(self, *, share: bool = False) -> None:
+        """Re-seal the bundle on disk with the roster held when it is newer than the
+        bundle's, and with ``share`` (after a retirement) the current epoch's share, so
+        that the retired one is no longer on disk either: what this node has accepted
+        survives a restart. (During a rotation the bundle keeps the old epoch's share: the
+        new one is read again from the fleet bucket after a restart.)"""
+        async with self._sealing:
+            current = self.ring.current.key
+            new = self.bundle
+            if share and new.epoch < current.epoch:
+                new = dataclasses.replace(
+                    new, share=current.share, descriptor=current.descriptor, public=current.public
+                )
+            if self.roster.signature and (
+                new.roster is None or new.roster.serial < self.roster.serial
+            ):
+                new = dataclasses.replace(new, roster=self.roster)
+            if new is self.bundle:
+                return
+            path, passphrase = self.bundle_path, self.passphrase
+            if path is None or passphrase is None:
+                log.warning(
+                    "the bundle on disk is not re-sealed (no bundle path or passphrase): it "
+                    "keeps an older roster or a retired epoch's share",
+                    epoch=current.epoch,
+                    roster_serial=self.roster.serial,
+                )
+                self.bundle = new
+                return
+            try:
+                blob = await asyncio.to_thread(new.seal, passphrase)
+                await asyncio.to_thread(write_atomic, path, blob, 0o600)
+            except (OSError, FlashgateError) as exc:
+                log.error("could not re-seal the bundle", error=type(exc).__name__)
+                return
             self.bundle = new
-            return
-        try:
-            blob = await asyncio.to_thread(new.seal, passphrase)
-            await asyncio.to_thread(write_atomic, path, blob, 0o600)
-        except (OSError, FlashgateError) as exc:
-            log.error("could not re-seal the bundle", error=type(exc).__name__)
-            return
-        self.bundle = new
-        log.info("bundle re-sealed for the current epoch", epoch=current.epoch, path=str(path))
+            log.info(
+                "bundle re-sealed",
+                epoch=new.epoch,
+                roster_serial=None if new.roster is None else new.roster.serial,
+                path=str(path),
+            )

@@ -7,7 +7,8 @@ admin-signed retirement of k arrives, its partials are wiped and its share dropp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from flashgate.bridge.partials import PartialCache
 from flashgate.fleet.rotation import EpochKey
@@ -17,6 +18,11 @@ from flashgate.fleet.rotation import EpochKey
 class EpochSlot:
     key: EpochKey
     partials: PartialCache
+    #: Node id -> share index: the nodes dealt a share of this epoch (its descriptor).
+    members: Mapping[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.members = self.key.members
 
     @property
     def epoch(self) -> int:
@@ -48,6 +54,11 @@ class KeyRing:
     def current(self) -> EpochSlot:
         """The newest epoch held (the one new envelopes are written under after a rotation)."""
         return self.slots[max(self.slots)]
+
+    def members_of(self, epoch: int) -> Mapping[str, int] | None:
+        """The nodes dealt a share of ``epoch`` (None: an epoch this node does not hold)."""
+        slot = self.slots.get(epoch)
+        return None if slot is None else slot.members
 
     def partials_for(self, epoch: int) -> PartialCache | None:
         slot = self.slots.get(epoch)

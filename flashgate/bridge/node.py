@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from nats.aio.msg import Msg
 from flashgate.bridge import metrics
 from flashgate.bridge.admin import AdminRpcs
 from flashgate.bridge.collector import Collector
-from flashgate.bridge.fleet_follower import FleetFollower, descriptor_roster
+from flashgate.bridge.fleet_follower import FleetFollower, starting_roster
 from flashgate.bridge.hardening import HardeningReport, harden
 from flashgate.bridge.keyring import KeyRing
 from flashgate.bridge.liveness import Liveness
@@ -54,7 +55,7 @@ from flashgate.bridge.screening import Clock, wall_clock_ms
 from flashgate.bridge.secrets_watch import SecretsWatch
 from flashgate.bridge.share_service import ShareService
 from flashgate.bridge.store import Entry, EnvelopeStore
-from flashgate.bridge.transport import NatsTransport
+from flashgate.bridge.transport import DROP_LOG_EVERY_S, NatsTransport
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
 from flashgate.events.fleet import Roster
@@ -69,6 +70,13 @@ log = structlog.get_logger("flashgate.bridge")
 
 #: Share requests answered at once (the partial computations themselves share the engine).
 SHARE_CONCURRENCY = 16
+#: Share requests taken in (screened, waiting for a turn or being answered) at most; more
+#: wait in the subscription's queue, bounded too: beyond SHARE_PENDING messages (or
+#: SHARE_PENDING_BYTES) the client drops them, counted (``dropped``) and logged, and the
+#: node stays connected (a flood must not make the server cut it off as a slow consumer).
+SHARE_IN_FLIGHT = 64
+SHARE_PENDING = 1_024
+SHARE_PENDING_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -106,7 +114,7 @@ class BridgeNode:
         self.ring = KeyRing(first, workers=self.settings.workers)
         self.store = EnvelopeStore(self.names.fleet, {first.epoch: first.public.key})
         self.collectors: dict[int, Collector] = {}
-        roster = descriptor_roster(bundle.descriptor)
+        roster = starting_roster(bundle)
         self.peers = PeerBook(self.node_id, roster)
         self.loader = Loader(
             vault=self.vault, collectors=self.collectors, on_unopenable=self._on_unopenable
@@ -163,7 +171,7 @@ class BridgeNode:
             fleet=self.names.fleet,
             signing_key=bundle.signing_key,
             roster=lambda: self.fleet.roster,
-            epochs=self.ring.epochs,
+            members=self.ring.members_of,
             clock=self.clock,
             rng=self.rng,
         )
@@ -192,6 +200,9 @@ class BridgeNode:
             ready=lambda: self.ready,
         )
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
+        self._share_in_flight = asyncio.Semaphore(SHARE_IN_FLIGHT)
+        self._drops_logged_at = 0.0
+        self._drops_unlogged = 0
         self._tasks = HeldTaskGroup("bridge")
         self._stopped = asyncio.Event()
         self._metrics: asyncio.Server | None = None
@@ -235,7 +246,13 @@ class BridgeNode:
         await self.transport.connect(s.nats_urls, user=s.nats_user, password=s.nats_password)
         # Serve peers first: nodes that start together must not wait on each other.
         names, me = self.names, self.node_id
-        await self.transport.subscribe(names.share_subject(me), self._on_share)
+        await self.transport.subscribe(
+            names.share_subject(me),
+            self._on_share,
+            pending_msgs=SHARE_PENDING,
+            pending_bytes=SHARE_PENDING_BYTES,
+            on_drop=self._on_share_dropped,
+        )
         await self.transport.subscribe(names.status_subject(me), self._on_status)
         await self.transport.subscribe(names.apikey_check_subject(me), self._on_apikey_check)
         await self.transport.subscribe(names.heartbeat_wildcard, self.liveness.on_heartbeat)
@@ -305,13 +322,32 @@ class BridgeNode:
 
     async def _on_share(self, msg: Msg) -> None:
         """Answer in a task of its own: nats-py runs a subscription's callbacks one at a
-        time, and a request whose partials are cached must not queue behind others."""
+        time, and a request whose partials are cached must not queue behind others. At
+        most SHARE_IN_FLIGHT at once: past that the callback waits, and the subscription's
+        bounded queue fills (then sheds) instead of the task group growing without end."""
+        await self._share_in_flight.acquire()
         self._spawn(self._answer_share(msg))
 
     async def _answer_share(self, msg: Msg) -> None:
-        reply = await self.share_service.answer(msg.data, self._share_gate)
-        with contextlib.suppress(Exception):
-            await msg.respond(reply)
+        try:
+            reply = await self.share_service.answer(msg.data, self._share_gate)
+            with contextlib.suppress(Exception):
+                await msg.respond(reply)
+        finally:
+            self._share_in_flight.release()
+
+    def _on_share_dropped(self, _subject: str) -> None:
+        self.responder.refused["dropped"] += 1
+        self._drops_unlogged += 1
+        now = time.monotonic()
+        if now - self._drops_logged_at >= DROP_LOG_EVERY_S:
+            log.warning(
+                "share requests dropped: more arrive than this node answers, and its queue "
+                f"of {SHARE_PENDING} is full (a flood, or a peer asking too much)",
+                dropped=self._drops_unlogged,
+                total=self.responder.refused["dropped"],
+            )
+            self._drops_logged_at, self._drops_unlogged = now, 0
 
     async def _on_status(self, msg: Msg) -> None:
         response = self.admin.answer_status(msg.data)

@@ -7,7 +7,8 @@ the pool lives here, at the edge that uses it, so the crypto package stays pure.
 computation (``context(allow_release_gil=True)``), so a thread pool scales across cores
 without copying the key share into other processes (a process pool would have to pickle
 s_i through a pipe into each worker). ``bench/crypto.py`` measures both; threads scale as
-well as processes here. The engine is compute only: no I/O, no event loop; an asyncio
+well as processes here. Proofs (:meth:`PartialEngine.prove`) run on the same pool with
+the GIL released too. The engine is compute only: no I/O, no event loop; an asyncio
 caller wraps :meth:`PartialEngine.submit` with ``asyncio.wrap_future``.
 """
 
@@ -21,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import gmpy2
 
 from flashgate.crypto.threshold.keys import KeyShare, ThresholdPublicKey
-from flashgate.crypto.threshold.partial import check_ciphertext
+from flashgate.crypto.threshold.partial import Proof, check_ciphertext, prove
 
 
 def default_workers() -> int:
@@ -34,6 +35,12 @@ def default_workers() -> int:
 def _partials_chunk(exponent: gmpy2.mpz, n: gmpy2.mpz, cs: Sequence[int]) -> list[int]:
     with gmpy2.context(allow_release_gil=True):
         return [int(gmpy2.powmod_sec(c, exponent, n)) for c in cs]
+
+
+def _prove_releasing(share: KeyShare, public: ThresholdPublicKey, c: int, x: int) -> Proof:
+    """The proof's secret-exponent powmods release the GIL (the arithmetic is crypto's)."""
+    with gmpy2.context(allow_release_gil=True):
+        return prove(share, public, c, x)
 
 
 class PartialEngine:
@@ -84,6 +91,11 @@ class PartialEngine:
         for part in parts:
             part.add_done_callback(_done)
         return result
+
+    def prove(self, c: int, x: int) -> Future[Proof]:
+        """Start proving that ``x`` is this share's partial of ``c``, on the pool, the GIL
+        released during the powmods (a proof must not stall the caller's event loop)."""
+        return self._pool.submit(_prove_releasing, self._share, self._public, c, x)
 
     def partials(self, cs: Sequence[int]) -> list[int]:
         """Blocking form of :meth:`submit`."""

@@ -18,9 +18,11 @@ from collections.abc import Sequence
 
 from flashgate.bridge.partial_engine import PartialEngine
 from flashgate.crypto.threshold.keys import KeyShare, ThresholdPublicKey
-from flashgate.crypto.threshold.partial import Proof, prove
+from flashgate.crypto.threshold.partial import Proof
 
 MAX_CACHED = 50_000
+#: Proofs kept (one per ciphertext: the partial it proves is fixed), newest first.
+MAX_PROOFS = 4_096
 #: Items per worker thread in one engine submission; each submission's results are
 #: released when it is done. Small enough that results flow out while a large batch is
 #: being computed, large enough that the per-submission overhead stays negligible.
@@ -36,7 +38,9 @@ class PartialCache:
         self.engine = PartialEngine(share, public, workers=workers)
         self._cache: OrderedDict[int, asyncio.Future[int]] = OrderedDict()
         self._computing: set[asyncio.Task[None]] = set()
+        self._proofs: OrderedDict[int, Proof] = OrderedDict()
         self.computed = 0
+        self.proofs_computed = 0
 
     @property
     def index(self) -> int:
@@ -118,7 +122,18 @@ class PartialCache:
                 future.exception()  # retrieved: no "never retrieved" warning
 
     async def proof(self, c: int, x: int) -> Proof:
-        return await asyncio.to_thread(prove, self.share, self.public, c, x)
+        """A proof that ``x`` (this share's partial of ``c``) is right: computed on the
+        engine's pool with the GIL released, once per ciphertext (kept, bounded)."""
+        cached = self._proofs.get(c)
+        if cached is not None:
+            self._proofs.move_to_end(c)
+            return cached
+        made = await asyncio.wrap_future(self.engine.prove(c, x))
+        self.proofs_computed += 1
+        self._proofs[c] = made
+        while len(self._proofs) > MAX_PROOFS:
+            self._proofs.popitem(last=False)
+        return made
 
     def _trim(self) -> None:
         while len(self._cache) > MAX_CACHED:
@@ -133,6 +148,7 @@ class PartialCache:
             if not future.done():
                 future.cancel()
         self._cache.clear()
+        self._proofs.clear()
 
     def close(self) -> None:
         self.purge()

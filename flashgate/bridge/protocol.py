@@ -1,11 +1,18 @@
 """The share protocol's rules, without I/O (DESIGN §2.4). Clock and randomness come in.
 
 Responder, cheapest checks first (:meth:`Responder.screen`):
-    size limit -> schema -> fleet and epoch -> requester in the roster, active, not us ->
-    issued-at within the skew window -> Ed25519 signature -> request id not seen (replay;
-    after the signature, so a forged request cannot burn a real id) -> per-requester rate
-    limit. Freshness, signature and replay are :class:`~flashgate.bridge.screening.RequestScreen`,
-    the same screening every admin RPC goes through.
+    size limit -> schema -> fleet and epoch (one this node holds) -> requester not us, in
+    the roster and active there, and a member of the requested epoch (dealt a share of it:
+    the epoch's admin-signed descriptor) -> addressed to this node (the responder is signed
+    into the request) -> each key at most once, and at most ``max_proof_items`` items when
+    proofs are asked for -> issued-at within the skew window -> Ed25519 signature ->
+    request id not seen (replay; after the signature, so a forged request cannot burn a
+    real id) -> per-requester rate limit, charged per item (an item with a proof costs
+    ``proof_cost``; a request at least ``request_cost``) -> the id remembered (a request
+    refused by the rate limit leaves none; a full cache refuses, it never forgets an id
+    inside the window). Freshness, signature and replay are
+    :class:`~flashgate.bridge.screening.RequestScreen`, the same screening every admin RPC
+    goes through.
 Each refusal is a :class:`Refused` with a reason code, counted by reason. Only a request
 that passes all of them reaches the per-item checks (the node's own copy of each envelope
 and its digest, done by the caller) and then the partial decryptions.
@@ -18,7 +25,7 @@ under the roster key) and opens the sealed results.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -48,8 +55,19 @@ from flashgate.fleet.signing import load_ed25519_public
 @dataclass(frozen=True)
 class ProtocolLimits:
     skew_ms: int = 30_000  # |now - issued_at| allowed
-    rate_per_second: float = 50.0  # sustained requests per requester
-    burst: int = 100  # bucket size
+    #: Tokens per requester: one per item (a partial is computed once per ciphertext and
+    #: cached, so asking again for the store's envelopes costs lookups only). The burst
+    #: covers a peer's cold start at 10,000 secrets (each node asks each peer for about
+    #: two thirds of them at once, t = 2 of 3), the rate 64 requests of 64 items a second.
+    rate_per_second: float = 4096.0
+    burst: int = 16_384
+    request_cost: int = 4  # the least a request costs (its signature check, its id)
+    proof_cost: int = 32  # per item with a proof (two secret-exponent powmods, uncached)
+    max_proof_items: int = 8  # items per request when proofs are asked for
+    replay_ids: int = 200_000  # request ids remembered within the window, at most
+
+    def cost(self, items: int, proofs: bool) -> int:
+        return items * self.proof_cost if proofs else max(self.request_cost, items)
 
 
 class RateLimiter:
@@ -60,13 +78,13 @@ class RateLimiter:
         self._burst = burst
         self._buckets: dict[str, tuple[float, int]] = {}
 
-    def allow(self, who: str, now: int) -> bool:
+    def allow(self, who: str, now: int, cost: int = 1) -> bool:
         tokens, last = self._buckets.get(who, (float(self._burst), now))
-        tokens = min(float(self._burst), tokens + (now - last) / 1000.0 * self._rate)
-        if tokens < 1.0:
+        tokens = min(float(self._burst), tokens + max(0, now - last) / 1000.0 * self._rate)
+        if tokens < cost:
             self._buckets[who] = (tokens, now)
             return False
-        self._buckets[who] = (tokens - 1.0, now)
+        self._buckets[who] = (tokens - cost, now)
         return True
 
 
@@ -91,7 +109,9 @@ class Responder:
     fleet: str
     signing_key: Ed25519PrivateKey
     roster: Callable[[], Roster]
-    epochs: Callable[[], set[int]]
+    #: Node id -> share index of the nodes dealt a share of an epoch; None for an epoch
+    #: this node holds no share of.
+    members: Callable[[int], Mapping[str, int] | None]
     clock: Clock = wall_clock_ms
     limits: ProtocolLimits = field(default_factory=ProtocolLimits)
     rng: Rng = SYSTEM_RNG
@@ -99,7 +119,9 @@ class Responder:
     served: int = 0
 
     def __post_init__(self) -> None:
-        self._requests = RequestScreen(skew_ms=self.limits.skew_ms, clock=self.clock)
+        self._requests = RequestScreen(
+            skew_ms=self.limits.skew_ms, clock=self.clock, max_ids=self.limits.replay_ids
+        )
         self._rates = RateLimiter(self.limits.rate_per_second, self.limits.burst)
 
     def screen(self, raw: bytes) -> ShareRequest:
@@ -119,7 +141,8 @@ class Responder:
             ) from exc
         if request.fleet != self.fleet:
             raise Refused("wrong_fleet", f"request for fleet {request.fleet!r}")
-        if request.epoch not in self.epochs():
+        members = self.members(request.epoch)
+        if members is None:
             raise Refused("wrong_epoch", f"request for epoch {request.epoch}")
         if request.requester == self.node_id:
             raise Refused("self_request")
@@ -128,10 +151,23 @@ class Responder:
             raise Refused("unknown_requester", f"{request.requester} is not in the roster")
         if entry.status != "active":
             raise Refused("revoked_requester", f"{request.requester} is revoked")
-        # Freshness, signature, then replay (a forged request cannot burn a real id).
-        now = self._requests.check(request, load_ed25519_public(entry.signing_key))
-        if not self._rates.allow(request.requester, now):
-            raise Refused("rate_limited")
+        if request.requester not in members:
+            raise Refused("not_a_member", f"{request.requester} holds no share of this epoch")
+        if request.responder != self.node_id:
+            raise Refused("wrong_responder", f"request for {request.responder!r}")
+        if len({item.key for item in request.items}) != len(request.items):
+            raise Refused("duplicate_items", "a key appears more than once")
+        if request.proofs and len(request.items) > self.limits.max_proof_items:
+            raise Refused("too_many_proofs", f"at most {self.limits.max_proof_items} items")
+        cost = self.limits.cost(len(request.items), request.proofs)
+
+        def admit(now: int) -> None:
+            if not self._rates.allow(request.requester, now, cost):
+                raise Refused("rate_limited")
+
+        # Freshness, signature, replay (a forged request cannot burn a real id), the rate
+        # (a replay costs nothing), then the id is remembered (a refused one is not).
+        self._requests.check(request, load_ed25519_public(entry.signing_key), admit)
         return request
 
     def respond(
@@ -183,6 +219,7 @@ class Responder:
 def build_request(
     *,
     node_id: str,
+    responder: str,
     fleet: str,
     epoch: int,
     signing_key: Ed25519PrivateKey,
@@ -198,6 +235,7 @@ def build_request(
             epoch=epoch,
             request_id=rng.token_bytes(16),
             requester=node_id,
+            responder=responder,
             issued_at=clock(),
             reply_key=reply_key,
             proofs=proofs,

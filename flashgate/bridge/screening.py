@@ -10,13 +10,19 @@ reason:
     ``bad_signature``  the Ed25519 signature does not verify under the given key
     ``replay``         the request id was seen within the replay window (2 x skew: an
                        older request is refused as stale anyway)
+    ``replay_cache_full``  the cache holds as many ids as it may, none of them older
+                       than the window: a request is refused rather than an id forgotten
+                       while a replay of it would still be fresh
 
 The replay check comes after the signature, so a forged request cannot burn a real id.
+A caller's admission check (the share protocol's rate limit) runs after the replay
+lookup and before the id is remembered: a replay costs the requester nothing, and a
+request refused by it leaves no id behind (it does not fill the cache).
 Freshness comes first by default (it is the cheapest check; the share protocol's order);
 ``authenticate_first`` verifies the signature before anything else, for requests whose
 refusals are answered only when they are authentic (the API key check answers "stale" or
-"replay" to the admin, and nothing to anyone else). The replay cache is bounded (oldest
-ids go first) and forgets ids older than its window.
+"replay" to the admin, and nothing to anyone else). The replay cache is bounded and
+forgets ids older than its window; it never forgets a younger one.
 """
 
 from __future__ import annotations
@@ -54,47 +60,76 @@ class SignedRequest(Protocol):
 
 
 class ReplayCache:
-    """Request ids seen within ``ttl_ms`` (an older request is refused as stale)."""
+    """Request ids seen within ``ttl_ms`` (an older request is refused as stale). At most
+    ``max_entries``: when full of ids younger than the window, :meth:`add` refuses."""
 
     def __init__(self, ttl_ms: int, max_entries: int = 200_000) -> None:
         self._ttl = ttl_ms
         self._max = max_entries
         self._seen: OrderedDict[bytes, int] = OrderedDict()
 
-    def check_and_add(self, request_id: bytes, now: int) -> bool:
-        """True if new (and remembered now); False for a replay."""
+    def _expire(self, now: int) -> None:
         while self._seen:
             oldest, at = next(iter(self._seen.items()))
-            if now - at <= self._ttl and len(self._seen) < self._max:
+            if now - at <= self._ttl:
                 break
             del self._seen[oldest]
-        if request_id in self._seen:
+
+    def seen(self, request_id: bytes, now: int) -> bool:
+        self._expire(now)
+        return request_id in self._seen
+
+    def add(self, request_id: bytes, now: int) -> bool:
+        """Remember ``request_id``; False (nothing forgotten) when the cache is full."""
+        self._expire(now)
+        if len(self._seen) >= self._max:
             return False
         self._seen[request_id] = now
         return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class RequestScreen:
     """Freshness within ``skew_ms`` of ``clock()``, signature, and replay, for one kind
     of signed request; refusals are counted by reason in :attr:`refused`."""
 
-    def __init__(self, *, skew_ms: int, clock: Clock, authenticate_first: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        skew_ms: int,
+        clock: Clock,
+        authenticate_first: bool = False,
+        max_ids: int = 200_000,
+    ) -> None:
         self.skew_ms = skew_ms
         self.clock = clock
         self.authenticate_first = authenticate_first
         self.refused: Counter[str] = Counter()
-        self._replays = ReplayCache(2 * skew_ms)
+        self._replays = ReplayCache(2 * skew_ms, max_ids)
 
-    def check(self, request: SignedRequest, key: Ed25519PublicKey) -> int:
+    def check(
+        self,
+        request: SignedRequest,
+        key: Ed25519PublicKey,
+        admit: Callable[[int], None] | None = None,
+    ) -> int:
         """Raise :class:`Refused` unless ``request`` is fresh, signed under ``key`` and
-        not seen before; returns the clock reading it was checked against."""
+        not seen before, and ``admit(now)`` (when given) does not raise; returns the clock
+        reading it was checked against."""
         try:
-            return self._check(request, key)
+            return self._check(request, key, admit)
         except Refused as exc:
             self.refused[exc.reason] += 1
             raise
 
-    def _check(self, request: SignedRequest, key: Ed25519PublicKey) -> int:
+    def _check(
+        self,
+        request: SignedRequest,
+        key: Ed25519PublicKey,
+        admit: Callable[[int], None] | None,
+    ) -> int:
         if self.authenticate_first:
             self._authentic(request, key)
         now = self.clock()
@@ -102,8 +137,12 @@ class RequestScreen:
             raise Refused("stale", "issued-at outside the skew window")
         if not self.authenticate_first:
             self._authentic(request, key)
-        if not self._replays.check_and_add(request.request_id, now):
+        if self._replays.seen(request.request_id, now):
             raise Refused("replay")
+        if admit is not None:
+            admit(now)
+        if not self._replays.add(request.request_id, now):
+            raise Refused("replay_cache_full", "too many requests within the replay window")
         return now
 
     @staticmethod

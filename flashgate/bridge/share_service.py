@@ -9,6 +9,12 @@ the time it queued behind earlier requests while this node computed their partia
 looked up in this node's own copy of the store (fetching a revision it has not seen from
 the bucket when it can) and its digest checked before any partial is computed; partials
 come from the shared :class:`PartialCache`, so each is computed once.
+
+Proofs are served only for items whose partial this node answered to the same requester
+recently (the last :data:`ANSWERED_PER_REQUESTER` items it answered to it): a proof is
+asked for when a combination fails, about partials the requester got; anything else is
+refused per item (``no_recent_partial``) without computing. Proofs are cached per
+ciphertext (:meth:`PartialCache.proof`).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -33,6 +40,9 @@ log = structlog.get_logger("flashgate.bridge.share")
 
 Fetch = Callable[[str, int], Awaitable[Entry | None]]
 
+#: Items remembered per requester as answered (a proof is served only for one of them).
+ANSWERED_PER_REQUESTER = 4_096
+
 
 @dataclass
 class ShareService:
@@ -41,6 +51,9 @@ class ShareService:
     partials_for: Callable[[int], PartialCache | None]  # this node's partials, per epoch
     fetch: Fetch | None = None  # a revision not in the store, from the bucket
     on_request: Callable[[str], None] | None = None  # a screened requester was heard from
+    _answered: dict[str, OrderedDict[tuple[str, int], None]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     async def answer(self, raw: bytes, gate: asyncio.Semaphore | None = None) -> bytes:
         try:
@@ -70,6 +83,8 @@ class ShareService:
                     reason = "other_epoch"
                 elif not hmac.compare_digest(entry.digest, item.digest):
                     reason = "digest_mismatch"
+                elif request.proofs and not self._was_answered(request.requester, entry):
+                    reason = "no_recent_partial"
                 else:
                     entries.append(entry)
                     continue
@@ -87,6 +102,8 @@ class ShareService:
                 partials.append(
                     SharePartial(entry.key, entry.revision, encode_partial(x, cache.public), proof)
                 )
+            if not request.proofs:
+                self._remember_answered(request.requester, entries)
             return self.responder.respond(request, partials, refusals)
         except FlashgateError as exc:
             self.responder.refused[exc.code] += 1
@@ -95,3 +112,15 @@ class ShareService:
             log.error("share request failed internally", error=type(exc).__name__)
             self.responder.refused["internal_error"] += 1
             return self.responder.refuse(raw, "internal_error")
+
+    def _was_answered(self, requester: str, entry: Entry) -> bool:
+        answered = self._answered.get(requester)
+        return answered is not None and (entry.key, entry.revision) in answered
+
+    def _remember_answered(self, requester: str, entries: list[Entry]) -> None:
+        answered = self._answered.setdefault(requester, OrderedDict())
+        for entry in entries:
+            answered[(entry.key, entry.revision)] = None
+            answered.move_to_end((entry.key, entry.revision))
+        while len(answered) > ANSWERED_PER_REQUESTER:
+            answered.popitem(last=False)

@@ -21,10 +21,15 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import (
+    DEFAULT_SUB_PENDING_BYTES_LIMIT,
+    DEFAULT_SUB_PENDING_MSGS_LIMIT,
+)
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -35,6 +40,10 @@ from flashgate.events.subjects import FleetNames
 log = structlog.get_logger("flashgate.bridge")
 
 Handler = Callable[[Msg], Awaitable[None]]
+#: A subscription's queue was full and a message to ``subject`` was dropped.
+OnDrop = Callable[[str], None]
+#: Seconds between two log lines about dropped messages.
+DROP_LOG_EVERY_S = 10.0
 
 #: Seconds a re-wrap batch may take at the backend.
 REWRAP_TIMEOUT_S = 15
@@ -55,6 +64,7 @@ class NatsTransport:
         self.names = names
         self.node_id = node_id
         self._connection: Connection | None = None
+        self._on_drop: dict[str, OnDrop] = {}  # subject -> whom to tell of a drop
 
     @property
     def connection(self) -> Connection:
@@ -66,7 +76,12 @@ class NatsTransport:
         self, urls: list[str], *, user: str | None = None, password: str | None = None
     ) -> None:
         nc = await connect(
-            urls, role="bridge", name=f"bridge-{self.node_id}", user=user, password=password
+            urls,
+            role="bridge",
+            name=f"bridge-{self.node_id}",
+            user=user,
+            password=password,
+            error_cb=self._on_error,
         )
         self._connection = Connection(nc, nc.jetstream())
 
@@ -76,8 +91,33 @@ class NatsTransport:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.nc.close(), CLOSE_TIMEOUT_S)
 
-    async def subscribe(self, subject: str, handler: Handler) -> None:
-        await self.connection.nc.subscribe(subject, cb=handler)
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        *,
+        pending_msgs: int | None = None,
+        pending_bytes: int | None = None,
+        on_drop: OnDrop | None = None,
+    ) -> None:
+        """Subscribe ``handler``. With ``pending_msgs``/``pending_bytes`` the messages
+        waiting for it are bounded: beyond, the client drops them (``on_drop`` is told)
+        while it keeps reading the socket, so the server never finds this node slow and
+        cuts it off."""
+        if on_drop is not None:
+            self._on_drop[subject] = on_drop
+        await self.connection.nc.subscribe(
+            subject,
+            cb=handler,
+            pending_msgs_limit=pending_msgs or DEFAULT_SUB_PENDING_MSGS_LIMIT,
+            pending_bytes_limit=pending_bytes or DEFAULT_SUB_PENDING_BYTES_LIMIT,
+        )
+
+    async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            on_drop = self._on_drop.get(exc.subject)
+            if on_drop is not None:
+                on_drop(exc.subject)
 
     async def request(self, node_id: str, payload: bytes, timeout: float) -> bytes:
         """A share request to peer ``node_id`` (:class:`~flashgate.bridge.collector.Transport`)."""

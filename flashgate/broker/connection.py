@@ -153,6 +153,11 @@ def _logging_callbacks(
             await user(*args)
 
     async def on_error(exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # A subscription's bounded queue is full and the client dropped a message:
+            # one per message, so never logged here; the subscriber counts and says why.
+            await chain("error_cb", exc)
+            return
         errors.last = exc
         errors.auth_refused = errors.auth_refused or _is_auth_failure(exc)
         report = log.warning if errors.connected else log.debug

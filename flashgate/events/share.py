@@ -1,11 +1,12 @@
 """Share protocol messages (DESIGN §2.4): msgpack over core NATS ``fg.<f>.share.<node>``.
 
 Request (signed by the requester's Ed25519 identity, domain ``share-request``):
-    fleet, epoch, request id (16 random bytes), requester node id, issued-at (ms), an
+    fleet, epoch, request id (16 random bytes), requester node id, the responder it is
+    meant for (a broker forwarding it to another node gets it refused), issued-at (ms), an
     ephemeral X25519 public key for the reply, whether proofs are wanted, and up to
-    :data:`MAX_SHARE_ITEMS` items: (secret key, KV revision, SHA-256 of the wrapped key).
-    No ciphertext travels: the responder looks each envelope up in its own copy of the
-    store and checks the digest.
+    :data:`MAX_SHARE_ITEMS` items, each key once: (secret key, KV revision, SHA-256 of the
+    wrapped key). No ciphertext travels: the responder looks each envelope up in its own
+    copy of the store and checks the digest.
 
 Response (signed by the responder, domain ``share-response``):
     ``status`` "ok" with ``sealed`` = :class:`ShareResults` (msgpack) encrypted to the
@@ -57,6 +58,7 @@ class ShareRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     epoch: Epoch
     request_id: RequestId
     requester: Name
+    responder: Name  # the node asked: any other refuses it
     issued_at: UnixMillis
     reply_key: X25519Raw
     proofs: bool = False

@@ -3,6 +3,13 @@ sealed at rest with a passphrase (:mod:`flashgate.crypto.seal`, purpose ``node-b
 
 Sealed contents are a msgpack map of :class:`BundleFile`. A bundle never holds a decrypted
 secret. The admin signing key is sealed the same way (purpose ``admin-key``).
+
+A running node re-seals its bundle with the newest admin-signed roster it accepted
+(``roster``; absent in a bundle fresh from the ceremony) and, after a fleet key rotation,
+with its share of the new epoch: the highest roster serial and fleet key epoch it has seen
+survive a restart and cannot be rolled back by whoever writes the fleet bucket
+(docs/security-model.md). The stored roster is checked against the pinned admin key when
+the bundle is opened, like the descriptor.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from flashgate.errors import (
     MalformedDocument,
     MalformedSealedFile,
 )
-from flashgate.events.fleet import FleetDescriptor
+from flashgate.events.fleet import FleetDescriptor, Roster
+from flashgate.events.signing import verify
 from flashgate.fleet.descriptor import node_entry
-from flashgate.fleet.signing import private_raw, public_b64
+from flashgate.fleet.signing import load_ed25519_public, private_raw, public_b64
 from flashgate.fleet.threshold_key import verified_threshold_key
 
 BUNDLE_PURPOSE = "node-bundle"
@@ -46,6 +54,8 @@ class BundleFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     share: str  # s_i, k bytes big-endian
     admin_key: str  # the pinned admin public key
     descriptor: FleetDescriptor
+    #: The newest admin-signed roster this node accepted (None: none yet, serial 1 holds).
+    roster: Roster | None = None
 
 
 class AdminKeyFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -63,6 +73,7 @@ class NodeBundle:
     admin_key: str
     descriptor: FleetDescriptor
     public: ThresholdPublicKey
+    roster: Roster | None = None  # the newest admin-signed roster accepted
 
     @property
     def fleet(self) -> str:
@@ -95,6 +106,7 @@ class NodeBundle:
             share=b64url_encode(int_to_bytes(self.share.secret_value, self.public.key.byte_length)),
             admin_key=self.admin_key,
             descriptor=self.descriptor,
+            roster=self.roster,
         )
         return seal.seal(
             msgspec.msgpack.encode(contents), passphrase, BUNDLE_PURPOSE, params=params, rng=rng
@@ -139,6 +151,10 @@ def open_bundle(blob: bytes, passphrase: str) -> NodeBundle:
         raise InvalidKey(
             f"the key share of node {contents.node_id!r} does not match its verification key"
         )
+    if contents.roster is not None:
+        verify(contents.roster, load_ed25519_public(contents.admin_key, "admin key"))
+        if contents.roster.fleet != descriptor.fleet:
+            raise FleetMismatch("the bundle's roster is for another fleet")
     return NodeBundle(
         node_id=contents.node_id,
         share=share,
@@ -147,6 +163,7 @@ def open_bundle(blob: bytes, passphrase: str) -> NodeBundle:
         admin_key=contents.admin_key,
         descriptor=descriptor,
         public=public,
+        roster=contents.roster,
     )
 
 

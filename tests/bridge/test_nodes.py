@@ -102,6 +102,7 @@ async def test_requests_are_refused_with_their_reason_counted(
         def request(**overrides: object) -> tuple[bytes, object]:
             raw, req, _ = build_request(
                 node_id="node-2",
+                responder="node-1",
                 fleet=cluster.fleet.name,
                 epoch=1,
                 signing_key=bundle2.signing_key,
@@ -177,6 +178,7 @@ async def test_requests_are_refused_with_their_reason_counted(
         bundle3 = cluster.fleet.ceremony.bundles[2]
         raw3, _, _ = build_request(
             node_id="node-3",
+            responder="node-1",
             fleet=cluster.fleet.name,
             epoch=1,
             signing_key=bundle3.signing_key,
@@ -187,6 +189,7 @@ async def test_requests_are_refused_with_their_reason_counted(
             await nc.request(subject, raw3, timeout=5)
             raw3_again, _, _ = build_request(
                 node_id="node-3",
+                responder="node-1",
                 fleet=cluster.fleet.name,
                 epoch=1,
                 signing_key=bundle3.signing_key,

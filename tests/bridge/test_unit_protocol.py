@@ -31,7 +31,7 @@ from flashgate.events.share import (
     ShareRequest,
 )
 from flashgate.events.signing import sign
-from tests.bridge.unit_support import EPOCH, FLEET, T0, ManualClock, bundle, roster
+from tests.bridge.unit_support import EPOCH, FLEET, MEMBERS, T0, ManualClock, bundle, roster
 
 RESPONDER = "node-2"
 REQUESTER = "node-1"
@@ -53,6 +53,7 @@ class Scene:
     def __init__(self, *, limits: ProtocolLimits | None = None, fleet_roster: Roster | None = None):
         self.clock = ManualClock()
         self.roster = fleet_roster or roster()
+        self.members = dict(MEMBERS)  # the nodes dealt a share of EPOCH
         self.responder = self.responder_for(RESPONDER, limits=limits)
 
     def responder_for(
@@ -67,7 +68,7 @@ class Scene:
             fleet=FLEET,
             signing_key=signing_key or bundle(node_id).signing_key,
             roster=lambda: self.roster,
-            epochs=lambda: {EPOCH},
+            members=lambda epoch: self.members if epoch == EPOCH else None,
             clock=self.clock,
             limits=limits or ProtocolLimits(skew_ms=SKEW_MS),
         )
@@ -80,15 +81,20 @@ class Scene:
         fleet: str = FLEET,
         epoch: int = EPOCH,
         issued_at: int | None = None,
+        to: str = RESPONDER,
+        items: list[ShareItem] | None = None,
+        proofs: bool = False,
     ) -> tuple[bytes, ShareRequest, X25519PrivateKey]:
         """A signed request from ``requester`` (by default signed with its own key)."""
         clock = ManualClock(self.clock.now if issued_at is None else issued_at)
         return build_request(
             node_id=requester,
+            responder=to,
             fleet=fleet,
             epoch=epoch,
             signing_key=key or bundle(requester).signing_key,
-            items=ITEMS,
+            items=ITEMS if items is None else items,
+            proofs=proofs,
             clock=clock,
         )
 
@@ -129,6 +135,7 @@ def refusal_cases() -> list[tuple[str, str]]:
         ("from itself", "self_request"),
         ("unknown node", "unknown_requester"),
         ("revoked node", "revoked_requester"),
+        ("active, but dealt no share of the epoch", "not_a_member"),
         ("issued too long ago", "stale"),
         ("issued in the future", "stale"),
         ("signed by another node", "bad_signature"),
@@ -156,6 +163,11 @@ def bad_request(scene: Scene, case: str) -> bytes:
             return scene.request("node-9", key=Ed25519PrivateKey.generate())[0]
         case "revoked node":
             scene.roster = roster(revoked=[REQUESTER])
+            return raw
+        case "active, but dealt no share of the epoch":
+            # a roster written back from before its revocation says "active"; the epoch's
+            # descriptor does not name it
+            del scene.members[REQUESTER]
             return raw
         case "issued too long ago":
             return scene.request(issued_at=scene.clock.now - SKEW_MS - 1)[0]
@@ -204,16 +216,66 @@ def test_a_replay_is_refused_for_as_long_as_the_request_is_fresh() -> None:
         assert reason == ("replay" if later == T0 else "stale")
 
 
-def test_the_same_request_to_two_responders_is_not_a_replay() -> None:
+def test_a_request_is_answered_only_by_the_responder_it_names() -> None:
+    """The responder is signed into the request: a broker forwarding it to every node
+    within the window gets it refused by all but one."""
     scene = Scene()
     other = scene.responder_for("node-3")
-    raw, _, _ = scene.request()
+    raw, request, _ = scene.request()
+    with pytest.raises(Refused) as caught:
+        other.screen(raw)
+    assert caught.value.reason == "wrong_responder"
     scene.responder.screen(raw)
-    other.screen(raw)
+    readdressed = tampered(request, responder="node-3")  # the signature no longer holds
+    with pytest.raises(Refused) as caught:
+        other.screen(readdressed)
+    assert caught.value.reason == "bad_signature"
+
+
+def test_the_rate_is_charged_per_item_and_proofs_cost_more() -> None:
+    limits = ProtocolLimits(skew_ms=SKEW_MS, rate_per_second=1.0, burst=8, proof_cost=4)
+    scene = Scene(limits=limits)
+    scene.responder.screen(scene.request(items=ITEMS * 1)[0])  # 4: the least a request costs
+    one_proof = [ITEMS[0]]
+    scene.responder.screen(scene.request(items=one_proof, proofs=True)[0])  # 4 more
+    assert scene.refusal(scene.request(items=one_proof)[0]) == "rate_limited"
+
+
+def test_a_key_asked_twice_in_one_request_is_refused() -> None:
+    scene = Scene()
+    assert scene.refusal(scene.request(items=[ITEMS[0], ITEMS[0]])[0]) == "duplicate_items"
+    again = ShareItem(ITEMS[0].key, ITEMS[0].revision + 1, ITEMS[0].digest)
+    assert scene.refusal(scene.request(items=[ITEMS[0], again])[0]) == "duplicate_items"
+
+
+def test_proofs_are_capped_per_request() -> None:
+    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, max_proof_items=1))
+    assert scene.refusal(scene.request(proofs=True)[0]) == "too_many_proofs"
+    scene.responder.screen(scene.request(items=[ITEMS[0]], proofs=True)[0])
+
+
+def test_a_rate_limited_request_leaves_no_id_behind() -> None:
+    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, rate_per_second=4.0, burst=4))
+    scene.responder.screen(scene.request()[0])
+    raw, _, _ = scene.request()
+    assert scene.refusal(raw) == "rate_limited"
+    scene.clock.advance(1_000)
+    assert scene.responder.screen(raw)  # not a replay: the refused id was not remembered
+
+
+def test_a_full_replay_cache_refuses_rather_than_forget_an_id_inside_the_window() -> None:
+    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, replay_ids=2))
+    first, _, _ = scene.request()
+    scene.responder.screen(first)
+    scene.responder.screen(scene.request()[0])
+    assert scene.refusal(scene.request()[0]) == "replay_cache_full"
+    assert scene.refusal(first) == "replay"  # still remembered
+    scene.clock.advance(2 * SKEW_MS + 1)  # the ids age out of the window
+    scene.responder.screen(scene.request()[0])
 
 
 def test_rate_limited_with_a_frozen_clock_then_allowed_after_it_advances() -> None:
-    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, rate_per_second=4.0, burst=3))
+    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, rate_per_second=16.0, burst=12))
     for _ in range(3):
         scene.responder.screen(scene.request()[0])
     assert scene.refusal(scene.request()[0]) == "rate_limited"
@@ -225,7 +287,7 @@ def test_rate_limited_with_a_frozen_clock_then_allowed_after_it_advances() -> No
 
 
 def test_the_rate_limit_is_per_requester() -> None:
-    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, rate_per_second=1.0, burst=1))
+    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, rate_per_second=4.0, burst=4))
     scene.responder.screen(scene.request("node-1")[0])
     assert scene.refusal(scene.request("node-1")[0]) == "rate_limited"
     scene.responder.screen(scene.request("node-3")[0])
@@ -262,7 +324,7 @@ def test_a_forged_request_cannot_burn_a_request_id() -> None:
 
 
 def test_a_replay_is_refused_before_the_rate_limit_is_charged() -> None:
-    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, rate_per_second=1.0, burst=2))
+    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, rate_per_second=4.0, burst=8))
     raw, _, _ = scene.request()
     scene.responder.screen(raw)
     for _ in range(3):
@@ -340,7 +402,7 @@ def test_open_response_refuses_a_response_signed_by_another_node() -> None:
 
 def test_open_response_refuses_a_response_naming_another_responder() -> None:
     scene = Scene()
-    raw, request, reply_key = scene.request()
+    raw, request, reply_key = scene.request(to="node-3")
     node3 = scene.responder_for("node-3")
     response = node3.respond(node3.screen(raw), PARTIALS, [])
     with pytest.raises(Refused) as caught:
@@ -447,28 +509,36 @@ def test_open_response_refuses_garbage(garbage: bytes) -> None:
 # --- the replay cache and the rate limiter ------------------------------------------------
 
 
+def check_and_add(cache: ReplayCache, request_id: bytes, now: int) -> bool:
+    if cache.seen(request_id, now):
+        return False
+    assert cache.add(request_id, now)
+    return True
+
+
 def test_replay_cache_remembers_ids_for_its_ttl() -> None:
     cache = ReplayCache(ttl_ms=1_000)
-    assert cache.check_and_add(b"a" * 16, 0) is True
-    assert cache.check_and_add(b"a" * 16, 1) is False
-    assert cache.check_and_add(b"a" * 16, 1_000) is False  # still within the ttl
-    assert cache.check_and_add(b"b" * 16, 1_000) is True
+    assert check_and_add(cache, b"a" * 16, 0) is True
+    assert check_and_add(cache, b"a" * 16, 1) is False
+    assert check_and_add(cache, b"a" * 16, 1_000) is False  # still within the ttl
+    assert check_and_add(cache, b"b" * 16, 1_000) is True
 
 
 def test_replay_cache_forgets_ids_after_their_ttl() -> None:
     cache = ReplayCache(ttl_ms=1_000)
-    assert cache.check_and_add(b"a" * 16, 0) is True
-    assert cache.check_and_add(b"b" * 16, 600) is True
-    assert cache.check_and_add(b"a" * 16, 1_001) is True  # a expired, seen again as new
-    assert cache.check_and_add(b"b" * 16, 1_001) is False  # b has not expired
+    assert check_and_add(cache, b"a" * 16, 0) is True
+    assert check_and_add(cache, b"b" * 16, 600) is True
+    assert check_and_add(cache, b"a" * 16, 1_001) is True  # a expired, seen again as new
+    assert check_and_add(cache, b"b" * 16, 1_001) is False  # b has not expired
 
 
-def test_replay_cache_is_bounded() -> None:
+def test_replay_cache_is_bounded_and_never_forgets_inside_its_ttl() -> None:
     cache = ReplayCache(ttl_ms=60_000, max_entries=3)
-    for i in range(4):
-        assert cache.check_and_add(bytes([i]) * 16, i) is True
-    assert cache.check_and_add(bytes([0]) * 16, 10) is True  # the oldest was dropped
-    assert cache.check_and_add(bytes([3]) * 16, 10) is False
+    for i in range(3):
+        assert cache.add(bytes([i]) * 16, i)
+    assert not cache.add(bytes([3]) * 16, 10)  # full: refused, nothing forgotten
+    assert cache.seen(bytes([0]) * 16, 10)
+    assert cache.add(bytes([3]) * 16, 60_001)  # the first id has aged out
 
 
 def test_rate_limiter_allows_a_burst_then_refuses() -> None:

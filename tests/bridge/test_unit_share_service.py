@@ -21,6 +21,7 @@ from flashgate.events.share import ShareItem, ShareRequest
 from tests.bridge.unit_support import (
     EPOCH,
     FLEET,
+    MEMBERS,
     SAMPLE_SECRETS,
     ManualClock,
     bundle,
@@ -43,7 +44,7 @@ def service() -> Iterator[tuple[ShareService, ManualClock]]:
         fleet=FLEET,
         signing_key=node.signing_key,
         roster=lambda: fleet_roster,
-        epochs=lambda: {EPOCH},
+        members=lambda epoch: MEMBERS if epoch == EPOCH else None,
         clock=clock,
     )
     cache = PartialCache(node.share, node.public, workers=1)
@@ -53,11 +54,13 @@ def service() -> Iterator[tuple[ShareService, ManualClock]]:
 
 
 def request(
-    service: ShareService, clock: ManualClock
+    service: ShareService, clock: ManualClock, *, proofs: bool = False
 ) -> tuple[bytes, ShareRequest, X25519PrivateKey]:
     entry = service.store.current[SAMPLE_SECRETS[0].key]
     return build_request(
+        proofs=proofs,
         node_id=REQUESTER,
+        responder=RESPONDER,
         fleet=FLEET,
         epoch=EPOCH,
         signing_key=bundle(REQUESTER).signing_key,
@@ -97,3 +100,49 @@ async def test_a_stale_request_is_refused_at_once_without_waiting_for_a_turn(
     with pytest.raises(Refused) as refused:
         open_response(raw, sent, reply_key, RESPONDER, roster())
     assert refused.value.reason == "stale"
+
+
+async def test_a_proof_is_served_only_for_a_partial_recently_answered_to_that_requester(
+    service: tuple[ShareService, ManualClock],
+) -> None:
+    share_service, clock = service
+    payload, sent, reply_key = request(share_service, clock, proofs=True)
+    raw = await asyncio.wait_for(share_service.answer(payload), WAIT_S)
+    results = open_response(raw, sent, reply_key, RESPONDER, roster())
+    assert results.partials == []
+    assert [r.reason for r in results.refusals] == ["no_recent_partial"]
+    cache = share_service.partials_for(EPOCH)
+    assert cache is not None and cache.proofs_computed == 0
+
+    payload, sent, reply_key = request(share_service, clock)  # the partial first
+    await asyncio.wait_for(share_service.answer(payload), WAIT_S)
+    for _ in range(2):  # then its proof, twice: computed once
+        payload, sent, reply_key = request(share_service, clock, proofs=True)
+        raw = await asyncio.wait_for(share_service.answer(payload), WAIT_S)
+        results = open_response(raw, sent, reply_key, RESPONDER, roster())
+        assert [p.proof is not None for p in results.partials] == [True]
+    assert cache.proofs_computed == 1
+
+
+async def test_a_proof_is_computed_with_the_gil_released(
+    service: tuple[ShareService, ManualClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prove()'s secret-exponent powmods run in gmpy2 with allow_release_gil: a proof does
+    not stall the event loop (nor the other threads)."""
+    import gmpy2
+
+    seen: list[bool] = []
+    real = gmpy2.powmod_sec
+
+    def recording(*args: object) -> object:
+        seen.append(gmpy2.get_context().allow_release_gil)
+        return real(*args)
+
+    monkeypatch.setattr(gmpy2, "powmod_sec", recording)
+    share_service, clock = service
+    payload, _, _ = request(share_service, clock)
+    await asyncio.wait_for(share_service.answer(payload), WAIT_S)
+    seen.clear()
+    payload, _, _ = request(share_service, clock, proofs=True)
+    await asyncio.wait_for(share_service.answer(payload), WAIT_S)
+    assert seen and all(seen)

@@ -42,6 +42,8 @@ EPOCH = 1
 THRESHOLD = 3
 NODE_IDS: tuple[str, ...] = tuple(f"node-{i}" for i in range(1, 6))
 T0 = 1_790_000_000_000  # ms since the epoch, a fixed "now" for protocol tests
+#: Node id -> share index: every node of the test fleet holds a share of EPOCH.
+MEMBERS = {node_id: i for i, node_id in enumerate(NODE_IDS, 1)}
 
 
 # --- the fleet ----------------------------------------------------------------------------
@@ -230,7 +232,7 @@ class InMemoryPeer:
             fleet=FLEET,
             signing_key=self.node.signing_key,
             roster=lambda: self.roster,
-            epochs=lambda: {EPOCH},
+            members=lambda epoch: MEMBERS if epoch == EPOCH else None,
         )
 
     async def handle(self, raw: bytes) -> bytes:

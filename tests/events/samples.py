@@ -218,6 +218,7 @@ def share_request(items: int = 3) -> ShareRequest:
         epoch=1,
         request_id=bytes(range(16)),
         requester="node-1",
+        responder="node-2",
         issued_at=T0,
         reply_key=bytes(range(32)),
         proofs=False,
