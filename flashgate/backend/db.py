@@ -7,8 +7,6 @@ accepted and given their async driver.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import time
 from pathlib import Path
@@ -32,12 +30,6 @@ from flashgate.errors import ConfigurationError
 from flashgate.runnable import flashgate_command
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def holding(write_lock: asyncio.Lock | None) -> contextlib.AbstractAsyncContextManager[object]:
-    """``async with holding(lock):`` takes the process's SQLite write lock, if there is
-    one (see :mod:`flashgate.backend.sqlitewrite`); on PostgreSQL it does nothing."""
-    return write_lock if write_lock is not None else contextlib.nullcontext()
 
 
 def normalize_url(url: str) -> str:
