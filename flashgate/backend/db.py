@@ -122,10 +122,10 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     """SQLAlchemy's ``pool_pre_ping``, but only for connections idle a while.
 
     Its asyncpg ping is three round trips (``BEGIN``, ``;``, ``ROLLBACK``) at every
-    check-out, more than the fast write itself. A connection used moments ago is taken as
-    it is; if it did break since (the server restarted), the statement fails, the broken
-    connection is dropped (by SQLAlchemy, or by the fast writer for its raw statement), and
-    the command is delivered again."""
+    check-out, more than the one-step secret write itself. A connection used moments ago
+    is taken as it is; if it did break since (the server restarted), the statement fails,
+    the broken connection is dropped (by SQLAlchemy, or by the PostgreSQL store for its
+    raw one-step statement), and the command is delivered again."""
     idle_since = record.info.get("idle_since")
     if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER:
         return  # just connected, or in use moments ago
