@@ -7,8 +7,6 @@ accepted and given their async driver.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import time
 from pathlib import Path
@@ -32,12 +30,6 @@ from flashgate.errors import ConfigurationError
 from flashgate.runnable import flashgate_command
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def holding(write_lock: asyncio.Lock | None) -> contextlib.AbstractAsyncContextManager[object]:
-    """``async with holding(lock):`` takes the process's SQLite write lock, if there is
-    one (see :mod:`flashgate.backend.sqlitewrite`); on PostgreSQL it does nothing."""
-    return write_lock if write_lock is not None else contextlib.nullcontext()
 
 
 def normalize_url(url: str) -> str:
@@ -130,10 +122,10 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     """SQLAlchemy's ``pool_pre_ping``, but only for connections idle a while.
 
     Its asyncpg ping is three round trips (``BEGIN``, ``;``, ``ROLLBACK``) at every
-    check-out, more than the fast write itself. A connection used moments ago is taken as
-    it is; if it did break since (the server restarted), the statement fails, the broken
-    connection is dropped (by SQLAlchemy, or by the fast writer for its raw statement), and
-    the command is delivered again."""
+    check-out, more than the one-step secret write itself. A connection used moments ago
+    is taken as it is; if it did break since (the server restarted), the statement fails,
+    the broken connection is dropped (by SQLAlchemy, or by the PostgreSQL store for its
+    raw one-step statement), and the command is delivered again."""
     idle_since = record.info.get("idle_since")
     if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER:
         return  # just connected, or in use moments ago

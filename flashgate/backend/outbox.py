@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from nats.js import api, kv
 from sqlalchemy import Table, bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -28,8 +28,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from flashgate.backend import db
 from flashgate.backend.models import OutboxMessage
+from flashgate.backend.store import Store
 from flashgate.errors import BrokerUnavailable
 from flashgate.events.domain import DomainEvent, encode_event
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
@@ -101,39 +101,34 @@ def add_kv_put(
     session.add(OutboxMessage(**kv_put_row(names, envelope, tag=tag)))
 
 
-def add_kv_delete(session: AsyncSession, names: FleetNames, key: str, last_version: int) -> None:
-    session.add(
-        OutboxMessage(
-            subject=kv_subject(names.secrets_bucket, key),
-            msg_id=f"kv-del:{key}:v{last_version}",
-            operation="del",
-            payload=b"",
-        )
-    )
+def kv_delete_row(names: FleetNames, key: str, last_version: int) -> dict[str, Any]:
+    """The outbox row of a KV delete marker."""
+    return {
+        "subject": kv_subject(names.secrets_bucket, key),
+        "msg_id": f"kv-del:{key}:v{last_version}",
+        "operation": "del",
+        "payload": b"",
+    }
 
 
-def add_fleet_document(
-    session: AsyncSession, names: FleetNames, key: str, payload: bytes, msg_id: str
-) -> None:
-    session.add(
-        OutboxMessage(
-            subject=kv_subject(names.fleet_bucket, key),
-            msg_id=msg_id,
-            operation="put",
-            payload=payload,
-        )
-    )
+def fleet_document_row(names: FleetNames, key: str, payload: bytes, msg_id: str) -> dict[str, Any]:
+    """The outbox row of a fleet-bucket document (descriptor, roster, rotation, epoch)."""
+    return {
+        "subject": kv_subject(names.fleet_bucket, key),
+        "msg_id": msg_id,
+        "operation": "put",
+        "payload": payload,
+    }
 
 
-def add_fleet_purge(session: AsyncSession, names: FleetNames, key: str, msg_id: str) -> None:
-    session.add(
-        OutboxMessage(
-            subject=kv_subject(names.fleet_bucket, key),
-            msg_id=msg_id,
-            operation="purge",
-            payload=b"",
-        )
-    )
+def fleet_purge_row(names: FleetNames, key: str, msg_id: str) -> dict[str, Any]:
+    """The outbox row that purges a fleet-bucket key (and its earlier revisions)."""
+    return {
+        "subject": kv_subject(names.fleet_bucket, key),
+        "msg_id": msg_id,
+        "operation": "purge",
+        "payload": b"",
+    }
 
 
 def add_event(session: AsyncSession, names: FleetNames, event: DomainEvent) -> OutboxMessage:
@@ -238,7 +233,7 @@ class Relay:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        store: Store,
         publish: Publish,
         *,
         keyed_prefix: str | None = None,
@@ -247,9 +242,8 @@ class Relay:
         idle_interval: float = 0.05,
         max_backoff: float = 5.0,
         broker_backoff: float = BROKER_BACKOFF,
-        write_lock: asyncio.Lock | None = None,
     ) -> None:
-        self._sessions = sessions
+        self._store = store
         self._publish = publish
         self._keyed_prefix = keyed_prefix
         self._batch = batch
@@ -261,8 +255,6 @@ class Relay:
         self._stopped = False
         self.published = 0
         self._unmarked: list[int] = []  # published, to be marked with the next read
-        # SQLite: taken around a pass that marks rows (a write); see sqlitewrite.
-        self._write_lock = write_lock
 
     def wake(self) -> None:
         """Called after a commit that added outbox rows: relay now rather than at the next poll."""
@@ -323,11 +315,8 @@ class Relay:
         another replica taking the lease), and JetStream drops the copy.
         """
         unmarked = self._unmarked
-        async with (
-            db.holding(self._write_lock if unmarked else None),
-            self._sessions() as session,
-            session.begin(),
-        ):
+        # A pass that marks rows is a write transaction; one that only reads is not.
+        async with self._store.transaction(writes=bool(unmarked)) as session:
             connection = await session.connection()
             if unmarked:
                 await connection.execute(
@@ -363,7 +352,7 @@ class Relay:
         return len(done)
 
     async def _mark_published(self, ids: list[int]) -> None:
-        async with db.holding(self._write_lock), self._sessions() as session, session.begin():
+        async with self._store.transaction() as session:
             connection = await session.connection()
             await connection.execute(
                 _MARK_PUBLISHED, {"b_ids": ids, "published_at": datetime.now(UTC)}

@@ -4,6 +4,9 @@ every live secret and API key in the database, and nothing else.
 Differences (a value the relay never published, a bucket restored from an old backup, a
 key the database does not know) become outbox rows, so they reach NATS by the same
 ordered, deduplicated path as everything else.
+
+The live envelopes are also counted here (:func:`count_live_envelopes`): a key
+rotation's progress, and whether the old epoch may retire.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flashgate.backend.models import ApiKey, OutboxMessage, Repository, Secret, SecretVersion
@@ -112,6 +115,35 @@ async def expected_envelopes(
     for key, repo in keys.all():
         out[secret_key(repo, key.key_id)] = api_key_envelope(names, repo, key)
     return out
+
+
+async def count_live_envelopes(
+    session: AsyncSession, fleet_id: int, *, epoch: int | None = None
+) -> int:
+    """Current versions of live secrets plus live API keys (optionally of one epoch)."""
+    secrets_q = (
+        select(func.count())
+        .select_from(SecretVersion)
+        .join(
+            Secret,
+            and_(
+                Secret.id == SecretVersion.secret_id,
+                Secret.current_version == SecretVersion.version,
+            ),
+        )
+        .join(Repository, Repository.id == Secret.repository_id)
+        .where(Repository.fleet_id == fleet_id, Secret.deleted.is_(False))
+    )
+    keys_q = (
+        select(func.count())
+        .select_from(ApiKey)
+        .join(Repository, Repository.id == ApiKey.repository_id)
+        .where(Repository.fleet_id == fleet_id, ApiKey.revoked_at.is_(None))
+    )
+    if epoch is not None:
+        secrets_q = secrets_q.where(SecretVersion.epoch == epoch)
+        keys_q = keys_q.where(ApiKey.epoch == epoch)
+    return int(await session.scalar(secrets_q) or 0) + int(await session.scalar(keys_q) or 0)
 
 
 async def current_bucket(

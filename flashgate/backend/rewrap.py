@@ -32,14 +32,10 @@ from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flashgate.backend import outbox
-from flashgate.backend.commands import (
-    API_KEY_PREFIX,
-    CommandProcessor,
-    count_live_envelopes,
-)
+from flashgate.backend.fleet_state import FleetState
 from flashgate.backend.models import (
     ApiKey,
     AuditEvent,
@@ -49,8 +45,10 @@ from flashgate.backend.models import (
     Secret,
     SecretVersion,
 )
-from flashgate.backend.reconcile import api_key_envelope, secret_envelope
+from flashgate.backend.reconcile import api_key_envelope, count_live_envelopes, secret_envelope
+from flashgate.backend.store import Store
 from flashgate.crypto import jwe
+from flashgate.crypto.apikey import KEY_ID_PREFIX
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.errors import (
     FlashgateError,
@@ -119,8 +117,8 @@ class _Target:
 
 @dataclass
 class RewrapService:
-    sessions: async_sessionmaker[AsyncSession]
-    processor: CommandProcessor
+    store: Store
+    state: FleetState
     source: str
     on_commit: Callable[[], None] | None = None
     accepted: int = 0
@@ -131,25 +129,26 @@ class RewrapService:
         try:
             request = REWRAP_REQUEST_CODEC.decode(raw)
             request_id = request.request_id
-            reply = await self._handle(request)
+            with structlog.contextvars.bound_contextvars(node=request.node_id):
+                reply = await self._handle(request)
         except (FlashgateError, OversizedInput) as exc:
             log.warning("re-wrap request refused", reason=exc.code, detail=exc.message[:200])
             reply = RewrapReply(request_id=request_id, ok=False, error=exc.code)
         return REWRAP_REPLY_CODEC.encode(reply)
 
     async def _handle(self, request: RewrapRequest) -> RewrapReply:
-        state = self.processor.state
+        state = self.state
         if request.fleet != state.names.fleet:
             raise FleetMismatch(f"re-wrap request for fleet {request.fleet!r}")
         if abs(int(time.time() * 1000) - request.issued_at) > MAX_CLOCK_SKEW_MS:
             raise StaleEpoch("re-wrap request is too old or from the future")
         # The signature first, without a lock: unsigned requests never queue on the fleet row.
-        async with self.sessions() as session:
+        async with self.store.sessions() as session:
             roster_text = await session.scalar(
                 select(Fleet.roster).where(Fleet.id == state.fleet_id)
             )
         self._check_sender(roster_text, request, signature=True)
-        async with self.processor.writing(), self.sessions() as session, session.begin():
+        async with self.store.transaction() as session:
             # The fleet row lock orders re-wraps against fleet.rotation.finish.
             fleet = await session.get(Fleet, state.fleet_id, with_for_update=True)
             assert fleet is not None
@@ -159,7 +158,7 @@ class RewrapService:
                     f"no rotation {request.from_epoch} -> {request.to_epoch} is running"
                 )
             if request.to_epoch not in state.keys:
-                await self.processor.refresh_state(session)
+                await state.refresh(session)
             new_key = state.keys[request.to_epoch]
             refusals: list[RewrapRefusal] = []
             accepted = 0
@@ -202,7 +201,6 @@ class RewrapService:
             self.accepted += accepted
         log.info(
             "envelopes re-wrapped" if request.action == "rewrap" else "re-wraps reverted",
-            node=request.node_id,
             accepted=accepted,
             refused=len(refusals),
             remaining=remaining,
@@ -234,8 +232,8 @@ class RewrapService:
         """The current envelope row of a live secret or API key (the caller holds the
         fleet row lock, which orders re-wraps, reverts and the retirement)."""
         repo, name = split_secret_key(key)
-        fleet_id = self.processor.state.fleet_id
-        if name.startswith(API_KEY_PREFIX):
+        fleet_id = self.state.fleet_id
+        if name.startswith(KEY_ID_PREFIX):
             api_key = await session.scalar(
                 select(ApiKey)
                 .join(Repository, Repository.id == ApiKey.repository_id)
@@ -280,7 +278,7 @@ class RewrapService:
     ) -> RewrapOrigin | None:
         return await session.scalar(
             select(RewrapOrigin).where(
-                RewrapOrigin.fleet_id == self.processor.state.fleet_id,
+                RewrapOrigin.fleet_id == self.state.fleet_id,
                 RewrapOrigin.key == item.key,
                 RewrapOrigin.version == item.version,
                 RewrapOrigin.to_epoch == to_epoch,
@@ -290,7 +288,7 @@ class RewrapService:
     def _publish(
         self, session: AsyncSession, target: _Target, request: RewrapRequest, what: str
     ) -> None:
-        names = self.processor.state.names
+        names = self.state.names
         if target.secret is None:
             assert isinstance(target.row, ApiKey)
             envelope = api_key_envelope(names, target.repo, target.row)
@@ -316,7 +314,7 @@ class RewrapService:
         check_rewrap(target.row.jwe, item.jwe, new_key)
         if origin is None:
             origin = RewrapOrigin(
-                fleet_id=self.processor.state.fleet_id,
+                fleet_id=self.state.fleet_id,
                 key=item.key,
                 version=item.version,
                 to_epoch=request.to_epoch,
@@ -342,7 +340,7 @@ class RewrapService:
         origin.barred = " ".join([*origin.barred.split(), f"{culprit}>{request.node_id}"])
         origin.prior_jwe = origin.rewrapped_by = None
         self._publish(session, target, request, "rv")
-        state = self.processor.state
+        state = self.state
         session.add(
             AuditEvent(
                 fleet=state.names.fleet,

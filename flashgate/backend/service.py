@@ -30,23 +30,21 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_fixed
 
 from flashgate.backend import db, health
 from flashgate.backend.apikeys import IssuedApiKey, issue_api_key
-from flashgate.backend.commands import CommandProcessor, FleetState, Outcome
-from flashgate.backend.fastwrite import FastWriter
-from flashgate.backend.lease import PostgresRelayLease, SqliteSingleton
+from flashgate.backend.commands import CommandProcessor, Outcome
+from flashgate.backend.fleet_state import FleetState
+from flashgate.backend.lease import PostgresRelayLease
 from flashgate.backend.models import Fleet, FleetEpoch
 from flashgate.backend.ordering import Sequencer, Step
 from flashgate.backend.outbox import Relay, kv_subject
-from flashgate.backend.pgwrite import PostgresWriter
 from flashgate.backend.query_answers import Queries
 from flashgate.backend.reconcile import reconcile
 from flashgate.backend.rewrap import RewrapService
-from flashgate.backend.sqlitewrite import SqliteWriter
+from flashgate.backend.store import Store, open_store
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.declare import declare_fleet
 from flashgate.errors import FlashgateError, FleetMismatch
@@ -93,17 +91,13 @@ class BackendSettings:
 class Backend:
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
-        self.engine: AsyncEngine | None = None
-        self.sessions: async_sessionmaker[AsyncSession] | None = None
+        self.store: Store | None = None
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.processor: CommandProcessor | None = None
         self.relay: Relay | None = None
         self.rewrap: RewrapService | None = None
-        self._singleton: SqliteSingleton | None = None
         self._relay_lease: PostgresRelayLease | None = None
-        self._fast_writer: FastWriter | None = None
-        self._write_lock: asyncio.Lock | None = None  # SQLite: one writer at a time
         self._tasks = HeldTaskGroup("backend")
         self._long: list[asyncio.Task[None]] = []  # the long-running ones (health reads them)
         self._stopping = asyncio.Event()
@@ -115,17 +109,10 @@ class Backend:
         s = self.settings
         descriptor = load_descriptor(s.fleet_dir)
         names = FleetNames(descriptor.fleet)
-        url = db.normalize_url(s.db_url)
-        self.engine = db.create_engine(url)
-        await db.check_schema(self.engine)
-        if db.is_sqlite(url):
-            path = db.sqlite_path(url)
-            if path is not None:
-                self._singleton = SqliteSingleton(path)
-                self._singleton.acquire()
-        self.sessions = db.sessionmaker(self.engine)
+        self.store = store = open_store(s.db_url)
+        await db.check_schema(store.engine)
+        store.lock_out_other_backends()
         state = await self._load_state(names)
-        self._fast_writer = self._make_fast_writer(url)
         self.nc = await connect(
             s.nats_urls, role="backend", name=s.instance, user=s.nats_user, password=s.nats_password
         )
@@ -133,26 +120,16 @@ class Backend:
         declared = await declare_fleet(self.js, names, replicas=s.stream_replicas)
         await self._publish_fleet_documents(declared.fleet, state)
         await self._tasks.open(on_failure=self._on_task_failure)
-        self.relay = Relay(
-            self.sessions,
-            self._publish,
-            keyed_prefix=kv_subject(names.secrets_bucket, ""),
-            write_lock=self._write_lock,
-        )
+        self.relay = Relay(store, self._publish, keyed_prefix=kv_subject(names.secrets_bucket, ""))
         self.processor = CommandProcessor(
-            self.sessions,
-            state,
-            source=f"flashgate/{names.fleet}/backend",
-            on_commit=self.relay.wake,
-            fast_writer=self._fast_writer,
-            write_lock=self._write_lock,
+            store, state, source=f"flashgate/{names.fleet}/backend", on_commit=self.relay.wake
         )
-        if self._singleton is not None or not self._is_postgres:
-            await self._drain_outbox()
-            await reconcile(self.sessions, self.js, declared.secrets, names, state.fleet_id)
-            self._spawn(self.relay.run(), "relay")
-        else:
+        if store.shared:
             self._spawn(self._relay_when_leader(declared.secrets), "relay-lease")
+        else:
+            await self._drain_outbox()
+            await reconcile(store.sessions, self.js, declared.secrets, names, state.fleet_id)
+            self._spawn(self.relay.run(), "relay")
         await self._start_queries(names, state.fleet_id)
         await self._start_rewrap(names)
         self._spawn(self._consume(names), "consumer")
@@ -163,25 +140,16 @@ class Backend:
             fleet=names.fleet,
             epoch=state.epoch,
             instance=s.instance,
-            database=self.engine.dialect.name,
+            database=store.dialect,
         )
 
-    def _make_fast_writer(self, url: str) -> FastWriter | None:
-        """The fast path of the common secret writes (flashgate.backend.fastwrite)."""
-        assert self.engine is not None
-        if self._is_postgres:
-            return PostgresWriter(self.engine)
-        path = db.sqlite_path(url)
-        if path is None or make_url(url).query:
-            # In memory, or opened with URL options (uri=true, ...) that a plain connection
-            # of this module's own would not honour: the general path only.
-            return None
-        self._write_lock = asyncio.Lock()
-        return SqliteWriter(path, self._write_lock)
+    @property
+    def engine(self) -> AsyncEngine | None:
+        return self.store.engine if self.store is not None else None
 
     @property
-    def _is_postgres(self) -> bool:
-        return self.engine is not None and self.engine.dialect.name == "postgresql"
+    def sessions(self) -> async_sessionmaker[AsyncSession] | None:
+        return self.store.sessions if self.store is not None else None
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -198,12 +166,8 @@ class Backend:
                 await asyncio.wait_for(self.nc.close(), 5)
         if self._relay_lease is not None:
             await self._relay_lease.release()
-        if self._fast_writer is not None:
-            await self._fast_writer.close()
-        if self.engine is not None:
-            await self.engine.dispose()
-        if self._singleton is not None:
-            self._singleton.release()
+        if self.store is not None:
+            await self.store.close()
         log.info("backend stopped", instance=self.settings.instance)
 
     @property
@@ -385,7 +349,8 @@ class Backend:
 
     async def _consume(self, names: FleetNames) -> None:
         assert self.js is not None and self.processor is not None
-        concurrency = self.settings.concurrency or (8 if self._is_postgres else 1)
+        assert self.store is not None
+        concurrency = self.settings.concurrency or self.store.default_concurrency
         config = ConsumerConfig(
             durable_name=DURABLE,
             ack_policy=AckPolicy.EXPLICIT,
@@ -414,7 +379,7 @@ class Backend:
         # fleet's one backend. PostgreSQL replicas could be holding those very commands:
         # there, a dead replica's come back after ack_wait, unless a later command of
         # their target fetched meanwhile pulls them ahead (Sequencer.plan).
-        if not self._is_postgres:
+        if not self.store.shared:
 
             async def catch_up() -> list[list[Step]]:
                 with broker_errors("reading unacknowledged commands"):
@@ -550,11 +515,11 @@ class Backend:
 
     async def _start_rewrap(self, names: FleetNames) -> None:
         """Re-wrapped envelopes from the bridges during a fleet key rotation."""
-        assert self.nc is not None and self.sessions is not None and self.processor is not None
+        assert self.nc is not None and self.store is not None and self.processor is not None
         assert self.relay is not None
         self.rewrap = RewrapService(
-            self.sessions,
-            self.processor,
+            self.store,
+            self.processor.state,
             source=f"flashgate/{names.fleet}/backend",
             on_commit=self.relay.wake,
         )

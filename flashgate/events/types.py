@@ -36,5 +36,9 @@ SignatureRaw = Annotated[bytes, Meta(min_length=0, max_length=64)]
 RequestId = Annotated[bytes, Meta(min_length=16, max_length=16)]
 
 SecretKind = Literal["storage", "ai", "integration", "generic", "apikey"]
+#: The kinds a secret write may give (``apikey`` is reserved for API keys' envelopes).
+WritableSecretKind = Literal["storage", "ai", "integration", "generic"]
+#: The access levels of a storage API key.
+StorageAccess = Literal["read", "write", "admin"]
 NodeStatusValue = Literal["active", "revoked"]
 ApiKeyScope = Literal["storage", "ai"]

@@ -1,4 +1,4 @@
-"""The fast write of the common secret commands (flashgate.backend.fastwrite) against the
+"""The one-step write of the common secret commands (flashgate.backend.store) against the
 general path, on SQLite and PostgreSQL: the same rows, the same refusals, and (PostgreSQL)
 each command applied once across replicas.
 
@@ -24,9 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flashgate.backend import db
 from flashgate.backend.commands import CommandProcessor, Outcome
-from flashgate.backend.fastwrite import FastWriter, SecretWrite
 from flashgate.backend.service import Backend, BackendSettings
-from flashgate.backend.sqlitewrite import SqliteWriter
+from flashgate.backend.store import SecretWrite, SqliteStore, Store, open_store
 from flashgate.events import commands as cmd
 from flashgate.events.domain import decode_event
 from flashgate.events.envelope import ENVELOPE_CODEC
@@ -40,21 +39,17 @@ from tests.backend.conftest import (
 )
 
 
-@dataclass
-class Spy:
-    """A fast writer that records what each write returned (True: applied; False: wrote
+def spy_on(store: Store, seen: list[bool]) -> None:
+    """Record what each one-step write of ``store`` returned (True: applied; False: wrote
     nothing)."""
+    write_secret = store.write_secret
 
-    writer: FastWriter
-    seen: list[bool]
-
-    async def write_secret(self, write: SecretWrite, *, rotate: bool) -> bool:
-        applied = await self.writer.write_secret(write, rotate=rotate)
-        self.seen.append(applied)
+    async def recorded(write: SecretWrite, *, rotate: bool) -> bool:
+        applied = await write_secret(write, rotate=rotate)
+        seen.append(applied)
         return applied
 
-    async def close(self) -> None:
-        await self.writer.close()
+    store.write_secret = recorded  # type: ignore[method-assign]
 
 
 @dataclass
@@ -77,24 +72,15 @@ async def replica(
     url: str, fleet: FleetFixture, *, fast: bool, seen: list[bool] | None = None
 ) -> AsyncIterator[Replica]:
     service = Backend(BackendSettings(nats_urls=[], db_url=url, fleet_dir=fleet.dir))
-    service.engine = db.create_engine(url)
-    service.sessions = db.sessionmaker(service.engine)
+    service.store = store = open_store(url, one_step=fast)
     state = await service._load_state(fleet.names)
-    writer = service._make_fast_writer(db.normalize_url(url)) if fast else None
-    assert (writer is not None) == fast
-    processor = CommandProcessor(
-        service.sessions,
-        state,
-        source="test",
-        fast_writer=Spy(writer, seen if seen is not None else []) if writer else None,
-        write_lock=service._write_lock,
-    )
+    if fast:
+        spy_on(store, seen if seen is not None else [])
+    processor = CommandProcessor(store, state, source="test")
     try:
-        yield Replica(service.engine, processor)
+        yield Replica(store.engine, processor)
     finally:
-        if writer is not None:
-            await writer.close()
-        await service.engine.dispose()
+        await store.close()
 
 
 @dataclass
@@ -335,9 +321,8 @@ async def test_sqlite_failed_commit_leaves_no_transaction_open(
     async with replica(sqlite_db, fleet, fast=True, seen=statements) as r:
         for seed in ("seed-1", "seed-2"):  # the repository, then its id cached
             assert (await r.apply(commands.put("app", seed, b"v"))).result == "applied"
-        spy = r.processor._fast_writer
-        assert isinstance(spy, Spy) and isinstance(spy.writer, SqliteWriter)
-        writer = spy.writer
+        writer = r.processor.store
+        assert isinstance(writer, SqliteStore)
         loop = asyncio.get_running_loop()
         connection = await loop.run_in_executor(writer._thread, writer._connect)
         failing = _FailingCommit(connection)

@@ -17,9 +17,9 @@ from nats.js import JetStreamContext
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from flashgate.backend import db
 from flashgate.backend.models import OutboxMessage
 from flashgate.backend.outbox import PendingRow, Relay, kv_subject, plan_groups
+from flashgate.backend.store import Store, open_store
 from flashgate.broker.connection import broker_errors
 from flashgate.broker.declare import declare_fleet
 from flashgate.errors import BrokerUnavailable
@@ -110,10 +110,15 @@ class Recorder:
 
 
 @pytest.fixture
-async def sessions(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = db.create_engine(db_url)
-    yield db.sessionmaker(engine)
-    await engine.dispose()
+async def store(db_url: str) -> AsyncIterator[Store]:
+    opened = open_store(db_url)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def sessions(store: Store) -> async_sessionmaker[AsyncSession]:
+    return store.sessions
 
 
 async def add_rows(
@@ -199,13 +204,16 @@ async def check_streams(js: JetStreamContext, names: FleetNames, rows: list[tupl
 
 
 async def test_pipelined_relay_keeps_per_key_and_event_order(
-    sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, fleet_names: FleetNames
+    sessions: async_sessionmaker[AsyncSession],
+    store: Store,
+    js: JetStreamContext,
+    fleet_names: FleetNames,
 ) -> None:
     await declare_fleet(js, fleet_names, secrets_history=64)  # keep every revision
     rows = workload(fleet_names)
     order = await add_rows(sessions, rows)
     recorder = Recorder(js, order)
-    relay = Relay(sessions, recorder, keyed_prefix=kv_subject(fleet_names.secrets_bucket, ""))
+    relay = Relay(store, recorder, keyed_prefix=kv_subject(fleet_names.secrets_bucket, ""))
     total = 0
     while sent := await relay.relay_once():
         total += sent
@@ -217,7 +225,10 @@ async def test_pipelined_relay_keeps_per_key_and_event_order(
 
 
 async def test_failure_mid_group_stops_and_retry_publishes_everything_once(
-    sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, fleet_names: FleetNames
+    sessions: async_sessionmaker[AsyncSession],
+    store: Store,
+    js: JetStreamContext,
+    fleet_names: FleetNames,
 ) -> None:
     await declare_fleet(js, fleet_names, secrets_history=64)  # keep every revision
     rows = workload(fleet_names)
@@ -225,7 +236,7 @@ async def test_failure_mid_group_stops_and_retry_publishes_everything_once(
     # In the first group (the ten distinct keys): r.k3 is stored but its ack is lost,
     # r.k6 is not stored at all; r.k6 has later versions that must stay behind it.
     recorder = Recorder(js, order, fail={"kv:r.k3:v1": "after", "kv:r.k6:v1": "before"})
-    relay = Relay(sessions, recorder, keyed_prefix=kv_subject(fleet_names.secrets_bucket, ""))
+    relay = Relay(store, recorder, keyed_prefix=kv_subject(fleet_names.secrets_bucket, ""))
     with pytest.raises(BrokerUnavailable):
         await relay.relay_once()
     first_group = set(order[:10])
@@ -241,12 +252,15 @@ async def test_failure_mid_group_stops_and_retry_publishes_everything_once(
 
 
 async def test_a_commit_during_an_empty_pass_is_relayed_without_waiting_for_the_poll(
-    sessions: async_sessionmaker[AsyncSession], js: JetStreamContext, fleet_names: FleetNames
+    sessions: async_sessionmaker[AsyncSession],
+    store: Store,
+    js: JetStreamContext,
+    fleet_names: FleetNames,
 ) -> None:
     await declare_fleet(js, fleet_names)
     recorder = Recorder(js, [])
     relay = Relay(
-        sessions,
+        store,
         recorder,
         keyed_prefix=kv_subject(fleet_names.secrets_bucket, ""),
         idle_interval=60.0,  # only a wake can end the wait in time

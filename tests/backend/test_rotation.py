@@ -509,7 +509,7 @@ async def test_a_replica_that_missed_the_rotation_writes_no_retired_epoch(
     try:
         cer = fleet.ceremony
         late = replicas[1].processor
-        assert late is not None and late._fast_writer is not None
+        assert late is not None
         for i in range(2):  # the repository, then its id cached: writes take the fast path
             put = admin.put("late", f"seed-{i}", b"x")
             assert (await late.process_command(put)).result == "applied"
@@ -517,13 +517,13 @@ async def test_a_replica_that_missed_the_rotation_writes_no_retired_epoch(
             gone = admin.delete("late", f"seed-{i}")
             assert (await late.process_command(gone)).result == "applied"
         fast_writes: list[bool] = []
-        write_secret = late._fast_writer.write_secret
+        write_secret = late.store.write_secret
 
         async def recorded(write: Any, *, rotate: bool) -> bool:
             fast_writes.append(await write_secret(write, rotate=rotate))
             return fast_writes[-1]
 
-        late._fast_writer.write_secret = recorded  # type: ignore[method-assign]
+        late.store.write_secret = recorded  # type: ignore[method-assign]
         dealt = next_epoch(admin)
         start = sign(
             cmd.StartKeyRotation(

@@ -1,4 +1,5 @@
-"""PostgreSQL's fast write (:mod:`flashgate.backend.fastwrite`): one statement, one round trip.
+"""The PostgreSQL store: any number of writers (row locks decide), replicas welcome, and the
+common secret write in one statement, one round trip.
 
 The general path takes about eight round trips for a write: ``BEGIN``, the command-id
 claim, the fleet's epochs, the secret, its version, the outbox rows, the audit row,
@@ -26,11 +27,14 @@ their ids in list order (``ORDER BY`` below the insert).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
+from sqlalchemy import Column, Table
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.dml import Insert
 
-from flashgate.backend.fastwrite import SecretWrite
+from flashgate.backend.store.base import SecretWrite, Store
 
 # SQLSTATEs after which the statement wrote nothing and the general path decides.
 UNIQUE_VIOLATION = "23505"
@@ -130,14 +134,23 @@ async def write_secret(connection: Fetchval, write: SecretWrite, *, rotate: bool
     return bool(written)
 
 
-class PostgresWriter:
-    """:class:`~flashgate.backend.fastwrite.FastWriter` on a PostgreSQL engine's pool."""
+class PostgresStore(Store):
+    """:class:`~flashgate.backend.store.base.Store` on a PostgreSQL engine's pool."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    shared: ClassVar[bool] = True
+    default_concurrency: ClassVar[int] = 8
+
+    def __init__(self, engine: AsyncEngine, *, one_step: bool = True) -> None:
+        super().__init__(engine)
+        self._one_step = one_step
+
+    def _insert_new(self, table: Table, keys: list[Column[Any]]) -> Insert:
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
 
     async def write_secret(self, write: SecretWrite, *, rotate: bool) -> bool:
-        async with self._engine.connect() as connection:
+        if not self._one_step:
+            return False
+        async with self.engine.connect() as connection:
             driver = (await connection.get_raw_connection()).driver_connection
             assert driver is not None  # asyncpg's connection, checked out for this write
             try:
@@ -152,6 +165,3 @@ class PostgresWriter:
             except asyncio.CancelledError:
                 await connection.invalidate()
                 raise
-
-    async def close(self) -> None:
-        """Nothing of its own: the engine's pool is the backend's."""

@@ -1,17 +1,19 @@
-"""SQLite's fast write (:mod:`flashgate.backend.fastwrite`): one transaction in one thread hop.
+"""The SQLite store: one writer at a time, one backend per file, and the common secret write
+in one transaction on a thread of its own.
+
+SQLite allows one writer at a time: every write transaction of the process (commands, the
+outbox relay marking rows, re-wraps, the one-step write) is taken under one asyncio lock
+(:meth:`SqliteStore.writing`), so that writers queue in the process instead of meeting in
+SQLite's busy handler, which sleeps. A second backend on the same file is refused
+(:class:`~flashgate.backend.lease.SqliteSingleton`).
 
 Through SQLAlchemy and aiosqlite every statement of a transaction is several hops between
 the event loop and aiosqlite's thread (cursor, execute, fetch, close), which made a write
-cost about 4 ms of the loop's time. Here the whole transaction of a new secret or the next
-version of one runs as one function on a thread of its own, on a ``sqlite3`` connection
-of its own (``BEGIN IMMEDIATE`` ... ``COMMIT``), and the loop awaits it once.
-
-Values are stored exactly as SQLAlchemy stores them (its SQLite type processors), so the
-rows are the general path's (a test compares them). SQLite allows one writer at a time:
-the backend's writers (this one, the general path, the outbox relay and re-wraps) take
-one asyncio lock (:attr:`write_lock`, :func:`flashgate.backend.db.holding`) around their
-write transactions, so that they queue in the process instead of meeting in SQLite's
-busy handler, which sleeps.
+cost about 4 ms of the loop's time. The one-step write runs the whole transaction of a
+new secret or the next version of one as one function on a thread of its own, on a
+``sqlite3`` connection of its own (``BEGIN IMMEDIATE`` ... ``COMMIT``), and the loop
+awaits it once. Values are stored exactly as SQLAlchemy stores them (its SQLite type
+processors), so the rows are the general path's (a test compares them).
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ import contextlib
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import DateTime
+from sqlalchemy import Column, DateTime, Table
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.dml import Insert
 
 from flashgate.backend.db import apply_sqlite_pragmas
-from flashgate.backend.fastwrite import SecretWrite
+from flashgate.backend.lease import SqliteSingleton
+from flashgate.backend.store.base import SecretWrite, Store
 
 _DIALECT = sqlite_dialect.dialect()
 _TIME = DateTime(timezone=True).dialect_impl(_DIALECT).bind_processor(_DIALECT)
@@ -114,19 +119,42 @@ def _write(connection: sqlite3.Connection, write: SecretWrite, rotate: bool) -> 
     return True
 
 
-class SqliteWriter:
-    """:class:`~flashgate.backend.fastwrite.FastWriter` on an SQLite file."""
+class SqliteStore(Store):
+    """:class:`~flashgate.backend.store.base.Store` on an SQLite file (or in memory).
 
-    def __init__(self, path: Path, write_lock: asyncio.Lock) -> None:
-        self._path = path
-        self.write_lock = write_lock
+    ``path`` is the file of the one-step write; None (in memory, or a URL with options
+    such as ``uri=true`` that a plain connection of its own would not honour): the
+    general path only."""
+
+    shared: ClassVar[bool] = False
+    default_concurrency: ClassVar[int] = 1
+
+    def __init__(self, engine: AsyncEngine, path: Path | None, *, one_step: bool = True) -> None:
+        super().__init__(engine)
+        self.path = path
+        self._one_step = one_step and path is not None
+        self._write_lock = asyncio.Lock()
+        self._singleton: SqliteSingleton | None = None
         # One thread: the connection is used only there (sqlite3's default check).
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fg-sqlite-write")
         self._connection: sqlite3.Connection | None = None
 
+    def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._write_lock
+
+    def _insert_new(self, table: Table, keys: list[Column[Any]]) -> Insert:
+        return sqlite_dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
+
+    def lock_out_other_backends(self) -> None:
+        if self.path is not None and self._singleton is None:
+            singleton = SqliteSingleton(self.path)
+            singleton.acquire()
+            self._singleton = singleton
+
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            connection = sqlite3.connect(self._path, isolation_level=None)
+            assert self.path is not None
+            connection = sqlite3.connect(self.path, isolation_level=None)
             apply_sqlite_pragmas(connection)
             self._connection = connection
         return self._connection
@@ -135,8 +163,10 @@ class SqliteWriter:
         return _write(self._connect(), write, rotate)
 
     async def write_secret(self, write: SecretWrite, *, rotate: bool) -> bool:
+        if not self._one_step:
+            return False
         loop = asyncio.get_running_loop()
-        async with self.write_lock:
+        async with self._write_lock:
             done = loop.run_in_executor(self._thread, self._run, write, rotate)
             try:
                 return await asyncio.shield(done)
@@ -156,3 +186,7 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=True)
+        await super().close()
+        if self._singleton is not None:
+            self._singleton.release()
+            self._singleton = None
