@@ -440,9 +440,9 @@ def test_backend_reaches_postgresql_with_any_password() -> None:
     """The backend's database settings, as compose gives them, with a password full of URL
     delimiters: `flashgate backend migrate` reaches PostgreSQL (at 127.0.0.1, trust auth
     here: the URL must parse to the right host, user and database)."""
-    from tests.backend.conftest import _PG, PG_SKIP_REASON, postgres_database
+    from tests.support.databases import PG_AVAILABLE, PG_SKIP_REASON, postgres_database
 
-    if not _PG:
+    if not PG_AVAILABLE:
         pytest.skip(PG_SKIP_REASON)
     compose_env = SERVICES["backend"]["environment"]
     values = {"POSTGRES_PASSWORD": "p@ss/w:rd"}

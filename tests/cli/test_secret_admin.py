@@ -29,9 +29,8 @@ from flashgate.crypto import jwe
 from flashgate.crypto.threshold.dealing import generate_primes
 from flashgate.fleet.ceremony import run_ceremony
 from flashgate.fleet.directory import write_fleet_dir
-from tests.cli.conftest import TIMEOUT, Result
-from tests.cli.test_cli import assert_error
-from tests.helpers import (
+from tests.support.cli import TIMEOUT, Result, assert_error
+from tests.support.material import (
     CANARY,
     FAST_KDF,
     TEST_BITS,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import CANARY
+from tests.support.material import CANARY
 
 pytestmark = [pytest.mark.nats, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
