@@ -169,7 +169,7 @@ def test_unreachable_nats_is_one_line(dead_home: tuple[Path, str]) -> None:
 
 def test_unreachable_nats_with_wait_is_one_line(dead_home: tuple[Path, str]) -> None:
     home, url = dead_home
-    _one_line(run_cli("fleet", "status", "--wait", "--timeout", "3", "--home", home), url, home)
+    _one_line(run_cli("fleet", "status", "--wait", "--timeout", "1", "--home", home), url, home)
 
 
 def test_config_readable_by_others_draws_one_warning(dead_home: tuple[Path, str]) -> None:
