@@ -22,6 +22,21 @@ from tests.support.databases import (
 )
 from tests.support.fleets import FleetFixture, make_fleet
 
+#: Tests of this package that start processes of their own (nats-server, ``flashgate backend
+#: health``) without the nats fixtures, by module and function: tier ``processes``
+#: (tests/support/tiers.py). Marked here so that their modules stay as they are.
+_START_PROCESSES = {
+    ("test_health.py", "test_healthy_while_running_unhealthy_when_nats_goes_or_the_relay_sticks"),
+    ("test_health.py", "test_a_stale_or_unhealthy_file_is_unhealthy"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if (item.path.name, name) in _START_PROCESSES:
+            item.add_marker(pytest.mark.processes)
+
 
 def pytest_report_header(config: pytest.Config) -> str:
     return ("postgresql: available at " + PG_ADMIN_URL) if PG_AVAILABLE else PG_SKIP_REASON

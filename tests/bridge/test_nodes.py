@@ -23,7 +23,7 @@ from tests.support.bridge_cluster import Cluster, NodeProcess, running_cluster, 
 from tests.support.fleets import make_fleet
 from tests.support.material import CANARY
 
-pytestmark = pytest.mark.nats
+pytestmark = [pytest.mark.nats, pytest.mark.processes]
 ALL5 = [f"node-{i}" for i in range(1, 6)]
 
 

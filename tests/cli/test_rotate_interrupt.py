@@ -22,7 +22,7 @@ from flashgate.events.subjects import FleetNames
 from tests.support.fleets import make_fleet
 from tests.support.material import TEST_PASSPHRASE
 
-pytestmark = pytest.mark.nats
+pytestmark = [pytest.mark.nats, pytest.mark.processes]
 
 
 async def interrupt_while_querying(

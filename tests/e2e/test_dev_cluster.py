@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.material import CANARY
 
-pytestmark = [pytest.mark.nats, pytest.mark.e2e]
+pytestmark = [pytest.mark.nats, pytest.mark.processes, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 PASSPHRASE = "e2e-passphrase-not-secret"
 NODES = ["node-1", "node-2", "node-3"]

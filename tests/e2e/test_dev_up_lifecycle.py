@@ -28,7 +28,7 @@ import pytest
 
 from flashgate.cli.passphrase import DEV_PASSPHRASE
 
-pytestmark = [pytest.mark.nats, pytest.mark.e2e]
+pytestmark = [pytest.mark.nats, pytest.mark.processes, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 #: Generous bounds: a loaded 2-core machine may be slow; nothing here measures speed.
 START_TIMEOUT = 120

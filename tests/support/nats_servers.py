@@ -44,6 +44,7 @@ from flashgate.events.subjects import FleetNames
 
 T = TypeVar("T")
 
+
 async def eventually(
     attempt: Callable[[], Awaitable[T]],
     *,

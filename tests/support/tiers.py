@@ -5,7 +5,8 @@
 * ``postgres`` - PostgreSQL (added here to every test with a ``postgresql`` parameter, e.g.
   ``db_url``, or the ``pg_url`` fixture);
 * ``processes`` - starts processes of its own: ``flashgate`` as a subprocess, Bridge Nodes,
-  ``dev up``, a shell, Node.js (marked by hand, per module or test);
+  ``dev up``, a shell, Node.js, nats-server (marked by hand, per module or test; added here
+  to every test that uses ``nats_binary``);
 * ``slow`` - long even among those; ``e2e`` - through ``flashgate dev up``.
 
 ``make test-fast`` runs the tier that needs none of them (:data:`FAST_TIER`); ``make test``
@@ -28,6 +29,8 @@ FAST_TIER = f"not {NATS} and not {POSTGRES} and not {PROCESSES} and not {SLOW} a
 MAY_START_PROCESSES = (NATS, PROCESSES)
 
 _NATS_FIXTURES = frozenset({"nats_server", "nats_url", "nc", "js", "nats_cluster"})
+#: Fixtures that run a program (``nats_binary`` asks nats-server its version).
+_PROCESS_FIXTURES = frozenset({"nats_binary"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,6 +38,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         if _NATS_FIXTURES & fixtures:
             item.add_marker(NATS)
+        if _PROCESS_FIXTURES & fixtures:
+            item.add_marker(PROCESSES)
         callspec = getattr(item, "callspec", None)
         params = callspec.params.values() if callspec is not None else ()
         if "pg_url" in fixtures or "postgresql" in params:
