@@ -229,6 +229,7 @@ def run_cli_process(
     passphrase: object = TEST_PASSPHRASE,
     cwd: Path | None = None,
     env: Env | None = None,
+    timeout: float = TIMEOUT,
 ) -> Result:
     """Run ``python -m flashgate.cli.main ARGS`` as a subprocess with ``input`` on stdin
     (same arguments as :func:`run_cli`; what it seals is sealed at the default cost)."""
@@ -238,7 +239,7 @@ def run_cli_process(
         capture_output=True,
         env=subprocess_env(passphrase, env),
         cwd=cwd,
-        timeout=TIMEOUT,
+        timeout=timeout,
         check=False,
     )
     return Result(tuple(str(a) for a in args), proc.returncode, proc.stdout, proc.stderr)
