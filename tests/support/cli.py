@@ -143,7 +143,7 @@ def default_kdf_replaced(kdf: KdfParams) -> Iterator[None]:
         cost = kdf if params == DEFAULT_KDF else params
         return real(data, passphrase, purpose, params=cost, rng=rng)
 
-    seal_module.seal = seal  # type: ignore[assignment]
+    seal_module.seal = seal
     try:
         yield
     finally:
@@ -189,11 +189,11 @@ def _logs_of_this_run() -> Iterator[None]:
         logger_factory=structlog.PrintLoggerFactory(file=route),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    logs.configure = configure  # type: ignore[assignment]
+    logs.configure = configure
     try:
         yield
     finally:
-        logs.configure = real  # type: ignore[assignment]
+        logs.configure = real
         if saved is None:
             structlog.reset_defaults()
         else:
@@ -294,7 +294,8 @@ class Fleet:
         kind: str = "generic",
         version: int | None = None,
     ) -> bytes:
-        args = ["encrypt", "--fleet-dir", self.dir, "--repo", repo, "--name", name, "--kind", kind]
+        args: list[str | os.PathLike[str]] = ["encrypt", "--fleet-dir", self.dir]
+        args += ["--repo", repo, "--name", name, "--kind", kind]
         if version is not None:
             args += ["--version", str(version)]
         result = run_cli(*args, input=plaintext)
