@@ -249,6 +249,7 @@ def test_image_mount_points_belong_to_the_service_user() -> None:
     ]
 
 
+@pytest.mark.processes
 def test_init_hands_out_one_bundle_per_node(tmp_path: Path) -> None:
     from flashgate.errors import FlashgateError
     from flashgate.fleet.directory import read_bundle
@@ -278,6 +279,7 @@ def test_init_hands_out_one_bundle_per_node(tmp_path: Path) -> None:
     assert (root / "node-1" / "node-1.bundle").read_bytes() == b"re-sealed by the bridge"
 
 
+@pytest.mark.processes
 def test_init_refuses_without_a_node_passphrase(tmp_path: Path) -> None:
     root, result = _run_init(tmp_path, FLASHGATE_PASSPHRASE_NODE_3="")
     assert result.returncode != 0
@@ -300,6 +302,7 @@ def test_service_commands_are_valid_flashgate_invocations(service: str) -> None:
     target.make_context(f"flashgate {args[0]}", list(sub_args), resilient_parsing=False)
 
 
+@pytest.mark.processes
 def test_nats_config_is_generated_and_valid() -> None:
     path = ROOT / "deploy" / "nats.conf"
     assert path.read_text() == server_config(FleetNames("demo")), (
@@ -371,6 +374,7 @@ def _nats_service_argv(tmp_path: Path) -> list[str]:
     return argv
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("shell", ["sh", "busybox"])
 @pytest.mark.parametrize("passwords", PASSWORD_SETS, ids=range(len(PASSWORD_SETS)))
 def test_nats_service_accepts_any_password(
@@ -454,6 +458,7 @@ def test_nats_service_accepts_any_password(
     assert not (tmp_path / "data" / "jetstream" / "jetstream").exists()
 
 
+@pytest.mark.processes
 def test_nats_entrypoint_passes_every_role_and_refuses_a_missing_one(tmp_path: Path) -> None:
     from flashgate.broker.permissions import ROLES, password_env
 
@@ -473,13 +478,14 @@ def test_nats_entrypoint_passes_every_role_and_refuses_a_missing_one(tmp_path: P
     assert "FG_BACKEND_PASSWORD is not set" in result.stderr
 
 
+@pytest.mark.processes
 def test_backend_reaches_postgresql_with_any_password() -> None:
     """The backend's database settings, as compose gives them, with a password full of URL
     delimiters: `flashgate backend migrate` reaches PostgreSQL (at 127.0.0.1, trust auth
     here: the URL must parse to the right host, user and database)."""
-    from tests.backend.conftest import _PG, PG_SKIP_REASON, postgres_database
+    from tests.support.databases import PG_AVAILABLE, PG_SKIP_REASON, postgres_database
 
-    if not _PG:
+    if not PG_AVAILABLE:
         pytest.skip(PG_SKIP_REASON)
     compose_env = SERVICES["backend"]["environment"]
     values = {"POSTGRES_PASSWORD": "p@ss/w:rd"}
@@ -506,6 +512,7 @@ def test_backend_reaches_postgresql_with_any_password() -> None:
     assert "p@ss" not in result.stderr
 
 
+@pytest.mark.processes
 def test_env_file_is_kept_out_of_git_and_build_contexts(tmp_path: Path) -> None:
     """.env holds every passphrase: git ignores it and it is not sent to `docker build`
     (make compose-test checks the real build context)."""

@@ -24,8 +24,9 @@ from flashgate.events import commands as cmd
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.events.signing import sign
 from flashgate.fleet.signing import new_ed25519
-from tests.backend.conftest import AdminClient, FleetFixture, new_command_id
-from tests.helpers import CANARY
+from tests.support.admin_client import AdminClient, new_command_id
+from tests.support.fleets import FleetFixture
+from tests.support.material import CANARY
 
 pytestmark = pytest.mark.nats
 

@@ -33,9 +33,9 @@ from flashgate.events.rotation import (
 from flashgate.events.signing import sign, verify
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.rotation import NextEpoch
-from tests.backend.conftest import AdminClient
 from tests.backend.test_commands import kv_envelope, wait_kv
-from tests.helpers import CANARY, deal_test_epoch
+from tests.support.admin_client import AdminClient
+from tests.support.material import CANARY, deal_test_epoch
 
 pytestmark = pytest.mark.nats
 

@@ -23,7 +23,7 @@ from flashgate.events.node import (
 )
 from flashgate.events.signing import sign, verify
 from flashgate.fleet.signing import load_ed25519_public
-from tests.bridge.unit_support import FLEET, T0, ManualClock, bundle, fleet
+from tests.support.bridge_units import FLEET, T0, ManualClock, bundle, fleet
 
 NODE = "node-1"
 KEY_ID = "fgk_unit0001"

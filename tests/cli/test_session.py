@@ -20,7 +20,7 @@ from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.directory import write_fleet_dir
 from flashgate.fleet.signing import new_ed25519
-from tests.helpers import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
+from tests.support.material import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
 
 pytestmark = pytest.mark.nats
 

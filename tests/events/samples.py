@@ -34,7 +34,7 @@ from flashgate.events.share import (
 from flashgate.events.signing import sign
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
-from tests.helpers import TEST_BITS, fixed_primes
+from tests.support.material import TEST_BITS, fixed_primes
 
 FLEET = "samples"
 T0 = 1_790_000_000_000

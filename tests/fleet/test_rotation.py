@@ -33,7 +33,7 @@ from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.recovery import recover
 from flashgate.fleet.rotation import EpochKey, NextEpoch, deal_next_epoch, open_share
 from tests.fleet.test_ceremony import NOW, ceremony, context
-from tests.helpers import CANARY, fixed_primes
+from tests.support.material import CANARY, fixed_primes
 
 
 def revoked(cer: Ceremony, *node_ids: str) -> Roster:
