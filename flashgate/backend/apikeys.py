@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flashgate.backend.commands import CommandProcessor
+from flashgate.backend.processor import CommandProcessor
 from flashgate.crypto.apikey import new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret

@@ -73,7 +73,7 @@ from flashgate.events.rotation import (
 )
 from flashgate.events.signing import verify
 from flashgate.events.subjects import split_secret_key
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 
 log = structlog.get_logger("flashgate.backend.rewrap")
 

@@ -59,11 +59,11 @@ from flashgate.bridge.transport import DROP_LOG_EVERY_S, NatsTransport
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
 from flashgate.events.fleet import Roster
-from flashgate.events.node import APIKEY_CHECK_RESULT_CODEC, STATUS_RESPONSE_CODEC
+from flashgate.events.node_status import APIKEY_CHECK_RESULT_CODEC, STATUS_RESPONSE_CODEC
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle
+from flashgate.fleet.identity_keys import load_ed25519_public
 from flashgate.fleet.rotation import EpochKey
-from flashgate.fleet.signing import load_ed25519_public
 from flashgate.taskgroup import HeldTaskGroup
 
 log = structlog.get_logger("flashgate.bridge")

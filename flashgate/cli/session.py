@@ -61,7 +61,7 @@ from flashgate.events.fleet import (
     RosterNode,
     encode_roster,
 )
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     APIKEY_CHECK_CODEC,
     APIKEY_CHECK_RESULT_CODEC,
     STATUS_REQUEST_CODEC,
@@ -78,7 +78,7 @@ from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ADMIN_KEY_FILE, ROSTER_FILE, write_atomic
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 from flashgate.runnable import command
 
 

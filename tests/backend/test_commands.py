@@ -23,7 +23,7 @@ from flashgate.crypto import jwe
 from flashgate.events import commands as cmd
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.events.signing import sign
-from flashgate.fleet.signing import new_ed25519
+from flashgate.fleet.identity_keys import new_ed25519
 from tests.support.admin_client import AdminClient, new_command_id
 from tests.support.fleets import FleetFixture
 from tests.support.material import CANARY

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flashgate.backend import db
-from flashgate.backend.commands import CommandProcessor, Outcome
+from flashgate.backend.processor import CommandProcessor, Outcome
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.backend.store import SecretWrite, SqliteStore, Store, open_store
 from flashgate.events import commands as cmd

@@ -20,7 +20,7 @@ from flashgate.bridge.protocol import build_request
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.events.share import SHARE_REQUEST_CODEC, ShareItem
 from flashgate.events.signing import sign
-from flashgate.fleet.signing import new_ed25519
+from flashgate.fleet.identity_keys import new_ed25519
 from tests.support.bridge_cluster import Cluster, NodeProcess, running_cluster, wait_until
 from tests.support.fleets import make_fleet
 from tests.support.material import CANARY

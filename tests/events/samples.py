@@ -15,7 +15,7 @@ from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope
 from flashgate.events.fleet import Roster, RosterNode
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     Heartbeat,
     HeldSecret,
     PeerStatus,

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 
 from flashgate.backend import db
 from flashgate.backend.service import Backend, BackendSettings
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     STATUS_REQUEST_CODEC,
     STATUS_RESPONSE_CODEC,
     StatusRequest,
