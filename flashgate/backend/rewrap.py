@@ -48,7 +48,7 @@ from flashgate.backend.models import (
 from flashgate.backend.reconcile import api_key_envelope, count_live_envelopes, secret_envelope
 from flashgate.backend.store import Store
 from flashgate.crypto import jwe
-from flashgate.crypto.apikey import KEY_ID_PREFIX
+from flashgate.crypto.api_key_tokens import KEY_ID_PREFIX
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.errors import (
     FlashgateError,

@@ -62,8 +62,8 @@ from flashgate.events.fleet import Roster
 from flashgate.events.node_status import APIKEY_CHECK_RESULT_CODEC, STATUS_RESPONSE_CODEC
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle
+from flashgate.fleet.epoch_dealing import EpochKey
 from flashgate.fleet.identity_keys import load_ed25519_public
-from flashgate.fleet.rotation import EpochKey
 from flashgate.taskgroup import HeldTaskGroup
 
 log = structlog.get_logger("flashgate.bridge")

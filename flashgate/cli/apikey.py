@@ -14,7 +14,7 @@ from flashgate.cli.options import home_option, json_option
 from flashgate.cli.output import emit, mark_error_reported
 from flashgate.cli.secret import every_page
 from flashgate.cli.session import AdminSession, run
-from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
+from flashgate.crypto.api_key_tokens import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import ApiKeyRefused, ConfigurationError, NoOutcome

@@ -41,8 +41,8 @@ from flashgate.events import commands as cmd
 from flashgate.events.fleet import FleetDescriptor, decode_descriptor, encode_descriptor
 from flashgate.events.queries import RotationInfo
 from flashgate.fleet.descriptor import fleet_public_key, verify_descriptor
+from flashgate.fleet.epoch_dealing import deal_next_epoch
 from flashgate.fleet.files import DESCRIPTOR_FILE, write_atomic
-from flashgate.fleet.rotation import deal_next_epoch
 from flashgate.runnable import command
 
 POLL_S = 0.5

@@ -209,7 +209,7 @@ async def test_duplicate_command_id_is_a_no_op(backend: Backend, admin: AdminCli
 
 
 async def test_api_keys(backend: Backend, admin: AdminClient) -> None:
-    from flashgate.crypto.apikey import new_key_id, new_key_secret
+    from flashgate.crypto.api_key_tokens import new_key_id, new_key_secret
 
     key_id, secret = new_key_id(), new_key_secret()
     create = sign(

@@ -18,8 +18,8 @@ from flashgate.bridge.vault import Vault
 from flashgate.events.fleet import ROSTER_CODEC, Roster
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle, open_bundle
+from flashgate.fleet.epoch_dealing import EpochKey
 from flashgate.fleet.identity_keys import load_ed25519_public
-from flashgate.fleet.rotation import EpochKey
 from tests.support.bridge_units import FLEET, bundle, fleet, roster
 from tests.support.material import FAST_KDF, TEST_PASSPHRASE
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flashgate.crypto.seal import KdfParams
 from flashgate.crypto.threshold.dealing import Dealing, deal
 from flashgate.events.fleet import FleetDescriptor, Roster
-from flashgate.fleet.rotation import NextEpoch, deal_next_epoch
+from flashgate.fleet.epoch_dealing import NextEpoch, deal_next_epoch
 
 VECTORS = Path(__file__).parents[1] / "vectors"
 TEST_BITS = 1024

@@ -17,7 +17,7 @@ from flashgate.backend.fleet_state import FleetState
 from flashgate.backend.models import Secret, SecretVersion
 from flashgate.backend.store import SecretWrite, Store
 from flashgate.backend.transaction import Transaction, check_envelope, command_event, now_ms
-from flashgate.crypto.apikey import KEY_ID_PREFIX
+from flashgate.crypto.api_key_tokens import KEY_ID_PREFIX
 from flashgate.crypto.context import SecretContext
 from flashgate.errors import (
     AlreadyExists,
