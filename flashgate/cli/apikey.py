@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import click
 
@@ -19,11 +20,12 @@ from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import ApiKeyRefused, ConfigurationError, NoOutcome
 from flashgate.events import commands as cmd
+from flashgate.events.types import StorageAccess
 from flashgate.events.values import AI_PROVIDERS
 from flashgate.names import validate_name
 from flashgate.runnable import command
 
-STORAGE_ACCESS = ("read", "write", "admin")
+STORAGE_ACCESS: tuple[str, ...] = get_args(StorageAccess)  # the wire type decides
 #: A key's name: what the wire's Label allows (flashgate/events/types.py).
 MAX_NAME_CHARS = 128
 

@@ -108,6 +108,7 @@ async def test_rejections_name_secrets_as_repo_slash_name(
     changed = await admin.send(admin.rotate("ml", "openai", b"v2", version=2, kind="generic"))
     assert changed.type == "io.flashgate.command.rejected"
     assert "ml/openai is of kind ai, not generic" in changed.data.detail
+    assert changed.data.reason == "kind_change"  # a conflict, not a configuration error
     stale = await admin.send(admin.rotate("ml", "openai", b"v", version=5, kind="ai"))
     missing = await admin.send(admin.rotate("ml", "missing", b"v", version=2))
     exists = await admin.send(admin.put("ml", "openai", b"v", version=2, kind="ai"))

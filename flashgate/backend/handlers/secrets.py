@@ -23,6 +23,7 @@ from flashgate.errors import (
     AlreadyExists,
     ConfigurationError,
     FlashgateError,
+    KindChange,
     NotFound,
     StaleVersion,
 )
@@ -205,7 +206,7 @@ async def write_secret(
                 f"{current + 1}, not {command.version}"
             )
         if rotate and secret is not None and secret.kind != command.kind:
-            raise ConfigurationError(
+            raise KindChange(
                 f"secret {shown} is of kind {secret.kind}, not {command.kind}; "
                 "a rotation keeps the kind"
             )
