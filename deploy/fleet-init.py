@@ -12,6 +12,8 @@
    but the node's own holds its share.
 3. fleet.json and roster.json (public) are copied to the public volume on every run, so
    the backend sees the admin's latest copies.
+"""
+
 from __future__ import annotations
 
 import argparse
