@@ -297,3 +297,44 @@ def test_the_admin_tooling_hardens_before_it_opens_the_admin_key(
     monkeypatch.delenv("FLASHGATE_ADMIN_PASSPHRASE")
     monkeypatch.setenv("FLASHGATE_PASSPHRASE", ADMIN)
     assert AdminSession(home).admin_key is not None
+
+
+def test_the_ceremony_process_is_hardened_as_a_process(tmp_path: Path) -> None:
+    """`fleet init` as a process of its own, stopped (failpoint ``ceremony.dealt``) while it
+    holds every share: the kernel shows no core dumps for it, and locked memory where this
+    user may lock memory (root here; an unprivileged RLIMIT_MEMLOCK is usually too small)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHGATE_")}
+    env |= {k: v for k, v in per_node_env().items() if v is not None}
+    env["FLASHGATE_FAILPOINTS"] = "ceremony.dealt=stop"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flashgate.cli.main", "fleet", "init", "--fleet", "roles",
+         "--nodes", "2", "--threshold", "1", *FAST_INIT, "--quiet", "--out", str(tmp_path / "f")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    proc = Path(f"/proc/{process.pid}")
+    try:
+        deadline = time.monotonic() + 120
+        while (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert process.poll() is None, "fleet init ran to the end without stopping"
+            assert time.monotonic() < deadline, "fleet init never reached the failpoint"
+            time.sleep(0.05)
+        limits = (proc / "limits").read_text().splitlines()
+        core = next(line for line in limits if line.startswith("Max core file size"))
+        assert core.split()[4:6] == ["0", "0"], core
+        if os.geteuid() == 0:
+            status = (proc / "status").read_text().splitlines()
+            locked = next(line for line in status if line.startswith("VmLck:"))
+            assert int(locked.split()[1]) > 0, locked
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        assert process.stderr is not None
+        process.stderr.close()
