@@ -338,3 +338,14 @@ def test_the_ceremony_process_is_hardened_as_a_process(tmp_path: Path) -> None:
         process.wait(10)
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_node_ids_that_would_share_a_variable_are_refused(tmp_path: Path) -> None:
+    status, err = run(
+        "fleet", "init", "--fleet", "roles", "--nodes", "2", "--threshold", "1",
+        "--node-ids", "edge-1,edge_1", *FAST_INIT, "--quiet", "--out", tmp_path / "f",
+        env={"FLASHGATE_ADMIN_PASSPHRASE": ADMIN, "FLASHGATE_PASSPHRASE_EDGE_1": LEGACY},
+    )  # fmt: skip
+    assert status == 1
+    assert "FLASHGATE_PASSPHRASE_EDGE_1" in err and "edge_1" in err
+    assert not (tmp_path / "f").exists()
