@@ -49,8 +49,14 @@ def reseal_cmd(
         purpose = seal.sealed_purpose(blob)
     except FlashgateError as exc:
         raise MalformedSealedFile(f"{file}: {exc.message}") from exc
-    own = ADMIN_PASSPHRASE_ENV if purpose == ADMIN_KEY_PURPOSE else NODE_PASSPHRASE_ENV
-    old = _passphrase(old_passphrase_env or own, f"current passphrase of {file}")
+    old = (
+        env_passphrase(old_passphrase_env)
+        if old_passphrase_env
+        else _passphrase(
+            ADMIN_PASSPHRASE_ENV if purpose == ADMIN_KEY_PURPOSE else NODE_PASSPHRASE_ENV,
+            f"current passphrase of {file}",
+        )
+    )
     new = (
         env_passphrase(new_passphrase_env)
         if new_passphrase_env
@@ -85,8 +91,8 @@ def reseal_cmd(
 
 
 def _passphrase(var: str, prompt: str) -> str:
-    """``var`` (named by --old-passphrase-env, or the file's own default variable), else
-    the old shared FLASHGATE_PASSPHRASE, else a prompt."""
+    """The file's own variable ``var``, else the old shared FLASHGATE_PASSPHRASE, else a
+    prompt."""
     for name in (var, PASSPHRASE_ENV):
         if environment.is_set(name):
             return env_passphrase(name)

@@ -349,3 +349,25 @@ def test_node_ids_that_would_share_a_variable_are_refused(tmp_path: Path) -> Non
     assert status == 1
     assert "FLASHGATE_PASSPHRASE_EDGE_1" in err and "edge_1" in err
     assert not (tmp_path / "f").exists()
+
+
+def test_reseal_takes_the_files_own_variable_and_an_explicit_one_strictly(
+    split_fleet: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "admin.key"
+    copy.write_bytes((split_fleet / "admin.key").read_bytes())
+    # admin.key: FLASHGATE_ADMIN_PASSPHRASE by default (not the node's variable)
+    status, err = run(
+        "fleet", "reseal", copy, "--new-passphrase-env", "NEW",
+        env={"FLASHGATE_ADMIN_PASSPHRASE": ADMIN, "FLASHGATE_NODE_PASSPHRASE": OWN["node-1"],
+             "NEW": "a-new-admin-passphrase"},
+    )  # fmt: skip
+    assert status == 0, err
+    # an explicit --old-passphrase-env that is unset never falls back
+    status, err = run(
+        "fleet", "reseal", copy, "--old-passphrase-env", "UNSET_VAR",
+        "--new-passphrase-env", "NEW",
+        env={"FLASHGATE_PASSPHRASE": "a-new-admin-passphrase", "NEW": "another-passphrase"},
+    )  # fmt: skip
+    assert status == 1
+    assert "UNSET_VAR" in err and "not set" in err
