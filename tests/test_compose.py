@@ -97,7 +97,7 @@ def _run_init(tmp_path: Path, **env: str) -> tuple[Path, subprocess.CompletedPro
     ]
     full_env = {
         **os.environ,
-        "FLASHGATE_PASSPHRASE": "ceremony-passphrase",
+        "FLASHGATE_ADMIN_PASSPHRASE": "ceremony-passphrase",
         "FLASHGATE_PASSPHRASE_NODE_1": "node-1-passphrase",
         "FLASHGATE_PASSPHRASE_NODE_2": "node-2-passphrase",
         "FLASHGATE_PASSPHRASE_NODE_3": "node-3-passphrase",
@@ -147,11 +147,18 @@ def test_passphrases_per_node_and_none_for_the_backend() -> None:
     seen = set()
     for n, bridge in enumerate(BRIDGES, 1):
         env = SERVICES[bridge]["environment"]
-        assert [k for k in env if "PASSPHRASE" in k] == ["FLASHGATE_PASSPHRASE"], bridge
-        assert f"FLASHGATE_PASSPHRASE_NODE_{n}" in env["FLASHGATE_PASSPHRASE"]
-        seen.add(env["FLASHGATE_PASSPHRASE"])
+        assert [k for k in env if "PASSPHRASE" in k] == ["FLASHGATE_NODE_PASSPHRASE"], bridge
+        assert f"FLASHGATE_PASSPHRASE_NODE_{n}" in env["FLASHGATE_NODE_PASSPHRASE"]
+        seen.add(env["FLASHGATE_NODE_PASSPHRASE"])
     assert len(seen) == 3
-    assert "${FLASHGATE_PASSPHRASE:" in SERVICES["admin"]["environment"]["FLASHGATE_PASSPHRASE"]
+    admin = SERVICES["admin"]["environment"]
+    assert [k for k in admin if "PASSPHRASE" in k] == ["FLASHGATE_ADMIN_PASSPHRASE"]
+    assert "${FLASHGATE_ADMIN_PASSPHRASE:" in admin["FLASHGATE_ADMIN_PASSPHRASE"]
+    init = SERVICES["init"]["environment"]
+    assert sorted(k for k in init if "PASSPHRASE" in k) == [
+        "FLASHGATE_ADMIN_PASSPHRASE",
+        *(f"FLASHGATE_PASSPHRASE_NODE_{n}" for n in (1, 2, 3)),
+    ]
 
 
 def _interpolate(value: object, env: dict[str, str]) -> str:
@@ -281,11 +288,12 @@ def test_init_hands_out_one_bundle_per_node(tmp_path: Path) -> None:
 
 @pytest.mark.processes
 def test_init_refuses_without_a_node_passphrase(tmp_path: Path) -> None:
+    """Refused before the ceremony: nothing is dealt, nothing handed out."""
     root, result = _run_init(tmp_path, FLASHGATE_PASSPHRASE_NODE_3="")
     assert result.returncode != 0
     assert "FLASHGATE_PASSPHRASE_NODE_3" in result.stderr
     assert not (root / "node-3" / "node-3.bundle").exists()
-    assert (root / "ceremony" / "nodes" / "node-3.bundle").exists()  # kept for the next run
+    assert not (root / "ceremony" / "fleet.json").exists()
 
 
 @pytest.mark.parametrize("service", FLASHGATE_SERVICES)

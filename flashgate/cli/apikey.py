@@ -57,7 +57,7 @@ def check_access(scope: str, access: str | None) -> str:
 
 @click.group()
 def apikey() -> None:
-    """Repository API keys (needs FLASHGATE_PASSPHRASE for the admin key)."""
+    """Repository API keys (needs FLASHGATE_ADMIN_PASSPHRASE for the admin key)."""
 
 
 @apikey.command("create")

@@ -522,9 +522,15 @@ def test_init_refuses_invalid_fleet_name(run: Runner, tmp_path: Path, fleet_name
     assert not out.exists()
 
 
-@pytest.mark.parametrize("passphrase", [UNSET, ""], ids=["unset", "empty"])
-def test_init_without_passphrase_refused(run: Runner, tmp_path: Path, passphrase: object) -> None:
-    """No FLASHGATE_PASSPHRASE and stdin is not a terminal: refused, nothing dealt."""
+@pytest.mark.parametrize(
+    ("passphrase", "named"),
+    [(UNSET, "FLASHGATE_ADMIN_PASSPHRASE"), ("", "FLASHGATE_PASSPHRASE")],
+    ids=["unset", "empty"],
+)
+def test_init_without_passphrase_refused(
+    run: Runner, tmp_path: Path, passphrase: object, named: str
+) -> None:
+    """No passphrase and stdin is not a terminal: refused, nothing dealt."""
     out = tmp_path / "out"
     result = run(
         "fleet",
@@ -539,7 +545,7 @@ def test_init_without_passphrase_refused(run: Runner, tmp_path: Path, passphrase
         out,
         passphrase=passphrase,
     )
-    assert_error(result, "passphrase", "FLASHGATE_PASSPHRASE")
+    assert_error(result, "passphrase", named)
     assert "searching" not in result.err
     assert not out.exists()
 

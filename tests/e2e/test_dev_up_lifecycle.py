@@ -332,7 +332,7 @@ def test_banner_commands_run_as_printed(dev_up: DevUp, tmp_path: Path) -> None:
     assert "opening the existing bundles with the public dev passphrase" in output
     assert "sealing" not in output
     commands = printed_block(output, "try (in another shell):")
-    assert any(c.startswith("export FLASHGATE_PASSPHRASE=") for c in commands), commands
+    assert any(c.startswith("export FLASHGATE_ADMIN_PASSPHRASE=") for c in commands), commands
     script = "set -e\n" + "\n".join(commands) + "\n"
     result = subprocess.run(
         ["/bin/sh", "-c", script],
