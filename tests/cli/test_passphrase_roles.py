@@ -34,7 +34,8 @@ from flashgate.fleet import directory
 from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.directory import read_bundle
 from flashgate.fleet.files import load_descriptor
-from tests.helpers import FAST_KDF
+from tests.support.cli import this_process_not_hardened
+from tests.support.material import FAST_KDF
 
 ADMIN = "the-admin-key-passphrase"
 OWN = {f"node-{i}": f"node-{i}-own-passphrase" for i in (1, 2, 3)}
@@ -56,7 +57,14 @@ def run(*args: str | Path, env: dict[str, str | None], input: bytes = b"") -> tu
 
     overrides: dict[str, str | None] = {k: None for k in os.environ if k.startswith("FLASHGATE_")}
     overrides |= env
-    with CliRunner().isolation(input=input, env=overrides) as (_, err, _x):
+    with (
+        this_process_not_hardened(),
+        CliRunner().isolation(input=input, env=overrides) as (
+            _,
+            err,
+            _x,
+        ),
+    ):
         try:
             status = main([str(a) for a in args])
         finally:
@@ -299,6 +307,7 @@ def test_the_admin_tooling_hardens_before_it_opens_the_admin_key(
     assert AdminSession(home).admin_key is not None
 
 
+@pytest.mark.processes
 def test_the_ceremony_process_is_hardened_as_a_process(tmp_path: Path) -> None:
     """`fleet init` as a process of its own, stopped (failpoint ``ceremony.dealt``) while it
     holds every share: the kernel shows no core dumps for it, and locked memory where this

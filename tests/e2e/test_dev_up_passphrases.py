@@ -21,7 +21,7 @@ import pytest
 from flashgate.fleet.ceremony import run_ceremony
 from flashgate.fleet.directory import write_fleet_dir
 from flashgate.fleet.files import write_atomic
-from tests.helpers import FAST_KDF, TEST_BITS, fixed_primes
+from tests.support.material import FAST_KDF, TEST_BITS, fixed_primes
 
 pytestmark = [pytest.mark.nats, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]

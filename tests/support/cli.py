@@ -33,6 +33,7 @@ import structlog
 from click.testing import CliRunner
 
 from flashgate import logs
+from flashgate.bridge import hardening
 from flashgate.cli.main import main
 from flashgate.crypto import seal as seal_module
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
@@ -113,6 +114,7 @@ def run_cli(
         if kdf is not None:
             stack.enter_context(default_kdf_replaced(kdf))
         stack.enter_context(_logs_of_this_run())
+        stack.enter_context(this_process_not_hardened())
         out, err, _ = stack.enter_context(CliRunner().isolation(input=input, env=overrides))
         try:
             status = main(list(str_args))
@@ -122,6 +124,30 @@ def run_cli(
             sys.stdout.flush()
             sys.stderr.flush()
         return Result(str_args, status, out.getvalue(), err.getvalue())
+
+
+_REAL_HARDEN = hardening.harden
+
+
+@contextlib.contextmanager
+def this_process_not_hardened() -> Iterator[None]:
+    """Commands harden their process first (no core dumps, not dumpable, memory locked):
+    in process, that would be the test runner itself. While a command runs here, ``harden``
+    only reports; a test that records ``harden`` itself keeps its own replacement."""
+    if hardening.harden is not _REAL_HARDEN:
+        yield
+        return
+
+    def report_only(*, lock_memory: bool = True) -> hardening.HardeningReport:
+        return hardening.HardeningReport(
+            core_dumps_disabled=True, not_dumpable=True, memory_locked=lock_memory, notes=()
+        )
+
+    hardening.harden = report_only  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        hardening.harden = _REAL_HARDEN
 
 
 @contextlib.contextmanager
