@@ -3,7 +3,10 @@
 Commands are signed with the sealed admin key (unsealed with ``FLASHGATE_PASSPHRASE`` only
 when a command is signed), published on the command stream with the command id as
 ``Nats-Msg-Id``, and the outcome is read from the event stream: the first event carrying
-the command id (created, rotated, ..., or ``command rejected`` with its reason).
+the command id (created, rotated, ..., or ``command rejected`` with its reason) that was
+read from its own type's subject and is signed by the backend's event key, which the
+home's ``backend.json`` names (admin-signed). Anything else on the stream, whoever put it
+there, is not an outcome.
 
 On a NATS cluster a leader change costs the session about a second beyond the election
 (:mod:`flashgate.broker.failover`): the event watch resumes on its own, and a publish
@@ -32,6 +35,7 @@ from flashgate.cli.home import (
     fleet_dir,
     home_file,
     load_config,
+    load_home_backend_key,
     load_home_descriptor,
     load_home_roster,
     read_admin_key,
@@ -53,7 +57,8 @@ from flashgate.errors import (
     UnknownNode,
 )
 from flashgate.events import commands as cmd
-from flashgate.events.domain import DomainEvent, decode_event
+from flashgate.events.domain import DomainEvent
+from flashgate.events.event_auth import EventAuthority
 from flashgate.events.fleet import (
     ROSTER_CODEC,
     FleetDescriptor,
@@ -95,8 +100,11 @@ class AdminSession:
         self.home = home
         self.descriptor: FleetDescriptor = load_home_descriptor(home)
         load_home_roster(home, self.descriptor)  # checked now; read again where it is used
+        backend_key = load_home_backend_key(home, self.descriptor)
         self._admin_blob = read_admin_key(home) if signing else None
         self.names = FleetNames(self.descriptor.fleet)
+        #: outcomes only: no node's report answers a command
+        self._events = EventAuthority(self.names, backend_key, lambda _node: None)
         self.config = load_config(home)
         self.actor = actor or "admin:cli"
         self.nc: Client | None = None
@@ -200,9 +208,9 @@ class AdminSession:
             except nats.errors.TimeoutError:
                 continue
             try:
-                event = decode_event(msg.data)
+                event = self._events.open(msg.subject, msg.data, from_backend=True)
             except FlashgateError:
-                continue
+                continue  # not from the backend, or not where its type belongs
             if getattr(event.data, "command_id", None) == command_id:
                 return event
 

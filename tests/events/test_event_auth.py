@@ -33,7 +33,7 @@ def node_key(node_id: str) -> Ed25519PublicKey | None:
 AUTHORITY = EventAuthority(NAMES, BACKEND.public_key(), node_key)
 
 
-def rejected(command_id: str = "cli-1", *, source: str = SOURCE) -> ev.DomainEvent:
+def rejected(command_id: str = "cli-000000000000001", *, source: str = SOURCE) -> ev.DomainEvent:
     return ev.make_event(
         ev.CommandRejected(
             command_id=command_id, command_type="secret.put", reason="bad_signature"
@@ -86,7 +86,7 @@ def test_a_backend_signed_outcome_is_believed() -> None:
             "command.rejected",
             msgspec.structs.replace(
                 sign_event(rejected(), BACKEND),
-                data=ev.CommandRejected(command_id="cli-2", command_type=None, reason="x"),
+                data=ev.CommandRejected(command_id="cli-000000000000002", command_type=None, reason="x"),
             ),
         ),
         # an outcome claimed by a bridge
