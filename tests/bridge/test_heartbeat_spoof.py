@@ -134,3 +134,27 @@ async def test_a_replayed_heartbeat_does_not_keep_a_silent_peer_alive() -> None:
     assert live.peers.peers["node-2"].last_seen is None
     await live.on_heartbeat(msg("node-2", beat("node-2", clock.now)))  # a newer one does
     assert live.peers.peers["node-2"].last_seen is not None
+
+
+async def test_a_misbehaviour_report_is_signed_by_its_reporter() -> None:
+    """What a bridge publishes is believed by :class:`EventAuthority`; unsigned was not."""
+    from flashgate.events.event_auth import EventAuthority
+
+    published: list[tuple[str, bytes]] = []
+
+    async def publish_event(subject: str, payload: bytes, msg_id: str) -> None:
+        published.append((subject, payload))
+
+    live = liveness(Clock())
+    live.transport = cast(Any, SimpleNamespace(names=NAMES, publish_event=publish_event))
+    live.ring = cast(Any, SimpleNamespace(current=SimpleNamespace(epoch=1)))
+    await live.report_misbehaviour("node-2", "bad_proof", None)
+    [(subject, payload)] = published
+
+    def node_key(node_id: str) -> Any:
+        entry = live.peers.active(node_id)
+        return KEYS[node_id].public_key() if entry is not None else None
+
+    authority = EventAuthority(NAMES, new_ed25519().public_key(), node_key)
+    event = authority.open(subject, payload)
+    assert event.data.reporter == "node-1"  # type: ignore[attr-defined]
