@@ -70,6 +70,11 @@ def load_backend_public(fleet_dir: Path, descriptor: FleetDescriptor) -> Ed25519
     """The backend's event key from ``backend.json``, checked against the admin key the
     descriptor names (the caller has pinned or checked the descriptor)."""
     path = fleet_dir / BACKEND_PUBLIC_FILE
+    if not path.exists():
+        raise ConfigurationError(
+            f"{path} does not exist: the backend's event key is made by `fleet init`, or for "
+            "an older fleet by `flashgate fleet backend-key`; give the backend both files"
+        )
     data = read_limited(path, _MAX_BYTES, "backend key")
     try:
         document = BACKEND_KEY_CODEC.decode(data)
