@@ -77,7 +77,7 @@ from flashgate.taskgroup import HeldTaskGroup
 log = structlog.get_logger("flashgate.backend")
 _T = TypeVar("_T")
 
-DURABLE = "backend"
+DURABLE = FleetNames.COMMAND_CONSUMER
 #: Seconds the relay waits for a publish's acknowledgement: one sent to a stream leader
 #: that dies is sent again (same Nats-Msg-Id) after this, not after nats-py's 5 s.
 PUBLISH_TIMEOUT = 2.0

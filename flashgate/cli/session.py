@@ -24,6 +24,7 @@ from typing import Any, Self
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
@@ -213,6 +214,19 @@ class AdminSession:
                 continue  # not from the backend, or not where its type belongs
             if getattr(event.data, "command_id", None) == command_id:
                 return event
+
+    async def backend_consuming(self) -> bool:
+        """Whether the backend's durable command consumer exists: without it (deleted, and
+        not yet recreated by the backend) no command gets an outcome."""
+        assert self.nc is not None
+        with broker_errors("reading the backend's command consumer"):
+            try:
+                await self.nc.jetstream().consumer_info(
+                    self.names.command_stream, FleetNames.COMMAND_CONSUMER
+                )
+            except nats.js.errors.NotFoundError:
+                return False
+        return True
 
     async def query(self, what: str, **query: Any) -> Answer:
         assert self.nc is not None

@@ -162,16 +162,7 @@ async def test_a_forged_outcome_is_not_accepted_by_the_admin_session(
 ) -> None:
     """No backend runs: the only "outcome" is the rogue's, published on the one event
     subject a bridge login may use. Today the session reports it as the command's outcome."""
-    root = home.dir.parent
-    (root / "config.json").write_text(
-        json.dumps(
-            {
-                "nats": [server.url],
-                "logins": {"admin": {"user": "admin", "password": logins["admin"].password}},
-            }
-        )
-    )
-    (root / "config.json").chmod(0o600)
+    root = write_home_config(home, server, logins)
     monkeypatch.setenv("FLASHGATE_PASSPHRASE", TEST_PASSPHRASE)
     names = home.names
     declarer = await login(server, logins, "admin")
@@ -218,16 +209,7 @@ async def test_a_real_outcome_is_accepted_by_the_admin_session(
     logins: dict[str, RoleCredentials],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    root = home.dir.parent
-    (root / "config.json").write_text(
-        json.dumps(
-            {
-                "nats": [server.url],
-                "logins": {"admin": {"user": "admin", "password": logins["admin"].password}},
-            }
-        )
-    )
-    (root / "config.json").chmod(0o600)
+    root = write_home_config(home, server, logins)
     monkeypatch.setenv("FLASHGATE_PASSPHRASE", TEST_PASSPHRASE)
     async with AdminSession(root) as session:
         command = Commands(home).put("payments", "s1", b"v1")
@@ -236,3 +218,37 @@ async def test_a_real_outcome_is_accepted_by_the_admin_session(
         )
         event = await session.send(command, timeout=30, show=False)
     assert event.short_type == "secret.created"
+
+
+async def test_the_admin_session_sees_a_missing_command_consumer(
+    server: NatsServerProcess,
+    home: FleetFixture,
+    logins: dict[str, RoleCredentials],
+    rogue: Client,
+) -> None:
+    """``fleet status --wait`` is not ready while this says False. No backend runs (one
+    would recreate the consumer): the test plays its part."""
+    names = home.names
+    backend_nc = await login(server, logins, "backend")
+    js = backend_nc.jetstream()
+    await declare_fleet(js, names)
+    await js.pull_subscribe(names.command_subjects, durable=DURABLE, stream=names.command_stream)
+    root = write_home_config(home, server, logins)
+    async with AdminSession(root, signing=False) as session:
+        assert await session.backend_consuming()
+        await rogue.jetstream().delete_consumer(names.command_stream, DURABLE)
+        assert not await session.backend_consuming()
+    await backend_nc.close()
+
+
+def write_home_config(
+    home: FleetFixture, server: NatsServerProcess, logins: dict[str, RoleCredentials]
+) -> Path:
+    root = home.dir.parent
+    config = {
+        "nats": [server.url],
+        "logins": {"admin": {"user": "admin", "password": logins["admin"].password}},
+    }
+    (root / "config.json").write_text(json.dumps(config))
+    (root / "config.json").chmod(0o600)
+    return root
