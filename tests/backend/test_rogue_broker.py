@@ -10,6 +10,7 @@ client holding only the (shared) bridge login:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -89,7 +90,9 @@ async def backend(
 
 
 @pytest.fixture
-async def rogue(server: NatsServerProcess, logins: dict[str, RoleCredentials]) -> AsyncIterator[Client]:
+async def rogue(
+    server: NatsServerProcess, logins: dict[str, RoleCredentials]
+) -> AsyncIterator[Client]:
     nc = await login(server, logins, "bridge")
     yield nc
     await nc.close()
@@ -127,10 +130,8 @@ async def test_a_deleted_command_consumer_is_recreated_and_reported(
     # The rogue keeps deleting the consumer: the backend cannot consume, and says so.
     async def delete_forever() -> None:
         while True:
-            try:
+            with contextlib.suppress(Exception):
                 await rogue.jetstream().delete_consumer(names.command_stream, DURABLE)
-            except Exception:
-                pass
             await asyncio.sleep(0.05)
 
     deleting = asyncio.create_task(delete_forever())

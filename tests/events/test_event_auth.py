@@ -86,7 +86,9 @@ def test_a_backend_signed_outcome_is_believed() -> None:
             "command.rejected",
             msgspec.structs.replace(
                 sign_event(rejected(), BACKEND),
-                data=ev.CommandRejected(command_id="cli-000000000000002", command_type=None, reason="x"),
+                data=ev.CommandRejected(
+                    command_id="cli-000000000000002", command_type=None, reason="x"
+                ),
             ),
         ),
         # an outcome claimed by a bridge
