@@ -64,5 +64,5 @@ def test_a_backend_json_signed_by_another_admin_is_refused(home: Path, tmp_path:
     from flashgate.fleet.signing import new_ed25519
 
     write_backend_key(home / "fleet", "keytest", new_ed25519())
-    with pytest.raises(HomeFileError, match="backend.json"):
+    with pytest.raises(HomeFileError, match=r"backend\.json"):
         AdminSession(home)
