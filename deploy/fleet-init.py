@@ -11,7 +11,9 @@
    rotation: it is never overwritten), then deleted from DIR: after the hand-out no volume
    but the node's own holds its share.
 3. fleet.json and roster.json (public) are copied to the public volume on every run, so
-   the backend sees the admin's latest copies.
+   the backend sees the admin's latest copies, and so are the backend's event key
+   (backend.key, 0600, and its admin-signed backend.json): that volume is the backend's
+   alone.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 from flashgate.cli.main import main as flashgate_main
+from flashgate.fleet.backend_key import BACKEND_KEY_FILE, BACKEND_PUBLIC_FILE
 from flashgate.fleet.files import DESCRIPTOR_FILE, NODES_DIR, ROSTER_FILE, write_atomic
 
 
@@ -45,9 +48,10 @@ def main(argv: list[str]) -> int:
             write_atomic(target, path.read_bytes(), 0o600)  # sealed with the node's own
             print(f"fleet-init: {node_id}'s bundle handed out", file=sys.stderr)
         path.unlink()  # the node's volume holds the only copy now
-    for name in (DESCRIPTOR_FILE, ROSTER_FILE):
+    for name in (DESCRIPTOR_FILE, ROSTER_FILE, BACKEND_PUBLIC_FILE, BACKEND_KEY_FILE):
         if (ceremony / name).exists():
-            write_atomic(public / name, (ceremony / name).read_bytes(), 0o644)
+            mode = 0o600 if name == BACKEND_KEY_FILE else 0o644
+            write_atomic(public / name, (ceremony / name).read_bytes(), mode)
     return 0
 
 

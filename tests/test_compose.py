@@ -266,8 +266,12 @@ def test_init_hands_out_one_bundle_per_node(tmp_path: Path) -> None:
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert files == {
         "ceremony/admin.key",
+        "ceremony/backend.json",
+        "ceremony/backend.key",
         "ceremony/fleet.json",
         "ceremony/roster.json",
+        "fleet-public/backend.json",
+        "fleet-public/backend.key",
         "fleet-public/fleet.json",
         "fleet-public/roster.json",
         "node-1/node-1.bundle",

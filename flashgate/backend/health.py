@@ -6,6 +6,8 @@ every :data:`CHECK_INTERVAL_S` seconds and rewrites PATH with the result:
 - connected to NATS (a client that is reconnecting is not);
 - the database answers (one read, bounded by :data:`DB_TIMEOUT_S`);
 - its long-running tasks (command consumer, outbox relay) are still running;
+- it can fetch commands (its durable consumer exists: one that someone deleted is
+  recreated, and the gap is reported until then);
 - the outbox relay is not stuck: no committed message has waited more than
   :data:`RELAY_STUCK_AFTER_S` seconds to be published. This is read from the database,
   so it holds for every replica whichever one holds the relay lease.
@@ -61,6 +63,8 @@ async def check(backend: Backend, *, stuck_after: float = RELAY_STUCK_AFTER_S) -
     for task in backend.tasks:
         if task.done() and not task.cancelled():
             problems.append(f"its {task.get_name()} task has ended")
+    if backend.consumer_problem is not None:
+        problems.append(backend.consumer_problem)
     try:
         age = await asyncio.wait_for(_oldest_pending_age(backend), DB_TIMEOUT_S)
     except TimeoutError:

@@ -97,6 +97,11 @@ class Sequencer:
         self._lanes: dict[int, str] = {}  # lanes of messages read from the stream
         self._from_stream: set[int] = set()  # applied here from the stream, not acked
 
+    @property
+    def settled(self) -> int:
+        """Every stream sequence up to this one is acknowledged or processed here."""
+        return self._settled
+
     # --- what was processed -------------------------------------------------------------
 
     def done(self, seq: int) -> None:

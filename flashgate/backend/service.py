@@ -6,6 +6,11 @@ declare the fleet's streams and buckets, publish the descriptors and roster to t
 bucket, drain the outbox, reconcile the secrets bucket, then consume commands, relay the
 outbox and answer metadata queries until stopped.
 
+Every event it publishes is signed on its way out with the backend's event key
+(``backend.key``, :mod:`flashgate.fleet.backend_key`), so the admin tooling can tell its
+outcomes from forgeries. Its durable command consumer is recreated when someone deletes
+it, and while commands cannot be fetched the health file says so.
+
 The backend holds the fleet public key only. It imports the encrypt side of
 ``flashgate.crypto`` and nothing that could decrypt (a test checks the import graph).
 """
@@ -14,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +30,12 @@ from typing import Any, TypeVar
 
 import nats.errors
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -48,6 +56,8 @@ from flashgate.backend.store import Store, open_store
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.declare import declare_fleet
 from flashgate.errors import FlashgateError, FleetMismatch
+from flashgate.events.domain import decode_event, encode_event
+from flashgate.events.event_auth import sign_event
 from flashgate.events.fleet import (
     ROSTER_CODEC,
     decode_descriptor,
@@ -58,6 +68,7 @@ from flashgate.events.queries import QUERY_KINDS
 from flashgate.events.signing import verify
 from flashgate.events.subjects import FleetNames
 from flashgate.events.types import ApiKeyScope
+from flashgate.fleet.backend_key import load_backend_signing_key
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ROSTER_FILE, load_descriptor, load_roster
 from flashgate.fleet.identity_keys import load_ed25519_public
@@ -66,7 +77,7 @@ from flashgate.taskgroup import HeldTaskGroup
 log = structlog.get_logger("flashgate.backend")
 _T = TypeVar("_T")
 
-DURABLE = "backend"
+DURABLE = FleetNames.COMMAND_CONSUMER
 #: Seconds the relay waits for a publish's acknowledgement: one sent to a stream leader
 #: that dies is sent again (same Nats-Msg-Id) after this, not after nats-py's 5 s.
 PUBLISH_TIMEOUT = 2.0
@@ -102,6 +113,10 @@ class Backend:
         self._long: list[asyncio.Task[None]] = []  # the long-running ones (health reads them)
         self._stopping = asyncio.Event()
         self.applied = 0
+        self._event_key: Ed25519PrivateKey | None = None
+        self._event_prefix = ""
+        #: monotonic time since when commands could not be fetched (None: they can)
+        self._consume_failing_since: float | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -109,6 +124,8 @@ class Backend:
         s = self.settings
         descriptor = load_descriptor(s.fleet_dir)
         names = FleetNames(descriptor.fleet)
+        self._event_key = load_backend_signing_key(s.fleet_dir, descriptor)
+        self._event_prefix = names.event_subjects[:-1]
         self.store = store = open_store(s.db_url)
         await db.check_schema(store.engine)
         store.lock_out_other_backends()
@@ -300,8 +317,24 @@ class Backend:
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         assert self.js is not None
+        if subject.startswith(self._event_prefix):
+            payload = self._sign_event(payload)
         with broker_errors(f"publishing to {subject.split('.')[0]}"):
             await self.js.publish(subject, payload, headers=headers, timeout=PUBLISH_TIMEOUT)
+
+    def _sign_event(self, payload: bytes) -> bytes:
+        """An outbox event, signed with the backend's event key (Ed25519 is deterministic:
+        a row published twice is the same bytes, and JetStream drops the repeat)."""
+        assert self._event_key is not None
+        return encode_event(sign_event(decode_event(payload), self._event_key))
+
+    @property
+    def consumer_problem(self) -> str | None:
+        """Why commands cannot be consumed now (read by flashgate.backend.health)."""
+        since = self._consume_failing_since
+        if since is None:
+            return None
+        return f"cannot fetch commands for {time.monotonic() - since:.0f}s (command consumer)"
 
     async def _drain_outbox(self) -> None:
         assert self.relay is not None
@@ -370,11 +403,14 @@ class Backend:
                     config=config,
                 )
 
-        sub = await self._retry_until_stopped("command consumer not ready", subscribe)
-        if sub is None:
+        self._consume_failing_since = time.monotonic()
+        first = await self._retry_until_stopped("command consumer not ready", subscribe)
+        if first is None:
             return
+        self._consume_failing_since = None
+        sub = first
         gate = asyncio.Semaphore(concurrency)
-        sequencer = Sequencer(self.js, names.command_stream, sub.consumer_info)
+        sequencer = Sequencer(self.js, names.command_stream, lambda: sub.consumer_info())
         # First what a previous backend left unacknowledged, on SQLite, where this is the
         # fleet's one backend. PostgreSQL replicas could be holding those very commands:
         # there, a dead replica's come back after ack_wait, unless a later command of
@@ -391,6 +427,8 @@ class Backend:
             await asyncio.gather(*(self._run_lane(lane, gate, sequencer) for lane in lanes))
         while not self._stopping.is_set():
             messages = await self._fetch(sub)
+            if self._consume_failing_since is not None:
+                sub = await self._recreated(sub, names, config, sequencer.settled)
             if not messages:
                 continue
             try:
@@ -404,6 +442,45 @@ class Backend:
                         await msg.nak(delay=1.0)
                 continue
             await asyncio.gather(*(self._run_lane(lane, gate, sequencer) for lane in lanes))
+
+    async def _recreated(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        names: FleetNames,
+        config: ConsumerConfig,
+        settled: int,
+    ) -> JetStreamContext.PullSubscription:
+        """After a failed fetch: the durable consumer again, created anew (from the first
+        command not yet settled here) when someone deleted it; else ``sub`` as it was."""
+        assert self.js is not None
+        try:
+            await self.js.consumer_info(names.command_stream, DURABLE)
+            return sub
+        except NotFoundError:
+            pass
+        except Exception:  # not connected, no leader: the next fetch says more
+            return sub
+        log.warning(
+            "the command consumer was deleted; recreating it",
+            from_stream_seq=settled + 1,
+        )
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        fresh = dataclasses.replace(
+            config, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=settled + 1
+        )
+        try:
+            with broker_errors("recreating the command consumer"):
+                return await self.js.pull_subscribe(
+                    names.command_subjects,
+                    durable=DURABLE,
+                    stream=names.command_stream,
+                    config=fresh,
+                )
+        except FlashgateError as exc:
+            log.warning("command consumer not recreated; retrying", error=str(exc)[:200])
+            await asyncio.sleep(0.5)
+            return sub
 
     async def _retry_until_stopped(
         self, what: str, attempt: Callable[[], Awaitable[_T]]
@@ -430,16 +507,21 @@ class Backend:
     ) -> list[Msg]:
         """The next batch of commands; none when there are none for ``timeout`` seconds."""
         try:
-            return await sub.fetch(self.settings.batch, timeout=timeout)
+            messages = await sub.fetch(self.settings.batch, timeout=timeout)
         except TimeoutError:
             # Nothing to fetch. nats-py raises its own TimeoutError or, when the time runs
             # out between its two pull requests, the builtin one (an OSError, which the
             # clause below would otherwise take for a failure).
+            self._consume_failing_since = None
             return []
         except (nats.errors.Error, OSError) as exc:
             log.warning("fetching commands failed; retrying", error=type(exc).__name__)
+            if self._consume_failing_since is None:
+                self._consume_failing_since = time.monotonic()
             await asyncio.sleep(0.5)
             return []
+        self._consume_failing_since = None
+        return messages
 
     async def _run_lane(
         self, steps: list[Step], gate: asyncio.Semaphore, sequencer: Sequencer

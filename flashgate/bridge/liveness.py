@@ -3,10 +3,13 @@
 Every :data:`HEARTBEAT_INTERVAL_S` the node publishes a signed :class:`Heartbeat` (epoch,
 roster serial, secrets held and pending) on ``fg.<f>.node.<node>.heartbeat``. A peer's
 heartbeat counts only when it verifies under that peer's roster key while the peer is
-active; the first one heard from a peer wakes the loader (secrets pending for want of
-that peer are tried again). A peer proven to have misbehaved (a partial that fails its
-proof) is reported as a ``NodeMisbehaved`` event on JetStream, deduplicated by its id.
-Publishing is best effort: a broker hiccup must not stop the node.
+active, arrived on that peer's own subject, was issued within
+:data:`HEARTBEAT_MAX_AGE_MS` of this node's clock and is newer than the last one counted
+(a replayed heartbeat keeps no dead node alive); the first one heard from a peer wakes the
+loader (secrets pending for want of that peer are tried again). A peer proven to have
+misbehaved (a partial that fails its proof) is reported as a ``NodeMisbehaved`` event on
+JetStream, signed by this node (:mod:`flashgate.events.event_auth`), deduplicated by its
+id. Publishing is best effort: a broker hiccup must not stop the node.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.msg import Msg
@@ -28,12 +31,16 @@ from flashgate.bridge.vault import Vault
 from flashgate.crypto.rng import Rng
 from flashgate.errors import FlashgateError, SignatureInvalid
 from flashgate.events import domain as ev
+from flashgate.events.event_auth import bridge_source, sign_event
 from flashgate.events.fleet import Roster
 from flashgate.events.node_status import HEARTBEAT_CODEC, Heartbeat
 from flashgate.events.signing import sign, verify
 from flashgate.fleet.identity_keys import load_ed25519_public
 
 HEARTBEAT_INTERVAL_S = 2.0
+#: A heartbeat issued further than this from the receiver's clock (either way) is not
+#: counted: clocks of a fleet are expected within seconds of each other (NTP).
+HEARTBEAT_MAX_AGE_MS = 30_000
 
 
 @dataclass
@@ -49,6 +56,8 @@ class Liveness:
     started_at: int
     clock: Clock
     rng: Rng
+    #: issued_at of the last heartbeat counted, per peer
+    _last_beat: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def fleet(self) -> str:
@@ -83,6 +92,12 @@ class Liveness:
             return
         if beat.node_id == self.node_id or beat.fleet != self.fleet:
             return
+        if msg.subject != self.transport.names.heartbeat_subject(beat.node_id):
+            return  # another node's heartbeat, moved
+        if abs(beat.issued_at - self.clock()) > HEARTBEAT_MAX_AGE_MS:
+            return
+        if beat.issued_at <= self._last_beat.get(beat.node_id, 0):
+            return  # a replay (or out of order): only newer ones count
         entry = self.peers.active(beat.node_id)
         if entry is None:
             return
@@ -90,6 +105,7 @@ class Liveness:
             verify(beat, load_ed25519_public(entry.signing_key))
         except SignatureInvalid:
             return
+        self._last_beat[beat.node_id] = beat.issued_at
         was_alive = self.peers.peers[beat.node_id].last_seen is not None
         self.peers.seen(beat.node_id)
         if not was_alive:
@@ -106,9 +122,10 @@ class Liveness:
                 epoch=self.ring.current.epoch,
             ),
             event_id=f"{self.node_id}.{node_id}.{self.rng.token_bytes(8).hex()}",
-            source=f"flashgate/{names.fleet}/bridge/{self.node_id}",
+            source=bridge_source(names.fleet, self.node_id),
             subject=node_id,
         )
+        event = sign_event(event, self.signing_key)
         with contextlib.suppress(Exception):  # not connected yet, or a broker hiccup
             await self.transport.publish_event(
                 names.event_subject(event.short_type), ev.encode_event(event), f"evt:{event.id}"

@@ -111,7 +111,7 @@ def ready(rows: list[NodeRow]) -> bool:
     "--wait",
     is_flag=True,
     help="Block until every node is online (its buckets bound and loaded) and holds every "
-    "current secret.",
+    "current secret, and the backend's command consumer is in place.",
 )
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option(
@@ -136,10 +136,17 @@ def status(
             with spinner("waiting for the fleet", wait and not as_json):
                 while True:
                     rows, expected = await snapshot(session, root)
-                    if not wait or ready(rows):
+                    if not wait:
+                        return rows, expected
+                    consuming = await session.backend_consuming()
+                    if ready(rows) and consuming:
                         return rows, expected
                     if time.monotonic() > deadline:
-                        raise NotReady(_summary(rows, expected))
+                        summary = _summary(rows, expected)
+                        if not consuming:
+                            summary += "; the backend is not consuming commands (its command "
+                            summary += "consumer is missing: is the backend running?)"
+                        raise NotReady(summary)
                     await asyncio.sleep(0.5)
 
     # With --wait, a failure to connect or to read is the system still starting: try again

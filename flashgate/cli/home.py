@@ -20,12 +20,14 @@ from pathlib import Path
 
 import click
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from flashgate import environment
 from flashgate.crypto import seal
 from flashgate.environment import HOME_ENV, NATS_URL_ENV
 from flashgate.errors import FlashgateError, HomeFileError
 from flashgate.events.fleet import MAX_DESCRIPTOR_BYTES, MAX_ROSTER_BYTES, FleetDescriptor, Roster
+from flashgate.fleet.backend_key import BACKEND_PUBLIC_FILE, load_backend_public
 from flashgate.fleet.bundle import ADMIN_KEY_PURPOSE
 from flashgate.fleet.files import (
     ADMIN_KEY_FILE,
@@ -54,6 +56,12 @@ def home_file_remedy(home: Path, name: str) -> str:
         return (
             "copy the fleet's latest roster.json (written by `fleet init`, then by "
             f"`node revoke`) there, {admin_home}"
+        )
+    if name == BACKEND_PUBLIC_FILE:
+        make = command("fleet", "backend-key", "--home", home)
+        return (
+            f"make the backend's event key with `{make}` and restart the backend with the "
+            f"fleet directory it writes, {admin_home}"
         )
     return f"restore admin.key from the ceremony's offline backup, {admin_home}"
 
@@ -128,6 +136,13 @@ def load_home_roster(home: Path, descriptor: FleetDescriptor) -> Roster:
     data = read_home_file(home, ROSTER_FILE, MAX_ROSTER_BYTES)
     with checking_home_file(home, ROSTER_FILE):
         return parse_roster(data, descriptor)
+
+
+def load_home_backend_key(home: Path, descriptor: FleetDescriptor) -> Ed25519PublicKey:
+    """The backend's event key (``backend.json``, admin-signed): outcomes must verify under it."""
+    read_home_file(home, BACKEND_PUBLIC_FILE, 4 * 1024)  # missing: the remedy
+    with checking_home_file(home, BACKEND_PUBLIC_FILE):
+        return load_backend_public(fleet_dir(home), descriptor)
 
 
 def read_admin_key(home: Path) -> bytes:

@@ -18,6 +18,7 @@ import click
 from flashgate import __version__, environment, failpoints, logs
 from flashgate.cli.apikey import apikey
 from flashgate.cli.backend import backend
+from flashgate.cli.backend_key import backend_key
 from flashgate.cli.bridge import bridge
 from flashgate.cli.ceremony_progress import search_primes
 from flashgate.cli.dev import dev
@@ -336,6 +337,7 @@ cli.add_command(node)
 fleet.add_command(fleet_status)
 fleet.add_command(rotate_key)
 fleet.add_command(reseal_cmd)
+fleet.add_command(backend_key)
 cli.add_command(schemas)
 
 

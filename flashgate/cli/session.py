@@ -4,7 +4,10 @@ Commands are signed with the sealed admin key (unsealed with ``FLASHGATE_ADMIN_P
 else the old shared ``FLASHGATE_PASSPHRASE``, only when a command is signed, in a process
 hardened just before), published on the command stream with the command id as
 ``Nats-Msg-Id``, and the outcome is read from the event stream: the first event carrying
-the command id (created, rotated, ..., or ``command rejected`` with its reason).
+the command id (created, rotated, ..., or ``command rejected`` with its reason) that was
+read from its own type's subject and is signed by the backend's event key, which the
+home's ``backend.json`` names (admin-signed). Anything else on the stream, whoever put it
+there, is not an outcome.
 
 On a NATS cluster a leader change costs the session about a second beyond the election
 (:mod:`flashgate.broker.failover`): the event watch resumes on its own, and a publish
@@ -22,6 +25,7 @@ from typing import Any, Self
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
@@ -34,6 +38,7 @@ from flashgate.cli.home import (
     fleet_dir,
     home_file,
     load_config,
+    load_home_backend_key,
     load_home_descriptor,
     load_home_roster,
     read_admin_key,
@@ -55,7 +60,8 @@ from flashgate.errors import (
     UnknownNode,
 )
 from flashgate.events import commands as cmd
-from flashgate.events.domain import DomainEvent, decode_event
+from flashgate.events.domain import DomainEvent
+from flashgate.events.event_auth import EventAuthority
 from flashgate.events.fleet import (
     ROSTER_CODEC,
     FleetDescriptor,
@@ -97,8 +103,11 @@ class AdminSession:
         self.home = home
         self.descriptor: FleetDescriptor = load_home_descriptor(home)
         load_home_roster(home, self.descriptor)  # checked now; read again where it is used
+        backend_key = load_home_backend_key(home, self.descriptor)
         self._admin_blob = read_admin_key(home) if signing else None
         self.names = FleetNames(self.descriptor.fleet)
+        #: outcomes only: no node's report answers a command
+        self._events = EventAuthority(self.names, backend_key, lambda _node: None)
         self.config = load_config(home)
         self.actor = actor or "admin:cli"
         self.nc: Client | None = None
@@ -203,11 +212,24 @@ class AdminSession:
             except nats.errors.TimeoutError:
                 continue
             try:
-                event = decode_event(msg.data)
+                event = self._events.open(msg.subject, msg.data, from_backend=True)
             except FlashgateError:
-                continue
+                continue  # not from the backend, or not where its type belongs
             if getattr(event.data, "command_id", None) == command_id:
                 return event
+
+    async def backend_consuming(self) -> bool:
+        """Whether the backend's durable command consumer exists: without it (deleted, and
+        not yet recreated by the backend) no command gets an outcome."""
+        assert self.nc is not None
+        with broker_errors("reading the backend's command consumer"):
+            try:
+                await self.nc.jetstream().consumer_info(
+                    self.names.command_stream, FleetNames.COMMAND_CONSUMER
+                )
+            except nats.js.errors.NotFoundError:
+                return False
+        return True
 
     async def query(self, what: str, **query: Any) -> Answer:
         assert self.nc is not None

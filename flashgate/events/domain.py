@@ -10,7 +10,13 @@ happened to secrets, never a secret value: no payload has a field that could hol
 (a test checks every payload type's fields).
 
 Decoding is two-phase: the CloudEvents attributes with ``data`` kept raw, then ``data``
-with the decoder of its ``type``; an unknown type is a typed error.
+with the decoder of its ``type``; an unknown type is a typed error, and so is an event
+read from a subject that is not its type's (``subject=``).
+
+Every event carries a ``signature`` extension attribute: Ed25519 over the canonical bytes
+of the whole event (attributes and data, domain ``event``), by the backend for what the
+backend publishes, by the reporting node for a bridge's ``node.misbehaved``. Who may sign
+what, and the check, are in :mod:`flashgate.events.event_auth`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from flashgate.events.types import (
     CommandId,
     Count,
     Detail,
+    Ed25519Sig,
     Epoch,
     Label,
     Name,
@@ -177,10 +184,13 @@ class CloudEventAttributes(msgspec.Struct, frozen=True, kw_only=True):
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: Annotated[str, Meta(max_length=256)] | None = None
     data: msgspec.Raw
+    signature: Ed25519Sig = ""  # extension attribute (flashgate.events.event_auth)
 
 
 class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """A decoded event: CloudEvents attributes plus its typed payload."""
+    """A decoded event: CloudEvents attributes plus its typed payload, and its signature."""
+
+    signing_domain: ClassVar[str] = "event"
 
     specversion: Literal["1.0"] = "1.0"
     id: EventId
@@ -191,6 +201,7 @@ class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: Annotated[str, Meta(max_length=256)] | None = None
     data: EventData
+    signature: Ed25519Sig = ""
 
     @property
     def short_type(self) -> str:
@@ -239,11 +250,25 @@ def encode_event(event: DomainEvent) -> bytes:
     return data
 
 
-def decode_event(raw: bytes) -> DomainEvent:
+def type_of_subject(subject: str) -> str:
+    """The event type a subject ``fg.<fleet>.evt.<type>`` is for (``secret.created``)."""
+    parts = subject.split(".", 3)
+    if len(parts) != 4 or parts[2] != "evt":
+        raise MalformedMessage(f"{subject[:140]!r} is not an event subject")
+    return parts[3]
+
+
+def decode_event(raw: bytes, *, subject: str | None = None) -> DomainEvent:
+    """Decode an event; with ``subject`` (where it was read), refuse one whose type is not
+    the subject's: a publisher allowed one event subject cannot pass off another type."""
     attrs = _ATTRS.decode(raw)
     decoder = _DATA_DECODERS.get(attrs.type)
     if decoder is None:
         raise MalformedMessage(f"unknown domain event type {attrs.type[:64]!r}")
+    if subject is not None and EVENT_TYPE_PREFIX + type_of_subject(subject) != attrs.type:
+        raise MalformedMessage(
+            f"a {attrs.type[:64]} event on subject {subject[:140]!r} (not its type's subject)"
+        )
     try:
         data = decoder.decode(attrs.data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -257,4 +282,5 @@ def decode_event(raw: bytes) -> DomainEvent:
         datacontenttype=attrs.datacontenttype,
         dataschema=attrs.dataschema,
         data=data,
+        signature=attrs.signature,
     )

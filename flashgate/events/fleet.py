@@ -95,10 +95,25 @@ class Roster(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         return None
 
 
+class BackendKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Admin-signed ``backend.json``: the Ed25519 key the backend signs its events with
+    (outcomes above all). Whoever pins the admin key can check it; see
+    :mod:`flashgate.fleet.backend_key`."""
+
+    signing_domain: ClassVar[str] = "backend-key"
+
+    format: Annotated[int, Meta(ge=1, le=1)] = 1
+    fleet: Name
+    signing_key: Ed25519Key
+    issued_at: UnixMillis
+    signature: Ed25519Sig = ""  # over canonical.signed_bytes("backend-key", self)
+
+
 DESCRIPTOR_CODEC: Codec[FleetDescriptor] = Codec(
     FleetDescriptor, max_bytes=MAX_DESCRIPTOR_BYTES, what="fleet descriptor"
 )
 ROSTER_CODEC: Codec[Roster] = Codec(Roster, max_bytes=MAX_ROSTER_BYTES, what="roster")
+BACKEND_KEY_CODEC: Codec[BackendKey] = Codec(BackendKey, max_bytes=4 * 1024, what="backend key")
 
 
 def decode_descriptor(data: bytes) -> FleetDescriptor:

@@ -21,7 +21,7 @@ import msgspec
 from flashgate.events.commands import AnyCommand
 from flashgate.events.domain import EVENT_DATA_TYPES, CloudEventAttributes, data_schema_name
 from flashgate.events.envelope import SecretEnvelope
-from flashgate.events.fleet import FleetDescriptor, Roster
+from flashgate.events.fleet import BackendKey, FleetDescriptor, Roster
 from flashgate.events.node_status import (
     ApiKeyCheck,
     ApiKeyCheckResult,
@@ -61,6 +61,7 @@ SPECS: tuple[SchemaSpec, ...] = (
     SchemaSpec("secret-envelope", SecretEnvelope, title="Secret envelope (secrets bucket value)"),
     SchemaSpec("fleet-descriptor", FleetDescriptor, title="Fleet descriptor (admin-signed)"),
     SchemaSpec("roster", Roster, title="Roster (admin-signed)"),
+    SchemaSpec("backend-key", BackendKey, title="Backend event-signing key (admin-signed)"),
     SchemaSpec("command", AnyCommand, title="Admin command (admin-signed)"),
     SchemaSpec("domain-event", CloudEventAttributes, title="Domain event (CloudEvents 1.0)"),
     *(

@@ -71,6 +71,9 @@ class FleetNames:
         """The admin-signed ``fleet.rotation.finish`` command that retires ``epoch``."""
         return f"retired.{_epoch(epoch)}"
 
+    #: The backend's durable consumer on the command stream (its replicas share it).
+    COMMAND_CONSUMER = "backend"
+
     ROSTER_KEY = "roster"
     CURRENT_EPOCH_KEY = "epoch"
 

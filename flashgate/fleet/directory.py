@@ -13,6 +13,7 @@ from pathlib import Path
 from flashgate.crypto import seal
 from flashgate.errors import ConfigurationError, FlashgateError
 from flashgate.events.fleet import encode_descriptor, encode_roster
+from flashgate.fleet.backend_key import backend_key_files
 from flashgate.fleet.bundle import NodeBundle, open_bundle, seal_admin_key
 from flashgate.fleet.ceremony import Ceremony
 from flashgate.fleet.files import (
@@ -69,6 +70,7 @@ def write_fleet_dir(
             )
             for b in ceremony.bundles
         ),
+        *backend_key_files(out, descriptor.fleet, ceremony.admin_key),
         (out / ROSTER_FILE, encode_roster(ceremony.roster), 0o644),
         (out / DESCRIPTOR_FILE, encode_descriptor(descriptor), 0o644),  # last: marks "done"
     ]

@@ -429,7 +429,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
                 shares=list(dealt.shares),
             )
             started = await cluster.admin.send(sign(start, cluster.fleet.admin))
-            assert started.type == "io.flashgate.fleet.epoch_dealing.started"
+            assert started.type == "io.flashgate.fleet.rotation.started"
             parsed = jwe.parse(original.jwe)
             forged = jwe.serialize(
                 parsed.protected,

@@ -136,6 +136,8 @@ def test_init_writes_the_fleet_directory(demo: Fleet) -> None:
     names = sorted(p.relative_to(demo.dir).as_posix() for p in demo.dir.rglob("*"))
     assert names == [
         "admin.key",
+        "backend.json",
+        "backend.key",
         "fleet.json",
         "nodes",
         *(f"nodes/node-{i}.bundle" for i in range(1, 6)),
@@ -150,6 +152,7 @@ def test_init_file_permissions(demo: Fleet) -> None:
         return stat.S_IMODE(path.stat().st_mode)
 
     assert mode(demo.dir / "admin.key") == 0o600
+    assert mode(demo.dir / "backend.key") == 0o600
     for path in demo.bundles:
         assert mode(path) == 0o600, path
     assert mode(demo.dir / "nodes") == 0o700

@@ -94,7 +94,7 @@ async def test_a_rolled_back_roster_does_not_undo_revocation_and_rotation(
             ),
             timeout=30,
         )
-        assert started.type == "io.flashgate.fleet.epoch_dealing.started", started.data
+        assert started.type == "io.flashgate.fleet.rotation.started", started.data
         await wait_until(
             lambda: _holds_at(cluster, STAYING, "r.old", 2), 120, "r.old re-wrapped to epoch 2"
         )
