@@ -25,6 +25,7 @@ from flashgate.errors import (
     FlashgateError,
     NotFound,
     StaleVersion,
+    VersionConflict,
 )
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
@@ -49,6 +50,9 @@ _SECRET_FOR_UPDATE = (
 _SECRET_INSERT = insert(SECRETS)
 _SECRET_UPDATE = update(SECRETS).where(SECRETS.c.id == bindparam("b_id"))
 _VERSION_INSERT = insert(VERSIONS)
+_VERSION_JWE = select(VERSIONS.c.jwe).where(
+    VERSIONS.c.secret_id == bindparam("b_secret_id"), VERSIONS.c.version == bindparam("b_version")
+)
 
 
 def secret_context(command: cmd.PutSecret | cmd.RotateSecret) -> SecretContext:
@@ -191,6 +195,16 @@ async def write_secret(
                 _SECRET_FOR_UPDATE, {"b_repository_id": repository_id, "b_name": command.name}
             )
         ).first()
+        if secret is not None and command.version <= secret.current_version:
+            held = await connection.scalar(
+                _VERSION_JWE, {"b_secret_id": secret.id, "b_version": command.version}
+            )
+            if held is not None and held != command.jwe:
+                # A version names one value for good (nodes holding it keep it).
+                raise VersionConflict(
+                    f"secret {shown} already has version {command.version} with another "
+                    f"value; the next version is {secret.current_version + 1}"
+                )
         if rotate and (secret is None or secret.deleted):
             raise NotFound(f"secret {shown} does not exist; use put to create it")
         if not rotate and secret is not None and not secret.deleted:
