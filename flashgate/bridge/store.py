@@ -71,47 +71,48 @@ class EnvelopeStore:
         self.keys = keys
         self.current: dict[str, Entry] = {}
         self._replaced: dict[str, Entry] = {}  # key -> the revision the current one replaced
+        self._seen: dict[str, int] = {}  # key -> the latest revision taken, usable or not
         self.rejected: dict[str, str] = {}  # key -> reason code of an unusable value
 
     def ingest(self, key: str, revision: int, raw: bytes) -> Entry | None:
         """Take a bucket value. Returns the entry, or None (reason kept in ``rejected``).
-        A revision older than the current one changes nothing (the current one is returned)."""
-        current = self.current.get(key)
-        if current is not None and revision < current.revision:
-            return current
+        A revision older than one already taken changes nothing (the current entry is
+        returned); the same revision again (read again once its epoch arrived) replaces
+        only itself."""
+        seen = self._seen.get(key, 0)
+        if revision < seen:
+            return self.current.get(key)
+        if revision > seen:
+            self._seen[key] = revision
+            self._supersede(key)
         try:
             entry = make_entry(self.fleet, key, revision, raw, self.keys)
         except FlashgateError as exc:
-            self.refuse(key, revision, exc.code)
+            self.rejected[key] = exc.code
             return None
         self.rejected.pop(key, None)
-        self._supersede(key, revision)
         self.current[key] = entry
         return entry
 
-    def _supersede(self, key: str, revision: int) -> None:
-        """``revision`` becomes the current one (usable or not): the current entry, when
-        older, becomes the one in flight; nothing older than that is kept."""
+    def _supersede(self, key: str) -> None:
+        """A newer revision of ``key`` arrived (usable or not): the current entry becomes
+        the one in flight; with none (the revision before was unusable), nothing is."""
         previous = self.current.pop(key, None)
-        if previous is not None and previous.revision < revision:
+        if previous is not None:
             self._replaced[key] = previous
-        elif previous is not None:  # the same revision, read again: kept as current
-            self.current[key] = previous
-
-    def refuse(self, key: str, revision: int, reason: str) -> None:
-        """A newer value of ``key`` is unusable here: what was current is only in flight now."""
-        self.rejected[key] = reason
-        self._supersede(key, revision)
+        else:
+            self._replaced.pop(key, None)
 
     def remove(self, key: str) -> Entry | None:
         """Deleted upstream: no revision of ``key`` is served any more."""
         self.rejected.pop(key, None)
         self._replaced.pop(key, None)
+        self._seen.pop(key, None)
         return self.current.pop(key, None)
 
     def lookup(self, key: str, revision: int) -> Entry | None:
         """The current revision of ``key`` or the one it replaced; None for any other."""
-        for entry in (self.current.get(key), self._replaced.get(key)):
-            if entry is not None and entry.revision == revision:
-                return entry
-        return None
+        entry = self.current.get(key)
+        if entry is None or entry.revision != revision:
+            entry = self._replaced.get(key)
+        return entry if entry is not None and entry.revision == revision else None

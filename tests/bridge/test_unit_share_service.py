@@ -234,3 +234,18 @@ async def test_the_bucket_is_asked_only_for_the_latest_revision(
     partials, refusals = await served(share_service, clock, [older, latest])
     assert partials == [8]
     assert refusals == [(7, "unknown_secret")]
+
+
+def test_an_unusable_newer_value_leaves_the_current_revision_only_in_flight() -> None:
+    store = new_store()
+    key = ROTATED[0].key
+    first = store.ingest(key, 10, envelope_bytes(ROTATED[0]))
+    assert first is not None
+    assert store.ingest(key, 11, b"not an envelope") is None  # unusable: refused
+    assert key in store.rejected
+    assert store.lookup(key, 10) is first  # the one replaced, still answered for a while
+    assert store.ingest(key, 9, envelope_bytes(ROTATED[1])) is None  # older: changes nothing
+    assert store.lookup(key, 9) is None and store.lookup(key, 10) is first
+    third = store.ingest(key, 12, envelope_bytes(ROTATED[2]))
+    assert third is not None and store.current[key] is third
+    assert store.lookup(key, 10) is None and store.lookup(key, 12) is third
