@@ -213,17 +213,17 @@ async def test_the_same_version_with_another_jwe_is_a_version_conflict(
 ) -> None:
     """A version a secret already has, with another JWE, is refused naming the secret and
     the version (not taken as new, not silently a no-op); the identical command re-sent is
-    a duplicate (issue 14 §4)."""
+    a duplicate (issue 14 §4). (A put of a live secret stays already_exists: use rotate.)"""
     await admin.send(admin.put("app", "token", b"v1"))
     first = admin.rotate("app", "token", b"v2", version=2)
     await admin.send(first)
     other_rotate = await admin.send(admin.rotate("app", "token", b"evil", version=2))
-    other_put = await admin.send(admin.put("app", "token", b"evil", version=1))
-    for refused in (other_rotate, other_put):
+    other_old = await admin.send(admin.rotate("app", "token", b"evil", version=1))
+    for refused in (other_rotate, other_old):
         assert refused.type == "io.flashgate.command.rejected"
         assert refused.data.reason == "version_conflict", refused.data
     assert "app/token already has version 2 with another value" in other_rotate.data.detail
-    assert "app/token already has version 1 with another value" in other_put.data.detail
+    assert "app/token already has version 1 with another value" in other_old.data.detail
     await admin.publish(first, msg_id="the-same-command-again")
     async with asyncio.timeout(10):
         while True:  # the repeat is recorded as a duplicate, nothing else changes

@@ -195,6 +195,13 @@ async def write_secret(
                 _SECRET_FOR_UPDATE, {"b_repository_id": repository_id, "b_name": command.name}
             )
         ).first()
+        if rotate and (secret is None or secret.deleted):
+            raise NotFound(f"secret {shown} does not exist; use put to create it")
+        if not rotate and secret is not None and not secret.deleted:
+            raise AlreadyExists(
+                f"secret {shown} exists (version {secret.current_version}); "
+                "use rotate for a new version"
+            )
         if secret is not None and command.version <= secret.current_version:
             held = await connection.scalar(
                 _VERSION_JWE, {"b_secret_id": secret.id, "b_version": command.version}
@@ -205,13 +212,6 @@ async def write_secret(
                     f"secret {shown} already has version {command.version} with another "
                     f"value; the next version is {secret.current_version + 1}"
                 )
-        if rotate and (secret is None or secret.deleted):
-            raise NotFound(f"secret {shown} does not exist; use put to create it")
-        if not rotate and secret is not None and not secret.deleted:
-            raise AlreadyExists(
-                f"secret {shown} exists (version {secret.current_version}); "
-                "use rotate for a new version"
-            )
         current = secret.current_version if secret is not None else 0
         if command.version != current + 1:
             raise StaleVersion(
