@@ -277,7 +277,7 @@ def next_version(repo: str, name: str, info: SecretInfo | None) -> int:
 
 @click.group()
 def secret() -> None:
-    """Secrets of a running system (needs FLASHGATE_PASSPHRASE for the admin key)."""
+    """Secrets of a running system (needs FLASHGATE_ADMIN_PASSPHRASE for the admin key)."""
 
 
 async def _write(

@@ -15,7 +15,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from flashgate.backend.service import Backend
 from flashgate.crypto import jwe
-from flashgate.crypto.apikey import new_key_id, new_key_secret
+from flashgate.crypto.api_key_tokens import new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.decrypt import rewrap
 from flashgate.crypto.encrypt import encrypt_secret, wrap_key
@@ -34,10 +34,10 @@ from flashgate.events.rotation import (
 )
 from flashgate.events.signing import sign, verify
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.rotation import NextEpoch
-from tests.backend.conftest import AdminClient
+from flashgate.fleet.epoch_dealing import NextEpoch
 from tests.backend.test_commands import kv_envelope, wait_kv
-from tests.helpers import CANARY, deal_test_epoch
+from tests.support.admin_client import AdminClient
+from tests.support.material import CANARY, deal_test_epoch
 
 pytestmark = pytest.mark.nats
 

@@ -13,7 +13,7 @@ from flashgate.bridge.secrets_watch import SecretsWatch
 from flashgate.bridge.vault import Vault
 from flashgate.broker.declare import declare_fleet
 from flashgate.events.subjects import FleetNames
-from tests.bridge.unit_support import FLEET, SecretSpec, envelope_bytes, new_store
+from tests.support.bridge_units import FLEET, SecretSpec, envelope_bytes, new_store
 
 SPECS = tuple(SecretSpec("payments", "openai", b"sk-%d" % v, version=v) for v in (1, 2, 3))
 

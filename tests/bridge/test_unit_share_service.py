@@ -19,7 +19,7 @@ from flashgate.bridge.share_service import ShareService
 from flashgate.bridge.store import Entry
 from flashgate.errors import Refused
 from flashgate.events.share import ShareItem, ShareRequest
-from tests.bridge.unit_support import (
+from tests.support.bridge_units import (
     EPOCH,
     FLEET,
     MEMBERS,

@@ -9,8 +9,8 @@ import pytest
 from flashgate.cli.secret import next_version
 from flashgate.errors import VersionLimit
 from flashgate.events.queries import SecretInfo
-from tests.cli.conftest import Runner
 from tests.cli.test_cli import assert_usage_error
+from tests.support.cli import Runner
 
 
 def info(version: int, *, deleted: bool = False) -> SecretInfo:
