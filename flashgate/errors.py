@@ -258,6 +258,20 @@ class StaleVersion(ConflictError):
     code = "stale_version"
 
 
+class VersionConflict(ConflictError):
+    """A secret version that exists already with another value: a version names one value,
+    for good (the backend refuses the write; a node keeps the value it holds)."""
+
+    code = "version_conflict"
+
+
+class VersionLimit(ConflictError):
+    """A secret at the highest version there is (:data:`flashgate.crypto.context.MAX_VERSION`):
+    it cannot be rotated again."""
+
+    code = "version_limit"
+
+
 class AlreadyExists(ConflictError):
     """The thing to create exists already."""
 

@@ -168,7 +168,7 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     subject: Mapped[str] = mapped_column(String(300))
     msg_id: Mapped[str] = mapped_column(String(160), unique=True)
-    operation: Mapped[str] = mapped_column(String(8))  # put | del | event
+    operation: Mapped[str] = mapped_column(String(8))  # put | rollup | del | purge | event
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

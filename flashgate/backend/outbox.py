@@ -52,6 +52,8 @@ _MARK_PUBLISHED = update(OUTBOX).where(OUTBOX.c.id.in_(bindparam("b_ids", expand
 KV_DELETE_HEADERS = {kv.KV_OP: kv.KV_DEL}
 #: A purge also drops the key's earlier revisions from the bucket's stream.
 KV_PURGE_HEADERS = {kv.KV_OP: kv.KV_PURGE, api.Header.ROLLUP.value: kv.MSG_ROLLUP_SUBJECT}
+#: A put that replaces the key's earlier revisions in the bucket's stream (a value, no marker).
+KV_ROLLUP_HEADERS = {api.Header.ROLLUP.value: kv.MSG_ROLLUP_SUBJECT}
 
 
 def kv_subject(bucket: str, key: str) -> str:
@@ -111,6 +113,21 @@ def kv_delete_row(names: FleetNames, key: str, last_version: int) -> dict[str, A
     }
 
 
+def kv_rollup_row(names: FleetNames, envelope: SecretEnvelope, *, tag: str) -> dict[str, Any]:
+    """The outbox row that puts ``envelope`` again as the only revision its key keeps."""
+    return {**kv_put_row(names, envelope, tag=tag), "operation": "rollup"}
+
+
+def kv_purge_row(names: FleetNames, key: str, msg_id: str) -> dict[str, Any]:
+    """The outbox row that purges a secrets-bucket key and every earlier revision of it."""
+    return {
+        "subject": kv_subject(names.secrets_bucket, key),
+        "msg_id": msg_id,
+        "operation": "purge",
+        "payload": b"",
+    }
+
+
 def fleet_document_row(names: FleetNames, key: str, payload: bytes, msg_id: str) -> dict[str, Any]:
     """The outbox row of a fleet-bucket document (descriptor, roster, rotation, epoch)."""
     return {
@@ -152,7 +169,7 @@ class PendingRow:
     subject: str
     payload: bytes
     msg_id: str
-    operation: str  # put | del | purge | event
+    operation: str  # put | rollup | del | purge | event
 
     @property
     def headers(self) -> dict[str, str]:
@@ -161,6 +178,8 @@ class PendingRow:
             headers |= KV_DELETE_HEADERS
         elif self.operation == "purge":
             headers |= KV_PURGE_HEADERS
+        elif self.operation == "rollup":
+            headers |= KV_ROLLUP_HEADERS
         return headers
 
 

@@ -117,6 +117,22 @@ async def expected_envelopes(
     return out
 
 
+async def deleted_keys(session: AsyncSession, fleet_id: int) -> list[str]:
+    """The bucket keys of deleted secrets and revoked API keys (their history may remain)."""
+    secrets_q = (
+        select(Repository.name, Secret.name)
+        .join(Repository, Repository.id == Secret.repository_id)
+        .where(Repository.fleet_id == fleet_id, Secret.deleted.is_(True))
+    )
+    keys_q = (
+        select(Repository.name, ApiKey.key_id)
+        .join(Repository, Repository.id == ApiKey.repository_id)
+        .where(Repository.fleet_id == fleet_id, ApiKey.revoked_at.is_not(None))
+    )
+    rows = [*(await session.execute(secrets_q)).all(), *(await session.execute(keys_q)).all()]
+    return [secret_key(repo, name) for repo, name in rows]
+
+
 async def count_live_envelopes(
     session: AsyncSession, fleet_id: int, *, epoch: int | None = None
 ) -> int:

@@ -100,6 +100,14 @@ class Transaction:
     def delete_envelope(self, key: str, last_version: int) -> None:
         self.rows.append(outbox.kv_delete_row(self.names, key, last_version))
 
+    def compact_envelope(self, envelope: SecretEnvelope, tag: str) -> None:
+        """Put ``envelope`` again as the only revision its key keeps in the bucket."""
+        self.rows.append(outbox.kv_rollup_row(self.names, envelope, tag=tag))
+
+    def purge_envelope(self, key: str, msg_id: str) -> None:
+        """Purge ``key`` (a deleted secret or revoked API key) with every revision it had."""
+        self.rows.append(outbox.kv_purge_row(self.names, key, msg_id))
+
     def put_fleet_document(self, key: str, payload: bytes, msg_id: str) -> None:
         self.rows.append(outbox.fleet_document_row(self.names, key, payload, msg_id))
 

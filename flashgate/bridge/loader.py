@@ -24,7 +24,13 @@ from flashgate.bridge.collector import Collector, CollectResult
 from flashgate.bridge.store import Entry
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.decrypt import open_jwe
-from flashgate.errors import DecryptionError, FlashgateError, InvalidSecretValue, StaleVersion
+from flashgate.errors import (
+    DecryptionError,
+    FlashgateError,
+    InvalidSecretValue,
+    StaleVersion,
+    VersionConflict,
+)
 from flashgate.events.values import check_value
 
 log = structlog.get_logger("flashgate.bridge.loader")
@@ -56,7 +62,9 @@ class Loader:
         """A new or changed envelope: (re)load it unless the vault holds it from this very
         envelope. The same version with another wrapped key (re-wrapped during a fleet key
         rotation, or a re-wrap put back) is loaded again: every envelope a node reports
-        holding is one it has opened, so a re-wrap that does not open is always seen."""
+        holding is one it has opened, so a re-wrap that does not open is always seen; one
+        that opens to another value is no re-wrap and replaces nothing (the vault refuses
+        it, pending ``version_conflict``)."""
         held = self.vault.held_as(entry.key)
         if held is not None:
             version, _, source = held
@@ -203,6 +211,12 @@ class Loader:
         except StaleVersion:
             self.pending.pop(entry.key, None)
             log.warning("rollback refused", key=entry.key, version=envelope.version)
+            return
+        except VersionConflict as exc:  # not a re-wrap: the held value stays
+            self.pending[entry.key] = exc.code
+            log.error(
+                "another value at the held version refused", key=entry.key, version=envelope.version
+            )
             return
         except FlashgateError as exc:
             self.pending[entry.key] = exc.code

@@ -181,7 +181,7 @@ class BridgeNode:
             responder=self.responder,
             store=self.store,
             partials_for=self.ring.partials_for,
-            fetch=self.secrets.fetch_revision,
+            fetch_latest=self.secrets.fetch_latest,
             on_request=self.peers.seen,
         )
         self.admin = AdminRpcs(

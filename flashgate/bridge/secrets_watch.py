@@ -5,8 +5,9 @@ Each value is checked into this node's own copy of the store
 is recorded with its reason (and read again when the epoch it was refused for arrives,
 :meth:`SecretsWatch.reingest_rejected`). After the initial values (one end marker,
 :func:`flashgate.broker.watch.follow`, which does not trust nats-py's), ``initial_load_done``
-is set once the loader is idle. A share request for a revision this node has not seen (or
-no longer keeps) is answered from the bucket (:meth:`SecretsWatch.fetch_revision`).
+is set once the loader is idle. A share request for a revision this node has not seen yet
+is answered from the bucket when it is the key's latest revision there
+(:meth:`SecretsWatch.fetch_latest`); the bucket's history is never read for one.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class SecretsWatch:
                         unusable=len(self.store.rejected),
                     )
                     self.spawn(self._mark_initial_load())
-                elif isinstance(event, Deleted):
+                elif isinstance(event, Deleted):  # no revision of it is served any more
                     self.store.remove(event.key)
                     self.loader.forget(event.key)
                 else:
@@ -84,19 +85,18 @@ class SecretsWatch:
                     if stored is not None:
                         self.loader.offer(stored)
 
-    async def fetch_revision(self, key: str, revision: int) -> Entry | None:
-        """A revision this node has not seen (ahead) or no longer keeps (behind)."""
+    async def fetch_latest(self, key: str) -> Entry | None:
+        """The latest revision of ``key`` in the bucket (checked, not kept): a peer may be
+        ahead of this node's watch. None for a deleted key or an unusable value."""
         if self.kv is None:
             return None
         try:
-            entry = await self.kv.get(key, revision=revision)
+            entry = await self.kv.get(key)
         except Exception:
             return None
-        if entry.value is None or entry.operation is not None:
+        if entry.value is None or entry.operation is not None or entry.revision is None:
             return None
         try:
-            made = make_entry(self.fleet, key, revision, entry.value, self.store.keys)
+            return make_entry(self.fleet, key, entry.revision, entry.value, self.store.keys)
         except FlashgateError:
             return None
-        self.store.add_fetched(made)
-        return made

@@ -6,9 +6,12 @@ unexpected error), so a requester never waits out a timeout for nothing. A reque
 screened when it arrives, before it waits for a turn (``gate``, the node's bound on
 requests answered at once): its freshness is checked against its travel time, not against
 the time it queued behind earlier requests while this node computed their partials. Each item is
-looked up in this node's own copy of the store (fetching a revision it has not seen from
-the bucket when it can) and its digest checked before any partial is computed; partials
-come from the shared :class:`PartialCache`, so each is computed once.
+looked up in this node's own copy of the store (its current revision or the one that
+replaced, :class:`~flashgate.bridge.store.EnvelopeStore`; a revision it has not seen yet is
+read from the bucket, and served only if it is the key's latest there) and its digest
+checked before any partial is computed; partials come from the shared
+:class:`PartialCache`, so each is computed once. A superseded, deleted or retired revision
+still in the bucket's history is refused (``unknown_secret``).
 
 Proofs are served only for items whose partial this node answered to the same requester
 recently (the last :data:`ANSWERED_PER_REQUESTER` items it answered to it): a proof is
@@ -38,7 +41,7 @@ from flashgate.events.share import ShareItemRefusal, SharePartial, ShareProof, S
 
 log = structlog.get_logger("flashgate.bridge.share")
 
-Fetch = Callable[[str, int], Awaitable[Entry | None]]
+FetchLatest = Callable[[str], Awaitable[Entry | None]]
 
 #: Items remembered per requester as answered (a proof is served only for one of them).
 ANSWERED_PER_REQUESTER = 4_096
@@ -49,7 +52,7 @@ class ShareService:
     responder: Responder
     store: EnvelopeStore
     partials_for: Callable[[int], PartialCache | None]  # this node's partials, per epoch
-    fetch: Fetch | None = None  # a revision not in the store, from the bucket
+    fetch_latest: FetchLatest | None = None  # a key's latest revision, from the bucket
     on_request: Callable[[str], None] | None = None  # a screened requester was heard from
     _answered: dict[str, OrderedDict[tuple[str, int], None]] = field(
         default_factory=dict, init=False, repr=False
@@ -75,8 +78,10 @@ class ShareService:
             entries: list[Entry] = []
             for item in request.items:
                 entry = self.store.lookup(item.key, item.revision)
-                if entry is None and self.fetch is not None:
-                    entry = await self.fetch(item.key, item.revision)
+                if entry is None and self.fetch_latest is not None:
+                    entry = await self.fetch_latest(item.key)  # a revision not seen yet
+                    if entry is not None and entry.revision != item.revision:
+                        entry = None
                 if entry is None:
                     reason = "unknown_secret"
                 elif entry.epoch != request.epoch:

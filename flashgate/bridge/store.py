@@ -3,23 +3,21 @@
 Every envelope is checked on arrival: it must decode, sit under the key its metadata and
 its JWE's bound context name, and carry a well-formed JWE whose wrapped key fits the
 epoch's public key. A responder looks envelopes up here (never trusting a ciphertext sent
-to it); recent revisions are kept so that a peer slightly ahead or behind still finds the
-one it asks about.
+to it). Per key it keeps the current revision and the one that revision replaced (a peer
+still loading it, a request in flight), nothing older: a superseded revision two steps
+back, a deleted secret (both forgotten on delete) or one whose epoch retired is never
+served, although the bucket's history may still hold it (issue 14 §4).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from flashgate.crypto import jwe
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.errors import FlashgateError, StaleEpoch
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope, check_envelope_location
-
-#: Revisions kept per key beyond the current one.
-KEEP_REVISIONS = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,11 +70,21 @@ class EnvelopeStore:
         self.fleet = fleet
         self.keys = keys
         self.current: dict[str, Entry] = {}
-        self._recent: OrderedDict[tuple[str, int], Entry] = OrderedDict()
+        self._replaced: dict[str, Entry] = {}  # key -> the revision the current one replaced
+        self._seen: dict[str, int] = {}  # key -> the latest revision taken, usable or not
         self.rejected: dict[str, str] = {}  # key -> reason code of an unusable value
 
     def ingest(self, key: str, revision: int, raw: bytes) -> Entry | None:
-        """Take a bucket value. Returns the entry, or None (reason kept in ``rejected``)."""
+        """Take a bucket value. Returns the entry, or None (reason kept in ``rejected``).
+        A revision older than one already taken changes nothing (the current entry is
+        returned); the same revision again (read again once its epoch arrived) replaces
+        only itself."""
+        seen = self._seen.get(key, 0)
+        if revision < seen:
+            return self.current.get(key)
+        if revision > seen:
+            self._seen[key] = revision
+            self._supersede(key)
         try:
             entry = make_entry(self.fleet, key, revision, raw, self.keys)
         except FlashgateError as exc:
@@ -84,26 +92,27 @@ class EnvelopeStore:
             return None
         self.rejected.pop(key, None)
         self.current[key] = entry
-        self._remember(entry)
         return entry
 
+    def _supersede(self, key: str) -> None:
+        """A newer revision of ``key`` arrived (usable or not): the current entry becomes
+        the one in flight; with none (the revision before was unusable), nothing is."""
+        previous = self.current.pop(key, None)
+        if previous is not None:
+            self._replaced[key] = previous
+        else:
+            self._replaced.pop(key, None)
+
     def remove(self, key: str) -> Entry | None:
+        """Deleted upstream: no revision of ``key`` is served any more."""
         self.rejected.pop(key, None)
+        self._replaced.pop(key, None)
+        self._seen.pop(key, None)
         return self.current.pop(key, None)
 
-    def _remember(self, entry: Entry) -> None:
-        self._recent[(entry.key, entry.revision)] = entry
-        self._recent.move_to_end((entry.key, entry.revision))
-        limit = max(1024, len(self.current) * (KEEP_REVISIONS + 1))
-        while len(self._recent) > limit:
-            self._recent.popitem(last=False)
-
     def lookup(self, key: str, revision: int) -> Entry | None:
+        """The current revision of ``key`` or the one it replaced; None for any other."""
         entry = self.current.get(key)
-        if entry is not None and entry.revision == revision:
-            return entry
-        return self._recent.get((key, revision))
-
-    def add_fetched(self, entry: Entry) -> None:
-        """An older or newer revision fetched for a peer: remember it, not as current."""
-        self._remember(entry)
+        if entry is None or entry.revision != revision:
+            entry = self._replaced.get(key)
+        return entry if entry is not None and entry.revision == revision else None

@@ -7,19 +7,23 @@ released afterwards. (CPython cannot stop code from copying what it was lent; th
 makes the safe path the easy one.)
 
 Versions only go forward: a version lower than the one held is refused (rollback), the
-same version is a no-op, a higher one replaces the value and wipes the old buffer.
+same version with the same value is a no-op (a re-wrap during a fleet key rotation opens
+to the same value), the same version with another value is refused (a version names one
+value: nothing replaces it silently), a higher one replaces the value and wipes the old
+buffer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flashgate.crypto.api_key_tokens import secrets_match
-from flashgate.errors import SecretNotHeld, StaleVersion
+from flashgate.errors import SecretNotHeld, StaleVersion, VersionConflict
 
 
 @dataclass(repr=False)
@@ -60,6 +64,7 @@ class Vault:
         self._api_keys: dict[str, str] = {}  # key id -> secrets-bucket key
         self._lock = threading.RLock()
         self.rollbacks_refused = 0
+        self.conflicts_refused = 0
 
     def __repr__(self) -> str:
         return f"Vault(<{len(self._slots)} secrets held>)"
@@ -92,8 +97,14 @@ class Vault:
                     f"{key}: version {version} is below the held version {current.version}"
                 )
             if current is not None and version == current.version:
-                current.epoch, current.source = epoch, source
+                same = hmac.compare_digest(current.data, plaintext)  # no copy of either
                 _wipe_input(plaintext)
+                if not same:
+                    self.conflicts_refused += 1
+                    raise VersionConflict(
+                        f"{key}: version {version} opened to another value than the one held"
+                    )
+                current.epoch, current.source = epoch, source
                 return False
             slot = _Slot(
                 version=version,

@@ -36,7 +36,7 @@ from flashgate.cli.reseal import reseal_cmd
 from flashgate.cli.rotate_key import rotate_key
 from flashgate.cli.schemas import schemas
 from flashgate.cli.secret import secret
-from flashgate.crypto.context import SecretContext
+from flashgate.crypto.context import MAX_VERSION, SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
@@ -199,7 +199,13 @@ def fleet_init(
 @click.option("--repo", required=True, callback=_name("repository name"))
 @click.option("--name", required=True, callback=_name("secret name"))
 @click.option("--kind", required=True, callback=_kind, help=f"One of: {', '.join(KINDS)}.")
-@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1, max=MAX_VERSION),
+    default=1,
+    show_default=True,
+)
 def encrypt_cmd(fleet_dir: Path, repo: str, name: str, kind: str, version: int) -> None:
     """Encrypt stdin under the fleet key; print the JWE. Needs no passphrase."""
     descriptor = load_descriptor(fleet_dir)

@@ -22,7 +22,7 @@ from flashgate.cli.options import home_option, json_option
 from flashgate.cli.output import emit
 from flashgate.cli.session import AdminSession, run
 from flashgate.crypto import jwe
-from flashgate.crypto.context import HEADER_PARAM, SecretContext
+from flashgate.crypto.context import HEADER_PARAM, MAX_VERSION, SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
 from flashgate.crypto.publickey import FleetPublicKey, fleet_kid
@@ -34,6 +34,7 @@ from flashgate.errors import (
     KindChange,
     NotFound,
     OversizedInput,
+    VersionLimit,
 )
 from flashgate.events import commands as cmd
 from flashgate.events.queries import Answer, SecretInfo
@@ -262,6 +263,18 @@ async def every_page(session: AdminSession, what: str, **query: Any) -> list[Ans
         after = answer.next
 
 
+def next_version(repo: str, name: str, info: SecretInfo | None) -> int:
+    """The version a write of ``repo/name`` gives (its current one + 1, live or deleted)."""
+    if info is None:
+        return 1
+    if info.current_version >= MAX_VERSION:
+        raise VersionLimit(
+            f"{repo}/{name} is at version {info.current_version}, the highest a secret can "
+            "have: it cannot be written again; use another name"
+        )
+    return info.current_version + 1
+
+
 @click.group()
 def secret() -> None:
     """Secrets of a running system (needs FLASHGATE_ADMIN_PASSPHRASE for the admin key)."""
@@ -294,7 +307,7 @@ async def _write(
                 f"{repo}/{name} exists at version {info.current_version}; use `secret rotate`"
             )
         assert kind is not None
-        version = (info.current_version + 1) if info is not None else 1
+        version = next_version(repo, name, info)
         epoch = int(session.descriptor.epoch)
         context = SecretContext(
             fleet=session.fleet, repo=repo, name=name, kind=kind, version=version

@@ -15,7 +15,10 @@ from flashgate.names import validate_name
 
 HEADER_PARAM = "flashgate"
 CONTEXT_FORMAT = 1
-MAX_VERSION = 2**53 - 1  # exact in every JSON implementation
+#: The highest secret version, in a JWE's context and on the wire (``events.types.Version``).
+#: Each write is the current version + 1, so no secret gets near it; a higher cap would let
+#: one write pin a secret where it can never be rotated again (issue 14 §4).
+MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +35,7 @@ class SecretContext:
         validate_name(self.name, "secret name")
         validate_name(self.kind, "secret kind")
         if type(self.version) is not int or not 1 <= self.version <= MAX_VERSION:
-            raise ContextMismatch("secret version must be an integer >= 1")
+            raise ContextMismatch(f"secret version must be an integer from 1 to {MAX_VERSION}")
 
     @property
     def key(self) -> str:

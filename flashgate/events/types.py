@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
+from flashgate.crypto.context import MAX_VERSION
 from flashgate.names import NAME_PATTERN
 
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="[a-z0-9_-]{1,64}")]
@@ -17,7 +18,7 @@ SecretKey = Annotated[
     ),
 ]
 Epoch = Annotated[int, Meta(ge=1, le=2**31 - 1)]
-Version = Annotated[int, Meta(ge=1, le=2**53 - 1)]
+Version = Annotated[int, Meta(ge=1, le=MAX_VERSION)]
 Serial = Annotated[int, Meta(ge=1, le=2**53 - 1)]
 Revision = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 Count = Annotated[int, Meta(ge=0, le=2**53 - 1)]

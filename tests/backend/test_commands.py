@@ -92,10 +92,11 @@ async def test_rotate_delete_and_recreate(backend: Backend, admin: AdminClient) 
         await asyncio.sleep(0.05)
     else:
         pytest.fail("delete marker never reached the bucket")
-    # Versions never go backwards: a re-created secret continues at last + 1.
+    # Versions never go backwards: a re-created secret continues at last + 1 (version 1
+    # names its first value for good).
     stale = await admin.send(admin.put("app", "db", b"again", version=1))
     assert stale.type == "io.flashgate.command.rejected"
-    assert stale.data.reason == "stale_version"
+    assert stale.data.reason == "version_conflict"
     again = await admin.send(admin.put("app", "db", b"again", version=3))
     assert again.type == "io.flashgate.secret.created" and again.data.version == 3
 
@@ -207,6 +208,52 @@ async def test_duplicate_command_id_is_a_no_op(backend: Backend, admin: AdminCli
         processed = await session.get(ProcessedCommand, command.command_id)
         assert processed is not None and processed.result == "applied"
     assert first.data.version == 1
+
+
+async def test_the_same_version_with_another_jwe_is_a_version_conflict(
+    backend: Backend, admin: AdminClient
+) -> None:
+    """A version a secret already has, with another JWE, is refused naming the secret and
+    the version (not taken as new, not silently a no-op); the identical command re-sent is
+    a duplicate (issue 14 §4). (A put of a live secret stays already_exists: use rotate.)"""
+    await admin.send(admin.put("app", "token", b"v1"))
+    first = admin.rotate("app", "token", b"v2", version=2)
+    await admin.send(first)
+    other_rotate = await admin.send(admin.rotate("app", "token", b"evil", version=2))
+    other_old = await admin.send(admin.rotate("app", "token", b"evil", version=1))
+    for refused in (other_rotate, other_old):
+        assert refused.type == "io.flashgate.command.rejected"
+        assert refused.data.reason == "version_conflict", refused.data
+    assert "app/token already has version 2 with another value" in other_rotate.data.detail
+    assert "app/token already has version 1 with another value" in other_old.data.detail
+    await admin.publish(first, msg_id="the-same-command-again")
+    async with asyncio.timeout(10):
+        while True:  # the repeat is recorded as a duplicate, nothing else changes
+            assert backend.sessions is not None
+            async with backend.sessions() as session:
+                results = (
+                    await session.scalars(
+                        select(AuditEvent.result).where(AuditEvent.command_id == first.command_id)
+                    )
+                ).all()
+            if "duplicate" in results:
+                break
+            await asyncio.sleep(0.05)
+    env = await wait_kv(admin, "app.token", 2)
+    assert env.jwe == first.jwe
+    async with backend.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(SecretVersion)) == 2
+
+
+async def test_a_version_above_the_cap_is_malformed(backend: Backend, admin: AdminClient) -> None:
+    """Versions stop at 2^31 - 1 on the wire: one above is malformed, whoever signed it."""
+    good = admin.put("app", "pin", b"x")
+    fields = {f: getattr(good, f) for f in good.__struct_fields__ if f != "signature"}
+    pinned = sign(cmd.PutSecret(**{**fields, "version": 2**31}), admin.fleet.admin)
+    await admin.publish(pinned)
+    refused = await admin.outcome(pinned.command_id)
+    assert refused.type == "io.flashgate.command.rejected"
+    assert refused.data.reason == "malformed_message", refused.data
 
 
 async def test_api_keys(backend: Backend, admin: AdminClient) -> None:

@@ -212,7 +212,8 @@ async def test_uncommon_cases_fall_back_and_are_refused_as_before(
             (commands.rotate("app", "s", b"v", version=3), "rejected", "stale_version"),
             (commands.rotate("app", "s", b"v", version=2, kind="storage"), "rejected", None),
             (commands.rotate("app", "d", b"v", version=2), "rejected", "not_found"),
-            (commands.put("app", "d", b"v"), "rejected", "stale_version"),
+            # version 1 of the deleted app/d had another JWE (issue 14 §4)
+            (commands.put("app", "d", b"v"), "rejected", "version_conflict"),
         ]
         for command, result, reason in cases:
             outcome = await r.apply(command)

@@ -4,13 +4,14 @@ references the old epoch), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any
 
 import msgspec
 import pytest
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from flashgate.backend.service import Backend
 from flashgate.crypto import jwe
@@ -22,6 +23,7 @@ from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.crypto.threshold.combine import combine
 from flashgate.crypto.threshold.partial import partial_decrypt
 from flashgate.events import commands as cmd
+from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.events.fleet import Roster
 from flashgate.events.rotation import (
     REWRAP_REPLY_CODEC,
@@ -559,3 +561,67 @@ async def test_a_replica_that_missed_the_rotation_writes_no_retired_epoch(
     finally:
         for replica in replicas:
             await replica.stop()
+
+
+async def test_retiring_an_epoch_purges_its_envelopes_from_the_bucket_history(
+    backend: Backend, admin: AdminClient
+) -> None:
+    """Once epoch 1 retires, the secrets bucket's history holds no epoch-1 envelope: not a
+    superseded version, not a re-wrapped original, not a deleted secret's (issue 14 §4)."""
+    await admin.send(admin.put("payments", "db", b"v1"))
+    await admin.send(admin.rotate("payments", "db", b"v2", version=2))
+    await admin.send(admin.put("payments", "gone", b"deleted-before-rotation"))
+    await admin.send(admin.delete("payments", "gone"))
+    current = await wait_kv(admin, "payments.db", 2)
+    kv = await admin.js.key_value(admin.fleet.names.secrets_bucket)
+
+    stream = f"KV_{admin.fleet.names.secrets_bucket}"
+
+    async def epochs_in_history(key: str) -> list[int | None]:
+        """Every message the bucket's stream holds for ``key``, oldest first: its envelope's
+        epoch, or None for a delete or purge marker. (Read message by message: nats-py's
+        KeyValue.history can stop before the values, nats-io/nats.py#842.)"""
+        subject = f"$KV.{admin.fleet.names.secrets_bucket}.{key}"
+        found: list[int | None] = []
+        seq = 1
+        while True:
+            try:
+                msg = await admin.js.get_msg(stream, seq, subject=subject, next=True)
+            except NotFoundError:
+                return found
+            marker = (msg.headers or {}).get("KV-Operation")
+            found.append(None if marker else ENVELOPE_CODEC.decode(msg.data or b"").epoch)
+            seq = msg.seq + 1
+
+    assert await epochs_in_history("payments.db") == [1, 1]
+    assert await epochs_in_history("payments.gone") == [1, None]
+
+    dealt = next_epoch(admin)
+    start = sign(
+        cmd.StartKeyRotation(
+            **admin.base(), from_epoch=1, descriptor=dealt.descriptor, shares=list(dealt.shares)
+        ),
+        admin.fleet.admin,
+    )
+    assert (await admin.send(start)).type == "io.flashgate.fleet.rotation.started"
+    new_key = fleet_public_key(dealt.descriptor)
+    token = rewrap(jwe.parse(current.jwe), y_of(admin, current.jwe), admin.fleet.key, new_key)
+    reply = await send_rewrap(admin, [RewrapItem("payments.db", 2, token)])
+    assert (reply.accepted, reply.remaining) == (1, 0)
+    completed = await admin.send(
+        sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), admin.fleet.admin)
+    )
+    assert completed.type == "io.flashgate.fleet.rotation.completed"
+
+    deadline = time.monotonic() + 10
+    while True:
+        histories = {k: await epochs_in_history(k) for k in ("payments.db", "payments.gone")}
+        if 1 not in histories["payments.db"] + histories["payments.gone"]:
+            break
+        assert time.monotonic() < deadline, histories
+        await asyncio.sleep(0.05)
+    assert histories == {"payments.db": [2], "payments.gone": [None]}
+    latest = await kv_envelope(admin, "payments.db")
+    assert (latest.version, latest.epoch, latest.jwe) == (2, 2, token)
+    with pytest.raises(KeyNotFoundError):
+        await kv.get("payments.gone")

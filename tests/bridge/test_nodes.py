@@ -527,3 +527,84 @@ async def test_a_bridge_started_before_the_backend_waits_quietly_for_the_buckets
     assert [(e["level"], e["bucket"]) for e in waiting] == [("info", fleet.names.fleet_bucket)]
     assert lines("bucket not available yet; retrying") == []
     assert {e["level"] for e in lines("bucket not created yet")} == {"debug"}
+
+
+async def test_only_current_revisions_are_served_and_a_version_keeps_its_value(
+    tmp_path: Path, nats_url: str, nc: Client
+) -> None:
+    """Issue 14 §4, real processes: a responder refuses partials for a revision two steps
+    back and for a deleted secret although the bucket's history holds both; an envelope
+    written into the bucket at the held version with another value is not loaded."""
+    from flashgate.bridge.protocol import open_response
+    from flashgate.bridge.store import make_entry
+    from flashgate.events.envelope import SecretEnvelope
+    from flashgate.fleet.descriptor import fleet_public_key
+
+    async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
+        nodes = ["node-1", "node-2", "node-3"]
+        kv = await cluster.admin.js.key_value(cluster.fleet.names.secrets_bucket)
+        await put(cluster, "r", "rotated", b"v1")
+        oldest = await kv.get("r.rotated")  # the outcome comes after the bucket write
+        assert ENVELOPE_CODEC.decode(oldest.value).version == 1
+        for version in (2, 3):
+            await put(cluster, "r", "rotated", b"v%d" % version, version=version)
+        await put(cluster, "r", "gone", b"deleted")
+        await cluster.wait_held(nodes, "r.rotated", 3)
+        await cluster.wait_held(nodes, "r.gone", 1)
+        gone = await kv.get("r.gone")
+        deleted = await cluster.admin.send(cluster.admin.delete("r", "gone"))
+        assert not deleted.type.endswith("rejected"), deleted.data
+        keys = {1: fleet_public_key(cluster.fleet.ceremony.descriptor)}
+        bundle2 = cluster.fleet.ceremony.bundles[1]
+
+        async def refusals(key: str, revision: int, value: bytes) -> list[str]:
+            made = make_entry(cluster.fleet.name, key, revision, value, keys)
+            raw, request, reply_key = build_request(
+                node_id="node-2",
+                responder="node-1",
+                fleet=cluster.fleet.name,
+                epoch=1,
+                signing_key=bundle2.signing_key,
+                items=[ShareItem(key, revision, made.digest)],
+            )
+            msg = await nc.request(cluster.fleet.names.share_subject("node-1"), raw, timeout=5)
+            results = open_response(
+                msg.data, request, reply_key, "node-1", cluster.fleet.ceremony.roster
+            )
+            assert results.partials == []
+            return [r.reason for r in results.refusals]
+
+        async def deleted_everywhere() -> bool:
+            status = await cluster.status("node-1")
+            return "r.gone" not in {s.key for s in status.secrets}
+
+        await wait_until(deleted_everywhere, 20, "r.gone dropped by node-1")
+        assert await refusals("r.rotated", oldest.revision, oldest.value) == ["unknown_secret"]
+        assert await refusals("r.gone", gone.revision, gone.value) == ["unknown_secret"]
+
+        # The bucket writer puts version 3 again, with another value: not a re-wrap.
+        current = ENVELOPE_CODEC.decode((await kv.get("r.rotated")).value)
+        forged = cluster.admin.jwe("r", "rotated", b"attacker", version=3)
+        await kv.put(
+            "r.rotated",
+            ENVELOPE_CODEC.encode(
+                SecretEnvelope(
+                    fleet=current.fleet,
+                    repo="r",
+                    name="rotated",
+                    kind=current.kind,
+                    version=3,
+                    epoch=1,
+                    jwe=forged,
+                    written_at=current.written_at,
+                )
+            ),
+        )
+
+        async def conflict_seen() -> bool:
+            status = await cluster.status("node-1")
+            pending = {p.key: p.reason for p in status.pending}
+            held = {(s.key, s.version) for s in status.secrets}
+            return pending.get("r.rotated") == "version_conflict" and ("r.rotated", 3) in held
+
+        await wait_until(conflict_seen, 20, "the forged value at the held version refused")

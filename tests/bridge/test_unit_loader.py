@@ -440,3 +440,20 @@ async def test_the_same_version_wrapped_again_is_opened_again(scene: LoaderScene
     await scene.idle()
     assert scene.loader.pending == {} and scene.collector.calls == 4
     assert scene.vault.held_as(S3_V1.key) == (1, EPOCH, entry.digest)
+
+
+async def test_the_same_version_with_another_value_does_not_replace_the_held_one(
+    scene: LoaderScene,
+) -> None:
+    """A re-wrap opens to the same value; an envelope of the held version that opens to
+    another value is not a re-wrap: refused (pending ``version_conflict``), the held value
+    and the envelope it was opened from stay (issue 14 §4)."""
+    [entry] = scene.offer(S3_V1)
+    await scene.idle()
+    other = SecretSpec("payments", "s3", s3_value("attacker-bucket"), version=1, kind="storage")
+    scene.offer(other, revision=2)
+    await scene.idle()
+    assert scene.loader.pending == {S3_V1.key: "version_conflict"}
+    assert scene.value(S3_V1.key) == S3_V1.value
+    assert scene.vault.held_as(S3_V1.key) == (1, EPOCH, entry.digest)
+    assert scene.vault.conflicts_refused == 1

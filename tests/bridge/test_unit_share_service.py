@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.protocol import Responder, build_request, open_response
 from flashgate.bridge.share_service import ShareService
+from flashgate.bridge.store import Entry
 from flashgate.errors import Refused
 from flashgate.events.share import ShareItem, ShareRequest
 from tests.support.bridge_units import (
@@ -24,7 +25,10 @@ from tests.support.bridge_units import (
     MEMBERS,
     SAMPLE_SECRETS,
     ManualClock,
+    SecretSpec,
     bundle,
+    envelope_bytes,
+    make_test_entry,
     new_store,
     roster,
 )
@@ -146,3 +150,102 @@ async def test_a_proof_is_computed_with_the_gil_released(
     payload, _, _ = request(share_service, clock, proofs=True)
     await asyncio.wait_for(share_service.answer(payload), WAIT_S)
     assert seen and all(seen)
+
+
+# --- which revisions are served (issue 14 §4): the current one, and the one it replaced ---
+
+ROTATED = tuple(
+    SecretSpec(SAMPLE_SECRETS[0].repo, SAMPLE_SECRETS[0].name, value, version=v)
+    for v, value in ((1, b"sk-unit-v1"), (2, b"sk-unit-v2"), (3, b"sk-unit-v3"))
+)
+
+
+def item_request(
+    clock: ManualClock, entries: list[Entry]
+) -> tuple[bytes, ShareRequest, X25519PrivateKey]:
+    return build_request(
+        proofs=False,
+        node_id=REQUESTER,
+        responder=RESPONDER,
+        fleet=FLEET,
+        epoch=EPOCH,
+        signing_key=bundle(REQUESTER).signing_key,
+        items=[ShareItem(e.key, e.revision, e.digest) for e in entries],
+        clock=clock,
+    )
+
+
+async def served(
+    share_service: ShareService, clock: ManualClock, entries: list[Entry]
+) -> tuple[list[int], list[tuple[int, str]]]:
+    """Each entry asked for in a request of its own: (revisions served, (revision, reason)
+    of each refused item)."""
+    partials: list[int] = []
+    refusals: list[tuple[int, str]] = []
+    for entry in entries:
+        payload, sent, reply_key = item_request(clock, [entry])
+        raw = await asyncio.wait_for(share_service.answer(payload), WAIT_S)
+        results = open_response(raw, sent, reply_key, RESPONDER, roster())
+        partials += [p.revision for p in results.partials]
+        refusals += [(r.revision, r.reason) for r in results.refusals]
+    return partials, refusals
+
+
+async def test_only_the_current_revision_and_the_one_it_replaced_are_served(
+    service: tuple[ShareService, ManualClock],
+) -> None:
+    share_service, clock = service
+    store = share_service.store
+    entries = []
+    for revision, spec in enumerate(ROTATED, start=100):
+        entry = store.ingest(spec.key, revision, envelope_bytes(spec))
+        assert entry is not None
+        entries.append(entry)
+    partials, refusals = await served(share_service, clock, entries)
+    assert partials == [101, 102]  # the one in flight, the current one
+    assert refusals == [(100, "unknown_secret")]
+
+
+async def test_a_deleted_secret_is_not_served_at_any_revision(
+    service: tuple[ShareService, ManualClock],
+) -> None:
+    share_service, clock = service
+    store = share_service.store
+    entries = [store.ingest(s.key, r, envelope_bytes(s)) for r, s in enumerate(ROTATED[:2], 100)]
+    assert None not in entries
+    store.remove(ROTATED[0].key)
+    partials, refusals = await served(share_service, clock, entries)  # type: ignore[arg-type]
+    assert partials == []
+    assert refusals == [(100, "unknown_secret"), (101, "unknown_secret")]
+
+
+async def test_the_bucket_is_asked_only_for_the_latest_revision(
+    service: tuple[ShareService, ManualClock],
+) -> None:
+    """A revision this node has not seen is fetched only when it is the bucket's latest."""
+    share_service, clock = service
+    older, latest = (make_test_entry(s, revision=r) for s, r in ((ROTATED[1], 7), (ROTATED[2], 8)))
+    bucket = {older.key: latest}
+
+    async def latest_of(key: str) -> Entry | None:
+        return bucket.get(key)
+
+    share_service.fetch_latest = latest_of
+    partials, refusals = await served(share_service, clock, [older, latest])
+    assert partials == [8]
+    assert refusals == [(7, "unknown_secret")]
+
+
+def test_an_unusable_newer_value_leaves_the_current_revision_only_in_flight() -> None:
+    store = new_store()
+    key = ROTATED[0].key
+    first = store.ingest(key, 10, envelope_bytes(ROTATED[0]))
+    assert first is not None
+    assert store.ingest(key, 11, b"not an envelope") is None  # unusable: refused
+    assert key in store.rejected
+    assert store.lookup(key, 10) is first  # the one replaced, still answered for a while
+    assert store.ingest(key, 9, envelope_bytes(ROTATED[1])) is None  # older: changes nothing
+    assert store.lookup(key, 9) is None and store.lookup(key, 10) is first
+    third = store.ingest(key, 12, envelope_bytes(ROTATED[2]))
+    assert third is not None and store.current[key] is third
+    assert store.lookup(key, 10) is None and store.lookup(key, 12) is third

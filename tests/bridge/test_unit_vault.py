@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flashgate.bridge.vault import Vault
-from flashgate.errors import SecretNotHeld, StaleVersion
+from flashgate.errors import SecretNotHeld, StaleVersion, VersionConflict
 from tests.support.material import CANARY
 
 KEY = "payments.s3"
@@ -96,7 +96,7 @@ def test_put_wipes_the_callers_bytearray() -> None:
 def test_put_wipes_the_callers_bytearray_on_a_no_op_and_a_rollback() -> None:
     vault = Vault()
     vault.put(KEY, 2, 1, "storage", b"value-2")
-    same = bytearray(b"value-2 again")
+    same = bytearray(b"value-2")
     older = bytearray(b"value-1")
     assert vault.put(KEY, 2, 1, "storage", same) is False
     with pytest.raises(StaleVersion):
@@ -133,10 +133,24 @@ def test_same_version_is_a_no_op() -> None:
     vault = Vault()
     vault.put(KEY, 3, 1, "storage", b"value-3")
     buffer = vault._slots[KEY].data
-    assert vault.put(KEY, 3, 1, "storage", b"something else") is False
+    assert vault.put(KEY, 3, 1, "storage", bytearray(b"value-3")) is False
     assert read(vault, KEY) == b"value-3"
     assert vault._slots[KEY].data is buffer
     assert vault.rollbacks_refused == 0
+
+
+def test_same_version_with_another_value_is_refused_and_changes_nothing() -> None:
+    """A version names one value: another value at the held version is not a re-wrap
+    (which opens to the same value), whatever its source (issue 14 §4)."""
+    vault = Vault()
+    vault.put(KEY, 3, 1, "storage", b"value-3", source=b"a" * 32)
+    other = bytearray(b"something else")
+    with pytest.raises(VersionConflict):
+        vault.put(KEY, 3, 2, "storage", other, source=b"b" * 32)
+    assert other == bytearray(len(other))  # the caller's buffer is wiped all the same
+    assert read(vault, KEY) == b"value-3"
+    assert vault.held_as(KEY) == (3, 1, b"a" * 32)
+    assert vault.conflicts_refused == 1
 
 
 def test_same_version_from_another_envelope_records_its_epoch_and_source() -> None:

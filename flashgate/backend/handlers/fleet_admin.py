@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select
 
 from flashgate.backend.models import FleetEpoch, RewrapOrigin
-from flashgate.backend.reconcile import count_live_envelopes
+from flashgate.backend.reconcile import count_live_envelopes, deleted_keys, expected_envelopes
 from flashgate.backend.transaction import Transaction
 from flashgate.errors import (
     AlreadyExists,
@@ -148,6 +148,14 @@ async def finish_rotation(
     tx.put_fleet_document(
         FleetNames.CURRENT_EPOCH_KEY, str(fleet.epoch).encode(), f"epoch:{fleet.epoch}"
     )
+    # The bucket's history must not keep envelopes of the retired epoch (superseded
+    # versions, re-wrapped originals, deleted secrets): each live key is put again as
+    # its only revision, each deleted one purged (after the retirement documents).
+    tag = f":retired-e{command.retired_epoch}"
+    for envelope in (await expected_envelopes(session, names, fleet.id)).values():
+        tx.compact_envelope(envelope, tag)
+    for key in await deleted_keys(session, fleet.id):
+        tx.purge_envelope(key, f"kv-purge:{key}{tag}")
     state.epoch, state.rotating_to = fleet.epoch, None
     state.keys.pop(command.retired_epoch, None)
     data = ev.KeyRotationCompleted(

@@ -26,6 +26,7 @@ from flashgate.errors import (
     KindChange,
     NotFound,
     StaleVersion,
+    VersionConflict,
 )
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
@@ -50,6 +51,9 @@ _SECRET_FOR_UPDATE = (
 _SECRET_INSERT = insert(SECRETS)
 _SECRET_UPDATE = update(SECRETS).where(SECRETS.c.id == bindparam("b_id"))
 _VERSION_INSERT = insert(VERSIONS)
+_VERSION_JWE = select(VERSIONS.c.jwe).where(
+    VERSIONS.c.secret_id == bindparam("b_secret_id"), VERSIONS.c.version == bindparam("b_version")
+)
 
 
 def secret_context(command: cmd.PutSecret | cmd.RotateSecret) -> SecretContext:
@@ -199,6 +203,16 @@ async def write_secret(
                 f"secret {shown} exists (version {secret.current_version}); "
                 "use rotate for a new version"
             )
+        if secret is not None and command.version <= secret.current_version:
+            held = await connection.scalar(
+                _VERSION_JWE, {"b_secret_id": secret.id, "b_version": command.version}
+            )
+            if held is not None and held != command.jwe:
+                # A version names one value for good (nodes holding it keep it).
+                raise VersionConflict(
+                    f"secret {shown} already has version {command.version} with another "
+                    f"value; the next version is {secret.current_version + 1}"
+                )
         current = secret.current_version if secret is not None else 0
         if command.version != current + 1:
             raise StaleVersion(
