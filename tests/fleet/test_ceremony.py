@@ -285,9 +285,12 @@ def test_recovery_names_a_faulty_bundle_and_still_succeeds() -> None:
 def test_fleet_dir_round_trip(tmp_path) -> None:
     cer = ceremony()
     written = write_fleet_dir(tmp_path, cer, TEST_PASSPHRASE, params=FAST_KDF)
-    assert {p.name for p in written} == {"fleet.json", "roster.json", "admin.key"} | {
-        f"node-{i}.bundle" for i in range(1, 6)
-    }
+    assert {p.name for p in written} == {
+        "fleet.json",
+        "roster.json",
+        "nats-nodes.json",
+        "admin.key",
+    } | {f"node-{i}.bundle" for i in range(1, 6)}
     for path in written:
         mode = path.stat().st_mode & 0o777
         assert mode == (0o644 if path.suffix == ".json" else 0o600)
