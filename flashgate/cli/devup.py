@@ -7,8 +7,8 @@
    ``HOME/fleet/nats-nodes.json``), each with subject permissions
    (:mod:`flashgate.broker.permissions`). When ``HOME/fleet/roster.json`` changes
    (``flashgate node revoke`` writes it), the users are written again and every server
-   reloaded (SIGHUP): the revoked node's NATS user is gone. ``--nats-cluster 3`` runs three such servers
-   joined by routes instead (a JetStream cluster on loopback, stores in
+   reloaded (SIGHUP): the revoked node's NATS user is gone. ``--nats-cluster 3`` runs three
+   such servers joined by routes instead (a JetStream cluster on loopback, stores in
    ``HOME/nats-cluster/``): the streams and buckets then get three replicas, and any one
    server can be killed (``HOME/run/nats-server.pid`` has one pid per line);
 3. the backend on SQLite (``HOME/backend.db``, migrated first);
