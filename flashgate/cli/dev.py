@@ -3,8 +3,9 @@
 ``dev up`` (:mod:`flashgate.cli.devup`) runs the whole system on this machine. ``dev demo``
 runs the key ceremony into a home directory (once) and shows the offline path end to end:
 encrypt a secret with the public key alone, recover it from t bundles. ``dev nats-config``
-prints a deployment nats-server config with one user per role (monitoring on loopback
-unless ``--monitor-address`` says otherwise).
+prints a deployment nats-server config (monitoring on loopback unless ``--monitor-address``
+says otherwise) that includes its users; ``--authorization FLEET_DIR`` prints those: a
+user per role and an NKey user per active node of the fleet directory.
 
 Commands these print for the user to paste name ``flashgate`` as it can be run
 (:func:`flashgate_command`) and export the passphrase when it is the public dev one
