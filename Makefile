@@ -1,11 +1,13 @@
-# make test : bootstrap .venv (again whenever pyproject.toml changes) and run the suite
+# make test      : bootstrap .venv (again whenever pyproject.toml changes) and run the suite
+# make test-fast : only the tier that needs no server and starts no process (markers in
+#                  pyproject.toml, tests/support/tiers.py)
 # make up   : bootstrap .venv and run the system locally
 PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: test up lint bench clean compose-test
+.PHONY: test test-fast up lint bench clean compose-test
 
 # constraints.txt pins the versions the suite is tested with (ranges are in pyproject.toml)
 $(STAMP): pyproject.toml constraints.txt
@@ -16,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not nats and not postgres and not processes and not slow and not e2e" $(PYTEST_ARGS)
 
 up: $(STAMP)
 	$(VENV)/bin/flashgate dev up --home .flashgate

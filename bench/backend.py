@@ -83,7 +83,7 @@ from nats.js import JetStreamContext
 
 from flashgate import logs
 from flashgate.backend import db
-from flashgate.backend.commands import Outcome
+from flashgate.backend.processor import Outcome
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.broker.connection import connect
 from flashgate.crypto.context import SecretContext

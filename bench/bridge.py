@@ -126,7 +126,7 @@ from flashgate.crypto.threshold import combine, partial_decrypt
 from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
 from flashgate.events.fleet import encode_roster
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     STATUS_REQUEST_CODEC,
     STATUS_RESPONSE_CODEC,
     StatusRequest,

@@ -167,6 +167,7 @@ def make_share_request(items: int) -> ShareRequest:
         epoch=1,
         request_id=secrets.token_bytes(16),
         requester="node-1",
+        responder="node-2",
         issued_at=int(time.time() * 1000),
         reply_key=secrets.token_bytes(32),
         proofs=False,

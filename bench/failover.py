@@ -53,7 +53,7 @@ from harness import log, percentile
 
 from flashgate import logs
 from flashgate.backend import db
-from flashgate.backend.commands import Outcome
+from flashgate.backend.processor import Outcome
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.broker.connection import connect
 from flashgate.cli.home import HomeConfig, fleet_dir, save_config

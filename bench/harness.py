@@ -128,7 +128,7 @@ def arg_parser(doc: str | None, quick_help: str) -> argparse.ArgumentParser:
 
 
 def mode_of(args: argparse.Namespace) -> str:
-    """"smoke", "quick" or "full"."""
+    """Which mode: "smoke", "quick" or "full"."""
     return "smoke" if args.smoke else "quick" if args.quick else "full"
 
 

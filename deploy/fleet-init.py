@@ -3,12 +3,13 @@
     python fleet-init.py --ceremony DIR --public DIR --nodes-root DIR -- FLEET-INIT-ARGS...
 
 1. If DIR (the private ceremony volume) has no fleet.json yet: `flashgate fleet init
-   --out DIR FLEET-INIT-ARGS` (sealed with FLASHGATE_PASSPHRASE, which also seals admin.key).
-2. Each bundle still in DIR/nodes/ is re-sealed with that node's own passphrase
-   (FLASHGATE_PASSPHRASE_<ID>, e.g. FLASHGATE_PASSPHRASE_NODE_1 for node-1) into
-   NODES_ROOT/<id>/<id>.bundle, unless that file exists (a bridge re-seals its bundle after
-   a fleet key rotation: it is never overwritten), then deleted from DIR: after the
-   hand-out no volume but the node's own holds its share.
+   --out DIR FLEET-INIT-ARGS`: admin.key sealed with FLASHGATE_ADMIN_PASSPHRASE, each
+   node's bundle with that node's own passphrase (FLASHGATE_PASSPHRASE_<ID>, e.g.
+   FLASHGATE_PASSPHRASE_NODE_1 for node-1); the ceremony process is hardened first.
+2. Each bundle still in DIR/nodes/ is moved to NODES_ROOT/<id>/<id>.bundle, unless that
+   file exists (a bridge re-seals its bundle with a newer roster or after a fleet key
+   rotation: it is never overwritten), then deleted from DIR: after the hand-out no volume
+   but the node's own holds its share.
 3. fleet.json and roster.json (public) are copied to the public volume on every run, so
    the backend sees the admin's latest copies.
 4. With --nats-auth DIR: DIR/authorization.conf, the users nats-server includes (the role
@@ -21,14 +22,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from flashgate.broker.permissions import AUTHORIZATION_INCLUDE, authorization_config
 from flashgate.cli.main import main as flashgate_main
 from flashgate.events.subjects import FleetNames
-from flashgate.fleet.directory import read_bundle
 from flashgate.fleet.files import (
     DESCRIPTOR_FILE,
     NODES_DIR,
@@ -40,10 +39,6 @@ from flashgate.fleet.nats_identity import active_identities
 
 #: The file nats-server includes (deploy/nats.conf), in the nats-auth volume.
 AUTHORIZATION_FILE = Path(AUTHORIZATION_INCLUDE).name
-
-
-def node_passphrase_env(node_id: str) -> str:
-    return "FLASHGATE_PASSPHRASE_" + node_id.upper().replace("-", "_")
 
 
 def main(argv: list[str]) -> int:
@@ -61,18 +56,11 @@ def main(argv: list[str]) -> int:
         status = flashgate_main(["fleet", "init", "--out", str(ceremony), *init_args])
         if status:
             return status
-    passphrase = os.environ["FLASHGATE_PASSPHRASE"]
     for path in sorted((ceremony / NODES_DIR).glob("*.bundle")):
         node_id = path.stem
         target = nodes_root / node_id / path.name
         if not target.exists():
-            env = node_passphrase_env(node_id)
-            own = os.environ.get(env)
-            if not own:
-                print(f"fleet-init: {env} is not set", file=sys.stderr)
-                return 1
-            bundle = read_bundle(path, passphrase)
-            write_atomic(target, bundle.seal(own), 0o600)
+            write_atomic(target, path.read_bytes(), 0o600)  # sealed with the node's own
             print(f"fleet-init: {node_id}'s bundle handed out", file=sys.stderr)
         path.unlink()  # the node's volume holds the only copy now
     for name in (DESCRIPTOR_FILE, ROSTER_FILE):

@@ -6,7 +6,15 @@ variable named in their ``envvar=``; everything else is read here. No other modu
 
 ========================== ==========================================================
 ``FLASHGATE_HOME``         the admin home (default ``./.flashgate``)
-``FLASHGATE_PASSPHRASE``   the passphrase of sealed files (bundles, the admin key)
+``FLASHGATE_ADMIN_PASSPHRASE`` the passphrase of ``admin.key`` (``fleet init``, the admin
+                           tooling; never a bridge's or the backend's)
+``FLASHGATE_NODE_PASSPHRASE`` a bridge's passphrase: of its own bundle (``flashgate bridge``)
+``FLASHGATE_PASSPHRASE_<ID>`` node ``<id>``'s passphrase at ``fleet init`` and ``dev up``
+                           (:func:`node_passphrase_env`: ``FLASHGATE_PASSPHRASE_NODE_1``
+                           for node-1)
+``FLASHGATE_PASSPHRASE``   the old single passphrase, still accepted for any sealed file
+                           whose own variable is unset (the weak setting: every holder then
+                           has every other's passphrase)
 ``FLASHGATE_NATS_URL``     NATS URLs, comma-separated (``--nats``; an admin home without
                            ``config.json``)
 ``FLASHGATE_NATS_USER``    NATS user (``--nats-user``; admin commands without a login)
@@ -31,6 +39,8 @@ import os
 
 HOME_ENV = "FLASHGATE_HOME"
 PASSPHRASE_ENV = "FLASHGATE_PASSPHRASE"  # noqa: S105 - a variable name, not a password
+ADMIN_PASSPHRASE_ENV = "FLASHGATE_ADMIN_PASSPHRASE"  # noqa: S105 - a variable name
+NODE_PASSPHRASE_ENV = "FLASHGATE_NODE_PASSPHRASE"  # noqa: S105 - a variable name
 NATS_URL_ENV = "FLASHGATE_NATS_URL"
 NATS_USER_ENV = "FLASHGATE_NATS_USER"
 NATS_PASSWORD_ENV = "FLASHGATE_NATS_PASSWORD"  # noqa: S105 - a variable name
@@ -43,9 +53,21 @@ BUNDLE_ENV = "FLASHGATE_BUNDLE"
 FAILPOINTS_ENV = "FLASHGATE_FAILPOINTS"
 NATS_SERVER_BIN_ENV = "NATS_SERVER_BIN"
 
-#: ``dev up`` gives its children its own NATS settings and no failpoints: variables with
-#: these prefixes are not passed on from its environment.
-NOT_INHERITED_BY_DEV_CHILDREN = ("FLASHGATE_NATS", FAILPOINTS_ENV)
+#: ``dev up`` gives its children its own NATS settings, no failpoints and no passphrase
+#: but a bridge's own: variables with these prefixes are not passed on from its environment.
+NOT_INHERITED_BY_DEV_CHILDREN = (
+    "FLASHGATE_NATS",
+    FAILPOINTS_ENV,
+    PASSPHRASE_ENV,  # and every FLASHGATE_PASSPHRASE_<ID>
+    ADMIN_PASSPHRASE_ENV,
+    NODE_PASSPHRASE_ENV,
+)
+
+
+def node_passphrase_env(node_id: str) -> str:
+    """The variable holding node ``node_id``'s passphrase at ``fleet init``:
+    ``FLASHGATE_PASSPHRASE_`` and the id in capitals, ``-`` as ``_`` (node-1: ``..._NODE_1``)."""
+    return f"{PASSPHRASE_ENV}_{node_id.upper().replace('-', '_')}"
 
 
 def read(name: str) -> str | None:

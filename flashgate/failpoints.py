@@ -9,7 +9,8 @@ duplicates nothing.
 can SIGKILL it at a known point: in the middle of a batch of commands it fetched and has
 not acknowledged. ``name=raise@N`` raises :class:`FailpointError` there (as a database
 that fails once would), ``name@N`` exits at the N-th hit. Points: ``backend.after_commit``,
-``backend.before_apply``. Unset in production; reading it costs one dict lookup.
+``backend.before_apply``, ``ceremony.dealt`` (``fleet init``, every share in memory).
+Unset in production; reading it costs one dict lookup.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ SECRET_TYPE_NAMES = frozenset(
         "flashgate.events.share.ShareResults",  # partial decryptions
         "flashgate.fleet.ceremony.Ceremony",
         "flashgate.fleet.bundle.NodeBundle",
-        "flashgate.fleet.rotation.EpochKey",
+        "flashgate.fleet.epoch_dealing.EpochKey",
         "flashgate.fleet.recovery.Recovered",
         "flashgate.bridge.vault.Vault",
         "flashgate.bridge.vault._Slot",

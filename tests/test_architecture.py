@@ -14,6 +14,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 SHARE_SIDE = (
@@ -24,6 +26,7 @@ SHARE_SIDE = (
 )
 
 
+@pytest.mark.processes
 def test_import_contracts_are_kept() -> None:
     result = subprocess.run(
         [str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
@@ -52,6 +55,7 @@ def test_crypto_contract_has_no_exception() -> None:
     assert crypto.get("ignore_imports", []) == []
 
 
+@pytest.mark.processes
 def test_backend_process_loads_no_share_or_combine_code() -> None:
     """Not only direct imports: the whole import closure of the backend service."""
     code = (

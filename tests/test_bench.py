@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+# Each test runs a bench script as its own process.
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

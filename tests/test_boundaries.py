@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import flashgate
 
 PACKAGE = Path(flashgate.__file__).parent
@@ -40,6 +42,7 @@ def _loaded_after_importing(modules: tuple[str, ...]) -> list[str]:
     ).stdout.split()
 
 
+@pytest.mark.processes
 def test_service_processes_do_not_load_the_nats_server_harness() -> None:
     """The harness starts nats-server processes and registers an atexit hook: tests and
     ``dev up`` need it, a backend or bridge process must not carry it."""

@@ -108,7 +108,7 @@ def _run_init(tmp_path: Path, **env: str) -> tuple[Path, subprocess.CompletedPro
     ]
     full_env = {
         **os.environ,
-        "FLASHGATE_PASSPHRASE": "ceremony-passphrase",
+        "FLASHGATE_ADMIN_PASSPHRASE": "ceremony-passphrase",
         "FLASHGATE_PASSPHRASE_NODE_1": "node-1-passphrase",
         "FLASHGATE_PASSPHRASE_NODE_2": "node-2-passphrase",
         "FLASHGATE_PASSPHRASE_NODE_3": "node-3-passphrase",
@@ -158,11 +158,18 @@ def test_passphrases_per_node_and_none_for_the_backend() -> None:
     seen = set()
     for n, bridge in enumerate(BRIDGES, 1):
         env = SERVICES[bridge]["environment"]
-        assert [k for k in env if "PASSPHRASE" in k] == ["FLASHGATE_PASSPHRASE"], bridge
-        assert f"FLASHGATE_PASSPHRASE_NODE_{n}" in env["FLASHGATE_PASSPHRASE"]
-        seen.add(env["FLASHGATE_PASSPHRASE"])
+        assert [k for k in env if "PASSPHRASE" in k] == ["FLASHGATE_NODE_PASSPHRASE"], bridge
+        assert f"FLASHGATE_PASSPHRASE_NODE_{n}" in env["FLASHGATE_NODE_PASSPHRASE"]
+        seen.add(env["FLASHGATE_NODE_PASSPHRASE"])
     assert len(seen) == 3
-    assert "${FLASHGATE_PASSPHRASE:" in SERVICES["admin"]["environment"]["FLASHGATE_PASSPHRASE"]
+    admin = SERVICES["admin"]["environment"]
+    assert [k for k in admin if "PASSPHRASE" in k] == ["FLASHGATE_ADMIN_PASSPHRASE"]
+    assert "${FLASHGATE_ADMIN_PASSPHRASE:" in admin["FLASHGATE_ADMIN_PASSPHRASE"]
+    init = SERVICES["init"]["environment"]
+    assert sorted(k for k in init if "PASSPHRASE" in k) == [
+        "FLASHGATE_ADMIN_PASSPHRASE",
+        *(f"FLASHGATE_PASSPHRASE_NODE_{n}" for n in (1, 2, 3)),
+    ]
 
 
 def _interpolate(value: object, env: dict[str, str]) -> str:
@@ -260,6 +267,7 @@ def test_image_mount_points_belong_to_the_service_user() -> None:
     ]
 
 
+@pytest.mark.processes
 def test_init_hands_out_one_bundle_per_node(tmp_path: Path) -> None:
     from flashgate.errors import FlashgateError
     from flashgate.fleet.directory import read_bundle
@@ -298,12 +306,14 @@ def test_init_hands_out_one_bundle_per_node(tmp_path: Path) -> None:
     assert (root / "node-1" / "node-1.bundle").read_bytes() == b"re-sealed by the bridge"
 
 
+@pytest.mark.processes
 def test_init_refuses_without_a_node_passphrase(tmp_path: Path) -> None:
+    """Refused before the ceremony: nothing is dealt, nothing handed out."""
     root, result = _run_init(tmp_path, FLASHGATE_PASSPHRASE_NODE_3="")
     assert result.returncode != 0
     assert "FLASHGATE_PASSPHRASE_NODE_3" in result.stderr
     assert not (root / "node-3" / "node-3.bundle").exists()
-    assert (root / "ceremony" / "nodes" / "node-3.bundle").exists()  # kept for the next run
+    assert not (root / "ceremony" / "fleet.json").exists()
 
 
 @pytest.mark.parametrize("service", FLASHGATE_SERVICES)
@@ -320,6 +330,7 @@ def test_service_commands_are_valid_flashgate_invocations(service: str) -> None:
     target.make_context(f"flashgate {args[0]}", list(sub_args), resilient_parsing=False)
 
 
+@pytest.mark.processes
 def test_nats_config_is_generated_and_valid(tmp_path: Path) -> None:
     path = ROOT / "deploy" / "nats.conf"
     assert path.read_text() == server_config(FleetNames("demo")), (
@@ -403,6 +414,7 @@ def _nats_service_argv(tmp_path: Path) -> list[str]:
     return argv
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("shell", ["sh", "busybox"])
 @pytest.mark.parametrize("passwords", PASSWORD_SETS, ids=range(len(PASSWORD_SETS)))
 def test_nats_service_accepts_any_password(
@@ -486,6 +498,7 @@ def test_nats_service_accepts_any_password(
     assert not (tmp_path / "data" / "jetstream" / "jetstream").exists()
 
 
+@pytest.mark.processes
 def test_nats_entrypoint_passes_every_role_and_refuses_a_missing_one(tmp_path: Path) -> None:
     from flashgate.broker.permissions import ROLES, password_env
 
@@ -505,13 +518,14 @@ def test_nats_entrypoint_passes_every_role_and_refuses_a_missing_one(tmp_path: P
     assert "FG_BACKEND_PASSWORD is not set" in result.stderr
 
 
+@pytest.mark.processes
 def test_backend_reaches_postgresql_with_any_password() -> None:
     """The backend's database settings, as compose gives them, with a password full of URL
     delimiters: `flashgate backend migrate` reaches PostgreSQL (at 127.0.0.1, trust auth
     here: the URL must parse to the right host, user and database)."""
-    from tests.backend.conftest import _PG, PG_SKIP_REASON, postgres_database
+    from tests.support.databases import PG_AVAILABLE, PG_SKIP_REASON, postgres_database
 
-    if not _PG:
+    if not PG_AVAILABLE:
         pytest.skip(PG_SKIP_REASON)
     compose_env = SERVICES["backend"]["environment"]
     values = {"POSTGRES_PASSWORD": "p@ss/w:rd"}
@@ -538,6 +552,7 @@ def test_backend_reaches_postgresql_with_any_password() -> None:
     assert "p@ss" not in result.stderr
 
 
+@pytest.mark.processes
 def test_env_file_is_kept_out_of_git_and_build_contexts(tmp_path: Path) -> None:
     """.env holds every passphrase: git ignores it and it is not sent to `docker build`
     (make compose-test checks the real build context)."""

@@ -15,7 +15,7 @@ from flashgate import logs
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.decrypt import OpenedSecret
 from flashgate.events.values import S3Storage
-from tests.helpers import CANARY, dealing
+from tests.support.material import CANARY, dealing
 
 
 @pytest.fixture
@@ -61,7 +61,10 @@ def test_key_material_and_values_are_refused_wherever_they_sit(
     admin = Ed25519PrivateKey.generate()
     opened = OpenedSecret(plaintext=CANARY, context=None)
     value = S3Storage(
-        type="storage", bucket="b", region="r", access_key_id="AKIA",
+        type="storage",
+        bucket="b",
+        region="r",
+        access_key_id="AKIA",
         secret_access_key=CANARY.decode(),
     )
     structlog.contextvars.bind_contextvars(bound=share)

@@ -22,7 +22,7 @@ from flashgate.crypto.threshold import (
 from flashgate.fleet.directory import read_bundle
 from flashgate.fleet.files import load_descriptor
 from flashgate.fleet.recovery import recover
-from tests.helpers import VECTORS, load_vectors
+from tests.support.material import VECTORS, load_vectors
 
 JWE_VECTORS = load_vectors("jwe-v1.json")
 KAT = load_vectors("threshold-kat-v1.json")

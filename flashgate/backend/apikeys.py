@@ -11,8 +11,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flashgate.backend.commands import CommandProcessor
-from flashgate.crypto.apikey import new_key_id, new_key_secret
+from flashgate.backend.processor import CommandProcessor
+from flashgate.crypto.api_key_tokens import new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import ApiKeyRejected

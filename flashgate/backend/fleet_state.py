@@ -14,7 +14,7 @@ from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.events.fleet import decode_descriptor
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 
 
 @dataclass

@@ -48,7 +48,7 @@ from flashgate.backend.models import (
 from flashgate.backend.reconcile import api_key_envelope, count_live_envelopes, secret_envelope
 from flashgate.backend.store import Store
 from flashgate.crypto import jwe
-from flashgate.crypto.apikey import KEY_ID_PREFIX
+from flashgate.crypto.api_key_tokens import KEY_ID_PREFIX
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.errors import (
     FlashgateError,
@@ -73,7 +73,7 @@ from flashgate.events.rotation import (
 )
 from flashgate.events.signing import verify
 from flashgate.events.subjects import split_secret_key
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 
 log = structlog.get_logger("flashgate.backend.rewrap")
 

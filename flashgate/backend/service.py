@@ -35,12 +35,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from flashgate.backend import db, health
 from flashgate.backend.apikeys import IssuedApiKey, issue_api_key
-from flashgate.backend.commands import CommandProcessor, Outcome
 from flashgate.backend.fleet_state import FleetState
 from flashgate.backend.lease import PostgresRelayLease
 from flashgate.backend.models import Fleet, FleetEpoch
 from flashgate.backend.ordering import Sequencer, Step
 from flashgate.backend.outbox import Relay, kv_subject
+from flashgate.backend.processor import CommandProcessor, Outcome
 from flashgate.backend.query_answers import Queries
 from flashgate.backend.reconcile import reconcile
 from flashgate.backend.rewrap import RewrapService
@@ -60,7 +60,7 @@ from flashgate.events.subjects import FleetNames
 from flashgate.events.types import ApiKeyScope
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ROSTER_FILE, load_descriptor, load_roster
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 from flashgate.taskgroup import HeldTaskGroup
 
 log = structlog.get_logger("flashgate.backend")

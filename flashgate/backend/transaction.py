@@ -2,7 +2,7 @@
 the session, the fleet state, and helpers for the outbox, events and envelope checks.
 
 A handler adds the outbox rows of what it changed through this object; the processor
-(:mod:`flashgate.backend.commands`) appends the outcome event, writes the rows after any
+(:mod:`flashgate.backend.processor`) appends the outcome event, writes the rows after any
 the ORM holds (:func:`flashgate.backend.outbox.insert_rows`, ids in the order added), and
 writes the audit row.
 """

@@ -1,7 +1,7 @@
 """A node's admin RPCs: status, API key check, and the metrics snapshot. No I/O.
 
 ``fg.<f>.node.<node>.status`` and ``...apikey-check`` carry admin-signed requests
-(:mod:`flashgate.events.node`). Each goes through one :class:`RequestScreen` (signature
+(:mod:`flashgate.events.node_status`). Each goes through one :class:`RequestScreen` (signature
 under the pinned admin key first, then freshness within :data:`ADMIN_SKEW_MS` of the
 injected clock, then the replay cache):
 
@@ -34,7 +34,7 @@ from flashgate.bridge.vault import Vault
 from flashgate.crypto import box
 from flashgate.errors import FlashgateError, Refused
 from flashgate.events.fleet import Roster
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     APIKEY_CHECK_CODEC,
     STATUS_REQUEST_CODEC,
     ApiKeyCheck,

@@ -56,8 +56,8 @@ from flashgate.events.fleet import ROSTER_CODEC, FleetDescriptor, Roster, Roster
 from flashgate.events.signing import verify
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle
+from flashgate.fleet.epoch_dealing import open_share
 from flashgate.fleet.files import write_atomic
-from flashgate.fleet.rotation import open_share
 
 log = structlog.get_logger("flashgate.bridge")
 

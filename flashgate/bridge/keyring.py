@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from flashgate.bridge.partials import PartialCache
-from flashgate.fleet.rotation import EpochKey
+from flashgate.fleet.epoch_dealing import EpochKey
 
 
 @dataclass(eq=False)

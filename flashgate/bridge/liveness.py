@@ -29,9 +29,9 @@ from flashgate.crypto.rng import Rng
 from flashgate.errors import FlashgateError, SignatureInvalid
 from flashgate.events import domain as ev
 from flashgate.events.fleet import Roster
-from flashgate.events.node import HEARTBEAT_CODEC, Heartbeat
+from flashgate.events.node_status import HEARTBEAT_CODEC, Heartbeat
 from flashgate.events.signing import sign, verify
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 
 HEARTBEAT_INTERVAL_S = 2.0
 

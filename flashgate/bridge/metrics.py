@@ -21,7 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flashgate.events.node import StatusResponse
+from flashgate.events.node_status import StatusResponse
 
 _READ_TIMEOUT_S = 5.0
 _CONTENT_TYPE = choose_encoder("")[1].encode()  # text/plain; version=0.0.4; charset=utf-8

@@ -1,16 +1,17 @@
 """A Bridge Node, composed: the parts wired together and started and stopped in order.
 
-Start-up order (DESIGN §5): unseal the bundle and verify descriptor and roster against the
-pinned admin key; harden the process; connect; start answering share requests at once (so
-nodes that start together never wait on each other), status requests and API key checks,
-and listen to peers' heartbeats; follow the fleet bucket until its initial values are read
-(every epoch this node holds a share of is known); then start heartbeats, the loader, the
-secrets bucket watch and the rewrapper, and the metrics endpoint. The roster is followed:
-a revoked peer is refused at once and never asked; a revoked node purges and stops. SIGTERM
-or SIGINT purges the vault and the partial cache and the process exits 0. The node's tasks
-(watches, loader, rewrapper, heartbeats, each share answer) run in one task group
-(:class:`~flashgate.taskgroup.HeldTaskGroup`): stop cancels and waits for all of them, and
-a task that fails stops the node (purged; the CLI exits 1).
+Start-up order (DESIGN §5): harden the process (``flashgate bridge`` does it before it
+unseals the bundle; a node built without a report hardens at start); unseal the bundle and
+verify descriptor and roster against the pinned admin key; connect; start answering share
+requests at once (so nodes that start together never wait on each other), status requests
+and API key checks, and listen to peers' heartbeats; follow the fleet bucket until its
+initial values are read (every epoch this node holds a share of is known); then start
+heartbeats, the loader, the secrets bucket watch and the rewrapper, and the metrics
+endpoint. The roster is followed: a revoked peer is refused at once and never asked; a
+revoked node purges and stops. SIGTERM or SIGINT purges the vault and the partial cache and
+the process exits 0. The node's tasks (watches, loader, rewrapper, heartbeats, each share
+answer) run in one task group (:class:`~flashgate.taskgroup.HeldTaskGroup`): stop cancels
+and waits for all of them, and a task that fails stops the node (purged; the CLI exits 1).
 
 The parts, each in a module of its own:
 
@@ -40,11 +41,12 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
+from flashgate.bridge import hardening as process_hardening
 from flashgate.bridge import metrics
 from flashgate.bridge.admin import AdminRpcs
 from flashgate.bridge.collector import Collector
 from flashgate.bridge.fleet_follower import FleetFollower, starting_roster
-from flashgate.bridge.hardening import HardeningReport, harden
+from flashgate.bridge.hardening import HardeningReport
 from flashgate.bridge.keyring import KeyRing
 from flashgate.bridge.liveness import Liveness
 from flashgate.bridge.loader import Loader
@@ -59,11 +61,11 @@ from flashgate.bridge.transport import DROP_LOG_EVERY_S, NatsTransport
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
 from flashgate.events.fleet import Roster
-from flashgate.events.node import APIKEY_CHECK_RESULT_CODEC, STATUS_RESPONSE_CODEC
+from flashgate.events.node_status import APIKEY_CHECK_RESULT_CODEC, STATUS_RESPONSE_CODEC
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle
-from flashgate.fleet.rotation import EpochKey
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.epoch_dealing import EpochKey
+from flashgate.fleet.identity_keys import load_ed25519_public
 from flashgate.taskgroup import HeldTaskGroup
 
 log = structlog.get_logger("flashgate.bridge")
@@ -239,8 +241,9 @@ class BridgeNode:
             await self._start()
 
     async def _start(self) -> None:
-        self.hardening = harden(lock_memory=self.settings.lock_memory)
-        log.info("process hardening", **self.hardening.as_dict())
+        if self.hardening is None:  # `flashgate bridge` hardens before it unseals the bundle
+            self.hardening = process_hardening.harden(lock_memory=self.settings.lock_memory)
+            log.info("process hardening", **self.hardening.as_dict())
         await self._tasks.open(on_failure=self._stopped.set)
         s = self.settings
         # Its own NATS identity (the NKey sealed in its bundle) unless told a user to log

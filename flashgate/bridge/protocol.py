@@ -49,7 +49,7 @@ from flashgate.events.share import (
     ShareResults,
 )
 from flashgate.events.signing import sign, verify
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 
 
 @dataclass(frozen=True)

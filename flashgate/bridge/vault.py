@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from flashgate.crypto.apikey import secrets_match
+from flashgate.crypto.api_key_tokens import secrets_match
 from flashgate.errors import SecretNotHeld, StaleVersion
 
 

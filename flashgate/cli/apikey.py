@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import click
 
@@ -14,16 +15,17 @@ from flashgate.cli.options import home_option, json_option
 from flashgate.cli.output import emit, mark_error_reported
 from flashgate.cli.secret import every_page
 from flashgate.cli.session import AdminSession, run
-from flashgate.crypto.apikey import is_key_id, new_key_id, new_key_secret
+from flashgate.crypto.api_key_tokens import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import ApiKeyRefused, ConfigurationError, NoOutcome
 from flashgate.events import commands as cmd
+from flashgate.events.types import StorageAccess
 from flashgate.events.values import AI_PROVIDERS
 from flashgate.names import validate_name
 from flashgate.runnable import command
 
-STORAGE_ACCESS = ("read", "write", "admin")
+STORAGE_ACCESS: tuple[str, ...] = get_args(StorageAccess)  # the wire type decides
 #: A key's name: what the wire's Label allows (flashgate/events/types.py).
 MAX_NAME_CHARS = 128
 
@@ -55,7 +57,7 @@ def check_access(scope: str, access: str | None) -> str:
 
 @click.group()
 def apikey() -> None:
-    """Repository API keys (needs FLASHGATE_PASSPHRASE for the admin key)."""
+    """Repository API keys (needs FLASHGATE_ADMIN_PASSPHRASE for the admin key)."""
 
 
 @apikey.command("create")

@@ -8,10 +8,20 @@ import signal
 from pathlib import Path
 
 import click
+import structlog
 
 from flashgate import logs
-from flashgate.cli.passphrase import get_passphrase
-from flashgate.environment import BUNDLE_ENV, NATS_PASSWORD_ENV, NATS_URL_ENV, NATS_USER_ENV
+from flashgate.bridge import hardening
+from flashgate.cli.passphrase import node_passphrase, uses_shared_passphrase
+from flashgate.environment import (
+    ADMIN_PASSPHRASE_ENV,
+    BUNDLE_ENV,
+    NATS_PASSWORD_ENV,
+    NATS_URL_ENV,
+    NATS_USER_ENV,
+    NODE_PASSPHRASE_ENV,
+    PASSPHRASE_ENV,
+)
 
 
 @click.command()
@@ -65,13 +75,25 @@ def bridge(
     log_level: str,
     log_json: bool | None,
 ) -> None:
-    """Run a Bridge Node (passphrase from FLASHGATE_PASSPHRASE)."""
+    """Run a Bridge Node. Its bundle's passphrase: FLASHGATE_NODE_PASSPHRASE (else the old
+    shared FLASHGATE_PASSPHRASE, else a prompt on a terminal). The process is hardened
+    before the bundle is unsealed."""
     from flashgate.bridge.node import BridgeNode, BridgeSettings
-    from flashgate.fleet.directory import read_bundle
+    from flashgate.fleet import directory
 
+    # First: no core dumps, not dumpable, memory locked, before any key is in memory.
+    report = hardening.harden(lock_memory=not no_mlock)
     logs.configure(level=log_level, json=log_json)
-    passphrase = get_passphrase(confirm=False)
-    opened = read_bundle(bundle, passphrase)
+    log = structlog.get_logger("flashgate.bridge")
+    log.info("process hardening", **report.as_dict())
+    passphrase = node_passphrase(bundle)
+    if uses_shared_passphrase(NODE_PASSPHRASE_ENV):
+        log.warning(
+            f"bundle opened with {PASSPHRASE_ENV}, the old shared passphrase: set "
+            f"{NODE_PASSPHRASE_ENV} to this node's own passphrase, and keep "
+            f"{ADMIN_PASSPHRASE_ENV} and other nodes' passphrases out of this process"
+        )
+    opened = directory.read_bundle(bundle, passphrase)
     settings = BridgeSettings(
         nats_urls=[u.strip() for u in nats_url.split(",") if u.strip()],
         nats_user=nats_user,
@@ -83,7 +105,7 @@ def bridge(
         bundle_path=bundle,
         passphrase=passphrase,  # to re-seal the bundle after a fleet key rotation
     )
-    node = BridgeNode(opened, settings)
+    node = BridgeNode(opened, settings, hardening=report)
     asyncio.run(_run(node))
     if node.revoked:
         raise SystemExit(EXIT_REVOKED)

@@ -23,7 +23,8 @@ import click
 
 from flashgate.cli.ceremony_progress import search_primes
 from flashgate.cli.devup import up
-from flashgate.cli.passphrase import dev_passphrase, passphrase_lines
+from flashgate.cli.hardening import harden_process
+from flashgate.cli.passphrase import dev_passphrases, passphrase_lines
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
@@ -59,9 +60,13 @@ dev.add_command(up)
 @click.option("--insecure-test-key", is_flag=True, help="Allow key sizes under 2048 (tests).")
 def demo(home: Path, nodes: int, threshold: int, key_bits: int, insecure_test_key: bool) -> None:
     """Ceremony (first run only), then encrypt a secret and recover it from t bundles."""
+    harden_process()  # it deals a fleet key and opens t bundles
     fleet_dir = home.resolve() / "fleet"
     has_fleet = (fleet_dir / DESCRIPTOR_FILE).exists()
-    passphrase = dev_passphrase(sealing=not has_fleet)
+    node_ids = (
+        [n.id for n in load_descriptor(fleet_dir).nodes] if has_fleet else default_node_ids(nodes)
+    )
+    passphrases = dev_passphrases(node_ids, sealing=not has_fleet)
     if not has_fleet:
         click.echo(f"1. key ceremony: fleet 'demo', {threshold}-of-{nodes}, {key_bits}-bit key")
         primes = search_primes(key_bits, quiet=False)
@@ -73,7 +78,7 @@ def demo(home: Path, nodes: int, threshold: int, key_bits: int, insecure_test_ke
             primes=primes,
             allow_insecure=insecure_test_key,
         )
-        write_fleet_dir(fleet_dir, ceremony, passphrase)
+        write_fleet_dir(fleet_dir, ceremony, passphrases.admin, node_passphrases=passphrases.nodes)
         click.echo(f"   wrote {fleet_dir}/fleet.json, admin.key, nodes/*.bundle")
     else:
         click.echo(f"1. key ceremony: reusing the fleet in {fleet_dir}")
@@ -92,7 +97,9 @@ def demo(home: Path, nodes: int, threshold: int, key_bits: int, insecure_test_ke
         f"a {len(token)}-character JWE (RSA-OAEP-256 + A256GCM)"
     )
     chosen = default_node_ids(len(descriptor.nodes))[: descriptor.threshold]
-    bundles = [read_bundle(fleet_dir / "nodes" / f"{n}.bundle", passphrase) for n in chosen]
+    bundles = [
+        read_bundle(fleet_dir / "nodes" / f"{n}.bundle", passphrases.nodes[n]) for n in chosen
+    ]
     result = recover(descriptor, bundles, token, expected=context)
     if result.secret.plaintext != value:
         raise FlashgateError("demo recovery returned a different value")

@@ -55,6 +55,7 @@ from flashgate import environment
 from flashgate.broker.permissions import ROLES, RoleCredentials, authorization_config
 from flashgate.cli.bridge import EXIT_REVOKED
 from flashgate.cli.ceremony_progress import search_primes
+from flashgate.cli.hardening import harden_process
 from flashgate.cli.home import (
     HomeConfig,
     RoleLogin,
@@ -63,14 +64,15 @@ from flashgate.cli.home import (
     resolve_home,
     save_config,
 )
-from flashgate.cli.passphrase import dev_passphrase, passphrase_lines
+from flashgate.cli.passphrase import FleetPassphrases, dev_passphrases, passphrase_lines
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
 from flashgate.environment import (
+    ADMIN_PASSPHRASE_ENV,
     HOME_ENV,
     NATS_PASSWORD_ENV,
     NATS_USER_ENV,
+    NODE_PASSPHRASE_ENV,
     NOT_INHERITED_BY_DEV_CHILDREN,
-    PASSPHRASE_ENV,
 )
 from flashgate.errors import AlreadyRunning, ConfigurationError, FlashgateError
 from flashgate.events.subjects import FleetNames
@@ -216,21 +218,30 @@ def check_existing_fleet(root: Path, wanted: dict[str, int], explicit: set[str])
 
 
 def ensure_fleet(
-    home: Path, *, nodes: int, threshold: int, key_bits: int, passphrase: str, insecure: bool
+    home: Path,
+    *,
+    nodes: int,
+    threshold: int,
+    key_bits: int,
+    passphrases: FleetPassphrases,
+    insecure: bool,
 ) -> None:
     if (fleet_dir(home) / DESCRIPTOR_FILE).exists():
         return
+    harden_process()  # the ceremony: no core dump or ptrace of the primes and shares
     click.echo(f"key ceremony: fleet 'dev', {threshold}-of-{nodes}, {key_bits}-bit key", err=True)
     primes = search_primes(key_bits, quiet=False)
     ceremony = run_ceremony(
         fleet="dev",
-        node_ids=default_node_ids(nodes),
+        node_ids=list(passphrases.nodes),
         threshold=threshold,
         bits=key_bits,
         primes=primes,
         allow_insecure=insecure,
     )
-    write_fleet_dir(fleet_dir(home), ceremony, passphrase)
+    write_fleet_dir(
+        fleet_dir(home), ceremony, passphrases.admin, node_passphrases=passphrases.nodes
+    )
 
 
 def ensure_config(home: Path, servers: int = 1) -> HomeConfig:
@@ -316,13 +327,19 @@ def _run(
         check_existing_fleet(
             root, {"nodes": nodes, "threshold": threshold, "key_bits": key_bits}, explicit
         )
-    passphrase = dev_passphrase(sealing=not has_fleet)
+    # The bridges dev up starts: one per bundle of the home (or of the ceremony to come).
+    node_ids = (
+        sorted(b.stem for b in (fleet_dir(root) / NODES_DIR).glob("*.bundle"))
+        if has_fleet
+        else default_node_ids(nodes)
+    )
+    passphrases = dev_passphrases(node_ids, sealing=not has_fleet)
     ensure_fleet(
         root,
         nodes=nodes,
         threshold=threshold,
         key_bits=key_bits,
-        passphrase=passphrase,
+        passphrases=passphrases,
         insecure=insecure,
     )
     descriptor = load_descriptor(fleet_dir(root))
@@ -403,6 +420,7 @@ def _run(
     try:
         start_servers()
         db.migrate(db_url)
+        # No passphrase is passed on: the backend gets none, each bridge its own only.
         base_env = environment.inherited(without_prefixes=NOT_INHERITED_BY_DEV_CHILDREN)
         url = ",".join(config.nats)
         children.append(
@@ -437,7 +455,7 @@ def _run(
                     [*_flashgate(), "bridge", "--bundle", str(bundle), "--nats", url, "--log-json"],
                     {
                         **base_env,
-                        PASSPHRASE_ENV: passphrase,
+                        NODE_PASSPHRASE_ENV: passphrases.nodes[node_id],
                         # No NATS login: the node logs in with the NKey in its bundle.
                     },
                     root / "logs" / f"{node_id}.log",
@@ -513,7 +531,7 @@ def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Ch
         "",
         "try (in another shell):",
         f"  export {HOME_ENV}={shlex.quote(str(root))}",
-        *(f"  {line}" for line in passphrase_lines()),
+        *(f"  {line}" for line in passphrase_lines(ADMIN_PASSPHRASE_ENV)),
         f"  {fg} fleet status --wait",
         f"  printf %s s3cr3t | {fg} secret put demo/db-password --kind generic",
         f"  {fg} secret list",

@@ -16,7 +16,7 @@ from flashgate.cli.options import home_option, json_option
 from flashgate.cli.session import AdminSession, run
 from flashgate.cli.terminal import spinner, table
 from flashgate.errors import FlashgateError, HomeFileError, NotReady
-from flashgate.events.node import StatusResponse
+from flashgate.events.node_status import StatusResponse
 from flashgate.events.subjects import secret_key
 
 

@@ -15,19 +15,21 @@ from pathlib import Path
 
 import click
 
-from flashgate import __version__, environment, logs
+from flashgate import __version__, environment, failpoints, logs
 from flashgate.cli.apikey import apikey
 from flashgate.cli.backend import backend
 from flashgate.cli.bridge import bridge
 from flashgate.cli.ceremony_progress import search_primes
 from flashgate.cli.dev import dev
 from flashgate.cli.fleet_status import status as fleet_status
+from flashgate.cli.hardening import harden_process
 from flashgate.cli.node_revoke import node
 from flashgate.cli.output import ERROR_REPORTED, JSON_MODE, error_document
 from flashgate.cli.passphrase import (
+    ceremony_passphrases,
     env_passphrase,
-    get_passphrase,
     prompt_passphrase,
+    warn_if_shared,
 )
 from flashgate.cli.reseal import reseal_cmd
 from flashgate.cli.rotate_key import rotate_key
@@ -36,7 +38,6 @@ from flashgate.cli.secret import secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
-from flashgate.crypto.seal import check_passphrase
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
 from flashgate.crypto.threshold.keys import MAX_PARTIES
 from flashgate.environment import PASSPHRASE_ENV
@@ -143,8 +144,12 @@ def fleet_init(
 ) -> None:
     """Run the key ceremony: deal a t-of-n fleet key and seal one bundle per node.
 
-    The sealing passphrase is read from FLASHGATE_PASSPHRASE (or prompted for on a
-    terminal)."""
+    admin.key is sealed with FLASHGATE_ADMIN_PASSPHRASE, each node's bundle with its own
+    FLASHGATE_PASSPHRASE_<NODE-ID> (FLASHGATE_PASSPHRASE_NODE_1 for node-1); one unset is
+    prompted for on a terminal. FLASHGATE_PASSPHRASE alone seals every file with one
+    passphrase (the weak setting; a warning says so). The process is hardened first (no
+    core dumps, not dumpable, memory locked where allowed)."""
+    harden_process(report_memory=not quiet)
     ids = [x.strip() for x in node_ids.split(",")] if node_ids else default_node_ids(nodes)
     if node_ids and len(ids) != nodes:
         raise ConfigurationError(f"--node-ids names {len(ids)} nodes, --nodes says {nodes}")
@@ -156,8 +161,9 @@ def fleet_init(
         allow_insecure=insecure_test_key,
     )
     check_out_dir(out, force=force)
-    passphrase = get_passphrase(confirm=True)
-    check_passphrase(passphrase)
+    passphrases = ceremony_passphrases(ids)
+    if not quiet:
+        warn_if_shared(passphrases)
     if insecure_test_key and key_bits < 2048 and not quiet:
         click.echo(f"warning: {key_bits}-bit INSECURE test key", err=True)
     primes = search_primes(key_bits, quiet=quiet)
@@ -170,9 +176,12 @@ def fleet_init(
         allow_insecure=insecure_test_key,
     )
     del primes
+    failpoints.hit("ceremony.dealt")  # tests look at the process holding every share here
     if not quiet:
         click.echo("sealing bundles ...", err=True)
-    written = write_fleet_dir(out, ceremony, passphrase, force=force)
+    written = write_fleet_dir(
+        out, ceremony, passphrases.admin, node_passphrases=passphrases.nodes, force=force
+    )
     if not quiet:
         d = ceremony.descriptor
         click.echo(
@@ -224,6 +233,7 @@ def recover_cmd(
     fleet_dir: Path, bundles: tuple[Path, ...], passphrase_envs: tuple[str, ...]
 ) -> None:
     """Break-glass: decrypt a JWE from stdin with t node bundles, offline."""
+    harden_process()  # before any bundle is opened: it holds shares
     descriptor = load_descriptor(fleet_dir)
     resolved = [p.resolve() for p in bundles]
     if len(set(resolved)) != len(resolved):
@@ -295,7 +305,7 @@ def _open_bundle(path: Path, env: str | None) -> NodeBundle:
     if env is not None:
         passphrase = env_passphrase(env)
     elif environment.is_set(PASSPHRASE_ENV):
-        passphrase = get_passphrase(confirm=False)
+        passphrase = env_passphrase(PASSPHRASE_ENV)
     else:
         passphrase = prompt_passphrase(
             f"passphrase of {path}",

@@ -7,13 +7,14 @@ from pathlib import Path
 import click
 
 from flashgate import environment
+from flashgate.cli.hardening import harden_process
 from flashgate.cli.options import json_option
 from flashgate.cli.output import emit
 from flashgate.cli.passphrase import env_passphrase, prompt_passphrase
 from flashgate.crypto import seal
-from flashgate.environment import PASSPHRASE_ENV
+from flashgate.environment import ADMIN_PASSPHRASE_ENV, NODE_PASSPHRASE_ENV, PASSPHRASE_ENV
 from flashgate.errors import ConfigurationError, FlashgateError, MalformedSealedFile
-from flashgate.fleet.bundle import BUNDLE_PURPOSE, reseal
+from flashgate.fleet.bundle import ADMIN_KEY_PURPOSE, BUNDLE_PURPOSE, reseal
 from flashgate.fleet.files import read_limited, write_atomic
 
 
@@ -23,7 +24,8 @@ from flashgate.fleet.files import read_limited, write_atomic
     "--old-passphrase-env",
     metavar="VAR",
     default=None,
-    help=f"The current passphrase is in VAR (default {PASSPHRASE_ENV}, else a prompt).",
+    help=f"The current passphrase is in VAR (default: {ADMIN_PASSPHRASE_ENV} for admin.key, "
+    f"{NODE_PASSPHRASE_ENV} for a bundle, else {PASSPHRASE_ENV}, else a prompt).",
 )
 @click.option(
     "--new-passphrase-env",
@@ -39,14 +41,22 @@ def reseal_cmd(
 
     The file is fully opened and checked with the current passphrase, sealed again with
     the new one (a fresh salt), and replaced atomically (mode 0600): afterwards only the
-    new passphrase opens it."""
+    new passphrase opens it. The process is hardened before the file is opened."""
+    harden_process()
     target = file.resolve() if file.is_symlink() else file
     blob = read_limited(target, seal.MAX_SEALED_BYTES, "sealed file")
     try:
         purpose = seal.sealed_purpose(blob)
     except FlashgateError as exc:
         raise MalformedSealedFile(f"{file}: {exc.message}") from exc
-    old = _passphrase(old_passphrase_env, f"current passphrase of {file}", confirm=False)
+    old = (
+        env_passphrase(old_passphrase_env)
+        if old_passphrase_env
+        else _passphrase(
+            ADMIN_PASSPHRASE_ENV if purpose == ADMIN_KEY_PURPOSE else NODE_PASSPHRASE_ENV,
+            f"current passphrase of {file}",
+        )
+    )
     new = (
         env_passphrase(new_passphrase_env)
         if new_passphrase_env
@@ -80,11 +90,12 @@ def reseal_cmd(
     )
 
 
-def _passphrase(var: str | None, prompt: str, *, confirm: bool) -> str:
-    if var:
-        return env_passphrase(var)
-    if environment.is_set(PASSPHRASE_ENV):
-        return env_passphrase(PASSPHRASE_ENV)
+def _passphrase(var: str, prompt: str) -> str:
+    """The file's own variable ``var``, else the old shared FLASHGATE_PASSPHRASE, else a
+    prompt."""
+    for name in (var, PASSPHRASE_ENV):
+        if environment.is_set(name):
+            return env_passphrase(name)
     return prompt_passphrase(
-        prompt, confirm=confirm, hint=f"set {PASSPHRASE_ENV} or give --old-passphrase-env VAR"
+        prompt, confirm=False, hint=f"set {var} or give --old-passphrase-env VAR"
     )

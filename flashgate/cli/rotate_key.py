@@ -27,6 +27,7 @@ import rich.progress
 from nats.js.errors import KeyNotFoundError
 
 from flashgate.broker.connection import broker_errors
+from flashgate.cli.hardening import harden_process
 from flashgate.cli.home import fleet_dir, load_home_roster, resolve_home
 from flashgate.cli.options import home_option, json_option
 from flashgate.cli.session import AdminSession, run
@@ -41,8 +42,8 @@ from flashgate.events import commands as cmd
 from flashgate.events.fleet import FleetDescriptor, decode_descriptor, encode_descriptor
 from flashgate.events.queries import RotationInfo
 from flashgate.fleet.descriptor import fleet_public_key, verify_descriptor
+from flashgate.fleet.epoch_dealing import deal_next_epoch
 from flashgate.fleet.files import DESCRIPTOR_FILE, write_atomic
-from flashgate.fleet.rotation import deal_next_epoch
 from flashgate.runnable import command
 
 POLL_S = 0.5
@@ -326,8 +327,10 @@ def rotate_key(home: Path | None, as_json: bool, timeout: float) -> None:
     """Deal a new fleet key epoch, have the bridges re-wrap every envelope, retire the old.
 
     Resumable: run it again after an interruption. Follow every `flashgate node revoke`
-    with it: the revoked node gets no share of the new epoch.
+    with it: the revoked node gets no share of the new epoch. The process is hardened
+    first: it holds the admin key and, while it deals, every share of the new epoch.
     """
+    harden_process()
     root = resolve_home(home)
     try:
         result = run(rotate(root, timeout=timeout, quiet=as_json))

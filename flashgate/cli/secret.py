@@ -264,7 +264,7 @@ async def every_page(session: AdminSession, what: str, **query: Any) -> list[Ans
 
 @click.group()
 def secret() -> None:
-    """Secrets of a running system (needs FLASHGATE_PASSPHRASE for the admin key)."""
+    """Secrets of a running system (needs FLASHGATE_ADMIN_PASSPHRASE for the admin key)."""
 
 
 async def _write(

@@ -1,7 +1,8 @@
 """The admin tooling's connection to a running system: sign, publish, wait for outcomes.
 
-Commands are signed with the sealed admin key (unsealed with ``FLASHGATE_PASSPHRASE`` only
-when a command is signed), published on the command stream with the command id as
+Commands are signed with the sealed admin key (unsealed with ``FLASHGATE_ADMIN_PASSPHRASE``,
+else the old shared ``FLASHGATE_PASSPHRASE``, only when a command is signed, in a process
+hardened just before), published on the command stream with the command id as
 ``Nats-Msg-Id``, and the outcome is read from the event stream: the first event carrying
 the command id (created, rotated, ..., or ``command rejected`` with its reason).
 
@@ -28,6 +29,7 @@ from nats.js.errors import KeyNotFoundError
 from flashgate import environment
 from flashgate.broker.connection import broker_errors, connect
 from flashgate.broker.failover import publish_until_stored, tail_stream
+from flashgate.cli.hardening import harden_process
 from flashgate.cli.home import (
     fleet_dir,
     home_file,
@@ -36,7 +38,7 @@ from flashgate.cli.home import (
     load_home_roster,
     read_admin_key,
 )
-from flashgate.cli.passphrase import get_passphrase
+from flashgate.cli.passphrase import admin_passphrase
 from flashgate.cli.terminal import spinner
 from flashgate.crypto import box
 from flashgate.crypto.encoding import b64url_decode
@@ -61,7 +63,7 @@ from flashgate.events.fleet import (
     RosterNode,
     encode_roster,
 )
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     APIKEY_CHECK_CODEC,
     APIKEY_CHECK_RESULT_CODEC,
     STATUS_REQUEST_CODEC,
@@ -78,7 +80,7 @@ from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ADMIN_KEY_FILE, ROSTER_FILE, write_atomic
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 from flashgate.runnable import command
 
 
@@ -118,8 +120,9 @@ class AdminSession:
     def admin_key(self) -> Ed25519PrivateKey:
         if self._admin is None:
             blob = self._admin_blob or read_admin_key(self.home)
+            harden_process()  # before the admin key is in this process's memory
             try:
-                self._admin = open_admin_key(blob, get_passphrase(confirm=False), self.descriptor)
+                self._admin = open_admin_key(blob, admin_passphrase(), self.descriptor)
             except FlashgateError as exc:
                 path = home_file(self.home, ADMIN_KEY_FILE)
                 raise type(exc)(f"{path}: {exc.message}") from exc

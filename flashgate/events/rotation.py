@@ -3,7 +3,7 @@
 A rotation from epoch k to k+1 travels as the admin-signed ``fleet.rotation.start``
 command, which carries the new descriptor and, for every node of it, that node's new key
 share sealed to the node's X25519 identity key (:class:`SealedShare`, opened with
-:func:`flashgate.fleet.rotation.open_share`). The backend stores the signed command in
+:func:`flashgate.fleet.epoch_dealing.open_share`). The backend stores the signed command in
 the fleet bucket (``rotation.<k+1>``), so a node that was down during the rotation finds
 its share when it comes back; the backend itself cannot open any share.
 

@@ -22,7 +22,7 @@ from flashgate.events.commands import AnyCommand
 from flashgate.events.domain import EVENT_DATA_TYPES, CloudEventAttributes, data_schema_name
 from flashgate.events.envelope import SecretEnvelope
 from flashgate.events.fleet import FleetDescriptor, Roster
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     ApiKeyCheck,
     ApiKeyCheckResult,
     Heartbeat,

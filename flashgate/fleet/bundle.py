@@ -35,8 +35,8 @@ from flashgate.errors import (
 from flashgate.events.fleet import FleetDescriptor, Roster
 from flashgate.events.signing import verify
 from flashgate.fleet.descriptor import node_entry
+from flashgate.fleet.identity_keys import load_ed25519_public, private_raw, public_b64
 from flashgate.fleet.nats_identity import public_nkey
-from flashgate.fleet.signing import load_ed25519_public, private_raw, public_b64
 from flashgate.fleet.threshold_key import verified_threshold_key
 
 BUNDLE_PURPOSE = "node-bundle"

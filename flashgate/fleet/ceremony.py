@@ -19,9 +19,9 @@ from flashgate.errors import ConfigurationError
 from flashgate.events.fleet import FleetDescriptor, NodeEntry, Roster, RosterNode
 from flashgate.events.signing import sign
 from flashgate.fleet.bundle import NodeBundle
+from flashgate.fleet.identity_keys import new_ed25519, new_x25519, public_b64
 from flashgate.fleet.nats_identity import new_seed as new_nats_seed
 from flashgate.fleet.prime_search import search_primes
-from flashgate.fleet.signing import new_ed25519, new_x25519, public_b64
 from flashgate.fleet.threshold_key import build_descriptor
 from flashgate.names import validate_name
 

@@ -19,7 +19,7 @@ from flashgate.errors import FleetMismatch, InvalidKey, MalformedDocument, Malfo
 from flashgate.events.fleet import DESCRIPTOR_FORMAT, FleetDescriptor, NodeEntry
 from flashgate.events.rotation import SealedShare
 from flashgate.events.signing import sign, verify
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 from flashgate.names import validate_name
 
 

@@ -7,6 +7,7 @@ renamed, ``fleet.json`` last: a failure leaves no half-written directory that lo
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from flashgate.crypto import seal
@@ -37,11 +38,22 @@ def write_fleet_dir(
     ceremony: Ceremony,
     passphrase: str,
     *,
+    node_passphrases: Mapping[str, str] | None = None,
     force: bool = False,
     params: seal.KdfParams = seal.DEFAULT_KDF,
 ) -> list[Path]:
+    """Seal admin.key with ``passphrase`` and each node's bundle with its entry in
+    ``node_passphrases`` (which must name every node); without it, every bundle with
+    ``passphrase`` too (one passphrase for everything: tests, old setups)."""
     check_out_dir(out, force=force)
     seal.check_passphrase(passphrase)
+    own = dict(node_passphrases) if node_passphrases is not None else None
+    if own is not None:
+        missing = [b.node_id for b in ceremony.bundles if b.node_id not in own]
+        if missing:
+            raise ConfigurationError(f"no passphrase for the bundle of {', '.join(missing)}")
+        for node_id in own:
+            seal.check_passphrase(own[node_id])
     descriptor = ceremony.descriptor
     # Seal everything in memory first: a failure leaves the directory untouched.
     files: list[tuple[Path, bytes, int]] = [
@@ -51,7 +63,11 @@ def write_fleet_dir(
             0o600,
         ),
         *(
-            (out / NODES_DIR / f"{b.node_id}.bundle", b.seal(passphrase, params=params), 0o600)
+            (
+                out / NODES_DIR / f"{b.node_id}.bundle",
+                b.seal(passphrase if own is None else own[b.node_id], params=params),
+                0o600,
+            )
             for b in ceremony.bundles
         ),
         (out / ROSTER_FILE, encode_roster(ceremony.roster), 0o644),

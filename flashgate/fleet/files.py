@@ -25,7 +25,7 @@ from flashgate.events.fleet import (
 )
 from flashgate.events.signing import verify
 from flashgate.fleet.descriptor import verify_descriptor
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 
 DESCRIPTOR_FILE = "fleet.json"
 ROSTER_FILE = "roster.json"

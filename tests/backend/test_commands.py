@@ -23,9 +23,10 @@ from flashgate.crypto import jwe
 from flashgate.events import commands as cmd
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.events.signing import sign
-from flashgate.fleet.signing import new_ed25519
-from tests.backend.conftest import AdminClient, FleetFixture, new_command_id
-from tests.helpers import CANARY
+from flashgate.fleet.identity_keys import new_ed25519
+from tests.support.admin_client import AdminClient, new_command_id
+from tests.support.fleets import FleetFixture
+from tests.support.material import CANARY
 
 pytestmark = pytest.mark.nats
 
@@ -107,6 +108,7 @@ async def test_rejections_name_secrets_as_repo_slash_name(
     changed = await admin.send(admin.rotate("ml", "openai", b"v2", version=2, kind="generic"))
     assert changed.type == "io.flashgate.command.rejected"
     assert "ml/openai is of kind ai, not generic" in changed.data.detail
+    assert changed.data.reason == "kind_change"  # a conflict, not a configuration error
     stale = await admin.send(admin.rotate("ml", "openai", b"v", version=5, kind="ai"))
     missing = await admin.send(admin.rotate("ml", "missing", b"v", version=2))
     exists = await admin.send(admin.put("ml", "openai", b"v", version=2, kind="ai"))
@@ -208,7 +210,7 @@ async def test_duplicate_command_id_is_a_no_op(backend: Backend, admin: AdminCli
 
 
 async def test_api_keys(backend: Backend, admin: AdminClient) -> None:
-    from flashgate.crypto.apikey import new_key_id, new_key_secret
+    from flashgate.crypto.api_key_tokens import new_key_id, new_key_secret
 
     key_id, secret = new_key_id(), new_key_secret()
     create = sign(

@@ -24,8 +24,9 @@ from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events.domain import DomainEvent, decode_event
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.failpoints import EXIT_CODE
-from tests.backend.conftest import AdminClient, FleetFixture
-from tests.helpers import CANARY
+from tests.support.admin_client import AdminClient
+from tests.support.fleets import FleetFixture
+from tests.support.material import CANARY
 
 pytestmark = pytest.mark.nats
 

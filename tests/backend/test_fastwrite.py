@@ -23,20 +23,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flashgate.backend import db
-from flashgate.backend.commands import CommandProcessor, Outcome
+from flashgate.backend.processor import CommandProcessor, Outcome
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.backend.store import SecretWrite, SqliteStore, Store, open_store
 from flashgate.events import commands as cmd
 from flashgate.events.domain import decode_event
 from flashgate.events.envelope import ENVELOPE_CODEC
-from tests.backend.conftest import (
-    _PG,
-    PG_SKIP_REASON,
-    Commands,
-    FleetFixture,
-    postgres_database,
-    sqlite_url,
-)
+from tests.support.admin_client import Commands
+from tests.support.databases import PG_AVAILABLE as _PG
+from tests.support.databases import PG_SKIP_REASON, postgres_database, sqlite_url
+from tests.support.fleets import FleetFixture
 
 
 def spy_on(store: Store, seen: list[bool]) -> None:

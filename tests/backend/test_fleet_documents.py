@@ -15,7 +15,8 @@ from flashgate.backend.service import Backend, BackendSettings
 from flashgate.events.fleet import ROSTER_CODEC
 from flashgate.events.signing import sign
 from flashgate.events.subjects import FleetNames
-from tests.backend.conftest import FleetFixture, sqlite_url
+from tests.support.databases import sqlite_url
+from tests.support.fleets import FleetFixture
 
 
 async def test_a_roster_below_the_buckets_is_not_published(

@@ -20,7 +20,8 @@ from flashgate.backend import health
 from flashgate.backend.models import OutboxMessage
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.devcluster.nats_server import NatsServerProcess
-from tests.backend.conftest import PG_ADMIN_URL, FleetFixture
+from tests.support.databases import PG_ADMIN_URL
+from tests.support.fleets import FleetFixture
 
 
 async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

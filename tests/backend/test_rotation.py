@@ -14,7 +14,7 @@ from nats.js.errors import KeyNotFoundError
 
 from flashgate.backend.service import Backend
 from flashgate.crypto import jwe
-from flashgate.crypto.apikey import new_key_id, new_key_secret
+from flashgate.crypto.api_key_tokens import new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.decrypt import rewrap
 from flashgate.crypto.encrypt import encrypt_secret, wrap_key
@@ -32,10 +32,10 @@ from flashgate.events.rotation import (
 )
 from flashgate.events.signing import sign, verify
 from flashgate.fleet.descriptor import fleet_public_key
-from flashgate.fleet.rotation import NextEpoch
-from tests.backend.conftest import AdminClient
+from flashgate.fleet.epoch_dealing import NextEpoch
 from tests.backend.test_commands import kv_envelope, wait_kv
-from tests.helpers import CANARY, deal_test_epoch
+from tests.support.admin_client import AdminClient
+from tests.support.material import CANARY, deal_test_epoch
 
 pytestmark = pytest.mark.nats
 
@@ -128,7 +128,7 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
         admin.fleet.admin,
     )
     started = await admin.send(start)
-    assert started.type == "io.flashgate.fleet.rotation.started"
+    assert started.type == "io.flashgate.fleet.epoch_dealing.started"
     assert (started.data.from_epoch, started.data.to_epoch, started.data.total) == (1, 2, 3)
     again = await admin.send(
         sign(msgspec.structs.replace(start, command_id="x" * 20, signature=""), admin.fleet.admin)
@@ -205,14 +205,14 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
             env = await kv_envelope(admin, k)
         assert (env.epoch, env.version, env.jwe) == (2, 1, rewrapped[k])
     progressed = await admin.wait_for(
-        lambda e: e.type == "io.flashgate.fleet.rotation.progressed" and e.data.done == 3
+        lambda e: e.type == "io.flashgate.fleet.epoch_dealing.progressed" and e.data.done == 3
     )
     assert progressed.data.total == 3
 
     completed = await admin.send(
         sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), admin.fleet.admin)
     )
-    assert completed.type == "io.flashgate.fleet.rotation.completed"
+    assert completed.type == "io.flashgate.fleet.epoch_dealing.completed"
     assert (completed.data.retired_epoch, completed.data.current_epoch) == (1, 2)
     retirement = cmd.COMMAND_CODEC.decode((await fleet_kv.get("retired.1")).value)
     verify(retirement, admin.fleet.admin.public_key())
@@ -265,7 +265,7 @@ async def test_rewrapped_counts_only_rewraps_from_the_old_epoch(
             admin.fleet.admin,
         )
     )
-    assert started.type == "io.flashgate.fleet.rotation.started"
+    assert started.type == "io.flashgate.fleet.epoch_dealing.started"
     new_key = fleet_public_key(dealt.descriptor)
     ctx = SecretContext(
         fleet=admin.fleet.name, repo="payments", name="new", kind="generic", version=1
@@ -419,7 +419,7 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
     done = await admin.send(
         sign(cmd.FinishKeyRotation(**admin.base(), retired_epoch=1), admin.fleet.admin)
     )
-    assert done.type == "io.flashgate.fleet.rotation.completed"
+    assert done.type == "io.flashgate.fleet.epoch_dealing.completed"
     async with backend.sessions() as session:
         from sqlalchemy import func, select
 
@@ -446,7 +446,7 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
     stale_roster = await admin.send(start3(deal(cer.roster)))
     assert stale_roster.data.reason == "stale_roster" and node_ids[1] in stale_roster.data.detail
     started = await admin.send(start3(deal(roster)))
-    assert started.type == "io.flashgate.fleet.rotation.started"
+    assert started.type == "io.flashgate.fleet.epoch_dealing.started"
 
 
 async def test_second_rotation_purges_the_first_ones_shares(

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from flashgate.bridge import metrics
-from flashgate.events.node import PeerStatus, PendingSecret, StatusResponse
+from flashgate.events.node_status import PeerStatus, PendingSecret, StatusResponse
 
 STATUS = StatusResponse(
     fleet="f",

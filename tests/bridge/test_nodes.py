@@ -20,11 +20,12 @@ from flashgate.bridge.protocol import build_request
 from flashgate.events.envelope import ENVELOPE_CODEC
 from flashgate.events.share import SHARE_REQUEST_CODEC, ShareItem
 from flashgate.events.signing import sign
-from flashgate.fleet.signing import new_ed25519
-from tests.bridge.conftest import Cluster, NodeProcess, eventually, make_fleet, running_cluster
-from tests.helpers import CANARY
+from flashgate.fleet.identity_keys import new_ed25519
+from tests.support.bridge_cluster import Cluster, NodeProcess, running_cluster, wait_until
+from tests.support.fleets import make_fleet
+from tests.support.material import CANARY
 
-pytestmark = pytest.mark.nats
+pytestmark = [pytest.mark.nats, pytest.mark.processes]
 ALL5 = [f"node-{i}" for i in range(1, 6)]
 
 
@@ -67,7 +68,7 @@ async def test_fleet_of_five_loads_and_survives_failures(
                     return False
             return True
 
-        await eventually(pending_everywhere, 30, "the secret pending on the survivors")
+        await wait_until(pending_everywhere, 30, "the secret pending on the survivors")
         status = await cluster.status("node-1")
         assert "app.needs-quorum" not in {s.key for s in status.secrets}
         # ... and load it once a peer returns
@@ -199,7 +200,7 @@ async def test_requests_are_refused_with_their_reason_counted(
             status = await cluster.status("node-1")
             return status.share_requests_refused.get("revoked_requester", 0) >= 1
 
-        await eventually(revoked_refused, 20, "node-3 refused as revoked")
+        await wait_until(revoked_refused, 20, "node-3 refused as revoked")
         # node-3 itself purges and exits 3 (supervisors must not restart it); started again
         # on its old bundle, it finds itself revoked while starting and exits 3 again.
         node3 = cluster.nodes["node-3"]
@@ -242,7 +243,7 @@ async def test_moved_and_rolled_back_envelopes_are_refused(
                 and ("r.b", 2) in held
             )
 
-        await eventually(refused, 20, "moved envelope and invalid value refused, rollback ignored")
+        await wait_until(refused, 20, "moved envelope and invalid value refused, rollback ignored")
         status = await cluster.status("node-1")
         assert not {"r.c", "r.s3"} & {s.key for s in status.secrets}
 
@@ -290,7 +291,7 @@ async def test_sigterm_purges_the_vault_in_process(
     """The purge itself, checked on the node object: every buffer is zeroed."""
     from flashgate.bridge.node import BridgeNode, BridgeSettings
     from flashgate.fleet.directory import read_bundle
-    from tests.helpers import TEST_PASSPHRASE
+    from tests.support.material import TEST_PASSPHRASE
 
     async with running_cluster(
         tmp_path, nats_url, nc, nodes=3, threshold=2, start=False
@@ -309,7 +310,7 @@ async def test_sigterm_purges_the_vault_in_process(
             await node.start()
             try:
                 await put(cluster, "c", "inproc", CANARY)
-                await eventually(lambda: _holds(node, "c.inproc"), 30, "the in-process node")
+                await wait_until(lambda: _holds(node, "c.inproc"), 30, "the in-process node")
                 buffers = [slot.data for slot in node.vault._slots.values()]
                 assert any(CANARY in bytes(b) for b in buffers)
                 metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
@@ -345,7 +346,7 @@ async def test_forged_rotation_documents_are_refused(
     """The fleet bucket is written by the backend; nodes act only on admin-signed rotation
     and retirement commands. A forged one changes nothing and loads go on."""
     from flashgate.events import commands as cmd
-    from tests.helpers import deal_test_epoch
+    from tests.support.material import deal_test_epoch
 
     nodes = ["node-1", "node-2", "node-3"]
     async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
@@ -375,7 +376,7 @@ async def test_forged_rotation_documents_are_refused(
                 "fleet key retirement refused" in log for log in logs
             )
 
-        await eventually(all_refused, 30, "every node to refuse the forged documents")
+        await wait_until(all_refused, 30, "every node to refuse the forged documents")
         for node in nodes:
             status = await cluster.status(node)
             assert status.epoch == 1
@@ -404,7 +405,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
         RewrapRequest,
     )
     from flashgate.fleet.descriptor import fleet_public_key
-    from tests.helpers import deal_test_epoch
+    from tests.support.material import deal_test_epoch
 
     nodes = ["node-1", "node-2", "node-3"]
     async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
@@ -428,7 +429,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
                 shares=list(dealt.shares),
             )
             started = await cluster.admin.send(sign(start, cluster.fleet.admin))
-            assert started.type == "io.flashgate.fleet.rotation.started"
+            assert started.type == "io.flashgate.fleet.epoch_dealing.started"
             parsed = jwe.parse(original.jwe)
             forged = jwe.serialize(
                 parsed.protected,
@@ -475,7 +476,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
                     return False
             return True
 
-        await eventually(everyone_holds_both_under_epoch_2, 90, "both secrets under epoch 2")
+        await wait_until(everyone_holds_both_under_epoch_2, 90, "both secrets under epoch 2")
         final = ENVELOPE_CODEC.decode((await kv.get("r.one")).value)
         assert final.epoch == 2 and final.jwe != forged
         logs = [cluster.nodes[n].log.read_text() for n in nodes]
@@ -488,7 +489,7 @@ async def test_a_bridge_started_before_the_backend_waits_quietly_for_the_buckets
 ) -> None:
     """No buckets yet (the backend declares them): the bridge says once, at info, that it
     waits for them, retries at debug level only, and starts once they exist."""
-    fleet = make_fleet(tmp_path / "fleets", 3, 2)
+    fleet = make_fleet(tmp_path / "fleets", nodes=3, threshold=2)
     log = tmp_path / "node-1.log"
     node = NodeProcess(
         "node-1",
@@ -516,9 +517,9 @@ async def test_a_bridge_started_before_the_backend_waits_quietly_for_the_buckets
     node.start()
     try:
         # Several retries went by (each at debug level) before the backend starts.
-        await eventually(lambda: seen("bucket not created yet", 3), 30, "three retries")
+        await wait_until(lambda: seen("bucket not created yet", 3), 30, "three retries")
         await backend.start()
-        await eventually(lambda: seen("bridge node started"), 30, "the bridge to start")
+        await wait_until(lambda: seen("bridge node started"), 30, "the bridge to start")
     finally:
         node.kill()
         await backend.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from tests.bridge.conftest import eventually, running_cluster
+from tests.support.bridge_cluster import running_cluster, wait_until
 
 MESSAGES = 300_000
 SIZE = 256  # 77 MB in all, past the server's 64 MB of pending data per client
@@ -32,7 +32,7 @@ async def test_a_flood_on_the_share_subject_is_shed_and_the_node_stays_connected
             status = await cluster.try_status("node-1")
             return status is not None and status.share_requests_refused.get("dropped", 0) > 0
 
-        await eventually(shed, 60, "node-1 to report dropped share requests")
+        await wait_until(shed, 60, "node-1 to report dropped share requests")
         log = cluster.nodes["node-1"].log.read_text()
         events = [json.loads(line).get("event", "") for line in log.splitlines() if line]
         assert not any("disconnected" in e for e in events), "node-1 was cut off"

@@ -14,7 +14,7 @@ from flashgate.bridge.node import BridgeNode, BridgeSettings
 from flashgate.bridge.screening import ADMIN_SKEW_MS
 from flashgate.crypto import box
 from flashgate.crypto.encoding import b64url_decode
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     APIKEY_CHECK_CODEC,
     STATUS_REQUEST_CODEC,
     ApiKeyCheck,
@@ -22,8 +22,8 @@ from flashgate.events.node import (
     apikey_check_aad,
 )
 from flashgate.events.signing import sign, verify
-from flashgate.fleet.signing import load_ed25519_public
-from tests.bridge.unit_support import FLEET, T0, ManualClock, bundle, fleet
+from flashgate.fleet.identity_keys import load_ed25519_public
+from tests.support.bridge_units import FLEET, T0, ManualClock, bundle, fleet
 
 NODE = "node-1"
 KEY_ID = "fgk_unit0001"

@@ -1,7 +1,7 @@
 """The share collector end to end against in-memory peers (flashgate/bridge/collector.py).
 
 A 3-of-5 test fleet; every node has its own envelope store, partial cache and share service
-(:class:`~tests.bridge.unit_support.InMemoryPeer`); the transport routes each request to the
+(:class:`~tests.support.bridge_units.InMemoryPeer`); the transport routes each request to the
 named node, or fails, refuses, stalls or lies for the nodes a test picks.
 """
 
@@ -17,7 +17,7 @@ from flashgate.bridge.store import Entry
 from flashgate.crypto.decrypt import open_jwe
 from flashgate.errors import BrokerUnavailable, NoResponders
 from flashgate.events.share import SHARE_REQUEST_CODEC
-from tests.bridge.unit_support import (
+from tests.support.bridge_units import (
     NODE_IDS,
     SAMPLE_SECRETS,
     THRESHOLD,

@@ -18,10 +18,10 @@ from flashgate.bridge.vault import Vault
 from flashgate.events.fleet import ROSTER_CODEC, Roster
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle, open_bundle
-from flashgate.fleet.rotation import EpochKey
-from flashgate.fleet.signing import load_ed25519_public
-from tests.bridge.unit_support import FLEET, bundle, fleet, roster
-from tests.helpers import FAST_KDF, TEST_PASSPHRASE
+from flashgate.fleet.epoch_dealing import EpochKey
+from flashgate.fleet.identity_keys import load_ed25519_public
+from tests.support.bridge_units import FLEET, bundle, fleet, roster
+from tests.support.material import FAST_KDF, TEST_PASSPHRASE
 
 NODE = "node-1"
 

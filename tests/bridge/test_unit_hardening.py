@@ -64,6 +64,7 @@ def harden_in_child(*, lock_memory: bool) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.processes
 @linux_only
 def test_harden_disables_core_dumps_and_dumpability() -> None:
     before = resource.getrlimit(resource.RLIMIT_CORE)
@@ -76,6 +77,7 @@ def test_harden_disables_core_dumps_and_dumpability() -> None:
     assert resource.getrlimit(resource.RLIMIT_CORE) == before  # this process untouched
 
 
+@pytest.mark.processes
 @linux_only
 def test_harden_without_memory_locking_says_so() -> None:
     report = harden_in_child(lock_memory=False)["report"]
@@ -83,6 +85,7 @@ def test_harden_without_memory_locking_says_so() -> None:
     assert "mlockall: disabled by configuration" in report["notes"]
 
 
+@pytest.mark.processes
 @linux_only
 def test_memory_locking_is_reported_as_it_happened() -> None:
     """mlockall needs CAP_IPC_LOCK or a large RLIMIT_MEMLOCK: either it took effect (and

@@ -21,7 +21,7 @@ from flashgate.bridge.loader import MAX_BACKOFF_S, Loader
 from flashgate.bridge.store import Entry
 from flashgate.bridge.vault import Vault
 from flashgate.errors import SecretNotHeld
-from tests.bridge.unit_support import EPOCH, SecretSpec, make_test_entry, public_key, reference_y
+from tests.support.bridge_units import EPOCH, SecretSpec, make_test_entry, public_key, reference_y
 
 WAIT_S = 5.0  # upper bound for anything awaited here; never reached when things work
 
@@ -391,7 +391,7 @@ def _rewrapped(entry: Entry, *, good: bool, revision: int) -> Entry:
     from flashgate.crypto.decrypt import rewrap
     from flashgate.crypto.encrypt import wrap_key
     from flashgate.events.envelope import ENVELOPE_CODEC
-    from tests.bridge.unit_support import FLEET
+    from tests.support.bridge_units import FLEET
 
     p = entry.parsed
     token = (

@@ -14,7 +14,7 @@ import pytest
 
 from flashgate.bridge.partials import SLICE_PER_WORKER, PartialCache
 from flashgate.errors import FlashgateError
-from tests.bridge.unit_support import bundle
+from tests.support.bridge_units import bundle
 
 WAIT_S = 5.0  # upper bound for anything awaited here; never reached when things work
 

@@ -31,7 +31,7 @@ from flashgate.events.share import (
     ShareRequest,
 )
 from flashgate.events.signing import sign
-from tests.bridge.unit_support import EPOCH, FLEET, MEMBERS, T0, ManualClock, bundle, roster
+from tests.support.bridge_units import EPOCH, FLEET, MEMBERS, T0, ManualClock, bundle, roster
 
 RESPONDER = "node-2"
 REQUESTER = "node-1"

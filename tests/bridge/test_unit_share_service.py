@@ -18,7 +18,7 @@ from flashgate.bridge.protocol import Responder, build_request, open_response
 from flashgate.bridge.share_service import ShareService
 from flashgate.errors import Refused
 from flashgate.events.share import ShareItem, ShareRequest
-from tests.bridge.unit_support import (
+from tests.support.bridge_units import (
     EPOCH,
     FLEET,
     MEMBERS,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from flashgate.bridge.vault import Vault
 from flashgate.errors import SecretNotHeld, StaleVersion
-from tests.helpers import CANARY
+from tests.support.material import CANARY
 
 KEY = "payments.s3"
 API_KEY = "payments.fgk_abcdefghijklmnopqrstuvwx"

@@ -21,7 +21,7 @@ from flashgate.broker.declare import declare_fleet
 from flashgate.devcluster.nats_server import NatsCluster, NatsServerProcess
 from flashgate.errors import BrokerError
 from flashgate.events.subjects import FleetNames, secret_key
-from tests.nats_fixtures import eventually
+from tests.support.nats_servers import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 

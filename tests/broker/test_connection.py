@@ -28,7 +28,7 @@ from flashgate.errors import (
     NoResponders,
     UnsupportedServer,
 )
-from tests.nats_fixtures import eventually
+from tests.support.nats_servers import eventually
 
 pytestmark = pytest.mark.nats
 

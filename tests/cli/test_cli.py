@@ -29,35 +29,19 @@ from flashgate.fleet.descriptor import verify_descriptor
 from flashgate.fleet.directory import read_bundle
 from flashgate.fleet.files import load_descriptor
 from flashgate.fleet.nats_identity import public_nkey
-from tests.cli.conftest import (
+from tests.support.cli import (
     BINARY_SECRET,
     FAST_INIT,
     UNSET,
     Fleet,
     Result,
     Runner,
+    assert_error,
     run_cli,
 )
-from tests.helpers import CANARY, FAST_KDF, TEST_BITS, TEST_PASSPHRASE, load_vectors
+from tests.support.material import CANARY, FAST_KDF, TEST_BITS, TEST_PASSPHRASE, load_vectors
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def assert_error(result: Result, *words: str) -> str:
-    """A deliberate refusal: exit 1, exactly one stderr line ``flashgate: error: ...``
-    naming every one of ``words`` (case-insensitive), no traceback, empty stdout."""
-    err = result.err
-    assert result.returncode == 1, str(result)
-    assert "Traceback" not in err, str(result)
-    lines = err.splitlines()
-    assert len(lines) == 1 and err.endswith("\n"), f"not one line:\n{result}"
-    line = lines[0]
-    assert line.startswith("flashgate: error: "), str(result)
-    for word in words:
-        assert word.lower() in line.lower(), f"{word!r} not in {line!r}"
-    assert result.stdout == b"", str(result)
-    assert TEST_PASSPHRASE not in err
-    return line
 
 
 def assert_usage_error(result: Result, *words: str) -> str:
@@ -556,9 +540,15 @@ def test_init_refuses_invalid_fleet_name(run: Runner, tmp_path: Path, fleet_name
     assert not out.exists()
 
 
-@pytest.mark.parametrize("passphrase", [UNSET, ""], ids=["unset", "empty"])
-def test_init_without_passphrase_refused(run: Runner, tmp_path: Path, passphrase: object) -> None:
-    """No FLASHGATE_PASSPHRASE and stdin is not a terminal: refused, nothing dealt."""
+@pytest.mark.parametrize(
+    ("passphrase", "named"),
+    [(UNSET, "FLASHGATE_ADMIN_PASSPHRASE"), ("", "FLASHGATE_PASSPHRASE")],
+    ids=["unset", "empty"],
+)
+def test_init_without_passphrase_refused(
+    run: Runner, tmp_path: Path, passphrase: object, named: str
+) -> None:
+    """No passphrase and stdin is not a terminal: refused, nothing dealt."""
     out = tmp_path / "out"
     result = run(
         "fleet",
@@ -573,7 +563,7 @@ def test_init_without_passphrase_refused(run: Runner, tmp_path: Path, passphrase
         out,
         passphrase=passphrase,
     )
-    assert_error(result, "passphrase", "FLASHGATE_PASSPHRASE")
+    assert_error(result, "passphrase", named)
     assert "searching" not in result.err
     assert not out.exists()
 

@@ -1,7 +1,9 @@
 """``flashgate dev demo`` and ``dev nats-config``, and what the CLI says about its home:
 an unreachable NATS (one line) and a config.json others can read (a warning).
 
-Real subprocesses; NATS tests point at a loopback port where nothing listens.
+In process (tests.support.cli.run_cli), except what needs a process of its own: the printed
+lines run by /bin/sh, nats-server checking a config, and a real ``flashgate`` process whose
+stderr must hold one line. NATS tests point at a loopback port where nothing listens.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from flashgate.cli.home import HomeConfig, RoleLogin, save_config
 from flashgate.cli.passphrase import DEV_PASSPHRASE
 from flashgate.devcluster.nats_server import find_nats_server, free_port
 from flashgate.runnable import flashgate_command
-from tests.cli.conftest import UNSET, Fleet, Result, run_cli
+from tests.support.cli import UNSET, Fleet, Result, run_cli, run_cli_process
 
 USER_PASSPHRASE = "a-passphrase-the-user-chose"
 
@@ -59,6 +60,7 @@ def run_in_shell(lines: list[str], cwd: Path, **env: str) -> subprocess.Complete
 DEMO_ARGS = ("--nodes", "2", "--threshold", "1", "--key-bits", "1024", "--insecure-test-key")
 
 
+@pytest.mark.processes
 def test_demo_try_it_yourself_runs_as_printed(tmp_path: Path) -> None:
     """With the public dev passphrase: the lines export it, and run in a new shell."""
     first = run_cli(
@@ -79,6 +81,7 @@ def test_demo_try_it_yourself_runs_as_printed(tmp_path: Path) -> None:
     assert result.stdout == b"hello"
 
 
+@pytest.mark.processes
 def test_demo_never_prints_a_passphrase_the_user_set(tmp_path: Path) -> None:
     result = run_cli(
         "dev", "demo", "--home", "demo-home", *DEMO_ARGS, passphrase=USER_PASSPHRASE, cwd=tmp_path
@@ -97,6 +100,7 @@ def test_demo_never_prints_a_passphrase_the_user_set(tmp_path: Path) -> None:
 # --- nats-config ------------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_nats_config_binds_monitoring_to_loopback_by_default(tmp_path: Path, demo: Fleet) -> None:
     default = run_cli("dev", "nats-config", "--fleet", "demo")
     assert default.returncode == 0, str(default)
@@ -166,14 +170,17 @@ def _one_line(result: Result, url: str, home: Path) -> None:
     ], str(result)
 
 
+@pytest.mark.processes
 def test_unreachable_nats_is_one_line(dead_home: tuple[Path, str]) -> None:
+    """In a process of its own: what the NATS client or logging might print ends on its
+    stderr too."""
     home, url = dead_home
-    _one_line(run_cli("fleet", "status", "--home", home), url, home)
+    _one_line(run_cli_process("fleet", "status", "--home", home), url, home)
 
 
 def test_unreachable_nats_with_wait_is_one_line(dead_home: tuple[Path, str]) -> None:
     home, url = dead_home
-    _one_line(run_cli("fleet", "status", "--wait", "--timeout", "3", "--home", home), url, home)
+    _one_line(run_cli("fleet", "status", "--wait", "--timeout", "1", "--home", home), url, home)
 
 
 def test_config_readable_by_others_draws_one_warning(dead_home: tuple[Path, str]) -> None:
@@ -190,19 +197,14 @@ def test_config_readable_by_others_draws_one_warning(dead_home: tuple[Path, str]
     assert "warning" not in run_cli("fleet", "status", "--home", home).err
 
 
+@pytest.mark.processes
 def test_missing_config_names_the_runnable_dev_up(tmp_path: Path, other: Fleet) -> None:
+    """In a process of its own: the command it names is the one this interpreter runs."""
     home = tmp_path / "home"
     shutil.copytree(other.dir, home / "fleet")
-    env = {k: v for k, v in os.environ.items() if k != "FLASHGATE_NATS_URL"}
-    result = subprocess.run(
-        [sys.executable, "-m", "flashgate.cli.main", "fleet", "status", "--home", str(home)],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli_process("fleet", "status", "--home", home, env={"FLASHGATE_NATS_URL": None})
     assert result.returncode == 1
-    assert result.stderr.decode().splitlines() == [
+    assert result.err.splitlines() == [
         f"flashgate: error: {home / 'config.json'} does not exist: start the system with "
         f"`{flashgate_command()} dev up --home {home}` or set FLASHGATE_NATS_URL"
     ]

@@ -7,7 +7,7 @@ import json
 import msgspec
 
 from flashgate.cli.fleet_status import online_row, ready, render
-from flashgate.events.node import HeldSecret, PendingSecret, StatusResponse
+from flashgate.events.node_status import HeldSecret, PendingSecret, StatusResponse
 
 
 def _answer(*, is_ready: bool = True) -> StatusResponse:

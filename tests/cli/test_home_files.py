@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from flashgate.cli.home import HomeConfig, home_file_remedy, save_config
-from tests.cli.conftest import Fleet, Result, run_cli
-from tests.helpers import TEST_PASSPHRASE
+from tests.support.cli import Fleet, Result, run_cli
+from tests.support.material import TEST_PASSPHRASE
 
 COMMANDS: dict[str, tuple[list[str], bytes]] = {
     "fleet-status": (["fleet", "status"], b""),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import run_cli
+from tests.support.cli import run_cli
 
 CASES = [
     # (args, stdin, exit status, error code, words in the message)

@@ -18,8 +18,9 @@ from flashgate.cli.home import HomeConfig, save_config
 from flashgate.cli.node_revoke import check_revocation
 from flashgate.errors import BelowThreshold
 from flashgate.events.fleet import ROSTER_CODEC
-from tests.backend.conftest import make_fleet, sqlite_url
-from tests.cli.conftest import Result, run_cli
+from tests.support.cli import Result, run_cli
+from tests.support.databases import sqlite_url
+from tests.support.fleets import make_fleet
 
 pytestmark = pytest.mark.nats
 

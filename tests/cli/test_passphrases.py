@@ -1,6 +1,7 @@
 """A passphrase per bundle: ``recover --passphrase-env BUNDLE=VAR`` (compose seals every
 bundle with its node's own passphrase), and ``fleet reseal`` to change the passphrase of a
-bundle or of admin.key. Real subprocesses, real sealed files."""
+bundle or of admin.key. Real sealed files; the command in process (tests.support.cli.run_cli),
+except at a prompt, where it runs as a process of its own on a pseudo-terminal."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import select
 import shutil
 import stat
 import subprocess
-import sys
 import termios
 from pathlib import Path
 
@@ -20,8 +20,8 @@ import pytest
 from flashgate.errors import UnsealError
 from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.files import load_descriptor
-from tests.cli.conftest import BINARY_SECRET, UNSET, Fleet, Result, run_cli
-from tests.helpers import TEST_PASSPHRASE
+from tests.support.cli import BINARY_SECRET, UNSET, Fleet, Result, flashgate_argv, run_cli
+from tests.support.material import TEST_PASSPHRASE
 
 P2 = "node-two-passphrase"
 P3 = "node-three-passphrase"
@@ -239,7 +239,7 @@ def run_on_terminal(
         fcntl.ioctl(2, termios.TIOCSCTTY, 0)
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flashgate.cli.main", *map(str, args)],
+        flashgate_argv(*args),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=slave,
@@ -278,6 +278,7 @@ def run_on_terminal(
     return status, out, prompts
 
 
+@pytest.mark.processes
 def test_recover_prompts_for_each_bundle_on_the_terminal(
     demo: Fleet, demo_token: bytes, sealed_apart: list[Path]
 ) -> None:
@@ -294,6 +295,7 @@ def test_recover_prompts_for_each_bundle_on_the_terminal(
     assert out == BINARY_SECRET
 
 
+@pytest.mark.processes
 def test_reseal_prompts_for_the_current_and_new_passphrase(demo: Fleet, tmp_path: Path) -> None:
     copy = tmp_path / "node-5.bundle"
     shutil.copyfile(demo.bundle(5), copy)

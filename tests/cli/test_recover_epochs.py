@@ -17,8 +17,8 @@ from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.ceremony import run_ceremony
 from flashgate.fleet.directory import write_fleet_dir
 from flashgate.fleet.files import load_descriptor
-from tests.cli.conftest import BINARY_SECRET, Fleet, Result, run_cli
-from tests.helpers import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, load_vectors
+from tests.support.cli import BINARY_SECRET, Fleet, Result, run_cli
+from tests.support.material import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, load_vectors
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from nats.aio.msg import Msg
 
 from flashgate.cli.home import HomeConfig, save_config
 from flashgate.events.subjects import FleetNames
-from tests.backend.conftest import make_fleet
-from tests.helpers import TEST_PASSPHRASE
+from tests.support.fleets import make_fleet
+from tests.support.material import TEST_PASSPHRASE
 
-pytestmark = pytest.mark.nats
+pytestmark = [pytest.mark.nats, pytest.mark.processes]
 
 
 async def interrupt_while_querying(

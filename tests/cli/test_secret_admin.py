@@ -1,5 +1,6 @@
 """``flashgate secret`` and ``flashgate apikey`` against a running system: a real
-nats-server, an in-process backend on SQLite, the CLI as a real subprocess.
+nats-server, an in-process backend on SQLite, the CLI in process (tests.support.cli.run_cli,
+in a worker thread while the backend runs in the test's event loop).
 
 What the CLI writes is read back from the backend's database and opened with the test
 fleet's reference private key (the ceremony uses the fixed test primes)."""
@@ -8,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,9 +28,8 @@ from flashgate.crypto import jwe
 from flashgate.crypto.threshold.dealing import generate_primes
 from flashgate.fleet.ceremony import run_ceremony
 from flashgate.fleet.directory import write_fleet_dir
-from tests.cli.conftest import TIMEOUT, Result
-from tests.cli.test_cli import assert_error
-from tests.helpers import (
+from tests.support.cli import Result, assert_error, run_cli, without_flashgate_env
+from tests.support.material import (
     CANARY,
     FAST_KDF,
     TEST_BITS,
@@ -68,29 +66,16 @@ class Home:
         return f"sqlite:///{self.db_path}"
 
     @property
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHGATE_")}
-        return env | {
-            "FLASHGATE_HOME": str(self.path),
-            "FLASHGATE_NATS_URL": self.nats_url,
-            "FLASHGATE_PASSPHRASE": TEST_PASSPHRASE,
-        }
+    def env(self) -> dict[str, str | None]:
+        return without_flashgate_env(
+            FLASHGATE_HOME=str(self.path),
+            FLASHGATE_NATS_URL=self.nats_url,
+            FLASHGATE_PASSPHRASE=TEST_PASSPHRASE,
+        )
 
     async def run(self, *args: str, input: bytes = b"") -> Result:
-        """``flashgate ARGS`` as a subprocess (the backend keeps running in this loop)."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "flashgate.cli.main",
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(input), TIMEOUT)
-        assert proc.returncode is not None
-        return Result(args, proc.returncode, out, err)
+        """``flashgate ARGS`` in a worker thread (the backend keeps running in this loop)."""
+        return await asyncio.to_thread(run_cli, *args, input=input, env=self.env)
 
     async def json(self, *args: str, input: bytes = b"") -> object:
         result = await self.run(*args, "--json", input=input)
@@ -373,20 +358,26 @@ async def test_put_rotate_and_list_past_1000_secrets(system: Home) -> None:
     await system.json("secret", "put", "big/seed", "--kind", "generic", input=b"v")
     [(repo_id,)] = system.sql("SELECT id FROM repositories WHERE name = 'big'")
     now = "2026-01-01 00:00:00.000000"
-    with sqlite3.connect(system.db_path) as conn:
-        conn.executemany(
-            "INSERT INTO secrets (repository_id, name, kind, current_version, deleted, "
-            "created_at, updated_at) VALUES (?, ?, 'generic', ?, ?, ?, ?)",
-            [
-                (repo_id, f"s{i:04d}", 3 if i == 1099 else 1, i == 1099, now, now)
-                for i in range(1100)
-            ],
-        )
-        conn.executemany(
-            "INSERT INTO api_keys (key_id, repository_id, scope, access, label, epoch, jwe, "
-            "created_at) VALUES (?, ?, 'storage', 'read', ?, 1, 'x', ?)",
-            [(f"fgk_{i:024d}", repo_id, f"key {i}", now) for i in range(1001)],
-        )
+
+    def insert_rows() -> None:
+        with sqlite3.connect(system.db_path) as conn:
+            conn.executemany(
+                "INSERT INTO secrets (repository_id, name, kind, current_version, deleted, "
+                "created_at, updated_at) VALUES (?, ?, 'generic', ?, ?, ?, ?)",
+                [
+                    (repo_id, f"s{i:04d}", 3 if i == 1099 else 1, i == 1099, now, now)
+                    for i in range(1100)
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO api_keys (key_id, repository_id, scope, access, label, epoch, "
+                "jwe, created_at) VALUES (?, ?, 'storage', 'read', ?, 1, 'x', ?)",
+                [(f"fgk_{i:024d}", repo_id, f"key {i}", now) for i in range(1001)],
+            )
+
+    # In a thread: the backend (in this loop) may still be committing after its answer to
+    # the put, and a write blocking the loop would wait for the lock that commit releases.
+    await asyncio.to_thread(insert_rows)
     rotated = await system.json("secret", "rotate", "big/s1098", input=b"new")
     assert rotated["version"] == 2  # type: ignore[index]
     assert system.stored_value("big", "s1098") == b"new"
@@ -510,7 +501,8 @@ def node_jose(tmp_path_factory: pytest.TempPathFactory) -> Path:
     where = tmp_path_factory.mktemp("node-jose")
     (where / "package.json").write_text('{"private": true, "type": "module"}\n')
     installed = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--silent", "jose@6"],
+        # from npm's own cache when it holds jose 6 (no registry round trip), else the registry
+        [npm, "install", "--prefer-offline", "--no-audit", "--no-fund", "--silent", "jose@6"],
         cwd=where,
         capture_output=True,
         timeout=180,
@@ -522,6 +514,7 @@ def node_jose(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return where
 
 
+@pytest.mark.processes
 async def test_put_a_jwe_written_by_node_jose(
     node_jose: Path, tmp_path: Path, nats_url: str
 ) -> None:

@@ -14,13 +14,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from flashgate.cli.session import AdminSession
-from flashgate.events.node import STATUS_REQUEST_CODEC, STATUS_RESPONSE_CODEC, StatusResponse
+from flashgate.events.node_status import STATUS_REQUEST_CODEC, STATUS_RESPONSE_CODEC, StatusResponse
 from flashgate.events.signing import sign
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.directory import write_fleet_dir
-from flashgate.fleet.signing import new_ed25519
-from tests.helpers import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
+from flashgate.fleet.identity_keys import new_ed25519
+from tests.support.material import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
 
 pytestmark = pytest.mark.nats
 

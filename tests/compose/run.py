@@ -101,7 +101,7 @@ class Stack:
         self.env = {
             **os.environ,
             **STACK_ENV,
-            "FLASHGATE_PASSPHRASE": secrets.token_urlsafe(24),
+            "FLASHGATE_ADMIN_PASSPHRASE": secrets.token_urlsafe(24),
             "FLASHGATE_PASSPHRASE_NODE_1": secrets.token_urlsafe(24),
             "FLASHGATE_PASSPHRASE_NODE_2": secrets.token_urlsafe(24),
             "FLASHGATE_PASSPHRASE_NODE_3": secrets.token_urlsafe(24),

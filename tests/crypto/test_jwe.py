@@ -40,7 +40,7 @@ from flashgate.errors import (
     UnsupportedAlgorithm,
     UnsupportedHeader,
 )
-from tests.helpers import CANARY, dealing, reference_private_key
+from tests.support.material import CANARY, dealing, reference_private_key
 
 CTX = SecretContext(fleet="prod", repo="payments", name="db-password", kind="password", version=3)
 

@@ -32,7 +32,7 @@ from flashgate.errors import (
     OversizedInput,
     UnsealError,
 )
-from tests.helpers import CANARY, FAST_KDF, TEST_PASSPHRASE
+from tests.support.material import CANARY, FAST_KDF, TEST_PASSPHRASE
 
 PURPOSE = "node-bundle"
 PARAMS_OFFSET = 8 + len(PURPOSE) + 1  # magic, version, purpose length, purpose, KDF id

@@ -43,7 +43,7 @@ from flashgate.errors import (
     InvalidProof,
     NotEnoughShares,
 )
-from tests.helpers import TEST_BITS, dealing, fixed_primes, reference_private_key
+from tests.support.material import TEST_BITS, dealing, fixed_primes, reference_private_key
 
 N_PARTIES = 5
 OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)

@@ -87,6 +87,7 @@ def test_the_installed_server_is_found_and_recent(nats_binary: NatsBinary) -> No
     assert os.access(found.path, os.X_OK)
 
 
+@pytest.mark.processes
 def test_env_override_is_preferred(
     isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, nats_binary: NatsBinary
 ) -> None:
@@ -98,6 +99,7 @@ def test_env_override_is_preferred(
     assert found.version == nats_binary.version
 
 
+@pytest.mark.processes
 def test_env_override_too_old_is_an_error_not_a_fallback(
     isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, nats_binary: NatsBinary
 ) -> None:
@@ -111,6 +113,7 @@ def test_env_override_too_old_is_an_error_not_a_fallback(
     assert NATS_SERVER_BIN_ENV in message
 
 
+@pytest.mark.processes
 def test_env_override_missing_file_is_an_error(
     isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -119,18 +122,21 @@ def test_env_override_missing_file_is_an_error(
         find_nats_server()
 
 
+@pytest.mark.processes
 def test_interpreter_prefix_comes_before_path(isolated: Path, nats_binary: NatsBinary) -> None:
     fake_binary(isolated, "nats-server: v2.99.0")
     beside = linked_binary(Path(sys.prefix) / "bin", nats_binary)
     assert find_nats_server().path == beside
 
 
+@pytest.mark.processes
 def test_an_old_binary_is_skipped_for_a_good_one(isolated: Path, nats_binary: NatsBinary) -> None:
     fake_binary(Path(sys.prefix) / "bin")
     good = linked_binary(isolated, nats_binary)
     assert find_nats_server().path == good
 
 
+@pytest.mark.processes
 def test_only_an_old_binary_is_refused_with_the_reason_and_the_fix(isolated: Path) -> None:
     old = fake_binary(isolated)
     with pytest.raises(UnsupportedServer) as caught:
@@ -169,6 +175,7 @@ def test_config_file_has_the_ports_the_store_and_extra_config(
     assert server.url == f"nats://127.0.0.1:{server.port}"
 
 
+@pytest.mark.processes
 def test_a_bad_config_fails_fast_with_the_log_tail(tmp_path: Path, nats_binary: NatsBinary) -> None:
     server = NatsServerProcess(tmp_path, binary=nats_binary, extra_config="this is { broken")
     with pytest.raises(BrokerUnavailable) as caught, server:
@@ -178,6 +185,7 @@ def test_a_bad_config_fails_fast_with_the_log_tail(tmp_path: Path, nats_binary: 
     assert not server.running
 
 
+@pytest.mark.processes
 def test_restart_keeps_ports_and_kill_stops_at_once(
     tmp_path: Path, nats_binary: NatsBinary
 ) -> None:

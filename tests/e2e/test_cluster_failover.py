@@ -31,9 +31,10 @@ from flashgate.errors import BrokerError
 from flashgate.events import commands as cmd
 from flashgate.events.domain import DomainEvent, decode_event
 from flashgate.events.subjects import secret_key
-from tests.backend.conftest import AdminClient, Commands
-from tests.bridge.conftest import Cluster, NodeProcess, make_fleet
-from tests.nats_fixtures import eventually
+from tests.support.admin_client import AdminClient, Commands
+from tests.support.bridge_cluster import Cluster, NodeProcess
+from tests.support.fleets import make_fleet
+from tests.support.nats_servers import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -61,7 +62,7 @@ async def test_killing_the_command_stream_leader_during_pipelined_writes_loses_n
 ) -> None:
     urls = nats_cluster.urls
     nc = await connect(urls, role="test", name="pytest-failover", reconnect_time_wait=0.2)
-    fleet = make_fleet(tmp_path / "fleets", 3, 2)
+    fleet = make_fleet(tmp_path / "fleets", nodes=3, threshold=2)
     names = fleet.names
     db_url = f"sqlite:///{tmp_path / 'backend.db'}"
     await asyncio.to_thread(db.migrate, db_url)

@@ -1,4 +1,5 @@
-"""End to end through `flashgate dev up` and the `flashgate` CLI, as real processes.
+"""End to end through `flashgate dev up` (a real process, and its children) and the
+`flashgate` CLI (in process, and once as a process of its own).
 
 One dev cluster (3 bridges, t = 2, an INSECURE 1024-bit test key) serves the whole module;
 the tests run in order against it.
@@ -18,46 +19,56 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import CANARY
+from tests.support.cli import Result, run_cli, run_cli_process, subprocess_env
+from tests.support.material import CANARY
 
-pytestmark = [pytest.mark.nats, pytest.mark.e2e]
+pytestmark = [pytest.mark.nats, pytest.mark.processes, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 PASSPHRASE = "e2e-passphrase-not-secret"
 NODES = ["node-1", "node-2", "node-3"]
 
 
 class Cli:
+    """The admin CLI against the dev cluster: in this process (tests.support.cli.run_cli),
+    or with ``process=True`` as a process of its own."""
+
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.env = {**os.environ, "FLASHGATE_HOME": str(home), "FLASHGATE_PASSPHRASE": PASSPHRASE}
-        self.env.pop("FLASHGATE_NATS_URL", None)
+        self.env: dict[str, str | None] = {
+            "FLASHGATE_HOME": str(home),
+            "FLASHGATE_PASSPHRASE": PASSPHRASE,
+            "FLASHGATE_NATS_URL": None,
+        }
 
     def run(
-        self, *args: str, stdin: bytes = b"", check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[bytes]:
-        result = subprocess.run(
-            [sys.executable, "-m", "flashgate.cli.main", *args],
-            input=stdin,
-            capture_output=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=timeout,
-        )
+        self,
+        *args: str,
+        stdin: bytes = b"",
+        check: bool = True,
+        timeout: float = 60,
+        process: bool = False,
+    ) -> Result:
+        if process:
+            result = run_cli_process(*args, input=stdin, env=self.env, cwd=ROOT, timeout=timeout)
+        else:  # the command's own --timeout bounds it
+            result = run_cli(*args, input=stdin, env=self.env, cwd=ROOT)
         if check and result.returncode != 0:
             raise AssertionError(
-                f"flashgate {' '.join(args)} failed ({result.returncode}): "
-                f"{result.stderr.decode(errors='replace')[-2000:]}"
+                f"flashgate {' '.join(args)} failed ({result.returncode}): {result.err[-2000:]}"
             )
         return result
 
-    def json(self, *args: str, stdin: bytes = b"", timeout: float = 60) -> Any:
-        return json.loads(self.run(*args, "--json", stdin=stdin, timeout=timeout).stdout)
+    def json(
+        self, *args: str, stdin: bytes = b"", timeout: float = 60, process: bool = False
+    ) -> Any:
+        result = self.run(*args, "--json", stdin=stdin, timeout=timeout, process=process)
+        return json.loads(result.stdout)
 
     def status(self) -> dict[str, Any]:
         return self.json("fleet", "status")
 
-    def wait(self, timeout: float = 90) -> dict[str, Any]:
-        return self.json("fleet", "status", "--wait", "--timeout", str(timeout))
+    def wait(self, timeout: float = 90, *, process: bool = False) -> dict[str, Any]:
+        return self.json("fleet", "status", "--wait", "--timeout", str(timeout), process=process)
 
     def held(self, node: str) -> dict[str, int]:
         """The (key -> version) a node holds, from its signed status answer."""
@@ -106,7 +117,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
         ],
         stdout=log,
         stderr=log,
-        env=cli.env,
+        env=subprocess_env(PASSPHRASE, cli.env),
         cwd=ROOT,
     )
     try:
@@ -115,7 +126,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
             120,
             "dev up to write its home",
         )
-        cli.wait(120)
+        cli.wait(120, process=True)  # the CLI as a process of its own once; then in process
         yield cli
     finally:
         process.send_signal(signal.SIGINT)
@@ -421,7 +432,7 @@ def _nkey_login(cluster: Cli, node: str, action: str = "login") -> str:
     out = subprocess.run(
         [sys.executable, "-c", _NKEY_LOGIN, str(cluster.home), node, PASSPHRASE, action],
         capture_output=True,
-        env=cluster.env,
+        env=subprocess_env(PASSPHRASE, cluster.env),
         cwd=ROOT,
         timeout=60,
         check=True,

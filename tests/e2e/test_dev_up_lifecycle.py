@@ -28,8 +28,9 @@ from typing import IO
 import pytest
 
 from flashgate.cli.passphrase import DEV_PASSPHRASE
+from tests.support.cli import run_cli, without_flashgate_env
 
-pytestmark = [pytest.mark.nats, pytest.mark.e2e]
+pytestmark = [pytest.mark.nats, pytest.mark.processes, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 #: Generous bounds: a loaded 2-core machine may be slow; nothing here measures speed.
 START_TIMEOUT = 120
@@ -47,18 +48,15 @@ def _flashgate(*args: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def template_fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-of-1 fleet 'dev' sealed with the public dev passphrase (one ceremony per module)."""
+    """A 1-of-1 fleet 'dev' sealed with the public dev passphrase (one ceremony per module,
+    in process: sealed at the test KDF cost, which dev up's bridge then opens quickly)."""
     out = tmp_path_factory.mktemp("template") / "fleet"
-    subprocess.run(
-        _flashgate(
-            "fleet", "init", "--fleet", "dev", "--nodes", "1", "--threshold", "1",
-            "--key-bits", "1024", "--insecure-test-key", "--quiet", "--out", str(out),
-        ),
-        env={**_env(), "FLASHGATE_PASSPHRASE": DEV_PASSPHRASE},
-        capture_output=True,
-        timeout=START_TIMEOUT,
-        check=True,
+    made = run_cli(
+        "fleet", "init", "--fleet", "dev", "--nodes", "1", "--threshold", "1",
+        "--key-bits", "1024", "--insecure-test-key", "--quiet", "--out", str(out),
+        passphrase=DEV_PASSPHRASE, env=without_flashgate_env(),
     )  # fmt: skip
+    assert made.returncode == 0, str(made)
     return out
 
 
@@ -147,14 +145,11 @@ def wait_ready(home: Path, process: subprocess.Popen[bytes], what: str) -> None:
         return all((run / f"{n}.pid").exists() for n in ("backend", "node-1", "nats-server"))
 
     wait_for(started, START_TIMEOUT, "dev up to start every service")
-    result = subprocess.run(
-        _flashgate("fleet", "status", "--wait", "--timeout", str(START_TIMEOUT), "--json"),
-        env={**_env(), "FLASHGATE_HOME": str(home), "FLASHGATE_PASSPHRASE": DEV_PASSPHRASE},
-        capture_output=True,
-        timeout=START_TIMEOUT + 30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    result = run_cli(
+        "fleet", "status", "--wait", "--timeout", str(START_TIMEOUT), "--json",
+        passphrase=DEV_PASSPHRASE, env=without_flashgate_env(FLASHGATE_HOME=str(home)),
+    )  # fmt: skip
+    assert result.returncode == 0, str(result)
 
 
 @pytest.fixture
@@ -337,7 +332,7 @@ def test_banner_commands_run_as_printed(dev_up: DevUp, tmp_path: Path) -> None:
     assert "opening the existing bundles with the public dev passphrase" in output
     assert "sealing" not in output
     commands = printed_block(output, "try (in another shell):")
-    assert any(c.startswith("export FLASHGATE_PASSPHRASE=") for c in commands), commands
+    assert any(c.startswith("export FLASHGATE_ADMIN_PASSPHRASE=") for c in commands), commands
     script = "set -e\n" + "\n".join(commands) + "\n"
     result = subprocess.run(
         ["/bin/sh", "-c", script],

@@ -31,8 +31,8 @@ from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import initial_roster
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import read_bundle
-from tests.bridge.conftest import Cluster, eventually, running_cluster
-from tests.helpers import CANARY, TEST_PASSPHRASE, deal_test_epoch
+from tests.support.bridge_cluster import Cluster, running_cluster, wait_until
+from tests.support.material import CANARY, TEST_PASSPHRASE, deal_test_epoch
 
 pytestmark = [pytest.mark.nats, pytest.mark.e2e]
 STAYING = ["node-1", "node-3", "node-4", "node-5"]
@@ -94,8 +94,8 @@ async def test_a_rolled_back_roster_does_not_undo_revocation_and_rotation(
             ),
             timeout=30,
         )
-        assert started.type == "io.flashgate.fleet.rotation.started", started.data
-        await eventually(
+        assert started.type == "io.flashgate.fleet.epoch_dealing.started", started.data
+        await wait_until(
             lambda: _holds_at(cluster, STAYING, "r.old", 2), 120, "r.old re-wrapped to epoch 2"
         )
         finished = await admin.send(
@@ -110,7 +110,7 @@ async def test_a_rolled_back_roster_does_not_undo_revocation_and_rotation(
                     return False
             return True
 
-        await eventually(resealed, 60, "bundles re-sealed for epoch 2")
+        await wait_until(resealed, 60, "bundles re-sealed for epoch 2")
 
         # 3. a secret under epoch 2 only
         public2 = fleet_public_key(dealt.descriptor)
@@ -129,7 +129,7 @@ async def test_a_rolled_back_roster_does_not_undo_revocation_and_rotation(
         )
         event = await admin.send(put, timeout=30)
         assert not event.type.endswith("rejected"), event.data
-        await eventually(lambda: _holds_at(cluster, STAYING, "r.new", 2), 60, "r.new held")
+        await wait_until(lambda: _holds_at(cluster, STAYING, "r.new", 2), 60, "r.new held")
 
         # 4. nodes 1, 3, 4 stop; the serial-1 roster is written back; they start again
         for node in RESTARTED:
@@ -139,7 +139,7 @@ async def test_a_rolled_back_roster_does_not_undo_revocation_and_rotation(
         await fleet_kv.put(FleetNames.ROSTER_KEY, ROSTER_CODEC.encode(first))
         for node in RESTARTED:
             cluster.start(node)
-        await eventually(lambda: _holds_at(cluster, RESTARTED, "r.new", 2), 90, "restarted")
+        await wait_until(lambda: _holds_at(cluster, RESTARTED, "r.new", 2), 90, "restarted")
 
         # 5. node-2 asks each restarted node for its partial of the epoch-2 secret
         secrets_kv = await js.key_value(fleet.names.secrets_bucket)

@@ -15,7 +15,7 @@ from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope
 from flashgate.events.fleet import Roster, RosterNode
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     Heartbeat,
     HeldSecret,
     PeerStatus,
@@ -34,7 +34,7 @@ from flashgate.events.share import (
 from flashgate.events.signing import sign
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
-from tests.helpers import TEST_BITS, fixed_primes
+from tests.support.material import TEST_BITS, fixed_primes
 
 FLEET = "samples"
 T0 = 1_790_000_000_000

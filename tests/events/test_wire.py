@@ -34,7 +34,11 @@ from flashgate.events.domain import (
 )
 from flashgate.events.envelope import ENVELOPE_CODEC, check_envelope_location
 from flashgate.events.fleet import DESCRIPTOR_CODEC, ROSTER_CODEC
-from flashgate.events.node import HEARTBEAT_CODEC, STATUS_REQUEST_CODEC, STATUS_RESPONSE_CODEC
+from flashgate.events.node_status import (
+    HEARTBEAT_CODEC,
+    STATUS_REQUEST_CODEC,
+    STATUS_RESPONSE_CODEC,
+)
 from flashgate.events.schemas import SPECS, drift, normalize_description, render, render_text
 from flashgate.events.share import (
     MAX_SHARE_ITEMS,
@@ -44,7 +48,7 @@ from flashgate.events.share import (
 )
 from flashgate.events.signing import signing_bytes, verify
 from flashgate.events.subjects import FleetNames, secret_key, split_secret_key
-from flashgate.fleet.signing import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public
 from tests.events import samples
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"

@@ -34,7 +34,7 @@ from flashgate.fleet.directory import read_bundle, write_fleet_dir
 from flashgate.fleet.files import load_descriptor, load_roster
 from flashgate.fleet.recovery import recover
 from flashgate.fleet.threshold_key import verified_threshold_key
-from tests.helpers import CANARY, FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
+from tests.support.material import CANARY, FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -21,9 +21,9 @@ from flashgate.fleet.nats_identity import (
     public_nkey,
     read_identities,
 )
-from flashgate.fleet.signing import new_ed25519
+from flashgate.fleet.identity_keys import new_ed25519
 from tests.fleet.test_ceremony import ceremony
-from tests.helpers import FAST_KDF, TEST_PASSPHRASE
+from tests.support.material import FAST_KDF, TEST_PASSPHRASE
 
 
 def _revoke(fleet_dir: Path, node_id: str, *, admin: object) -> None:

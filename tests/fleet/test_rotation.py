@@ -30,10 +30,10 @@ from flashgate.events.signing import sign
 from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.ceremony import Ceremony
 from flashgate.fleet.descriptor import fleet_public_key
+from flashgate.fleet.epoch_dealing import EpochKey, NextEpoch, deal_next_epoch, open_share
 from flashgate.fleet.recovery import recover
-from flashgate.fleet.rotation import EpochKey, NextEpoch, deal_next_epoch, open_share
 from tests.fleet.test_ceremony import NOW, ceremony, context
-from tests.helpers import CANARY, fixed_primes
+from tests.support.material import CANARY, fixed_primes
 
 
 def revoked(cer: Ceremony, *node_ids: str) -> Roster:

@@ -35,7 +35,7 @@ from flashgate.crypto.threshold import combine, deal, partial_decrypt, prove  # 
 from flashgate.crypto.threshold.primes import generate_safe_prime  # noqa: E402
 from flashgate.fleet.ceremony import run_ceremony  # noqa: E402
 from flashgate.fleet.directory import write_fleet_dir  # noqa: E402
-from tests.helpers import FAST_KDF, fixed_primes  # noqa: E402
+from tests.support.material import FAST_KDF, fixed_primes  # noqa: E402
 
 PASSPHRASE = "insecure-test-passphrase"
 FLEET = "vectors"

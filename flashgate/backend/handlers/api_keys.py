@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from flashgate.backend.models import ApiKey
 from flashgate.backend.transaction import Transaction, now_ms
-from flashgate.crypto.apikey import KEY_ID_PREFIX
+from flashgate.crypto.api_key_tokens import KEY_ID_PREFIX
 from flashgate.crypto.context import SecretContext
 from flashgate.errors import AlreadyExists, ConfigurationError, NotFound
 from flashgate.events import commands as cmd

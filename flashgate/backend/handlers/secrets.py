@@ -17,12 +17,13 @@ from flashgate.backend.fleet_state import FleetState
 from flashgate.backend.models import Secret, SecretVersion
 from flashgate.backend.store import SecretWrite, Store
 from flashgate.backend.transaction import Transaction, check_envelope, command_event, now_ms
-from flashgate.crypto.apikey import KEY_ID_PREFIX
+from flashgate.crypto.api_key_tokens import KEY_ID_PREFIX
 from flashgate.crypto.context import SecretContext
 from flashgate.errors import (
     AlreadyExists,
     ConfigurationError,
     FlashgateError,
+    KindChange,
     NotFound,
     StaleVersion,
 )
@@ -205,7 +206,7 @@ async def write_secret(
                 f"{current + 1}, not {command.version}"
             )
         if rotate and secret is not None and secret.kind != command.kind:
-            raise ConfigurationError(
+            raise KindChange(
                 f"secret {shown} is of kind {secret.kind}, not {command.kind}; "
                 "a rotation keeps the kind"
             )

@@ -35,8 +35,8 @@ from flashgate.events.fleet import FleetDescriptor, NodeEntry, Roster
 from flashgate.events.rotation import SealedShare, share_aad
 from flashgate.events.signing import verify
 from flashgate.fleet.descriptor import check_sealed_shares, fleet_public_key, node_entry
+from flashgate.fleet.identity_keys import load_ed25519_public
 from flashgate.fleet.prime_search import search_primes
-from flashgate.fleet.signing import load_ed25519_public
 from flashgate.fleet.threshold_key import build_descriptor, verified_threshold_key
 
 

@@ -1,4 +1,5 @@
-"""Bridge integration fixtures: a fleet, a backend, Bridge Nodes as real processes."""
+"""Bridge Nodes as real processes (``python -m flashgate.cli.main bridge``) around an
+in-process backend on SQLite and a fleet dealt from the fixed test primes."""
 
 from __future__ import annotations
 
@@ -19,37 +20,18 @@ from nats.aio.client import Client
 
 from flashgate.backend import db
 from flashgate.backend.service import Backend, BackendSettings
-from flashgate.events.node import (
+from flashgate.events.node_status import (
     STATUS_REQUEST_CODEC,
     STATUS_RESPONSE_CODEC,
     StatusRequest,
     StatusResponse,
 )
 from flashgate.events.signing import sign
-from tests.backend.conftest import AdminClient, FleetFixture
-from tests.helpers import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
+from tests.support.admin_client import AdminClient
+from tests.support.fleets import FleetFixture, make_fleet
+from tests.support.material import TEST_PASSPHRASE
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_fleet(base: Path, nodes: int, threshold: int) -> FleetFixture:
-    import uuid
-
-    from flashgate.fleet.ceremony import run_ceremony
-    from flashgate.fleet.directory import write_fleet_dir
-
-    name = f"b{uuid.uuid4().hex[:10]}"
-    cer = run_ceremony(
-        fleet=name,
-        node_ids=[f"node-{i}" for i in range(1, nodes + 1)],
-        threshold=threshold,
-        bits=TEST_BITS,
-        primes=fixed_primes(),
-        allow_insecure=True,
-    )
-    out = base / name
-    write_fleet_dir(out, cer, TEST_PASSPHRASE, params=FAST_KDF)
-    return FleetFixture(dir=out, ceremony=cer)
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 @dataclass
@@ -128,7 +110,7 @@ class Cluster:
             return None
 
     async def wait_up(self, node_ids: list[str], timeout: float = 60) -> None:
-        await eventually(lambda: _all_answer(self, node_ids), timeout, f"{node_ids} up")
+        await wait_until(lambda: _all_answer(self, node_ids), timeout, f"{node_ids} up")
 
     async def wait_held(
         self, node_ids: list[str], key: str, version: int, timeout: float = 60
@@ -142,7 +124,7 @@ class Cluster:
                     return False
             return True
 
-        await eventually(held, timeout, f"{key} v{version} held by {node_ids}")
+        await wait_until(held, timeout, f"{key} v{version} held by {node_ids}")
 
     def start(self, node_id: str) -> None:
         self.nodes[node_id].start()
@@ -155,7 +137,7 @@ async def _all_answer(cluster: Cluster, node_ids: list[str]) -> bool:
     return True
 
 
-async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
         if time.monotonic() > deadline:
@@ -173,7 +155,7 @@ async def running_cluster(
     threshold: int,
     start: bool = True,
 ) -> AsyncIterator[Cluster]:
-    fleet = make_fleet(tmp_path / "fleets", nodes, threshold)
+    fleet = make_fleet(tmp_path / "fleets", nodes=nodes, threshold=threshold)
     url = f"sqlite:///{tmp_path / 'backend.db'}"
     await asyncio.to_thread(db.migrate, url)
     backend = Backend(BackendSettings(nats_urls=[nats_url], db_url=url, fleet_dir=fleet.dir))

@@ -40,7 +40,7 @@ from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 from flashgate.events.signing import verify
 
-log = structlog.get_logger("flashgate.backend.commands")
+log = structlog.get_logger("flashgate.backend.processor")
 
 MAX_APPLY_ATTEMPTS = 3
 

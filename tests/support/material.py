@@ -1,4 +1,5 @@
-"""Shared test helpers: vector loading, fast KDF parameters, cached dealings.
+"""Test key material: vector loading, fast KDF parameters, cached dealings, the test
+passphrase and the canary.
 
 Keys here are 1024-bit and INSECURE on purpose: size does not change the algebra, and the
 suite stays fast. Nothing here is usable for real secrets.
@@ -17,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flashgate.crypto.seal import KdfParams
 from flashgate.crypto.threshold.dealing import Dealing, deal
 from flashgate.events.fleet import FleetDescriptor, Roster
-from flashgate.fleet.rotation import NextEpoch, deal_next_epoch
+from flashgate.fleet.epoch_dealing import NextEpoch, deal_next_epoch
 
-VECTORS = Path(__file__).parent / "vectors"
+VECTORS = Path(__file__).parents[1] / "vectors"
 TEST_BITS = 1024
 #: Argon2id at its floor: tests seal and open many files.
 FAST_KDF = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)

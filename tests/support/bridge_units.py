@@ -35,7 +35,7 @@ from flashgate.events.signing import sign
 from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
-from tests.helpers import TEST_BITS, fixed_primes, reference_private_key
+from tests.support.material import TEST_BITS, fixed_primes, reference_private_key
 
 FLEET = "unit"
 EPOCH = 1

@@ -1,6 +1,6 @@
 """pytest plugin: real nats-server processes for integration tests (marker ``nats``).
 
-Registered in ``tests/conftest.py`` with ``pytest_plugins = ["tests.nats_fixtures"]``.
+Registered in ``tests/conftest.py`` (``pytest_plugins``).
 
 * ``nats_binary`` (session): the nats-server found by :func:`find_nats_server` (>= 2.10;
   a missing or too old binary fails the test with the reason and the fix);
@@ -14,7 +14,8 @@ Registered in ``tests/conftest.py`` with ``pytest_plugins = ["tests.nats_fixture
 
 Server fixtures are synchronous (they start processes and poll ``/healthz``); only the
 client fixtures are async, and they run in each test's own event loop. Every test that
-uses one of these fixtures is marked ``nats`` automatically (``-m "not nats"`` skips them).
+uses one of these fixtures is marked ``nats`` (:mod:`tests.support.tiers`; ``-m "not nats"``
+skips them).
 """
 
 from __future__ import annotations
@@ -42,21 +43,6 @@ from flashgate.errors import BrokerError
 from flashgate.events.subjects import FleetNames
 
 T = TypeVar("T")
-
-NATS_MARKER = "nats"
-_SERVER_FIXTURES = frozenset({"nats_server", "nats_url", "nc", "js", "nats_cluster"})
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", f"{NATS_MARKER}: integration test against a real nats-server process"
-    )
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(NATS_MARKER)
 
 
 async def eventually(
