@@ -14,6 +14,7 @@ from flashgate.events.signing import sign
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.directory import write_fleet_dir
 from flashgate.fleet.files import ROSTER_FILE, write_atomic
+from flashgate.fleet.identity_keys import new_ed25519
 from flashgate.fleet.nats_identity import (
     IDENTITIES_FILE,
     active_identities,
@@ -21,7 +22,6 @@ from flashgate.fleet.nats_identity import (
     public_nkey,
     read_identities,
 )
-from flashgate.fleet.identity_keys import new_ed25519
 from tests.fleet.test_ceremony import ceremony
 from tests.support.material import FAST_KDF, TEST_PASSPHRASE
 
