@@ -14,9 +14,9 @@ COPY deploy/fleet-init.py /usr/local/share/flashgate/fleet-init.py
 # image directory it is first mounted on, so every volume compose.yaml mounts is writable
 # by the (non-root) service user, whichever service mounts it first.
 RUN mkdir -p /ceremony /public /fleet /node /nodes/node-1 /nodes/node-2 /nodes/node-3 \
-        /home-fg/fleet \
+        /home-fg/fleet /nats-auth \
     && chown flashgate /ceremony /public /fleet /node /nodes/node-1 /nodes/node-2 \
-        /nodes/node-3 /home-fg/fleet
+        /nodes/node-3 /home-fg/fleet /nats-auth
 USER flashgate
 # No core dumps from a process that holds plaintext (the bridge also sets this itself).
 ENTRYPOINT ["flashgate"]

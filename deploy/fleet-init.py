@@ -14,6 +14,11 @@
    the backend sees the admin's latest copies, and so are the backend's event key
    (backend.key, 0600, and its admin-signed backend.json): that volume is the backend's
    alone.
+4. With --nats-auth DIR: DIR/authorization.conf, the users nats-server includes (the role
+   logins, their passwords from its environment, and one NKey user per node that
+   roster.json lists as active: a revoked node has none), written again on every run.
+   After `flashgate node revoke`: run init again, then reload the server
+   (`docker compose kill -s HUP nats`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from flashgate.broker.permissions import AUTHORIZATION_INCLUDE, authorization_config
 from flashgate.cli.main import main as flashgate_main
+from flashgate.events.subjects import FleetNames
 from flashgate.fleet.backend_key import BACKEND_KEY_FILE, BACKEND_PUBLIC_FILE
-from flashgate.fleet.files import DESCRIPTOR_FILE, NODES_DIR, ROSTER_FILE, write_atomic
+from flashgate.fleet.files import (
+    DESCRIPTOR_FILE,
+    NODES_DIR,
+    ROSTER_FILE,
+    load_descriptor,
+    write_atomic,
+)
+from flashgate.fleet.nats_identity import active_identities
+
+#: The file nats-server includes (deploy/nats.conf), in the nats-auth volume.
+AUTHORIZATION_FILE = Path(AUTHORIZATION_INCLUDE).name
 
 
 def main(argv: list[str]) -> int:
@@ -32,6 +49,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ceremony", type=Path, required=True)
     parser.add_argument("--public", type=Path, required=True)
     parser.add_argument("--nodes-root", type=Path, required=True)
+    parser.add_argument("--nats-auth", type=Path, default=None)
     parser.add_argument("init_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     init_args = args.init_args[1:] if args.init_args[:1] == ["--"] else args.init_args
@@ -52,6 +70,11 @@ def main(argv: list[str]) -> int:
         if (ceremony / name).exists():
             mode = 0o600 if name == BACKEND_KEY_FILE else 0o644
             write_atomic(public / name, (ceremony / name).read_bytes(), mode)
+    if args.nats_auth is not None:
+        names = FleetNames(load_descriptor(ceremony).fleet)
+        users = authorization_config(names, None, active_identities(ceremony))
+        write_atomic(args.nats_auth / AUTHORIZATION_FILE, users.encode(), 0o644)
+        print("fleet-init: NATS users written", file=sys.stderr)
     return 0
 
 

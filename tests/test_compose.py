@@ -45,7 +45,17 @@ def test_services_and_dependencies() -> None:
         assert deps["nats"] == {"condition": "service_healthy"}
         assert SERVICES[bridge]["restart"] == "unless-stopped"
         assert "IPC_LOCK" in SERVICES[bridge]["cap_add"]
-        assert SERVICES[bridge]["environment"]["FLASHGATE_NATS_USER"] == "bridge"
+        # No shared bridge login: each node logs in with the NKey sealed in its bundle.
+        assert not {
+            k for k in SERVICES[bridge]["environment"] if k.startswith("FLASHGATE_NATS_")
+        } - {"FLASHGATE_NATS_URL"}, bridge
+    assert SERVICES["nats"]["depends_on"] == {
+        "init": {"condition": "service_completed_successfully"}
+    }
+    assert "nats-auth:/etc/nats/auth:ro" in SERVICES["nats"]["volumes"]
+    assert _volumes("init")["nats-auth"] == "/nats-auth"
+    assert "--nats-auth=/nats-auth" in SERVICES["init"]["command"]
+    assert "FG_BRIDGE_PASSWORD" not in (ROOT / "compose.yaml").read_text()
     assert SERVICES["init"]["restart"] == "no"
     for name in ("nats", "postgres", "backend", "bridge-1"):
         assert "healthcheck" in SERVICES[name], name
@@ -93,6 +103,7 @@ def _run_init(tmp_path: Path, **env: str) -> tuple[Path, subprocess.CompletedPro
         a.replace("=/ceremony", f"={mounts['/ceremony']}")
         .replace("=/public", f"={mounts['/public']}")
         .replace("=/nodes", f"={tmp_path / 'nodes'}")
+        .replace("=/nats-auth", f"={mounts['/nats-auth']}")
         for a in _init_script_args()
     ]
     full_env = {
@@ -269,9 +280,11 @@ def test_init_hands_out_one_bundle_per_node(tmp_path: Path) -> None:
         "ceremony/backend.json",
         "ceremony/backend.key",
         "ceremony/fleet.json",
+        "ceremony/nats-nodes.json",
         "ceremony/roster.json",
         "fleet-public/backend.json",
         "fleet-public/backend.key",
+        "nats-auth/authorization.conf",
         "fleet-public/fleet.json",
         "fleet-public/roster.json",
         "node-1/node-1.bundle",
@@ -280,6 +293,13 @@ def test_init_hands_out_one_bundle_per_node(tmp_path: Path) -> None:
     }
     bundle = read_bundle(root / "node-2" / "node-2.bundle", "node-2-passphrase")
     assert bundle.node_id == "node-2"
+    # One NATS user per node, by its public NKey (the seed stays in the bundle).
+    users = (root / "nats-auth" / "authorization.conf").read_text()
+    identities = json.loads((root / "ceremony" / "nats-nodes.json").read_text())
+    assert sorted(identities) == ["node-1", "node-2", "node-3"]
+    assert all(f'"nkey": "{key}"' in users for key in identities.values())
+    assert bundle.nats_seed is not None and bundle.nats_seed not in users
+    assert "$FG_ADMIN_PASSWORD" in users and "FG_BRIDGE_PASSWORD" not in users
     with pytest.raises(FlashgateError):  # sealed with the node's passphrase, not the ceremony's
         read_bundle(root / "node-2" / "node-2.bundle", "ceremony-passphrase")
 
@@ -315,19 +335,19 @@ def test_service_commands_are_valid_flashgate_invocations(service: str) -> None:
 
 
 @pytest.mark.processes
-def test_nats_config_is_generated_and_valid() -> None:
+def test_nats_config_is_generated_and_valid(tmp_path: Path) -> None:
     path = ROOT / "deploy" / "nats.conf"
     assert path.read_text() == server_config(FleetNames("demo")), (
         "regenerate: flashgate dev nats-config --fleet demo > deploy/nats.conf"
     )
+    copy = _with_users(tmp_path, path.read_text())
     env = {
         **os.environ,
         "FG_ADMIN_PASSWORD": "a",
         "FG_BACKEND_PASSWORD": "b",
-        "FG_BRIDGE_PASSWORD": "c",
     }
     result = subprocess.run(
-        [str(find_nats_server().path), "-t", "-c", str(path)],
+        [str(find_nats_server().path), "-t", "-c", str(copy)],
         capture_output=True,
         text=True,
         env=env,
@@ -360,6 +380,19 @@ PASSWORD_SETS = [
 ]
 
 
+def _with_users(directory: Path, config: str) -> Path:
+    """``config`` as ``directory/nats.conf`` beside the users it includes, as init writes
+    them (the role logins; no node: no fleet here)."""
+    from flashgate.broker.permissions import AUTHORIZATION_INCLUDE, authorization_config
+
+    users = directory / AUTHORIZATION_INCLUDE
+    users.parent.mkdir(parents=True, exist_ok=True)
+    users.write_text(authorization_config(FleetNames("demo"), None, {}))
+    copy = directory / "nats.conf"
+    copy.write_text(config)
+    return copy
+
+
 def _nats_service_argv(tmp_path: Path) -> list[str]:
     """The nats service's entrypoint and command as compose runs them, with the files it
     bind-mounts from the project mapped back to the project."""
@@ -378,8 +411,7 @@ def _nats_service_argv(tmp_path: Path) -> list[str]:
     store_dir = json.loads(store.group(1))
     assert store_dir == volume or store_dir.startswith(volume + "/"), store_dir
     mapped = str(tmp_path / "data") + store_dir[len(volume) :]
-    copy = tmp_path / "nats.conf"
-    copy.write_text(config.replace(store.group(1), json.dumps(mapped)))
+    copy = _with_users(tmp_path, config.replace(store.group(1), json.dumps(mapped)))
     mounts["/etc/nats/nats.conf"] = str(copy)
     entrypoint = service.get("entrypoint", ["nats-server"])
     argv = [mounts.get(arg, arg) for arg in [*entrypoint, *service["command"]]]
@@ -422,7 +454,7 @@ def test_nats_service_accepts_any_password(
     env = {
         **os.environ,
         "PATH": path,
-        **{password_env(role): pw for role, pw in zip(ROLES, passwords, strict=True)},
+        **{password_env(role): pw for role, pw in zip(ROLES, passwords[: len(ROLES)], strict=True)},
     }
     argv += ["-a", "127.0.0.1", "-p", str(port), "-m", str(http_port)]  # flags override the file
     log = tmp_path / "nats.log"
@@ -455,7 +487,7 @@ def test_nats_service_accepts_any_password(
                 continue
             writer.close()
             break
-        for role, pw in zip(ROLES, passwords, strict=True):
+        for role, pw in zip(ROLES, passwords[: len(ROLES)], strict=True):
             assert await login(role, pw), (role, log.read_text()[-2000:])
             assert not await login(role, pw + "x"), role
 
@@ -478,7 +510,7 @@ def test_nats_entrypoint_passes_every_role_and_refuses_a_missing_one(tmp_path: P
     for role in ROLES:
         assert password_env(role) in script, role
     env = {k: v for k, v in os.environ.items() if not k.startswith("FG_")}
-    env.update(FG_ADMIN_PASSWORD="a", FG_BRIDGE_PASSWORD="c")
+    env.update(FG_ADMIN_PASSWORD="a")
     result = subprocess.run(
         ["/bin/sh", str(ROOT / "deploy" / "nats-entrypoint.sh"), "--version"],
         capture_output=True,

@@ -246,7 +246,12 @@ class BridgeNode:
             log.info("process hardening", **self.hardening.as_dict())
         await self._tasks.open(on_failure=self._stopped.set)
         s = self.settings
-        await self.transport.connect(s.nats_urls, user=s.nats_user, password=s.nats_password)
+        # Its own NATS identity (the NKey sealed in its bundle) unless told a user to log
+        # in as: a bundle from before per-node identities has none.
+        own_nkey = self.bundle.nats_seed if s.nats_user is None else None
+        await self.transport.connect(
+            s.nats_urls, user=s.nats_user, password=s.nats_password, nkey_seed=own_nkey
+        )
         # Serve peers first: nodes that start together must not wait on each other.
         names, me = self.names, self.node_id
         await self.transport.subscribe(

@@ -73,14 +73,24 @@ class NatsTransport:
         return self._connection
 
     async def connect(
-        self, urls: list[str], *, user: str | None = None, password: str | None = None
+        self,
+        urls: list[str],
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        nkey_seed: str | None = None,
     ) -> None:
+        """Connect as this node: with its own NKey (``nkey_seed``, from its bundle) when it
+        has one, else with ``user``/``password``. Replies come back on
+        ``_INBOX.bridge.<node>``, which only this node's NATS user may read."""
         nc = await connect(
             urls,
             role="bridge",
+            identity=self.node_id,
             name=f"bridge-{self.node_id}",
             user=user,
             password=password,
+            nkey_seed=nkey_seed,
             error_cb=self._on_error,
         )
         self._connection = Connection(nc, nc.jetstream())

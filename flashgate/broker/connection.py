@@ -78,9 +78,12 @@ Callback = Callable[[], Awaitable[None]]
 ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 
-def inbox_prefix(role: str) -> str:
-    """``_INBOX.<role>``: the reply-subject prefix of every connection of ``role``."""
-    return f"{INBOX_ROOT}.{validate_name(role, 'role')}"
+def inbox_prefix(role: str, identity: str | None = None) -> str:
+    """``_INBOX.<role>``: the reply-subject prefix of every connection of ``role``;
+    ``_INBOX.<role>.<identity>`` for a connection with an identity of its own (a Bridge
+    Node: only its own NATS user may subscribe there)."""
+    prefix = f"{INBOX_ROOT}.{validate_name(role, 'role')}"
+    return prefix if identity is None else f"{prefix}.{validate_name(identity, 'identity')}"
 
 
 def check_server_version(version: str) -> tuple[int, int, int]:
@@ -243,6 +246,8 @@ async def connect(
     name: str,
     user: str | None = None,
     password: str | None = None,
+    nkey_seed: str | None = None,
+    identity: str | None = None,
     connect_timeout: float = 5,
     max_reconnect_attempts: int = -1,
     reconnect_time_wait: float = 0.5,
@@ -253,10 +258,14 @@ async def connect(
 
     ``connect_retries`` (>= 1) is how many more times each server is tried when the first
     connection fails; ``options`` go to ``nats.aio.client.Client.connect`` unchanged,
-    except ``inbox_prefix`` (set from ``role``) and the callbacks (logged, then called).
+    except ``inbox_prefix`` (set from ``role`` and ``identity``) and the callbacks (logged,
+    then called). ``nkey_seed`` logs in with a user NKey (nats-py signs the server's nonce
+    with it; the seed never leaves this process) instead of ``user``/``password``.
     """
     urls = _server_list(servers)
-    prefix = inbox_prefix(role)
+    prefix = inbox_prefix(role, identity)
+    if nkey_seed is not None and (user is not None or password is not None):
+        raise ConfigurationError("give an NKey seed or a user and password, not both")
     if "inbox_prefix" in options:
         raise ConfigurationError("inbox_prefix is derived from the role; do not pass it")
     if connect_retries < 1:
@@ -275,6 +284,7 @@ async def connect(
         "user": user,
         "password": password,
         "inbox_prefix": prefix,
+        **({"nkeys_seed_str": nkey_seed} if nkey_seed is not None else {}),
         "connect_timeout": connect_timeout,
         "reconnect_time_wait": reconnect_time_wait,
         "allow_reconnect": True,

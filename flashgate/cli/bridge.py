@@ -40,7 +40,12 @@ from flashgate.environment import (
     show_default=True,
     help="NATS URL(s), comma-separated.",
 )
-@click.option("--nats-user", envvar=NATS_USER_ENV, default=None)
+@click.option(
+    "--nats-user",
+    envvar=NATS_USER_ENV,
+    default=None,
+    help="Log in as this NATS user instead of with the node's own NKey (from its bundle).",
+)
 @click.option("--nats-password", envvar=NATS_PASSWORD_ENV, default=None)
 @click.option("--no-mlock", is_flag=True, help="Do not lock memory (mlockall).")
 @click.option(

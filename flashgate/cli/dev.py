@@ -3,8 +3,9 @@
 ``dev up`` (:mod:`flashgate.cli.devup`) runs the whole system on this machine. ``dev demo``
 runs the key ceremony into a home directory (once) and shows the offline path end to end:
 encrypt a secret with the public key alone, recover it from t bundles. ``dev nats-config``
-prints a deployment nats-server config with one user per role (monitoring on loopback
-unless ``--monitor-address`` says otherwise).
+prints a deployment nats-server config (monitoring on loopback unless ``--monitor-address``
+says otherwise) that includes its users; ``--authorization FLEET_DIR`` prints those: a
+user per role and an NKey user per active node of the fleet directory.
 
 Commands these print for the user to paste name ``flashgate`` as it can be run
 (:func:`flashgate_command`) and export the passphrase when it is the public dev one
@@ -27,7 +28,7 @@ from flashgate.cli.passphrase import dev_passphrases, passphrase_lines
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.threshold.dealing import DEFAULT_BITS
-from flashgate.errors import FlashgateError
+from flashgate.errors import ConfigurationError, FlashgateError
 from flashgate.events.values import check_value, typed_value
 from flashgate.fleet.ceremony import default_node_ids, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
@@ -138,9 +139,25 @@ def _host_port(ctx: click.Context, param: click.Parameter, value: str) -> str:
     callback=_host_port,
     help="HOST:PORT of the monitoring endpoint (it names every client and subject).",
 )
-def nats_config(fleet_name: str, monitor_address: str) -> None:
-    """Print a nats-server config with per-role users (passwords from the environment)."""
-    from flashgate.broker.permissions import server_config
+@click.option(
+    "--authorization",
+    "fleet_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Print instead the users to include: the role logins and one NKey user per "
+    "active node of this fleet directory (nats-nodes.json, roster.json).",
+)
+def nats_config(fleet_name: str, monitor_address: str, fleet_dir: Path | None) -> None:
+    """Print a nats-server config (the users are included from auth/authorization.conf),
+    or with --authorization the users themselves (passwords from the environment)."""
+    from flashgate.broker.permissions import authorization_config, server_config
     from flashgate.events.subjects import FleetNames
+    from flashgate.fleet.nats_identity import active_identities
 
-    click.echo(server_config(FleetNames(fleet_name), monitor_address=monitor_address), nl=False)
+    names = FleetNames(fleet_name)
+    if fleet_dir is not None:
+        if load_descriptor(fleet_dir).fleet != fleet_name:
+            raise ConfigurationError(f"{fleet_dir} holds another fleet than {fleet_name!r}")
+        click.echo(authorization_config(names, None, active_identities(fleet_dir)), nl=False)
+        return
+    click.echo(server_config(names, monitor_address=monitor_address), nl=False)

@@ -2,10 +2,13 @@
 
 1. the key ceremony into ``HOME/fleet`` when the home has no fleet yet;
 2. a nats-server (from ``NATS_SERVER_BIN``, beside the interpreter, or ``PATH``; >= 2.10)
-   with JetStream and one user per role with subject permissions
-   (:mod:`flashgate.broker.permissions`): the backend cannot subscribe to share subjects,
-   a bridge cannot publish admin commands. ``--nats-cluster 3`` runs three such servers
-   joined by routes instead (a JetStream cluster on loopback, stores in
+   with JetStream, a password user for the admin and the backend and an NKey user per
+   active Bridge Node (the seed sealed in its bundle, the public key in
+   ``HOME/fleet/nats-nodes.json``), each with subject permissions
+   (:mod:`flashgate.broker.permissions`). When ``HOME/fleet/roster.json`` changes
+   (``flashgate node revoke`` writes it), the users are written again and every server
+   reloaded (SIGHUP): the revoked node's NATS user is gone. ``--nats-cluster 3`` runs three
+   such servers joined by routes instead (a JetStream cluster on loopback, stores in
    ``HOME/nats-cluster/``): the streams and buckets then get three replicas, and any one
    server can be killed (``HOME/run/nats-server.pid`` has one pid per line);
 3. the backend on SQLite (``HOME/backend.db``, migrated first);
@@ -40,6 +43,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,7 +79,8 @@ from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import default_node_ids, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import write_fleet_dir
-from flashgate.fleet.files import DESCRIPTOR_FILE, NODES_DIR, load_descriptor
+from flashgate.fleet.files import DESCRIPTOR_FILE, NODES_DIR, ROSTER_FILE, load_descriptor
+from flashgate.fleet.nats_identity import active_identities
 from flashgate.lifetime import die_with_parent
 from flashgate.runnable import flashgate_command
 
@@ -352,6 +357,20 @@ def _run(
     # process: `flashgate backend`/`bridge` import this module through flashgate.cli.main.
     from flashgate.devcluster.nats_server import NatsCluster, NatsServerProcess
 
+    # One NKey user per active node (nats-nodes.json, roster.json); regenerated and the
+    # servers reloaded whenever the admin's roster.json changes (`flashgate node revoke`).
+    roster_path = fleet_dir(root) / ROSTER_FILE
+
+    def auth() -> str:
+        return authorization_config(names, creds, active_identities(fleet_dir(root)))
+
+    def roster_stamp() -> tuple[int, int] | None:
+        with contextlib.suppress(OSError):
+            stat = roster_path.stat()
+            return stat.st_mtime_ns, stat.st_size
+        return None
+
+    roster_seen = roster_stamp()
     servers: list[NatsServerProcess]
     cluster: NatsCluster | None = None
     if nats_servers == 1:
@@ -360,7 +379,7 @@ def _run(
                 root / "nats",
                 name="flashgate-dev",
                 port=_port(config.nats[0]),
-                extra_config=authorization_config(names, creds),
+                extra_config=auth(),
                 supervised=True,
             )
         ]
@@ -369,7 +388,7 @@ def _run(
             nats_servers,
             base_dir=root / "nats-cluster",
             name="flashgate-dev",
-            extra_config=authorization_config(names, creds),
+            extra_config=auth(),
             client_ports=[_port(url) for url in config.nats],
             supervised=True,
         )
@@ -437,8 +456,7 @@ def _run(
                     {
                         **base_env,
                         NODE_PASSPHRASE_ENV: passphrases.nodes[node_id],
-                        NATS_USER_ENV: creds["bridge"].user,
-                        NATS_PASSWORD_ENV: creds["bridge"].password,
+                        # No NATS login: the node logs in with the NKey in its bundle.
                     },
                     root / "logs" / f"{node_id}.log",
                     run_dir / f"{node_id}.pid",
@@ -452,6 +470,10 @@ def _run(
             _say(_summary(root, url, descriptor.fleet, descriptor.threshold, children))
         while not stop_requested:
             time.sleep(0.2)
+            stamp = roster_stamp()
+            if stamp != roster_seen:
+                roster_seen = stamp
+                reload_identities(servers, auth)
             for child in children:
                 if child.dead() and not stop_requested and not child.retired:
                     now = time.monotonic()
@@ -480,6 +502,20 @@ def _run(
         # Stop first, print last: stderr may be a pipe whose reader is gone.
         _stop_all(children, servers, run_dir)
         _say("stopped")
+
+
+def reload_identities(servers: list[NatsServerProcess], auth: Callable[[], str]) -> None:
+    """The roster changed (a node revoked): write the servers' users again and reload
+    them, so a revoked node's NATS user is gone (its connections closed, refused after)."""
+    try:
+        text = auth()
+    except FlashgateError as exc:  # a half-written or foreign roster.json: keep the users
+        _say(f"roster.json changed but cannot be read ({exc.message}); NATS users unchanged")
+        return
+    for server in servers:
+        if server.running:
+            server.reload(text)
+    _say("roster changed: NATS users rewritten and the server reloaded")
 
 
 def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Child]) -> str:

@@ -296,17 +296,49 @@ class NatsServerProcess:
             lines += ["", self.extra_config]
         return "\n".join(lines) + "\n"
 
+    def _write_config(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        # The config holds the role passwords: readable by this user only. Written to a
+        # temporary name and renamed: a reload never reads half a file.
+        tmp = self.config_path.with_name(f".{self.config_path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as config:
+            config.write(self.config_text())
+        os.chmod(tmp, 0o600)  # an older file kept its mode
+        os.replace(tmp, self.config_path)
+
+    def reload(self, extra_config: str, timeout: float = 15.0) -> None:
+        """Rewrite the config with ``extra_config`` (users, permissions) and have the running
+        server reload it (SIGHUP, as ``nats-server --signal reload``): a user taken out is
+        disconnected and refused from then on. Ports, store and cluster stay. Returns once
+        the server reports the new load time (``/varz`` ``config_load_time``)."""
+        self.extra_config = extra_config
+        self._write_config()
+        process = self._process
+        if process is None or process.poll() is not None:
+            return  # not running: the next start reads the new config
+        before = self._config_load_time()
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self._config_load_time() == before:
+            self.ensure_alive()
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(
+                    f"nats-server {self.name} did not reload its config in {timeout:.0f}s; "
+                    f"log tail:\n{self.log_tail()}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    def _config_load_time(self) -> str | None:
+        varz = self.monitor("varz")
+        return varz.get("config_load_time") if isinstance(varz, dict) else None
+
     # -- lifecycle --
     def start(self) -> Self:
         """Write the config and spawn the server (returns at once; see :meth:`wait_ready`)."""
         if self.running:
             return self
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        # The config holds the role passwords: readable by this user only.
-        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as config:
-            config.write(self.config_text())
-        os.chmod(self.config_path, 0o600)  # an older file kept its mode
+        self._write_config()
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - our binary and config, no shell
                 [str(self.binary.path), "-c", str(self.config_path)],

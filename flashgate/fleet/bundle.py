@@ -36,6 +36,7 @@ from flashgate.events.fleet import FleetDescriptor, Roster
 from flashgate.events.signing import verify
 from flashgate.fleet.descriptor import node_entry
 from flashgate.fleet.identity_keys import load_ed25519_public, private_raw, public_b64
+from flashgate.fleet.nats_identity import public_nkey
 from flashgate.fleet.threshold_key import verified_threshold_key
 
 BUNDLE_PURPOSE = "node-bundle"
@@ -56,6 +57,9 @@ class BundleFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     descriptor: FleetDescriptor
     #: The newest admin-signed roster this node accepted (None: none yet, serial 1 holds).
     roster: Roster | None = None
+    #: The node's own NATS user NKey seed (``SU...``; None: a bundle from before per-node
+    #: NATS identities, which logs in with a user and password).
+    nats_seed: str | None = None
 
 
 class AdminKeyFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -74,6 +78,7 @@ class NodeBundle:
     descriptor: FleetDescriptor
     public: ThresholdPublicKey
     roster: Roster | None = None  # the newest admin-signed roster accepted
+    nats_seed: str | None = None  # the node's NATS user NKey seed (flashgate.fleet.nats_identity)
 
     @property
     def fleet(self) -> str:
@@ -107,6 +112,7 @@ class NodeBundle:
             admin_key=self.admin_key,
             descriptor=self.descriptor,
             roster=self.roster,
+            nats_seed=self.nats_seed,
         )
         return seal.seal(
             msgspec.msgpack.encode(contents), passphrase, BUNDLE_PURPOSE, params=params, rng=rng
@@ -155,6 +161,8 @@ def open_bundle(blob: bytes, passphrase: str) -> NodeBundle:
         verify(contents.roster, load_ed25519_public(contents.admin_key, "admin key"))
         if contents.roster.fleet != descriptor.fleet:
             raise FleetMismatch("the bundle's roster is for another fleet")
+    if contents.nats_seed is not None:
+        public_nkey(contents.nats_seed)  # a user seed, or MalformedDocument
     return NodeBundle(
         node_id=contents.node_id,
         share=share,
@@ -164,6 +172,7 @@ def open_bundle(blob: bytes, passphrase: str) -> NodeBundle:
         descriptor=descriptor,
         public=public,
         roster=contents.roster,
+        nats_seed=contents.nats_seed,
     )
 
 

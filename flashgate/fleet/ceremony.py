@@ -20,6 +20,7 @@ from flashgate.events.fleet import FleetDescriptor, NodeEntry, Roster, RosterNod
 from flashgate.events.signing import sign
 from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.identity_keys import new_ed25519, new_x25519, public_b64
+from flashgate.fleet.nats_identity import new_seed as new_nats_seed
 from flashgate.fleet.prime_search import search_primes
 from flashgate.fleet.threshold_key import build_descriptor
 from flashgate.names import validate_name
@@ -113,6 +114,7 @@ def run_ceremony(
             admin_key=descriptor.admin_key,
             descriptor=descriptor,
             public=dealing.public,
+            nats_seed=new_nats_seed(rng),
         )
         for node_id, share, (sk, xk) in zip(node_ids, dealing.shares, identities, strict=True)
     )

@@ -24,6 +24,7 @@ from flashgate.fleet.files import (
     read_limited,
     write_atomic,
 )
+from flashgate.fleet.nats_identity import IDENTITIES_FILE, identities_document
 
 
 def check_out_dir(out: Path, *, force: bool) -> None:
@@ -72,6 +73,11 @@ def write_fleet_dir(
         ),
         *backend_key_files(out, descriptor.fleet, ceremony.admin_key),
         (out / ROSTER_FILE, encode_roster(ceremony.roster), 0o644),
+        (
+            out / IDENTITIES_FILE,
+            identities_document((b.node_id, b.nats_seed) for b in ceremony.bundles),
+            0o644,
+        ),
         (out / DESCRIPTOR_FILE, encode_descriptor(descriptor), 0o644),  # last: marks "done"
     ]
     (out / NODES_DIR).mkdir(parents=True, exist_ok=True)

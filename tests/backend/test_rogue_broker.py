@@ -1,5 +1,8 @@
-"""Fault drills of issue 14 §3 against a real nats-server with the role logins, a rogue
-client holding only the (shared) bridge login:
+"""Fault drills of issue 14 §3 against a real nats-server with the role logins and a rogue
+client whose login the server does not restrict: what the shared bridge login could do
+before each node had its own NATS identity, and what a compromised broker (or a login an
+operator left too wide) still can. The server's permissions stop a node's login from doing
+either (tests/broker/test_identities.py); these drills show the second line holds alone:
 
 - it deletes the backend's durable command consumer: the backend recreates it, outcomes
   still arrive, and its health reports the gap while it cannot consume;
@@ -37,6 +40,8 @@ from tests.support.material import TEST_PASSPHRASE
 
 pytestmark = pytest.mark.nats
 
+ROGUE_PASSWORD = secrets.token_hex(12)
+
 
 @pytest.fixture
 def home(tmp_path: Path) -> FleetFixture:
@@ -53,9 +58,10 @@ def logins() -> dict[str, RoleCredentials]:
 def server(
     tmp_path: Path, home: FleetFixture, logins: dict[str, RoleCredentials]
 ) -> Iterator[NatsServerProcess]:
-    process = NatsServerProcess(
-        tmp_path / "nats", extra_config=authorization_config(home.names, logins)
-    )
+    users = authorization_config(home.names, logins)
+    rogue = json.dumps({"user": "rogue", "password": ROGUE_PASSWORD})  # no permissions: all
+    users = users.replace("users: [", f"users: [\n    {rogue},", 1)
+    process = NatsServerProcess(tmp_path / "nats", extra_config=users)
     with process:
         yield process
 
@@ -95,7 +101,9 @@ async def backend(
 async def rogue(
     server: NatsServerProcess, logins: dict[str, RoleCredentials]
 ) -> AsyncIterator[Client]:
-    nc = await login(server, logins, "bridge")
+    nc = await connect(
+        server.url, role="rogue", name="test-rogue", user="rogue", password=ROGUE_PASSWORD
+    )
     yield nc
     await nc.close()
 

@@ -26,7 +26,9 @@ from flashgate.crypto.jwe import MAX_PLAINTEXT_BYTES, MAX_TOKEN_BYTES
 from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.ceremony import run_ceremony
 from flashgate.fleet.descriptor import verify_descriptor
+from flashgate.fleet.directory import read_bundle
 from flashgate.fleet.files import load_descriptor
+from flashgate.fleet.nats_identity import public_nkey
 from tests.support.cli import (
     BINARY_SECRET,
     FAST_INIT,
@@ -139,12 +141,27 @@ def test_init_writes_the_fleet_directory(demo: Fleet) -> None:
         "backend.json",
         "backend.key",
         "fleet.json",
+        "nats-nodes.json",
         "nodes",
         *(f"nodes/node-{i}.bundle" for i in range(1, 6)),
         "roster.json",
     ]
     for path in [demo.dir / "admin.key", *demo.bundles]:
         assert path.read_bytes().startswith(b"FGSEAL"), path
+
+
+def test_init_gives_each_node_its_own_nats_identity(demo: Fleet) -> None:
+    """Public NKeys in nats-nodes.json, one per node; each seed only in its sealed bundle."""
+    identities = json.loads((demo.dir / "nats-nodes.json").read_text())
+    assert sorted(identities) == [f"node-{i}" for i in range(1, 6)]
+    assert len(set(identities.values())) == 5
+    assert all(key.startswith("U") and len(key) == 56 for key in identities.values())
+    bundle = read_bundle(demo.bundles[0], TEST_PASSPHRASE)
+    assert bundle.nats_seed is not None
+    assert public_nkey(bundle.nats_seed) == identities[bundle.node_id]
+    assert bundle.nats_seed not in repr(bundle)
+    for path in demo.dir.rglob("*.json"):
+        assert bundle.nats_seed.encode() not in path.read_bytes()
 
 
 def test_init_file_permissions(demo: Fleet) -> None:
@@ -158,6 +175,7 @@ def test_init_file_permissions(demo: Fleet) -> None:
     assert mode(demo.dir / "nodes") == 0o700
     assert mode(demo.dir / "fleet.json") == 0o644
     assert mode(demo.dir / "roster.json") == 0o644
+    assert mode(demo.dir / "nats-nodes.json") == 0o644
 
 
 def test_fleet_json_contents(demo: Fleet) -> None:

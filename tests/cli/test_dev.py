@@ -101,7 +101,7 @@ def test_demo_never_prints_a_passphrase_the_user_set(tmp_path: Path) -> None:
 
 
 @pytest.mark.processes
-def test_nats_config_binds_monitoring_to_loopback_by_default(tmp_path: Path) -> None:
+def test_nats_config_binds_monitoring_to_loopback_by_default(tmp_path: Path, demo: Fleet) -> None:
     default = run_cli("dev", "nats-config", "--fleet", "demo")
     assert default.returncode == 0, str(default)
     assert 'http: "127.0.0.1:8222"' in default.stdout.decode()
@@ -109,10 +109,15 @@ def test_nats_config_binds_monitoring_to_loopback_by_default(tmp_path: Path) -> 
     chosen = run_cli("dev", "nats-config", "--fleet", "demo", "--monitor-address", "0.0.0.0:8223")
     assert chosen.returncode == 0, str(chosen)
     assert 'http: "0.0.0.0:8223"' in chosen.stdout.decode()
-    # nats-server accepts it
+    # nats-server accepts it, with the users it includes (one NKey user per node)
+    users = run_cli("dev", "nats-config", "--fleet", "demo", "--authorization", demo.dir)
+    assert users.returncode == 0, str(users)
+    assert users.stdout.decode().count('"nkey": "U') == 5
+    (tmp_path / "auth").mkdir()
+    (tmp_path / "auth" / "authorization.conf").write_bytes(users.stdout)
     path = tmp_path / "nats.conf"
     path.write_bytes(default.stdout)
-    env = {**os.environ, **{f"FG_{r}_PASSWORD": "x" for r in ("ADMIN", "BACKEND", "BRIDGE")}}
+    env = {**os.environ, **{f"FG_{r}_PASSWORD": "x" for r in ("ADMIN", "BACKEND")}}
     check = subprocess.run(
         [str(find_nats_server().path), "-t", "-c", str(path)],
         capture_output=True,
@@ -122,6 +127,12 @@ def test_nats_config_binds_monitoring_to_loopback_by_default(tmp_path: Path) -> 
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_nats_config_authorization_refuses_another_fleets_directory(other: Fleet) -> None:
+    result = run_cli("dev", "nats-config", "--fleet", "demo", "--authorization", other.dir)
+    assert result.returncode == 1, str(result)
+    assert "another fleet" in result.err
 
 
 def test_nats_config_refuses_a_bad_monitor_address() -> None:

@@ -50,7 +50,6 @@ T0 = time.monotonic()
 STACK_ENV = {
     "FG_ADMIN_PASSWORD": "123456",
     "FG_BACKEND_PASSWORD": "true",
-    "FG_BRIDGE_PASSWORD": 'pa ss #1 "q" $x \\ ü',
     "POSTGRES_PASSWORD": "p@ss/w:rd",
 }
 
@@ -285,6 +284,15 @@ def exercise(stack: Stack) -> None:
         time.sleep(1)
     say("bridge-3 exited with status 3 (revoked); stopping it as the docs say")
     stack("stop", "bridge-3")
+    # ... and taking its NATS user away: init writes the users again, nats reloads them.
+    stack("run", "--rm", "-T", "init", timeout=300)
+    stack("kill", "-s", "HUP", "nats")
+    deadline = time.monotonic() + 60
+    while "Reloaded server configuration" not in stack("logs", "nats", quiet=True).stdout.decode():
+        if time.monotonic() > deadline:
+            raise Failed("nats did not reload its users after the revocation")
+        time.sleep(1)
+    say("node-3's NATS user removed and the server reloaded")
     rotation = stack.admin_json("fleet", "rotate-key", "--timeout", "300", timeout=400)
     say(f"fleet key rotated: {json.dumps(rotation)[:300]}")
     status = stack.admin_json("fleet", "status", "--wait")

@@ -330,7 +330,11 @@ def test_role_permissions_are_enforced(cluster: Cli) -> None:
         return json.loads(out.stdout)
 
     assert any("permissions violation" in e.lower() for e in attempt("backend", "subscribe-share"))
-    assert any("permissions violation" in e.lower() for e in attempt("bridge", "publish-command"))
+    # No shared bridge login: each node logs in with its own NKey, within its own subjects.
+    assert "bridge" not in config["logins"]
+    for action in ("publish-command", "subscribe-other-share"):
+        errors = json.loads(_nkey_login(cluster, "node-1", action))
+        assert any("permissions violation" in e.lower() for e in errors), action
 
 
 def test_fleet_key_rotation_with_a_node_down(cluster: Cli) -> None:
@@ -392,6 +396,50 @@ def test_fleet_key_rotation_with_a_node_down(cluster: Cli) -> None:
     assert verified["nodes"] == {n: "valid" for n in NODES}
 
 
+_NKEY_LOGIN = (
+    "import asyncio, json, sys\n"
+    "from pathlib import Path\n"
+    "from flashgate import logs\n"
+    "from flashgate.broker.connection import connect\n"
+    "from flashgate.errors import BrokerError\n"
+    "from flashgate.fleet.directory import read_bundle\n"
+    "logs.configure(level='critical')\n"
+    "async def main():\n"
+    "    home, node, passphrase, action = sys.argv[1:5]\n"
+    "    home = Path(home)\n"
+    "    config = json.loads((home / 'config.json').read_text())\n"
+    "    b = read_bundle(home / f'fleet/nodes/{node}.bundle', passphrase)\n"
+    "    errors = []\n"
+    "    async def on_error(e): errors.append(str(e))\n"
+    "    try:\n"
+    "        nc = await connect(config['nats'], role='bridge', identity=node, name='probe',\n"
+    "                           nkey_seed=b.nats_seed, error_cb=on_error)\n"
+    "    except BrokerError as exc:\n"
+    "        print('refused' if 'refused the credentials' in exc.message else exc.message)\n"
+    "        return\n"
+    "    if action == 'publish-command':\n"
+    "        await nc.publish('fg.dev.cmd.secret.put', b'{}')\n"
+    "    elif action == 'subscribe-other-share':\n"
+    "        await nc.subscribe('fg.dev.share.node-2')\n"
+    "    await nc.flush(); await asyncio.sleep(0.5); await nc.close()\n"
+    "    print(json.dumps(errors) if action != 'login' else 'connected')\n"
+    "asyncio.run(main())\n"
+)
+
+
+def _nkey_login(cluster: Cli, node: str, action: str = "login") -> str:
+    """Log in to the dev cluster's NATS as ``node`` with the NKey from its bundle."""
+    out = subprocess.run(
+        [sys.executable, "-c", _NKEY_LOGIN, str(cluster.home), node, PASSPHRASE, action],
+        capture_output=True,
+        env=subprocess_env(PASSPHRASE, cluster.env),
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.decode().strip().splitlines()[-1]
+
+
 def test_revoked_node_is_refused(cluster: Cli) -> None:
     revoked = cluster.json("node", "revoke", "node-3")
     assert revoked["roster_serial"] == 2
@@ -401,43 +449,14 @@ def test_revoked_node_is_refused(cluster: Cli) -> None:
         60,
         "the roster to show node-3 revoked",
     )
-    # A revoked node's own requests (over its bridge login) are refused by the others.
-    script = (
-        "import asyncio, json, sys\n"
-        "from pathlib import Path\n"
-        "from flashgate import logs\n"
-        "from flashgate.broker.connection import connect\n"
-        "from flashgate.cli.session import AdminSession\n"
-        "from flashgate.bridge.protocol import build_request\n"
-        "from flashgate.fleet.directory import read_bundle\n"
-        "from flashgate.events.share import ShareItem\n"
-        "logs.configure(level='warning')\n"
-        "async def main():\n"
-        "    home = Path(sys.argv[1])\n"
-        "    config = json.loads((home / 'config.json').read_text())\n"
-        "    login = config['logins']['bridge']\n"
-        "    b = read_bundle(home / 'fleet/nodes/node-3.bundle', sys.argv[2])\n"
-        "    nc = await connect(config['nats'], role='bridge', name='revoked',\n"
-        "                       user=login['user'], password=login['password'])\n"
-        "    epoch = json.loads((home / 'fleet/fleet.json').read_text())['epoch']\n"
-        "    raw, _, _ = build_request(node_id='node-3', responder='node-1', fleet='dev',\n"
-        "        epoch=epoch, signing_key=b.signing_key, items=[ShareItem('a.b', 1, bytes(32))])\n"
-        "    await nc.request('fg.dev.share.node-1', raw, timeout=5)\n"
-        "    await nc.close()\n"
-        "    async with AdminSession(home) as s:\n"
-        "        st = await s.status('node-1')\n"
-        "        print(st.share_requests_refused.get('revoked_requester', 0))\n"
-        "asyncio.run(main())\n"
+    # Its NATS identity is gone: dev up rewrote the users and reloaded the server, so
+    # node-3's own NKey (sealed in its bundle) is refused; node-1's still logs in.
+    eventually(
+        lambda: _nkey_login(cluster, "node-3") == "refused",
+        60,
+        "NATS to refuse node-3's NKey",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(cluster.home), PASSPHRASE],
-        capture_output=True,
-        env=subprocess_env(PASSPHRASE, cluster.env),
-        cwd=ROOT,
-        timeout=30,
-        check=True,
-    )
-    assert int(out.stdout.split()[-1]) >= 1
+    assert _nkey_login(cluster, "node-1") == "connected"
     status = cluster.status()
     assert [n["status"] for n in status["nodes"]] == ["online", "online", "revoked"]
     # The runbook: a revocation is followed by a fleet key rotation; node-3 gets no share.

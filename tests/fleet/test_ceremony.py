@@ -285,7 +285,14 @@ def test_recovery_names_a_faulty_bundle_and_still_succeeds() -> None:
 def test_fleet_dir_round_trip(tmp_path) -> None:
     cer = ceremony()
     written = write_fleet_dir(tmp_path, cer, TEST_PASSPHRASE, params=FAST_KDF)
-    top = {"fleet.json", "roster.json", "admin.key", "backend.key", "backend.json"}
+    top = {
+        "fleet.json",
+        "roster.json",
+        "admin.key",
+        "backend.key",
+        "backend.json",
+        "nats-nodes.json",
+    }
     assert {p.name for p in written} == top | {f"node-{i}.bundle" for i in range(1, 6)}
     for path in written:
         mode = path.stat().st_mode & 0o777
