@@ -95,7 +95,9 @@ class SecretsWatch:
         if entry.value is None or entry.operation is not None:
             return None
         try:
-            made = make_entry(self.fleet, key, revision, entry.value, self.store.keys)
+            made = make_entry(
+                self.fleet, key, revision, entry.value, self.store.keys, prove=self.store.prove
+            )
         except FlashgateError:
             return None
         self.store.add_fetched(made)

@@ -1,16 +1,17 @@
 """The node's own copy of the secrets bucket (from its KV watch).
 
 Every envelope is checked on arrival: it must decode, sit under the key its metadata and
-its JWE's bound context name, and carry a well-formed JWE whose wrapped key fits the
-epoch's public key. A responder looks envelopes up here (never trusting a ciphertext sent
-to it); recent revisions are kept so that a peer slightly ahead or behind still finds the
-one it asks about.
+its JWE's bound context name, carry a well-formed JWE whose wrapped key fits the
+epoch's public key, and be proven (:mod:`flashgate.bridge.provenance`). A responder looks
+envelopes up here (never trusting a ciphertext sent to it); recent revisions are kept so
+that a peer slightly ahead or behind still finds the one it asks about.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flashgate.crypto import jwe
@@ -47,12 +48,23 @@ def digest_of(parsed: jwe.ParsedJWE) -> bytes:
     return hashlib.sha256(parsed.encrypted_key).digest()
 
 
+Prove = Callable[[SecretEnvelope], None]
+"""Raises :class:`~flashgate.errors.Unproven` for an envelope without valid provenance."""
+
+
 def make_entry(
-    fleet: str, key: str, revision: int, raw: bytes, keys: dict[int, FleetPublicKey]
+    fleet: str,
+    key: str,
+    revision: int,
+    raw: bytes,
+    keys: dict[int, FleetPublicKey],
+    *,
+    prove: Prove,
 ) -> Entry:
     """Decode and check one bucket value. Raises the typed error that makes it unusable."""
     envelope = ENVELOPE_CODEC.decode(raw)
     parsed = check_envelope_location(envelope, fleet, key)
+    prove(envelope)
     public = keys.get(envelope.epoch)
     if public is None:
         raise StaleEpoch(f"{key}: envelope for epoch {envelope.epoch}, which this node lacks")
@@ -68,9 +80,10 @@ def make_entry(
 
 
 class EnvelopeStore:
-    def __init__(self, fleet: str, keys: dict[int, FleetPublicKey]) -> None:
+    def __init__(self, fleet: str, keys: dict[int, FleetPublicKey], prove: Prove) -> None:
         self.fleet = fleet
         self.keys = keys
+        self.prove = prove
         self.current: dict[str, Entry] = {}
         self._recent: OrderedDict[tuple[str, int], Entry] = OrderedDict()
         self.rejected: dict[str, str] = {}  # key -> reason code of an unusable value
@@ -78,7 +91,7 @@ class EnvelopeStore:
     def ingest(self, key: str, revision: int, raw: bytes) -> Entry | None:
         """Take a bucket value. Returns the entry, or None (reason kept in ``rejected``)."""
         try:
-            entry = make_entry(self.fleet, key, revision, raw, self.keys)
+            entry = make_entry(self.fleet, key, revision, raw, self.keys, prove=self.prove)
         except FlashgateError as exc:
             self.rejected[key] = exc.code
             return None

@@ -35,7 +35,7 @@ from flashgate.events.subjects import FleetNames
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import write_fleet_dir
-from tests.helpers import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes
+from tests.helpers import FAST_KDF, TEST_BITS, TEST_PASSPHRASE, fixed_primes, stated
 
 PG_ADMIN_URL = os.environ.get("FLASHGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -198,7 +198,9 @@ class Commands:
         command_id: str | None = None,
     ) -> cmd.PutSecret:
         return sign(
-            cmd.PutSecret(
+            stated(
+                cmd.PutSecret,
+                self.fleet.admin,
                 **self.base(command_id),
                 repo=repo,
                 name=name,
@@ -214,7 +216,9 @@ class Commands:
         self, repo: str, name: str, value: bytes, *, version: int, kind: str = "generic"
     ) -> cmd.RotateSecret:
         return sign(
-            cmd.RotateSecret(
+            stated(
+                cmd.RotateSecret,
+                self.fleet.admin,
                 **self.base(),
                 repo=repo,
                 name=name,

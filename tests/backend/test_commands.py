@@ -262,17 +262,6 @@ async def test_api_keys(backend: Backend, admin: AdminClient) -> None:
     assert "jwe" not in row
 
 
-async def test_server_side_api_key_is_returned_once(backend: Backend, admin: AdminClient) -> None:
-    issued = await backend.issue_api_key(
-        repo="web", scope="ai", access="openai", label="from the web", actor="web:alice"
-    )
-    assert issued.secret.startswith(b"fgs_") and "redacted" in repr(issued)
-    env = await wait_kv(admin, f"web.{issued.key_id}", 1)
-    assert issued.secret not in env.jwe.encode()
-    audit = await admin.query("audit")
-    assert audit["audit"][0]["actor"] == "web:alice"
-
-
 async def test_metadata_queries(backend: Backend, admin: AdminClient) -> None:
     await admin.send(admin.put("alpha", "one", b"1"))
     await admin.send(admin.rotate("alpha", "one", b"2", version=2))
