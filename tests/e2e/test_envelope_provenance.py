@@ -78,7 +78,7 @@ async def test_envelopes_not_written_by_the_admin_are_neither_loaded_nor_answere
         honest = json.dumps(
             {
                 "type": "storage",
-        "provider": "s3",
+                "provider": "s3",
                 "bucket": "customer-data",
                 "region": "eu-west-1",
                 "access_key_id": "AKIAHONEST",

@@ -34,7 +34,7 @@ from flashgate.events.share import (
 from flashgate.events.signing import sign
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
-from tests.helpers import TEST_BITS, fixed_primes
+from tests.helpers import TEST_BITS, fixed_primes, proven, stated
 
 FLEET = "samples"
 T0 = 1_790_000_000_000
@@ -84,7 +84,9 @@ def roster(serial: int = 2, revoked: str | None = None) -> Roster:
 def command_samples() -> list[cmd.Command]:
     base: dict[str, Any] = {"fleet": FLEET, "actor": "admin:alice", "issued_at": T0}
     items: list[cmd.Command] = [
-        cmd.PutSecret(
+        stated(
+            cmd.PutSecret,
+            admin(),
             command_id="put-0000000000000001",
             repo="payments",
             name="s3",
@@ -94,7 +96,9 @@ def command_samples() -> list[cmd.Command]:
             jwe=jwe_for("payments", "s3", "storage"),
             **base,
         ),
-        cmd.RotateSecret(
+        stated(
+            cmd.RotateSecret,
+            admin(),
             command_id="rot-0000000000000001",
             repo="payments",
             name="s3",
@@ -105,7 +109,9 @@ def command_samples() -> list[cmd.Command]:
             **base,
         ),
         cmd.DeleteSecret(command_id="del-0000000000000001", repo="payments", name="s3", **base),
-        cmd.CreateApiKey(
+        stated(
+            cmd.CreateApiKey,
+            admin(),
             command_id="key-0000000000000001",
             key_id="fgk_abcdefghijklmnop",
             repo="payments",
@@ -183,7 +189,7 @@ def event_samples() -> list[ev.DomainEvent]:
 
 
 def envelope() -> SecretEnvelope:
-    return SecretEnvelope(
+    envelope = SecretEnvelope(
         fleet=FLEET,
         repo="payments",
         name="s3",
@@ -194,10 +200,11 @@ def envelope() -> SecretEnvelope:
         written_at=T0,
         command_id="put-0000000000000001",
     )
+    return proven(envelope, admin())
 
 
 def apikey_envelope() -> SecretEnvelope:
-    return SecretEnvelope(
+    envelope = SecretEnvelope(
         fleet=FLEET,
         repo="payments",
         name="fgk_abcdefghijklmnop",
@@ -210,6 +217,7 @@ def apikey_envelope() -> SecretEnvelope:
             key_id="fgk_abcdefghijklmnop", scope="storage", access="read", label="CI reader"
         ),
     )
+    return proven(envelope, admin())
 
 
 def share_request(items: int = 3) -> ShareRequest:
