@@ -22,7 +22,7 @@ from flashgate.backend.models import Fleet, Repository
 from flashgate.backend.store import Store
 from flashgate.crypto import jwe
 from flashgate.crypto.context import SecretContext, check_context
-from flashgate.errors import NotFound, StaleEpoch
+from flashgate.errors import NotFound, SignatureInvalid, StaleEpoch, Unproven
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 from flashgate.events.envelope import (
@@ -77,7 +77,10 @@ def check_envelope(
     admin's statement for the nodes is about this very envelope and verifies (the nodes
     check it again: an honest backend refuses at once what they would never load)."""
     check_statement(statement, context, api_key=api_key, token=token, epoch=epoch)
-    verify(statement, state.admin)
+    try:
+        verify(statement, state.admin)
+    except SignatureInvalid:
+        raise Unproven("the admin's statement over the envelope does not verify") from None
     if epoch not in state.writable_epochs():
         raise StaleEpoch(
             f"envelope is for epoch {epoch}; the fleet writes epoch "

@@ -35,7 +35,7 @@ from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.rotation import NextEpoch
 from tests.backend.conftest import AdminClient
 from tests.backend.test_commands import kv_envelope, wait_kv
-from tests.helpers import CANARY, deal_test_epoch
+from tests.helpers import CANARY, deal_test_epoch, stated
 
 pytestmark = pytest.mark.nats
 
@@ -91,7 +91,9 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
     key_id = new_key_id()
     await admin.send(
         sign(
-            cmd.CreateApiKey(
+            stated(
+                cmd.CreateApiKey,
+                admin.fleet.admin,
                 **admin.base(),
                 key_id=key_id,
                 repo="payments",
@@ -232,7 +234,9 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
         fleet=admin.fleet.name, repo="payments", name="db", kind="generic", version=2
     )
     put2 = sign(
-        cmd.RotateSecret(
+        stated(
+            cmd.RotateSecret,
+            admin.fleet.admin,
             **admin.base(),
             repo="payments",
             name="db",
@@ -272,7 +276,9 @@ async def test_rewrapped_counts_only_rewraps_from_the_old_epoch(
     )
     written = await admin.send(
         sign(
-            cmd.PutSecret(
+            stated(
+                cmd.PutSecret,
+                admin.fleet.admin,
                 **admin.base(),
                 repo="payments",
                 name="new",
@@ -330,7 +336,9 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
     ctx = SecretContext(
         fleet=admin.fleet.name, repo="payments", name="fresh", kind="generic", version=1
     )
-    put2 = cmd.PutSecret(
+    put2 = stated(
+        cmd.PutSecret,
+        admin.fleet.admin,
         **admin.base(),
         repo="payments",
         name="fresh",
@@ -543,7 +551,9 @@ async def test_a_replica_that_missed_the_rotation_writes_no_retired_epoch(
         assert fast_writes == [False]  # tried: the fleet row had other epochs; wrote nothing
         ctx = SecretContext(fleet=fleet.name, repo="late", name="new", kind="generic", version=1)
         fresh = sign(
-            cmd.PutSecret(
+            stated(
+                cmd.PutSecret,
+                cer.admin_key,
                 **admin.base(),
                 repo="late",
                 name="new",
