@@ -97,6 +97,19 @@ class CreateApiKey(Command, tag="apikey.create", frozen=True):
     signature: Ed25519Sig = ""
 
 
+#: Statements per ``envelope.attest`` command (the CLI sends as many commands as needed).
+MAX_ATTESTED = 256
+
+
+class AttestEnvelopes(Command, tag="envelope.attest", frozen=True):
+    """The admin's statements over envelopes written before provenance existed, read from
+    the bucket as they stand (trust on first use, docs/security-model.md): the backend puts
+    each into its envelope if the envelope is still exactly the one stated."""
+
+    statements: Annotated[list[EnvelopeStatement], Meta(min_length=1, max_length=MAX_ATTESTED)]
+    signature: Ed25519Sig = ""
+
+
 class RenameApiKey(Command, tag="apikey.rename", frozen=True):
     key_id: Name
     label: Label
@@ -141,6 +154,7 @@ AnyCommand = (
     | RotateSecret
     | DeleteSecret
     | CreateApiKey
+    | AttestEnvelopes
     | RenameApiKey
     | RevokeApiKey
     | RevokeNode
@@ -152,6 +166,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     RotateSecret,
     DeleteSecret,
     CreateApiKey,
+    AttestEnvelopes,
     RenameApiKey,
     RevokeApiKey,
     RevokeNode,
