@@ -13,7 +13,7 @@ from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.rng import DeterministicRng
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
-from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope
+from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope, statement_for
 from flashgate.events.fleet import Roster, RosterNode
 from flashgate.events.node import (
     Heartbeat,
@@ -129,6 +129,19 @@ def command_samples() -> list[cmd.Command]:
             **base,
         ),
         cmd.RevokeApiKey(command_id="rev-0000000000000001", key_id="fgk_abcdefghijklmnop", **base),
+        cmd.AttestEnvelopes(
+            command_id="att-0000000000000001",
+            statements=[
+                sign(
+                    statement_for(
+                        sample, command_id="att-0000000000000001", issued_at=base["issued_at"]
+                    ),
+                    admin(),
+                )
+                for sample in (envelope(), apikey_envelope())
+            ],
+            **base,
+        ),
         cmd.RevokeNode(
             command_id="nod-0000000000000001",
             node_id="node-3",
@@ -173,6 +186,7 @@ def event_samples() -> list[ev.DomainEvent]:
         ev.KeyRotationStarted(from_epoch=1, to_epoch=2, total=10),
         ev.KeyRotationProgressed(from_epoch=1, to_epoch=2, done=5, total=10),
         ev.KeyRotationCompleted(retired_epoch=1, current_epoch=2),
+        ev.EnvelopesAttested(count=2),
         ev.CommandRejected(
             command_id="put-0000000000000001",
             command_type="secret.put",
