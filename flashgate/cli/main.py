@@ -17,6 +17,7 @@ import click
 
 from flashgate import __version__, environment, logs
 from flashgate.cli.apikey import apikey
+from flashgate.cli.attest import attest
 from flashgate.cli.backend import backend
 from flashgate.cli.bridge import bridge
 from flashgate.cli.ceremony_progress import search_primes
@@ -326,6 +327,7 @@ cli.add_command(node)
 fleet.add_command(fleet_status)
 fleet.add_command(rotate_key)
 fleet.add_command(reseal_cmd)
+fleet.add_command(attest)
 cli.add_command(schemas)
 
 
