@@ -69,13 +69,18 @@ def check_envelope(
     token: str,
     context: SecretContext,
     epoch: int,
-    statement: EnvelopeStatement,
+    statement: EnvelopeStatement | None,
     api_key: ProvenApiKey | None = None,
 ) -> None:
     """The envelope's epoch is writable, its header binds ``context`` and its wrapped
     key fits that epoch's fleet key (the epochs as this backend holds them), and the
     admin's statement for the nodes is about this very envelope and verifies (the nodes
     check it again: an honest backend refuses at once what they would never load)."""
+    if statement is None:
+        raise Unproven(
+            "the command carries no admin statement over its envelope; "
+            "write it with a flashgate CLI that signs one"
+        )
     check_statement(statement, context, api_key=api_key, token=token, epoch=epoch)
     try:
         verify(statement, state.admin)
@@ -139,7 +144,7 @@ class Transaction:
         token: str,
         context: SecretContext,
         epoch: int,
-        statement: EnvelopeStatement,
+        statement: EnvelopeStatement | None,
         api_key: ProvenApiKey | None = None,
     ) -> None:
         """:func:`check_envelope` against the epochs as committed, read in this transaction

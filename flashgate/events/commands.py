@@ -65,7 +65,9 @@ class SecretWriteCommand(Command, frozen=True):
     version: Version
     epoch: Epoch
     jwe: JweText
-    statement: EnvelopeStatement  # the admin's statement over the envelope, for the nodes
+    # the admin's statement over the envelope, for the nodes (DESIGN §8); a command without
+    # one (an older tool) decodes, and the backend rejects it ``unproven``
+    statement: EnvelopeStatement | None = None
     signature: Ed25519Sig = ""
 
 
@@ -93,7 +95,9 @@ class CreateApiKey(Command, tag="apikey.create", frozen=True):
     label: Label
     epoch: Epoch
     jwe: JweText
-    statement: EnvelopeStatement  # the admin's statement over the envelope, for the nodes
+    # the admin's statement over the envelope, for the nodes (DESIGN §8); a command without
+    # one (an older tool) decodes, and the backend rejects it ``unproven``
+    statement: EnvelopeStatement | None = None
     signature: Ed25519Sig = ""
 
 

@@ -130,6 +130,7 @@ async def test_rejections_name_secrets_as_repo_slash_name(
         ("reserved_name", "bad_configuration"),
         ("statement_of_another_value", "unproven"),
         ("statement_not_by_the_admin", "unproven"),
+        ("no_statement", "unproven"),
     ],
 )
 async def test_bad_commands_are_rejected_with_their_reason(
@@ -179,6 +180,10 @@ async def test_bad_commands_are_rejected_with_their_reason(
         command = sign(
             msgspec.structs.replace(good, statement=other.statement, signature=""),
             admin.fleet.admin,
+        )
+    elif make == "no_statement":  # an older CLI
+        command = sign(
+            msgspec.structs.replace(good, statement=None, signature=""), admin.fleet.admin
         )
     elif make == "statement_not_by_the_admin":
         statement = sign(msgspec.structs.replace(good.statement, signature=""), new_ed25519())

@@ -39,6 +39,7 @@ async def create_api_key(tx: Transaction, command: cmd.CreateApiKey) -> tuple[st
     )
     proven = ProvenApiKey(key_id=command.key_id, scope=command.scope, access=command.access)
     await tx.check_envelope(command.jwe, context, command.epoch, command.statement, proven)
+    assert command.statement is not None  # checked just above
     provenance = Provenance(statement=command.statement)
     existing = await tx.session.scalar(select(ApiKey).where(ApiKey.key_id == command.key_id))
     if existing is not None:

@@ -78,7 +78,7 @@ def _envelope(command: cmd.PutSecret | cmd.RotateSecret) -> SecretEnvelope:
         jwe=command.jwe,
         written_at=now_ms(),
         command_id=command.command_id,
-        provenance=Provenance(statement=command.statement),
+        provenance=None if command.statement is None else Provenance(statement=command.statement),
     )
 
 
