@@ -398,6 +398,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
     from flashgate.crypto import jwe
     from flashgate.crypto.encrypt import wrap_key
     from flashgate.events import commands as cmd
+    from flashgate.events.envelope import RewrapAttestation, jwe_sha256
     from flashgate.events.rotation import (
         REWRAP_REPLY_CODEC,
         REWRAP_REQUEST_CODEC,
@@ -438,6 +439,17 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
                 parsed.ciphertext,
                 parsed.tag,
             )
+            # node-1 attests it, as a compromised node can (docs/security-model.md)
+            assert original.provenance is not None
+            attestation = sign(
+                RewrapAttestation(
+                    node_id="node-1",
+                    epoch=2,
+                    jwe_sha256=jwe_sha256(forged),
+                    statement_signature=original.provenance.statement.signature,
+                ),
+                cer.bundles[0].signing_key,
+            )
             request = sign(
                 RewrapRequest(
                     fleet=cluster.fleet.name,
@@ -446,7 +458,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
                     issued_at=int(time.time() * 1000),
                     from_epoch=1,
                     to_epoch=2,
-                    items=[RewrapItem("r.one", 1, forged)],
+                    items=[RewrapItem("r.one", 1, forged, attestation)],
                 ),
                 cer.bundles[0].signing_key,
             )

@@ -6,7 +6,8 @@ encrypt anything under the fleet's public key. Here it writes, straight into the
 ``payments/s3`` at the next version with its own bucket credentials and an admin-scope API
 key for the repository. No node loads either (each stays pending as ``unproven``, the old
 value still served), and no node computes a partial for them when a peer asks, so the
-bucket is no decryption oracle either.
+bucket is no decryption oracle either. An API key whose scope or access is changed in the
+bucket is refused the same way.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from nats.aio.client import Client
 
 from flashgate.bridge.protocol import build_request, open_response
 from flashgate.crypto import jwe
+from flashgate.crypto.apikey import new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import Refused
+from flashgate.events import commands as cmd
 from flashgate.events.envelope import ENVELOPE_CODEC, ApiKeyInfo, SecretEnvelope
 from flashgate.events.share import ShareItem
+from flashgate.events.signing import sign
 from tests.bridge.conftest import Cluster, eventually, running_cluster
+from tests.helpers import stated
 
 pytestmark = [pytest.mark.nats, pytest.mark.e2e]
 NODES = ["node-1", "node-2", "node-3"]
@@ -154,3 +159,51 @@ async def test_envelopes_not_written_by_the_admin_are_neither_loaded_nor_answere
                 continue  # refused whole: no partial either
             assert results.partials == [], node
             assert len(results.refusals) == 2, msgspec.to_builtins(results.refusals)
+
+
+async def test_an_api_key_changed_in_the_bucket_is_refused(
+    tmp_path: Path, nats_url: str, nc: Client
+) -> None:
+    """The admin's API key, its access raised to admin in the bucket (statement kept): no
+    node takes the changed envelope (the proven one stays its copy)."""
+    async with running_cluster(tmp_path, nats_url, nc, nodes=3, threshold=2) as cluster:
+        admin, fleet = cluster.admin, cluster.fleet
+        key_id = new_key_id()
+        created = await admin.send(
+            sign(
+                stated(
+                    cmd.CreateApiKey,
+                    fleet.admin,
+                    **admin.base(),
+                    key_id=key_id,
+                    repo="payments",
+                    scope="storage",
+                    access="read",
+                    label="CI reader",
+                    epoch=1,
+                    jwe=admin.jwe("payments", key_id, new_key_secret(), kind="apikey"),
+                ),
+                fleet.admin,
+            ),
+            timeout=30,
+        )
+        assert created.type == "io.flashgate.apikey.created", created.data
+        key = f"payments.{key_id}"
+        await cluster.wait_held(NODES, key, 1)
+        secrets_kv = await nc.jetstream().key_value(fleet.names.secrets_bucket)
+        stored = await secrets_kv.get(key)
+        assert stored.value is not None
+        envelope = ENVELOPE_CODEC.decode(stored.value)
+        assert envelope.api_key is not None and envelope.provenance is not None
+        raised = msgspec.structs.replace(
+            envelope, api_key=msgspec.structs.replace(envelope.api_key, access="admin")
+        )
+        await secrets_kv.put(key, ENVELOPE_CODEC.encode(raised))
+
+        async def refused_everywhere() -> bool:
+            for node in NODES:
+                if (await _pending(cluster, node)).get(key) != "unproven":
+                    return False
+            return True
+
+        await eventually(refused_everywhere, 60, "the changed API key pending as unproven")
