@@ -22,6 +22,7 @@ from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.crypto.threshold.combine import combine
 from flashgate.crypto.threshold.partial import partial_decrypt
 from flashgate.events import commands as cmd
+from flashgate.events.envelope import Provenance, RewrapAttestation, jwe_sha256
 from flashgate.events.fleet import Roster
 from flashgate.events.rotation import (
     REWRAP_REPLY_CODEC,
@@ -324,9 +325,28 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
     forged = bad_rewrap(original.jwe, new_key)
     node_ids = [b.node_id for b in admin.fleet.ceremony.bundles]
 
-    # node 0 re-wraps wrongly: the backend cannot tell and accepts it.
-    accepted = await send_rewrap(admin, [RewrapItem("payments.db", 1, forged)], node=0)
+    # node 0 re-wraps wrongly (and attests it): the backend cannot tell and accepts it.
+    assert original.provenance is not None
+    attestation = sign(
+        RewrapAttestation(
+            node_id=node_ids[0],
+            epoch=2,
+            jwe_sha256=jwe_sha256(forged),
+            statement_signature=original.provenance.statement.signature,
+        ),
+        admin.fleet.ceremony.bundles[0].signing_key,
+    )
+    accepted = await send_rewrap(admin, [RewrapItem("payments.db", 1, forged, attestation)], node=0)
     assert (accepted.accepted, accepted.remaining) == (1, 0)
+    for _ in range(100):
+        rewrapped = await kv_envelope(admin, "payments.db")
+        if rewrapped.epoch == 2:
+            break
+        time.sleep(0.02)
+    # published with the admin's statement and node 0's attestation, for the nodes to check
+    assert rewrapped.provenance == Provenance(
+        statement=original.provenance.statement, rewrap=attestation
+    )
 
     # Disputes that do not match the current envelope, or name no re-wrap, change nothing.
     stale = await send_rewrap(
@@ -367,6 +387,7 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
             break
         time.sleep(0.02)
     assert env is not None and (env.epoch, env.jwe) == (1, original.jwe)
+    assert env.provenance == original.provenance  # the original's, without the re-wrap's
     blamed = await admin.wait_for(lambda e: e.type == "io.flashgate.node.misbehaved")
     assert (blamed.data.node_id, blamed.data.reporter, blamed.data.reason) == (
         node_ids[0],
