@@ -26,10 +26,10 @@ def _no_rewraps(node: str, epoch: int) -> None:
     return None
 
 
-async def _bucket(home: Home, key: str) -> tuple[SecretEnvelope, object]:
-    nc = await nats.connect(home.nats_url)
+async def _bucket(running: Home, key: str) -> tuple[SecretEnvelope, object]:
+    nc = await nats.connect(running.nats_url)
     try:
-        kv = await nc.jetstream().key_value(FleetNames(home.fleet).secrets_bucket)
+        kv = await nc.jetstream().key_value(FleetNames(running.fleet).secrets_bucket)
         entry = await kv.get(key)
         assert entry.value is not None
         return ENVELOPE_CODEC.decode(entry.value), entry.revision
@@ -37,39 +37,39 @@ async def _bucket(home: Home, key: str) -> tuple[SecretEnvelope, object]:
         await nc.close()
 
 
-async def _put_raw(home: Home, key: str, envelope: SecretEnvelope) -> None:
-    nc = await nats.connect(home.nats_url)
+async def _put_raw(running: Home, key: str, envelope: SecretEnvelope) -> None:
+    nc = await nats.connect(running.nats_url)
     try:
-        kv = await nc.jetstream().key_value(FleetNames(home.fleet).secrets_bucket)
+        kv = await nc.jetstream().key_value(FleetNames(running.fleet).secrets_bucket)
         await kv.put(key, ENVELOPE_CODEC.encode(envelope))
     finally:
         await nc.close()
 
 
 async def test_attest_adopts_old_envelopes_once(system: Home) -> None:  # noqa: F811
-    home = system
-    admin = load_ed25519_public(load_descriptor(home.path / "fleet").admin_key, "admin key")
-    result = await home.run("secret", "put", "app/db-password", "--kind", "generic", input=b"pw")
+    running = system
+    admin = load_ed25519_public(load_descriptor(running.path / "fleet").admin_key, "admin key")
+    result = await running.run("secret", "put", "app/db-password", "--kind", "generic", input=b"pw")
     assert result.returncode == 0, str(result)
-    written, _ = await _bucket(home, "app.db-password")
+    written, _ = await _bucket(running, "app.db-password")
     check_provenance(written, admin, _no_rewraps)  # the CLI's own writes are proven
 
     # as an older version wrote it: no statement, in the database or the bucket
-    home.sql("UPDATE secret_versions SET provenance = NULL")
+    running.sql("UPDATE secret_versions SET provenance = NULL")
     old = msgspec.structs.replace(written, provenance=None)
-    await _put_raw(home, "app.db-password", old)
+    await _put_raw(running, "app.db-password", old)
     with pytest.raises(Unproven):
         check_provenance(old, admin, _no_rewraps)
 
-    report = await home.json("fleet", "attest")
+    report = await running.json("fleet", "attest")
     assert report == {"checked": 1, "attested": 1}
     for _ in range(100):
-        adopted, _ = await _bucket(home, "app.db-password")
+        adopted, _ = await _bucket(running, "app.db-password")
         if adopted.provenance is not None:
             break
     check_provenance(adopted, admin, _no_rewraps)
     assert adopted.jwe == old.jwe
-    [(stored,)] = home.sql("SELECT provenance FROM secret_versions")
+    [(stored,)] = running.sql("SELECT provenance FROM secret_versions")
     assert stored is not None
 
-    assert await home.json("fleet", "attest") == {"checked": 1, "attested": 0}
+    assert await running.json("fleet", "attest") == {"checked": 1, "attested": 0}
