@@ -243,3 +243,27 @@ async def test_a_responder_computes_no_partial_for_an_unproven_envelope() -> Non
         cache.close()
     assert results.partials == []
     assert [r.reason for r in results.refusals] == ["unknown_secret"]
+
+
+# --- what `fleet attest` re-states -----------------------------------------------------------
+
+
+def test_fleet_attest_restates_unproven_envelopes_whose_value_is_the_admins_only() -> None:
+    from flashgate.cli.attest import _needs_statement
+
+    active, revoked = members_check(MEMBERS), members_check(MEMBERS, revoked=("node-3",))
+    assert not _needs_statement(envelope(SECRET), active)
+    assert _needs_statement(msgspec.structs.replace(envelope(SECRET), provenance=None), active)
+    assert not _needs_statement(rewrapped("node-3"), active)
+    # re-wrapped by a node revoked since: the admin's original statement proves the body
+    assert _needs_statement(rewrapped("node-3"), revoked)
+    # a statement not the admin's, or a body the admin did not state: never adopted
+    foreign = proven(
+        msgspec.structs.replace(envelope(SECRET), provenance=None), Ed25519PrivateKey.generate()
+    )
+    assert not _needs_statement(foreign, active)
+    planted = envelope(dataclasses.replace(SECRET, value=b"attacker"))
+    good = rewrapped("node-3")
+    assert not _needs_statement(
+        msgspec.structs.replace(planted, epoch=EPOCH + 1, provenance=good.provenance), revoked
+    )
