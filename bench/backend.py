@@ -86,6 +86,7 @@ from flashgate.backend import db
 from flashgate.backend.processor import Outcome
 from flashgate.backend.service import Backend, BackendSettings
 from flashgate.broker.connection import connect
+from flashgate.cli.statement import signed_statement
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.seal import KdfParams
@@ -170,18 +171,23 @@ def build_puts(ceremony: Ceremony, phase: str, count: int) -> list[Put]:
     for i in range(count):
         repo, name = f"repo-{i % REPOS:02d}", f"{phase}-{i:05d}"
         context = SecretContext(fleet=fleet, repo=repo, name=name, kind="generic", version=1)
+        base = {
+            "command_id": f"bench-{phase}-{i:05d}-{secrets.token_hex(6)}",
+            "fleet": fleet,
+            "actor": "admin:bench",
+            "issued_at": int(time.time() * 1000),
+        }
+        token = encrypt_secret(key, context, VALUE)
         command = sign(
             cmd.PutSecret(
-                command_id=f"bench-{phase}-{i:05d}-{secrets.token_hex(6)}",
-                fleet=fleet,
-                actor="admin:bench",
-                issued_at=int(time.time() * 1000),
+                **base,
                 repo=repo,
                 name=name,
                 kind="generic",
                 version=1,
                 epoch=1,
-                jwe=encrypt_secret(key, context, VALUE),
+                jwe=token,
+                statement=signed_statement(ceremony.admin_key, base, context, epoch=1, token=token),
             ),
             ceremony.admin_key,
         )

@@ -93,6 +93,7 @@ from pathlib import Path
 from typing import Any
 
 import gmpy2
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness import (
     Goal,
@@ -114,6 +115,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from flashgate import logs
+from flashgate.bridge.provenance import check_provenance
 from flashgate.bridge.store import make_entry
 from flashgate.broker.connection import connect, inbox_prefix
 from flashgate.broker.declare import declare_fleet
@@ -124,7 +126,12 @@ from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.seal import KdfParams
 from flashgate.crypto.threshold import combine, partial_decrypt
 from flashgate.devcluster.nats_server import NatsServerProcess
-from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
+from flashgate.events.envelope import (
+    ENVELOPE_CODEC,
+    Provenance,
+    SecretEnvelope,
+    statement_for,
+)
 from flashgate.events.fleet import encode_roster
 from flashgate.events.node_status import (
     STATUS_REQUEST_CODEC,
@@ -314,6 +321,11 @@ def envelope(fleet: str, name: str, version: int, ceremony: Ceremony) -> tuple[s
         jwe=encrypt_secret(key, context, VALUE),
         written_at=int(time.time() * 1000),
     )
+    # The admin's statement over it, as `secret put` makes one (nodes load nothing unproven).
+    statement = statement_for(env, command_id=f"bench-{secrets.token_hex(8)}", issued_at=0)
+    env = msgspec.structs.replace(
+        env, provenance=Provenance(statement=sign(statement, ceremony.admin_key))
+    )
     return f"{REPO}.{name}", ENVELOPE_CODEC.encode(env)
 
 
@@ -382,12 +394,17 @@ def time_per_secret(fleet: Fleet, calls: int) -> float:
     public = bundles[0].public
     shares = [b.share for b in bundles[: fleet.scenario.threshold]]
     keys = {fleet.ceremony.descriptor.epoch: public.key}
+    admin = fleet.ceremony.admin_key.public_key()
+
+    def prove(envelope: SecretEnvelope) -> None:  # what a node checks on arrival
+        check_provenance(envelope, admin, lambda _node, _epoch: None)
+
     samples = []
     for key, raw in fleet.raws[: calls + 2]:
-        entry = make_entry(fleet.name, key, 1, raw, keys)
+        entry = make_entry(fleet.name, key, 1, raw, keys, prove=prove)
         partials = {s.index: partial_decrypt(s, public, entry.ciphertext) for s in shares}
         start = time.perf_counter()
-        entry = make_entry(fleet.name, key, 1, raw, keys)
+        entry = make_entry(fleet.name, key, 1, raw, keys, prove=prove)
         y = combine(public, entry.ciphertext, partials)
         opened = open_jwe(entry.parsed, y, public.key, entry.envelope.context)
         samples.append(time.perf_counter() - start)

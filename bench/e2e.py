@@ -102,6 +102,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from flashgate import logs
 from flashgate.cli.session import AdminSession
+from flashgate.cli.statement import signed_statement
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import CommandRejected, FlashgateError, NoOutcome
@@ -442,14 +443,17 @@ class Outcomes:
 
 def build_put(session: AdminSession, name: str) -> tuple[cmd.PutSecret, str]:
     context = SecretContext(fleet=session.fleet, repo=REPO, name=name, kind="generic", version=1)
+    base = session.base()
+    token = encrypt_secret(session.key, context, VALUE)
     command = cmd.PutSecret(
-        **session.base(),
+        **base,
         repo=REPO,
         name=name,
         kind="generic",
         version=1,
         epoch=1,
-        jwe=encrypt_secret(session.key, context, VALUE),
+        jwe=token,
+        statement=signed_statement(session.admin_key, base, context, epoch=1, token=token),
     )
     return command, secret_key(REPO, name)
 

@@ -70,6 +70,7 @@ from nats.js.kv import KeyValue
 from flashgate import logs
 from flashgate.broker.connection import connect
 from flashgate.broker.declare import declare_fleet
+from flashgate.cli.statement import signed_statement
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.publickey import FleetPublicKey
@@ -180,18 +181,23 @@ def make_share_request(items: int) -> ShareRequest:
 
 def make_command(key: FleetPublicKey, admin: Ed25519PrivateKey) -> cmd.PutSecret:
     context = SecretContext(fleet=FLEET, repo="payments", name="s3", kind="storage", version=1)
+    base = {
+        "command_id": "put-" + secrets.token_hex(10),
+        "fleet": FLEET,
+        "actor": "admin:bench",
+        "issued_at": int(time.time() * 1000),
+    }
+    token = encrypt_secret(key, context, VALUE)
     return sign(
         cmd.PutSecret(
-            command_id="put-" + secrets.token_hex(10),
-            fleet=FLEET,
-            actor="admin:bench",
-            issued_at=int(time.time() * 1000),
+            **base,
             repo="payments",
             name="s3",
             kind="storage",
             version=1,
             epoch=1,
-            jwe=encrypt_secret(key, context, VALUE),
+            jwe=token,
+            statement=signed_statement(admin, base, context, epoch=1, token=token),
         ),
         admin,
     )

@@ -58,6 +58,7 @@ from flashgate.backend.service import Backend, BackendSettings
 from flashgate.broker.connection import connect
 from flashgate.cli.home import HomeConfig, fleet_dir, save_config
 from flashgate.cli.session import AdminSession
+from flashgate.cli.statement import signed_statement
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.threshold.dealing import generate_primes
@@ -107,14 +108,18 @@ class Writer:
                 fleet=self.session.fleet, repo="bench", name=name, kind="generic", version=1
             )
             jwe = encrypt_secret(self.session.key, context, secrets.token_bytes(32))
+            base, epoch = self.session.base(), int(self.session.descriptor.epoch)
             command = cmd.PutSecret(
-                **self.session.base(),
+                **base,
                 repo="bench",
                 name=name,
                 kind="generic",
                 version=1,
-                epoch=int(self.session.descriptor.epoch),
+                epoch=epoch,
                 jwe=jwe,
+                statement=signed_statement(
+                    self.session.admin_key, base, context, epoch=epoch, token=jwe
+                ),
             )
             write = Write(command.command_id, time.monotonic())
             self.writes.append(write)

@@ -170,6 +170,13 @@ class ContextMismatch(CryptoError):
     code = "context_mismatch"
 
 
+class Unproven(FlashgateError):
+    """An envelope without valid provenance: no admin statement, a statement that does not
+    verify or does not match the envelope, or a re-wrap by a node that is not active."""
+
+    code = "unproven"
+
+
 class MissingContext(ContextMismatch):
     """The envelope has no flashgate context, and the caller requires one."""
 
@@ -368,12 +375,6 @@ class RotationStalled(FlashgateError):
     """The rotation did not complete within the timeout (it can be resumed)."""
 
     code = "rotation_stalled"
-
-
-class ApiKeyRejected(FlashgateError):
-    """The backend refused to issue the API key."""
-
-    code = "apikey_rejected"
 
 
 class ApiKeyRefused(FlashgateError):

@@ -39,7 +39,6 @@ SECRET_TYPE_NAMES = frozenset(
         "flashgate.bridge.keyring.EpochSlot",
         "flashgate.bridge.partials.PartialCache",
         "flashgate.bridge.partial_engine.PartialEngine",
-        "flashgate.backend.apikeys.IssuedApiKey",
         "flashgate.cli.home.RoleLogin",
         "flashgate.cli.secret.ValueInput",
     }

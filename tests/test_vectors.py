@@ -5,8 +5,10 @@ If one of these fails, a change has made old envelopes, bundles or proofs unread
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
+from flashgate.bridge.provenance import check_provenance
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.crypto.rng import DeterministicRng
@@ -19,8 +21,13 @@ from flashgate.crypto.threshold import (
     prove,
     verify_proof,
 )
+from flashgate.errors import Unproven
+from flashgate.events.envelope import ENVELOPE_CODEC, Provenance, SecretEnvelope, statement_for
+from flashgate.events.signing import sign
+from flashgate.fleet.bundle import open_admin_key
 from flashgate.fleet.directory import read_bundle
 from flashgate.fleet.files import load_descriptor
+from flashgate.fleet.identity_keys import load_ed25519_public
 from flashgate.fleet.recovery import recover
 from tests.support.material import VECTORS, load_vectors
 
@@ -49,6 +56,40 @@ def test_frozen_jwe_decrypts(fleet, vector) -> None:
         result = recover(descriptor, subset, vector["jwe"], expected=expected)
         assert result.secret.plaintext == bytes.fromhex(vector["plaintext_hex"])
         assert result.secret.context == expected
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [v for v in JWE_VECTORS["vectors"] if v["context"] is not None],
+    ids=lambda v: v["description"],
+)
+def test_frozen_envelopes_are_readable_after_the_admin_attests_them(fleet, vector) -> None:
+    """An envelope of a frozen JWE, as written before provenance existed (none), is refused
+    by the nodes' check; the admin's statement over it as it stands (``fleet attest``)
+    makes it proven, and it decrypts as before (issue 14 §2)."""
+    descriptor, bundles = fleet
+    context = SecretContext.from_header(vector["context"])
+    old = SecretEnvelope(
+        fleet=context.fleet,
+        repo=context.repo,
+        name=context.name,
+        kind=context.kind,  # type: ignore[arg-type]
+        version=context.version,
+        epoch=descriptor.epoch,
+        jwe=vector["jwe"],
+        written_at=0,
+    )
+    admin_public = load_ed25519_public(descriptor.admin_key, "admin key")
+    with pytest.raises(Unproven):
+        check_provenance(old, admin_public, lambda _node, _epoch: None)
+    blob = (VECTORS / JWE_VECTORS["fleet_dir"] / "admin.key").read_bytes()
+    admin = open_admin_key(blob, JWE_VECTORS["passphrase"], descriptor)
+    statement = statement_for(old, command_id="attest-vectors-0001", issued_at=0)
+    attested = msgspec.structs.replace(old, provenance=Provenance(statement=sign(statement, admin)))
+    attested = ENVELOPE_CODEC.decode(ENVELOPE_CODEC.encode(attested))  # as the bucket holds it
+    check_provenance(attested, admin_public, lambda _node, _epoch: None)
+    result = recover(descriptor, bundles[:3], attested.jwe, expected=attested.context)
+    assert result.secret.plaintext == bytes.fromhex(vector["plaintext_hex"])
 
 
 def _kat_public() -> ThresholdPublicKey:

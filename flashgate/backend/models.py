@@ -121,6 +121,8 @@ class SecretVersion(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     jwe: Mapped[str] = mapped_column(Text)
     command_id: Mapped[str | None] = mapped_column(String(64))
+    #: JSON of :class:`flashgate.events.envelope.Provenance` (None: written before 0004)
+    provenance: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -136,6 +138,8 @@ class ApiKey(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     jwe: Mapped[str] = mapped_column(Text)
     command_id: Mapped[str | None] = mapped_column(String(64))
+    #: JSON of :class:`flashgate.events.envelope.Provenance` (None: written before 0004)
+    provenance: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -206,4 +210,5 @@ class RewrapOrigin(Base):
     to_epoch: Mapped[int] = mapped_column(Integer)
     prior_jwe: Mapped[str | None] = mapped_column(Text)
     rewrapped_by: Mapped[str | None] = mapped_column(NAME)
+    prior_provenance: Mapped[str | None] = mapped_column(Text)
     barred: Mapped[str] = mapped_column(Text, default="")

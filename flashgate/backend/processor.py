@@ -141,14 +141,13 @@ class CommandProcessor:
                 return None
         return await self.process_command(command)
 
-    async def process_command(self, command: cmd.Command, *, trusted: bool = False) -> Outcome:
-        """Apply a decoded command. ``trusted`` skips the admin signature: only for the
-        backend's own in-process API (server-side API keys), never for broker input."""
+    async def process_command(self, command: cmd.Command) -> Outcome:
+        """Apply a decoded command (its admin signature is checked first)."""
         with structlog.contextvars.bound_contextvars(
             command_id=command.command_id, command_type=command.command_type
         ):
             try:
-                self._check_origin(command, verify_signature=not trusted)
+                self._check_origin(command)
             except FlashgateError as exc:
                 return await self._reject(command, exc)
             failpoints.hit("backend.before_apply")
@@ -169,15 +168,14 @@ class CommandProcessor:
                 self._on_commit()
             return outcome
 
-    def _check_origin(self, command: cmd.Command, *, verify_signature: bool = True) -> None:
+    def _check_origin(self, command: cmd.Command) -> None:
         """Stateless checks: fleet and signature (cheap before expensive)."""
         if command.fleet != self.state.names.fleet:
             raise FleetMismatch(
                 f"command for fleet {command.fleet!r}, this backend serves "
                 f"{self.state.names.fleet!r}"
             )
-        if verify_signature:
-            verify(command, self.state.admin)
+        verify(command, self.state.admin)
 
     # --- the transaction -----------------------------------------------------------------
 

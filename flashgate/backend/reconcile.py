@@ -26,7 +26,7 @@ from flashgate.backend.models import ApiKey, OutboxMessage, Repository, Secret, 
 from flashgate.backend.outbox import kv_subject
 from flashgate.broker.connection import broker_errors
 from flashgate.errors import FlashgateError
-from flashgate.events.envelope import ENVELOPE_CODEC, ApiKeyInfo, SecretEnvelope
+from flashgate.events.envelope import ENVELOPE_CODEC, ApiKeyInfo, SecretEnvelope, provenance_of
 from flashgate.events.subjects import FleetNames, secret_key
 from flashgate.events.types import ApiKeyScope
 
@@ -64,6 +64,7 @@ def secret_envelope(
         jwe=version.jwe,
         written_at=_ms(version.created_at),
         command_id=version.command_id,
+        provenance=provenance_of(version.provenance),
     )
 
 
@@ -85,6 +86,7 @@ def api_key_envelope(names: FleetNames, repo: str, key: ApiKey) -> SecretEnvelop
             access=key.access,
             label=key.label,
         ),
+        provenance=provenance_of(key.provenance),
     )
 
 

@@ -62,6 +62,7 @@ from flashgate.errors import (
     UnknownNode,
 )
 from flashgate.events import domain as ev
+from flashgate.events.envelope import Provenance, jwe_sha256, provenance_of, provenance_text
 from flashgate.events.fleet import ROSTER_CODEC
 from flashgate.events.rotation import (
     REWRAP_REPLY_CODEC,
@@ -93,6 +94,27 @@ def check_rewrap(old_token: str, new_token: str, new_key: FleetPublicKey) -> Non
     ):
         raise NotARewrap("the re-wrapped envelope differs from the original beyond its key")
     new.wrapped_key(new_key)  # size and range under the new epoch's modulus
+
+
+def rewrapped_provenance(
+    stored: str | None, request: RewrapRequest, item: RewrapItem
+) -> str | None:
+    """The provenance of a re-wrapped envelope: the admin's statement of the original with
+    the re-wrapping node's attestation (whose signature the nodes check, against the
+    roster). None when the original had none or the node sent no attestation that fits:
+    the nodes would refuse it either way, so this backend does not pretend otherwise."""
+    provenance = provenance_of(stored)
+    attestation = item.attestation
+    if (
+        provenance is None
+        or attestation is None
+        or attestation.node_id != request.node_id
+        or attestation.epoch != request.to_epoch
+        or attestation.jwe_sha256 != jwe_sha256(item.jwe)
+        or attestation.statement_signature != provenance.statement.signature
+    ):
+        return None
+    return provenance_text(Provenance(statement=provenance.statement, rewrap=attestation))
 
 
 def _is_barred(barred: str, node_id: str, active: frozenset[str]) -> bool:
@@ -322,6 +344,8 @@ class RewrapService:
             )
             session.add(origin)
         origin.prior_jwe, origin.rewrapped_by = target.row.jwe, request.node_id
+        origin.prior_provenance = target.row.provenance
+        target.row.provenance = rewrapped_provenance(target.row.provenance, request, item)
         target.row.jwe, target.row.epoch = item.jwe, request.to_epoch
         self._publish(session, target, request, "rw")
 
@@ -337,8 +361,9 @@ class RewrapService:
             raise NotFound(f"{item.key} was not re-wrapped in this rotation")
         culprit = origin.rewrapped_by
         target.row.jwe, target.row.epoch = origin.prior_jwe, request.from_epoch
+        target.row.provenance = origin.prior_provenance
         origin.barred = " ".join([*origin.barred.split(), f"{culprit}>{request.node_id}"])
-        origin.prior_jwe = origin.rewrapped_by = None
+        origin.prior_jwe = origin.rewrapped_by = origin.prior_provenance = None
         self._publish(session, target, request, "rv")
         state = self.state
         session.add(

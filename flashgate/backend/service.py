@@ -42,7 +42,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_fixed
 
 from flashgate.backend import db, health
-from flashgate.backend.apikeys import IssuedApiKey, issue_api_key
 from flashgate.backend.fleet_state import FleetState
 from flashgate.backend.lease import PostgresRelayLease
 from flashgate.backend.models import Fleet, FleetEpoch
@@ -67,7 +66,6 @@ from flashgate.events.fleet import (
 from flashgate.events.queries import QUERY_KINDS
 from flashgate.events.signing import verify
 from flashgate.events.subjects import FleetNames
-from flashgate.events.types import ApiKeyScope
 from flashgate.fleet.backend_key import load_backend_signing_key
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.files import ROSTER_FILE, load_descriptor, load_roster
@@ -613,12 +611,3 @@ class Backend:
                 await msg.respond(reply)
 
         await self.nc.subscribe(names.rewrap_subject, queue="backend", cb=handler)
-
-    async def issue_api_key(
-        self, *, repo: str, scope: ApiKeyScope, access: str, label: str, actor: str
-    ) -> IssuedApiKey:
-        """Server-side API key: generated here, returned once, stored only as an envelope."""
-        assert self.processor is not None
-        return await issue_api_key(
-            self.processor, repo=repo, scope=scope, access=access, label=label, actor=actor
-        )

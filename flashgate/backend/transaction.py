@@ -22,10 +22,16 @@ from flashgate.backend.models import Fleet, Repository
 from flashgate.backend.store import Store
 from flashgate.crypto import jwe
 from flashgate.crypto.context import SecretContext, check_context
-from flashgate.errors import NotFound, StaleEpoch
+from flashgate.errors import NotFound, SignatureInvalid, StaleEpoch, Unproven
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
-from flashgate.events.envelope import SecretEnvelope
+from flashgate.events.envelope import (
+    EnvelopeStatement,
+    ProvenApiKey,
+    SecretEnvelope,
+    check_statement,
+)
+from flashgate.events.signing import verify
 from flashgate.events.subjects import FleetNames
 
 FLEETS: Table = Fleet.__table__  # type: ignore[assignment]
@@ -58,9 +64,28 @@ def command_event(
     )
 
 
-def check_envelope(state: FleetState, token: str, context: SecretContext, epoch: int) -> None:
+def check_envelope(
+    state: FleetState,
+    token: str,
+    context: SecretContext,
+    epoch: int,
+    statement: EnvelopeStatement | None,
+    api_key: ProvenApiKey | None = None,
+) -> None:
     """The envelope's epoch is writable, its header binds ``context`` and its wrapped
-    key fits that epoch's fleet key (the epochs as this backend holds them)."""
+    key fits that epoch's fleet key (the epochs as this backend holds them), and the
+    admin's statement for the nodes is about this very envelope and verifies (the nodes
+    check it again: an honest backend refuses at once what they would never load)."""
+    if statement is None:
+        raise Unproven(
+            "the command carries no admin statement over its envelope; "
+            "write it with a flashgate CLI that signs one"
+        )
+    check_statement(statement, context, api_key=api_key, token=token, epoch=epoch)
+    try:
+        verify(statement, state.admin)
+    except SignatureInvalid:
+        raise Unproven("the admin's statement over the envelope does not verify") from None
     if epoch not in state.writable_epochs():
         raise StaleEpoch(
             f"envelope is for epoch {epoch}; the fleet writes epoch "
@@ -122,7 +147,14 @@ class Transaction:
         assert fleet is not None
         return fleet
 
-    async def check_envelope(self, token: str, context: SecretContext, epoch: int) -> None:
+    async def check_envelope(
+        self,
+        token: str,
+        context: SecretContext,
+        epoch: int,
+        statement: EnvelopeStatement | None,
+        api_key: ProvenApiKey | None = None,
+    ) -> None:
         """:func:`check_envelope` against the epochs as committed, read in this transaction
         and share-locked (PostgreSQL: FOR KEY SHARE), so that a replica that missed a
         rotation's start or finish never writes under a retired epoch, and
@@ -136,7 +168,7 @@ class Transaction:
             epoch not in state.keys and epoch in (current, rotating_to)
         ):
             await state.refresh(self.session)
-        check_envelope(state, token, context, epoch)
+        check_envelope(state, token, context, epoch, statement, api_key)
 
     async def repository(self, name: str, *, create: bool) -> Repository:
         repo = await self.session.scalar(

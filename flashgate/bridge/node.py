@@ -52,6 +52,7 @@ from flashgate.bridge.liveness import Liveness
 from flashgate.bridge.loader import Loader
 from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.protocol import Responder
+from flashgate.bridge.provenance import ProvenanceCheck
 from flashgate.bridge.rewrapper import Rewrapper
 from flashgate.bridge.screening import Clock, wall_clock_ms
 from flashgate.bridge.secrets_watch import SecretsWatch
@@ -114,9 +115,16 @@ class BridgeNode:
         self.transport = NatsTransport(self.names, self.node_id)
         first = EpochKey(descriptor=bundle.descriptor, public=bundle.public, share=bundle.share)
         self.ring = KeyRing(first, workers=self.settings.workers)
-        self.store = EnvelopeStore(self.names.fleet, {first.epoch: first.public.key})
         self.collectors: dict[int, Collector] = {}
         roster = starting_roster(bundle)
+        admin_key = load_ed25519_public(bundle.admin_key, "admin key")
+        self.store = EnvelopeStore(
+            self.names.fleet,
+            {first.epoch: first.public.key},
+            ProvenanceCheck(
+                admin=admin_key, roster=lambda: self.fleet.roster, members=self.ring.members_of
+            ),
+        )
         self.peers = PeerBook(self.node_id, roster)
         self.loader = Loader(
             vault=self.vault, collectors=self.collectors, on_unopenable=self._on_unopenable
@@ -153,7 +161,7 @@ class BridgeNode:
         )
         self.fleet = FleetFollower(
             bundle=bundle,
-            admin_key=load_ed25519_public(bundle.admin_key, "admin key"),
+            admin_key=admin_key,
             roster=roster,
             peers=self.peers,
             ring=self.ring,

@@ -4,8 +4,11 @@ While a node holds two epochs (k and k+1), every envelope still under k is re-wr
 its wrapped key is threshold-decrypted under k (the share protocol, as for a load), the
 payload is checked to open with it, and the same content key is wrapped under k+1
 (:func:`flashgate.crypto.decrypt.rewrap`: header, IV, ciphertext and tag stay byte for
-byte). The new JWE goes to the backend in a node-signed re-wrap request; the backend
-publishes it, and every node then loads it under k+1, which proves it opens.
+byte). The new JWE goes to the backend in a node-signed re-wrap request, each with this
+node's :class:`~flashgate.events.envelope.RewrapAttestation` binding it to the admin's
+statement of the original (the other nodes load it only with that, from an active member of
+k+1); the backend publishes it, and every node then loads it under k+1, which proves it
+opens.
 
 Work is split by rendezvous hashing over the live members of the new epoch, as partial
 collection is: the first-ranked live node re-wraps an envelope. An envelope nobody has
@@ -40,6 +43,7 @@ from flashgate.bridge.screening import wall_clock_ms
 from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.crypto.decrypt import rewrap
 from flashgate.errors import FlashgateError, RewrapDisputed
+from flashgate.events.envelope import RewrapAttestation, jwe_sha256
 from flashgate.events.rotation import (
     MAX_REWRAP_ITEMS,
     MAX_REWRAP_REQUEST_BYTES,
@@ -169,7 +173,9 @@ class Rewrapper:
             except FlashgateError as exc:
                 log.error("envelope does not open; not re-wrapped", key=entry.key, reason=exc.code)
                 continue
-            items.append(RewrapItem(entry.key, entry.version, token))
+            items.append(
+                RewrapItem(entry.key, entry.version, token, self._attest(entry, token, to_epoch))
+            )
         if not items:
             reasons = sorted(set(result.failed.values()))
             log.warning(
@@ -201,6 +207,20 @@ class Rewrapper:
             to_epoch=to_epoch,
         )
         return True
+
+    def _attest(self, entry: Entry, token: str, to_epoch: int) -> RewrapAttestation | None:
+        """This node's signed word that ``token`` re-wraps the admin-stated envelope: the
+        other nodes load the re-wrapped envelope only with it (DESIGN §8)."""
+        provenance = entry.envelope.provenance
+        if provenance is None:  # never in the store: an unproven envelope is not taken
+            return None
+        attestation = RewrapAttestation(
+            node_id=self.node_id,
+            epoch=to_epoch,
+            jwe_sha256=jwe_sha256(token),
+            statement_signature=provenance.statement.signature,
+        )
+        return sign(attestation, self.signing_key)
 
     async def _send_disputes(self, from_epoch: int, to_epoch: int) -> None:
         while self._disputes:

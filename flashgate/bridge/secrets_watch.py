@@ -97,6 +97,13 @@ class SecretsWatch:
         if entry.value is None or entry.operation is not None or entry.revision is None:
             return None
         try:
-            return make_entry(self.fleet, key, entry.revision, entry.value, self.store.keys)
+            return make_entry(
+                self.fleet,
+                key,
+                entry.revision,
+                entry.value,
+                self.store.keys,
+                prove=self.store.prove,
+            )
         except FlashgateError:
             return None

@@ -1,17 +1,19 @@
 """The node's own copy of the secrets bucket (from its KV watch).
 
 Every envelope is checked on arrival: it must decode, sit under the key its metadata and
-its JWE's bound context name, and carry a well-formed JWE whose wrapped key fits the
-epoch's public key. A responder looks envelopes up here (never trusting a ciphertext sent
-to it). Per key it keeps the current revision and the one that revision replaced (a peer
-still loading it, a request in flight), nothing older: a superseded revision two steps
-back, a deleted secret (both forgotten on delete) or one whose epoch retired is never
-served, although the bucket's history may still hold it (issue 14 §4).
+its JWE's bound context name, carry a well-formed JWE whose wrapped key fits the
+epoch's public key, and be proven (:mod:`flashgate.bridge.provenance`). A responder looks
+envelopes up here (never trusting a ciphertext sent to it). Per key it keeps the current
+revision and the one that revision replaced (a peer still loading it, a request in
+flight), nothing older: a superseded revision two steps back, a deleted secret (both
+forgotten on delete) or one whose epoch retired is never served, although the bucket's
+history may still hold it (issue 14 §4).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flashgate.crypto import jwe
@@ -45,12 +47,23 @@ def digest_of(parsed: jwe.ParsedJWE) -> bytes:
     return hashlib.sha256(parsed.encrypted_key).digest()
 
 
+Prove = Callable[[SecretEnvelope], None]
+"""Raises :class:`~flashgate.errors.Unproven` for an envelope without valid provenance."""
+
+
 def make_entry(
-    fleet: str, key: str, revision: int, raw: bytes, keys: dict[int, FleetPublicKey]
+    fleet: str,
+    key: str,
+    revision: int,
+    raw: bytes,
+    keys: dict[int, FleetPublicKey],
+    *,
+    prove: Prove,
 ) -> Entry:
     """Decode and check one bucket value. Raises the typed error that makes it unusable."""
     envelope = ENVELOPE_CODEC.decode(raw)
     parsed = check_envelope_location(envelope, fleet, key)
+    prove(envelope)
     public = keys.get(envelope.epoch)
     if public is None:
         raise StaleEpoch(f"{key}: envelope for epoch {envelope.epoch}, which this node lacks")
@@ -66,9 +79,10 @@ def make_entry(
 
 
 class EnvelopeStore:
-    def __init__(self, fleet: str, keys: dict[int, FleetPublicKey]) -> None:
+    def __init__(self, fleet: str, keys: dict[int, FleetPublicKey], prove: Prove) -> None:
         self.fleet = fleet
         self.keys = keys
+        self.prove = prove
         self.current: dict[str, Entry] = {}
         self._replaced: dict[str, Entry] = {}  # key -> the revision the current one replaced
         self._seen: dict[str, int] = {}  # key -> the latest revision taken, usable or not
@@ -86,7 +100,7 @@ class EnvelopeStore:
             self._seen[key] = revision
             self._supersede(key)
         try:
-            entry = make_entry(self.fleet, key, revision, raw, self.keys)
+            entry = make_entry(self.fleet, key, revision, raw, self.keys, prove=self.prove)
         except FlashgateError as exc:
             self.rejected[key] = exc.code
             return None

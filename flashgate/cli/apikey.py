@@ -15,11 +15,13 @@ from flashgate.cli.options import home_option, json_option
 from flashgate.cli.output import emit, mark_error_reported
 from flashgate.cli.secret import every_page
 from flashgate.cli.session import AdminSession, run
+from flashgate.cli.statement import signed_statement
 from flashgate.crypto.api_key_tokens import is_key_id, new_key_id, new_key_secret
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.errors import ApiKeyRefused, ConfigurationError, NoOutcome
 from flashgate.events import commands as cmd
+from flashgate.events.envelope import ProvenApiKey
 from flashgate.events.types import StorageAccess
 from flashgate.events.values import AI_PROVIDERS
 from flashgate.names import validate_name
@@ -84,17 +86,20 @@ def create(
     async def go() -> None:
         async with AdminSession(resolve_home(home)) as session:
             epoch = int(session.descriptor.epoch)
-            token = encrypt_secret(
-                session.key,
-                SecretContext(
-                    fleet=session.fleet, repo=repo, name=key_id, kind="apikey", version=1
-                ),
-                secret,
+            context = SecretContext(
+                fleet=session.fleet, repo=repo, name=key_id, kind="apikey", version=1
+            )
+            token = encrypt_secret(session.key, context, secret)
+            base = session.base()
+            proven = ProvenApiKey(key_id=key_id, scope=scope, access=access)  # type: ignore[arg-type]
+            statement = signed_statement(
+                session.admin_key, base, context, epoch=epoch, token=token, api_key=proven
             )
             try:
                 await session.send(
                     cmd.CreateApiKey(
-                        **session.base(),
+                        **base,
+                        statement=statement,
                         key_id=key_id,
                         repo=repo,
                         scope=scope,  # type: ignore[arg-type]

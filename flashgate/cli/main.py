@@ -17,6 +17,7 @@ import click
 
 from flashgate import __version__, environment, failpoints, logs
 from flashgate.cli.apikey import apikey
+from flashgate.cli.attest import attest
 from flashgate.cli.backend import backend
 from flashgate.cli.backend_key import backend_key
 from flashgate.cli.bridge import bridge
@@ -344,6 +345,7 @@ fleet.add_command(fleet_status)
 fleet.add_command(rotate_key)
 fleet.add_command(reseal_cmd)
 fleet.add_command(backend_key)
+fleet.add_command(attest)
 cli.add_command(schemas)
 
 

@@ -21,6 +21,7 @@ from flashgate.cli.home import resolve_home
 from flashgate.cli.options import home_option, json_option
 from flashgate.cli.output import emit
 from flashgate.cli.session import AdminSession, run
+from flashgate.cli.statement import signed_statement
 from flashgate.crypto import jwe
 from flashgate.crypto.context import HEADER_PARAM, MAX_VERSION, SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
@@ -326,7 +327,11 @@ async def _write(
                     ) from None
                 raise InvalidSecretValue(f"{repo}/{name}: {exc.message}") from None
             token = encrypt_secret(session.key, context, value)
+        base = session.base()
         fields: dict[str, Any] = {
+            "statement": signed_statement(
+                session.admin_key, base, context, epoch=epoch, token=token
+            ),
             "repo": repo,
             "name": name,
             "kind": kind,
@@ -335,9 +340,7 @@ async def _write(
             "jwe": token,
         }
         command: cmd.Command = (
-            cmd.RotateSecret(**session.base(), **fields)
-            if rotate
-            else cmd.PutSecret(**session.base(), **fields)
+            cmd.RotateSecret(**base, **fields) if rotate else cmd.PutSecret(**base, **fields)
         )
         event = await session.send(command, show=not as_json)
     emit(

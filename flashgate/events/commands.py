@@ -3,8 +3,11 @@
 Every command carries a command id (also its ``Nats-Msg-Id``, so a re-publish is dropped
 by JetStream and a re-delivery is a no-op for the backend), the actor, the issue time and
 the admin's Ed25519 signature over its canonical bytes (domain ``command``; the ``type``
-tag is signed too). A command never carries a plaintext secret: secret values travel only
-as envelopes (JWEs under the fleet key), written client-side.
+tag is signed too). A command that writes an envelope also carries the admin's signed
+:class:`~flashgate.events.envelope.EnvelopeStatement` over it, which the backend puts into
+the envelope for the nodes to check (DESIGN §8). A command never carries a plaintext
+secret: secret values travel only as envelopes (JWEs under the fleet key), written
+client-side.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from flashgate.events.codec import Codec
-from flashgate.events.envelope import JweText
+from flashgate.events.envelope import EnvelopeStatement, JweText
 from flashgate.events.fleet import FleetDescriptor, Roster
 from flashgate.events.rotation import SealedShare
 from flashgate.events.types import (
@@ -62,6 +65,9 @@ class SecretWriteCommand(Command, frozen=True):
     version: Version
     epoch: Epoch
     jwe: JweText
+    # the admin's statement over the envelope, for the nodes (DESIGN §8); a command without
+    # one (an older tool) decodes, and the backend rejects it ``unproven``
+    statement: EnvelopeStatement | None = None
     signature: Ed25519Sig = ""
 
 
@@ -89,6 +95,22 @@ class CreateApiKey(Command, tag="apikey.create", frozen=True):
     label: Label
     epoch: Epoch
     jwe: JweText
+    # the admin's statement over the envelope, for the nodes (DESIGN §8); a command without
+    # one (an older tool) decodes, and the backend rejects it ``unproven``
+    statement: EnvelopeStatement | None = None
+    signature: Ed25519Sig = ""
+
+
+#: Statements per ``envelope.attest`` command (the CLI sends as many commands as needed).
+MAX_ATTESTED = 256
+
+
+class AttestEnvelopes(Command, tag="envelope.attest", frozen=True):
+    """The admin's statements over envelopes written before provenance existed, read from
+    the bucket as they stand (trust on first use, docs/security-model.md): the backend puts
+    each into its envelope if the envelope is still exactly the one stated."""
+
+    statements: Annotated[list[EnvelopeStatement], Meta(min_length=1, max_length=MAX_ATTESTED)]
     signature: Ed25519Sig = ""
 
 
@@ -136,6 +158,7 @@ AnyCommand = (
     | RotateSecret
     | DeleteSecret
     | CreateApiKey
+    | AttestEnvelopes
     | RenameApiKey
     | RevokeApiKey
     | RevokeNode
@@ -147,6 +170,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     RotateSecret,
     DeleteSecret,
     CreateApiKey,
+    AttestEnvelopes,
     RenameApiKey,
     RevokeApiKey,
     RevokeNode,

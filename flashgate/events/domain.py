@@ -146,6 +146,14 @@ class KeyRotationCompleted(EventData, frozen=True):
     command_id: CommandId | None = None
 
 
+class EnvelopesAttested(EventData, frozen=True):
+    """The admin adopted envelopes written before provenance existed (``fleet attest``)."""
+
+    event_type: ClassVar[str] = "envelope.attested"
+    count: Count
+    command_id: CommandId | None = None
+
+
 class CommandRejected(EventData, frozen=True):
     event_type: ClassVar[str] = "command.rejected"
     command_id: CommandId | None  # None when the command was too broken to read one
@@ -166,6 +174,7 @@ EVENT_DATA_TYPES: tuple[type[EventData], ...] = (
     KeyRotationStarted,
     KeyRotationProgressed,
     KeyRotationCompleted,
+    EnvelopesAttested,
     CommandRejected,
 )
 _BY_TYPE = {EVENT_TYPE_PREFIX + t.event_type: t for t in EVENT_DATA_TYPES}

@@ -27,7 +27,7 @@ import msgspec
 from msgspec import Meta
 
 from flashgate.events.codec import Codec
-from flashgate.events.envelope import JweText
+from flashgate.events.envelope import JweText, RewrapAttestation
 from flashgate.events.fleet import ShareIndex
 from flashgate.events.types import (
     B64Url,
@@ -73,6 +73,9 @@ class RewrapItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_
     # rewrap: the same JWE with its content key wrapped under the new epoch;
     # revert: the re-wrapped JWE, as published, that does not open
     jwe: JweText
+    # rewrap: the node's signed attestation binding the new JWE to the admin's statement
+    # (None for an envelope without provenance, or a revert)
+    attestation: RewrapAttestation | None = None
 
 
 class RewrapRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

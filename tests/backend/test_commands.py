@@ -26,7 +26,7 @@ from flashgate.events.signing import sign
 from flashgate.fleet.identity_keys import new_ed25519
 from tests.support.admin_client import AdminClient, new_command_id
 from tests.support.fleets import FleetFixture
-from tests.support.material import CANARY
+from tests.support.material import CANARY, stated
 
 pytestmark = pytest.mark.nats
 
@@ -131,6 +131,9 @@ async def test_rejections_name_secrets_as_repo_slash_name(
         ("wrong_epoch", "stale_epoch"),
         ("bad_alg", "unsupported_algorithm"),
         ("reserved_name", "bad_configuration"),
+        ("statement_of_another_value", "unproven"),
+        ("statement_not_by_the_admin", "unproven"),
+        ("no_statement", "unproven"),
     ],
 )
 async def test_bad_commands_are_rejected_with_their_reason(
@@ -145,22 +148,51 @@ async def test_bad_commands_are_rejected_with_their_reason(
     elif make == "wrong_signer":
         command = sign(msgspec.structs.replace(good, signature=""), new_ed25519())
     elif make == "foreign_fleet":
-        command = sign(cmd.PutSecret(**{**base, "fleet": "elsewhere"}, **fields), admin.fleet.admin)
+        command = sign(
+            stated(cmd.PutSecret, admin.fleet.admin, **{**base, "fleet": "elsewhere"}, **fields),
+            admin.fleet.admin,
+        )
     elif make == "stale_version":
         command = admin.put("repo", "fresh", b"v", version=2)
     elif make == "rotate_missing":
         command = admin.rotate("repo", "missing", b"v", version=1)
     elif make == "context_moved":  # the JWE was written for another secret
         command = sign(
-            cmd.PutSecret(**base, **{**fields, "jwe": admin.jwe("repo", "other", b"v")}),
+            stated(
+                cmd.PutSecret,
+                admin.fleet.admin,
+                **base,
+                **{**fields, "jwe": admin.jwe("repo", "other", b"v")},
+            ),
             admin.fleet.admin,
         )
     elif make == "wrong_epoch":
-        command = sign(cmd.PutSecret(**base, **{**fields, "epoch": 2}), admin.fleet.admin)
+        command = sign(
+            stated(cmd.PutSecret, admin.fleet.admin, **base, **{**fields, "epoch": 2}),
+            admin.fleet.admin,
+        )
     elif make == "bad_alg":
         header = jwe.encode_header({"alg": "RSA-OAEP", "enc": "A256GCM"})
         token = ".".join([header, *good.jwe.split(".")[1:]])
-        command = sign(cmd.PutSecret(**base, **{**fields, "jwe": token}), admin.fleet.admin)
+        command = sign(
+            stated(cmd.PutSecret, admin.fleet.admin, **base, **{**fields, "jwe": token}),
+            admin.fleet.admin,
+        )
+    elif make == "statement_of_another_value":
+        other = admin.put("repo", "fresh", b"another value")
+        command = sign(
+            msgspec.structs.replace(good, statement=other.statement, signature=""),
+            admin.fleet.admin,
+        )
+    elif make == "no_statement":  # an older CLI
+        command = sign(
+            msgspec.structs.replace(good, statement=None, signature=""), admin.fleet.admin
+        )
+    elif make == "statement_not_by_the_admin":
+        statement = sign(msgspec.structs.replace(good.statement, signature=""), new_ed25519())
+        command = sign(
+            msgspec.structs.replace(good, statement=statement, signature=""), admin.fleet.admin
+        )
     else:  # names starting fgk_ belong to API keys
         command = admin.put("repo", "fgk_abc", b"v")
     event = await admin.send(command)
@@ -261,7 +293,9 @@ async def test_api_keys(backend: Backend, admin: AdminClient) -> None:
 
     key_id, secret = new_key_id(), new_key_secret()
     create = sign(
-        cmd.CreateApiKey(
+        stated(
+            cmd.CreateApiKey,
+            admin.fleet.admin,
             **admin.base(),
             key_id=key_id,
             repo="payments",
@@ -284,7 +318,9 @@ async def test_api_keys(backend: Backend, admin: AdminClient) -> None:
     )
     assert renamed.type == "io.flashgate.apikey.renamed"
     bad_access = sign(
-        cmd.CreateApiKey(
+        stated(
+            cmd.CreateApiKey,
+            admin.fleet.admin,
             **{**admin.base(), "command_id": new_command_id()},
             key_id=new_key_id(),
             repo="payments",
@@ -309,17 +345,6 @@ async def test_api_keys(backend: Backend, admin: AdminClient) -> None:
     [row] = listing["api_keys"]
     assert row["key_id"] == key_id and row["label"] == "CI reader v2" and row["revoked_at"]
     assert "jwe" not in row
-
-
-async def test_server_side_api_key_is_returned_once(backend: Backend, admin: AdminClient) -> None:
-    issued = await backend.issue_api_key(
-        repo="web", scope="ai", access="openai", label="from the web", actor="web:alice"
-    )
-    assert issued.secret.startswith(b"fgs_") and "redacted" in repr(issued)
-    env = await wait_kv(admin, f"web.{issued.key_id}", 1)
-    assert issued.secret not in env.jwe.encode()
-    audit = await admin.query("audit")
-    assert audit["audit"][0]["actor"] == "web:alice"
 
 
 async def test_metadata_queries(backend: Backend, admin: AdminClient) -> None:

@@ -23,7 +23,7 @@ from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.crypto.threshold.combine import combine
 from flashgate.crypto.threshold.partial import partial_decrypt
 from flashgate.events import commands as cmd
-from flashgate.events.envelope import ENVELOPE_CODEC
+from flashgate.events.envelope import ENVELOPE_CODEC, Provenance, RewrapAttestation, jwe_sha256
 from flashgate.events.fleet import Roster
 from flashgate.events.rotation import (
     REWRAP_REPLY_CODEC,
@@ -37,7 +37,7 @@ from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.epoch_dealing import NextEpoch
 from tests.backend.test_commands import kv_envelope, wait_kv
 from tests.support.admin_client import AdminClient
-from tests.support.material import CANARY, deal_test_epoch
+from tests.support.material import CANARY, deal_test_epoch, stated
 
 pytestmark = pytest.mark.nats
 
@@ -93,7 +93,9 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
     key_id = new_key_id()
     await admin.send(
         sign(
-            cmd.CreateApiKey(
+            stated(
+                cmd.CreateApiKey,
+                admin.fleet.admin,
                 **admin.base(),
                 key_id=key_id,
                 repo="payments",
@@ -234,7 +236,9 @@ async def test_rotation_rewrap_and_retirement(backend: Backend, admin: AdminClie
         fleet=admin.fleet.name, repo="payments", name="db", kind="generic", version=2
     )
     put2 = sign(
-        cmd.RotateSecret(
+        stated(
+            cmd.RotateSecret,
+            admin.fleet.admin,
             **admin.base(),
             repo="payments",
             name="db",
@@ -274,7 +278,9 @@ async def test_rewrapped_counts_only_rewraps_from_the_old_epoch(
     )
     written = await admin.send(
         sign(
-            cmd.PutSecret(
+            stated(
+                cmd.PutSecret,
+                admin.fleet.admin,
                 **admin.base(),
                 repo="payments",
                 name="new",
@@ -320,9 +326,28 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
     forged = bad_rewrap(original.jwe, new_key)
     node_ids = [b.node_id for b in admin.fleet.ceremony.bundles]
 
-    # node 0 re-wraps wrongly: the backend cannot tell and accepts it.
-    accepted = await send_rewrap(admin, [RewrapItem("payments.db", 1, forged)], node=0)
+    # node 0 re-wraps wrongly (and attests it): the backend cannot tell and accepts it.
+    assert original.provenance is not None
+    attestation = sign(
+        RewrapAttestation(
+            node_id=node_ids[0],
+            epoch=2,
+            jwe_sha256=jwe_sha256(forged),
+            statement_signature=original.provenance.statement.signature,
+        ),
+        admin.fleet.ceremony.bundles[0].signing_key,
+    )
+    accepted = await send_rewrap(admin, [RewrapItem("payments.db", 1, forged, attestation)], node=0)
     assert (accepted.accepted, accepted.remaining) == (1, 0)
+    for _ in range(100):
+        rewrapped = await kv_envelope(admin, "payments.db")
+        if rewrapped.epoch == 2:
+            break
+        time.sleep(0.02)
+    # published with the admin's statement and node 0's attestation, for the nodes to check
+    assert rewrapped.provenance == Provenance(
+        statement=original.provenance.statement, rewrap=attestation
+    )
 
     # Disputes that do not match the current envelope, or name no re-wrap, change nothing.
     stale = await send_rewrap(
@@ -332,7 +357,9 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
     ctx = SecretContext(
         fleet=admin.fleet.name, repo="payments", name="fresh", kind="generic", version=1
     )
-    put2 = cmd.PutSecret(
+    put2 = stated(
+        cmd.PutSecret,
+        admin.fleet.admin,
         **admin.base(),
         repo="payments",
         name="fresh",
@@ -361,6 +388,7 @@ async def test_a_rewrap_no_node_can_open_is_reverted(backend: Backend, admin: Ad
             break
         time.sleep(0.02)
     assert env is not None and (env.epoch, env.jwe) == (1, original.jwe)
+    assert env.provenance == original.provenance  # the original's, without the re-wrap's
     blamed = await admin.wait_for(lambda e: e.type == "io.flashgate.node.misbehaved")
     assert (blamed.data.node_id, blamed.data.reporter, blamed.data.reason) == (
         node_ids[0],
@@ -545,7 +573,9 @@ async def test_a_replica_that_missed_the_rotation_writes_no_retired_epoch(
         assert fast_writes == [False]  # tried: the fleet row had other epochs; wrote nothing
         ctx = SecretContext(fleet=fleet.name, repo="late", name="new", kind="generic", version=1)
         fresh = sign(
-            cmd.PutSecret(
+            stated(
+                cmd.PutSecret,
+                cer.admin_key,
                 **admin.base(),
                 repo="late",
                 name="new",

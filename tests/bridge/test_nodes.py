@@ -23,7 +23,7 @@ from flashgate.events.signing import sign
 from flashgate.fleet.identity_keys import new_ed25519
 from tests.support.bridge_cluster import Cluster, NodeProcess, running_cluster, wait_until
 from tests.support.fleets import make_fleet
-from tests.support.material import CANARY
+from tests.support.material import CANARY, proven
 
 pytestmark = [pytest.mark.nats, pytest.mark.processes]
 ALL5 = [f"node-{i}" for i in range(1, 6)]
@@ -95,6 +95,7 @@ async def test_requests_are_refused_with_their_reason_counted(
             entry.revision,
             entry.value,
             {1: fleet_public_key(cluster.fleet.ceremony.descriptor)},
+            prove=lambda _envelope: None,  # only its digest is used here
         )
         items = [ShareItem("r.one", entry.revision, made.digest)]
         bundle2 = cluster.fleet.ceremony.bundles[1]  # node-2's identity
@@ -398,6 +399,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
     from flashgate.crypto import jwe
     from flashgate.crypto.encrypt import wrap_key
     from flashgate.events import commands as cmd
+    from flashgate.events.envelope import RewrapAttestation, jwe_sha256
     from flashgate.events.rotation import (
         REWRAP_REPLY_CODEC,
         REWRAP_REQUEST_CODEC,
@@ -438,6 +440,17 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
                 parsed.ciphertext,
                 parsed.tag,
             )
+            # node-1 attests it, as a compromised node can (docs/security-model.md)
+            assert original.provenance is not None
+            attestation = sign(
+                RewrapAttestation(
+                    node_id="node-1",
+                    epoch=2,
+                    jwe_sha256=jwe_sha256(forged),
+                    statement_signature=original.provenance.statement.signature,
+                ),
+                cer.bundles[0].signing_key,
+            )
             request = sign(
                 RewrapRequest(
                     fleet=cluster.fleet.name,
@@ -446,7 +459,7 @@ async def test_a_bad_rewrap_is_disputed_reverted_and_done_again(
                     issued_at=int(time.time() * 1000),
                     from_epoch=1,
                     to_epoch=2,
-                    items=[RewrapItem("r.one", 1, forged)],
+                    items=[RewrapItem("r.one", 1, forged, attestation)],
                 ),
                 cer.bundles[0].signing_key,
             )
@@ -558,7 +571,9 @@ async def test_only_current_revisions_are_served_and_a_version_keeps_its_value(
         bundle2 = cluster.fleet.ceremony.bundles[1]
 
         async def refusals(key: str, revision: int, value: bytes) -> list[str]:
-            made = make_entry(cluster.fleet.name, key, revision, value, keys)
+            made = make_entry(
+                cluster.fleet.name, key, revision, value, keys, prove=lambda _envelope: None
+            )  # only its digest is used here
             raw, request, reply_key = build_request(
                 node_id="node-2",
                 responder="node-1",
@@ -582,24 +597,23 @@ async def test_only_current_revisions_are_served_and_a_version_keeps_its_value(
         assert await refusals("r.rotated", oldest.revision, oldest.value) == ["unknown_secret"]
         assert await refusals("r.gone", gone.revision, gone.value) == ["unknown_secret"]
 
-        # The bucket writer puts version 3 again, with another value: not a re-wrap.
+        # The bucket writer puts version 3 again, with another value: not a re-wrap. It
+        # cannot prove an envelope of its own (nodes would refuse it as unproven), so it
+        # replays one the admin signed for version 3 with another value (a second
+        # statement the backend refused as a version conflict).
         current = ENVELOPE_CODEC.decode((await kv.get("r.rotated")).value)
         forged = cluster.admin.jwe("r", "rotated", b"attacker", version=3)
-        await kv.put(
-            "r.rotated",
-            ENVELOPE_CODEC.encode(
-                SecretEnvelope(
-                    fleet=current.fleet,
-                    repo="r",
-                    name="rotated",
-                    kind=current.kind,
-                    version=3,
-                    epoch=1,
-                    jwe=forged,
-                    written_at=current.written_at,
-                )
-            ),
+        other = SecretEnvelope(
+            fleet=current.fleet,
+            repo="r",
+            name="rotated",
+            kind=current.kind,
+            version=3,
+            epoch=1,
+            jwe=forged,
+            written_at=current.written_at,
         )
+        await kv.put("r.rotated", ENVELOPE_CODEC.encode(proven(other, cluster.fleet.admin)))
 
         async def conflict_seen() -> bool:
             status = await cluster.status("node-1")

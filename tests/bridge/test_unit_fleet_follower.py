@@ -20,7 +20,7 @@ from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle, open_bundle
 from flashgate.fleet.epoch_dealing import EpochKey
 from flashgate.fleet.identity_keys import load_ed25519_public
-from tests.support.bridge_units import FLEET, bundle, fleet, roster
+from tests.support.bridge_units import FLEET, bundle, fleet, prove_check, roster
 from tests.support.material import FAST_KDF, TEST_PASSPHRASE
 
 NODE = "node-1"
@@ -41,7 +41,7 @@ def follower(node: NodeBundle, path: Path | None = None) -> FleetFollower:
         roster=held,
         peers=PeerBook(node.node_id, held),
         ring=ring,
-        store=EnvelopeStore(FLEET, {}),
+        store=EnvelopeStore(FLEET, {}, prove_check()),
         collectors={},
         vault=Vault(),
         transport=SimpleNamespace(names=FleetNames(FLEET)),  # type: ignore[arg-type]

@@ -391,7 +391,8 @@ def _rewrapped(entry: Entry, *, good: bool, revision: int) -> Entry:
     from flashgate.crypto.decrypt import rewrap
     from flashgate.crypto.encrypt import wrap_key
     from flashgate.events.envelope import ENVELOPE_CODEC
-    from tests.support.bridge_units import FLEET
+    from tests.support.bridge_units import FLEET, fleet, prove_check
+    from tests.support.material import proven
 
     p = entry.parsed
     token = (
@@ -401,9 +402,9 @@ def _rewrapped(entry: Entry, *, good: bool, revision: int) -> Entry:
             p.protected, wrap_key(public_key(), secrets.token_bytes(32)), p.iv, p.ciphertext, p.tag
         )
     )
-    envelope = msgspec.structs.replace(entry.envelope, jwe=token)
+    envelope = proven(msgspec.structs.replace(entry.envelope, jwe=token), fleet().admin_key)
     raw = ENVELOPE_CODEC.encode(envelope)
-    return make_entry(FLEET, entry.key, revision, raw, {EPOCH: public_key()})
+    return make_entry(FLEET, entry.key, revision, raw, {EPOCH: public_key()}, prove=prove_check())
 
 
 async def test_the_same_envelope_again_is_not_reloaded(scene: LoaderScene) -> None:

@@ -32,7 +32,7 @@ from flashgate.fleet.ceremony import initial_roster
 from flashgate.fleet.descriptor import fleet_public_key
 from flashgate.fleet.directory import read_bundle
 from tests.support.bridge_cluster import Cluster, running_cluster, wait_until
-from tests.support.material import CANARY, TEST_PASSPHRASE, deal_test_epoch
+from tests.support.material import CANARY, TEST_PASSPHRASE, deal_test_epoch, stated
 
 pytestmark = [pytest.mark.nats, pytest.mark.e2e]
 STAYING = ["node-1", "node-3", "node-4", "node-5"]
@@ -116,7 +116,9 @@ async def test_a_rolled_back_roster_does_not_undo_revocation_and_rotation(
         public2 = fleet_public_key(dealt.descriptor)
         context = SecretContext(fleet=fleet.name, repo="r", name="new", kind="generic", version=1)
         put = sign(
-            cmd.PutSecret(
+            stated(
+                cmd.PutSecret,
+                fleet.admin,
                 **admin.base(),
                 repo="r",
                 name="new",
@@ -145,7 +147,9 @@ async def test_a_rolled_back_roster_does_not_undo_revocation_and_rotation(
         secrets_kv = await js.key_value(fleet.names.secrets_bucket)
         stored = await secrets_kv.get("r.new")
         assert stored.value is not None and stored.revision is not None
-        entry = make_entry(fleet.name, "r.new", stored.revision, stored.value, {2: public2})
+        entry = make_entry(
+            fleet.name, "r.new", stored.revision, stored.value, {2: public2}, prove=lambda _e: None
+        )
         bundle2 = cer.bundles[1]
         assert bundle2.node_id == "node-2"
         got: dict[str, object] = {}

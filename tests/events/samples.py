@@ -13,7 +13,7 @@ from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.rng import DeterministicRng
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
-from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope
+from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope, statement_for
 from flashgate.events.fleet import Roster, RosterNode
 from flashgate.events.node_status import (
     Heartbeat,
@@ -34,7 +34,7 @@ from flashgate.events.share import (
 from flashgate.events.signing import sign
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
-from tests.support.material import TEST_BITS, fixed_primes
+from tests.support.material import TEST_BITS, fixed_primes, proven, stated
 
 FLEET = "samples"
 T0 = 1_790_000_000_000
@@ -84,7 +84,9 @@ def roster(serial: int = 2, revoked: str | None = None) -> Roster:
 def command_samples() -> list[cmd.Command]:
     base: dict[str, Any] = {"fleet": FLEET, "actor": "admin:alice", "issued_at": T0}
     items: list[cmd.Command] = [
-        cmd.PutSecret(
+        stated(
+            cmd.PutSecret,
+            admin(),
             command_id="put-0000000000000001",
             repo="payments",
             name="s3",
@@ -94,7 +96,9 @@ def command_samples() -> list[cmd.Command]:
             jwe=jwe_for("payments", "s3", "storage"),
             **base,
         ),
-        cmd.RotateSecret(
+        stated(
+            cmd.RotateSecret,
+            admin(),
             command_id="rot-0000000000000001",
             repo="payments",
             name="s3",
@@ -105,7 +109,9 @@ def command_samples() -> list[cmd.Command]:
             **base,
         ),
         cmd.DeleteSecret(command_id="del-0000000000000001", repo="payments", name="s3", **base),
-        cmd.CreateApiKey(
+        stated(
+            cmd.CreateApiKey,
+            admin(),
             command_id="key-0000000000000001",
             key_id="fgk_abcdefghijklmnop",
             repo="payments",
@@ -123,6 +129,19 @@ def command_samples() -> list[cmd.Command]:
             **base,
         ),
         cmd.RevokeApiKey(command_id="rev-0000000000000001", key_id="fgk_abcdefghijklmnop", **base),
+        cmd.AttestEnvelopes(
+            command_id="att-0000000000000001",
+            statements=[
+                sign(
+                    statement_for(
+                        sample, command_id="att-0000000000000001", issued_at=base["issued_at"]
+                    ),
+                    admin(),
+                )
+                for sample in (envelope(), apikey_envelope())
+            ],
+            **base,
+        ),
         cmd.RevokeNode(
             command_id="nod-0000000000000001",
             node_id="node-3",
@@ -167,6 +186,7 @@ def event_samples() -> list[ev.DomainEvent]:
         ev.KeyRotationStarted(from_epoch=1, to_epoch=2, total=10),
         ev.KeyRotationProgressed(from_epoch=1, to_epoch=2, done=5, total=10),
         ev.KeyRotationCompleted(retired_epoch=1, current_epoch=2),
+        ev.EnvelopesAttested(count=2),
         ev.CommandRejected(
             command_id="put-0000000000000001",
             command_type="secret.put",
@@ -183,7 +203,7 @@ def event_samples() -> list[ev.DomainEvent]:
 
 
 def envelope() -> SecretEnvelope:
-    return SecretEnvelope(
+    envelope = SecretEnvelope(
         fleet=FLEET,
         repo="payments",
         name="s3",
@@ -194,10 +214,11 @@ def envelope() -> SecretEnvelope:
         written_at=T0,
         command_id="put-0000000000000001",
     )
+    return proven(envelope, admin())
 
 
 def apikey_envelope() -> SecretEnvelope:
-    return SecretEnvelope(
+    envelope = SecretEnvelope(
         fleet=FLEET,
         repo="payments",
         name="fgk_abcdefghijklmnop",
@@ -210,6 +231,7 @@ def apikey_envelope() -> SecretEnvelope:
             key_id="fgk_abcdefghijklmnop", scope="storage", access="read", label="CI reader"
         ),
     )
+    return proven(envelope, admin())
 
 
 def share_request(items: int = 3) -> ShareRequest:

@@ -21,6 +21,7 @@ from flashgate.events import commands as cmd
 from flashgate.events.domain import DomainEvent, decode_event
 from flashgate.events.signing import sign
 from tests.support.fleets import FleetFixture
+from tests.support.material import stated
 
 
 def new_command_id() -> str:
@@ -58,7 +59,9 @@ class Commands:
         command_id: str | None = None,
     ) -> cmd.PutSecret:
         return sign(
-            cmd.PutSecret(
+            stated(
+                cmd.PutSecret,
+                self.fleet.admin,
                 **self.base(command_id),
                 repo=repo,
                 name=name,
@@ -74,7 +77,9 @@ class Commands:
         self, repo: str, name: str, value: bytes, *, version: int, kind: str = "generic"
     ) -> cmd.RotateSecret:
         return sign(
-            cmd.RotateSecret(
+            stated(
+                cmd.RotateSecret,
+                self.fleet.admin,
                 **self.base(),
                 repo=repo,
                 name=name,

@@ -21,6 +21,7 @@ from flashgate.bridge.collector import Collector, encode_partial
 from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.protocol import Responder
+from flashgate.bridge.provenance import ProvenanceCheck
 from flashgate.bridge.store import Entry, EnvelopeStore, make_entry
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encoding import int_to_bytes
@@ -35,7 +36,7 @@ from flashgate.events.signing import sign
 from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.ceremony import Ceremony, run_ceremony
 from flashgate.fleet.descriptor import fleet_public_key
-from tests.support.material import TEST_BITS, fixed_primes, reference_private_key
+from tests.support.material import TEST_BITS, fixed_primes, proven, reference_private_key
 
 FLEET = "unit"
 EPOCH = 1
@@ -89,6 +90,14 @@ def roster(*, revoked: Iterable[str] = (), serial: int = 2) -> Roster:
     ]
     unsigned = Roster(fleet=FLEET, epoch=EPOCH, serial=serial, issued_at=T0, nodes=nodes)
     return sign(unsigned, fleet().admin_key)
+
+
+def prove_check() -> ProvenanceCheck:
+    """The provenance check of a node of the test fleet (every node active, every epoch
+    dealt to all)."""
+    return ProvenanceCheck(
+        admin=fleet().admin_key.public_key(), roster=roster, members=lambda _epoch: MEMBERS
+    )
 
 
 def reference_y(c: int) -> int:
@@ -150,18 +159,18 @@ def envelope_bytes(spec: SecretSpec) -> bytes:
         written_at=T0,
         api_key=api_key,
     )
-    return ENVELOPE_CODEC.encode(envelope)
+    return ENVELOPE_CODEC.encode(proven(envelope, fleet().admin_key))
 
 
 def make_test_entry(spec: SecretSpec, revision: int = 1) -> Entry:
     """A checked store entry for ``spec`` (every epoch maps to the test fleet key)."""
     keys = {spec.epoch: public_key()}
-    return make_entry(FLEET, spec.key, revision, envelope_bytes(spec), keys)
+    return make_entry(FLEET, spec.key, revision, envelope_bytes(spec), keys, prove=prove_check())
 
 
 def new_store(specs: Iterable[SecretSpec] = ()) -> EnvelopeStore:
     """A node's own copy of the secrets bucket holding ``specs`` (revisions 1, 2, ...)."""
-    store = EnvelopeStore(FLEET, {EPOCH: public_key()})
+    store = EnvelopeStore(FLEET, {EPOCH: public_key()}, prove_check())
     for revision, spec in enumerate(specs, start=1):
         assert store.ingest(spec.key, revision, envelope_bytes(spec)) is not None
     return store

@@ -81,3 +81,44 @@ def deal_test_epoch(
     return deal_next_epoch(
         current=current, roster=roster, admin=admin, primes=fixed_primes(pair), allow_insecure=True
     )
+
+
+def stated(command_type: Any, admin_key: Ed25519PrivateKey, **fields: Any) -> Any:
+    """``command_type(**fields)`` (a secret put/rotate or an API key create, unsigned) with
+    the admin's signed statement over the envelope it writes, as the CLI makes it."""
+    from flashgate.crypto.context import SecretContext
+    from flashgate.events.envelope import ProvenApiKey, make_statement
+    from flashgate.events.signing import sign
+
+    api_key = None
+    if "key_id" in fields:
+        name, kind, version = fields["key_id"], "apikey", 1
+        api_key = ProvenApiKey(
+            key_id=fields["key_id"], scope=fields["scope"], access=fields["access"]
+        )
+    else:
+        name, kind, version = fields["name"], fields["kind"], fields["version"]
+    context = SecretContext(
+        fleet=fields["fleet"], repo=fields["repo"], name=name, kind=kind, version=version
+    )
+    statement = make_statement(
+        context,
+        epoch=fields["epoch"],
+        token=fields["jwe"],
+        api_key=api_key,
+        command_id=fields["command_id"],
+        issued_at=fields["issued_at"],
+    )
+    return command_type(**fields, statement=sign(statement, admin_key))
+
+
+def proven(envelope: Any, admin_key: Ed25519PrivateKey) -> Any:
+    """``envelope`` with the admin's statement over it, as it stands."""
+    import msgspec
+
+    from flashgate.events.envelope import Provenance, statement_for
+    from flashgate.events.signing import sign
+
+    statement = statement_for(envelope, command_id="test-statement-0001", issued_at=0)
+    provenance = Provenance(statement=sign(statement, admin_key))
+    return msgspec.structs.replace(envelope, provenance=provenance)

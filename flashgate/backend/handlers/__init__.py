@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flashgate.backend.handlers import api_keys, fleet_admin, secrets
+from flashgate.backend.handlers import api_keys, attest, fleet_admin, secrets
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
 
@@ -39,6 +39,7 @@ HANDLERS: dict[type[cmd.Command], Handler] = {
     ),
     cmd.DeleteSecret: Handler(secrets.delete_secret, ev.SecretDeleted.event_type),
     cmd.CreateApiKey: Handler(api_keys.create_api_key, ev.ApiKeyCreated.event_type),
+    cmd.AttestEnvelopes: Handler(attest.attest_envelopes, ev.EnvelopesAttested.event_type),
     cmd.RenameApiKey: Handler(api_keys.rename_api_key, ev.ApiKeyRenamed.event_type),
     cmd.RevokeApiKey: Handler(api_keys.revoke_api_key, ev.ApiKeyRevoked.event_type),
     cmd.RevokeNode: Handler(fleet_admin.revoke_node, ev.NodeRevoked.event_type),

@@ -14,7 +14,13 @@ from flashgate.crypto.context import SecretContext
 from flashgate.errors import AlreadyExists, ConfigurationError, NotFound
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
-from flashgate.events.envelope import ApiKeyInfo, SecretEnvelope
+from flashgate.events.envelope import (
+    ApiKeyInfo,
+    Provenance,
+    ProvenApiKey,
+    SecretEnvelope,
+    provenance_text,
+)
 from flashgate.events.subjects import secret_key
 from flashgate.events.types import StorageAccess
 
@@ -31,7 +37,10 @@ async def create_api_key(tx: Transaction, command: cmd.CreateApiKey) -> tuple[st
     context = SecretContext(
         fleet=command.fleet, repo=command.repo, name=command.key_id, kind="apikey", version=1
     )
-    await tx.check_envelope(command.jwe, context, command.epoch)
+    proven = ProvenApiKey(key_id=command.key_id, scope=command.scope, access=command.access)
+    await tx.check_envelope(command.jwe, context, command.epoch, command.statement, proven)
+    assert command.statement is not None  # checked just above
+    provenance = Provenance(statement=command.statement)
     existing = await tx.session.scalar(select(ApiKey).where(ApiKey.key_id == command.key_id))
     if existing is not None:
         raise AlreadyExists(f"API key {command.key_id} exists")
@@ -46,6 +55,7 @@ async def create_api_key(tx: Transaction, command: cmd.CreateApiKey) -> tuple[st
             epoch=command.epoch,
             jwe=command.jwe,
             command_id=command.command_id,
+            provenance=provenance_text(provenance),
         )
     )
     envelope = SecretEnvelope(
@@ -64,6 +74,7 @@ async def create_api_key(tx: Transaction, command: cmd.CreateApiKey) -> tuple[st
             access=command.access,
             label=command.label,
         ),
+        provenance=provenance,
     )
     tx.put_envelope(envelope)
     data = ev.ApiKeyCreated(

@@ -30,7 +30,7 @@ from flashgate.errors import (
 )
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
-from flashgate.events.envelope import SecretEnvelope
+from flashgate.events.envelope import Provenance, SecretEnvelope, provenance_text
 from flashgate.events.subjects import secret_key
 from flashgate.events.types import WritableSecretKind
 
@@ -83,6 +83,7 @@ def _envelope(command: cmd.PutSecret | cmd.RotateSecret) -> SecretEnvelope:
         jwe=command.jwe,
         written_at=now_ms(),
         command_id=command.command_id,
+        provenance=None if command.statement is None else Provenance(statement=command.statement),
     )
 
 
@@ -128,11 +129,14 @@ async def write_in_one_step(
     if command.epoch not in state.keys:
         return None  # the general path re-reads the epochs first
     try:
-        check_envelope(state, command.jwe, secret_context(command), command.epoch)
+        context = secret_context(command)
+        check_envelope(state, command.jwe, context, command.epoch, command.statement)
     except FlashgateError:
         return None  # refused by the general path, with fresh epochs
     key = secret_key(command.repo, command.name)
     event = command_event(command, _written(command, command.version - 1), key, source=source)
+    envelope = _envelope(command)
+    assert envelope.provenance is not None
     write = SecretWrite(
         fleet_id=state.fleet_id,
         epoch=state.epoch,
@@ -146,9 +150,10 @@ async def write_in_one_step(
         version=command.version,
         envelope_epoch=command.epoch,
         jwe=command.jwe,
+        provenance=provenance_text(envelope.provenance),
         at=datetime.now(UTC),
         outbox=[
-            outbox.kv_put_row(state.names, _envelope(command)),
+            outbox.kv_put_row(state.names, envelope),
             outbox.event_row(state.names, event),
         ],
         fleet=state.names.fleet,
@@ -164,7 +169,9 @@ async def write_secret(
     tx: Transaction, command: cmd.PutSecret | cmd.RotateSecret
 ) -> tuple[str, ev.DomainEvent]:
     """The general path of a put or rotate: every check, and the refusals' words."""
-    await tx.check_envelope(command.jwe, secret_context(command), command.epoch)
+    await tx.check_envelope(command.jwe, secret_context(command), command.epoch, command.statement)
+    envelope = _envelope(command)
+    assert envelope.provenance is not None
     repository_id = await tx.repository_id(command.repo)
     connection = tx.connection
     key = secret_key(command.repo, command.name)
@@ -249,9 +256,10 @@ async def write_secret(
             "jwe": command.jwe,
             "command_id": command.command_id,
             "created_at": now,
+            "provenance": provenance_text(envelope.provenance),
         },
     )
-    tx.put_envelope(_envelope(command))
+    tx.put_envelope(envelope)
     return key, tx.event(_written(command, current), key)
 
 

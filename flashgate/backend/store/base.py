@@ -60,6 +60,7 @@ class SecretWrite:
     version: int
     envelope_epoch: int
     jwe: str
+    provenance: str  # JSON of the envelope's Provenance
     at: datetime
     outbox: Sequence[dict[str, Any]]  # in order: subject, msg_id, operation, payload
     fleet: str

@@ -71,8 +71,9 @@ _ADVANCE = """, written AS (
 )"""
 
 _ROWS = """, version AS (
-    INSERT INTO secret_versions (secret_id, version, epoch, jwe, command_id, created_at)
-    SELECT id, $8::integer, $10::integer, $11::text, $4::varchar, $9::timestamptz
+    INSERT INTO secret_versions
+        (secret_id, version, epoch, jwe, command_id, created_at, provenance)
+    SELECT id, $8::integer, $10::integer, $11::text, $4::varchar, $9::timestamptz, $21::text
     FROM written
 ), claim AS (
     INSERT INTO processed_commands
@@ -130,6 +131,7 @@ async def write_secret(connection: Fetchval, write: SecretWrite, *, rotate: bool
         write.fleet,
         write.actor,
         write.target,
+        write.provenance,
     )
     return bool(written)
 

@@ -87,8 +87,16 @@ def _write(connection: sqlite3.Connection, write: SecretWrite, rotate: bool) -> 
             secret_id = created.lastrowid
         connection.execute(
             "INSERT INTO secret_versions (secret_id, version, epoch, jwe, command_id, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (secret_id, write.version, write.envelope_epoch, write.jwe, write.command_id, at),
+            "created_at, provenance) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                secret_id,
+                write.version,
+                write.envelope_epoch,
+                write.jwe,
+                write.command_id,
+                at,
+                write.provenance,
+            ),
         )
         connection.execute(
             "INSERT INTO processed_commands (command_id, command_type, result, reason, "

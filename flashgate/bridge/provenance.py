@@ -1,0 +1,100 @@
+"""Checking who wrote an envelope before it is loaded or a partial is computed for it
+(DESIGN §8).
+
+An envelope is proven by the admin's signed
+:class:`~flashgate.events.envelope.EnvelopeStatement` about its context, its API key's id,
+scope and access, and its JWE (whole, under the stated epoch; and its body, which a re-wrap
+keeps). A JWE re-wrapped in a fleet key rotation is under another epoch than the statement:
+it is proven by the statement (its body unchanged) plus the
+:class:`~flashgate.events.envelope.RewrapAttestation` of the node that re-wrapped it, which
+must be active in this node's roster and a member of the envelope's epoch. Anything else
+is :class:`~flashgate.errors.Unproven`: never loaded, and no partial is computed for it, so
+whoever can write the bucket can neither plant a value nor use the fleet to decrypt a
+ciphertext of its choosing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from flashgate.errors import FlashgateError, SignatureInvalid, Unproven
+from flashgate.events.envelope import (
+    SecretEnvelope,
+    check_statement,
+    jwe_sha256,
+    proven_api_key,
+)
+from flashgate.events.fleet import Roster
+from flashgate.events.signing import verify
+from flashgate.fleet.identity_keys import load_ed25519_public
+
+
+def check_provenance(
+    envelope: SecretEnvelope,
+    admin: Ed25519PublicKey,
+    rewrapper_key: Callable[[str, int], Ed25519PublicKey | None],
+) -> None:
+    """Raise :class:`Unproven` unless ``envelope`` is proven. ``rewrapper_key(node, epoch)``
+    is the signing key of ``node`` if it may have re-wrapped an envelope to ``epoch``."""
+    where = envelope.key
+    provenance = envelope.provenance
+    if provenance is None:
+        raise Unproven(f"{where}: the envelope carries no proof of its writer")
+    statement, rewrap = provenance.statement, provenance.rewrap
+    check_statement(
+        statement,
+        envelope.context,
+        api_key=proven_api_key(envelope.api_key),
+        token=envelope.jwe,
+        epoch=envelope.epoch if rewrap is None else None,
+    )
+    try:
+        verify(statement, admin)
+    except SignatureInvalid:
+        raise Unproven(f"{where}: the admin's statement does not verify") from None
+    if rewrap is None:
+        return
+    if (
+        rewrap.epoch != envelope.epoch
+        or rewrap.epoch <= statement.epoch
+        or rewrap.jwe_sha256 != jwe_sha256(envelope.jwe)
+        or rewrap.statement_signature != statement.signature
+    ):
+        raise Unproven(f"{where}: the re-wrap attestation is about another envelope")
+    key = rewrapper_key(rewrap.node_id, envelope.epoch)
+    if key is None:
+        raise Unproven(f"{where}: re-wrapped by {rewrap.node_id}, not an active member")
+    try:
+        verify(rewrap, key)
+    except SignatureInvalid:
+        raise Unproven(f"{where}: the re-wrap attestation does not verify") from None
+
+
+@dataclass
+class ProvenanceCheck:
+    """:func:`check_provenance` with this node's pinned admin key, roster and epochs."""
+
+    admin: Ed25519PublicKey
+    roster: Callable[[], Roster]
+    members: Callable[[int], Mapping[str, int] | None]
+    _keys: dict[str, tuple[str, Ed25519PublicKey]] = field(default_factory=dict, repr=False)
+
+    def __call__(self, envelope: SecretEnvelope) -> None:
+        check_provenance(envelope, self.admin, self.rewrapper_key)
+
+    def rewrapper_key(self, node_id: str, epoch: int) -> Ed25519PublicKey | None:
+        node = self.roster().node(node_id)
+        members = self.members(epoch)
+        if node is None or node.status != "active" or members is None or node_id not in members:
+            return None
+        cached = self._keys.get(node_id)
+        if cached is None or cached[0] != node.signing_key:
+            try:
+                cached = (node.signing_key, load_ed25519_public(node.signing_key, "node key"))
+            except FlashgateError:
+                return None
+            self._keys[node_id] = cached
+        return cached[1]
