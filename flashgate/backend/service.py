@@ -52,7 +52,7 @@ from flashgate.backend.query_answers import Queries
 from flashgate.backend.reconcile import reconcile
 from flashgate.backend.rewrap import RewrapService
 from flashgate.backend.store import Store, open_store
-from flashgate.broker.connection import broker_errors, connect
+from flashgate.broker.connection import broker_errors, connect, inbox_replies_only
 from flashgate.broker.declare import declare_fleet
 from flashgate.errors import FlashgateError, FleetMismatch
 from flashgate.events.domain import decode_event, encode_event
@@ -591,7 +591,11 @@ class Backend:
                 with contextlib.suppress(Exception):
                     await msg.respond(await queries.answer(what, msg.data))
 
-            await self.nc.subscribe(names.query_subject(what), queue="backend", cb=handler)
+            await self.nc.subscribe(
+                names.query_subject(what),
+                queue="backend",
+                cb=inbox_replies_only(handler, f"query {what}"),
+            )
 
     async def _start_rewrap(self, names: FleetNames) -> None:
         """Re-wrapped envelopes from the bridges during a fleet key rotation."""
@@ -610,4 +614,6 @@ class Backend:
             with contextlib.suppress(Exception):
                 await msg.respond(reply)
 
-        await self.nc.subscribe(names.rewrap_subject, queue="backend", cb=handler)
+        await self.nc.subscribe(
+            names.rewrap_subject, queue="backend", cb=inbox_replies_only(handler, "re-wrap")
+        )

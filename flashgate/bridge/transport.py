@@ -33,7 +33,7 @@ from nats.aio.subscription import (
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from flashgate.broker.connection import broker_errors, connect
+from flashgate.broker.connection import broker_errors, connect, inbox_replies_only
 from flashgate.errors import BrokerUnavailable, FlashgateError
 from flashgate.events.subjects import FleetNames
 
@@ -118,7 +118,7 @@ class NatsTransport:
             self._on_drop[subject] = on_drop
         await self.connection.nc.subscribe(
             subject,
-            cb=handler,
+            cb=inbox_replies_only(handler, subject),
             pending_msgs_limit=pending_msgs or DEFAULT_SUB_PENDING_MSGS_LIMIT,
             pending_bytes_limit=pending_bytes or DEFAULT_SUB_PENDING_BYTES_LIMIT,
         )

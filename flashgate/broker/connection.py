@@ -36,6 +36,7 @@ reconnects (the connection closes on the first disconnect), ``n > 0`` tries each
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from flashgate.broker.version import (
     MIN_SERVER_VERSION,
@@ -84,6 +86,40 @@ def inbox_prefix(role: str, identity: str | None = None) -> str:
     Node: only its own NATS user may subscribe there)."""
     prefix = f"{INBOX_ROOT}.{validate_name(role, 'role')}"
     return prefix if identity is None else f"{prefix}.{validate_name(identity, 'identity')}"
+
+
+MsgHandler = Callable[[Msg], Awaitable[None]]
+
+
+def inbox_replies_only(handler: MsgHandler, what: str) -> MsgHandler:
+    """``handler`` for requests, refusing any whose reply subject is not an inbox.
+
+    A responder answers through ``allow_responses``, which lets it publish to whatever reply
+    subject the requester chose: a requester could name a bucket key (``$KV.…``) or a
+    JetStream API call as its reply, and the honest responder's answer would land there.
+    Every flashgate client asks with an ``_INBOX.<role>…`` reply; anything else is dropped
+    here, counted in the log (at most a line every ten seconds per ``what``)."""
+    last_said = 0.0
+    dropped = 0
+
+    async def guarded(msg: Msg) -> None:
+        nonlocal last_said, dropped
+        reply = msg.reply or ""
+        if not reply or reply.startswith(f"{INBOX_ROOT}."):
+            await handler(msg)
+            return
+        dropped += 1
+        now = time.monotonic()
+        if now - last_said >= 10.0:
+            last_said = now
+            _logger.warning(
+                "request with a reply subject that is not an inbox dropped",
+                what=what,
+                reply=reply[:_ERROR_TEXT_LIMIT],
+                dropped=dropped,
+            )
+
+    return guarded
 
 
 def check_server_version(version: str) -> tuple[int, int, int]:

@@ -55,8 +55,10 @@ def _js_on_streams(streams: list[str]) -> list[str]:
     """JetStream API calls to read ``streams`` and run consumers on them, by subject: the
     stream is a token of every such subject, so a grant names the streams it covers and
     nothing else (another role's stream, its durable consumer) is reachable."""
-    grants = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.ACK.>", "$JS.FC.>"]
+    grants = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]
     for stream in streams:
+        # acknowledgements and flow-control replies: on these streams only
+        grants += [f"$JS.ACK.{stream}.>", f"$JS.FC.{stream}.>"]
         grants += [
             f"$JS.API.STREAM.INFO.{stream}",
             f"$JS.API.STREAM.MSG.GET.{stream}",
@@ -84,6 +86,8 @@ def _js_durable(stream: str, durable: str) -> list[str]:
         f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
         f"$JS.API.CONSUMER.DELETE.{stream}.{durable}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+        f"$JS.FC.{stream}.{durable}.>",
     ]
 
 
@@ -150,36 +154,42 @@ def node_inbox_prefix(node_id: str) -> str:
 def node_permissions(names: FleetNames, node_id: str) -> dict[str, object]:
     """The permissions of one Bridge Node's own NATS identity.
 
-    It subscribes to its own share subject, its own node subjects and its own inbox, and
-    to the (signed) heartbeats of every node, and to nothing else: it can neither answer
-    another node's share, status or API-key requests nor read another node's replies. It
-    publishes
-    share requests to peers, its own heartbeats and node answers, re-wrap requests, and
-    reads the two buckets (KV watch consumers on the bucket streams only: never the
-    command stream, never another role's durable). It publishes nothing into the command
-    stream, and into the event stream only ``node.misbehaved`` (see docs/security-model.md).
-    Replies to the requests it receives go out through ``allow_responses`` (one reply each).
+    It subscribes to its own share, status and API-key subjects, its own inbox, and the
+    (signed) heartbeats of its peers, and to nothing else: it can neither answer another
+    node's requests nor read another node's replies. It publishes share requests to its
+    peers, its own heartbeat, re-wrap requests, and ``node.misbehaved`` into the event
+    stream (see docs/security-model.md), and reads the two buckets (KV watch consumers on
+    the bucket streams only: never the command stream, never another role's durable).
+
+    A node never receives a message it published: it may not publish to its own request
+    subjects, and its own heartbeat is not delivered to it. Otherwise it could send itself
+    a request whose reply subject is, say, ``$KV.<secrets>.<key>`` or a JetStream API call,
+    and ``allow_responses`` would carry its "answer" there. Replies to the requests it
+    receives go out through ``allow_responses`` (one reply each, within a minute).
     """
     f = f"fg.{names.fleet}"
     node = validate_name(node_id, "node id")
-    own = f"{f}.node.{node}"
+    kv_streams = _kv_streams(names)
     return {
         "publish": {
             "allow": [
                 f"{f}.share.*",
-                f"{own}.>",
+                names.heartbeat_subject(node),
                 f"{f}.evt.node.misbehaved",
                 f"{f}.rewrap",
-                *_js_on_streams(_kv_streams(names)),
+                *_js_on_streams(kv_streams),
             ],
+            "deny": [names.share_subject(node)],
         },
         "subscribe": {
             "allow": [
                 f"{node_inbox_prefix(node)}.>",
-                f"{f}.share.{node}",
-                f"{own}.>",
+                names.share_subject(node),
+                names.status_subject(node),
+                names.apikey_check_subject(node),
                 names.heartbeat_wildcard,  # peers' signed heartbeats: liveness
             ],
+            "deny": [names.heartbeat_subject(node)],
         },
         "allow_responses": {"max": 1, "expires": "1m"},
     }

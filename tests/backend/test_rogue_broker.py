@@ -19,6 +19,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
@@ -263,3 +264,21 @@ def write_home_config(
     (root / "config.json").write_text(json.dumps(config))
     (root / "config.json").chmod(0o600)
     return root
+
+
+async def test_a_request_whose_reply_is_not_an_inbox_gets_no_answer(
+    backend: Backend, home: FleetFixture, rogue: Client
+) -> None:
+    """The backend answers queries through ``allow_responses``: a requester naming a bucket
+    key as its reply subject would have the backend's answer written there."""
+    names = home.names
+    kv = await rogue.jetstream().key_value(names.secrets_bucket)
+    target = f"$KV.{names.secrets_bucket}.planted.key"
+    query = b'{"kind":"repositories"}'
+    await rogue.publish(names.query_subject("repositories"), query, reply=target)
+    await rogue.flush()
+    answered = await rogue.request(names.query_subject("repositories"), query, timeout=5)
+    assert answered.data  # an inbox reply is answered
+    await asyncio.sleep(0.5)
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await kv.get("planted.key")

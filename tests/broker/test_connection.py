@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -291,3 +292,21 @@ async def test_role_permissions_can_be_written_on_the_role_inbox(
     finally:
         for client in (responder, bridge, other):
             await client.close()
+
+
+async def test_requests_are_answered_only_to_an_inbox() -> None:
+    """The guard every flashgate responder (bridge share/status/API-key, backend queries and
+    re-wraps) sits behind: an answer goes to an ``_INBOX.`` reply or nowhere."""
+    from types import SimpleNamespace
+
+    from flashgate.broker.connection import inbox_replies_only
+
+    seen: list[str] = []
+
+    async def handler(msg: Any) -> None:
+        seen.append(msg.reply)
+
+    guarded = inbox_replies_only(handler, "test")
+    for reply in ("_INBOX.bridge.node-2.x", "", "$KV.fg-f-secrets.a.b", "$JS.API.STREAM.PURGE.X"):
+        await guarded(SimpleNamespace(reply=reply, data=b""))  # type: ignore[arg-type]
+    assert seen == ["_INBOX.bridge.node-2.x", ""]

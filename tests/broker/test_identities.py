@@ -9,6 +9,7 @@ out of the config, the server reloaded) it can no longer connect. Issue 14 §3.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -298,5 +299,72 @@ async def test_a_node_still_watches_the_buckets(server: NatsServerProcess, backe
         entry = await watcher.updates(timeout=5)
         assert entry is not None and entry.key == "repo.name"
         await watcher.stop()
+    finally:
+        await node1.close()
+
+
+# --- a node's replies go nowhere but to an inbox (the reply-subject trick) -------------------
+
+
+async def _answer_everything(node: Client, subject: str) -> None:
+    """A rogue node answers whatever it receives, to whatever reply subject it carries."""
+
+    async def answer(msg: Msg) -> None:
+        if msg.reply:
+            payload = b"{}" if "PURGE" in msg.reply else b"" if "DELETE" in msg.reply else b"EVIL"
+            await msg.respond(payload)
+
+    await node.subscribe(subject, cb=answer)
+
+
+@pytest.mark.parametrize(
+    "own_subject",
+    [
+        NAMES.status_subject("node-1"),
+        NAMES.apikey_check_subject("node-1"),
+        NAMES.heartbeat_subject("node-1"),
+        NAMES.share_subject("node-1"),
+    ],
+)
+async def test_a_node_cannot_send_itself_a_request_and_answer_it_anywhere(
+    server: NatsServerProcess, backend: Client, own_subject: str
+) -> None:
+    """Receiving a message it sent itself, with a reply subject of its choice, would let
+    ``allow_responses`` carry its answer to any subject: a bucket key, the JetStream API.
+    A node never receives what it publishes (its own request subjects are not its to
+    publish, its own heartbeat is not delivered to it)."""
+    kv = await backend.jetstream().key_value(NAMES.secrets_bucket)
+    await kv.put("payments.s3", b"GOOD")
+    node1 = await _node(server, "node-1")
+    try:
+        with contextlib.suppress(Exception):
+            await _answer_everything(node1, NAMES.heartbeat_wildcard)
+        for subject in (own_subject, f"fg.{NAMES.fleet}.node.node-1.>"):
+            with contextlib.suppress(Exception):
+                await _answer_everything(node1, subject)
+        await flush(node1)
+        for reply in (
+            f"$KV.{NAMES.secrets_bucket}.payments.s3",
+            f"$JS.API.CONSUMER.DELETE.{NAMES.command_stream}.{BACKEND_DURABLE}",
+            f"$JS.API.STREAM.PURGE.KV_{NAMES.secrets_bucket}",
+        ):
+            with contextlib.suppress(Exception):
+                await node1.publish(own_subject, b"x", reply=reply)
+                await flush(node1)
+            await asyncio.sleep(0.3)
+        assert (await kv.get("payments.s3")).value == b"GOOD"
+        info = await backend.jetstream().consumer_info(NAMES.command_stream, BACKEND_DURABLE)
+        assert info.name == BACKEND_DURABLE
+    finally:
+        await node1.close()
+
+
+async def test_a_node_may_ack_only_on_the_bucket_streams(server: NatsServerProcess) -> None:
+    """``$JS.ACK`` on the command stream would let a node acknowledge (or terminate) a
+    command the backend has not applied yet."""
+    node1 = await _node(server, "node-1")
+    try:
+        ack = f"$JS.ACK.{NAMES.command_stream}.{BACKEND_DURABLE}.1.1.1.0.0"
+        assert await _delivered(server, ack, node1, ack) == []
     finally:
         await node1.close()
