@@ -7,6 +7,8 @@ version wrote it (no statement in the database or the bucket) gets one from ``fl
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import nats
 import pytest
@@ -55,21 +57,30 @@ async def test_attest_adopts_old_envelopes_once(system: Home) -> None:  # noqa: 
     check_provenance(written, admin, _no_rewraps)  # the CLI's own writes are proven
 
     # as an older version wrote it: no statement, in the database or the bucket
-    running.sql("UPDATE secret_versions SET provenance = NULL")
+    await asyncio.to_thread(running.sql, "UPDATE secret_versions SET provenance = NULL")
     old = msgspec.structs.replace(written, provenance=None)
     await _put_raw(running, "app.db-password", old)
     with pytest.raises(Unproven):
         check_provenance(old, admin, _no_rewraps)
 
-    report = await running.json("fleet", "attest")
-    assert report == {"checked": 1, "attested": 1}
+    # Without --yes it only lists what it would sign (nothing is signed).
+    listed = await running.json("fleet", "attest")
+    assert listed["attested"] == 0 and len(listed["unproven"]) == 1
+    assert "app/db-password generic v1" in listed["unproven"][0]
+    report = await running.json("fleet", "attest", "--yes")
+    assert report["checked"] == 1 and report["attested"] == 1
     for _ in range(100):
         adopted, _ = await _bucket(running, "app.db-password")
         if adopted.provenance is not None:
             break
     check_provenance(adopted, admin, _no_rewraps)
     assert adopted.jwe == old.jwe
-    [(stored,)] = running.sql("SELECT provenance FROM secret_versions")
+    [(stored,)] = await asyncio.to_thread(running.sql, "SELECT provenance FROM secret_versions")
     assert stored is not None
 
-    assert await running.json("fleet", "attest") == {"checked": 1, "attested": 0}
+    # A migration, once per home: a second run is refused (whatever lacks a statement now
+    # was not written by the admin tooling), unless --again.
+    again = await running.run("fleet", "attest", "--yes")
+    assert again.returncode != 0 and "attested envelopes before" in again.stderr.decode()
+    report = await running.json("fleet", "attest", "--yes", "--again")
+    assert report["checked"] == 1 and report["attested"] == 0
