@@ -64,7 +64,7 @@ class ProtocolLimits:
     request_cost: int = 4  # the least a request costs (its signature check, its id)
     proof_cost: int = 32  # per item with a proof (two secret-exponent powmods, uncached)
     max_proof_items: int = 8  # items per request when proofs are asked for
-    replay_ids: int = 200_000  # request ids remembered within the window, at most
+    replay_ids: int = 200_000  # request ids remembered within the window, per requester
 
     def cost(self, items: int, proofs: bool) -> int:
         return items * self.proof_cost if proofs else max(self.request_cost, items)

@@ -10,7 +10,7 @@ reason:
     ``bad_signature``  the Ed25519 signature does not verify under the given key
     ``replay``         the request id was seen within the replay window (2 x skew: an
                        older request is refused as stale anyway)
-    ``replay_cache_full``  the cache holds as many ids as it may, none of them older
+    ``replay_cache_full``  the signer's cache holds as many ids as it may, none of them older
                        than the window: a request is refused rather than an id forgotten
                        while a replay of it would still be fresh
 
@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from flashgate.errors import Refused, SignatureInvalid
 from flashgate.events.signing import verify
@@ -107,7 +108,17 @@ class RequestScreen:
         self.clock = clock
         self.authenticate_first = authenticate_first
         self.refused: Counter[str] = Counter()
-        self._replays = ReplayCache(2 * skew_ms, max_ids)
+        self._max_ids = max_ids
+        # One cache per signing key: the signature binds a request id to its signer, so a
+        # signer (a peer at its rate limit, a compromised node) can fill only its own.
+        self._replays: dict[bytes, ReplayCache] = {}
+
+    def _replays_of(self, key: Ed25519PublicKey) -> ReplayCache:
+        signer = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        cache = self._replays.get(signer)
+        if cache is None:
+            cache = self._replays[signer] = ReplayCache(2 * self.skew_ms, self._max_ids)
+        return cache
 
     def check(
         self,
@@ -137,11 +148,12 @@ class RequestScreen:
             raise Refused("stale", "issued-at outside the skew window")
         if not self.authenticate_first:
             self._authentic(request, key)
-        if self._replays.seen(request.request_id, now):
+        replays = self._replays_of(key)
+        if replays.seen(request.request_id, now):
             raise Refused("replay")
         if admit is not None:
             admit(now)
-        if not self._replays.add(request.request_id, now):
+        if not replays.add(request.request_id, now):
             raise Refused("replay_cache_full", "too many requests within the replay window")
         return now
 

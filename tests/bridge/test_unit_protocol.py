@@ -274,6 +274,17 @@ def test_a_full_replay_cache_refuses_rather_than_forget_an_id_inside_the_window(
     scene.responder.screen(scene.request()[0])
 
 
+def test_a_requester_filling_the_replay_cache_locks_out_only_itself() -> None:
+    """The ids are remembered per signer: one peer at its rate limit (or a compromised
+    one) fills its own share of the cache and is refused; the others are not."""
+    scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, replay_ids=2))
+    scene.responder.screen(scene.request("node-1")[0])
+    scene.responder.screen(scene.request("node-1")[0])
+    assert scene.refusal(scene.request("node-1")[0]) == "replay_cache_full"
+    scene.responder.screen(scene.request("node-3")[0])  # another requester: still served
+    scene.responder.screen(scene.request("node-3")[0])
+
+
 def test_rate_limited_with_a_frozen_clock_then_allowed_after_it_advances() -> None:
     scene = Scene(limits=ProtocolLimits(skew_ms=SKEW_MS, rate_per_second=16.0, burst=12))
     for _ in range(3):
