@@ -66,6 +66,8 @@ class AdminRpcs:
     clock: Clock
     #: Buckets bound and their initial values loaded (the node's readiness).
     ready: Callable[[], bool] = lambda: False
+    #: How many tombstones this node keeps (:mod:`flashgate.bridge.tombstones`).
+    tombstones: Callable[[], int] = lambda: 0
 
     def __post_init__(self) -> None:
         self.screen = RequestScreen(
@@ -126,6 +128,7 @@ class AdminRpcs:
             share_requests_served=self.responder.served,
             share_requests_refused=dict(self.responder.refused),
             misbehaviour=dict(self.peers.misbehaviour),
+            tombstones=self.tombstones(),
             ready=self.ready(),
         )
         return response

@@ -17,7 +17,8 @@ The parts, each in a module of its own:
 
 - :mod:`~flashgate.bridge.transport`: the NATS connection (a state object) and every call
   to the client;
-- :mod:`~flashgate.bridge.fleet_follower`: the roster, fleet key rotations, retirements;
+- :mod:`~flashgate.bridge.fleet_follower`: the roster, fleet key rotations, retirements,
+  tombstones (:mod:`~flashgate.bridge.tombstones`);
 - :mod:`~flashgate.bridge.secrets_watch`: the secrets bucket into the store and the loader;
 - :mod:`~flashgate.bridge.share_service` (with :mod:`~flashgate.bridge.protocol`): answering
   peers' share requests; :mod:`~flashgate.bridge.collector` and
@@ -58,9 +59,12 @@ from flashgate.bridge.screening import Clock, wall_clock_ms
 from flashgate.bridge.secrets_watch import SecretsWatch
 from flashgate.bridge.share_service import ShareService
 from flashgate.bridge.store import Entry, EnvelopeStore
+from flashgate.bridge.tombstones import Tombstone, Tombstones, tombstones_path
 from flashgate.bridge.transport import DROP_LOG_EVERY_S, NatsTransport
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
+from flashgate.errors import Tombstoned
+from flashgate.events.envelope import SecretEnvelope
 from flashgate.events.fleet import Roster
 from flashgate.events.node_status import APIKEY_CHECK_RESULT_CODEC, STATUS_RESPONSE_CODEC
 from flashgate.events.subjects import FleetNames
@@ -118,13 +122,21 @@ class BridgeNode:
         self.collectors: dict[int, Collector] = {}
         roster = starting_roster(bundle)
         admin_key = load_ed25519_public(bundle.admin_key, "admin key")
-        self.store = EnvelopeStore(
+        bundle_path = self.settings.bundle_path
+        self.tombstones = Tombstones(
             self.names.fleet,
-            {first.epoch: first.public.key},
-            ProvenanceCheck(
-                admin=admin_key, roster=lambda: self.fleet.roster, members=self.ring.members_of
-            ),
+            admin_key,
+            None if bundle_path is None else tombstones_path(bundle_path),
         )
+        provenance = ProvenanceCheck(
+            admin=admin_key, roster=lambda: self.fleet.roster, members=self.ring.members_of
+        )
+
+        def prove(envelope: SecretEnvelope) -> None:  # who wrote it, and is it still alive
+            provenance(envelope)
+            self.tombstones.check(envelope)
+
+        self.store = EnvelopeStore(self.names.fleet, {first.epoch: first.public.key}, prove)
         self.peers = PeerBook(self.node_id, roster)
         self.loader = Loader(
             vault=self.vault, collectors=self.collectors, on_unopenable=self._on_unopenable
@@ -173,6 +185,8 @@ class BridgeNode:
             on_roster=self.loader.wake,
             on_epoch=self._on_new_epoch,
             on_revoked=self._on_revoked,
+            tombstones=self.tombstones,
+            on_tombstone=self._on_tombstone,
             bundle_path=self.settings.bundle_path,
             passphrase=self.settings.passphrase,
         )
@@ -191,6 +205,7 @@ class BridgeNode:
             partials_for=self.ring.partials_for,
             fetch_latest=self.secrets.fetch_latest,
             on_request=self.peers.seen,
+            held_version=self.vault.version_of,
         )
         self.admin = AdminRpcs(
             fleet=self.names.fleet,
@@ -208,6 +223,7 @@ class BridgeNode:
             started_at=self.started_at,
             clock=self.clock,
             ready=lambda: self.ready,
+            tombstones=lambda: len(self.tombstones),
         )
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
         self._share_in_flight = asyncio.Semaphore(SHARE_IN_FLIGHT)
@@ -324,6 +340,14 @@ class BridgeNode:
 
     def _on_revoked(self) -> None:
         self._stopped.set()
+
+    def _on_tombstone(self, tombstone: Tombstone) -> None:
+        """A secret deleted or an API key revoked by the admin: whatever the bucket does
+        next, no envelope of it stated before is held or served from now on."""
+        for key in self.store.drop_where(self.tombstones.dead):
+            self.loader.forget(key)
+            self.loader.reject(key, Tombstoned.code)
+            log.info("secret dropped by a tombstone", key=key, target=tombstone.target)
 
     def _on_new_epoch(self) -> None:
         self._spawn(self.secrets.reingest_rejected())

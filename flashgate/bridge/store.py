@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from flashgate.crypto import jwe
 from flashgate.crypto.publickey import FleetPublicKey
-from flashgate.errors import FlashgateError, StaleEpoch
+from flashgate.errors import FlashgateError, StaleEpoch, Tombstoned
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope, check_envelope_location
 
 
@@ -123,6 +123,20 @@ class EnvelopeStore:
         self._replaced.pop(key, None)
         self._seen.pop(key, None)
         return self.current.pop(key, None)
+
+    def drop_where(self, dead: Callable[[SecretEnvelope], bool]) -> list[str]:
+        """Forget every revision (current or in flight) whose envelope is ``dead``; the
+        keys whose current revision went are returned, marked rejected ``deleted``."""
+        for key, entry in list(self._replaced.items()):
+            if dead(entry.envelope):
+                del self._replaced[key]
+        dropped = []
+        for key, entry in list(self.current.items()):
+            if dead(entry.envelope):
+                del self.current[key]
+                self.rejected[key] = Tombstoned.code
+                dropped.append(key)
+        return dropped
 
     def lookup(self, key: str, revision: int) -> Entry | None:
         """The current revision of ``key`` or the one it replaced; None for any other."""

@@ -71,6 +71,16 @@ class FleetNames:
         """The admin-signed ``fleet.rotation.finish`` command that retires ``epoch``."""
         return f"retired.{_epoch(epoch)}"
 
+    #: Fleet-bucket keys of the admin-signed tombstones (the ``secret.delete`` and
+    #: ``apikey.revoke`` commands as signed) that nodes keep for good.
+    TOMBSTONE_PREFIX = "tombstone."
+
+    def secret_tombstone_key(self, repo: str, name: str) -> str:
+        return f"{self.TOMBSTONE_PREFIX}secret.{secret_key(repo, name)}"
+
+    def api_key_tombstone_key(self, key_id: str) -> str:
+        return f"{self.TOMBSTONE_PREFIX}apikey.{validate_name(key_id, 'API key id')}"
+
     #: The backend's durable consumer on the command stream (its replicas share it).
     COMMAND_CONSUMER = "backend"
 
