@@ -23,6 +23,7 @@ it can only remove lines, and that needs the node's own disk.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ class Tombstones:
         self._latest: dict[str, int] = {}  # target -> the latest issued_at accepted
         self.refused = 0  # tombstones that did not check (forged, foreign, malformed)
         self._unsaved: list[bytes] = []  # accepted, not yet on disk (:meth:`save`)
+        self._checked: set[bytes] = set()  # digests of the exact documents checked already
 
     def __len__(self) -> int:
         return len(self._latest)
@@ -99,12 +101,16 @@ class Tombstones:
         """Take a tombstone read from the fleet bucket. Returns it when it is news (a target
         not dead up to its time yet; :meth:`save` then keeps it on disk); None when it
         changes nothing or does not check (counted and logged)."""
+        digest = hashlib.sha256(raw).digest()
+        if digest in self._checked:  # read back from disk already: no second verify
+            return None
         try:
             tombstone = self.parse(raw)
         except FlashgateError as exc:
             self.refused += 1
             log.warning("tombstone refused", reason=exc.code, detail=exc.message[:200])
             return None
+        self._checked.add(digest)
         if not self._take(tombstone):
             return None
         self._unsaved.append(raw)
@@ -141,6 +147,7 @@ class Tombstones:
                     continue
                 try:
                     self._take(self.parse(line))
+                    self._checked.add(hashlib.sha256(line).digest())
                 except FlashgateError as exc:
                     self.refused += 1
                     log.error(
