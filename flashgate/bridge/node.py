@@ -63,7 +63,7 @@ from flashgate.bridge.tombstones import Tombstone, Tombstones, tombstones_path
 from flashgate.bridge.transport import DROP_LOG_EVERY_S, NatsTransport
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
-from flashgate.errors import Tombstoned
+from flashgate.errors import Tombstoned, Unproven
 from flashgate.events.envelope import SecretEnvelope
 from flashgate.events.fleet import Roster
 from flashgate.events.node_status import APIKEY_CHECK_RESULT_CODEC, STATUS_RESPONSE_CODEC
@@ -128,7 +128,7 @@ class BridgeNode:
             admin_key,
             None if bundle_path is None else tombstones_path(bundle_path),
         )
-        provenance = ProvenanceCheck(
+        self.provenance = provenance = ProvenanceCheck(
             admin=admin_key, roster=lambda: self.fleet.roster, members=self.ring.members_of
         )
 
@@ -182,7 +182,7 @@ class BridgeNode:
             vault=self.vault,
             transport=self.transport,
             report=self.liveness.report_misbehaviour,
-            on_roster=self.loader.wake,
+            on_roster=self._on_roster,
             on_epoch=self._on_new_epoch,
             on_revoked=self._on_revoked,
             tombstones=self.tombstones,
@@ -340,6 +340,14 @@ class BridgeNode:
 
     def _on_revoked(self) -> None:
         self._stopped.set()
+
+    def _on_roster(self) -> None:
+        """A new roster: envelopes re-wrapped by a node it revokes are proven no more, so no
+        partial is computed for them from now on (the value held stays: its body is the
+        admin's; the rotation that follows a revocation re-wraps them)."""
+        for key in self.store.drop_where(self.provenance.rewrap_revoked, Unproven.code):
+            log.warning("envelope re-wrapped by a node revoked since; not served", key=key)
+        self.loader.wake()
 
     def _on_tombstone(self, tombstone: Tombstone) -> None:
         """A secret deleted or an API key revoked by the admin: whatever the bucket does

@@ -124,9 +124,11 @@ class EnvelopeStore:
         self._seen.pop(key, None)
         return self.current.pop(key, None)
 
-    def drop_where(self, dead: Callable[[SecretEnvelope], bool]) -> list[str]:
+    def drop_where(
+        self, dead: Callable[[SecretEnvelope], bool], reason: str = Tombstoned.code
+    ) -> list[str]:
         """Forget every revision (current or in flight) whose envelope is ``dead``; the
-        keys whose current revision went are returned, marked rejected ``deleted``."""
+        keys whose current revision went are returned, marked rejected with ``reason``."""
         for key, entry in list(self._replaced.items()):
             if dead(entry.envelope):
                 del self._replaced[key]
@@ -134,7 +136,7 @@ class EnvelopeStore:
         for key, entry in list(self.current.items()):
             if dead(entry.envelope):
                 del self.current[key]
-                self.rejected[key] = Tombstoned.code
+                self.rejected[key] = reason
                 dropped.append(key)
         return dropped
 
