@@ -138,9 +138,12 @@ class _Dropped(Exception):
 
 def _event_time_ms(event: DomainEvent) -> int:
     try:
-        return int(datetime.fromisoformat(event.time).timestamp() * 1000)
+        stamp = datetime.fromisoformat(event.time)
+        if stamp.tzinfo is None:
+            raise ValueError("no time zone")
+        return int(stamp.timestamp() * 1000)
     except (ValueError, OverflowError) as exc:
-        raise _Dropped("garbage", "its time is not a timestamp") from exc
+        raise _Dropped("garbage", "its time is not a timestamp with a zone") from exc
 
 
 @dataclass

@@ -138,6 +138,12 @@ def _altered(raw: bytes) -> bytes:
     return msgspec.json.encode(doc)
 
 
+def _retimed(raw: bytes, when: str) -> bytes:
+    doc = msgspec.json.decode(raw)
+    doc["time"] = when  # the signature no longer fits either: the time is checked first
+    return msgspec.json.encode(doc)
+
+
 def _backend_outcome() -> bytes:
     event = ev.make_event(
         ev.CommandRejected(command_id=None, command_type="secret.put", reason="forged"),
@@ -168,6 +174,8 @@ FORGED = {
     ),
     "oversized": (lambda: report("node-1") + b" " * ev.MAX_EVENT_BYTES, "oversized"),
     "garbage": (lambda: b"\x00\xffnot json", "garbage"),
+    "no-time-zone": (lambda: _retimed(report("node-1"), "2026-12-03T01:00:00"), "garbage"),
+    "not-a-time": (lambda: _retimed(report("node-1"), "yesterday"), "garbage"),
     "json-but-no-event": (lambda: b'{"specversion": "1.0"}', "garbage"),
     "unknown-type": (
         lambda: report("node-1").replace(b"io.flashgate.node.misbehaved", b"io.flashgate.x.y"),
