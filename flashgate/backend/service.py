@@ -4,7 +4,8 @@ Start-up, in order: pin the fleet (fleet directory, checked against the database
 check the database schema, take the SQLite single-replica lock, connect to NATS and
 declare the fleet's streams and buckets, publish the descriptors and roster to the fleet
 bucket, drain the outbox, reconcile the secrets bucket, then consume commands, relay the
-outbox and answer metadata queries until stopped.
+outbox, answer metadata queries and relay the nodes' signed reports into the event stream
+(nodes may not publish there: :mod:`flashgate.backend.node_reports`) until stopped.
 
 Every event it publishes is signed on its way out with the backend's event key
 (``backend.key``, :mod:`flashgate.fleet.backend_key`), so the admin tooling can tell its
