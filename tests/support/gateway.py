@@ -37,7 +37,7 @@ from flashgate.gateway.authority import Grant
 
 #: The upstream's own credential in tests: it must never reach a client or a log.
 UPSTREAM_ACCESS_KEY = "AKIAUPSTREAMCANARY0001"
-UPSTREAM_SECRET_KEY = "upstream-secret-CANARY-7f3a9c1e-never-leak"  # noqa: S105
+UPSTREAM_SECRET_KEY = "upstream-secret-CANARY-7f3a9c1e-never-leak"
 REAL_BUCKET = "real-bucket-canary-0042"
 
 
@@ -187,7 +187,8 @@ async def serve_gateway(
     records: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[str]:
     """Host :class:`flashgate.gateway.s3.S3Gateway` on loopback; yield its base URL.
-    ``records`` receives each request's accounting keys (``fg.*``)."""
+    ``records`` receives, per request, its accounting keys (``fg.*``), the answer's status
+    and headers, and its body when it was not streamed (documents the gateway wrote)."""
     from flashgate.gateway.s3 import S3Gateway, claims
 
     session = aiohttp.ClientSession()
@@ -196,11 +197,14 @@ async def serve_gateway(
     async def handler(request: web.Request) -> web.StreamResponse:
         if not claims(request):
             return web.Response(status=404, text="not an S3 request")
-        try:
-            return await gateway.handle(request)
-        finally:
-            if records is not None:
-                records.append({k: v for k, v in request.items() if k.startswith("fg.")})
+        response = await gateway.handle(request)
+        if records is not None:
+            record: dict[str, Any] = {k: v for k, v in request.items() if k.startswith("fg.")}
+            record["status"] = response.status
+            record["headers"] = dict(response.headers)
+            record["body"] = response.body if isinstance(response, web.Response) else None
+            records.append(record)
+        return response
 
     app = web.Application(client_max_size=1024**3)
     app.router.add_route("*", "/{tail:.*}", handler)
@@ -280,7 +284,9 @@ def rclone_upstream(
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"rclone serve s3 did not start: {log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"rclone serve s3 did not start: {log.read_text()[-2000:]}"
+                ) from None
             time.sleep(0.05)
     try:
         yield Upstream(f"http://127.0.0.1:{port}", root, process, log)
