@@ -324,7 +324,8 @@ def boto3_client(
         verify=str(ca) if ca else None,
         config=Config(
             s3={"addressing_style": "path"},
-            retries={"max_attempts": 1, "mode": "standard"},
+            signature_version="s3v4",  # botocore presigns with SigV2 otherwise
+            retries={"total_max_attempts": 1, "mode": "standard"},
             **config,
         ),
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 import aiohttp
+import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
@@ -57,12 +58,19 @@ CREDENTIAL_CODES = frozenset(
 )
 _BODY_OPERATIONS = frozenset({"PutObject", "UploadPart"})
 _UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+log = structlog.get_logger("flashgate.gateway.s3")
 
 
 def claims(request: web.Request) -> bool:
-    """Does the request carry SigV4 authentication (this gateway's to answer)?"""
+    """Does the request carry AWS authentication (this gateway's to answer)? SigV4, and
+    SigV2 too so that its client gets an S3 error saying to sign with SigV4."""
     authorization = request.headers.get("Authorization", "")
-    return authorization.startswith(sigv4.ALGORITHM) or "X-Amz-Algorithm" in request.query
+    query = request.query
+    return (
+        authorization.startswith((sigv4.ALGORITHM, "AWS "))
+        or "X-Amz-Algorithm" in query
+        or ("AWSAccessKeyId" in query and "Signature" in query)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +124,26 @@ class S3Gateway:
             return await self._handle(request, request_id)
         except S3Refused as refused:
             return self._error(request, refused, request_id)
+        except (ConnectionError, aiohttp.ClientPayloadError):
+            raise  # the client went away: nothing to answer
+        except Exception as failed:  # a defect: an S3 error, never a traceback to the client
+            log.error("s3 request failed", request_id=request_id, error=type(failed).__name__)
+            internal = S3Refused("InternalError", 500, "we encountered an internal error")
+            return self._error(request, internal, request_id)
 
     # ------------------------------------------------------------------ authentication
 
     def _authenticate(self, req: _Request) -> tuple[Grant, sigv4.Authorization, bytes]:
         authorization = req.header("authorization")
         presigned = any(n == "X-Amz-Algorithm" for n, _ in req.query)
+        if (authorization or "").startswith("AWS ") or any(
+            n == "AWSAccessKeyId" for n, _ in req.query
+        ):
+            raise S3Refused(
+                "InvalidRequest",
+                400,
+                "Signature Version 2 is not supported; sign with AWS4-HMAC-SHA256 (s3v4)",
+            )
         if authorization is not None and presigned:
             raise S3Refused("InvalidArgument", 400, "only one authentication mechanism is allowed")
         if authorization is not None:
@@ -307,7 +329,7 @@ class S3Gateway:
     ) -> web.StreamResponse:
         status = answer.status
         if status >= 300 and status != 304:
-            raw = b"" if request.method == "HEAD" else await answer.content.read(MAX_ERROR_BODY)
+            raw = b"" if request.method == "HEAD" else await _read_all(answer, MAX_ERROR_BODY)
             code = documents.upstream_code(raw)
             if code in CREDENTIAL_CODES or status in (301, 302, 307, 308):
                 request["fg.upstream_error"] = True
@@ -320,9 +342,14 @@ class S3Gateway:
                 return web.Response(status=status, headers=self._base_headers(request_id))
             raise S3Refused(code or "InternalError", status, _generic_message(code, status))
         headers = CIMultiDict(upstream.relayed_response_headers(answer.headers.items()))
+        if status == 200 and "Content-Range" in headers:
+            status = 206  # some S3-compatible servers answer a range with 200
+        if status == 206:  # a whole object's checksum does not describe a range of it
+            for name in [n for n in headers if n.lower().startswith(checksums.PREFIX)]:
+                headers.popall(name, None)
         headers.update(self._base_headers(request_id))
         if op.names_bucket and request.method != "HEAD":
-            raw = await answer.content.read(MAX_REWRITTEN + 1)
+            raw = await _read_all(answer, MAX_REWRITTEN + 1)
             if len(raw) > MAX_REWRITTEN:
                 request["fg.upstream_error"] = True
                 raise S3Refused("InternalError", 502, "the storage provider's answer is too large")
@@ -373,6 +400,17 @@ class S3Gateway:
         document = documents.error(refused.s3_code, refused.message, raw_path, request_id)
         request["fg.bytes_out"] = len(document)
         return web.Response(status=refused.status, body=document, headers=headers)
+
+
+async def _read_all(answer: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The upstream's body up to ``limit`` bytes (a read returns what has arrived)."""
+    out = bytearray()
+    while len(out) < limit:
+        piece = await answer.content.read(limit - len(out))
+        if not piece:
+            break
+        out += piece
+    return bytes(out)
 
 
 def _invalid_key() -> S3Refused:

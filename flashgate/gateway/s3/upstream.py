@@ -22,6 +22,7 @@ The payload hash the upstream signature names is chosen by :func:`payload_mode`:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 from botocore.auth import S3SigV4Auth
@@ -117,6 +118,10 @@ RESPONSE_HEADERS = frozenset(
 )
 
 
+# botocore's signer logs each canonical request at DEBUG: the real bucket's path and host.
+logging.getLogger("botocore.auth").setLevel(logging.INFO)
+
+
 class _Signer(S3SigV4Auth):  # type: ignore[misc]  # botocore has no types
     """botocore's S3 signer with the payload hash chosen here (:func:`payload_mode`)."""
 
@@ -172,13 +177,16 @@ def relayed_request_headers(
 
 
 def relayed_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [
-        (name, value)
-        for name, value in headers
-        if (lname := name.lower()) in RESPONSE_HEADERS
-        or lname.startswith("x-amz-meta-")
-        or lname.startswith(checksums.PREFIX)
-    ]
+    """The upstream's headers the client gets; ``x-amz-meta-*`` names in lower case, as S3
+    answers them (some S3-compatible servers capitalise them)."""
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname.startswith("x-amz-meta-"):
+            out.append((lname, value))
+        elif lname in RESPONSE_HEADERS or lname.startswith(checksums.PREFIX):
+            out.append((name, value))
+    return out
 
 
 def sign(
