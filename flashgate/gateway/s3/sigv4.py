@@ -168,8 +168,14 @@ def string_to_sign(amz_date: str, scope: Scope, request: str) -> str:
 
 
 def signing_key(secret: bytes | memoryview, scope: Scope) -> bytes:
-    """HMAC chain ``AWS4`` + secret, date, region, service, ``aws4_request``."""
-    key = hmac.digest(b"AWS4" + bytes(secret), scope.date.encode(), "sha256")
+    """HMAC chain ``AWS4`` + secret, date, region, service, ``aws4_request``. The one
+    copy of the secret made here (the first HMAC key) is zeroed after use."""
+    first = bytearray(b"AWS4")
+    first += secret
+    try:
+        key = hmac.digest(first, scope.date.encode(), "sha256")
+    finally:
+        first[:] = bytes(len(first))
     key = hmac.digest(key, scope.region.encode(), "sha256")
     key = hmac.digest(key, scope.service.encode(), "sha256")
     return hmac.digest(key, b"aws4_request", "sha256")
