@@ -96,9 +96,15 @@ class Profile:
     verify_round_s: float
 
 
-SMOKE = Profile(rounds=1, fixed_seconds=0.3, saturation_seconds=0.3, concurrency=2, verify_round_s=0.02)
-QUICK = Profile(rounds=2, fixed_seconds=2.0, saturation_seconds=2.0, concurrency=8, verify_round_s=0.2)
-FULL = Profile(rounds=4, fixed_seconds=12.0, saturation_seconds=8.0, concurrency=8, verify_round_s=0.5)
+SMOKE = Profile(
+    rounds=1, fixed_seconds=0.3, saturation_seconds=0.3, concurrency=2, verify_round_s=0.02
+)
+QUICK = Profile(
+    rounds=2, fixed_seconds=2.0, saturation_seconds=2.0, concurrency=8, verify_round_s=0.2
+)
+FULL = Profile(
+    rounds=4, fixed_seconds=12.0, saturation_seconds=8.0, concurrency=8, verify_round_s=0.5
+)
 
 FIXED = (("GET", 4 * KIB, 200.0), ("PUT", 4 * KIB, 100.0), ("GET", MIB, 20.0), ("PUT", MIB, 10.0))
 SATURATION = (("GET", 4 * KIB), ("PUT", 4 * KIB), ("GET", MIB), ("PUT", MIB))
@@ -216,11 +222,24 @@ def upstream(root: Path) -> Iterator[str]:
     (root / "data" / BUCKET).mkdir(parents=True)
     port = free_port()
     process = subprocess.Popen(
-        [binary, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", ",".join(UPSTREAM_KEY),
-         "--no-cleanup", "--log-file", str(root / "rclone.log"), str(root / "data")],
+        [
+            binary,
+            "serve",
+            "s3",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--auth-key",
+            ",".join(UPSTREAM_KEY),
+            "--no-cleanup",
+            "--log-file",
+            str(root / "rclone.log"),
+            str(root / "data"),
+        ],
         env={**os.environ, "RCLONE_CONFIG": os.devnull},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port(port, process, "rclone serve s3")
         yield f"http://127.0.0.1:{port}"
@@ -292,9 +311,13 @@ class Run:
 
 
 async def one(
-    session: aiohttp.ClientSession, target: Target, method: str, key: str, body: bytes | None,
+    session: aiohttp.ClientSession,
+    target: Target,
+    method: str,
+    key: str,
+    body: bytes | None,
     run: Run,
-) -> None:  # fmt: skip
+) -> None:
     url, headers = signed(target, method, key, body)
     start = time.perf_counter()
     try:
@@ -317,9 +340,15 @@ def key_for(method: str, size: int, i: int) -> str:
 
 
 async def fixed_rate(
-    session: aiohttp.ClientSession, target: Target, method: str, size: int, rate: float,
-    seconds: float, run: Run, body: bytes,
-) -> None:  # fmt: skip
+    session: aiohttp.ClientSession,
+    target: Target,
+    method: str,
+    size: int,
+    rate: float,
+    seconds: float,
+    run: Run,
+    body: bytes,
+) -> None:
     count = max(2, int(rate * seconds))
     tasks = []
     start = time.perf_counter()
@@ -328,15 +357,23 @@ async def fixed_rate(
         if delay > 0:
             await asyncio.sleep(delay)
         data = body if method == "PUT" else None
-        tasks.append(asyncio.create_task(one(session, target, method, key_for(method, size, i), data, run)))
+        tasks.append(
+            asyncio.create_task(one(session, target, method, key_for(method, size, i), data, run))
+        )
     await asyncio.gather(*tasks)
     run.seconds += time.perf_counter() - start
 
 
 async def saturate(
-    session: aiohttp.ClientSession, target: Target, method: str, size: int, concurrency: int,
-    seconds: float, run: Run, body: bytes,
-) -> None:  # fmt: skip
+    session: aiohttp.ClientSession,
+    target: Target,
+    method: str,
+    size: int,
+    concurrency: int,
+    seconds: float,
+    run: Run,
+    body: bytes,
+) -> None:
     deadline = time.perf_counter() + seconds
     counter = iter(range(10**9))
 
@@ -395,16 +432,28 @@ async def measure(targets: Sequence[Target], profile: Profile) -> list[Row]:
                 order = targets if r % 2 == 0 else list(reversed(targets))
                 for target in order:
                     await fixed_rate(
-                        session, target, method, size, rate,
-                        profile.fixed_seconds / profile.rounds, runs[target.name], bodies[size],
-                    )  # fmt: skip
+                        session,
+                        target,
+                        method,
+                        size,
+                        rate,
+                        profile.fixed_seconds / profile.rounds,
+                        runs[target.name],
+                        bodies[size],
+                    )
             direct, through = summary(runs["direct"]), summary(runs["gateway"])
             rows.append(
                 Row(
-                    f"fixed.{method.lower()}.{size // KIB}k", "fixed", method, size, rate, direct,
-                    through, added_p50_s=through["p50_s"] - direct["p50_s"],
+                    f"fixed.{method.lower()}.{size // KIB}k",
+                    "fixed",
+                    method,
+                    size,
+                    rate,
+                    direct,
+                    through,
+                    added_p50_s=through["p50_s"] - direct["p50_s"],
                     added_p99_s=through["p99_s"] - direct["p99_s"],
-                )  # fmt: skip
+                )
             )
         for method, size in SATURATION:
             log(f"saturation: {method} {size // KIB} KiB, {profile.concurrency} in flight")
@@ -413,10 +462,15 @@ async def measure(targets: Sequence[Target], profile: Profile) -> list[Row]:
                 order = targets if r % 2 == 0 else list(reversed(targets))
                 for target in order:
                     await saturate(
-                        session, target, method, size, profile.concurrency,
-                        profile.saturation_seconds / profile.rounds, runs[target.name],
+                        session,
+                        target,
+                        method,
+                        size,
+                        profile.concurrency,
+                        profile.saturation_seconds / profile.rounds,
+                        runs[target.name],
                         bodies[size],
-                    )  # fmt: skip
+                    )
             direct, through = summary(runs["direct"]), summary(runs["gateway"])
             ratio = (
                 through["requests_per_s"] / direct["requests_per_s"]
@@ -425,9 +479,15 @@ async def measure(targets: Sequence[Target], profile: Profile) -> list[Row]:
             )
             rows.append(
                 Row(
-                    f"saturation.{method.lower()}.{size // KIB}k", "saturation", method, size,
-                    None, direct, through, throughput_ratio=ratio,
-                )  # fmt: skip
+                    f"saturation.{method.lower()}.{size // KIB}k",
+                    "saturation",
+                    method,
+                    size,
+                    None,
+                    direct,
+                    through,
+                    throughput_ratio=ratio,
+                )
             )
     return rows
 
@@ -439,7 +499,9 @@ def verification_time(profile: Profile) -> dict[str, Any]:
     from flashgate.gateway.s3 import sigv4
 
     key_id, secret = "fgk_abcdefghijklmnopqrstuvwx", "fgs_" + "A" * 43
-    request = AWSRequest(method="GET", url="http://127.0.0.1:9000/bench/some/object.bin", headers={})
+    request = AWSRequest(
+        method="GET", url="http://127.0.0.1:9000/bench/some/object.bin", headers={}
+    )
     _Signer(Credentials(key_id, secret), sigv4.UNSIGNED_PAYLOAD).add_auth(request)
     headers = [*request.headers.items(), ("Host", "127.0.0.1:9000")]
     authorization = request.headers["Authorization"]
@@ -485,10 +547,19 @@ def print_report(info: dict[str, Any], mode: str, rows: Sequence[Row], verify: d
             continue
         goal = reached.get(f"{r.key}.p50")
         body.append(
-            [f"{r.method} {r.size // KIB} KiB", f"{r.rate:.0f}", str(r.gateway["count"]),
-             fmt_ms(r.direct["p50_s"]), fmt_ms(r.direct["p99_s"]), fmt_ms(r.gateway["p50_s"]),
-             fmt_ms(r.gateway["p99_s"]), fmt_ms(r.added_p50_s), fmt_ms(r.added_p99_s),
-             str(r.direct["errors"] + r.gateway["errors"]), *goal_cells(goal)]  # fmt: skip
+            [
+                f"{r.method} {r.size // KIB} KiB",
+                f"{r.rate:.0f}",
+                str(r.gateway["count"]),
+                fmt_ms(r.direct["p50_s"]),
+                fmt_ms(r.direct["p99_s"]),
+                fmt_ms(r.gateway["p50_s"]),
+                fmt_ms(r.gateway["p99_s"]),
+                fmt_ms(r.added_p50_s),
+                fmt_ms(r.added_p99_s),
+                str(r.direct["errors"] + r.gateway["errors"]),
+                *goal_cells(goal),
+            ]
         )
         if (p99 := reached.get(f"{r.key}.p99")) is not None:
             body.append(["", "", "", "", "", "", "", "", "", "", *goal_cells(p99)])
@@ -503,11 +574,16 @@ def print_report(info: dict[str, Any], mode: str, rows: Sequence[Row], verify: d
         if r.kind != "saturation":
             continue
         body.append(
-            [f"{r.method} {r.size // KIB} KiB", fmt_rate(r.direct["requests_per_s"]),
-             f"{r.direct['mb_per_s']:.1f}", fmt_rate(r.gateway["requests_per_s"]),
-             f"{r.gateway['mb_per_s']:.1f}",
-             f"{100 * r.throughput_ratio:.0f}%" if r.throughput_ratio else "-",
-             str(r.direct["errors"] + r.gateway["errors"]), *goal_cells(reached.get(r.key))]  # fmt: skip
+            [
+                f"{r.method} {r.size // KIB} KiB",
+                fmt_rate(r.direct["requests_per_s"]),
+                f"{r.direct['mb_per_s']:.1f}",
+                fmt_rate(r.gateway["requests_per_s"]),
+                f"{r.gateway['mb_per_s']:.1f}",
+                f"{100 * r.throughput_ratio:.0f}%" if r.throughput_ratio else "-",
+                str(r.direct["errors"] + r.gateway["errors"]),
+                *goal_cells(reached.get(r.key)),
+            ]
         )
     for line in render_table(header, body, right=frozenset(range(1, 7))):
         print(line)
@@ -515,9 +591,16 @@ def print_report(info: dict[str, Any], mode: str, rows: Sequence[Row], verify: d
     print("3. SigV4 verification per request (parse, claims, key derivation, signature)")
     for line in render_table(
         ["measurement", "median us", "best us", "goal", ""],
-        [["verify", fmt_us(verify["median_s"]), fmt_us(verify["best_s"]), *goal_cells(reached["verify"])]],
+        [
+            [
+                "verify",
+                fmt_us(verify["median_s"]),
+                fmt_us(verify["best_s"]),
+                *goal_cells(reached["verify"]),
+            ]
+        ],
         right=frozenset({1, 2}),
-    ):  # fmt: skip
+    ):
         print(line)
     print()
     print(goal_summary(list(reached.values())))
@@ -540,13 +623,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info(PACKAGES)
     started = time.perf_counter()
     key_id, secret = "fgk_benchbenchbenchbenchbenc", "fgs_" + "b" * 43
-    with tempfile.TemporaryDirectory(prefix="fg-bench-gw-") as tmp:
-        with upstream(Path(tmp)) as upstream_url, gateway(upstream_url, key_id, secret) as gw_url:
-            targets = [
-                Target("direct", upstream_url, BUCKET, *UPSTREAM_KEY),
-                Target("gateway", gw_url, VIRTUAL, key_id, secret),
-            ]
-            rows = asyncio.run(measure(targets, profile))
+    with (
+        tempfile.TemporaryDirectory(prefix="fg-bench-gw-") as tmp,
+        upstream(Path(tmp)) as upstream_url,
+        gateway(upstream_url, key_id, secret) as gw_url,
+    ):
+        targets = [
+            Target("direct", upstream_url, BUCKET, *UPSTREAM_KEY),
+            Target("gateway", gw_url, VIRTUAL, key_id, secret),
+        ]
+        rows = asyncio.run(measure(targets, profile))
     log("SigV4 verification")
     verify = verification_time(profile)
     reached = goals(rows, verify)

@@ -228,6 +228,33 @@ def test_multipart_create_upload_list_complete_abort(env: Env) -> None:
     s3.abort_multipart_upload(Bucket="photos", Key="mp/aborted", UploadId=other)
 
 
+def test_delete_objects_head_bucket_and_location(env: Env) -> None:
+    s3 = env.client()
+    for key in ("many/1", "many/2"):
+        s3.put_object(Bucket="photos", Key=key, Body=b"x")
+    deleted = s3.delete_objects(
+        Bucket="photos", Delete={"Objects": [{"Key": "many/1"}, {"Key": "many/2"}]}
+    )
+    assert sorted(d["Key"] for d in deleted["Deleted"]) == ["many/1", "many/2"]
+    assert not (env.upstream.root / REAL_BUCKET / "many" / "1").exists()
+    s3.head_bucket(Bucket="photos")
+    assert s3.get_bucket_location(Bucket="photos")["LocationConstraint"] is None
+
+
+def test_a_rotated_storage_credential_is_used_from_the_next_request(env: Env) -> None:
+    s3 = env.client()
+    s3.put_object(Bucket="archive", Key="before-rotation", Body=b"1")
+    previous = env.authority.storages[(REPO, "archive")]
+    env.authority.storages[(REPO, "archive")] = _with_secret(env.upstream.url)  # a bad value
+    try:
+        assert refused(lambda: s3.get_object(Bucket="archive", Key="before-rotation")) == (
+            "InternalError"
+        )
+    finally:
+        env.authority.storages[(REPO, "archive")] = previous
+    assert s3.get_object(Bucket="archive", Key="before-rotation")["Body"].read() == b"1"
+
+
 def test_a_50_mb_multipart_upload_and_download(env: Env) -> None:
     s3 = env.client()
     source, back = env.tmp / "big.bin", env.tmp / "big.back"

@@ -133,6 +133,8 @@ class RequestBody:
         self.trailer_value: tuple[str, str] | None = None
         #: Why the body was refused, if it was (the upstream request was cut short).
         self.failure: S3Refused | None = None
+        #: The client's connection failed while its body was read (not the upstream's).
+        self.client_failed = False
         self._sha = hashlib.sha256() if _is_hex(spec.mode) else None
         self._header_sum = checksums.new(spec.checksum[0]) if spec.checksum else None
         self._trailer_sum = (
@@ -165,6 +167,9 @@ class RequestBody:
             self._finish()
         except S3Refused as refused:
             self.failure = refused
+            raise
+        except Exception:
+            self.client_failed = True
             raise
         if held:
             yield held

@@ -303,6 +303,7 @@ class S3Gateway:
                 auto_decompress=False,
                 skip_auto_headers=("Content-Type", "Accept-Encoding"),
                 timeout=_UPSTREAM_TIMEOUT,
+                read_bufsize=RELAY_CHUNK,
             ) as answer:
                 if reader is not None:
                     request["fg.bytes_in"] = reader.bytes_in
@@ -314,6 +315,8 @@ class S3Gateway:
                 request["fg.bytes_in"] = reader.bytes_in
                 if reader.failure is not None:
                     raise reader.failure from None
+                if reader.client_failed:
+                    raise ConnectionResetError("the client's body ended early") from None
             request["fg.upstream_error"] = True
             raise S3Refused(
                 "InternalError", 502, "the storage provider could not be reached"
@@ -365,7 +368,7 @@ class S3Gateway:
             return response
         sent = 0
         try:
-            async for piece in answer.content.iter_chunked(RELAY_CHUNK):
+            async for piece in answer.content.iter_any():
                 await response.write(piece)
                 sent += len(piece)
         except (aiohttp.ClientError, OSError, TimeoutError):

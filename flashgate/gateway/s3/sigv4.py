@@ -19,7 +19,6 @@ import calendar
 import hashlib
 import hmac
 import re
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
@@ -326,10 +325,20 @@ def parse_presigned(
 
 def request_time(amz_date: str) -> int:
     """Seconds since the epoch of a ``YYYYMMDDTHHMMSSZ`` time."""
-    try:
-        return calendar.timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
-    except ValueError:
-        raise _refuse("AccessDenied", "the request time is malformed") from None
+    if not _AMZ_DATE.match(amz_date):
+        raise _refuse("AccessDenied", "the request time is malformed")
+    fields = (
+        int(amz_date[0:4]),
+        int(amz_date[4:6]),
+        int(amz_date[6:8]),
+        int(amz_date[9:11]),
+        int(amz_date[11:13]),
+        int(amz_date[13:15]),
+    )
+    month, day, hour, minute, second = fields[1:]
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+        raise _refuse("AccessDenied", "the request time is malformed")
+    return calendar.timegm((*fields, 0, 0, 0))
 
 
 def check_claims(
