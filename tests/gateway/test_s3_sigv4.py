@@ -440,6 +440,13 @@ def test_listings_name_the_virtual_bucket() -> None:
     complete = b"<R><Location>http://up/real-b/k</Location><Bucket>real-b</Bucket></R>"
     out = documents.rewrite_bucket(complete, "real-b", "photos", "/photos/k")
     assert out == b"<R><Location>/photos/k</Location><Bucket>photos</Bucket></R>"
+    upload = (
+        b"<Upload><Key>k</Key><Initiator><ID>arn:aws:iam::123456789012:user/storage</ID>"
+        b"</Initiator><Owner><ID>abc</ID></Owner></Upload>"
+    )
+    assert documents.rewrite_bucket(upload, "real-b", "photos", "/photos") == (
+        b"<Upload><Key>k</Key></Upload>"
+    )
 
 
 def test_an_upstream_error_is_reduced_to_its_code() -> None:

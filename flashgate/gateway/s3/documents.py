@@ -60,8 +60,11 @@ def upstream_code(body: bytes) -> str | None:
 
 
 def rewrite_bucket(body: bytes, real: str, virtual: str, location: str) -> bytes:
-    """``<Name>``/``<Bucket>`` naming the real bucket name the virtual one instead, and any
-    ``<Location>`` becomes ``location`` (the object's path on the gateway)."""
+    """``<Name>``/``<Bucket>`` naming the real bucket name the virtual one instead, any
+    ``<Location>`` becomes ``location`` (the object's path on the gateway), and ``<Owner>``
+    and ``<Initiator>`` go (they name the real account and the stored credential's
+    identity, an IAM user ARN)."""
+    body = re.sub(rb"<(Owner|Initiator)>.*?</\1>", b"", body, flags=re.DOTALL)
     real_x, virtual_x = escape(real).encode(), escape(virtual).encode()
     for tag in (b"Name", b"Bucket"):
         body = body.replace(
