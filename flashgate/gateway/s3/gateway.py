@@ -192,7 +192,7 @@ class S3Gateway:
         if op.name == "GetBucketLocation":
             return self._xml(request, documents.location(self._region), request_id)
         spec = self._body_spec(req, op, auth, key)
-        streamed = spec is not None and spec.chunked
+        streamed = spec is not None and spec.trailer is not None  # the checksum is in it
         headers = upstream.relayed_request_headers(req.headers, streamed=streamed)
         try:
             with self._authority.storage(grant.repo, op.bucket) as storage:

@@ -158,7 +158,7 @@ def relayed_request_headers(
     headers: Iterable[tuple[str, str]], *, streamed: bool
 ) -> list[tuple[str, str]]:
     """The client's headers the upstream gets (refusing those that change permissions).
-    ``streamed``: the body came aws-chunked, its checksum travels in the trailer."""
+    ``streamed``: the body's checksum travels in an aws-chunked trailer, not a header."""
     out = []
     for name, value in headers:
         lname = name.lower()
