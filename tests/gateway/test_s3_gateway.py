@@ -364,6 +364,7 @@ def test_a_client_that_goes_away_mid_body_leaves_nothing_stored(env: Env) -> Non
     from urllib.parse import urlsplit
 
     key_id, secret = env.authority.add_key(REPO, "write")
+    before = len(env.records)
     data = os.urandom(1024 * 1024)
     url = f"{env.http_url}/photos/half-sent"
     request = AWSRequest(method="PUT", url=url, headers={"Content-Length": str(len(data))})
@@ -377,9 +378,8 @@ def test_a_client_that_goes_away_mid_body_leaves_nothing_stored(env: Env) -> Non
         time.sleep(0.3)
     time.sleep(0.5)
     assert not (env.upstream.root / REAL_BUCKET / "half-sent").exists()
-    # not refused up front (the signature held): cut short on its way to the upstream
-    assert not any(b"half-sent" in (r.get("body") or b"") for r in env.records)
-    assert not any(r.get("fg.upstream_error") for r in env.records[-3:])
+    # not refused up front (the signature held), not an upstream error: cut short
+    assert not any(r.get("fg.upstream_error") or r["status"] >= 400 for r in env.records[before:])
 
 
 # --------------------------------------------------------------------------- refusals
