@@ -216,6 +216,9 @@ def test_multipart_create_upload_list_complete_abort(env: Env) -> None:
             Bucket="photos", Key="mp/obj", UploadId=uid, PartNumber=number, Body=data
         )
         etags.append({"ETag": part["ETag"], "PartNumber": number})
+    uploads = s3.list_multipart_uploads(Bucket="photos")
+    assert uploads["Bucket"] == "photos"
+    assert uid in [u["UploadId"] for u in uploads.get("Uploads", [])]
     listed = s3.list_parts(Bucket="photos", Key="mp/obj", UploadId=uid)
     assert [p["PartNumber"] for p in listed["Parts"]] == [1, 2]
     assert listed["Bucket"] == "photos"

@@ -356,6 +356,31 @@ def test_trailer_checksums_as_botocore_computes_them(algorithm, digest) -> None:
     assert code_of(lambda: asyncio.run(drain(reader))) == "BadDigest"
 
 
+@given(
+    data=st.binary(max_size=50_000),
+    chunk=st.integers(1, 20_000),
+    piece=st.integers(1, 9_000),
+    signed=st.booleans(),
+)
+def test_aws_chunked_decodes_whatever_the_boundaries(data, chunk, piece, signed) -> None:
+    crc = Crc32Checksum()
+    crc.update(data)
+    value = base64.b64encode(crc.digest()).decode()
+    name = "x-amz-checksum-crc32"
+    if signed:
+        encoded = signed_chunks(data, SKEY, DATE, SCOPE, SEED, chunk, (name, value))
+        mode = sigv4.STREAMING_SIGNED_TRAILER
+    else:
+        encoded = unsigned_trailer(data, name, value, chunk)
+        mode = sigv4.STREAMING_UNSIGNED_TRAILER
+    spec_ = body.Spec(
+        mode=mode, length=len(data), trailer=name, key=SKEY, amz_date=DATE, scope=SCOPE, seed=SEED
+    )
+    reader = body.RequestBody(_Stream(encoded, piece), spec_)
+    assert asyncio.run(drain(reader)) == data
+    assert reader.trailer_value == (name, value)
+
+
 def test_the_last_piece_is_held_back_until_the_checks_pass() -> None:
     """A body that fails a check never reaches its end upstream."""
     wrong = hashlib.sha256(b"other").hexdigest()
@@ -425,6 +450,11 @@ def test_operations_and_their_access(method, path, query, copy, name, access) ->
 )
 def test_unsupported_operations_are_refused(method, path, query) -> None:
     assert code_of(lambda: operations.classify(method, path, query, False)) == "NotImplemented"
+
+
+@pytest.mark.parametrize("path", ["/b/../other/k", "/b/a/./k", "/b/..", "/b/a/.."])
+def test_dot_segments_are_refused(path) -> None:
+    assert code_of(lambda: operations.classify("GET", path, [], False)) == "InvalidArgument"
 
 
 def test_access_levels_are_ordered() -> None:

@@ -455,6 +455,7 @@ def _copy_source(value: str, op: operations.Operation, real_bucket: str) -> str:
     bucket, _, key = unquote(raw).lstrip("/").partition("/")
     if bucket != op.bucket or not key:
         raise S3Refused("AccessDenied", 403, "a copy must stay within one bucket")
+    operations.check_key(key)
     rewritten = f"/{sigv4.uri_encode(real_bucket)}/{sigv4.uri_encode(key, keep_slash=True)}"
     if version:
         name, _, version_id = version.partition("=")

@@ -69,7 +69,17 @@ def split_path(path: str) -> tuple[str | None, str | None]:
     if not path.startswith("/"):
         raise S3Refused("InvalidURI", 400, "the path must start with /")
     bucket, _, key = path[1:].partition("/")
+    if key:
+        check_key(key)
     return (bucket or None), (key or None)
+
+
+def check_key(key: str) -> None:
+    """Refuse a key with a ``.`` or ``..`` segment: S3 takes it literally, but a proxy or
+    an S3-compatible server that normalises paths would take it out of the bucket, and
+    the stored credential may reach other buckets."""
+    if any(segment in (".", "..") for segment in key.split("/")):
+        raise S3Refused("InvalidArgument", 400, "keys with . or .. segments are not supported here")
 
 
 def classify(method: str, path: str, query: Sequence[tuple[str, str]], copy: bool) -> Operation:
