@@ -26,7 +26,8 @@ both alike):
    100/s, GET 1 MiB at 20/s, PUT 1 MiB at 10/s. p50/p99 latency of each path and the added
    latency (gateway minus direct). Goals (4 KiB GET at 200/s): added p50 < 1 ms, p99 < 5 ms.
 2. Saturation, closed loop with 8 requests in flight: requests/s and MB/s of each path and
-   their ratio. Goal (1 MiB GET and PUT): the gateway keeps >= 70% of direct throughput.
+   their ratio, and the gateway process's CPU time per request (/proc, user + system).
+   Goal (1 MiB GET and PUT): the gateway keeps >= 70% of direct throughput.
 3. SigV4 verification per request (one core, a botocore-signed GET: parse the
    Authorization header, check the claims, derive the signing key, verify the signature).
    Goal < 50 µs.
@@ -249,7 +250,7 @@ def upstream(root: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def gateway(upstream_url: str, key_id: str, secret: str) -> Iterator[str]:
+def gateway(upstream_url: str, key_id: str, secret: str) -> Iterator[tuple[str, int]]:
     process = subprocess.Popen(
         [sys.executable, __file__, "--serve-gateway"],
         stdin=subprocess.PIPE,
@@ -262,7 +263,7 @@ def gateway(upstream_url: str, key_id: str, secret: str) -> Iterator[str]:
         process.stdin.write(json.dumps(config).encode() + b"\n")
         process.stdin.flush()
         port = int(process.stdout.readline())
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         process.stdin.close()
         try:
@@ -282,6 +283,18 @@ class Target:
     bucket: str
     key_id: str
     secret: str
+    pid: int | None = None  # the gateway process (its CPU time is read)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0 where unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _Signer(S3SigV4Auth):  # type: ignore[misc]
@@ -308,6 +321,7 @@ class Run:
         self.errors = 0
         self.bytes = 0
         self.seconds = 0.0
+        self.cpu = 0.0  # the gateway process's CPU seconds over the run
 
 
 async def one(
@@ -383,9 +397,10 @@ async def saturate(
             data = body if method == "PUT" else None
             await one(session, target, method, key_for(method, size, i), data, run)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds(target.pid)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     run.seconds += time.perf_counter() - start
+    run.cpu += cpu_seconds(target.pid) - cpu
 
 
 @dataclass
@@ -411,6 +426,7 @@ def summary(run: Run) -> dict[str, Any]:
         "p99_s": latency.p99,
         "requests_per_s": len(run.latencies) / run.seconds if run.seconds else None,
         "mb_per_s": run.bytes / run.seconds / 1e6 if run.seconds else None,
+        "cpu_us_per_request": 1e6 * run.cpu / len(run.latencies) if run.latencies else None,
     }
 
 
@@ -568,7 +584,7 @@ def print_report(info: dict[str, Any], mode: str, rows: Sequence[Row], verify: d
     print()
     print("2. saturation (closed loop): throughput per path")
     header = ["measurement", "direct req/s", "direct MB/s", "gw req/s", "gw MB/s", "ratio",
-              "errors", "goal", ""]  # fmt: skip
+              "gw CPU us/req", "errors", "goal", ""]  # fmt: skip
     body = []
     for r in rows:
         if r.kind != "saturation":
@@ -581,11 +597,12 @@ def print_report(info: dict[str, Any], mode: str, rows: Sequence[Row], verify: d
                 fmt_rate(r.gateway["requests_per_s"]),
                 f"{r.gateway['mb_per_s']:.1f}",
                 f"{100 * r.throughput_ratio:.0f}%" if r.throughput_ratio else "-",
+                fmt_rate(r.gateway["cpu_us_per_request"]),
                 str(r.direct["errors"] + r.gateway["errors"]),
                 *goal_cells(reached.get(r.key)),
             ]
         )
-    for line in render_table(header, body, right=frozenset(range(1, 7))):
+    for line in render_table(header, body, right=frozenset(range(1, 8))):
         print(line)
     print()
     print("3. SigV4 verification per request (parse, claims, key derivation, signature)")
@@ -626,11 +643,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="fg-bench-gw-") as tmp,
         upstream(Path(tmp)) as upstream_url,
-        gateway(upstream_url, key_id, secret) as gw_url,
+        gateway(upstream_url, key_id, secret) as (gw_url, gw_pid),
     ):
         targets = [
             Target("direct", upstream_url, BUCKET, *UPSTREAM_KEY),
-            Target("gateway", gw_url, VIRTUAL, key_id, secret),
+            Target("gateway", gw_url, VIRTUAL, key_id, secret, gw_pid),
         ]
         rows = asyncio.run(measure(targets, profile))
     log("SigV4 verification")

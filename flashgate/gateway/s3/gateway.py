@@ -40,6 +40,8 @@ MAX_REWRITTEN = 16 * 1024**2
 #: What an upstream error document is read up to (only its Code is kept).
 MAX_ERROR_BODY = 64 * 1024
 RELAY_CHUNK = 256 * 1024
+#: An answer up to this size is read whole and sent in one write (headers and body).
+SMALL_ANSWER = 64 * 1024
 RETRY_AFTER_SECONDS = 5
 #: Upstream error codes meaning the stored credential or endpoint is wrong (a 502 here,
 #: never relayed: the client's own key is fine).
@@ -361,6 +363,16 @@ class S3Gateway:
             headers.popall("Content-Length", None)
             request["fg.bytes_out"] = len(document)
             return web.Response(status=status, body=document, headers=headers)
+        length = answer.content_length
+        if request.method != "HEAD" and length is not None and length <= SMALL_ANSWER:
+            # read whole: headers and body leave in one write
+            small = await _read_all(answer, length)
+            if len(small) != length:
+                request["fg.upstream_error"] = True
+                raise S3Refused("InternalError", 502, "the storage provider's answer was cut")
+            request["fg.bytes_out"] = length
+            headers.popall("Content-Length", None)
+            return web.Response(status=status, body=small, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(request)
         if request.method == "HEAD" or status == 304:
