@@ -409,6 +409,25 @@ def test_an_expired_presigned_url(env: Env) -> None:
     assert b"expired" in answer.data
 
 
+def test_a_sigv2_presigned_url_is_told_to_use_sigv4(env: Env) -> None:
+    import boto3
+
+    key_id, secret = env.authority.add_key(REPO, "read")
+    v2 = boto3.client(  # botocore's default for presigning on this endpoint: SigV2
+        "s3",
+        endpoint_url=env.url,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+        verify=str(env.tls.cert),
+    )
+    url = v2.generate_presigned_url("get_object", Params={"Bucket": "photos", "Key": "x"})
+    assert "AWSAccessKeyId=" in url
+    answer = urllib3.PoolManager(ca_certs=str(env.tls.cert)).request("GET", url)
+    assert answer.status == 400 and b"<Code>InvalidRequest</Code>" in answer.data
+    assert b"s3v4" in answer.data
+
+
 def test_an_unsigned_x_amz_header(env: Env) -> None:
     s3 = env.client()
 
