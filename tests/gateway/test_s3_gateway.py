@@ -46,7 +46,11 @@ from tests.support.gateway import (
     s3_storage,
 )
 
-pytestmark = pytest.mark.processes
+pytestmark = [
+    pytest.mark.processes,
+    # the accounting keys are plain strings, the server core's contract (request["fg.grant"])
+    pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning"),
+]
 
 REPO = "demo"
 ARCHIVE_REAL = "real-archive-canary-0043"
