@@ -391,10 +391,9 @@ def verify(
     A presigned URL's own ``X-Amz-Signature`` is not part of what it signs."""
     if auth.presigned:
         query = [(n, v) for n, v in query if n != "X-Amz-Signature"]
-        payload = auth.payload_hash if auth.payload_hash != UNSIGNED_PAYLOAD else UNSIGNED_PAYLOAD
-    else:
-        payload = auth.payload_hash
-    request = canonical_request(method, path, query, headers, auth.signed_headers, payload)
+    request = canonical_request(
+        method, path, query, headers, auth.signed_headers, auth.payload_hash
+    )
     key = signing_key(secret, auth.scope)
     expected = sign(key, string_to_sign(auth.amz_date, auth.scope, request))
     if not matches(expected, auth.signature):
