@@ -9,7 +9,8 @@ active, arrived on that peer's own subject, was issued within
 loader (secrets pending for want of that peer are tried again). A peer proven to have
 misbehaved (a partial that fails its proof) is reported as a ``NodeMisbehaved`` event on
 JetStream, signed by this node (:mod:`flashgate.events.event_auth`), deduplicated by its
-id. Publishing is best effort: a broker hiccup must not stop the node.
+id; so are its gateway's usage summaries (``GatewayUsage``). Publishing is best effort: a
+broker hiccup must not stop the node.
 """
 
 from __future__ import annotations
@@ -112,8 +113,7 @@ class Liveness:
             self.loader.wake()
 
     async def report_misbehaviour(self, node_id: str, reason: str, key: str | None) -> None:
-        names = self.transport.names
-        event = ev.make_event(
+        await self.publish_event(
             ev.NodeMisbehaved(
                 node_id=node_id,
                 reporter=self.node_id,
@@ -122,8 +122,25 @@ class Liveness:
                 epoch=self.ring.current.epoch,
             ),
             event_id=f"{self.node_id}.{node_id}.{self.rng.token_bytes(8).hex()}",
-            source=bridge_source(names.fleet, self.node_id),
             subject=node_id,
+        )
+
+    async def publish_usage(self, usage: ev.GatewayUsage) -> None:
+        """A usage summary of this node's gateway (one key, API and window)."""
+        await self.publish_event(
+            usage,
+            event_id=f"{self.node_id}.usage.{self.rng.token_bytes(8).hex()}",
+            subject=f"{usage.repo}.{usage.key_id}",
+        )
+
+    async def publish_event(self, data: ev.EventData, *, event_id: str, subject: str) -> None:
+        """Sign ``data`` as an event of this node and publish it (best effort)."""
+        names = self.transport.names
+        event = ev.make_event(
+            data,
+            event_id=event_id,
+            source=bridge_source(names.fleet, self.node_id),
+            subject=subject,
         )
         event = sign_event(event, self.signing_key)
         with contextlib.suppress(Exception):  # not connected yet, or a broker hiccup

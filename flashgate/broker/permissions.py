@@ -8,8 +8,9 @@ NKey user per Bridge Node (dev cluster and compose).
 | backend  | KV writes, events, JS API on the event       | queries, re-wrap requests,    |
 |          | stream + buckets + its own command durable   | ``_INBOX.backend.>``          |
 | node <n> | share requests, its own ``node.<n>.>``,      | ``share.<n>``, ``node.<n>.>``,|
-|          | ``evt.node.misbehaved``, re-wrap requests,   | every node's heartbeat,       |
-|          | JS API on the two bucket streams (KV watch)  | ``_INBOX.bridge.<n>.>``       |
+|          | ``evt.node.misbehaved``,                     | every node's heartbeat,       |
+|          | ``evt.gateway.usage``, re-wrap requests,     | ``_INBOX.bridge.<n>.>``       |
+|          | JS API on the two bucket streams (KV watch)  |                               |
 
 JetStream API grants name their stream (``$JS.API.CONSUMER.DELETE.<stream>.<consumer>``):
 nobody but the backend can touch the command stream's durable ``backend``, a node cannot
@@ -157,8 +158,9 @@ def node_permissions(names: FleetNames, node_id: str) -> dict[str, object]:
     It subscribes to its own share, status and API-key subjects, its own inbox, and the
     (signed) heartbeats of its peers, and to nothing else: it can neither answer another
     node's requests nor read another node's replies. It publishes share requests to its
-    peers, its own heartbeat, re-wrap requests, and ``node.misbehaved`` into the event
-    stream (see docs/security-model.md), and reads the two buckets (KV watch consumers on
+    peers, its own heartbeat, re-wrap requests, and ``node.misbehaved`` and its gateway's
+    ``gateway.usage`` summaries into the event stream (see docs/security-model.md), and
+    reads the two buckets (KV watch consumers on
     the bucket streams only: never the command stream, never another role's durable).
 
     A node never receives a message it published: it may not publish to its own request
@@ -176,6 +178,7 @@ def node_permissions(names: FleetNames, node_id: str) -> dict[str, object]:
                 f"{f}.share.*",
                 names.heartbeat_subject(node),
                 f"{f}.evt.node.misbehaved",
+                f"{f}.evt.gateway.usage",
                 f"{f}.rewrap",
                 *_js_on_streams(kv_streams),
             ],

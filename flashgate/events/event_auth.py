@@ -7,8 +7,8 @@ reports, and the broker can write anything), so an event is believed only when:
 - its ``source`` is ``flashgate/<fleet>/backend`` and it verifies under the backend's
   event key (``backend.json``, admin-signed; :mod:`flashgate.fleet.backend_key`), or
 - its ``source`` is ``flashgate/<fleet>/bridge/<node>``, it is a ``node.misbehaved`` report
-  whose ``reporter`` is that node, and it verifies under that node's key while the node is
-  active in the roster.
+  whose ``reporter`` is that node or a ``gateway.usage`` summary whose ``node_id`` is that
+  node, and it verifies under that node's key while the node is active in the roster.
 
 Outcomes of commands come from the backend only (``from_backend=True``): a node's report
 never answers a command. The signature is Ed25519 over the canonical bytes of the whole
@@ -26,7 +26,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from flashgate.errors import SignatureInvalid
-from flashgate.events.domain import DomainEvent, NodeMisbehaved, decode_event
+from flashgate.events.domain import (
+    DomainEvent,
+    EventData,
+    GatewayUsage,
+    NodeMisbehaved,
+    decode_event,
+)
 from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
 
@@ -66,14 +72,23 @@ class EventAuthority:
         data = event.data
         if from_backend:
             raise SignatureInvalid(f"an outcome from {event.source[:80]!r}, not the backend")
-        if not isinstance(data, NodeMisbehaved) or event.source != bridge_source(
-            fleet, data.reporter
-        ):
+        signer = _node_signer(data)
+        if signer is None or event.source != bridge_source(fleet, signer):
             raise SignatureInvalid(
                 f"a {event.short_type} event from {event.source[:80]!r} is not one it may publish"
             )
-        key = self.node_key(data.reporter)
+        key = self.node_key(signer)
         if key is None:
-            raise SignatureInvalid(f"{data.reporter} is not an active node of the roster")
+            raise SignatureInvalid(f"{signer} is not an active node of the roster")
         verify(event, key)
         return event
+
+
+def _node_signer(data: EventData) -> str | None:
+    """The node that may publish ``data`` (its reporter, the gateway that served), or None
+    for an event only the backend publishes."""
+    if isinstance(data, NodeMisbehaved):
+        return data.reporter
+    if isinstance(data, GatewayUsage):
+        return data.node_id
+    return None
