@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ from flashgate.events.domain import GatewayUsage
 from flashgate.gateway.authority import Grant
 
 log = structlog.get_logger("flashgate.gateway")
+
+# The contract's keys are strings both handlers share (not aiohttp RequestKey objects).
+warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module=r"flashgate\.gateway")
 
 GRANT = "fg.grant"
 BYTES_IN = "fg.bytes_in"
