@@ -214,6 +214,19 @@ def test_bridge_health_is_its_readiness() -> None:
         assert "os.kill" not in test[3]
 
 
+def test_each_bridge_serves_the_gateway_on_a_port_of_its_own() -> None:
+    published = set()
+    for n, bridge in enumerate(BRIDGES, start=1):
+        args = SERVICES[bridge]["command"]
+        assert args[args.index("--gateway-listen") + 1] == "0.0.0.0:8080"
+        (port,) = SERVICES[bridge]["ports"]
+        assert port == f"127.0.0.1:808{n}:8080", bridge  # loopback only, one per node
+        published.add(port)
+        # the drain (5 s) and the purge fit in the time Docker gives before SIGKILL
+        assert SERVICES[bridge]["stop_grace_period"] == "15s"
+    assert len(published) == len(BRIDGES)
+
+
 HA = yaml.safe_load((ROOT / "compose.ha.yaml").read_text())
 HA_SERVERS = {
     "nats": ("nats-1", 4222, 6222),

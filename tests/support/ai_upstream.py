@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -166,3 +167,20 @@ async def running_upstream(**kwargs: object) -> AsyncIterator[AiUpstream]:
         yield upstream
     finally:
         await upstream.stop()
+
+
+@contextlib.contextmanager
+def upstream_in_thread(**kwargs: object) -> Iterator[AiUpstream]:
+    """The upstream on an event loop of its own thread (for synchronous tests)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="ai-upstream", daemon=True)
+    thread.start()
+    upstream = AiUpstream(**kwargs)  # type: ignore[arg-type]
+    asyncio.run_coroutine_threadsafe(upstream.start(), loop).result(30)
+    try:
+        yield upstream
+    finally:
+        asyncio.run_coroutine_threadsafe(upstream.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
