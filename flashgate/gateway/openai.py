@@ -65,7 +65,8 @@ _ROUTES = {
 }
 #: How long a client is told to wait while the node loads.
 RETRY_AFTER_S = 2
-_READ_CHUNK = 64 * 1024
+#: An answer of known length up to this is relayed whole (a JSON document, not a stream).
+_WHOLE_MAX = 256 * 1024
 
 
 def error(status: int, message: str, kind: str, code: str | None = None,
@@ -231,9 +232,19 @@ class OpenAiGateway:
             headers.popall("content-encoding", None)
             request[BYTES_OUT] = len(data)
             return web.Response(status=upstream.status, body=data, headers=headers)
+        length = upstream.content_length
+        if (
+            length is not None
+            and length <= _WHOLE_MAX
+            and "event-stream" not in upstream.content_type
+        ):
+            # A small answer of known length is no stream: relayed in one write.
+            data = await upstream.content.readexactly(length)
+            request[BYTES_OUT] = len(data)
+            return web.Response(status=upstream.status, body=data, headers=headers)
         response = web.StreamResponse(status=upstream.status, headers=headers)
-        if upstream.content_length is not None and "content-encoding" not in headers:
-            response.content_length = upstream.content_length
+        if length is not None and "content-encoding" not in headers:
+            response.content_length = length
         await response.prepare(request)
         sent = 0
         try:
