@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -94,6 +95,7 @@ async def test_openai_sdk_through_a_bridge_node(tmp_path: Path, nats_url: str, n
         )
         assert event.type == "io.flashgate.secret.created", event.data
         token = await create_key(cluster, "openai")
+        drain_token = await create_key(cluster, "openai")
         wrong_provider = await create_key(cluster, "anthropic")
 
         # -- a node still loading answers 503 with Retry-After -----------------------------
@@ -215,8 +217,34 @@ async def test_openai_sdk_through_a_bridge_node(tmp_path: Path, nats_url: str, n
         assert f'key_id="{key_id}"' in metrics
         assert "flashgate_gateway_requests_total" in metrics
 
-        # -- SIGTERM: drained, the last usage summary published, signed by node-1 ----------
-        assert node1.terminate(30) == 0
+        # -- SIGTERM: a stream in flight finishes before the purge; no new connection --------
+        upstream.hold = asyncio.Event()
+        drain_client = openai.AsyncOpenAI(api_key=drain_token, base_url=f"{url}/v1", max_retries=0)
+        held = await drain_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        chunks = aiter(held)
+        first = await anext(chunks)
+        assert node1.process is not None
+        node1.process.send_signal(signal.SIGTERM)
+
+        async def refuses_connections() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", gateway_port)
+            except OSError:
+                return True
+            writer.close()
+            return False
+
+        await wait_until(refuses_connections, 30, "node-1's gateway to stop listening")
+        upstream.hold.set()
+        rest = [c.choices[0].delta.content or "" async for c in chunks]
+        assert (first.choices[0].delta.content or "") + "".join(rest) == "Hello from the upstream."
+        assert await asyncio.to_thread(node1.process.wait, 30) == 0
+        node1_log = node1.log.read_text()
+        assert node1_log.index('"gateway stopped"') < node1_log.index("vault purged")
+
+        # -- the last usage summary, published on the way out, signed by node-1 ------------
         usage_event = await admin.wait_for(
             lambda e: e.type == "io.flashgate.gateway.usage" and e.data.key_id == key_id, 30
         )
