@@ -65,6 +65,7 @@ class Vault:
     def __init__(self) -> None:
         self._slots: dict[str, _Slot] = {}
         self._api_keys: dict[str, str] = {}  # key id -> secrets-bucket key
+        self._by_repo: dict[str, set[str]] = {}  # repo -> its secrets' keys (API keys aside)
         self._lock = threading.RLock()
         self.rollbacks_refused = 0
         self.conflicts_refused = 0
@@ -127,6 +128,8 @@ class Vault:
             self._slots[key] = slot
             if api_key_id is not None:
                 self._api_keys[api_key_id] = key
+            else:
+                self._by_repo.setdefault(key.partition(".")[0], set()).add(key)
             if current is not None:
                 current.wipe()
             return True
@@ -138,6 +141,8 @@ class Vault:
                 return False
             if slot.api_key_id is not None:
                 self._api_keys.pop(slot.api_key_id, None)
+            else:
+                self._by_repo.get(key.partition(".")[0], set()).discard(key)
             slot.wipe()
             return True
 
@@ -149,6 +154,7 @@ class Vault:
                 slot.wipe()
             self._slots.clear()
             self._api_keys.clear()
+            self._by_repo.clear()
             return count
 
     def version_of(self, key: str) -> int | None:
@@ -186,9 +192,7 @@ class Vault:
         prefix = f"{repo}."
         with self._lock:
             return sorted(
-                k[len(prefix) :]
-                for k, s in self._slots.items()
-                if s.kind == kind and s.api_key_id is None and k.startswith(prefix)
+                k[len(prefix) :] for k in self._by_repo.get(repo, ()) if self._slots[k].kind == kind
             )
 
     def api_key(self, key_id: str) -> tuple[str, ProvenApiKey] | None:

@@ -35,6 +35,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.metrics_core import Metric
 
+from flashgate.errors import ConfigurationError
 from flashgate.gateway.accounting import API, GatewayStats, Publish, accounting_middleware
 from flashgate.gateway.authority import Authority
 from flashgate.gateway.openai import OpenAiGateway, error
@@ -180,7 +181,16 @@ class GatewayServer:
         )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            await self._session.close()
+            self._runner = self._site = None
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigurationError(
+                f"the gateway cannot listen on {host}:{port} (--gateway-listen): {reason}"
+            ) from None
         self._port = int(self._runner.addresses[0][1])
         if self.publish_usage is not None:
             self._usage_task = asyncio.create_task(self.stats.run_usage(), name="gateway-usage")

@@ -13,6 +13,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from flashgate.bridge.metrics import render
+from flashgate.errors import ConfigurationError
 from flashgate.events import domain as ev
 from flashgate.gateway.accounting import BYTES_IN, BYTES_OUT, GRANT, UPSTREAM_ERROR
 from flashgate.gateway.authority import Grant
@@ -217,3 +218,11 @@ async def test_ai_upstream_fixture_records_headers() -> None:
         assert upstream.seen[0].credential() == "k"
     finally:
         await upstream.stop()
+
+
+async def test_a_port_in_use_is_a_one_line_error() -> None:
+    async with serving() as (server, _url, _pub):
+        other = GatewayServer(NoAuthority(), "node-2", s3=None)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match=rf"127\.0\.0\.1:{server.port}.*in use"):
+            await other.start("127.0.0.1", server.port)
+        await other.drain(0)  # nothing to drain: a no-op
