@@ -249,7 +249,12 @@ class OpenAiGateway:
         sent = 0
         try:
             async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    # The client went away: stop relaying (leaving closes the upstream).
+                    log.info("client left during the answer", sent=sent)
+                    return response
                 sent += len(chunk)
                 request[BYTES_OUT] = sent
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -338,3 +338,25 @@ async def test_a_body_over_the_limit_is_413_and_never_relayed() -> None:
             await client.embeddings.create(model=MODEL, input="x" * 100_000)
         assert caught.value.status_code == 413
         assert g.upstream.seen == []
+
+
+async def test_a_client_leaving_mid_stream_is_no_error() -> None:
+    hold = asyncio.Event()
+    async with gateway(hold=hold) as g:
+        key = g.add_key()
+        with capture_logs() as logs:
+            async with aiohttp.ClientSession() as http:
+                answer = await http.post(
+                    f"{g.url}/v1/chat/completions",
+                    json={"model": MODEL, "messages": [], "stream": True},
+                    headers={"Authorization": f"Bearer {key.token}"},
+                )
+                assert answer.status == 200
+                assert (await answer.content.readany()).startswith(b"data: ")
+                answer.close()  # the client leaves
+            hold.set()
+            while not any(e["event"] == "gateway request" for e in logs):
+                await asyncio.sleep(0.01)
+        assert not [e for e in logs if e["log_level"] == "error"]
+        (line,) = [e for e in logs if e["event"] == "gateway request"]
+        assert line["status"] == 200 and line["key_id"] == key.key_id
