@@ -52,7 +52,9 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 }
 ANTHROPIC_VERSION = "2023-06-01"
 #: Request headers relayed upstream (everything else, credentials first, is dropped).
-_REQUEST_HEADERS = ("content-type", "accept", "accept-encoding", "content-encoding", "user-agent")
+#: (Not accept-encoding: answers come back uncompressed, so an error document can be
+#: scrubbed of the credential before it is relayed.)
+_REQUEST_HEADERS = ("content-type", "accept", "content-encoding", "user-agent")
 _REQUEST_PREFIXES = ("openai-beta", "anthropic-beta", "x-stainless-")
 #: Response headers relayed to the client.
 _RESPONSE_HEADERS = ("content-type", "content-encoding", "cache-control", "retry-after",
@@ -186,6 +188,7 @@ class OpenAiGateway:
             with self.authority.ai(grant.repo, grant.access) as credential:
                 url = upstream_url(credential, suffix)
                 headers.update(provider_headers(credential))
+                headers["Accept-Encoding"] = "identity"
                 secret = credential.api_key.encode()
         except (SecretNotHeld, KeyError):
             return forbidden()
@@ -227,9 +230,12 @@ class OpenAiGateway:
             # An error document is small: read it whole and scrub the key out of it.
             if upstream.status >= 500:
                 request[UPSTREAM_ERROR] = True
+            if upstream.headers.get("Content-Encoding", "identity") != "identity":
+                # compressed anyway: it cannot be scrubbed, so it is not relayed
+                return error(upstream.status, f"The provider answered {upstream.status}.",
+                             "server_error", "upstream_error")  # fmt: skip
             data = await upstream.content.read(1024 * 1024)
             data = data.replace(secret, b"<redacted>")
-            headers.popall("content-encoding", None)
             request[BYTES_OUT] = len(data)
             return web.Response(status=upstream.status, body=data, headers=headers)
         length = upstream.content_length
@@ -239,7 +245,12 @@ class OpenAiGateway:
             and "event-stream" not in upstream.content_type
         ):
             # A small answer of known length is no stream: relayed in one write.
-            data = await upstream.content.readexactly(length)
+            try:
+                data = await upstream.content.readexactly(length)
+            except asyncio.IncompleteReadError:
+                request[UPSTREAM_ERROR] = True
+                return error(502, "The provider's answer ended short.", "server_error",
+                             "upstream_cut")  # fmt: skip
             request[BYTES_OUT] = len(data)
             return web.Response(status=upstream.status, body=data, headers=headers)
         response = web.StreamResponse(status=upstream.status, headers=headers)

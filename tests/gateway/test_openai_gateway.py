@@ -360,3 +360,20 @@ async def test_a_client_leaving_mid_stream_is_no_error() -> None:
         assert not [e for e in logs if e["log_level"] == "error"]
         (line,) = [e for e in logs if e["event"] == "gateway request"]
         assert line["status"] == 200 and line["key_id"] == key.key_id
+
+
+async def test_upstream_errors_are_relayed_scrubbed_of_the_credential() -> None:
+    async with gateway(fail_status=429) as g:
+        client = g.client(g.add_key())
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.embeddings.create(model=MODEL, input="x")
+        text = caught.value.response.text
+        assert "Trouble with key <redacted>" in text and CANARY.decode() not in text
+        assert g.upstream.seen[-1].headers["Accept-Encoding"] == "identity"
+        g.upstream.fail_status = 503
+        with pytest.raises(openai.InternalServerError) as failed:
+            await client.models.list()
+        assert failed.value.status_code == 503
+        assert CANARY.decode() not in failed.value.response.text
+        metrics = render(g.server.families()).decode()
+        assert 'flashgate_gateway_upstream_errors_total{api="openai"' in metrics

@@ -45,6 +45,9 @@ class AiUpstream:
     hold: asyncio.Event | None = None
     #: Set once a held stream has sent its first chunk.
     first_sent: asyncio.Event = field(default_factory=asyncio.Event)
+    #: When set, every request is answered with this status and an error that quotes the
+    #: credential it got (as some providers' do).
+    fail_status: int | None = None
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -73,6 +76,11 @@ class AiUpstream:
         seen = Seen(request.method, request.path, request.headers, body)
         self.seen.append(seen)
         credential = seen.credential()
+        if self.fail_status is not None:
+            return web.json_response(
+                {"error": {"message": f"Trouble with key {credential}", "code": "x"}},
+                status=self.fail_status,
+            )
         if self.accepted and credential not in self.accepted:
             return web.json_response(
                 {"error": {"message": f"Incorrect API key provided: {credential}", "code": 401}},
