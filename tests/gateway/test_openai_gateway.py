@@ -224,13 +224,14 @@ async def test_rotation_while_requests_flow() -> None:
         g.upstream.accepted = {PROVIDER_KEY, ROTATED_KEY}
         client = g.client(g.add_key())
         rotated = asyncio.Event()
-        after: list[str | None] = []
+        after: set[str] = set()  # the inputs of requests sent after the rotation
+        counter = iter(range(1_000_000))
 
         async def call() -> None:
-            was_rotated = rotated.is_set()
-            await client.embeddings.create(model=MODEL, input="x")
-            if was_rotated:
-                after.append(g.upstream.seen[-1].credential())
+            tag = f"request-{next(counter)}"
+            if rotated.is_set():
+                after.add(tag)
+            await client.embeddings.create(model=MODEL, input=tag)
 
         async def flow() -> None:
             for _ in range(30):
@@ -242,8 +243,8 @@ async def test_rotation_while_requests_flow() -> None:
         g.put_ai("openai-main", "openai", ROTATED_KEY, version=2)
         rotated.set()
         await task  # no request failed
-        assert after and set(after) == {ROTATED_KEY}
-        assert g.upstream.seen[-1].credential() == ROTATED_KEY
+        used = {json.loads(s.body)["input"]: s.credential() for s in g.upstream.seen}
+        assert after and {used[tag] for tag in after} == {ROTATED_KEY}
 
 
 async def test_revocation_refuses_from_the_next_request_on() -> None:
