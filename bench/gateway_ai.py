@@ -19,6 +19,8 @@ that machine noise hits both alike:
    added p99 under 5 ms.
 2. Saturation: ``--concurrency`` requests in flight (closed loop), direct for the phase's
    duration, then through the gateway. Goal: the gateway at least 70% of direct.
+   For reference, a bare aiohttp proxy (it only relays: no key, no vault, no accounting)
+   is saturated the same way: the floor of any aiohttp relay on this machine.
 3. Streaming: ``stream: true`` completions one at a time: time to the first chunk and to
    the end of the stream, direct and through the gateway.
 
@@ -140,6 +142,31 @@ async def serve_upstream() -> None:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
+    await asyncio.Event().wait()
+
+
+async def serve_bare_proxy(upstream_url: str) -> None:
+    """The floor: an aiohttp proxy that only relays (no key, no vault, no accounting)."""
+    from aiohttp import web
+
+    session = aiohttp.ClientSession()
+    headers = {"Authorization": f"Bearer {PROVIDER_KEY}", "Content-Type": "application/json"}
+
+    async def relay(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with session.post(
+            f"{upstream_url}/chat/completions", data=body, headers=headers
+        ) as answer:
+            data = await answer.read()
+        return web.Response(body=data, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", relay)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -283,7 +310,10 @@ class Results:
 async def measure(profile: Profile, args: argparse.Namespace) -> Results:
     with child("--serve-upstream") as up:
         upstream_url = f"http://127.0.0.1:{up['port']}/v1"
-        with child("--serve-gateway", upstream_url) as gw:
+        with (
+            child("--serve-gateway", upstream_url) as gw,
+            child("--serve-bare-proxy", upstream_url) as bare,
+        ):
             direct = Target(
                 "direct",
                 f"{upstream_url}/chat/completions",
@@ -293,6 +323,11 @@ async def measure(profile: Profile, args: argparse.Namespace) -> Results:
                 "gateway",
                 f"http://127.0.0.1:{gw['port']}/v1/chat/completions",
                 {"Authorization": f"Bearer {gw['token']}", "Content-Type": "application/json"},
+            )
+            bare_proxy = Target(
+                "bare proxy",
+                f"http://127.0.0.1:{bare['port']}/v1/chat/completions",
+                {"Content-Type": "application/json"},
             )
             targets = (direct, gateway)
             connector = aiohttp.TCPConnector(limit=0)
@@ -309,6 +344,10 @@ async def measure(profile: Profile, args: argparse.Namespace) -> Results:
                     throughput[t.name] = await saturation(
                         http, t, args.concurrency, profile.phase_s
                     )
+                log(f"saturation (a bare aiohttp proxy): {args.concurrency} in flight")
+                throughput[bare_proxy.name] = await saturation(
+                    http, bare_proxy, args.concurrency, profile.phase_s
+                )
                 first: dict[str, Latency] = {}
                 whole: dict[str, Latency] = {}
                 for t in targets:
@@ -366,6 +405,12 @@ def print_report(info: dict[str, Any], mode: str, r: Results, elapsed: float) ->
              for text, value, g in goals]  # fmt: skip
     print_lines(render_table(["measure", "value", "goal", ""], grows, right=frozenset({1})))
     print()
+    floor = r.throughput["bare proxy"]
+    print(
+        f"reference: a bare aiohttp proxy (no key, no vault, no accounting) saturates at "
+        f"{fmt_rate(floor)} req/s; the gateway reaches "
+        f"{r.throughput['gateway'] / floor if floor else 0:.0%} of it"
+    )
     print(goal_summary([g for *_, g in goals]) + f"; {elapsed:.0f} s")
 
 
@@ -385,6 +430,7 @@ def to_json(info: dict[str, Any], mode: str, r: Results, elapsed: float) -> dict
             }
             for name in ("direct", "gateway")
         ],
+        "bare_proxy_saturation_per_s": r.throughput["bare proxy"],
         "goals": [
             {"measure": text, "value": value, "goal": g.text, "result": g.result}
             for text, value, g in goals_of(r)
@@ -399,6 +445,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="in flight, saturation")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-gateway", metavar="URL", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare-proxy", metavar="URL", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -409,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.serve_gateway:
         asyncio.run(serve_gateway(args.serve_gateway))
+        return 0
+    if args.serve_bare_proxy:
+        asyncio.run(serve_bare_proxy(args.serve_bare_proxy))
         return 0
     mode = mode_of(args)
     profile = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
