@@ -196,7 +196,7 @@ class OpenAiGateway:
             upstream_cm = self.session.request(
                 request.method,
                 url,
-                params=request.query,
+                params=request.query or None,
                 data=body if request.method == "POST" else None,
                 headers=headers,
                 allow_redirects=False,
