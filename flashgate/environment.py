@@ -63,6 +63,7 @@ NOT_INHERITED_BY_DEV_CHILDREN = (
     PASSPHRASE_ENV,  # and every FLASHGATE_PASSPHRASE_<ID>
     ADMIN_PASSPHRASE_ENV,
     NODE_PASSPHRASE_ENV,
+    GATEWAY_LISTEN_ENV,  # dev up gives each bridge a port of its own (or none)
 )
 
 
