@@ -93,3 +93,14 @@ def test_gateway() -> None:
     assert {"fixed.get.4k", "saturation.get.1024k", "saturation.put.1024k"} <= keys
     assert all(r["direct"]["errors"] == 0 and r["gateway"]["errors"] == 0 for r in document["rows"])
     assert document["verify"]["median_s"] > 0
+
+
+def test_gateway_ai() -> None:
+    document = run_bench("gateway_ai.py")
+    assert [r["key"] for r in document["rows"]] == ["chat.direct", "chat.gateway"]
+    assert all(r["fixed_latency"]["count"] > 0 for r in document["rows"])
+    assert [g["measure"] for g in document["goals"]] == [
+        "added p50 (ms)",
+        "added p99 (ms)",
+        "gateway / direct throughput",
+    ]

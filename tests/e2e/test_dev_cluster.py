@@ -271,6 +271,51 @@ def test_api_key_lifecycle(cluster: Cli) -> None:
     assert json.loads(revoked.stdout)["nodes"] == {n: "invalid" for n in NODES}
 
 
+def test_ai_gateway_through_dev_up(cluster: Cli) -> None:
+    """Each bridge serves the gateway on the port the banner names; the openai SDK with a
+    repository AI key gets the upstream's answer, the upstream gets the stored key."""
+    import re
+
+    import openai
+
+    from tests.support.ai_upstream import MODEL, upstream_in_thread
+
+    banner = (cluster.home.parent / "dev-up.log").read_text()
+    ports = dict(re.findall(r"gateway\s+(node-\d+) http://127\.0\.0\.1:(\d+)", banner))
+    assert sorted(ports) == NODES and len(set(ports.values())) == len(NODES)
+    with upstream_in_thread() as upstream:
+        cluster.json(
+            "secret", "put", "payments/llm", "--kind", "ai", "--provider", "openai",
+            "--api-key", "sk-" + CANARY.decode(), "--base-url", upstream.base_url,
+        )  # fmt: skip
+        doc = cluster.json(
+            "apikey", "create", "payments", "--scope", "ai", "--access", "openai",
+            "--name", "gateway e2e",
+        )  # fmt: skip
+        key = f"payments.{doc['key_id']}"
+        eventually(
+            lambda: all(
+                cluster.held(n).get(key) == 1 and cluster.held(n).get("payments.llm") == 1
+                for n in NODES
+            ),
+            60,
+            "the key and the AI secret on every bridge",
+        )
+        for node, port in sorted(ports.items()):
+            client = openai.OpenAI(
+                api_key=f"{doc['key_id']}.{doc['secret']}",
+                base_url=f"http://127.0.0.1:{port}/v1",
+                max_retries=0,
+            )
+            answer = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": node}]
+            )
+            assert answer.choices[0].message.content == "Hello from the upstream."
+            assert upstream.seen[-1].credential() == "sk-" + CANARY.decode()
+        cluster.json("apikey", "revoke", doc["key_id"])
+        cluster.json("secret", "delete", "payments/llm")
+
+
 def test_killed_bridge_others_continue_and_it_reloads(cluster: Cli) -> None:
     pid = int((cluster.home / "run" / "node-2.pid").read_text())
     os.kill(pid, signal.SIGKILL)
