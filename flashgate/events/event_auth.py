@@ -96,5 +96,3 @@ class EventAuthority:
             raise SignatureInvalid(f"{signer} is not an active node of the roster")
         verify(event, key)
         return event
-
-

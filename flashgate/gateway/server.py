@@ -3,9 +3,7 @@
 Dispatch: a request carrying AWS Signature V4 (``Authorization: AWS4-HMAC-SHA256 ...``, or
 ``X-Amz-Algorithm`` in the query for a presigned URL) goes to the S3 handler; ``/v1/...``
 to the OpenAI-compatible one (:mod:`flashgate.gateway.openai`); anything else is a 404.
-The S3 handler is :class:`flashgate.gateway.s3.S3Gateway` when that module is installed,
-else whatever the caller injects (a request for it is answered with an S3
-``NotImplemented`` error document when there is none).
+The S3 handler is :class:`flashgate.gateway.s3.S3Gateway` (a test may inject another).
 
 Limits (:class:`GatewayLimits`): request line and each header field at most 8 KiB, at
 most 100 header fields (aiohttp answers 400 past them), request bodies the handlers read
@@ -25,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import structlog
@@ -39,6 +35,8 @@ from flashgate.errors import ConfigurationError
 from flashgate.gateway.accounting import API, GatewayStats, Publish, accounting_middleware
 from flashgate.gateway.authority import Authority
 from flashgate.gateway.openai import OpenAiGateway, error
+from flashgate.gateway.s3 import S3Gateway
+from flashgate.gateway.s3 import claims as s3_claims
 
 log = structlog.get_logger("flashgate.gateway")
 
@@ -64,36 +62,10 @@ class GatewayLimits:
     drain_s: float = 5.0
 
 
-def sigv4_claims(request: web.BaseRequest) -> bool:
-    """Whether ``request`` is signed with AWS Signature V4 (header or presigned URL)."""
-    auth = request.headers.get("Authorization", "")
-    return auth.startswith("AWS4-HMAC-SHA256") or "X-Amz-Algorithm" in request.query
-
-
-def installed_s3() -> S3Factory | None:
-    """The S3 gateway of :mod:`flashgate.gateway.s3`, when that module is there."""
-    try:
-        module: Any = importlib.import_module("flashgate.gateway.s3")
-    except ImportError:
-        return None
-
-    def build(authority: Authority, session: aiohttp.ClientSession) -> tuple[Claims, Handler]:
-        s3 = module.S3Gateway(authority, session)
-        return module.claims, s3.handle
-
-    return build
-
-
-def _s3_missing(_request: web.Request) -> Awaitable[web.StreamResponse]:
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NotImplemented</Code>'
-        "<Message>This node serves no S3 gateway.</Message></Error>"
-    )
-
-    async def answer() -> web.StreamResponse:
-        return web.Response(status=501, text=body, content_type="application/xml")
-
-    return answer()
+def s3_gateway(authority: Authority, session: aiohttp.ClientSession) -> tuple[Claims, Handler]:
+    """The S3-compatible endpoint (:mod:`flashgate.gateway.s3`)."""
+    s3 = S3Gateway(authority, session)
+    return s3_claims, s3.handle
 
 
 @dataclass
@@ -103,8 +75,8 @@ class GatewayServer:
     #: Publishes one usage summary (the node signs and sends it); None: not published.
     publish_usage: Publish | None = None
     limits: GatewayLimits = field(default_factory=GatewayLimits)
-    #: The S3 handler's factory; default: :func:`installed_s3`.
-    s3: S3Factory | None = None
+    #: The S3 handler's factory (tests inject their own).
+    s3: S3Factory = s3_gateway
     usage_interval_s: float | None = None
     stats: GatewayStats = field(init=False)
     _runner: web.AppRunner | None = field(default=None, init=False)
@@ -117,8 +89,6 @@ class GatewayServer:
         self.stats = GatewayStats(self.node_id, publish=self.publish_usage)
         if self.usage_interval_s is not None:
             self.stats.usage_interval_s = self.usage_interval_s
-        if self.s3 is None:
-            self.s3 = installed_s3()
 
     @property
     def port(self) -> int:
@@ -136,10 +106,7 @@ class GatewayServer:
             max_body=limits.max_body,
             body_timeout_s=limits.body_timeout_s,
         )
-        if self.s3 is not None:
-            claims, s3_handle = self.s3(self.authority, session)
-        else:
-            claims, s3_handle = sigv4_claims, _s3_missing
+        claims, s3_handle = self.s3(self.authority, session)
 
         async def dispatch(request: web.Request) -> web.StreamResponse:
             if claims(request):

@@ -102,7 +102,6 @@ async def gateway(
             "node-1",
             publish_usage=publish,
             limits=limits or GatewayLimits(),
-            s3=None,
         )
         setup = Setup(vault, upstream, server, published)
         setup.put_ai("openai-main", "openai", PROVIDER_KEY)

@@ -17,7 +17,8 @@ from flashgate.errors import ConfigurationError
 from flashgate.events import domain as ev
 from flashgate.gateway.accounting import BYTES_IN, BYTES_OUT, GRANT, UPSTREAM_ERROR
 from flashgate.gateway.authority import Grant
-from flashgate.gateway.server import GatewayLimits, GatewayServer, S3Factory, sigv4_claims
+from flashgate.gateway.s3 import claims as s3_claims
+from flashgate.gateway.server import GatewayLimits, GatewayServer, S3Factory
 from tests.support.ai_upstream import AiUpstream
 
 GRANT_S3 = Grant(
@@ -73,7 +74,7 @@ def fake_s3(release: asyncio.Event | None = None) -> S3Factory:
             await response.write_eof()
             return response
 
-        return sigv4_claims, handle
+        return s3_claims, handle
 
     return build
 
@@ -92,11 +93,8 @@ async def serving(
         "node-1",
         publish_usage=publish,
         limits=limits or GatewayLimits(),
-        s3=s3,
+        **({} if s3 is None else {"s3": s3}),
     )
-    # Without an S3 module installed the slot stays empty unless injected.
-    if s3 is None:
-        server.s3 = None
     await server.start("127.0.0.1", 0)
     try:
         yield server, f"http://127.0.0.1:{server.port}", published
@@ -124,16 +122,16 @@ async def test_oversized_headers_and_bodies_are_refused() -> None:
             assert answer.status in (401, 413)
 
 
-async def test_dispatch_unknown_routes_and_the_empty_s3_slot() -> None:
+async def test_dispatch_unknown_routes_and_the_s3_endpoint() -> None:
     async with serving() as (_, url, _pub), aiohttp.ClientSession() as http:
         async with http.get(f"{url}/") as answer:
             assert answer.status == 404
             assert (await answer.json())["error"]["code"] == "unknown_route"
-        async with http.get(f"{url}/bucket/key", headers=SIGV4) as answer:
-            assert answer.status == 501
-            assert "<Code>NotImplemented</Code>" in await answer.text()
+        async with http.get(f"{url}/bucket/key", headers=SIGV4) as answer:  # the real S3 one
+            assert answer.status in (400, 403, 503)
+            assert "<Error><Code>" in await answer.text()
         async with http.get(f"{url}/bucket/key?X-Amz-Algorithm=AWS4-HMAC-SHA256") as answer:
-            assert answer.status == 501
+            assert "<Error><Code>" in await answer.text()
         async with http.get(f"{url}/v1/models") as answer:  # no bearer token
             assert answer.status == 401
             assert (await answer.json())["error"]["code"] == "invalid_api_key"
@@ -222,7 +220,7 @@ async def test_ai_upstream_fixture_records_headers() -> None:
 
 async def test_a_port_in_use_is_a_one_line_error() -> None:
     async with serving() as (server, _url, _pub):
-        other = GatewayServer(NoAuthority(), "node-2", s3=None)  # type: ignore[arg-type]
+        other = GatewayServer(NoAuthority(), "node-2")  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match=rf"127\.0\.0\.1:{server.port}.*in use"):
             await other.start("127.0.0.1", server.port)
         await other.drain(0)  # nothing to drain: a no-op
