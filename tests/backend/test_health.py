@@ -133,8 +133,12 @@ async def test_unhealthy_while_postgresql_refuses_connections(
     admin = await asyncpg.connect(PG_ADMIN_URL)
     capture = capture_logs()
     logs = capture.__enter__()
+    async def healthy_again() -> bool:
+        return await health.check(service) == []
+
     try:
-        assert await health.check(service) == []
+        # start() returns with the command consumer still subscribing (unhealthy until then)
+        await until(healthy_again, 30, "healthy once the command consumer is in place")
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
@@ -157,10 +161,6 @@ async def test_unhealthy_while_postgresql_refuses_connections(
         await until(lease_retried_or_died, 20, "the relay lease loop to meet the outage")
         assert not [p for p in await health.check(service) if "task has ended" in p]
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-
-        async def healthy_again() -> bool:
-            return await health.check(service) == []
-
         await until(healthy_again, 30, "healthy after the database returned")
     finally:
         capture.__exit__(None, None, None)
