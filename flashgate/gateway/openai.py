@@ -25,13 +25,16 @@ while the node is still loading, 502/504 when the upstream cannot be reached or 
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import quote, unquote
 
 import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from flashgate.errors import SecretNotHeld
 from flashgate.events.values import AiCredential
@@ -57,9 +60,20 @@ ANTHROPIC_VERSION = "2023-06-01"
 _REQUEST_HEADERS = ("content-type", "accept", "content-encoding", "user-agent")
 _REQUEST_PREFIXES = ("openai-beta", "anthropic-beta", "x-stainless-")
 #: Response headers relayed to the client.
+#: (Not openai-organization or openai-project: they name the account behind the stored
+#: credential.)
 _RESPONSE_HEADERS = ("content-type", "content-encoding", "cache-control", "retry-after",
-                     "x-request-id", "request-id")  # fmt: skip
-_RESPONSE_PREFIXES = ("openai-", "x-ratelimit-", "anthropic-ratelimit-")
+                     "x-request-id", "request-id", "openai-processing-ms",
+                     "openai-version")  # fmt: skip
+_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+#: A model id in ``/v1/models/<id>``: its provider's characters, at most one ``/``
+#: (``org/model``), never a dot segment; decoded once from the raw path and sent encoded,
+#: so nothing in it can reach another path of the provider (``..%2F``) or add a query.
+_MODEL_ID = re.compile(r"^(?!\.{1,2}(?:/|$))[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127}"
+                       r"(?:/(?!\.{1,2}$)[A-Za-z0-9._:@+-]{1,128})?$")  # fmt: skip
+_MODELS_PREFIX = "/v1/models/"
+#: The most of an upstream error document read (a longer one is not relayed).
+_ERROR_MAX = 1024 * 1024
 _ROUTES = {
     ("POST", "/v1/chat/completions"): "/chat/completions",
     ("POST", "/v1/embeddings"): "/embeddings",
@@ -123,9 +137,21 @@ def provider_headers(credential: AiCredential) -> dict[str, str]:
     return {"Authorization": f"Bearer {credential.api_key}"}
 
 
-def upstream_url(credential: AiCredential, suffix: str) -> str:
-    base = credential.base_url or DEFAULT_BASE_URLS[credential.provider]
-    return base.rstrip("/") + suffix
+def upstream_url(credential: AiCredential, suffix: str) -> URL:
+    """The provider's URL for ``suffix`` (already percent-encoded), taken as it is: yarl
+    neither decodes nor normalises it again."""
+    base = str(URL(credential.base_url or DEFAULT_BASE_URLS[credential.provider]))
+    return URL(base.rstrip("/") + suffix, encoded=True)
+
+
+def model_suffix(raw_path: str) -> str | None:
+    """``/models/<id>`` for ``GET /v1/models/<id>`` (the raw path, decoded once), or None
+    when the id is not one a provider could name."""
+    encoded = raw_path.split("?", 1)[0][len(_MODELS_PREFIX) :]
+    model = unquote(encoded)
+    if _MODEL_ID.fullmatch(model) is None:
+        return None
+    return "/models/" + quote(model, safe="/:@+")
 
 
 @dataclass
@@ -153,8 +179,12 @@ class OpenAiGateway:
         request[GRANT] = grant
         path = request.path
         suffix = _ROUTES.get((request.method, path))
-        if suffix is None and request.method == "GET" and path.startswith("/v1/models/"):
-            suffix = path[len("/v1") :]
+        if (
+            suffix is None
+            and request.method == "GET"
+            and request.raw_path.startswith(_MODELS_PREFIX)
+        ):
+            suffix = model_suffix(request.raw_path)
         if suffix is None:
             return error(404, f"No route {request.method} {path[:128]} here.",
                          "invalid_request_error", "unknown_route")  # fmt: skip
@@ -234,7 +264,10 @@ class OpenAiGateway:
                 # compressed anyway: it cannot be scrubbed, so it is not relayed
                 return error(upstream.status, f"The provider answered {upstream.status}.",
                              "server_error", "upstream_error")  # fmt: skip
-            data = await upstream.content.read(1024 * 1024)
+            data = await _read_whole(upstream, _ERROR_MAX)
+            if data is None:  # too long to scrub whole: not relayed
+                return error(upstream.status, f"The provider answered {upstream.status}.",
+                             "server_error", "upstream_error")  # fmt: skip
             data = data.replace(secret, b"<redacted>")
             request[BYTES_OUT] = len(data)
             return web.Response(status=upstream.status, body=data, headers=headers)
@@ -275,3 +308,17 @@ class OpenAiGateway:
             return response
         await response.write_eof()
         return response
+
+
+async def _read_whole(upstream: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body (however it arrives in pieces), or None when it is over ``limit``."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await upstream.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None

@@ -377,3 +377,44 @@ async def test_upstream_errors_are_relayed_scrubbed_of_the_credential() -> None:
         assert CANARY.decode() not in failed.value.response.text
         metrics = render(g.server.families()).decode()
         assert 'flashgate_gateway_upstream_errors_total{api="openai"' in metrics
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/..%2Ffiles%2Ffile-abc%2Fcontent",
+        "/v1/models/..%2F..%2Fv1%2Forganization%2Fadmin_api_keys",
+        "/v1/models/x%3Fafter=1%23",
+        "/v1/models/%2E%2E",
+        "/v1/models/a/b/c",
+        "/v1/chat/completions%2F..%2F..%2Ffiles",
+    ],
+)
+async def test_no_path_reaches_another_provider_endpoint(path: str) -> None:
+    """Adversarial review: ``/v1/models/..%2Ffiles...`` used to reach any GET endpoint of
+    the provider with the stored key (the decoded path was pasted onto the base URL)."""
+    async with gateway() as g, aiohttp.ClientSession() as http:
+        key = g.add_key()
+        headers = {"Authorization": f"Bearer {key.token}"}
+        async with http.get(f"{g.url}{path}", headers=headers) as answer:
+            assert answer.status == 404, await answer.text()
+        assert g.upstream.seen == []
+        async with http.get(f"{g.url}/v1/models/org%2Fmodel-1", headers=headers) as answer:
+            assert answer.status == 200
+        assert [s.path for s in g.upstream.seen] == ["/v1/models/org/model-1"]
+
+
+async def test_an_error_document_in_pieces_is_scrubbed_whole_and_names_no_account() -> None:
+    """Adversarial review: an error body quoting the key across two writes leaked the key's
+    first half, and openai-organization / openai-project named the provider account."""
+    async with gateway(fail_status=400, split_errors=True) as g, aiohttp.ClientSession() as http:
+        key = g.add_key()
+        headers = {"Authorization": f"Bearer {key.token}"}
+        body = b'{"model": "m", "input": "x"}'
+        async with http.post(f"{g.url}/v1/embeddings", data=body, headers=headers) as answer:
+            text = await answer.text()
+            assert answer.status == 400
+            assert "Trouble with key <redacted>" in text, text
+            assert PROVIDER_KEY[:8] not in text
+            assert "openai-organization" not in answer.headers
+            assert "openai-project" not in answer.headers

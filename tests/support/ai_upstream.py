@@ -48,6 +48,9 @@ class AiUpstream:
     #: When set, every request is answered with this status and an error that quotes the
     #: credential it got (as some providers' do).
     fail_status: int | None = None
+    #: With ``fail_status``: the error document arrives in two writes, split inside the
+    #: quoted credential, with headers that name the provider account.
+    split_errors: bool = False
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -61,6 +64,7 @@ class AiUpstream:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/{tail:.*}", self._anything)  # what no client should reach
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -71,11 +75,33 @@ class AiUpstream:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _record(self, request: web.Request) -> web.Response | None:
+    async def _anything(self, request: web.Request) -> web.StreamResponse:
+        refused = await self._record(request)
+        return refused or web.json_response({"reached": request.path})
+
+    async def _record(self, request: web.Request) -> web.StreamResponse | None:
         body = await request.read()
         seen = Seen(request.method, request.path, request.headers, body)
         self.seen.append(seen)
         credential = seen.credential()
+        if self.fail_status is not None and self.split_errors:
+            document = json.dumps({"error": {"message": f"Trouble with key {credential}"}})
+            raw = document.encode()
+            cut = raw.index(str(credential).encode()) + len(str(credential)) // 2
+            response = web.StreamResponse(
+                status=self.fail_status,
+                headers={
+                    "Content-Type": "application/json",
+                    "openai-organization": "acme-real-org",
+                    "openai-project": "proj_REAL123",
+                },
+            )
+            await response.prepare(request)
+            await response.write(raw[:cut])
+            await asyncio.sleep(0.05)
+            await response.write(raw[cut:])
+            await response.write_eof()
+            return response
         if self.fail_status is not None:
             return web.json_response(
                 {"error": {"message": f"Trouble with key {credential}", "code": "x"}},
