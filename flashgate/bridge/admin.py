@@ -39,6 +39,7 @@ from flashgate.events.node_status import (
     STATUS_REQUEST_CODEC,
     ApiKeyCheck,
     ApiKeyCheckResult,
+    FastPathStatus,
     HeldSecret,
     PeerStatus,
     PendingSecret,
@@ -66,6 +67,8 @@ class AdminRpcs:
     clock: Clock
     #: Buckets bound and their initial values loaded (the node's readiness).
     ready: Callable[[], bool] = lambda: False
+    #: The fast path's status (None: a node without one).
+    fast_path: Callable[[], FastPathStatus | None] = lambda: None
 
     def __post_init__(self) -> None:
         self.screen = RequestScreen(
@@ -127,6 +130,7 @@ class AdminRpcs:
             share_requests_refused=dict(self.responder.refused),
             misbehaviour=dict(self.peers.misbehaviour),
             ready=self.ready(),
+            fast_path=self.fast_path(),
         )
         return response
 

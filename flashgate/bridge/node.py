@@ -24,6 +24,10 @@ The parts, each in a module of its own:
   :mod:`~flashgate.bridge.loader`: asking them and loading the vault;
 - :mod:`~flashgate.bridge.admin`: status, API key check, metrics snapshot;
 - :mod:`~flashgate.bridge.liveness`: heartbeats and misbehaviour reports;
+- :mod:`~flashgate.bridge.fastpath` (with :mod:`~flashgate.bridge.ring_terms`): the fleet key
+  ring and fast wraps (DESIGN §6): the loader starts once the ring is read and its terms
+  opened (at most :data:`FAST_PATH_START_WAIT_S`; without the ring's buckets, or past
+  that, the node loads by the cold path alone);
 - :mod:`~flashgate.bridge.screening`: the signed-request screening the share protocol and
   the admin RPCs share.
 """
@@ -45,6 +49,7 @@ from flashgate.bridge import hardening as process_hardening
 from flashgate.bridge import metrics
 from flashgate.bridge.admin import AdminRpcs
 from flashgate.bridge.collector import Collector
+from flashgate.bridge.fastpath import FastPath
 from flashgate.bridge.fleet_follower import FleetFollower, starting_roster
 from flashgate.bridge.hardening import HardeningReport
 from flashgate.bridge.keyring import KeyRing
@@ -54,6 +59,7 @@ from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.protocol import Responder
 from flashgate.bridge.provenance import ProvenanceCheck
 from flashgate.bridge.rewrapper import Rewrapper
+from flashgate.bridge.ring_terms import TermStore
 from flashgate.bridge.screening import Clock, wall_clock_ms
 from flashgate.bridge.secrets_watch import SecretsWatch
 from flashgate.bridge.share_service import ShareService
@@ -80,6 +86,10 @@ SHARE_CONCURRENCY = 16
 SHARE_IN_FLIGHT = 64
 SHARE_PENDING = 1_024
 SHARE_PENDING_BYTES = 16 * 1024 * 1024
+#: How long the loader waits for the fast path (ring read, terms opened) before it starts
+#: by the cold path; the ring's buckets are bound within FAST_PATH_BIND_S or not at all.
+FAST_PATH_START_WAIT_S = 15.0
+FAST_PATH_BIND_S = 3.0
 
 
 @dataclass
@@ -126,8 +136,31 @@ class BridgeNode:
             ),
         )
         self.peers = PeerBook(self.node_id, roster)
+        self.fast = FastPath(
+            node_id=self.node_id,
+            fleet=self.names.fleet,
+            signing_key=bundle.signing_key,
+            terms=TermStore(
+                self.names.fleet,
+                self.store.keys,
+                roster=lambda: self.fleet.roster,
+                members=self.ring.members_of,
+                clock=self.clock,
+            ),
+            ring=self.ring,
+            peers=self.peers,
+            roster=lambda: self.fleet.roster,
+            collectors=self.collectors,
+            report=self._report,
+            spawn=self._spawn,
+            rng=self.rng,
+            clock=self.clock,
+        )
         self.loader = Loader(
-            vault=self.vault, collectors=self.collectors, on_unopenable=self._on_unopenable
+            vault=self.vault,
+            collectors=self.collectors,
+            on_unopenable=self._on_unopenable,
+            fast=self.fast,
         )
         self.rewrapper = Rewrapper(
             node_id=self.node_id,
@@ -170,7 +203,7 @@ class BridgeNode:
             vault=self.vault,
             transport=self.transport,
             report=self.liveness.report_misbehaviour,
-            on_roster=self.loader.wake,
+            on_roster=self._on_roster,
             on_epoch=self._on_new_epoch,
             on_revoked=self._on_revoked,
             bundle_path=self.settings.bundle_path,
@@ -191,6 +224,7 @@ class BridgeNode:
             partials_for=self.ring.partials_for,
             fetch_latest=self.secrets.fetch_latest,
             on_request=self.peers.seen,
+            lookup_term=self.fast.lookup_term,
         )
         self.admin = AdminRpcs(
             fleet=self.names.fleet,
@@ -208,6 +242,7 @@ class BridgeNode:
             started_at=self.started_at,
             clock=self.clock,
             ready=lambda: self.ready,
+            fast_path=self.fast.status,
         )
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
         self._share_in_flight = asyncio.Semaphore(SHARE_IN_FLIGHT)
@@ -279,6 +314,7 @@ class BridgeNode:
         fleet_kv = await self.transport.bucket(names.fleet_bucket)
         self._spawn(self.fleet.run(fleet_kv), "watch-fleet")
         await self.fleet.synced.wait()
+        await self._start_fast_path()
         secrets_kv = await self.transport.bucket(names.secrets_bucket)
         self._spawn(self.liveness.heartbeats(), "heartbeats")
         self._spawn(self.loader.run(), "loader")
@@ -297,6 +333,28 @@ class BridgeNode:
             roster_serial=self.roster.serial,
         )
 
+    async def _start_fast_path(self) -> None:
+        """Bind the ring's buckets, read them and open the terms (bounded): the loader
+        then tries each envelope's fast wrap first. No buckets (a broker declared before
+        the fast path), or not ready in time: the cold path, exactly as without it."""
+        names = self.names
+        try:
+            ring_kv, wraps_kv = await asyncio.wait_for(
+                asyncio.gather(
+                    self.transport.bucket(names.ring_bucket),
+                    self.transport.bucket(names.wraps_bucket),
+                ),
+                FAST_PATH_BIND_S,
+            )
+        except TimeoutError:
+            log.warning("no fast-path buckets; loading by the cold path only")
+            return
+        self._spawn(self.fast.run(ring_kv, wraps_kv), "fast-path")
+        try:
+            await asyncio.wait_for(self.fast.ready.wait(), FAST_PATH_START_WAIT_S)
+        except TimeoutError:
+            log.warning("the ring is not ready; loading by the cold path meanwhile")
+
     async def stop(self) -> int:
         """Purge everything held, stop tasks, close. Returns how many secrets were purged."""
         with structlog.contextvars.bound_contextvars(node=self.node_id):
@@ -304,6 +362,7 @@ class BridgeNode:
 
     async def _stop(self) -> int:
         purged = self.vault.purge()
+        self.fast.purge()
         self.ring.purge()
         if self._metrics is not None:
             self._metrics.close()
@@ -328,6 +387,14 @@ class BridgeNode:
     def _on_new_epoch(self) -> None:
         self._spawn(self.secrets.reingest_rejected())
         self.rewrapper.wake()
+        self.fast.wake()  # a new epoch: a new term
+
+    def _on_roster(self) -> None:
+        self.loader.wake()
+        self.fast.wake()  # a new roster (a revocation): a new term
+
+    async def _report(self, node_id: str, reason: str, key: str | None) -> None:
+        await self.liveness.report_misbehaviour(node_id, reason, key)
 
     def _on_unopenable(self, entry: Entry) -> None:
         """An envelope of the rotation's new epoch that does not open is a bad re-wrap: the
