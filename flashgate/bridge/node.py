@@ -105,6 +105,8 @@ class BridgeSettings:
     #: bundle's epoch, the node re-seals it with its new share (and the old one is gone).
     bundle_path: Path | None = None
     passphrase: str | None = field(default=None, repr=False)
+    #: The fast path (DESIGN §6); off: every secret by the cold path, no fast wraps.
+    fast_path: bool = True
 
 
 @dataclass
@@ -338,6 +340,10 @@ class BridgeNode:
         then tries each envelope's fast wrap first. No buckets (a broker declared before
         the fast path), or not ready in time: the cold path, exactly as without it."""
         names = self.names
+        if not self.settings.fast_path:
+            log.info("fast path off: loading by the cold path only")
+            self.loader.fast = None
+            return
         try:
             ring_kv, wraps_kv = await asyncio.wait_for(
                 asyncio.gather(

@@ -61,6 +61,12 @@ from flashgate.environment import (
     help="Serve Prometheus metrics on this port (127.0.0.1 unless --metrics-host).",
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--no-fast-path",
+    is_flag=True,
+    help="Load every secret by the cold path (one threshold decryption each) and write no "
+    "fast wraps: for benchmarks and diagnosis (DESIGN §6).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--log-json/--log-console", default=None, help="Default: JSON unless a terminal.")
 def bridge(
@@ -72,6 +78,7 @@ def bridge(
     workers: int | None,
     metrics_port: int | None,
     metrics_host: str,
+    no_fast_path: bool,
     log_level: str,
     log_json: bool | None,
 ) -> None:
@@ -102,6 +109,7 @@ def bridge(
         workers=workers,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        fast_path=not no_fast_path,
         bundle_path=bundle,
         passphrase=passphrase,  # to re-seal the bundle after a fleet key rotation
     )
