@@ -89,6 +89,8 @@ WRAP_TAKEOVER_S = 10.0
 #: Wraps written at once (each is a KV put with its acknowledgement).
 WRITE_CONCURRENCY = 64
 MAINTAIN_EVERY_S = 1.0
+#: A term that could not be opened is asked for again after this long (not every pass).
+TERM_RETRY_S = 10.0
 
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
@@ -152,7 +154,7 @@ class FastPath:
         self._wraps_read = asyncio.Event()
         self._wake = asyncio.Event()
         self._no_term_since: float | None = None
-        self._writer_keys: dict[str, tuple[str, Any]] = {}
+        self._open_failed: dict[str, float] = {}  # term id -> monotonic time it failed
 
     def __repr__(self) -> str:
         return (
@@ -247,10 +249,15 @@ class FastPath:
     # --- opening terms ---------------------------------------------------------------------
 
     async def open_terms(self) -> None:
-        """One threshold decryption per proven term not opened yet (its epoch held)."""
+        """One threshold decryption per proven term not opened yet (its epoch held); a
+        term that failed is asked for again only after TERM_RETRY_S."""
         wanted: dict[int, list[Term]] = {}
+        now = time.monotonic()
         for term in list(self.terms.current.values()):
             if term.term_id in self._opened or not self.terms.is_proven(term):
+                continue
+            failed = self._open_failed.get(term.term_id)
+            if failed is not None and now - failed < TERM_RETRY_S:
                 continue
             if term.epoch in self.collectors:
                 wanted.setdefault(term.epoch, []).append(term)
@@ -262,6 +269,7 @@ class FastPath:
             for term in terms:
                 y = result.values.get(term.key)
                 if y is None:
+                    self._open_failed[term.term_id] = time.monotonic()
                     log.warning(
                         "ring term not opened",
                         term=term.term_id,
@@ -273,8 +281,10 @@ class FastPath:
                         term.parsed, y, collector.public.key
                     )
                 except FlashgateError as exc:
+                    self._open_failed[term.term_id] = time.monotonic()
                     log.error("ring term does not open", term=term.term_id, reason=exc.code)
                     continue
+                self._open_failed.pop(term.term_id, None)
                 self.stats.terms_opened += 1
                 log.info("ring term opened", term=term.term_id, epoch=term.epoch)
 

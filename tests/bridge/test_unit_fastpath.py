@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flashgate.bridge import metrics
 from flashgate.bridge.collector import Collector, CollectResult
 from flashgate.bridge.fastpath import FastPath
 from flashgate.bridge.loader import Loader
@@ -37,6 +38,7 @@ from flashgate.crypto.rng import SYSTEM_RNG
 from flashgate.errors import DecryptionError
 from flashgate.events.envelope import jwe_sha256
 from flashgate.events.fleet import Roster
+from flashgate.events.node_status import StatusResponse
 from flashgate.events.ring import (
     FAST_WRAP_CODEC,
     STORED_TERM_CODEC,
@@ -679,3 +681,25 @@ async def test_fast_path_repr_and_purge_hold_no_secret(scene: Scene) -> None:
     assert all(cek.hex() not in text for cek in held)
     fp.purge()
     assert key == bytearray(32) and all(cek == bytearray(32) for cek in held)
+
+
+async def test_metrics_count_secrets_per_term_and_on_old_terms(scene: Scene) -> None:
+    await written(scene)
+    fp = scene.paths["node-1"]
+    scene.set_roster(roster(revoked=["node-5"], serial=3))  # type: ignore[attr-defined]
+    await fp.tend()  # a new term; its own wraps re-made, none by the others yet
+    status = StatusResponse(
+        fleet=FLEET,
+        node_id="node-1",
+        request_id=b"r" * 16,
+        issued_at=0,
+        started_at=0,
+        epoch=EPOCH,
+        roster_serial=3,
+        fast_path=fp.status(),
+    )
+    text = metrics.render(metrics.families(status, 0)).decode()
+    assert "flashgate_fast_path_secrets{" in text
+    old = fp.on_old_terms()
+    assert f'flashgate_fast_path_old_term_secrets{{node="node-1"}} {float(old)}' in text
+    assert old == sum(fp.on_terms().values()) - fp.on_terms().get(fp.status().current_term, 0)
