@@ -148,6 +148,8 @@ class FastPath:
         self._opened: dict[str, bytearray] = {}  # term id -> term key
         self.wraps: dict[str, FastWrap] = {}  # envelope key -> its wrap in the bucket
         self.per_term: Counter[str] = Counter()  # term id -> wraps in the bucket
+        #: term id -> wraps seen written under it (overwritten ones too): its use count
+        self.uses: Counter[str] = Counter()
         self._held: dict[str, _HeldKey] = {}  # envelope key -> its content key
         self.ready = asyncio.Event()  # terms read and opened (or given up): start loading
         self._ring_read = asyncio.Event()
@@ -238,6 +240,8 @@ class FastPath:
         if wrap is not None:
             self.wraps[key] = wrap
             self.per_term[wrap.term_id] += 1
+            if old is None or old.nonce != wrap.nonce:  # not the echo of our own write
+                self.uses[wrap.term_id] += 1
 
     def _drop_term(self, key: str) -> None:
         term = self.terms.remove(key)
@@ -416,7 +420,7 @@ class FastPath:
                 or t.roster_serial != serial
                 or term.term_id not in self._opened
                 or now >= t.created_at + t.max_age_ms
-                or self.per_term.get(term.term_id, 0) >= t.max_wraps
+                or self.uses.get(term.term_id, 0) >= t.max_wraps
                 or not self.terms.is_proven(term)
             ):
                 continue

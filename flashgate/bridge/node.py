@@ -87,7 +87,7 @@ SHARE_IN_FLIGHT = 64
 SHARE_PENDING = 1_024
 SHARE_PENDING_BYTES = 16 * 1024 * 1024
 #: How long the loader waits for the fast path (ring read, terms opened) before it starts
-#: by the cold path; the ring's buckets are bound within FAST_PATH_BIND_S or not at all.
+#: by the cold path; and for the ring's buckets to be bound (else it starts at once).
 FAST_PATH_START_WAIT_S = 15.0
 FAST_PATH_BIND_S = 3.0
 
@@ -337,29 +337,31 @@ class BridgeNode:
 
     async def _start_fast_path(self) -> None:
         """Bind the ring's buckets, read them and open the terms (bounded): the loader
-        then tries each envelope's fast wrap first. No buckets (a broker declared before
-        the fast path), or not ready in time: the cold path, exactly as without it."""
-        names = self.names
+        then tries each envelope's fast wrap first. No buckets yet (a broker declared
+        before the fast path, or a backend not started yet), or not ready in time: the
+        loader starts by the cold path, exactly as without it, and the fast path joins in
+        (writing wraps, serving ring partials) once its buckets are there."""
         if not self.settings.fast_path:
             log.info("fast path off: loading by the cold path only")
             self.loader.fast = None
             return
+        bound = asyncio.Event()
+        self._spawn(self._run_fast_path(bound), "fast-path")
         try:
-            ring_kv, wraps_kv = await asyncio.wait_for(
-                asyncio.gather(
-                    self.transport.bucket(names.ring_bucket),
-                    self.transport.bucket(names.wraps_bucket),
-                ),
-                FAST_PATH_BIND_S,
-            )
+            await asyncio.wait_for(bound.wait(), FAST_PATH_BIND_S)
         except TimeoutError:
-            log.warning("no fast-path buckets; loading by the cold path only")
+            log.warning("no fast-path buckets yet; loading by the cold path meanwhile")
             return
-        self._spawn(self.fast.run(ring_kv, wraps_kv), "fast-path")
         try:
             await asyncio.wait_for(self.fast.ready.wait(), FAST_PATH_START_WAIT_S)
         except TimeoutError:
             log.warning("the ring is not ready; loading by the cold path meanwhile")
+
+    async def _run_fast_path(self, bound: asyncio.Event) -> None:
+        ring_kv = await self.transport.bucket(self.names.ring_bucket)
+        wraps_kv = await self.transport.bucket(self.names.wraps_bucket)
+        bound.set()
+        await self.fast.run(ring_kv, wraps_kv)
 
     async def stop(self) -> int:
         """Purge everything held, stop tasks, close. Returns how many secrets were purged."""

@@ -703,3 +703,38 @@ async def test_metrics_count_secrets_per_term_and_on_old_terms(scene: Scene) -> 
     old = fp.on_old_terms()
     assert f'flashgate_fast_path_old_term_secrets{{node="node-1"}} {float(old)}' in text
     assert old == sum(fp.on_terms().values()) - fp.on_terms().get(fp.status().current_term, 0)
+
+
+async def test_the_log_pipeline_refuses_term_and_content_keys(scene: Scene) -> None:
+    from flashgate.logs import refuse_secrets
+
+    made = await written(scene)
+    fp = scene.paths["node-1"]
+    event = refuse_secrets(
+        None,
+        "info",
+        {"event": "x", "path": fp, "held": fp._held[made[0].key], "cek": bytearray(32)},
+    )
+    assert event["path"].startswith("<refused") and event["held"].startswith("<refused")
+    assert event["cek"].startswith("<refused")
+    assert event["secrets_refused"] == ["cek", "held", "path"]
+
+
+async def test_a_term_ends_at_its_age_and_use_limits(scene: Scene) -> None:
+    """AWS Encryption SDK caching rules: a term takes no new wraps past its age or its
+    number of wraps; a new term is made, and past twice its age it is refused outright."""
+    await written(scene)
+    fp = scene.paths["node-1"]
+    first = fp.current_term()
+    assert first is not None and first.term.max_wraps == fp.max_wraps
+    fp.uses[first.term_id] = first.term.max_wraps  # its use count reached
+    assert fp.current_term() is None
+    await fp.tend()
+    second = fp.current_term()
+    assert second is not None and second.term_id != first.term_id
+    later = second.term.created_at + second.term.max_age_ms
+    fp.clock = lambda: later  # its age reached
+    assert fp.current_term() is None
+    fp.terms.clock = lambda: later + second.term.max_age_ms + 1  # past its hard expiry
+    assert not fp.terms.is_proven(second)
+    assert fp.terms.lookup(second.key, second.revision) is None  # no partial for it either
