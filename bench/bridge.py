@@ -74,6 +74,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -1602,12 +1603,12 @@ class FastLive:
         await ring.put(*material.term)
         logs_dir = self.base / f"logs-{tag}"
         logs_dir.mkdir(exist_ok=True)
+        # Each run from the bundles as dealt: nodes re-seal theirs with every roster they
+        # accept, so a revocation in one run would stick to the next.
+        bundles = self.base / f"bundles-{tag}"
+        shutil.copytree(self.fleet_dir / "nodes", bundles)
         self.nodes = {
-            node_id: Node(
-                node_id,
-                self.fleet_dir / "nodes" / f"{node_id}.bundle",
-                logs_dir / f"{node_id}.log",
-            )
+            node_id: Node(node_id, bundles / f"{node_id}.bundle", logs_dir / f"{node_id}.log")
             for node_id in [b.node_id for b in self.ceremony.bundles]
         }
 
@@ -1792,9 +1793,11 @@ async def run_fast_path(
     live = FastLive(name, ceremony, fleet_dir, base, args)
     joins: list[JoinResult] = []
     cold_rate: float | None = None  # cold join seconds per secret, measured
+    cold_from = 0  # at this S
     fleet_run: FleetRun | None = None
     material: FastMaterial | None = None
-    for size in sorted(set(profile.sizes) | {profile.fleet_secrets}):
+    errors: list[str] = []
+    for size in sorted(set(profile.sizes) | ({profile.fleet_secrets} - {0})):
         log(f"fast path {label}: S={size:,}: envelopes, wraps, a term")
         started = time.perf_counter()
         material = fast_material(name, ceremony, size)
@@ -1814,12 +1817,12 @@ async def run_fast_path(
                 if size <= profile.cold_max:
                     cold = await fast_join(live, size, fast=False, deadline_s=max(600.0, size / 5))
                     if cold.connected_to_held_s is not None:
-                        cold_rate = cold.connected_to_held_s / size
+                        cold_rate, cold_from = cold.connected_to_held_s / size, size
                 else:
                     cold = JoinRun("cold", estimated=True)
                     if cold_rate is not None:
                         cold.connected_to_held_s = cold_rate * size
-                        cold.note = f"estimated from S={profile.cold_max:,} (linear)"
+                        cold.note = f"estimated from S={cold_from:,} (linear)"
                 joins.append(JoinResult(size, fast, cold, baseline, len(sample) < size, setup))
                 for node in live.nodes.values():
                     node.stop()
@@ -1837,6 +1840,9 @@ async def run_fast_path(
                     await fast_rotation(live, size, fleet_run)
                 else:
                     fleet_run.note = "the fleet did not load in time"
+        except Exception as exc:  # report what was measured, never crash the table
+            log(f"fast path S={size:,}: failed: {exc!r}")
+            errors.append(f"S={size:,}: {type(exc).__name__}: {exc}")
         finally:
             await live.stop()
     return {
@@ -1844,6 +1850,7 @@ async def run_fast_path(
         "joins": [asdict(j) for j in joins],
         "fleet": asdict(fleet_run) if fleet_run else None,
         "cores": CORES,
+        "errors": errors,
     }
 
 
@@ -1933,13 +1940,14 @@ def print_fast_path(
         "start (Python imports, hardening, unsealing the bundle).",
         "SINGLE KEY: the same envelopes decoded and opened in this process with the full "
         "RSA private key (cryptography's RSA-OAEP-256, one core) and AES-GCM.",
-        "COLD (est.): measured at the largest S up to the profile's cold limit, scaled "
-        "linearly (each secret costs t partial decryptions).",
+        "COLD (est.): measured at the largest S up to the cold limit, scaled linearly "
+        "(each secret costs t partial decryptions).",
     ]
     for join in result["joins"]:
         for run in (join["fast"], join["cold"]):
             if run["note"] and not run["estimated"]:
                 notes.append(f"S={join['secrets']:,} {run['path']}: {run['note']}")
+    notes += [f"error: {e}" for e in result["errors"]]
     lines += ["", *notes, f"elapsed {elapsed:.0f} s"]
     for line in lines:
         print(line)
@@ -1948,6 +1956,12 @@ def print_fast_path(
 def main_fast_path(args: argparse.Namespace) -> int:
     mode = mode_of(args)
     profile = {"smoke": FAST_SMOKE, "quick": FAST_QUICK, "full": FAST_FULL}[mode]
+    if args.sizes:
+        profile = dataclasses.replace(profile, sizes=tuple(args.sizes))
+    if args.cold_max is not None:
+        profile = dataclasses.replace(profile, cold_max=args.cold_max)
+    if args.fleet_secrets is not None:
+        profile = dataclasses.replace(profile, fleet_secrets=args.fleet_secrets)
     info = machine_info(PACKAGES)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-fastpath-") as tmp:
@@ -1973,6 +1987,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="the fast path instead (DESIGN §6): a node joining a running fleet by the fast "
         "and the cold path beside a single-key baseline, a whole-fleet start, a ring rotation",
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="--fast-path: the S of the joins (default per mode)"
+    )
+    parser.add_argument(
+        "--cold-max", type=int, help="--fast-path: measure the cold join up to this S only"
+    )
+    parser.add_argument(
+        "--fleet-secrets", type=int, help="--fast-path: S of the fleet start and rotation (0: none)"
     )
     return parser.parse_args(argv)
 
