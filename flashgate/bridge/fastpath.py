@@ -44,7 +44,7 @@ import hashlib
 import hmac
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Container, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,12 @@ WRITE_CONCURRENCY = 64
 MAINTAIN_EVERY_S = 1.0
 #: A term that could not be opened is asked for again after this long (not every pass).
 TERM_RETRY_S = 10.0
+#: At start, a term that did not open is asked for again this often, this many times.
+START_RETRY_S = 0.5
+START_RETRIES = 10
+#: A wrap whose envelope this node does not have (deleted while it was down) is purged
+#: once it is this old: a wrap just written may come before its envelope does.
+ORPHAN_GRACE_MS = 60_000
 
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
@@ -143,6 +149,9 @@ class FastPath:
     stats: FastPathStats = field(default_factory=FastPathStats)
     ring_kv: KeyValue | None = None
     wraps_kv: KeyValue | None = None
+    #: The envelope keys this node holds in its store once its initial values are read
+    #: (None before): a wrap of any other key is an orphan, purged after ORPHAN_GRACE_MS.
+    live_keys: Callable[[], Container[str] | None] = lambda: None
 
     def __post_init__(self) -> None:
         self._opened: dict[str, bytearray] = {}  # term id -> term key
@@ -157,6 +166,7 @@ class FastPath:
         self._wake = asyncio.Event()
         self._no_term_since: float | None = None
         self._open_failed: dict[str, float] = {}  # term id -> monotonic time it failed
+        self._gone: set[str] = set()  # envelopes deleted: their wraps are purged
 
     def __repr__(self) -> str:
         return (
@@ -175,7 +185,7 @@ class FastPath:
         await self._ring_read.wait()
         await self._wraps_read.wait()
         try:
-            await self.open_terms()
+            await self._open_terms_at_start()
         finally:
             self.ready.set()
         log.info(
@@ -292,6 +302,18 @@ class FastPath:
                 self.stats.terms_opened += 1
                 log.info("ring term opened", term=term.term_id, epoch=term.epoch)
 
+    async def _open_terms_at_start(self) -> None:
+        """Open the terms; peers starting at the same moment may not have read the ring
+        yet (they refuse ``unknown_term``), so one that failed is asked for again every
+        START_RETRY_S, for up to START_RETRIES times, before loading starts without it."""
+        await self.open_terms()
+        for _ in range(START_RETRIES):
+            if not self._open_failed:
+                return
+            await asyncio.sleep(START_RETRY_S)
+            self._open_failed.clear()
+            await self.open_terms()
+
     async def lookup_term(self, key: str, revision: int) -> Term | None:
         """A responder's look-up (the share service): a proven term at ``revision``; one
         not seen yet is read from the bucket (its latest revision only) and checked."""
@@ -346,10 +368,14 @@ class FastPath:
         self.wake()
 
     def forget(self, key: str) -> None:
-        """The envelope was deleted: drop its content key."""
+        """The envelope was deleted: drop its content key, and purge its wrap (a wrap
+        left behind would keep its term from ever being purged)."""
         held = self._held.pop(key, None)
         if held is not None:
             held.wipe()
+        if key in self.wraps:
+            self._gone.add(key)
+            self.wake()
 
     def _keep(self, entry: Entry, cek: bytearray) -> None:
         old = self._held.get(entry.key)
@@ -407,26 +433,40 @@ class FastPath:
 
     # --- keeping the ring current ----------------------------------------------------------
 
+    def _eligible(self, term: Term, now: int) -> bool:
+        """Whether new wraps may go under ``term`` (opened or not): proven, for the
+        current epoch and the roster serial this node holds, within its limits."""
+        t = term.term
+        return (
+            t.epoch == self.ring.current.epoch
+            and t.roster_serial == self.roster().serial
+            and now < t.created_at + t.max_age_ms
+            and self.uses.get(term.term_id, 0) < t.max_wraps
+            and self.terms.is_proven(term)
+        )
+
     def current_term(self) -> Term | None:
         """The term new wraps go under (module docstring), or None."""
         now = self.clock()
-        epoch = self.ring.current.epoch
-        serial = self.roster().serial
         best: Term | None = None
         for term in self.terms.current.values():
-            t = term.term
-            if (
-                t.epoch != epoch
-                or t.roster_serial != serial
-                or term.term_id not in self._opened
-                or now >= t.created_at + t.max_age_ms
-                or self.uses.get(term.term_id, 0) >= t.max_wraps
-                or not self.terms.is_proven(term)
-            ):
+            if term.term_id not in self._opened or not self._eligible(term, now):
                 continue
-            if best is None or (t.created_at, t.term_id) > (best.term.created_at, best.term_id):
+            if best is None or (term.term.created_at, term.term_id) > (
+                best.term.created_at,
+                best.term_id,
+            ):
                 best = term
         return best
+
+    def _awaiting_open(self) -> bool:
+        """An eligible term exists that this node has not opened (yet): it is opened (or
+        retried), not replaced by a new one."""
+        now = self.clock()
+        return any(
+            term.term_id not in self._opened and self._eligible(term, now)
+            for term in self.terms.current.values()
+        )
 
     async def maintain(self) -> None:
         while True:
@@ -442,6 +482,7 @@ class FastPath:
         """One pass: open new terms, make a term if none is current and it is this node's
         turn, write the wraps that are this node's, purge old terms nothing refers to."""
         await self.open_terms()
+        await self._purge_gone_wraps()
         current = self.current_term()
         if current is None:
             current = await self._maybe_make_term()
@@ -479,7 +520,7 @@ class FastPath:
 
     async def _maybe_make_term(self) -> Term | None:
         rank = self._term_rank()
-        if rank is None or self.ring_kv is None:
+        if rank is None or self.ring_kv is None or self._awaiting_open():
             return None
         now = time.monotonic()
         if self._no_term_since is None:
@@ -606,6 +647,26 @@ class FastPath:
             ),
             self.signing_key,
         )
+
+    async def _purge_gone_wraps(self) -> None:
+        """Purge the wraps of deleted envelopes, and orphans (an envelope deleted while
+        this node was down) past ORPHAN_GRACE_MS."""
+        kv = self.wraps_kv
+        if kv is None:
+            return
+        gone = set(self._gone)
+        live = self.live_keys()
+        if live is not None:
+            oldest = self.clock() - ORPHAN_GRACE_MS
+            gone |= {k for k, w in self.wraps.items() if k not in live and w.written_at < oldest}
+        for key in gone:
+            self._gone.discard(key)
+            if key not in self.wraps:
+                continue
+            with contextlib.suppress(Exception):
+                await kv.purge(key)
+                self._set_wrap(key, None)
+                log.info("fast wrap purged: its envelope is gone", key=key)
 
     async def _purge_old_terms(self, current: Term) -> None:
         """Purge terms older than the current one (or refused) that no wrap refers to."""

@@ -157,6 +157,7 @@ class BridgeNode:
             spawn=self._spawn,
             rng=self.rng,
             clock=self.clock,
+            live_keys=self._live_keys,
         )
         self.loader = Loader(
             vault=self.vault,
@@ -396,6 +397,11 @@ class BridgeNode:
         self._spawn(self.secrets.reingest_rejected())
         self.rewrapper.wake()
         self.fast.wake()  # a new epoch: a new term
+
+    def _live_keys(self) -> dict[str, Entry] | None:
+        """The envelopes held in the store, once the secrets bucket is read (the fast
+        path purges wraps of any other key, after a grace)."""
+        return self.store.current if self.secrets.initial_load_done.is_set() else None
 
     def _on_roster(self) -> None:
         self.loader.wake()

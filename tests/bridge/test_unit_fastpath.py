@@ -738,3 +738,39 @@ async def test_a_term_ends_at_its_age_and_use_limits(scene: Scene) -> None:
     fp.terms.clock = lambda: later + second.term.max_age_ms + 1  # past its hard expiry
     assert not fp.terms.is_proven(second)
     assert fp.terms.lookup(second.key, second.revision) is None  # no partial for it either
+
+
+async def test_a_deleted_secrets_wrap_is_purged_and_its_term_can_go(scene: Scene) -> None:
+    made = await written(scene)
+    fp = scene.paths["node-1"]
+    gone = made[0]
+    fp.forget(gone.key)  # deleted upstream (the loader forgets it)
+    await fp.tend()
+    assert gone.key not in scene.wraps_kv.values and gone.key not in fp.wraps
+    # a wrap whose envelope another node never saw (deleted while it was down): an
+    # orphan, purged once it is older than the grace, never before
+    other = scene.paths["node-2"]
+    scene.sync("node-2")
+    orphan = made[1]
+    live = {e.key for e in made[2:]}
+    other.live_keys = lambda: live
+    await other.tend()
+    assert orphan.key in scene.wraps_kv.values  # too recent
+    other.clock = lambda: wall_ms() + 61_000
+    await other.tend()
+    assert orphan.key not in scene.wraps_kv.values
+    assert all(e.key in scene.wraps_kv.values for e in made[2:])
+
+
+async def test_no_new_term_while_an_eligible_one_waits_to_be_opened(scene: Scene) -> None:
+    """Nodes starting together: one that could not open the current term yet (its peers
+    had not read the ring) opens it later; it does not replace it with a term of its own."""
+    await written(scene)
+    fp = scene.paths["node-2"]
+    term = scene.paths["node-1"].current_term()
+    assert term is not None and fp.current_term() is None  # known to node-2, not opened
+    assert await fp._maybe_make_term() is None
+    assert len(scene.ring_kv.values) == 1
+    await fp.tend()
+    current = fp.current_term()
+    assert current is not None and current.term_id == term.term_id
