@@ -177,6 +177,14 @@ class Unproven(FlashgateError):
     code = "unproven"
 
 
+class Tombstoned(FlashgateError):
+    """An envelope of a secret the admin deleted, or of an API key the admin revoked, stated
+    before that deletion (the admin-signed tombstone a node keeps for good): never loaded,
+    never answered for."""
+
+    code = "deleted"
+
+
 class MissingContext(ContextMismatch):
     """The envelope has no flashgate context, and the caller requires one."""
 

@@ -53,6 +53,17 @@ def test_events() -> None:
     ]
 
 
+def test_node_reports() -> None:
+    document = run_bench("node_reports.py")
+    assert [r["key"] for r in document["rows"]] == [
+        "relayed",
+        "rate_limited",
+        "garbage",
+        "bad_signature",
+        "replayed",
+    ]
+
+
 def test_backend_with_its_loop_profile() -> None:
     document = run_bench("backend.py", "--profile")
     assert [r["key"] for r in document["rows"]] == ["throughput", "latency"]

@@ -4,7 +4,8 @@ Start-up, in order: pin the fleet (fleet directory, checked against the database
 check the database schema, take the SQLite single-replica lock, connect to NATS and
 declare the fleet's streams and buckets, publish the descriptors and roster to the fleet
 bucket, drain the outbox, reconcile the secrets bucket, then consume commands, relay the
-outbox and answer metadata queries until stopped.
+outbox, answer metadata queries and relay the nodes' signed reports into the event stream
+(nodes may not publish there: :mod:`flashgate.backend.node_reports`) until stopped.
 
 Every event it publishes is signed on its way out with the backend's event key
 (``backend.key``, :mod:`flashgate.fleet.backend_key`), so the admin tooling can tell its
@@ -45,6 +46,11 @@ from flashgate.backend import db, health
 from flashgate.backend.fleet_state import FleetState
 from flashgate.backend.lease import PostgresRelayLease
 from flashgate.backend.models import Fleet, FleetEpoch
+from flashgate.backend.node_reports import (
+    REPORT_BURST_BYTES,
+    REPORT_RATE_BYTES_PER_S,
+    NodeReportRelay,
+)
 from flashgate.backend.ordering import Sequencer, Step
 from flashgate.backend.outbox import Relay, kv_subject
 from flashgate.backend.processor import CommandProcessor, Outcome
@@ -95,6 +101,10 @@ class BackendSettings:
     concurrency: int | None = None  # commands applied at once; default 1 on SQLite, 8 on PG
     ack_wait: float = 30.0
     health_file: Path | None = None  # rewritten while running (flashgate.backend.health)
+    #: Bytes of node reports relayed per node: at once, then per second
+    #: (flashgate.backend.node_reports)
+    node_report_burst_bytes: int = REPORT_BURST_BYTES
+    node_report_rate_bytes: float = REPORT_RATE_BYTES_PER_S
 
 
 class Backend:
@@ -106,6 +116,7 @@ class Backend:
         self.processor: CommandProcessor | None = None
         self.relay: Relay | None = None
         self.rewrap: RewrapService | None = None
+        self.node_reports: NodeReportRelay | None = None
         self._relay_lease: PostgresRelayLease | None = None
         self._tasks = HeldTaskGroup("backend")
         self._long: list[asyncio.Task[None]] = []  # the long-running ones (health reads them)
@@ -129,7 +140,12 @@ class Backend:
         store.lock_out_other_backends()
         state = await self._load_state(names)
         self.nc = await connect(
-            s.nats_urls, role="backend", name=s.instance, user=s.nats_user, password=s.nats_password
+            s.nats_urls,
+            role="backend",
+            name=s.instance,
+            user=s.nats_user,
+            password=s.nats_password,
+            error_cb=self._on_nats_error,
         )
         self.js = self.nc.jetstream()
         declared = await declare_fleet(self.js, names, replicas=s.stream_replicas)
@@ -147,6 +163,7 @@ class Backend:
             self._spawn(self.relay.run(), "relay")
         await self._start_queries(names, state.fleet_id)
         await self._start_rewrap(names)
+        await self._start_node_reports(names, state.fleet_id)
         self._spawn(self._consume(names), "consumer")
         if s.health_file is not None:
             self._spawn(health.run(self, s.health_file), "health")
@@ -171,6 +188,8 @@ class Backend:
         if self.relay is not None:
             self.relay.stop()
         await self._tasks.close()
+        if self.node_reports is not None:
+            self.node_reports.log_summary()
         if self.relay is not None and self.nc is not None and self.nc.is_connected:
             with contextlib.suppress(Exception):  # best effort: the next start relays the rest
                 await asyncio.wait_for(self._drain_outbox(), 3)
@@ -617,3 +636,32 @@ class Backend:
         await self.nc.subscribe(
             names.rewrap_subject, queue="backend", cb=inbox_replies_only(handler, "re-wrap")
         )
+
+    async def _start_node_reports(self, names: FleetNames, fleet_id: int) -> None:
+        """The bridges' signed reports, checked, rate-limited and relayed into the event
+        stream (nodes may not publish there: flashgate.backend.node_reports)."""
+        assert self.nc is not None and self.sessions is not None
+        sessions, s = self.sessions, self.settings
+
+        async def read_roster() -> str | None:
+            async with sessions() as session:
+                return await session.scalar(select(Fleet.roster).where(Fleet.id == fleet_id))
+
+        async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+            assert self.js is not None
+            with broker_errors("relaying a node report"):  # verbatim: the node's signature
+                await self.js.publish(subject, payload, headers=headers, timeout=PUBLISH_TIMEOUT)
+
+        self.node_reports = NodeReportRelay(
+            names,
+            read_roster,
+            publish,
+            rate_bytes=s.node_report_rate_bytes,
+            burst_bytes=s.node_report_burst_bytes,
+        )
+        await self.node_reports.start(self.nc)
+        self._spawn(self.node_reports.run(self.nc), "node-reports")
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError) and self.node_reports is not None:
+            self.node_reports.overflowed(exc.subject)

@@ -67,6 +67,8 @@ class AdminRpcs:
     clock: Clock
     #: Buckets bound and their initial values loaded (the node's readiness).
     ready: Callable[[], bool] = lambda: False
+    #: How many tombstones this node keeps (:mod:`flashgate.bridge.tombstones`).
+    tombstones: Callable[[], int] = lambda: 0
     #: The fast path's status (None: a node without one).
     fast_path: Callable[[], FastPathStatus | None] = lambda: None
 
@@ -129,6 +131,7 @@ class AdminRpcs:
             share_requests_served=self.responder.served,
             share_requests_refused=dict(self.responder.refused),
             misbehaviour=dict(self.peers.misbehaviour),
+            tombstones=self.tombstones(),
             ready=self.ready(),
             fast_path=self.fast_path(),
         )

@@ -16,6 +16,10 @@ key before it changes anything:
 - ``rotation.<epoch>``: a new fleet key epoch; this node opens its sealed share of it,
   adds the epoch to its key ring (and a collector for it), and reads again the envelopes
   it had refused for want of that epoch.
+- ``tombstone.*``: an admin-signed deletion or API key revocation
+  (:mod:`flashgate.bridge.tombstones`), kept for good; what it kills is dropped at once
+  (``on_tombstone``). Read before ``synced``: no envelope is loaded before the node knows
+  every tombstone it has read.
 - ``retired.<epoch>``: drop the retired epoch's share and partials once the initial
   values are read, and re-seal the bundle on disk with the current epoch's share (so the
   retired share is not on disk either).
@@ -41,6 +45,7 @@ from flashgate.bridge.collector import Collector, Report
 from flashgate.bridge.keyring import EpochSlot, KeyRing
 from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.store import EnvelopeStore
+from flashgate.bridge.tombstones import Tombstone, Tombstones
 from flashgate.bridge.transport import NatsTransport
 from flashgate.bridge.vault import Vault
 from flashgate.broker.watch import Deleted, InitialDone, follow
@@ -103,6 +108,8 @@ class FleetFollower:
     on_roster: Callable[[], None]  # a roster was applied (the loader tries again)
     on_epoch: Callable[[], None]  # a new epoch is held (read refused envelopes again)
     on_revoked: Callable[[], None]  # this node is revoked (after the purge): stop
+    tombstones: Tombstones
+    on_tombstone: Callable[[Tombstone], None]  # a new tombstone: drop what it kills
     #: Where the bundle lives and its passphrase, to re-seal it with a newer roster and
     #: after a retirement.
     bundle_path: Path | None = None
@@ -176,14 +183,18 @@ class FleetFollower:
         """The fleet bucket: roster updates, rotations (a new epoch's sealed shares) and
         retirements, each admin-signed; ``synced`` is set after the initial values."""
         self.check_revoked()  # by the roster kept in the bundle, whatever the bucket says
+        kept = await asyncio.to_thread(self.tombstones.load)
+        if kept:
+            log.info("tombstones read back", count=kept)
         async with contextlib.aclosing(follow(fleet_kv)) as events:
             async for event in events:
                 if isinstance(event, InitialDone):
+                    await asyncio.to_thread(self.tombstones.save)
                     await self._apply_retirements()
                     self.synced.set()
                     continue
                 if isinstance(event, Deleted):
-                    continue
+                    continue  # a tombstone removed from the bucket is kept all the same
                 if event.key == FleetNames.ROSTER_KEY:
                     if self.apply_roster(event.value):
                         await self.persist()
@@ -193,6 +204,11 @@ class FleetFollower:
                     await self._on_rotation(event.value)
                 elif event.key.startswith("retired."):
                     await self._on_retirement(event.value)
+                elif event.key.startswith(FleetNames.TOMBSTONE_PREFIX):
+                    tombstone = self.tombstones.accept(event.value)
+                    if tombstone is not None and self.synced.is_set():
+                        await asyncio.to_thread(self.tombstones.save)
+                        self.on_tombstone(tombstone)
 
     # --- fleet key rotation ----------------------------------------------------------------
 

@@ -7,9 +7,11 @@ active, arrived on that peer's own subject, was issued within
 :data:`HEARTBEAT_MAX_AGE_MS` of this node's clock and is newer than the last one counted
 (a replayed heartbeat keeps no dead node alive); the first one heard from a peer wakes the
 loader (secrets pending for want of that peer are tried again). A peer proven to have
-misbehaved (a partial that fails its proof) is reported as a ``NodeMisbehaved`` event on
-JetStream, signed by this node (:mod:`flashgate.events.event_auth`), deduplicated by its
-id. Publishing is best effort: a broker hiccup must not stop the node.
+misbehaved (a partial that fails its proof) is reported as a ``NodeMisbehaved`` event,
+signed by this node (:mod:`flashgate.events.event_auth`), on this node's own report subject:
+the backend checks it and relays it into the event stream
+(:mod:`flashgate.backend.node_reports`), where a node may not publish. Publishing is best
+effort: a broker hiccup must not stop the node.
 """
 
 from __future__ import annotations
@@ -127,6 +129,4 @@ class Liveness:
         )
         event = sign_event(event, self.signing_key)
         with contextlib.suppress(Exception):  # not connected yet, or a broker hiccup
-            await self.transport.publish_event(
-                names.event_subject(event.short_type), ev.encode_event(event), f"evt:{event.id}"
-            )
+            await self.transport.publish_report(ev.encode_event(event))

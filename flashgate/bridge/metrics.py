@@ -80,6 +80,11 @@ def families(status: StatusResponse, partials_computed: int) -> list[Metric]:
     return [
         *_fast_path_families(status),
         gauge("flashgate_secrets_held", "Secrets held in memory.", status.secrets_held),
+        gauge(
+            "flashgate_tombstones_kept",
+            "Admin-signed deletions and API key revocations kept for good.",
+            status.tombstones,
+        ),
         pending,
         counter(
             "flashgate_share_requests_served_total",

@@ -17,7 +17,8 @@ The parts, each in a module of its own:
 
 - :mod:`~flashgate.bridge.transport`: the NATS connection (a state object) and every call
   to the client;
-- :mod:`~flashgate.bridge.fleet_follower`: the roster, fleet key rotations, retirements;
+- :mod:`~flashgate.bridge.fleet_follower`: the roster, fleet key rotations, retirements,
+  tombstones (:mod:`~flashgate.bridge.tombstones`);
 - :mod:`~flashgate.bridge.secrets_watch`: the secrets bucket into the store and the loader;
 - :mod:`~flashgate.bridge.share_service` (with :mod:`~flashgate.bridge.protocol`): answering
   peers' share requests; :mod:`~flashgate.bridge.collector` and
@@ -64,9 +65,12 @@ from flashgate.bridge.screening import Clock, wall_clock_ms
 from flashgate.bridge.secrets_watch import SecretsWatch
 from flashgate.bridge.share_service import ShareService
 from flashgate.bridge.store import Entry, EnvelopeStore
+from flashgate.bridge.tombstones import Tombstone, Tombstones, tombstones_path
 from flashgate.bridge.transport import DROP_LOG_EVERY_S, NatsTransport
 from flashgate.bridge.vault import Vault
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
+from flashgate.errors import Tombstoned, Unproven
+from flashgate.events.envelope import SecretEnvelope
 from flashgate.events.fleet import Roster
 from flashgate.events.node_status import APIKEY_CHECK_RESULT_CODEC, STATUS_RESPONSE_CODEC
 from flashgate.events.subjects import FleetNames
@@ -130,13 +134,21 @@ class BridgeNode:
         self.collectors: dict[int, Collector] = {}
         roster = starting_roster(bundle)
         admin_key = load_ed25519_public(bundle.admin_key, "admin key")
-        self.store = EnvelopeStore(
+        bundle_path = self.settings.bundle_path
+        self.tombstones = Tombstones(
             self.names.fleet,
-            {first.epoch: first.public.key},
-            ProvenanceCheck(
-                admin=admin_key, roster=lambda: self.fleet.roster, members=self.ring.members_of
-            ),
+            admin_key,
+            None if bundle_path is None else tombstones_path(bundle_path),
         )
+        self.provenance = provenance = ProvenanceCheck(
+            admin=admin_key, roster=lambda: self.fleet.roster, members=self.ring.members_of
+        )
+
+        def prove(envelope: SecretEnvelope) -> None:  # who wrote it, and is it still alive
+            provenance(envelope)
+            self.tombstones.check(envelope)
+
+        self.store = EnvelopeStore(self.names.fleet, {first.epoch: first.public.key}, prove)
         self.peers = PeerBook(self.node_id, roster)
         self.fast = FastPath(
             node_id=self.node_id,
@@ -209,6 +221,8 @@ class BridgeNode:
             on_roster=self._on_roster,
             on_epoch=self._on_new_epoch,
             on_revoked=self._on_revoked,
+            tombstones=self.tombstones,
+            on_tombstone=self._on_tombstone,
             bundle_path=self.settings.bundle_path,
             passphrase=self.settings.passphrase,
         )
@@ -227,6 +241,7 @@ class BridgeNode:
             partials_for=self.ring.partials_for,
             fetch_latest=self.secrets.fetch_latest,
             on_request=self.peers.seen,
+            held_version=self.vault.version_of,
             lookup_term=self.fast.lookup_term,
         )
         self.admin = AdminRpcs(
@@ -245,6 +260,7 @@ class BridgeNode:
             started_at=self.started_at,
             clock=self.clock,
             ready=lambda: self.ready,
+            tombstones=lambda: len(self.tombstones),
             fast_path=self.fast.status,
         )
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
@@ -393,6 +409,23 @@ class BridgeNode:
     def _on_revoked(self) -> None:
         self._stopped.set()
 
+    def _on_roster(self) -> None:
+        """A new roster: envelopes re-wrapped by a node it revokes are proven no more, so no
+        partial is computed for them from now on (the value held stays: its body is the
+        admin's; the rotation that follows a revocation re-wraps them)."""
+        for key in self.store.drop_where(self.provenance.rewrap_revoked, Unproven.code):
+            log.warning("envelope re-wrapped by a node revoked since; not served", key=key)
+        self.loader.wake()
+        self.fast.wake()  # a new roster (a revocation): a new term
+
+    def _on_tombstone(self, tombstone: Tombstone) -> None:
+        """A secret deleted or an API key revoked by the admin: whatever the bucket does
+        next, no envelope of it stated before is held or served from now on."""
+        for key in self.store.drop_where(self.tombstones.dead):
+            self.loader.forget(key)
+            self.loader.reject(key, Tombstoned.code)
+            log.info("secret dropped by a tombstone", key=key, target=tombstone.target)
+
     def _on_new_epoch(self) -> None:
         self._spawn(self.secrets.reingest_rejected())
         self.rewrapper.wake()
@@ -402,10 +435,6 @@ class BridgeNode:
         """The envelopes held in the store, once the secrets bucket is read (the fast
         path purges wraps of any other key, after a grace)."""
         return self.store.current if self.secrets.initial_load_done.is_set() else None
-
-    def _on_roster(self) -> None:
-        self.loader.wake()
-        self.fast.wake()  # a new roster (a revocation): a new term
 
     async def _report(self, node_id: str, reason: str, key: str | None) -> None:
         await self.liveness.report_misbehaviour(node_id, reason, key)

@@ -85,6 +85,14 @@ class ProvenanceCheck:
     def __call__(self, envelope: SecretEnvelope) -> None:
         check_provenance(envelope, self.admin, self.rewrapper_key)
 
+    def rewrap_revoked(self, envelope: SecretEnvelope) -> bool:
+        """Whether ``envelope`` was re-wrapped by a node that is no longer an active member
+        of its epoch (revoked since): its attestation no longer proves it."""
+        provenance = envelope.provenance
+        if provenance is None or provenance.rewrap is None:
+            return False
+        return self.rewrapper_key(provenance.rewrap.node_id, envelope.epoch) is None
+
     def rewrapper_key(self, node_id: str, epoch: int) -> Ed25519PublicKey | None:
         node = self.roster().node(node_id)
         members = self.members(epoch)

@@ -11,7 +11,8 @@ replaced, :class:`~flashgate.bridge.store.EnvelopeStore`; a revision it has not 
 read from the bucket, and served only if it is the key's latest there) and its digest
 checked before any partial is computed; partials come from the shared
 :class:`PartialCache`, so each is computed once. A superseded, deleted or retired revision
-still in the bucket's history is refused (``unknown_secret``).
+still in the bucket's history is refused (``unknown_secret``), and so is a version older
+than the one this node holds (``stale_version``: an old proven envelope written back).
 
 A request whose ``source`` is ``ring`` names ring terms of the fast path (DESIGN §6):
 each is looked up in this node's own :class:`~flashgate.bridge.ring_terms.TermStore`
@@ -63,6 +64,9 @@ class ShareService:
     partials_for: Callable[[int], PartialCache | None]  # this node's partials, per epoch
     fetch_latest: FetchLatest | None = None  # a key's latest revision, from the bucket
     on_request: Callable[[str], None] | None = None  # a screened requester was heard from
+    #: The version this node holds of a key (its vault): an older one is never served, so
+    #: an old proven envelope written back opens nowhere unless t nodes lack the newer one.
+    held_version: Callable[[str], int | None] = lambda _key: None
     #: A proven ring term at exactly (key, revision), or None (the fast path's terms).
     lookup_term: LookupTerm | None = None
     _answered: dict[str, OrderedDict[tuple[str, str, int], None]] = field(
@@ -101,6 +105,8 @@ class ShareService:
                     reason = "other_epoch"
                 elif not hmac.compare_digest(entry.digest, item.digest):
                     reason = "digest_mismatch"
+                elif entry.version < (self.held_version(entry.key) or 0):
+                    reason = "stale_version"
                 elif request.proofs and not self._was_answered(request.requester, entry):
                     reason = "no_recent_partial"
                 else:

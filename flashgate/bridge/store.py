@@ -19,7 +19,7 @@ from typing import Literal
 
 from flashgate.crypto import jwe
 from flashgate.crypto.publickey import FleetPublicKey
-from flashgate.errors import FlashgateError, StaleEpoch
+from flashgate.errors import FlashgateError, StaleEpoch, Tombstoned
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope, check_envelope_location
 
 
@@ -126,6 +126,22 @@ class EnvelopeStore:
         self._replaced.pop(key, None)
         self._seen.pop(key, None)
         return self.current.pop(key, None)
+
+    def drop_where(
+        self, dead: Callable[[SecretEnvelope], bool], reason: str = Tombstoned.code
+    ) -> list[str]:
+        """Forget every revision (current or in flight) whose envelope is ``dead``; the
+        keys whose current revision went are returned, marked rejected with ``reason``."""
+        for key, entry in list(self._replaced.items()):
+            if dead(entry.envelope):
+                del self._replaced[key]
+        dropped = []
+        for key, entry in list(self.current.items()):
+            if dead(entry.envelope):
+                del self.current[key]
+                self.rejected[key] = reason
+                dropped.append(key)
+        return dropped
 
     def lookup(self, key: str, revision: int) -> Entry | None:
         """The current revision of ``key`` or the one it replaced; None for any other."""

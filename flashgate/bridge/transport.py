@@ -9,9 +9,9 @@ caller checking an ``Optional``. Client errors become typed errors here
 
 What travels (subjects in :class:`~flashgate.events.subjects.FleetNames`): share requests
 to a peer (:meth:`request`, the collectors' transport), re-wrapped envelopes to the backend
-(:meth:`send_rewrap`), heartbeats (core NATS) and events (JetStream, deduplicated by
-message id), and the subscriptions the node wires up. :meth:`bucket` binds a KV bucket,
-waiting for the backend to create it.
+(:meth:`send_rewrap`), heartbeats and the events it signs (core NATS, on its own report
+subject: the backend relays them into the event stream), and the subscriptions the node
+wires up. :meth:`bucket` binds a KV bucket, waiting for the backend to create it.
 """
 
 from __future__ import annotations
@@ -147,8 +147,10 @@ class NatsTransport:
     async def publish(self, subject: str, payload: bytes) -> None:
         await self.connection.nc.publish(subject, payload)
 
-    async def publish_event(self, subject: str, payload: bytes, msg_id: str) -> None:
-        await self.connection.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+    async def publish_report(self, payload: bytes) -> None:
+        """An event this node signed, on its own report subject (core NATS): the backend
+        checks it and relays it into the event stream, where a node may not publish."""
+        await self.connection.nc.publish(self.names.node_report_subject(self.node_id), payload)
 
     async def bucket(self, name: str) -> KeyValue:
         """Bind bucket ``name``, waiting for it: the backend creates the buckets, and a

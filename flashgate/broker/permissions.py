@@ -6,15 +6,21 @@ NKey user per Bridge Node (dev cluster and compose).
 | admin    | commands, queries, status requests, API key  | events, ``_INBOX.admin.>``    |
 |          | checks, JS API on the event stream + buckets |                               |
 | backend  | KV writes, events, JS API on the event       | queries, re-wrap requests,    |
-|          | stream + buckets + its own command durable   | ``_INBOX.backend.>``          |
-| node <n> | share requests, its own ``node.<n>.>``,      | ``share.<n>``, ``node.<n>.>``,|
-|          | ``evt.node.misbehaved``, re-wrap requests,   | every node's heartbeat,       |
+|          | stream + buckets + its own command durable   | node reports,                 |
+|          |                                              | ``_INBOX.backend.>``          |
+| node <n> | share requests, its own heartbeat and        | ``share.<n>``, ``node.<n>.>``,|
+|          | ``node.<n>.report``, re-wrap requests,       | every node's heartbeat,       |
 |          | JS API on the two bucket streams (KV watch), | ``_INBOX.bridge.<n>.>``       |
 |          | KV writes + JS API on the fast-path buckets  |                               |
 
 The fast path's buckets (ring terms, fast wraps; DESIGN §6) are the nodes' alone: the
 backend and the admin only declare them (stream info; creation is their general grant)
 and can neither read nor write them.
+
+Only the backend publishes into the event stream: a node's signed reports go to its own
+``node.<n>.report`` (core NATS), which the backend reads (``node.*.report``), checks,
+rate-limits and relays (flashgate.backend.node_reports), so a flooding node cannot fill
+the JetStream storage the buckets and the command stream share.
 
 JetStream API grants name their stream (``$JS.API.CONSUMER.DELETE.<stream>.<consumer>``):
 nobody but the backend can touch the command stream's durable ``backend``, a node cannot
@@ -154,7 +160,7 @@ def permissions(role: str, names: FleetNames) -> dict[str, object]:
                 ]
             },
             "subscribe": {
-                "allow": [inbox, f"{f}.query.>", f"{f}.rewrap"],
+                "allow": [inbox, f"{f}.query.>", f"{f}.rewrap", names.node_report_wildcard],
                 "deny": [f"{f}.share.>"],
             },
             "allow_responses": True,
@@ -173,9 +179,10 @@ def node_permissions(names: FleetNames, node_id: str) -> dict[str, object]:
     It subscribes to its own share, status and API-key subjects, its own inbox, and the
     (signed) heartbeats of its peers, and to nothing else: it can neither answer another
     node's requests nor read another node's replies. It publishes share requests to its
-    peers, its own heartbeat, re-wrap requests, and ``node.misbehaved`` into the event
-    stream (see docs/security-model.md), and reads the two buckets (KV watch consumers on
-    the bucket streams only: never the command stream, never another role's durable).
+    peers, its own heartbeat, its own reports (``node.<n>.report``: never into the event
+    stream, the backend relays them) and re-wrap requests, and reads the two buckets (KV
+    watch consumers on the bucket streams only: never the command stream, never another
+    role's durable).
 
     A node never receives a message it published: it may not publish to its own request
     subjects, and its own heartbeat is not delivered to it. Otherwise it could send itself
@@ -191,7 +198,7 @@ def node_permissions(names: FleetNames, node_id: str) -> dict[str, object]:
             "allow": [
                 f"{f}.share.*",
                 names.heartbeat_subject(node),
-                f"{f}.evt.node.misbehaved",
+                names.node_report_subject(node),
                 f"{f}.rewrap",
                 *_js_on_streams(kv_streams),
                 # the fast path (DESIGN §6): ring terms and fast wraps, the nodes' own

@@ -35,13 +35,17 @@ class NodeRow:
     secrets: dict[str, int] | None = None  # key -> version held (with --secrets)
     epochs: dict[str, int] | None = None  # key -> fleet key epoch it was opened under
     pending_secrets: dict[str, str] | None = None  # key -> why it is pending (--secrets)
+    tombstones: int = 0  # admin-signed deletions and revocations it keeps for good
     #: The fast path as the node sees it (DESIGN §6): secrets with a fast wrap per ring
     #: term, the current term, and bad wraps it found (None: a node without one).
     fast_path: dict[str, object] | None = None
 
 
 PAGE = 1000
-COLUMNS = ["NODE", "STATUS", "EPOCH", "HELD", "PENDING", "MISSING", "MISBEHAVIOUR", "PEER RTT ms"]
+COLUMNS = [
+    "NODE", "STATUS", "EPOCH", "HELD", "PENDING", "MISSING", "MISBEHAVIOUR", "TOMBSTONES",
+    "PEER RTT ms",
+]  # fmt: skip
 
 
 async def expected_secrets(session: AdminSession) -> dict[str, int]:
@@ -102,6 +106,7 @@ def online_row(status: StatusResponse, expected: dict[str, int]) -> NodeRow:
         {s.key: s.version for s in status.secrets},
         {s.key: s.epoch for s in status.secrets if s.epoch is not None},
         {p.key: p.reason for p in status.pending},
+        status.tombstones,
         _fast_path(status),
     )
 
@@ -209,11 +214,12 @@ def render(
                     r.pending,
                     r.missing,
                     r.misbehaviour,
+                    r.tombstones if r.status == "online" or r.tombstones else "-",
                     r.latency_ms if r.latency_ms is not None else "-",
                 ]
                 for r in rows
             ],
-            right={2, 3, 4, 5, 6, 7},
+            right={2, 3, 4, 5, 6, 7, 8},
         )
     ]
     pending = [

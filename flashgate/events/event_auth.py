@@ -1,14 +1,16 @@
 """Who may publish which domain event, and the check every consumer makes.
 
-The event stream is writable by more than the backend (bridges publish misbehaviour
-reports, and the broker can write anything), so an event is believed only when:
+Only the backend's login may publish into the event stream; a node's signed events (its
+``node.misbehaved`` reports) reach it through the backend, which checks them and relays
+them verbatim (:mod:`flashgate.backend.node_reports`). The broker can still write
+anything, so an event is believed only when:
 
 - it was read from its own type's subject (:func:`flashgate.events.domain.decode_event`);
 - its ``source`` is ``flashgate/<fleet>/backend`` and it verifies under the backend's
   event key (``backend.json``, admin-signed; :mod:`flashgate.fleet.backend_key`), or
-- its ``source`` is ``flashgate/<fleet>/bridge/<node>``, it is a ``node.misbehaved`` report
-  whose ``reporter`` is that node, and it verifies under that node's key while the node is
-  active in the roster.
+- it is a node-signed type (:func:`node_signer`: ``node.misbehaved``, signed by its
+  ``reporter``), its ``source`` is ``flashgate/<fleet>/bridge/<node>`` for that node, and
+  it verifies under that node's key while the node is active in the roster.
 
 Outcomes of commands come from the backend only (``from_backend=True``): a node's report
 never answers a command. The signature is Ed25519 over the canonical bytes of the whole
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from flashgate.errors import SignatureInvalid
-from flashgate.events.domain import DomainEvent, NodeMisbehaved, decode_event
+from flashgate.events.domain import DomainEvent, EventData, NodeMisbehaved, decode_event
 from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
 
@@ -40,6 +42,15 @@ def backend_source(fleet: str) -> str:
 
 def bridge_source(fleet: str, node_id: str) -> str:
     return f"flashgate/{fleet}/bridge/{node_id}"
+
+
+def node_signer(data: EventData) -> str | None:
+    """The node that must sign an event with this payload, or None for an event only the
+    backend publishes. A new node-signed event type adds its case here: the backend's
+    relay (:mod:`flashgate.backend.node_reports`) and every consumer then follow it."""
+    if isinstance(data, NodeMisbehaved):
+        return data.reporter
+    return None
 
 
 def sign_event(event: DomainEvent, key: Ed25519PrivateKey) -> DomainEvent:
@@ -66,14 +77,13 @@ class EventAuthority:
         data = event.data
         if from_backend:
             raise SignatureInvalid(f"an outcome from {event.source[:80]!r}, not the backend")
-        if not isinstance(data, NodeMisbehaved) or event.source != bridge_source(
-            fleet, data.reporter
-        ):
+        signer = node_signer(data)
+        if signer is None or event.source != bridge_source(fleet, signer):
             raise SignatureInvalid(
                 f"a {event.short_type} event from {event.source[:80]!r} is not one it may publish"
             )
-        key = self.node_key(data.reporter)
+        key = self.node_key(signer)
         if key is None:
-            raise SignatureInvalid(f"{data.reporter} is not an active node of the roster")
+            raise SignatureInvalid(f"{signer} is not an active node of the roster")
         verify(event, key)
         return event

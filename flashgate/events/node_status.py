@@ -113,6 +113,8 @@ class StatusResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     share_requests_served: Count = 0
     share_requests_refused: dict[ReasonCode, Count] = {}
     misbehaviour: dict[Name, Count] = {}
+    #: Admin-signed deletions and API key revocations this node keeps for good.
+    tombstones: Count = 0
     #: Both buckets bound and their initial values loaded: answering is not being ready.
     ready: bool = False
     fast_path: FastPathStatus | None = None

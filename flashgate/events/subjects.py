@@ -11,6 +11,7 @@
 | domain events     | stream ``fg-<f>-evt`` on ``fg.<f>.evt.>`` |
 | share requests    | core NATS ``fg.<f>.share.<node>`` (request/reply) |
 | liveness, status  | ``fg.<f>.node.<node>.heartbeat``, ``fg.<f>.node.<node>.status`` |
+| node reports      | ``fg.<f>.node.<node>.report`` (node-signed events, relayed by the backend) |
 | metadata queries  | ``fg.<f>.query.<what>`` (request/reply, answered by the backend) |
 | re-wrap requests  | ``fg.<f>.rewrap`` (node-signed request/reply, answered by the backend) |
 
@@ -83,6 +84,16 @@ class FleetNames:
         """The admin-signed ``fleet.rotation.finish`` command that retires ``epoch``."""
         return f"retired.{_epoch(epoch)}"
 
+    #: Fleet-bucket keys of the admin-signed tombstones (the ``secret.delete`` and
+    #: ``apikey.revoke`` commands as signed) that nodes keep for good.
+    TOMBSTONE_PREFIX = "tombstone."
+
+    def secret_tombstone_key(self, repo: str, name: str) -> str:
+        return f"{self.TOMBSTONE_PREFIX}secret.{secret_key(repo, name)}"
+
+    def api_key_tombstone_key(self, key_id: str) -> str:
+        return f"{self.TOMBSTONE_PREFIX}apikey.{validate_name(key_id, 'API key id')}"
+
     #: The backend's durable consumer on the command stream (its replicas share it).
     COMMAND_CONSUMER = "backend"
 
@@ -125,6 +136,16 @@ class FleetNames:
     def apikey_check_subject(self, node_id: str) -> str:
         """Admin-signed API key checks against one node's vault (request/reply)."""
         return f"{PREFIX}.{self.fleet}.node.{validate_name(node_id, 'node id')}.apikey"
+
+    def node_report_subject(self, node_id: str) -> str:
+        """Where a node publishes the events it signs (core NATS, its own subject only):
+        the backend checks them and relays them into the event stream
+        (:mod:`flashgate.backend.node_reports`); a node cannot publish into that stream."""
+        return f"{PREFIX}.{self.fleet}.node.{validate_name(node_id, 'node id')}.report"
+
+    @property
+    def node_report_wildcard(self) -> str:
+        return f"{PREFIX}.{self.fleet}.node.*.report"
 
     @property
     def heartbeat_wildcard(self) -> str:

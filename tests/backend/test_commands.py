@@ -22,7 +22,7 @@ from flashgate.backend.service import Backend
 from flashgate.crypto import jwe
 from flashgate.events import commands as cmd
 from flashgate.events.envelope import ENVELOPE_CODEC
-from flashgate.events.signing import sign
+from flashgate.events.signing import sign, verify
 from flashgate.fleet.identity_keys import new_ed25519
 from tests.support.admin_client import AdminClient, new_command_id
 from tests.support.fleets import FleetFixture
@@ -79,7 +79,8 @@ async def test_rotate_delete_and_recreate(backend: Backend, admin: AdminClient) 
     assert rotated.type == "io.flashgate.secret.rotated"
     assert (rotated.data.version, rotated.data.previous_version) == (2, 1)
     await wait_kv(admin, "app.db", 2)
-    deleted = await admin.send(admin.delete("app", "db"))
+    deleted_command = admin.delete("app", "db")
+    deleted = await admin.send(deleted_command)
     assert deleted.type == "io.flashgate.secret.deleted" and deleted.data.last_version == 2
     kv = await admin.js.key_value(admin.fleet.names.secrets_bucket)
     for _ in range(100):
@@ -92,6 +93,12 @@ async def test_rotate_delete_and_recreate(backend: Backend, admin: AdminClient) 
         await asyncio.sleep(0.05)
     else:
         pytest.fail("delete marker never reached the bucket")
+    # the admin-signed command, as signed, is the tombstone the nodes keep
+    fleet_kv = await admin.js.key_value(admin.fleet.names.fleet_bucket)
+    tombstone = await fleet_kv.get(admin.fleet.names.secret_tombstone_key("app", "db"))
+    assert tombstone.value is not None
+    signed = cmd.COMMAND_CODEC.decode(tombstone.value)
+    assert signed == deleted_command
     # Versions never go backwards: a re-created secret continues at last + 1 (version 1
     # names its first value for good).
     stale = await admin.send(admin.put("app", "db", b"again", version=1))
@@ -337,6 +344,12 @@ async def test_api_keys(backend: Backend, admin: AdminClient) -> None:
         sign(cmd.RevokeApiKey(**admin.base(), key_id=key_id), admin.fleet.admin)
     )
     assert revoked.type == "io.flashgate.apikey.revoked"
+    fleet_kv = await admin.js.key_value(admin.fleet.names.fleet_bucket)
+    tombstone = await fleet_kv.get(admin.fleet.names.api_key_tombstone_key(key_id))
+    assert tombstone.value is not None
+    revocation = cmd.COMMAND_CODEC.decode(tombstone.value)
+    assert isinstance(revocation, cmd.RevokeApiKey) and revocation.key_id == key_id
+    verify(revocation, admin.fleet.admin.public_key())
     again = await admin.send(
         sign(cmd.RevokeApiKey(**admin.base(), key_id=key_id), admin.fleet.admin)
     )

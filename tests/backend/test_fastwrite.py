@@ -129,13 +129,13 @@ def _time_shape(value: Any) -> Any:
     return value
 
 
-def _normalized_payload(operation: str, payload: bytes) -> Any:
+def _normalized_payload(operation: str, subject: str, payload: bytes) -> Any:
     """An outbox payload without the times it was made at."""
     if operation == "event":
         event = msgspec.to_builtins(decode_event(payload))
         event.pop("time")
         return event
-    if operation == "put":
+    if operation == "put" and "-secrets." in subject:  # fleet documents are kept as they are
         envelope = msgspec.to_builtins(ENVELOPE_CODEC.decode(payload))
         envelope.pop("written_at")
         return envelope
@@ -157,7 +157,9 @@ async def _dump(r: Replica) -> dict[str, list[dict[str, Any]]]:
             for column in _TIMES & row.keys():
                 row[column] = _time_shape(row[column])
             if table == "outbox":
-                row["payload"] = _normalized_payload(row["operation"], bytes(row["payload"]))
+                row["payload"] = _normalized_payload(
+                    row["operation"], row["subject"], bytes(row["payload"])
+                )
         dump[table] = rows
     return dump
 

@@ -142,14 +142,14 @@ async def test_a_misbehaviour_report_is_signed_by_its_reporter() -> None:
 
     published: list[tuple[str, bytes]] = []
 
-    async def publish_event(subject: str, payload: bytes, msg_id: str) -> None:
-        published.append((subject, payload))
+    async def publish_report(payload: bytes) -> None:
+        published.append((NAMES.event_subject("node.misbehaved"), payload))
 
     live = liveness(Clock())
-    live.transport = cast(Any, SimpleNamespace(names=NAMES, publish_event=publish_event))
+    live.transport = cast(Any, SimpleNamespace(names=NAMES, publish_report=publish_report))
     live.ring = cast(Any, SimpleNamespace(current=SimpleNamespace(epoch=1)))
     await live.report_misbehaviour("node-2", "bad_proof", None)
-    [(subject, payload)] = published
+    [(subject, payload)] = published  # relayed verbatim by the backend
 
     def node_key(node_id: str) -> Any:
         entry = live.peers.active(node_id)

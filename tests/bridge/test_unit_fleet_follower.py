@@ -14,6 +14,7 @@ from flashgate.bridge.fleet_follower import FleetFollower, descriptor_roster, st
 from flashgate.bridge.keyring import KeyRing
 from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.store import EnvelopeStore
+from flashgate.bridge.tombstones import Tombstones
 from flashgate.bridge.vault import Vault
 from flashgate.events.fleet import ROSTER_CODEC, Roster
 from flashgate.events.subjects import FleetNames
@@ -49,6 +50,8 @@ def follower(node: NodeBundle, path: Path | None = None) -> FleetFollower:
         on_roster=lambda: None,
         on_epoch=lambda: None,
         on_revoked=lambda: stopped.append(True),
+        tombstones=Tombstones(FLEET, load_ed25519_public(node.admin_key, "admin key")),
+        on_tombstone=lambda _t: None,
         bundle_path=path,
         passphrase=TEST_PASSPHRASE,
     )

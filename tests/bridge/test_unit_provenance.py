@@ -15,6 +15,7 @@ from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.protocol import Responder, build_request, open_response
 from flashgate.bridge.provenance import ProvenanceCheck, check_provenance
 from flashgate.bridge.share_service import ShareService
+from flashgate.bridge.store import EnvelopeStore
 from flashgate.crypto.decrypt import rewrap
 from flashgate.errors import Unproven
 from flashgate.events.envelope import (
@@ -267,3 +268,21 @@ def test_fleet_attest_restates_unproven_envelopes_whose_value_is_the_admins_only
     assert not _needs_statement(
         msgspec.structs.replace(planted, epoch=EPOCH + 1, provenance=good.provenance), revoked
     )
+
+
+def test_a_rewrap_by_a_node_revoked_since_is_dropped_from_the_store() -> None:
+    """A running node stops serving envelopes re-wrapped by a node revoked after it
+    loaded them (it used to keep them until a restart)."""
+    revoked: tuple[str, ...] = ()
+    proof = ProvenanceCheck(
+        admin=fleet().admin_key.public_key(),
+        roster=lambda: roster(revoked=revoked),
+        members=lambda epoch: MEMBERS if epoch == EPOCH + 1 else None,
+    )
+    store = EnvelopeStore(FLEET, {EPOCH + 1: public_key()}, proof)
+    good = rewrapped("node-3")
+    assert store.ingest(SECRET.key, 5, ENVELOPE_CODEC.encode(good)) is not None
+    assert store.drop_where(proof.rewrap_revoked, "unproven") == []
+    revoked = ("node-3",)
+    assert store.drop_where(proof.rewrap_revoked, "unproven") == [SECRET.key]
+    assert store.lookup(SECRET.key, 5) is None and store.rejected[SECRET.key] == "unproven"

@@ -206,6 +206,21 @@ async def test_only_the_current_revision_and_the_one_it_replaced_are_served(
     assert refusals == [(100, "unknown_secret")]
 
 
+async def test_an_older_version_than_the_one_held_is_not_served(
+    service: tuple[ShareService, ManualClock],
+) -> None:
+    """An old proven envelope written back as the key's latest revision: a node holding
+    the newer version computes no partial for it (a fresh node needs t - 1 of those)."""
+    share_service, clock = service
+    store = share_service.store
+    old = store.ingest(ROTATED[0].key, 100, envelope_bytes(ROTATED[0]))
+    assert old is not None
+    share_service.held_version = lambda key: ROTATED[1].version if key == old.key else None
+    partials, refusals = await served(share_service, clock, [old])
+    assert partials == []
+    assert refusals == [(100, "stale_version")]
+
+
 async def test_a_deleted_secret_is_not_served_at_any_revision(
     service: tuple[ShareService, ManualClock],
 ) -> None:

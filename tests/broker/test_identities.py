@@ -239,6 +239,31 @@ async def test_a_node_cannot_publish_another_nodes_heartbeat(server: NatsServerP
         await node1.close()
 
 
+@pytest.mark.parametrize("event_type", ["node.misbehaved", "secret.created"])
+async def test_a_node_cannot_publish_into_the_event_stream(
+    server: NatsServerProcess, backend: Client, event_type: str
+) -> None:
+    """A flooding node could fill the JetStream storage the buckets and the command stream
+    share: its reports go to its own report subject (core NATS), and the backend relays
+    them (flashgate.backend.node_reports). The event stream is the backend's alone."""
+    node1 = await _node(server, "node-1")
+    js = backend.jetstream()
+    try:
+        for _ in range(3):
+            await node1.publish(NAMES.event_subject(event_type), b"{}")
+        await flush(node1)
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.Error)):
+            await node1.jetstream(timeout=1).publish(NAMES.event_subject(event_type), b"{}")
+        assert (await js.stream_info(NAMES.event_stream)).state.messages == 0
+        # Its own report subject it may publish to, another node's not.
+        own = NAMES.node_report_subject("node-1")
+        assert await _delivered(server, own, node1, own) == [b"x"]
+        other = NAMES.node_report_subject("node-2")
+        assert await _delivered(server, other, node1, other) == []
+    finally:
+        await node1.close()
+
+
 async def test_a_node_cannot_delete_the_backends_durable_command_consumer(
     server: NatsServerProcess, backend: Client
 ) -> None:

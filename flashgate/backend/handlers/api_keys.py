@@ -114,6 +114,11 @@ async def revoke_api_key(tx: Transaction, command: cmd.RevokeApiKey) -> tuple[st
     key.revoked_at = datetime.now(UTC)  # soft: the row stays for audit
     kv_key = secret_key(key.repository.name, key.key_id)
     tx.delete_envelope(kv_key, 1)
+    tx.put_fleet_document(  # the tombstone nodes keep for good (the signed command)
+        tx.names.api_key_tombstone_key(key.key_id),
+        cmd.COMMAND_CODEC.encode(command),
+        f"tombstone:{command.command_id}",
+    )
     data = ev.ApiKeyRevoked(
         key_id=key.key_id, repo=key.repository.name, command_id=command.command_id
     )

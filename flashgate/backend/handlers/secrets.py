@@ -276,6 +276,13 @@ async def delete_secret(tx: Transaction, command: cmd.DeleteSecret) -> tuple[str
     secret.deleted = True
     secret.updated_at = datetime.now(UTC)
     tx.delete_envelope(key, secret.current_version)
+    # the admin-signed command, as signed, is the tombstone nodes keep for good: writing
+    # the envelope back into the bucket does not bring the secret back
+    tx.put_fleet_document(
+        tx.names.secret_tombstone_key(command.repo, command.name),
+        cmd.COMMAND_CODEC.encode(command),
+        f"tombstone:{command.command_id}",
+    )
     data = ev.SecretDeleted(
         repo=command.repo,
         name=command.name,
