@@ -1683,6 +1683,12 @@ class FastLive:
         return done
 
 
+def fast_loaded(path: Path) -> int:
+    """How many secrets a node's log says it loaded by the fast path."""
+    lines = read_log(path)
+    return sum(int(x.fields.get("fast", 0)) for x in lines if x.event == "secrets loaded")
+
+
 async def fast_join(
     live: FastLive, secrets_count: int, *, fast: bool, deadline_s: float
 ) -> JoinRun:
@@ -1812,6 +1818,12 @@ async def run_fast_path(
                 loaded = await live.wait_loaded(running, size, max(300.0, size / 100))
                 if len(loaded) < len(running):
                     raise RuntimeError("the running fleet did not load")
+                cold_loaders = [n for n in running if fast_loaded(live.nodes[n].log_path) < size]
+                if cold_loaders:  # their requests left partials cached at every peer
+                    errors.append(
+                        f"S={size:,}: running node(s) {', '.join(cold_loaders)} loaded by the "
+                        "cold path: the peers' partials are cached, the cold join is optimistic"
+                    )
                 deadline = max(120.0, size / 200)
                 fast = await fast_join(live, size, fast=True, deadline_s=deadline)
                 if size <= profile.cold_max:
