@@ -24,6 +24,7 @@ variable named in their ``envvar=``; everything else is read here. No other modu
 ``FLASHGATE_FLEET_DIR``    the backend's fleet directory (``--fleet-dir``)
 ``FLASHGATE_HEALTH_FILE``  the backend's health file (``--health-file``)
 ``FLASHGATE_BUNDLE``       a bridge's sealed bundle (``--bundle``)
+``FLASHGATE_GATEWAY_LISTEN`` a bridge's gateway address, HOST:PORT (``--gateway-listen``)
 ``FLASHGATE_FAILPOINTS``   crash points for failure tests (:mod:`flashgate.failpoints`)
 ``NATS_SERVER_BIN``        the nats-server the local cluster runs
                            (:mod:`flashgate.devcluster.nats_server`)
@@ -50,6 +51,7 @@ FLEET_DIR_ENV = "FLASHGATE_FLEET_DIR"
 HEALTH_FILE_ENV = "FLASHGATE_HEALTH_FILE"
 STREAM_REPLICAS_ENV = "FLASHGATE_STREAM_REPLICAS"
 BUNDLE_ENV = "FLASHGATE_BUNDLE"
+GATEWAY_LISTEN_ENV = "FLASHGATE_GATEWAY_LISTEN"
 FAILPOINTS_ENV = "FLASHGATE_FAILPOINTS"
 NATS_SERVER_BIN_ENV = "NATS_SERVER_BIN"
 
@@ -61,6 +63,7 @@ NOT_INHERITED_BY_DEV_CHILDREN = (
     PASSPHRASE_ENV,  # and every FLASHGATE_PASSPHRASE_<ID>
     ADMIN_PASSPHRASE_ENV,
     NODE_PASSPHRASE_ENV,
+    GATEWAY_LISTEN_ENV,  # dev up gives each bridge a port of its own (or none)
 )
 
 

@@ -411,6 +411,22 @@ class SecretNotHeld(FlashgateError):
     code = "not_held"
 
 
+# --- the gateway ---------------------------------------------------------------------------------
+
+
+class S3Refused(FlashgateError):
+    """An S3 gateway request refused: ``s3_code`` is the S3 error code the client gets
+    (``SignatureDoesNotMatch``, ``AccessDenied``...), ``status`` the HTTP status. The message
+    never names a credential, a real bucket or an endpoint."""
+
+    code = "s3_refused"
+
+    def __init__(self, s3_code: str, status: int, message: str) -> None:
+        self.s3_code = s3_code
+        self.status = status
+        super().__init__(message)
+
+
 # --- outside the tree on purpose -------------------------------------------------------------
 
 

@@ -97,3 +97,22 @@ def test_e2e() -> None:
     document = run_bench("e2e.py", "--insecure-test-key", timeout=600)
     assert {r["key"] for r in document["rows"]} >= {"sequential.held_all", "paced.held_all"}
     assert document["rotation"]["epoch"] == 2
+
+
+def test_gateway() -> None:
+    document = run_bench("gateway.py")
+    keys = {r["key"] for r in document["rows"]}
+    assert {"fixed.get.4k", "saturation.get.1024k", "saturation.put.1024k"} <= keys
+    assert all(r["direct"]["errors"] == 0 and r["gateway"]["errors"] == 0 for r in document["rows"])
+    assert document["verify"]["median_s"] > 0
+
+
+def test_gateway_ai() -> None:
+    document = run_bench("gateway_ai.py")
+    assert [r["key"] for r in document["rows"]] == ["chat.direct", "chat.gateway"]
+    assert all(r["fixed_latency"]["count"] > 0 for r in document["rows"])
+    assert [g["measure"] for g in document["goals"]] == [
+        "added p50 (ms)",
+        "added p99 (ms)",
+        "gateway / direct throughput",
+    ]

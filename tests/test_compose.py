@@ -214,6 +214,50 @@ def test_bridge_health_is_its_readiness() -> None:
         assert "os.kill" not in test[3]
 
 
+def test_each_bridge_serves_the_gateway_on_a_port_of_its_own() -> None:
+    published = set()
+    for n, bridge in enumerate(BRIDGES, start=1):
+        args = SERVICES[bridge]["command"]
+        assert args[args.index("--gateway-listen") + 1] == "0.0.0.0:8080"
+        (port,) = SERVICES[bridge]["ports"]
+        assert port == f"127.0.0.1:808{n}:8080", bridge  # loopback only, one per node
+        published.add(port)
+        # the drain (5 s) and the purge fit in the time Docker gives before SIGKILL
+        assert SERVICES[bridge]["stop_grace_period"] == "15s"
+    assert len(published) == len(BRIDGES)
+
+
+def test_compose_test_leaves_out_ports_where_the_sandbox_shares_a_namespace(
+    tmp_path: Path,
+) -> None:
+    """Docker refuses to publish ports of a container in another's network namespace (the
+    compose sandbox's), and compose v1 cannot remove them in an override: compose-test runs
+    a copy of compose.yaml without them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compose_run", ROOT / "tests/compose/run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    override = tmp_path / "override.yaml"
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "services": {
+                    "netns": {"network_mode": "none"},
+                    **{b: {"network_mode": "service:netns"} for b in ("bridge-1", "bridge-2")},
+                }
+            }
+        )
+    )
+    base = yaml.safe_load(run.without_published_ports(override, tmp_path / "base.yaml").read_text())
+    assert "ports" not in base["services"]["bridge-1"]
+    assert "ports" not in base["services"]["bridge-2"]
+    assert base["services"]["bridge-3"]["ports"] == SERVICES["bridge-3"]["ports"]
+    assert base["services"]["bridge-1"]["command"] == SERVICES["bridge-1"]["command"]
+    assert base["services"]["init"]["restart"] == "no"
+
+
 HA = yaml.safe_load((ROOT / "compose.ha.yaml").read_text())
 HA_SERVERS = {
     "nats": ("nats-1", 4222, 6222),

@@ -64,12 +64,14 @@ from flashgate.fleet.identity_keys import load_ed25519_public
 log = structlog.get_logger("flashgate.backend.node_reports")
 
 #: Bytes of reports a node may send at once, and per second after that: what a node can
-#: put into the event stream (at most about 11 MB a day, 0.33 GB over the stream's 30-day
-#: age). A ``node.misbehaved`` is about 500 bytes (it costs 512): 128 at once (a peer
-#: turning bad fails many partials at once), then one every 4 s; a periodic report (a
-#: usage summary a minute) fits well inside. The largest report (16 KiB) fits the burst.
-REPORT_BURST_BYTES = 64 * 1024
-REPORT_RATE_BYTES_PER_S = 128.0
+#: put into the event stream (at most about 88 MB a day, 2.6 GB over the stream's 30-day
+#: age). A ``node.misbehaved`` is about 500 bytes and a gateway usage summary under 1 KiB
+#: (each costs at least 512): 256 at once (a peer turning bad fails many partials at once;
+#: a gateway's summaries of one minute arrive together), then about 80 usage summaries a
+#: minute (one per API key and API served in that minute). The largest report (16 KiB)
+#: fits the burst.
+REPORT_BURST_BYTES = 256 * 1024
+REPORT_RATE_BYTES_PER_S = 1024.0
 #: What the smallest report costs: many tiny ones cost as many signature checks.
 MIN_COST_BYTES = 512
 #: A report whose ``time`` is further than this from the backend's clock is stale.

@@ -18,11 +18,12 @@ The metrics snapshot (``--metrics-port``) is the node's own status, rendered by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from prometheus_client.metrics_core import Metric
 
 from flashgate.bridge import metrics
 from flashgate.bridge.keyring import KeyRing
@@ -137,8 +138,9 @@ class AdminRpcs:
         )
         return response
 
-    def metrics_text(self) -> bytes:
-        return metrics.render(metrics.families(self.snapshot(), self.ring.computed))
+    def metrics_text(self, extra: Iterable[Metric] = ()) -> bytes:
+        """The node's metrics, and ``extra`` families (its gateway's)."""
+        return metrics.render([*metrics.families(self.snapshot(), self.ring.computed), *extra])
 
     # --- API key check -----------------------------------------------------------------------
 

@@ -8,10 +8,11 @@ active, arrived on that peer's own subject, was issued within
 (a replayed heartbeat keeps no dead node alive); the first one heard from a peer wakes the
 loader (secrets pending for want of that peer are tried again). A peer proven to have
 misbehaved (a partial that fails its proof) is reported as a ``NodeMisbehaved`` event,
-signed by this node (:mod:`flashgate.events.event_auth`), on this node's own report subject:
-the backend checks it and relays it into the event stream
-(:mod:`flashgate.backend.node_reports`), where a node may not publish. Publishing is best
-effort: a broker hiccup must not stop the node.
+and its gateway's usage summaries as ``GatewayUsage`` events, each signed by this node
+(:mod:`flashgate.events.event_auth`), on this node's own report subject: the backend
+checks them and relays them into the event stream (:mod:`flashgate.backend.node_reports`),
+where a node may not publish. Publishing is best effort: a broker hiccup must not stop
+the node.
 """
 
 from __future__ import annotations
@@ -114,8 +115,7 @@ class Liveness:
             self.loader.wake()
 
     async def report_misbehaviour(self, node_id: str, reason: str, key: str | None) -> None:
-        names = self.transport.names
-        event = ev.make_event(
+        await self.publish_event(
             ev.NodeMisbehaved(
                 node_id=node_id,
                 reporter=self.node_id,
@@ -124,8 +124,25 @@ class Liveness:
                 epoch=self.ring.current.epoch,
             ),
             event_id=f"{self.node_id}.{node_id}.{self.rng.token_bytes(8).hex()}",
-            source=bridge_source(names.fleet, self.node_id),
             subject=node_id,
+        )
+
+    async def publish_usage(self, usage: ev.GatewayUsage) -> None:
+        """A usage summary of this node's gateway (one key, API and window)."""
+        await self.publish_event(
+            usage,
+            event_id=f"{self.node_id}.usage.{self.rng.token_bytes(8).hex()}",
+            subject=f"{usage.repo}.{usage.key_id}",
+        )
+
+    async def publish_event(self, data: ev.EventData, *, event_id: str, subject: str) -> None:
+        """Sign ``data`` as an event of this node and publish it (best effort)."""
+        names = self.transport.names
+        event = ev.make_event(
+            data,
+            event_id=event_id,
+            source=bridge_source(names.fleet, self.node_id),
+            subject=subject,
         )
         event = sign_event(event, self.signing_key)
         with contextlib.suppress(Exception):  # not connected yet, or a broker hiccup

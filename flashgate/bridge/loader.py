@@ -267,6 +267,9 @@ class Loader:
                 )
                 return False
             api_key_id = envelope.api_key.key_id if envelope.api_key is not None else None
+            # What the admin's statement proves of the key (check_provenance checked it
+            # equals the envelope's metadata): a gateway authorizes with it.
+            proven = envelope.provenance.statement.api_key if envelope.provenance else None
             replaced = self.vault.put(
                 entry.key,
                 envelope.version,
@@ -275,6 +278,7 @@ class Loader:
                 plaintext,
                 api_key_id=api_key_id,
                 source=entry.digest,
+                api_key=proven,
             )
         except StaleVersion:
             self.pending.pop(entry.key, None)

@@ -1,6 +1,8 @@
 """Optional Prometheus metrics for a Bridge Node (``--metrics-port``).
 
-``GET /metrics`` answers the node's counts and gauges; anything else is 404. Names, versions
+``GET /metrics`` answers the node's counts and gauges, and those of its gateway when it
+serves one (``flashgate_gateway_*``, per repository and API key id:
+:meth:`flashgate.gateway.accounting.GatewayStats.families`); anything else is 404. Names, versions
 and reasons only, never a value. The metric families and the exposition (text format 0.0.4,
 what a scraper gets when it names no format) are ``prometheus_client``'s.
 

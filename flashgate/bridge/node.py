@@ -6,9 +6,11 @@ verify descriptor and roster against the pinned admin key; connect; start answer
 requests at once (so nodes that start together never wait on each other), status requests
 and API key checks, and listen to peers' heartbeats; follow the fleet bucket until its
 initial values are read (every epoch this node holds a share of is known); then start
-heartbeats, the loader, the secrets bucket watch and the rewrapper, and the metrics
-endpoint. The roster is followed: a revoked peer is refused at once and never asked; a
-revoked node purges and stops. SIGTERM or SIGINT purges the vault and the partial cache and
+heartbeats, the loader, the secrets bucket watch and the rewrapper, the gateway (when
+``gateway_listen`` is set: 503 until the initial load is done) and the metrics endpoint.
+The roster is followed: a revoked peer is refused at once and never asked; a
+revoked node purges and stops. SIGTERM or SIGINT drains the gateway (requests in flight
+finish, up to ``gateway_drain_s``), then purges the vault and the partial cache and
 the process exits 0. The node's tasks (watches, loader, rewrapper, heartbeats, each share
 answer) run in one task group (:class:`~flashgate.taskgroup.HeldTaskGroup`): stop cancels
 and waits for all of them, and a task that fails stops the node (purged; the CLI exits 1).
@@ -52,6 +54,7 @@ from flashgate.bridge.admin import AdminRpcs
 from flashgate.bridge.collector import Collector
 from flashgate.bridge.fastpath import FastPath
 from flashgate.bridge.fleet_follower import FleetFollower, starting_roster
+from flashgate.bridge.gateway_authority import VaultAuthority
 from flashgate.bridge.hardening import HardeningReport
 from flashgate.bridge.keyring import KeyRing
 from flashgate.bridge.liveness import Liveness
@@ -77,6 +80,7 @@ from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.epoch_dealing import EpochKey
 from flashgate.fleet.identity_keys import load_ed25519_public
+from flashgate.gateway.server import GatewayLimits, GatewayServer
 from flashgate.taskgroup import HeldTaskGroup
 
 log = structlog.get_logger("flashgate.bridge")
@@ -109,6 +113,10 @@ class BridgeSettings:
     #: bundle's epoch, the node re-seals it with its new share (and the old one is gone).
     bundle_path: Path | None = None
     passphrase: str | None = field(default=None, repr=False)
+    #: Serve the gateway (S3 and OpenAI-compatible, DESIGN §7) on (host, port); None: off.
+    gateway_listen: tuple[str, int] | None = None
+    #: How long a stopping node lets gateway requests in flight finish before it purges.
+    gateway_drain_s: float = 5.0
     #: The fast path (DESIGN §6); off: every secret by the cold path, no fast wraps.
     fast_path: bool = True
 
@@ -270,6 +278,14 @@ class BridgeNode:
         self._tasks = HeldTaskGroup("bridge")
         self._stopped = asyncio.Event()
         self._metrics: asyncio.Server | None = None
+        self.gateway: GatewayServer | None = None
+        if self.settings.gateway_listen is not None:
+            self.gateway = GatewayServer(
+                VaultAuthority(self.vault, lambda: self.ready),
+                self.node_id,
+                publish_usage=self.liveness.publish_usage,  # signed node events
+                limits=GatewayLimits(drain_s=self.settings.gateway_drain_s),
+            )
 
     @property
     def roster(self) -> Roster:
@@ -339,9 +355,12 @@ class BridgeNode:
         self._spawn(self.loader.run(), "loader")
         self._spawn(self.secrets.run(secrets_kv), "watch-secrets")
         self._spawn(self.rewrapper.run(), "rewrapper")
+        if self.gateway is not None and s.gateway_listen is not None:
+            # Once loading has begun: it answers 503 (Retry-After) until the load is done.
+            await self.gateway.start(*s.gateway_listen)
         if s.metrics_port is not None:
             self._metrics = await metrics.serve(
-                s.metrics_host, s.metrics_port, self.admin.metrics_text, ready=lambda: self.ready
+                s.metrics_host, s.metrics_port, self._metrics_text, ready=lambda: self.ready
             )
         log.info(
             "bridge node started",
@@ -385,9 +404,19 @@ class BridgeNode:
         with structlog.contextvars.bound_contextvars(node=self.node_id):
             return await self._stop()
 
+    async def drain_gateway(self) -> None:
+        """Let the gateway's requests in flight finish (up to ``gateway_drain_s``) and
+        close it: before the purge, on SIGTERM. A revoked node does not wait."""
+        if self.gateway is not None:
+            await self.gateway.drain(0 if self.revoked else None)
+
     async def _stop(self) -> int:
+        if not self.revoked:
+            await self.drain_gateway()
         purged = self.vault.purge()
         self.fast.purge()
+        if self.gateway is not None:
+            await self.gateway.drain(0)  # revoked: after the purge, without waiting
         self.ring.purge()
         if self._metrics is not None:
             self._metrics.close()
@@ -405,6 +434,9 @@ class BridgeNode:
         self._tasks.spawn(coro, name)
 
     # --- wiring --------------------------------------------------------------------------
+
+    def _metrics_text(self) -> bytes:
+        return self.admin.metrics_text(self.gateway.families() if self.gateway else ())
 
     def _on_revoked(self) -> None:
         self._stopped.set()

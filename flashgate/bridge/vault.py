@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from flashgate.crypto.api_key_tokens import secrets_match
 from flashgate.errors import SecretNotHeld, StaleVersion, VersionConflict
+from flashgate.events.envelope import ProvenApiKey
+from flashgate.events.subjects import split_secret_key
 
 
 @dataclass(repr=False)
@@ -34,6 +36,7 @@ class _Slot:
     data: bytearray
     api_key_id: str | None = None
     source: bytes = b""  # digest of the envelope's wrapped key it was last opened from
+    api_key: ProvenApiKey | None = None  # what the admin's statement proves of the key
 
     def wipe(self) -> None:
         """Overwrite with zeros, then release the memory. While a consumer still holds a
@@ -62,6 +65,7 @@ class Vault:
     def __init__(self) -> None:
         self._slots: dict[str, _Slot] = {}
         self._api_keys: dict[str, str] = {}  # key id -> secrets-bucket key
+        self._by_repo: dict[str, set[str]] = {}  # repo -> its secrets' keys (API keys aside)
         self._lock = threading.RLock()
         self.rollbacks_refused = 0
         self.conflicts_refused = 0
@@ -82,12 +86,17 @@ class Vault:
         *,
         api_key_id: str | None = None,
         source: bytes = b"",
+        api_key: ProvenApiKey | None = None,
     ) -> bool:
         """Hold ``plaintext`` as ``key`` at ``version``, opened from the envelope whose
-        wrapped key has digest ``source``. Returns False when the value is unchanged (the
-        same version, perhaps re-wrapped under another epoch or put back: the held epoch and
-        source become the given ones); raises :class:`StaleVersion` for a rollback. The
-        caller's buffer is wiped if it is a bytearray."""
+        wrapped key has digest ``source`` (an API key's secret: with ``api_key``, the key's
+        id, scope and access as the admin's statement proves them). Returns False when the
+        value is unchanged (the same version, perhaps re-wrapped under another epoch or put
+        back: the held epoch and source become the given ones); raises
+        :class:`StaleVersion` for a rollback. The caller's buffer is wiped if it is a
+        bytearray."""
+        if api_key is not None:
+            api_key_id = api_key.key_id
         with self._lock:
             current = self._slots.get(key)
             if current is not None and version < current.version:
@@ -113,11 +122,14 @@ class Vault:
                 data=bytearray(plaintext),
                 api_key_id=api_key_id,
                 source=source,
+                api_key=api_key,
             )
             _wipe_input(plaintext)
             self._slots[key] = slot
             if api_key_id is not None:
                 self._api_keys[api_key_id] = key
+            else:
+                self._by_repo.setdefault(key.partition(".")[0], set()).add(key)
             if current is not None:
                 current.wipe()
             return True
@@ -129,6 +141,8 @@ class Vault:
                 return False
             if slot.api_key_id is not None:
                 self._api_keys.pop(slot.api_key_id, None)
+            else:
+                self._by_repo.get(key.partition(".")[0], set()).discard(key)
             slot.wipe()
             return True
 
@@ -140,6 +154,7 @@ class Vault:
                 slot.wipe()
             self._slots.clear()
             self._api_keys.clear()
+            self._by_repo.clear()
             return count
 
     def version_of(self, key: str) -> int | None:
@@ -166,6 +181,39 @@ class Vault:
             slot = self._slots.get(key)
             if slot is None or slot.api_key_id is not None:
                 raise SecretNotHeld(f"secret {key} is not held")
+            view = memoryview(slot.data).toreadonly()
+        try:
+            yield view
+        finally:
+            view.release()
+
+    def names_of(self, repo: str, kind: str) -> list[str]:
+        """The names of the secrets of ``kind`` held for ``repo``, sorted."""
+        prefix = f"{repo}."
+        with self._lock:
+            return sorted(
+                k[len(prefix) :] for k in self._by_repo.get(repo, ()) if self._slots[k].kind == kind
+            )
+
+    def api_key(self, key_id: str) -> tuple[str, ProvenApiKey] | None:
+        """(repository, proven id/scope/access) of the live API key ``key_id``, or None
+        (unknown, revoked, or held without a statement about it)."""
+        with self._lock:
+            key = self._api_keys.get(key_id)
+            slot = self._slots.get(key) if key is not None else None
+            if key is None or slot is None or slot.api_key is None:
+                return None
+            return split_secret_key(key)[0], slot.api_key
+
+    @contextmanager
+    def use_api_key(self, key_id: str) -> Iterator[memoryview]:
+        """Lend the secret of the live API key ``key_id`` read-only for the ``with`` block
+        (a gateway derives a SigV4 signing key from it)."""
+        with self._lock:
+            key = self._api_keys.get(key_id)
+            slot = self._slots.get(key) if key is not None else None
+            if slot is None:
+                raise SecretNotHeld(f"API key {key_id} is not held")
             view = memoryview(slot.data).toreadonly()
         try:
             yield view

@@ -179,10 +179,10 @@ def node_permissions(names: FleetNames, node_id: str) -> dict[str, object]:
     It subscribes to its own share, status and API-key subjects, its own inbox, and the
     (signed) heartbeats of its peers, and to nothing else: it can neither answer another
     node's requests nor read another node's replies. It publishes share requests to its
-    peers, its own heartbeat, its own reports (``node.<n>.report``: never into the event
-    stream, the backend relays them) and re-wrap requests, and reads the two buckets (KV
-    watch consumers on the bucket streams only: never the command stream, never another
-    role's durable).
+    peers, its own heartbeat, its own reports (``node.<n>.report``: misbehaviour reports
+    and its gateway's usage summaries, never into the event stream: the backend relays
+    them) and re-wrap requests, and reads the two buckets (KV watch consumers on the
+    bucket streams only: never the command stream, never another role's durable).
 
     A node never receives a message it published: it may not publish to its own request
     subjects, and its own heartbeat is not delivered to it. Otherwise it could send itself

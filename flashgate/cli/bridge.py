@@ -16,6 +16,7 @@ from flashgate.cli.passphrase import node_passphrase, uses_shared_passphrase
 from flashgate.environment import (
     ADMIN_PASSPHRASE_ENV,
     BUNDLE_ENV,
+    GATEWAY_LISTEN_ENV,
     NATS_PASSWORD_ENV,
     NATS_URL_ENV,
     NATS_USER_ENV,
@@ -62,6 +63,20 @@ from flashgate.environment import (
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option(
+    "--gateway-listen",
+    envvar=GATEWAY_LISTEN_ENV,
+    default=None,
+    callback=lambda _ctx, _param, value: _listen_address(value),
+    help="Serve the gateway (S3 and OpenAI-compatible) on HOST:PORT (default: off).",
+)
+@click.option(
+    "--gateway-drain-seconds",
+    type=click.FloatRange(0, 600),
+    default=5.0,
+    show_default=True,
+    help="On SIGTERM, how long gateway requests in flight may finish before the purge.",
+)
+@click.option(
     "--no-fast-path",
     is_flag=True,
     help="Load every secret by the cold path (one threshold decryption each) and write no "
@@ -78,6 +93,8 @@ def bridge(
     workers: int | None,
     metrics_port: int | None,
     metrics_host: str,
+    gateway_listen: tuple[str, int] | None,
+    gateway_drain_seconds: float,
     no_fast_path: bool,
     log_level: str,
     log_json: bool | None,
@@ -109,6 +126,8 @@ def bridge(
         workers=workers,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        gateway_listen=gateway_listen,
+        gateway_drain_s=gateway_drain_seconds,
         fast_path=not no_fast_path,
         bundle_path=bundle,
         passphrase=passphrase,  # to re-seal the bundle after a fleet key rotation
@@ -119,6 +138,17 @@ def bridge(
         raise SystemExit(EXIT_REVOKED)
     if node.failed:
         raise SystemExit(EXIT_FAILED)
+
+
+def _listen_address(value: str | None) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port); None stays None."""
+    if value is None or value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value[:80]!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    return host, int(port)
 
 
 #: Exit status of a node that found itself revoked: supervisors must not restart it.
@@ -148,4 +178,7 @@ async def _run(node: object) -> None:
     stopper.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await starter
+    # Requests in flight finish first (bounded by --gateway-drain-seconds), then the purge.
+    with contextlib.suppress(Exception):
+        await node.drain_gateway()
     await asyncio.wait_for(node.stop(), 4.5)

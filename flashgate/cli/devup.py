@@ -289,6 +289,12 @@ def _port(url: str) -> int:
     help="NATS servers to run, joined as one JetStream cluster (3: replicated streams, "
     "any one server can be killed).",
 )
+@click.option(
+    "--gateway/--no-gateway",
+    default=True,
+    show_default=True,
+    help="Each bridge serves the gateway (S3 and OpenAI-compatible) on a port of its own.",
+)
 def up(
     home: Path | None,
     nodes: int,
@@ -296,6 +302,7 @@ def up(
     key_bits: int,
     insecure_test_key: bool,
     nats_servers: int,
+    gateway: bool,
 ) -> None:
     """Run NATS, the backend and every bridge on this machine until Ctrl-C."""
     ctx = click.get_current_context()
@@ -308,7 +315,7 @@ def up(
     root.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(root)  # before anything else is written
     try:
-        _run(root, nodes, threshold, key_bits, insecure_test_key, explicit, nats_servers)
+        _run(root, nodes, threshold, key_bits, insecure_test_key, explicit, nats_servers, gateway)
     finally:
         release_lock(lock)
 
@@ -321,6 +328,7 @@ def _run(
     insecure: bool,
     explicit: set[str],
     nats_servers: int = 1,
+    gateway: bool = True,
 ) -> None:
     has_fleet = (fleet_dir(root) / DESCRIPTOR_FILE).exists()
     if has_fleet:
@@ -355,7 +363,7 @@ def _run(
 
     # The nats-server harness (and its atexit hook) stays out of every other command's
     # process: `flashgate backend`/`bridge` import this module through flashgate.cli.main.
-    from flashgate.devcluster.nats_server import NatsCluster, NatsServerProcess
+    from flashgate.devcluster.nats_server import NatsCluster, NatsServerProcess, free_ports
 
     # One NKey user per active node (nats-nodes.json, roster.json); regenerated and the
     # servers reloaded whenever the admin's roster.json changes (`flashgate node revoke`).
@@ -447,12 +455,24 @@ def _run(
             )
         )
         bundles = sorted((fleet_dir(root) / NODES_DIR).glob("*.bundle"))
+        # One gateway port per bridge, kept across its restarts.
+        gateways = dict(zip((b.stem for b in bundles), free_ports(len(bundles)), strict=True))
         for bundle in bundles:
             node_id = bundle.stem
+            gateway_args = ["--gateway-listen", f"127.0.0.1:{gateways[node_id]}"] if gateway else []
             children.append(
                 Child(
                     node_id,
-                    [*_flashgate(), "bridge", "--bundle", str(bundle), "--nats", url, "--log-json"],
+                    [
+                        *_flashgate(),
+                        "bridge",
+                        "--bundle",
+                        str(bundle),
+                        "--nats",
+                        url,
+                        "--log-json",
+                        *gateway_args,
+                    ],
                     {
                         **base_env,
                         NODE_PASSPHRASE_ENV: passphrases.nodes[node_id],
@@ -467,7 +487,8 @@ def _run(
                 break
             child.start()
         if not stop_requested:
-            _say(_summary(root, url, descriptor.fleet, descriptor.threshold, children))
+            shown = gateways if gateway else {}
+            _say(_summary(root, url, descriptor.fleet, descriptor.threshold, children, shown))
         while not stop_requested:
             time.sleep(0.2)
             stamp = roster_stamp()
@@ -518,8 +539,19 @@ def reload_identities(servers: list[NatsServerProcess], auth: Callable[[], str])
     _say("roster changed: NATS users rewritten and the server reloaded")
 
 
-def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Child]) -> str:
+def _summary(
+    root: Path,
+    url: str,
+    fleet: str,
+    threshold: int,
+    children: list[Child],
+    gateways: dict[str, int] | None = None,
+) -> str:
     bridges = [c.name for c in children if c.name != "backend"]
+    gateway_lines = [
+        f"  gateway   {node} http://127.0.0.1:{port} (S3; OpenAI at /v1)"
+        for node, port in (gateways or {}).items()
+    ]
     fg = flashgate_command()
     lines = [
         f"flashgate dev cluster: fleet {fleet!r}, {threshold}-of-{len(bridges)}",
@@ -527,6 +559,7 @@ def _summary(root: Path, url: str, fleet: str, threshold: int, children: list[Ch
         f"  nats      {url} (users per role in {root / 'config.json'})",
         f"  backend   SQLite {root / 'backend.db'}",
         f"  bridges   {', '.join(bridges)}",
+        *gateway_lines,
         f"  logs      {root / 'logs'}",
         "",
         "try (in another shell):",

@@ -15,7 +15,8 @@ read from a subject that is not its type's (``subject=``).
 
 Every event carries a ``signature`` extension attribute: Ed25519 over the canonical bytes
 of the whole event (attributes and data, domain ``event``), by the backend for what the
-backend publishes, by the reporting node for a bridge's ``node.misbehaved``. Who may sign
+backend publishes, by the reporting node for a bridge's ``node.misbehaved`` and
+``gateway.usage``. Who may sign
 what, and the check, are in :mod:`flashgate.events.event_auth`.
 """
 
@@ -41,6 +42,7 @@ from flashgate.events.types import (
     ReasonCode,
     SecretKind,
     Serial,
+    UnixMillis,
     Version,
 )
 
@@ -123,6 +125,28 @@ class NodeMisbehaved(EventData, frozen=True):
     epoch: Epoch | None = None
 
 
+GatewayApi = Literal["s3", "openai"]
+
+
+class GatewayUsage(EventData, frozen=True):
+    """What one API key did through one node's gateway in one window (DESIGN §7): counts
+    and bytes, aggregated (one event per key, API and window, never one per request),
+    signed by the node that served it (``source`` names it)."""
+
+    event_type: ClassVar[str] = "gateway.usage"
+    node_id: Name
+    repo: Name
+    key_id: Name
+    api: GatewayApi
+    window_start: UnixMillis
+    window_end: UnixMillis
+    requests: Count
+    errors: Count  # answered 4xx/5xx after the key was authenticated
+    upstream_errors: Count
+    bytes_in: Count
+    bytes_out: Count
+
+
 class KeyRotationStarted(EventData, frozen=True):
     event_type: ClassVar[str] = "fleet.rotation.started"
     from_epoch: Epoch
@@ -171,6 +195,7 @@ EVENT_DATA_TYPES: tuple[type[EventData], ...] = (
     ApiKeyRevoked,
     NodeRevoked,
     NodeMisbehaved,
+    GatewayUsage,
     KeyRotationStarted,
     KeyRotationProgressed,
     KeyRotationCompleted,

@@ -9,8 +9,9 @@ anything, so an event is believed only when:
 - its ``source`` is ``flashgate/<fleet>/backend`` and it verifies under the backend's
   event key (``backend.json``, admin-signed; :mod:`flashgate.fleet.backend_key`), or
 - it is a node-signed type (:func:`node_signer`: ``node.misbehaved``, signed by its
-  ``reporter``), its ``source`` is ``flashgate/<fleet>/bridge/<node>`` for that node, and
-  it verifies under that node's key while the node is active in the roster.
+  ``reporter``; ``gateway.usage``, signed by the node whose gateway served), its
+  ``source`` is ``flashgate/<fleet>/bridge/<node>`` for that node, and it verifies
+  under that node's key while the node is active in the roster.
 
 Outcomes of commands come from the backend only (``from_backend=True``): a node's report
 never answers a command. The signature is Ed25519 over the canonical bytes of the whole
@@ -28,7 +29,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from flashgate.errors import SignatureInvalid
-from flashgate.events.domain import DomainEvent, EventData, NodeMisbehaved, decode_event
+from flashgate.events.domain import (
+    DomainEvent,
+    EventData,
+    GatewayUsage,
+    NodeMisbehaved,
+    decode_event,
+)
 from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
 
@@ -50,6 +57,8 @@ def node_signer(data: EventData) -> str | None:
     relay (:mod:`flashgate.backend.node_reports`) and every consumer then follow it."""
     if isinstance(data, NodeMisbehaved):
         return data.reporter
+    if isinstance(data, GatewayUsage):
+        return data.node_id
     return None
 
 

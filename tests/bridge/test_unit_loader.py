@@ -17,10 +17,13 @@ from typing import cast
 import pytest
 
 from flashgate.bridge.collector import Collector, CollectResult
+from flashgate.bridge.gateway_authority import VaultAuthority
 from flashgate.bridge.loader import MAX_BACKOFF_S, Loader
 from flashgate.bridge.store import Entry
 from flashgate.bridge.vault import Vault
 from flashgate.errors import SecretNotHeld
+from flashgate.events.values import S3Storage
+from flashgate.gateway.authority import Grant
 from tests.support.bridge_units import EPOCH, SecretSpec, make_test_entry, public_key, reference_y
 
 WAIT_S = 5.0  # upper bound for anything awaited here; never reached when things work
@@ -157,6 +160,47 @@ async def test_an_api_key_is_loaded_for_verification_only(scene: LoaderScene) ->
     assert scene.vault.verify_api_key(API_KEY.api_key_id, API_KEY.value) is True
     with pytest.raises(SecretNotHeld), scene.vault.use(API_KEY.key):
         pass  # pragma: no cover - never entered
+
+
+async def test_the_gateway_authority_reads_what_the_loader_held(scene: LoaderScene) -> None:
+    """A key's repository, scope and access are the proven ones; values are decoded per
+    request (a rotation is seen next time, a deleted key is unknown at once)."""
+    ready = False
+    authority = VaultAuthority(scene.vault, lambda: ready)
+    assert not authority.ready()
+    scene.offer(API_KEY, S3_V1, OPENAI)
+    await scene.idle()
+    ready = True
+    assert authority.ready()
+    key_id = API_KEY.api_key_id
+    assert key_id is not None
+    expected = Grant(key_id=key_id, repo="payments", scope="storage", access="read")
+    assert authority.grant(key_id) == expected
+    assert authority.verify(key_id, API_KEY.value) == expected
+    assert authority.verify(key_id, API_KEY.value[:-1] + b"x") is None
+    assert authority.verify("fgk_unknownunknownunknownu", API_KEY.value) is None
+    with authority.key_secret(key_id) as secret:
+        assert bytes(secret) == API_KEY.value
+    assert authority.storage_names("payments") == ["s3"]
+    assert authority.storage_names("ops") == []
+    with authority.storage("payments", "s3") as storage:
+        assert isinstance(storage, S3Storage) and storage.secret_access_key == "s3-secret-v1"
+    with authority.ai("payments", "openai") as credential:
+        assert credential.api_key == "sk-openai-unit"
+    for lookup in (
+        lambda: authority.ai("payments", "anthropic"),
+        lambda: authority.storage("payments", "openai"),  # not a storage secret
+        lambda: authority.storage("payments", "nope"),
+    ):
+        with pytest.raises(SecretNotHeld), lookup():
+            pass  # pragma: no cover - never entered
+    scene.offer(S3_V2)
+    await scene.idle()
+    with authority.storage("payments", "s3") as storage:
+        assert storage.secret_access_key == "s3-secret-v2"
+    scene.loader.forget(API_KEY.key)  # revoked: its envelope deleted
+    assert authority.grant(key_id) is None
+    assert authority.verify(key_id, API_KEY.value) is None
 
 
 async def test_rotation_replaces_the_held_version(scene: LoaderScene) -> None:

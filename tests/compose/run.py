@@ -3,16 +3,19 @@
 Needs Docker (not part of `.ci/run` or the pytest suite; pytest does not collect this file).
 Steps: build the image (`docker build`, layers cached between runs); check that .env is not
 in the build context; start the stack with passwords nats-server and URLs used to choke on;
-wait until every service is healthy; through the admin service put, rotate and delete a
-secret; revoke a node and rotate the fleet key; restart PostgreSQL and a bridge and check
-that the stack recovers; tear everything down (`down -v`), also after a failure. Then the
-same again with compose.ha.yaml (a 3-node NATS cluster): every stream and bucket is R3,
-and the server leading the command stream is SIGKILLed while the admin writes secrets;
-every write comes back with its outcome, and every node holds them all (--no-ha skips it).
+wait until every service is healthy; bridge-1's gateway answers; through the admin service
+put, rotate and delete a secret; revoke a node and rotate the fleet key; restart PostgreSQL
+and a bridge and check that the stack recovers; tear everything down (`down -v`), also after
+a failure. Then the same again with compose.ha.yaml (a 3-node NATS cluster): every stream
+and bucket is R3, and the server leading the command stream is SIGKILLed while the admin
+writes secrets; every write comes back with its outcome, and every node holds them all
+(--no-ha skips it).
 
 On machines with the compose sandbox (../shared/compose-sandbox: no registry, loopback
 only) it runs the sandbox's up.sh first and adds its override file, minus its memlock
-settings, so the project's own FG_MEMLOCK default is what the runtime gets; down.sh stops
+settings, so the project's own FG_MEMLOCK default is what the runtime gets (and compose.yaml
+without the gateway ports of the services the override puts into its shared network
+namespace, where Docker refuses to publish ports); down.sh stops
 the daemon afterwards if up.sh started it. Options: --sandbox DIR, --no-sandbox,
 --skip-build (reuse flashgate:local), --keep-daemon.
 """
@@ -91,9 +94,28 @@ def sh(
     return result
 
 
+def without_published_ports(override: Path, dest: Path) -> Path:
+    """compose.yaml without the ``ports`` of the services ``override`` puts into another
+    container's network namespace (``network_mode: service:...``): Docker refuses to publish
+    ports there, and compose v1 has no way for an override to remove them."""
+    shared = {
+        name
+        for name, service in yaml.safe_load(override.read_text())["services"].items()
+        if isinstance(service, dict) and str(service.get("network_mode", "")).startswith("service:")
+    }
+    data = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name in shared & set(data["services"]):
+        data["services"][name].pop("ports", None)
+    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
 class Stack:
     def __init__(self, override: Path | None, *, ha: bool = False) -> None:
-        files = [str(ROOT / "compose.yaml")]
+        base = ROOT / "compose.yaml"
+        if override is not None:
+            base = without_published_ports(override, override.with_suffix(".base.yaml"))
+        files = [str(base)]
         if ha:
             files.append(str(ROOT / "compose.ha.yaml"))
         if override is not None:
@@ -118,7 +140,13 @@ class Stack:
         self.compose = [compose] if compose else ["docker", "compose"]
 
     def __call__(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-        return sh([*self.compose, "--env-file", str(self.env_file), *args], env=self.env, **kwargs)
+        # Relative paths in the files are the project's (the base may be a copy elsewhere).
+        return sh(
+            [*self.compose, "--project-directory", str(ROOT), "--env-file", str(self.env_file),
+             *args],
+            env=self.env,
+            **kwargs,
+        )  # fmt: skip
 
     def admin(self, *args: str, input: bytes | None = None, timeout: float = 300) -> str:
         result = self("run", "--rm", "-T", "admin", *args, input=input, timeout=timeout)
@@ -252,6 +280,19 @@ def exercise(stack: Stack) -> None:
         line = next((x for x in hardening.splitlines() if "process hardening" in x), "")
         say(f"{bridge}: {line.split('|', 1)[-1].strip()[:200]}")
 
+    # The gateway listens (an OpenAI-compatible request without a key: 401, its own JSON).
+    probe = (
+        "import json, urllib.error, urllib.request\n"
+        "try:\n"
+        "    urllib.request.urlopen('http://127.0.0.1:8080/v1/models', timeout=5)\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code, json.load(e)['error']['code'])\n"
+    )
+    answer = stack("exec", "-T", "bridge-1", "python", "-c", probe, quiet=True)
+    if answer.stdout.decode().split() != ["401", "invalid_api_key"]:
+        raise Failed(f"bridge-1's gateway did not answer 401: {answer.stdout!r}")
+    say("bridge-1's gateway answers 401 without a key")
+
     # A secret's life through the admin service.
     put = stack.admin_json("secret", "put", "demo-repo/db", "--kind", "generic", input=b"v1")
     assert put["version"] == 1, put
@@ -381,7 +422,8 @@ def exercise_ha(stack: Stack) -> None:
         '|| exit 1; echo "written $i"; done'
     )
     writer = subprocess.Popen(
-        [*stack.compose, "--env-file", str(stack.env_file), "run", "--rm", "-T",
+        [*stack.compose, "--project-directory", str(ROOT), "--env-file", str(stack.env_file),
+         "run", "--rm", "-T",
          "--entrypoint", "sh", "admin", "-c", script],
         env=stack.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

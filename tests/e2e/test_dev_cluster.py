@@ -271,6 +271,124 @@ def test_api_key_lifecycle(cluster: Cli) -> None:
     assert json.loads(revoked.stdout)["nodes"] == {n: "invalid" for n in NODES}
 
 
+def test_ai_gateway_through_dev_up(cluster: Cli) -> None:
+    """Each bridge serves the gateway on the port the banner names; the openai SDK with a
+    repository AI key gets the upstream's answer, the upstream gets the stored key."""
+    import re
+
+    import openai
+
+    from tests.support.ai_upstream import MODEL, upstream_in_thread
+
+    banner = (cluster.home.parent / "dev-up.log").read_text()
+    ports = dict(re.findall(r"gateway\s+(node-\d+) http://127\.0\.0\.1:(\d+)", banner))
+    assert sorted(ports) == NODES and len(set(ports.values())) == len(NODES)
+    with upstream_in_thread() as upstream:
+        cluster.json(
+            "secret", "put", "payments/llm", "--kind", "ai", "--provider", "openai",
+            "--api-key", "sk-" + CANARY.decode(), "--base-url", upstream.base_url,
+        )  # fmt: skip
+        doc = cluster.json(
+            "apikey", "create", "payments", "--scope", "ai", "--access", "openai",
+            "--name", "gateway e2e",
+        )  # fmt: skip
+        key = f"payments.{doc['key_id']}"
+        eventually(
+            lambda: all(
+                cluster.held(n).get(key) == 1 and cluster.held(n).get("payments.llm") == 1
+                for n in NODES
+            ),
+            60,
+            "the key and the AI secret on every bridge",
+        )
+        for node, port in sorted(ports.items()):
+            client = openai.OpenAI(
+                api_key=f"{doc['key_id']}.{doc['secret']}",
+                base_url=f"http://127.0.0.1:{port}/v1",
+                max_retries=0,
+            )
+            answer = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": node}]
+            )
+            assert answer.choices[0].message.content == "Hello from the upstream."
+            assert upstream.seen[-1].credential() == "sk-" + CANARY.decode()
+        cluster.json("apikey", "revoke", doc["key_id"])
+        cluster.json("secret", "delete", "payments/llm")
+
+
+def test_s3_gateway_through_dev_up(cluster: Cli, tmp_path: Path) -> None:
+    """boto3 with a repository storage key against each bridge's gateway: the storage
+    secret is a virtual bucket, the node re-signs for the real bucket of a real S3 server
+    (rclone serve s3, which checks SigV4 itself); a read key may not write; a revoked key
+    is refused from the next request on. The stored credential never reaches the client."""
+    import re
+
+    from botocore.exceptions import ClientError
+
+    from tests.support.gateway import (
+        REAL_BUCKET,
+        UPSTREAM_ACCESS_KEY,
+        UPSTREAM_SECRET_KEY,
+        boto3_client,
+        rclone_upstream,
+    )
+
+    banner = (cluster.home.parent / "dev-up.log").read_text()
+    ports = dict(re.findall(r"gateway\s+(node-\d+) http://127\.0\.0\.1:(\d+)", banner))
+    with rclone_upstream(tmp_path) as upstream:
+        cluster.json(
+            "secret", "put", "gw/archive", "--kind", "storage", "--provider", "s3",
+            "--bucket", REAL_BUCKET, "--region", "us-east-1", "--endpoint", upstream.url,
+            "--access-key-id", UPSTREAM_ACCESS_KEY, "--secret-access-key", UPSTREAM_SECRET_KEY,
+        )  # fmt: skip
+        writer = cluster.json(
+            "apikey", "create", "gw", "--scope", "storage", "--access", "write",
+            "--name", "s3 writer",
+        )  # fmt: skip
+        reader = cluster.json(
+            "apikey", "create", "gw", "--scope", "storage", "--access", "read",
+            "--name", "s3 reader",
+        )  # fmt: skip
+        keys = ["gw.archive", f"gw.{writer['key_id']}", f"gw.{reader['key_id']}"]
+        eventually(
+            lambda: all(cluster.held(n).get(k) == 1 for n in NODES for k in keys),
+            60,
+            "the keys and the storage secret on every bridge",
+        )
+        for node, port in sorted(ports.items()):
+            endpoint = f"http://127.0.0.1:{port}"
+            s3 = boto3_client(endpoint, writer["key_id"], writer["secret"])
+            body = f"written through {node} ".encode() + CANARY
+            s3.put_object(Bucket="archive", Key=f"{node}.txt", Body=body)
+            assert (upstream.root / REAL_BUCKET / f"{node}.txt").read_bytes() == body
+            got = s3.get_object(Bucket="archive", Key=f"{node}.txt", Range="bytes=0-6")
+            assert got["Body"].read() == b"written"
+            listed = s3.list_objects_v2(Bucket="archive")
+            assert f"{node}.txt" in {o["Key"] for o in listed["Contents"]}
+            assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["archive"]
+            read_only = boto3_client(endpoint, reader["key_id"], reader["secret"])
+            assert read_only.head_object(Bucket="archive", Key=f"{node}.txt")["ContentLength"]
+            try:
+                read_only.put_object(Bucket="archive", Key="nope.txt", Body=b"x")
+                raise AssertionError("a read key wrote")
+            except ClientError as refused:
+                assert refused.response["Error"]["Code"] == "AccessDenied"
+        cluster.json("apikey", "revoke", writer["key_id"])
+        for node, port in sorted(ports.items()):
+            s3 = boto3_client(f"http://127.0.0.1:{port}", writer["key_id"], writer["secret"])
+
+            def refused(s3: Any = s3) -> bool:
+                try:
+                    s3.head_object(Bucket="archive", Key="node-1.txt")
+                except ClientError as exc:
+                    return exc.response["Error"]["Code"] in ("InvalidAccessKeyId", "403")
+                return False
+
+            eventually(refused, 30, f"the revoked key refused by {node}")
+        cluster.json("apikey", "revoke", reader["key_id"])
+        cluster.json("secret", "delete", "gw/archive")
+
+
 def test_killed_bridge_others_continue_and_it_reloads(cluster: Cli) -> None:
     pid = int((cluster.home / "run" / "node-2.pid").read_text())
     os.kill(pid, signal.SIGKILL)

@@ -129,3 +129,46 @@ def test_only_the_backend_may_report_outcomes() -> None:
     raw = wire(sign_event(misbehaved("node-1"), NODES["node-1"]))
     with pytest.raises(FlashgateError):
         AUTHORITY.open(NAMES.event_subject("node.misbehaved"), raw, from_backend=True)
+
+
+def usage(node_id: str, *, source_node: str | None = None) -> ev.DomainEvent:
+    return ev.make_event(
+        ev.GatewayUsage(
+            node_id=node_id,
+            repo="payments",
+            key_id="fgk_abcdefghijklmnopqrstuvwx",
+            api="openai",
+            window_start=1,
+            window_end=2,
+            requests=3,
+            errors=0,
+            upstream_errors=0,
+            bytes_in=10,
+            bytes_out=20,
+        ),
+        event_id=f"{node_id}.usage.1",
+        source=f"flashgate/acme/bridge/{source_node or node_id}",
+    )
+
+
+def test_a_usage_summary_signed_by_its_node_is_believed() -> None:
+    raw = wire(sign_event(usage("node-1"), NODES["node-1"]))
+    event = AUTHORITY.open(NAMES.event_subject("gateway.usage"), raw)
+    assert isinstance(event.data, ev.GatewayUsage) and event.data.requests == 3
+    with pytest.raises(FlashgateError):  # a node's summary is never an outcome
+        AUTHORITY.open(NAMES.event_subject("gateway.usage"), raw, from_backend=True)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        usage("node-1"),  # unsigned
+        sign_event(usage("node-1"), NODES["node-2"]),  # node-2 speaking for node-1
+        sign_event(usage("node-1", source_node="node-2"), NODES["node-2"]),  # another source
+        sign_event(usage("node-3"), REVOKED["node-3"]),  # not active in the roster
+        sign_event(usage("node-1"), BACKEND),
+    ],
+)
+def test_a_forged_usage_summary_is_not_believed(event: ev.DomainEvent) -> None:
+    with pytest.raises(FlashgateError):
+        AUTHORITY.open(NAMES.event_subject("gateway.usage"), wire(event))
