@@ -39,6 +39,8 @@ SECRET_TYPE_NAMES = frozenset(
         "flashgate.bridge.keyring.EpochSlot",
         "flashgate.bridge.partials.PartialCache",
         "flashgate.bridge.partial_engine.PartialEngine",
+        "flashgate.bridge.fastpath.FastPath",  # ring term keys and content keys
+        "flashgate.bridge.fastpath._HeldKey",  # a content key
         "flashgate.cli.home.RoleLogin",
         "flashgate.cli.secret.ValueInput",
     }

@@ -81,6 +81,18 @@ def test_bridge() -> None:
 
 
 @pytest.mark.slow
+def test_bridge_fast_path() -> None:
+    document = run_bench("bridge.py", "--fast-path")
+    result = document["fast_path"]
+    (join,) = result["joins"]
+    assert join["fast"]["opened_fast"] == join["secrets"]
+    assert join["fast"]["connected_to_held_s"] is not None
+    assert join["cold"]["connected_to_held_s"] is not None
+    fleet = result["fleet"]
+    assert fleet["fleet_start_s"] is not None and fleet["rotation_purged_s"] is not None
+
+
+@pytest.mark.slow
 def test_e2e() -> None:
     document = run_bench("e2e.py", "--insecure-test-key", timeout=600)
     assert {r["key"] for r in document["rows"]} >= {"sequential.held_all", "paced.held_all"}

@@ -40,6 +40,7 @@ from flashgate.events.node_status import (
     STATUS_REQUEST_CODEC,
     ApiKeyCheck,
     ApiKeyCheckResult,
+    FastPathStatus,
     HeldSecret,
     PeerStatus,
     PendingSecret,
@@ -69,6 +70,8 @@ class AdminRpcs:
     ready: Callable[[], bool] = lambda: False
     #: How many tombstones this node keeps (:mod:`flashgate.bridge.tombstones`).
     tombstones: Callable[[], int] = lambda: 0
+    #: The fast path's status (None: a node without one).
+    fast_path: Callable[[], FastPathStatus | None] = lambda: None
 
     def __post_init__(self) -> None:
         self.screen = RequestScreen(
@@ -131,6 +134,7 @@ class AdminRpcs:
             misbehaviour=dict(self.peers.misbehaviour),
             tombstones=self.tombstones(),
             ready=self.ready(),
+            fast_path=self.fast_path(),
         )
         return response
 

@@ -32,7 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -40,7 +40,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.protocol import build_request, open_response
-from flashgate.bridge.store import Entry
 from flashgate.crypto.encoding import int_to_bytes
 from flashgate.crypto.threshold.combine import combine, identify_faulty
 from flashgate.crypto.threshold.keys import ThresholdPublicKey
@@ -57,6 +56,24 @@ OWN_GROUP = 32
 PEER_GROUP = 64
 
 
+class ShareTarget(Protocol):
+    """What partials are collected for: an envelope of the secrets bucket
+    (:class:`~flashgate.bridge.store.Entry`) or a ring term of the fast path
+    (:class:`~flashgate.bridge.ring_terms.Term`); ``source`` says which bucket the
+    responders look it up in."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def revision(self) -> int: ...
+    @property
+    def digest(self) -> bytes: ...
+    @property
+    def ciphertext(self) -> int: ...
+    @property
+    def source(self) -> Literal["secrets", "ring"]: ...
+
+
 class Transport(Protocol):
     async def request(self, node_id: str, payload: bytes, timeout: float) -> bytes: ...
 
@@ -67,7 +84,7 @@ Report = Callable[[str, str, str | None], Awaitable[None]]
 
 @dataclass
 class _Wanted:
-    entry: Entry
+    entry: ShareTarget
     ranking: list[str]
     partials: dict[int, int] = field(default_factory=dict)  # share index -> x
     sources: dict[int, str] = field(default_factory=dict)  # share index -> node id
@@ -126,7 +143,7 @@ class Collector:
 
     # --- public --------------------------------------------------------------------------
 
-    async def collect(self, entries: Sequence[Entry]) -> CollectResult:
+    async def collect(self, entries: Sequence[ShareTarget]) -> CollectResult:
         t = self.public.threshold
         self._failed_now: set[str] = set()  # peers that failed during this call
         wanted = {e.key: _Wanted(e, self._ranking(e.digest)) for e in entries}
@@ -176,15 +193,15 @@ class Collector:
         tasks: dict[asyncio.Task[dict[str, int]], tuple[str, list[_Wanted]]],
         t: int,
     ) -> None:
-        by_node: dict[str, list[_Wanted]] = defaultdict(list)
+        by_node: dict[tuple[str, str], list[_Wanted]] = defaultdict(list)
         for want in wanted.values():
             if len(want.partials) >= t:
                 continue
             for node in want.next_nodes(t, self._failed_now):
                 want.tried.add(node)
                 want.inflight.add(node)
-                by_node[node].append(want)
-        for node, group in by_node.items():
+                by_node[(node, want.entry.source)].append(want)
+        for (node, _source), group in by_node.items():
             size = self.own_group if node == self.node_id else min(self.peer_group, MAX_SHARE_ITEMS)
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
@@ -263,9 +280,12 @@ class Collector:
         return out
 
     async def _request(
-        self, node: str, entries: Sequence[Entry], *, proofs: bool = False
+        self, node: str, entries: Sequence[ShareTarget], *, proofs: bool = False
     ) -> ShareResults:
         items = [ShareItem(e.key, e.revision, e.digest) for e in entries]
+        sources = {e.source for e in entries}
+        if len(sources) != 1:  # never: _launch groups by source
+            raise ValueError("a share request names items of one bucket")
         payload, request, reply_key = build_request(
             node_id=self.node_id,
             responder=node,
@@ -274,6 +294,7 @@ class Collector:
             signing_key=self.signing_key,
             items=items,
             proofs=proofs,
+            source=sources.pop(),
         )
         ahead = self._queued[node]  # ours, sent to this peer earlier and not answered yet
         timeout = self._timeout(ahead + self._queued[self.node_id] + len(items), proofs=proofs)

@@ -8,6 +8,13 @@ without the value, counted, and reported as pending ``invalid_value``), and hand
 plaintext to the vault (newer versions replace older ones; a lower version is refused
 as a rollback). What cannot be loaded yet stays pending
 with a reason and is retried with backoff, and at once when a peer comes back.
+
+With the fast path (DESIGN §6, :mod:`flashgate.bridge.fastpath`), each batch is first
+offered to it: an envelope whose fast wrap opens its payload (under the JWE's own tag) is
+held at once, the rest go the cold path as above. Every envelope opened by the cold path
+hands its content key to the fast path (to be wrapped under the ring's current term).
+Both paths end in the same place (:meth:`Loader._hold`): the value checked against its
+kind, then the vault.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
 from flashgate.bridge.collector import Collector, CollectResult
 from flashgate.bridge.store import Entry
 from flashgate.bridge.vault import Vault
-from flashgate.crypto.decrypt import open_jwe
+from flashgate.crypto import fastwrap
 from flashgate.errors import (
     DecryptionError,
     FlashgateError,
@@ -39,6 +47,16 @@ BATCH = 1024
 # The backoff is kept by hand rather than with tenacity (as the backend's retries are): wake()
 # (a peer is back) cuts the wait short and resets it, and a batch can partly succeed.
 MAX_BACKOFF_S = 10.0
+#: Envelopes opened by the fast path between two yields to the event loop.
+FAST_SLICE = 256
+
+
+class FastOpener(Protocol):
+    """The fast path as the loader sees it (:class:`flashgate.bridge.fastpath.FastPath`)."""
+
+    def open(self, entry: Entry) -> bytearray | None: ...
+    def opened_cold(self, entry: Entry, cek: bytearray) -> None: ...
+    def forget(self, key: str) -> None: ...
 
 
 @dataclass
@@ -52,6 +70,9 @@ class Loader:
     # Told of an envelope whose threshold result checked (y^e = c) and whose payload still
     # does not open: its wrapped key is not its content key (a bad re-wrap, DESIGN §5).
     on_unopenable: Callable[[Entry], None] | None = None
+    #: The fast path, tried first for every envelope (None: the cold path only).
+    fast: FastOpener | None = None
+    loaded_fast: int = 0  # envelopes held by the fast path
     _queue: dict[str, Entry] = field(default_factory=dict)
     _latest: dict[str, Entry] = field(default_factory=dict)  # the entry each key should end as
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -90,6 +111,8 @@ class Loader:
         self._queue.pop(key, None)
         self._latest.pop(key, None)
         self.pending.pop(key, None)
+        if self.fast is not None:
+            self.fast.forget(key)
         if self.vault.delete(key):
             log.info("secret purged", key=key)
 
@@ -122,7 +145,10 @@ class Loader:
                 self._queue.pop(entry.key, None)
             started = time.monotonic()
             self._wake.clear()  # a wake() during the collection must not be lost
-            result = await self._collect(batch)
+            fast = 0
+            if self.fast is not None:
+                batch, fast = await self._open_fast(batch)
+            result = await self._collect(batch) if batch else CollectResult()
             retry = []
             for entry in batch:
                 if self._latest.get(entry.key) is not entry:
@@ -133,10 +159,11 @@ class Loader:
                     retry.append(entry)
                     continue
                 self._open(entry, y)
-            if result.values:
+            if result.values or fast:
                 log.info(
                     "secrets loaded",
-                    count=len(result.values),
+                    count=len(result.values) + fast,
+                    fast=fast,
                     pending=len(retry),
                     seconds=round(time.monotonic() - started, 3),
                 )
@@ -173,16 +200,57 @@ class Loader:
             result.failed.update(part.failed)
         return result
 
+    async def _open_fast(self, batch: list[Entry]) -> tuple[list[Entry], int]:
+        """Hold what the fast path opens; returns (the rest, for the cold path, and how
+        many were held). Yields to the event loop every FAST_SLICE envelopes."""
+        assert self.fast is not None
+        cold: list[Entry] = []
+        held = 0
+        for i, entry in enumerate(batch):
+            if i and i % FAST_SLICE == 0:
+                await asyncio.sleep(0)
+            if self._latest.get(entry.key) is not entry:
+                continue  # deleted or superseded meanwhile
+            plaintext = self.fast.open(entry)
+            if plaintext is None:
+                cold.append(entry)
+                continue
+            if self._hold(entry, plaintext):
+                held += 1
+                self.loaded_fast += 1
+        return cold, held
+
     def _open(self, entry: Entry, y: int) -> None:
-        envelope = entry.envelope
+        """The cold path's end: open the JWE with the combined result y, hold the value,
+        and give the content key to the fast path."""
         collector = self.collectors.get(entry.epoch)
         if collector is None:
             self.pending[entry.key] = "other_epoch"
             return
         try:
-            opened = open_jwe(entry.parsed, y, collector.public.key, envelope.context)
-            plaintext = bytearray(opened.plaintext)
-            del opened
+            cek = fastwrap.content_key(entry.parsed, y, collector.public.key)
+            try:
+                plaintext = fastwrap.open_payload(entry.parsed, cek, entry.envelope.context)
+            except FlashgateError:
+                fastwrap.wipe(cek)
+                raise
+        except FlashgateError as exc:
+            self.pending[entry.key] = exc.code
+            log.error("envelope does not open", key=entry.key, reason=exc.code)
+            if isinstance(exc, DecryptionError) and self.on_unopenable is not None:
+                self.on_unopenable(entry)
+            return
+        try:
+            if self._hold(entry, plaintext) and self.fast is not None:
+                self.fast.opened_cold(entry, cek)
+        finally:
+            fastwrap.wipe(cek)
+
+    def _hold(self, entry: Entry, plaintext: bytearray) -> bool:
+        """Check ``plaintext`` against the envelope's kind and put it in the vault (the
+        buffer is wiped either way). Returns whether the vault holds it now."""
+        envelope = entry.envelope
+        try:
             try:
                 check_value(envelope.kind, plaintext)
             except InvalidSecretValue as exc:
@@ -197,7 +265,7 @@ class Loader:
                     version=envelope.version,
                     reason=exc.code,
                 )
-                return
+                return False
             api_key_id = envelope.api_key.key_id if envelope.api_key is not None else None
             # What the admin's statement proves of the key (check_provenance checked it
             # equals the envelope's metadata): a gateway authorizes with it.
@@ -215,19 +283,14 @@ class Loader:
         except StaleVersion:
             self.pending.pop(entry.key, None)
             log.warning("rollback refused", key=entry.key, version=envelope.version)
-            return
+            return False
         except VersionConflict as exc:  # not a re-wrap: the held value stays
             self.pending[entry.key] = exc.code
             log.error(
                 "another value at the held version refused", key=entry.key, version=envelope.version
             )
-            return
-        except FlashgateError as exc:
-            self.pending[entry.key] = exc.code
-            log.error("envelope does not open", key=entry.key, reason=exc.code)
-            if isinstance(exc, DecryptionError) and self.on_unopenable is not None:
-                self.on_unopenable(entry)
-            return
+            return False
         self.pending.pop(entry.key, None)
         if replaced:
             self.loaded += 1
+        return True

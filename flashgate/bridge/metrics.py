@@ -80,6 +80,7 @@ def families(status: StatusResponse, partials_computed: int) -> list[Metric]:
         if p.last_latency_ms is not None:
             latency.add_metric([node_id, p.node_id], p.last_latency_ms)
     return [
+        *_fast_path_families(status),
         gauge("flashgate_secrets_held", "Secrets held in memory.", status.secrets_held),
         gauge(
             "flashgate_tombstones_kept",
@@ -100,6 +101,42 @@ def families(status: StatusResponse, partials_computed: int) -> list[Metric]:
         latency,
         gauge("flashgate_roster_serial", "Roster serial in force.", status.roster_serial),
     ]
+
+
+def _fast_path_families(status: StatusResponse) -> list[Metric]:
+    """The fast path (DESIGN §6): secrets per ring term, those still on old terms, what
+    this node opened by it, and bad fast wraps per writer."""
+    fast = status.fast_path
+    if fast is None:
+        return []
+    node_id = status.node_id
+    per_term = GaugeMetricFamily(
+        "flashgate_fast_path_secrets",
+        "Secrets with a fast wrap in the wraps bucket, per ring term.",
+        labels=["node", "term"],
+    )
+    for term, count in sorted(fast.wraps_per_term.items()):
+        per_term.add_metric([node_id, term], count)
+    old = GaugeMetricFamily(
+        "flashgate_fast_path_old_term_secrets",
+        "Fast wraps still under a ring term other than the current one.",
+        labels=["node"],
+    )
+    old.add_metric([node_id], fast.on_old_terms)
+    opened = CounterMetricFamily(
+        "flashgate_fast_path_opened", "Envelopes opened by the fast path.", labels=["node"]
+    )
+    opened.add_metric([node_id], fast.opened_fast)
+    bad = CounterMetricFamily(
+        "flashgate_fast_path_bad_wraps",
+        "Fast wraps that did not open their envelope, by writer (unsigned: 'unattributed').",
+        labels=["node", "writer"],
+    )
+    for writer, count in sorted(fast.bad_wraps.items()):
+        bad.add_metric([node_id, writer], count)
+    if fast.unattributed_bad_wraps:
+        bad.add_metric([node_id, "unattributed"], fast.unattributed_bad_wraps)
+    return [per_term, old, opened, bad]
 
 
 def render(metric_families: Iterable[Metric]) -> bytes:

@@ -27,6 +27,10 @@ The parts, each in a module of its own:
   :mod:`~flashgate.bridge.loader`: asking them and loading the vault;
 - :mod:`~flashgate.bridge.admin`: status, API key check, metrics snapshot;
 - :mod:`~flashgate.bridge.liveness`: heartbeats and misbehaviour reports;
+- :mod:`~flashgate.bridge.fastpath` (with :mod:`~flashgate.bridge.ring_terms`): the fleet key
+  ring and fast wraps (DESIGN §6): the loader starts once the ring is read and its terms
+  opened (at most :data:`FAST_PATH_START_WAIT_S`; without the ring's buckets, or past
+  that, the node loads by the cold path alone);
 - :mod:`~flashgate.bridge.screening`: the signed-request screening the share protocol and
   the admin RPCs share.
 """
@@ -48,6 +52,7 @@ from flashgate.bridge import hardening as process_hardening
 from flashgate.bridge import metrics
 from flashgate.bridge.admin import AdminRpcs
 from flashgate.bridge.collector import Collector
+from flashgate.bridge.fastpath import FastPath
 from flashgate.bridge.fleet_follower import FleetFollower, starting_roster
 from flashgate.bridge.gateway_authority import VaultAuthority
 from flashgate.bridge.hardening import HardeningReport
@@ -58,6 +63,7 @@ from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.protocol import Responder
 from flashgate.bridge.provenance import ProvenanceCheck
 from flashgate.bridge.rewrapper import Rewrapper
+from flashgate.bridge.ring_terms import TermStore
 from flashgate.bridge.screening import Clock, wall_clock_ms
 from flashgate.bridge.secrets_watch import SecretsWatch
 from flashgate.bridge.share_service import ShareService
@@ -88,6 +94,10 @@ SHARE_CONCURRENCY = 16
 SHARE_IN_FLIGHT = 64
 SHARE_PENDING = 1_024
 SHARE_PENDING_BYTES = 16 * 1024 * 1024
+#: How long the loader waits for the fast path (ring read, terms opened) before it starts
+#: by the cold path; and for the ring's buckets to be bound (else it starts at once).
+FAST_PATH_START_WAIT_S = 15.0
+FAST_PATH_BIND_S = 3.0
 
 
 @dataclass
@@ -107,6 +117,8 @@ class BridgeSettings:
     gateway_listen: tuple[str, int] | None = None
     #: How long a stopping node lets gateway requests in flight finish before it purges.
     gateway_drain_s: float = 5.0
+    #: The fast path (DESIGN §6); off: every secret by the cold path, no fast wraps.
+    fast_path: bool = True
 
 
 @dataclass
@@ -146,8 +158,32 @@ class BridgeNode:
 
         self.store = EnvelopeStore(self.names.fleet, {first.epoch: first.public.key}, prove)
         self.peers = PeerBook(self.node_id, roster)
+        self.fast = FastPath(
+            node_id=self.node_id,
+            fleet=self.names.fleet,
+            signing_key=bundle.signing_key,
+            terms=TermStore(
+                self.names.fleet,
+                self.store.keys,
+                roster=lambda: self.fleet.roster,
+                members=self.ring.members_of,
+                clock=self.clock,
+            ),
+            ring=self.ring,
+            peers=self.peers,
+            roster=lambda: self.fleet.roster,
+            collectors=self.collectors,
+            report=self._report,
+            spawn=self._spawn,
+            rng=self.rng,
+            clock=self.clock,
+            live_keys=self._live_keys,
+        )
         self.loader = Loader(
-            vault=self.vault, collectors=self.collectors, on_unopenable=self._on_unopenable
+            vault=self.vault,
+            collectors=self.collectors,
+            on_unopenable=self._on_unopenable,
+            fast=self.fast,
         )
         self.rewrapper = Rewrapper(
             node_id=self.node_id,
@@ -214,6 +250,7 @@ class BridgeNode:
             fetch_latest=self.secrets.fetch_latest,
             on_request=self.peers.seen,
             held_version=self.vault.version_of,
+            lookup_term=self.fast.lookup_term,
         )
         self.admin = AdminRpcs(
             fleet=self.names.fleet,
@@ -232,6 +269,7 @@ class BridgeNode:
             clock=self.clock,
             ready=lambda: self.ready,
             tombstones=lambda: len(self.tombstones),
+            fast_path=self.fast.status,
         )
         self._share_gate = asyncio.Semaphore(SHARE_CONCURRENCY)
         self._share_in_flight = asyncio.Semaphore(SHARE_IN_FLIGHT)
@@ -311,6 +349,7 @@ class BridgeNode:
         fleet_kv = await self.transport.bucket(names.fleet_bucket)
         self._spawn(self.fleet.run(fleet_kv), "watch-fleet")
         await self.fleet.synced.wait()
+        await self._start_fast_path()
         secrets_kv = await self.transport.bucket(names.secrets_bucket)
         self._spawn(self.liveness.heartbeats(), "heartbeats")
         self._spawn(self.loader.run(), "loader")
@@ -332,6 +371,34 @@ class BridgeNode:
             roster_serial=self.roster.serial,
         )
 
+    async def _start_fast_path(self) -> None:
+        """Bind the ring's buckets, read them and open the terms (bounded): the loader
+        then tries each envelope's fast wrap first. No buckets yet (a broker declared
+        before the fast path, or a backend not started yet), or not ready in time: the
+        loader starts by the cold path, exactly as without it, and the fast path joins in
+        (writing wraps, serving ring partials) once its buckets are there."""
+        if not self.settings.fast_path:
+            log.info("fast path off: loading by the cold path only")
+            self.loader.fast = None
+            return
+        bound = asyncio.Event()
+        self._spawn(self._run_fast_path(bound), "fast-path")
+        try:
+            await asyncio.wait_for(bound.wait(), FAST_PATH_BIND_S)
+        except TimeoutError:
+            log.warning("no fast-path buckets yet; loading by the cold path meanwhile")
+            return
+        try:
+            await asyncio.wait_for(self.fast.ready.wait(), FAST_PATH_START_WAIT_S)
+        except TimeoutError:
+            log.warning("the ring is not ready; loading by the cold path meanwhile")
+
+    async def _run_fast_path(self, bound: asyncio.Event) -> None:
+        ring_kv = await self.transport.bucket(self.names.ring_bucket)
+        wraps_kv = await self.transport.bucket(self.names.wraps_bucket)
+        bound.set()
+        await self.fast.run(ring_kv, wraps_kv)
+
     async def stop(self) -> int:
         """Purge everything held, stop tasks, close. Returns how many secrets were purged."""
         with structlog.contextvars.bound_contextvars(node=self.node_id):
@@ -347,6 +414,7 @@ class BridgeNode:
         if not self.revoked:
             await self.drain_gateway()
         purged = self.vault.purge()
+        self.fast.purge()
         if self.gateway is not None:
             await self.gateway.drain(0)  # revoked: after the purge, without waiting
         self.ring.purge()
@@ -380,6 +448,7 @@ class BridgeNode:
         for key in self.store.drop_where(self.provenance.rewrap_revoked, Unproven.code):
             log.warning("envelope re-wrapped by a node revoked since; not served", key=key)
         self.loader.wake()
+        self.fast.wake()  # a new roster (a revocation): a new term
 
     def _on_tombstone(self, tombstone: Tombstone) -> None:
         """A secret deleted or an API key revoked by the admin: whatever the bucket does
@@ -392,6 +461,15 @@ class BridgeNode:
     def _on_new_epoch(self) -> None:
         self._spawn(self.secrets.reingest_rejected())
         self.rewrapper.wake()
+        self.fast.wake()  # a new epoch: a new term
+
+    def _live_keys(self) -> dict[str, Entry] | None:
+        """The envelopes held in the store, once the secrets bucket is read (the fast
+        path purges wraps of any other key, after a grace)."""
+        return self.store.current if self.secrets.initial_load_done.is_set() else None
+
+    async def _report(self, node_id: str, reason: str, key: str | None) -> None:
+        await self.liveness.report_misbehaviour(node_id, reason, key)
 
     def _on_unopenable(self, entry: Entry) -> None:
         """An envelope of the rotation's new epoch that does not open is a bad re-wrap: the

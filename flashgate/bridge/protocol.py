@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -225,6 +226,7 @@ def build_request(
     signing_key: Ed25519PrivateKey,
     items: Sequence[ShareItem],
     proofs: bool = False,
+    source: Literal["secrets", "ring"] = "secrets",
     clock: Clock = wall_clock_ms,
     rng: Rng = SYSTEM_RNG,
 ) -> tuple[bytes, ShareRequest, X25519PrivateKey]:
@@ -239,6 +241,7 @@ def build_request(
             issued_at=clock(),
             reply_key=reply_key,
             proofs=proofs,
+            source=source,
             items=list(items),
         ),
         signing_key,

@@ -14,6 +14,13 @@ checked before any partial is computed; partials come from the shared
 still in the bucket's history is refused (``unknown_secret``), and so is a version older
 than the one this node holds (``stale_version``: an old proven envelope written back).
 
+A request whose ``source`` is ``ring`` names ring terms of the fast path (DESIGN §6):
+each is looked up in this node's own :class:`~flashgate.bridge.ring_terms.TermStore`
+(``lookup_term``), which holds only terms whose maker is active in this node's roster and a
+member of the epoch (re-checked at look-up) and not expired; anything else is refused per
+item (``unknown_term``), so the ring bucket is no decryption oracle either. Without a term
+store, ring requests are refused (``no_ring``).
+
 Proofs are served only for items whose partial this node answered to the same requester
 recently (the last :data:`ANSWERED_PER_REQUESTER` items it answered to it): a proof is
 asked for when a combination fails, about partials the requester got; anything else is
@@ -27,7 +34,7 @@ import asyncio
 import contextlib
 import hmac
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -35,6 +42,7 @@ import structlog
 from flashgate.bridge.collector import encode_partial
 from flashgate.bridge.partials import PartialCache
 from flashgate.bridge.protocol import Responder
+from flashgate.bridge.ring_terms import Term
 from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.crypto.encoding import int_to_bytes
 from flashgate.errors import FlashgateError, Refused
@@ -43,6 +51,7 @@ from flashgate.events.share import ShareItemRefusal, SharePartial, ShareProof, S
 log = structlog.get_logger("flashgate.bridge.share")
 
 FetchLatest = Callable[[str], Awaitable[Entry | None]]
+LookupTerm = Callable[[str, int], Awaitable["Term | None"]]
 
 #: Items remembered per requester as answered (a proof is served only for one of them).
 ANSWERED_PER_REQUESTER = 4_096
@@ -58,7 +67,9 @@ class ShareService:
     #: The version this node holds of a key (its vault): an older one is never served, so
     #: an old proven envelope written back opens nowhere unless t nodes lack the newer one.
     held_version: Callable[[str], int | None] = lambda _key: None
-    _answered: dict[str, OrderedDict[tuple[str, int], None]] = field(
+    #: A proven ring term at exactly (key, revision), or None (the fast path's terms).
+    lookup_term: LookupTerm | None = None
+    _answered: dict[str, OrderedDict[tuple[str, str, int], None]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -77,6 +88,8 @@ class ShareService:
         if cache is None:  # retired between the screening and now
             self.responder.refused["wrong_epoch"] += 1
             return self.responder.refuse(raw, "wrong_epoch")
+        if request.source == "ring":
+            return await self._answer_ring(raw, request, cache)
         try:
             refusals: list[ShareItemRefusal] = []
             entries: list[Entry] = []
@@ -100,22 +113,7 @@ class ShareService:
                     entries.append(entry)
                     continue
                 refusals.append(ShareItemRefusal(item.key, item.revision, reason))
-            xs = await cache.partials([e.ciphertext for e in entries])
-            partials = []
-            for entry, x in zip(entries, xs, strict=True):
-                proof = None
-                if request.proofs:
-                    p = await cache.proof(entry.ciphertext, x)
-                    size = (p.response.bit_length() + 7) // 8
-                    proof = ShareProof(
-                        int_to_bytes(p.challenge, 32), int_to_bytes(p.response, size)
-                    )
-                partials.append(
-                    SharePartial(entry.key, entry.revision, encode_partial(x, cache.public), proof)
-                )
-            if not request.proofs:
-                self._remember_answered(request.requester, entries)
-            return self.responder.respond(request, partials, refusals)
+            return await self._partials(request, cache, entries, refusals)
         except FlashgateError as exc:
             self.responder.refused[exc.code] += 1
             return self.responder.refuse(raw, exc.code)
@@ -124,14 +122,68 @@ class ShareService:
             self.responder.refused["internal_error"] += 1
             return self.responder.refuse(raw, "internal_error")
 
-    def _was_answered(self, requester: str, entry: Entry) -> bool:
-        answered = self._answered.get(requester)
-        return answered is not None and (entry.key, entry.revision) in answered
+    async def _answer_ring(self, raw: bytes, request: ShareRequest, cache: PartialCache) -> bytes:
+        """Partials for ring terms: proven terms of this node's own term store only."""
+        if self.lookup_term is None:
+            self.responder.refused["no_ring"] += 1
+            return self.responder.refuse(raw, "no_ring")
+        try:
+            refusals: list[ShareItemRefusal] = []
+            terms: list[Term] = []
+            for item in request.items:
+                term = await self.lookup_term(item.key, item.revision)
+                if term is None:
+                    reason = "unknown_term"
+                elif term.epoch != request.epoch:
+                    reason = "other_epoch"
+                elif not hmac.compare_digest(term.digest, item.digest):
+                    reason = "digest_mismatch"
+                elif request.proofs and not self._was_answered(request.requester, term):
+                    reason = "no_recent_partial"
+                else:
+                    terms.append(term)
+                    continue
+                refusals.append(ShareItemRefusal(item.key, item.revision, reason))
+            return await self._partials(request, cache, terms, refusals)
+        except FlashgateError as exc:
+            self.responder.refused[exc.code] += 1
+            return self.responder.refuse(raw, exc.code)
+        except Exception as exc:  # never leave a requester waiting: refuse, log, go on
+            log.error("ring share request failed internally", error=type(exc).__name__)
+            self.responder.refused["internal_error"] += 1
+            return self.responder.refuse(raw, "internal_error")
 
-    def _remember_answered(self, requester: str, entries: list[Entry]) -> None:
+    async def _partials(
+        self,
+        request: ShareRequest,
+        cache: PartialCache,
+        entries: Sequence[Entry | Term],
+        refusals: list[ShareItemRefusal],
+    ) -> bytes:
+        xs = await cache.partials([e.ciphertext for e in entries])
+        partials = []
+        for entry, x in zip(entries, xs, strict=True):
+            proof = None
+            if request.proofs:
+                p = await cache.proof(entry.ciphertext, x)
+                size = (p.response.bit_length() + 7) // 8
+                proof = ShareProof(int_to_bytes(p.challenge, 32), int_to_bytes(p.response, size))
+            partials.append(
+                SharePartial(entry.key, entry.revision, encode_partial(x, cache.public), proof)
+            )
+        if not request.proofs:
+            self._remember_answered(request.requester, entries)
+        return self.responder.respond(request, partials, refusals)
+
+    def _was_answered(self, requester: str, entry: Entry | Term) -> bool:
+        answered = self._answered.get(requester)
+        return answered is not None and (entry.source, entry.key, entry.revision) in answered
+
+    def _remember_answered(self, requester: str, entries: Sequence[Entry | Term]) -> None:
         answered = self._answered.setdefault(requester, OrderedDict())
         for entry in entries:
-            answered[(entry.key, entry.revision)] = None
-            answered.move_to_end((entry.key, entry.revision))
+            ident = (entry.source, entry.key, entry.revision)
+            answered[ident] = None
+            answered.move_to_end(ident)
         while len(answered) > ANSWERED_PER_REQUESTER:
             answered.popitem(last=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from flashgate.crypto import jwe
 from flashgate.crypto.publickey import FleetPublicKey
@@ -30,6 +31,8 @@ class Entry:
     parsed: jwe.ParsedJWE
     ciphertext: int  # c: the wrapped content key as an integer
     digest: bytes  # SHA-256 of the encrypted-key bytes
+    #: Where responders look it up (the secrets bucket; ring terms are the ring's).
+    source: Literal["secrets"] = "secrets"
 
     @property
     def version(self) -> int:

@@ -1,6 +1,6 @@
 """Declaring a fleet's JetStream layout (DESIGN §3), idempotently.
 
-:func:`declare_fleet` makes the four JetStream assets of a fleet exist with the declared
+:func:`declare_fleet` makes the JetStream assets of a fleet exist with the declared
 settings, whatever state they are in:
 
 | asset                  | kind   | settings                                                 |
@@ -9,6 +9,11 @@ settings, whatever state they are in:
 | ``fg-<f>-evt``         | stream | ``fg.<f>.evt.>``, file, limits, dedupe window, max age   |
 | ``fg-<f>-secrets``     | KV     | history >= 5 (rollback and audit of envelopes), direct get |
 | ``fg-<f>-fleet``       | KV     | history 16                                               |
+| ``fg-<f>-ring``        | KV     | history 1: ring terms of the fast path (DESIGN §6)       |
+| ``fg-<f>-wraps``       | KV     | history 1: fast wraps, one per envelope                  |
+
+The two fast-path buckets keep no history: a term deleted (purged) or a wrap replaced
+under a newer term is gone from the server, not kept as an older revision.
 
 For each asset the current config is read first and only the fields flashgate manages
 are compared (a KV bucket is compared through its backing stream ``KV_<bucket>``):
@@ -69,6 +74,8 @@ DAY = 24 * 60 * 60.0
 MIN_SECRETS_HISTORY = 5
 MAX_KV_HISTORY = 64  # the JetStream limit for KV history
 FLEET_HISTORY = 16
+#: The fast path's buckets (ring terms, fast wraps): the latest value only.
+FAST_PATH_HISTORY = 1
 MAX_REPLICAS = 5
 #: Replicas when the operator sets none: the cluster's size, up to this.
 DEFAULT_MAX_REPLICAS = 3
@@ -412,6 +419,13 @@ async def declare_fleet(
         (
             _KV_STREAM_PREFIX + names.fleet_bucket,
             _kv_config(names.fleet_bucket, history=FLEET_HISTORY, replicas=replicas),
+        ),
+        *(
+            (
+                _KV_STREAM_PREFIX + bucket,
+                _kv_config(bucket, history=FAST_PATH_HISTORY, replicas=replicas),
+            )
+            for bucket in (names.ring_bucket, names.wraps_bucket)
         ),
     ]
     infos: list[StreamInfo] = []

@@ -10,7 +10,12 @@ NKey user per Bridge Node (dev cluster and compose).
 |          |                                              | ``_INBOX.backend.>``          |
 | node <n> | share requests, its own heartbeat and        | ``share.<n>``, ``node.<n>.>``,|
 |          | ``node.<n>.report``, re-wrap requests,       | every node's heartbeat,       |
-|          | JS API on the two bucket streams (KV watch)  | ``_INBOX.bridge.<n>.>``       |
+|          | JS API on the two bucket streams (KV watch), | ``_INBOX.bridge.<n>.>``       |
+|          | KV writes + JS API on the fast-path buckets  |                               |
+
+The fast path's buckets (ring terms, fast wraps; DESIGN §6) are the nodes' alone: the
+backend and the admin only declare them (stream info; creation is their general grant)
+and can neither read nor write them.
 
 Only the backend publishes into the event stream: a node's signed reports go to its own
 ``node.<n>.report`` (core NATS), which the backend reads (``node.*.report``), checks,
@@ -97,6 +102,15 @@ def _js_durable(stream: str, durable: str) -> list[str]:
     ]
 
 
+def _fast_path_streams(names: FleetNames) -> list[str]:
+    return [f"KV_{names.ring_bucket}", f"KV_{names.wraps_bucket}"]
+
+
+def _fast_path_declare(names: FleetNames) -> list[str]:
+    """What declaring the fast-path buckets needs beyond creating streams: their info."""
+    return [f"$JS.API.STREAM.INFO.{stream}" for stream in _fast_path_streams(names)]
+
+
 def _js_admin() -> list[str]:
     return ["$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*"]
 
@@ -126,6 +140,7 @@ def permissions(role: str, names: FleetNames) -> dict[str, object]:
                     f"$JS.API.STREAM.INFO.{names.command_stream}",
                     # Read-only: is the backend consuming (fleet status --wait)?
                     f"$JS.API.CONSUMER.INFO.{names.command_stream}.{BACKEND_DURABLE}",
+                    *_fast_path_declare(names),
                     *_js_admin(),
                 ]
             },
@@ -140,6 +155,7 @@ def permissions(role: str, names: FleetNames) -> dict[str, object]:
                     f"{f}.evt.>",
                     *_js_on_streams([names.event_stream, *_kv_streams(names)]),
                     *_js_durable(names.command_stream, BACKEND_DURABLE),
+                    *_fast_path_declare(names),
                     *_js_admin(),
                 ]
             },
@@ -185,6 +201,10 @@ def node_permissions(names: FleetNames, node_id: str) -> dict[str, object]:
                 names.node_report_subject(node),
                 f"{f}.rewrap",
                 *_js_on_streams(kv_streams),
+                # the fast path (DESIGN §6): ring terms and fast wraps, the nodes' own
+                f"$KV.{names.ring_bucket}.>",
+                f"$KV.{names.wraps_bucket}.>",
+                *_js_on_streams(_fast_path_streams(names)),
             ],
             "deny": [names.share_subject(node)],
         },

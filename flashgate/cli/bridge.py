@@ -76,6 +76,12 @@ from flashgate.environment import (
     show_default=True,
     help="On SIGTERM, how long gateway requests in flight may finish before the purge.",
 )
+@click.option(
+    "--no-fast-path",
+    is_flag=True,
+    help="Load every secret by the cold path (one threshold decryption each) and write no "
+    "fast wraps: for benchmarks and diagnosis (DESIGN §6).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--log-json/--log-console", default=None, help="Default: JSON unless a terminal.")
 def bridge(
@@ -89,6 +95,7 @@ def bridge(
     metrics_host: str,
     gateway_listen: tuple[str, int] | None,
     gateway_drain_seconds: float,
+    no_fast_path: bool,
     log_level: str,
     log_json: bool | None,
 ) -> None:
@@ -121,6 +128,7 @@ def bridge(
         metrics_host=metrics_host,
         gateway_listen=gateway_listen,
         gateway_drain_s=gateway_drain_seconds,
+        fast_path=not no_fast_path,
         bundle_path=bundle,
         passphrase=passphrase,  # to re-seal the bundle after a fleet key rotation
     )

@@ -36,6 +36,9 @@ class NodeRow:
     epochs: dict[str, int] | None = None  # key -> fleet key epoch it was opened under
     pending_secrets: dict[str, str] | None = None  # key -> why it is pending (--secrets)
     tombstones: int = 0  # admin-signed deletions and revocations it keeps for good
+    #: The fast path as the node sees it (DESIGN §6): secrets with a fast wrap per ring
+    #: term, the current term, and bad wraps it found (None: a node without one).
+    fast_path: dict[str, object] | None = None
 
 
 PAGE = 1000
@@ -104,7 +107,21 @@ def online_row(status: StatusResponse, expected: dict[str, int]) -> NodeRow:
         {s.key: s.epoch for s in status.secrets if s.epoch is not None},
         {p.key: p.reason for p in status.pending},
         status.tombstones,
+        _fast_path(status),
     )
+
+
+def _fast_path(status: StatusResponse) -> dict[str, object] | None:
+    fast = status.fast_path
+    if fast is None:
+        return None
+    return {
+        "current_term": fast.current_term,
+        "secrets_per_term": dict(fast.wraps_per_term),
+        "on_old_terms": fast.on_old_terms,
+        "opened_fast": fast.opened_fast,
+        "bad_wraps": sum(fast.bad_wraps.values()) + fast.unattributed_bad_wraps,
+    }
 
 
 def ready(rows: list[NodeRow]) -> bool:
@@ -210,11 +227,38 @@ def render(
     ]
     if with_secrets and pending:
         lines += ["", table(["NODE", "PENDING SECRET", "REASON"], pending, right=set())]
+    lines += _fast_path_lines(rows)
     lines.append(
         f"\n{len(expected)} current secret(s) and API key(s); "
         f"{'every node holds every one' if ready(rows) else 'not all held yet'}"
     )
     return "\n".join(lines)
+
+
+def _fast_path_lines(rows: list[NodeRow]) -> list[str]:
+    """Secrets on the fast path per ring term (the wraps bucket, as the first online node
+    with a fast path sees it) and bad fast wraps per node."""
+    seen = [r for r in rows if r.status in ("online", "loading") and r.fast_path is not None]
+    if not seen:
+        return []
+    fast = seen[0].fast_path or {}
+    current = fast.get("current_term")
+    per_term = fast.get("secrets_per_term") or {}
+    assert isinstance(per_term, dict)
+    terms = [
+        [str(term), count, "current" if term == current else "old (being re-made)"]
+        for term, count in sorted(per_term.items(), key=lambda kv: kv[0] != current)
+    ]
+    lines = ["", f"fast path (as {seen[0].node} sees it):"]
+    if terms:
+        lines.append(table(["RING TERM", "SECRETS", "STATE"], terms, right={1}))
+    else:
+        lines.append("no fast wraps yet: every node loads by the cold path")
+    bad = [(r.node, r.fast_path.get("bad_wraps")) for r in seen if r.fast_path]
+    bad = [(node, count) for node, count in bad if count]
+    if bad:
+        lines.append(table(["NODE", "BAD FAST WRAPS FOUND"], bad, right={1}))
+    return lines
 
 
 def _summary(rows: list[NodeRow], expected: dict[str, int]) -> str:

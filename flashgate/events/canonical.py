@@ -10,6 +10,12 @@ as they are; raw ``bytes`` fields of msgpack messages become standard base64 wit
 For documents whose strings are ASCII (all signed documents here) this coincides with
 RFC 8785 JCS. The domain keeps a signature over one document type from being valid for
 another.
+
+A field added to a signed type after it shipped may be listed in the type's
+``unsigned_at_default`` class variable: at its default value it is left out of the signed
+bytes, so a message that does not use it signs and verifies exactly as before the field
+existed (nodes of the previous version keep verifying each other's requests during an
+upgrade).
 """
 
 from __future__ import annotations
@@ -28,4 +34,8 @@ def canonical_json(document: dict[str, Any]) -> bytes:
 def signed_bytes(domain: str, struct: msgspec.Struct) -> bytes:
     document = msgspec.to_builtins(struct)
     document.pop(SIGNATURE_FIELD, None)
+    defaults: dict[str, Any] = getattr(type(struct), "unsigned_at_default", {})
+    for name, default in defaults.items():
+        if document.get(name, default) == default:
+            document.pop(name, None)
     return b"flashgate/v1/" + domain.encode("ascii") + b"\n" + canonical_json(document)

@@ -76,8 +76,28 @@ class PendingSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True, arr
     reason: ReasonCode
 
 
+class FastPathStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The fast path as one node sees it (DESIGN §6): names and counts only."""
+
+    #: The ring term new fast wraps go under (None: none yet).
+    current_term: Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")] | None = None
+    terms_opened: Count = 0
+    #: Fast wraps in the wraps bucket, per term id: the secrets on the fast path.
+    wraps_per_term: Annotated[dict[Name, Count], Meta(max_length=1024)] = {}
+    #: Wraps under any term but the current one (waiting to be re-made).
+    on_old_terms: Count = 0
+    #: Envelopes this node opened by the fast path, and why others went the cold path.
+    opened_fast: Count = 0
+    fallbacks: Annotated[dict[ReasonCode, Count], Meta(max_length=64)] = {}
+    #: Bad fast wraps proven (signed by their writer), per writer; and unsigned ones.
+    bad_wraps: Annotated[dict[Name, Count], Meta(max_length=64)] = {}
+    unattributed_bad_wraps: Count = 0
+
+
 class StatusResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     signing_domain: ClassVar[str] = "status-response"
+    #: ``fast_path`` came later: signed only when present.
+    unsigned_at_default: ClassVar[dict[str, None]] = {"fast_path": None}
 
     fleet: Name
     node_id: Name
@@ -97,6 +117,7 @@ class StatusResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     tombstones: Count = 0
     #: Both buckets bound and their initial values loaded: answering is not being ready.
     ready: bool = False
+    fast_path: FastPathStatus | None = None
     signature: SignatureRaw = b""
 
 

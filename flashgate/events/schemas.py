@@ -29,6 +29,7 @@ from flashgate.events.node_status import (
     StatusRequest,
     StatusResponse,
 )
+from flashgate.events.ring import FastWrap, StoredTerm
 from flashgate.events.rotation import RewrapReply, RewrapRequest
 from flashgate.events.share import ShareRequest, ShareResponse, ShareResults
 from flashgate.events.values import VALUE_TYPES
@@ -78,6 +79,10 @@ SPECS: tuple[SchemaSpec, ...] = (
         "rewrap-request", RewrapRequest, title="Re-wrap request (node-signed)", msgpack=True
     ),
     SchemaSpec("rewrap-reply", RewrapReply, title="Re-wrap reply", msgpack=True),
+    SchemaSpec("ring-term", StoredTerm, title="Ring term (ring bucket value, node-signed)"),
+    SchemaSpec(
+        "fast-wrap", FastWrap, title="Fast wrap (wraps bucket value, node-signed)", msgpack=True
+    ),
     SchemaSpec("apikey-check", ApiKeyCheck, title="API key check (admin-signed)"),
     SchemaSpec(
         "apikey-check-result", ApiKeyCheckResult, title="API key check result", msgpack=True

@@ -5,8 +5,10 @@ Request (signed by the requester's Ed25519 identity, domain ``share-request``):
     meant for (a broker forwarding it to another node gets it refused), issued-at (ms), an
     ephemeral X25519 public key for the reply, whether proofs are wanted, and up to
     :data:`MAX_SHARE_ITEMS` items, each key once: (secret key, KV revision, SHA-256 of the
-    wrapped key). No ciphertext travels: the responder looks each envelope up in its own
-    copy of the store and checks the digest.
+    wrapped key), and where they are (``source``: the secrets bucket, or the ring bucket
+    for a ring term of the fast path, whose key is ``term.<id>``; signed only when not
+    the secrets bucket, so requests without it sign as before). No ciphertext travels:
+    the responder looks each envelope (or term) up in its own copy and checks the digest.
 
 Response (signed by the responder, domain ``share-response``):
     ``status`` "ok" with ``sealed`` = :class:`ShareResults` (msgpack) encrypted to the
@@ -52,6 +54,8 @@ class ShareItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_l
 
 class ShareRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     signing_domain: ClassVar[str] = "share-request"
+    #: ``source`` came after the first version: signed only when not ``secrets``.
+    unsigned_at_default: ClassVar[dict[str, str]] = {"source": "secrets"}
 
     format: Annotated[int, Meta(ge=1, le=1)] = 1
     fleet: Name
@@ -62,6 +66,9 @@ class ShareRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     issued_at: UnixMillis
     reply_key: X25519Raw
     proofs: bool = False
+    #: Where the responder looks the items up: ``secrets`` (envelopes, the default) or
+    #: ``ring`` (ring terms of the fast path, keys ``term.<id>``).
+    source: Literal["secrets", "ring"] = "secrets"
     items: Annotated[list[ShareItem], Meta(min_length=1, max_length=MAX_SHARE_ITEMS)]
     signature: SignatureRaw = b""
 

@@ -4,6 +4,8 @@
 |-------------------|----------------------------------------|
 | envelopes         | KV bucket ``fg-<f>-secrets``, key ``<repo>.<name>`` |
 | fleet documents   | KV bucket ``fg-<f>-fleet``: ``descriptor.<epoch>``, ``roster``, ``epoch`` |
+| ring terms        | KV bucket ``fg-<f>-ring``, key ``term.<id>`` (the fast path, DESIGN §6) |
+| fast wraps        | KV bucket ``fg-<f>-wraps``, key ``<repo>.<name>`` |
 | rotations         | KV bucket ``fg-<f>-fleet``, keys ``rotation.<epoch>``, ``retired.<epoch>`` |
 | admin commands    | stream ``fg-<f>-cmd`` on ``fg.<f>.cmd.>`` |
 | domain events     | stream ``fg-<f>-evt`` on ``fg.<f>.evt.>`` |
@@ -60,6 +62,16 @@ class FleetNames:
     @property
     def fleet_bucket(self) -> str:
         return f"{PREFIX}-{self.fleet}-fleet"
+
+    @property
+    def ring_bucket(self) -> str:
+        """Ring terms of the fast path (node-signed; DESIGN §6)."""
+        return f"{PREFIX}-{self.fleet}-ring"
+
+    @property
+    def wraps_bucket(self) -> str:
+        """Fast wraps: one per envelope, the content key under a ring term."""
+        return f"{PREFIX}-{self.fleet}-wraps"
 
     def descriptor_key(self, epoch: int) -> str:
         return f"descriptor.{_epoch(epoch)}"

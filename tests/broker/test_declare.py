@@ -30,6 +30,8 @@ async def all_infos(js: JetStreamContext, names: FleetNames) -> dict[str, Stream
         names.event_stream,
         kv_stream(names.secrets_bucket),
         kv_stream(names.fleet_bucket),
+        kv_stream(names.ring_bucket),
+        kv_stream(names.wraps_bucket),
     ]
     return {stream: await js.stream_info(stream) for stream in streams}
 
@@ -41,6 +43,8 @@ async def test_declares_the_layout(js: JetStreamContext, fleet_names: FleetNames
         fleet_names.event_stream,
         kv_stream(fleet_names.secrets_bucket),
         kv_stream(fleet_names.fleet_bucket),
+        kv_stream(fleet_names.ring_bucket),
+        kv_stream(fleet_names.wraps_bucket),
     )
     assert declared.changes == ()
     cmd = declared.command_stream.config
@@ -53,6 +57,8 @@ async def test_declares_the_layout(js: JetStreamContext, fleet_names: FleetNames
     assert secrets.max_msgs_per_subject == MIN_SECRETS_HISTORY == 5
     assert secrets.allow_direct is True
     assert infos[kv_stream(fleet_names.fleet_bucket)].config.max_msgs_per_subject == 16
+    for bucket in (fleet_names.ring_bucket, fleet_names.wraps_bucket):  # the fast path
+        assert infos[kv_stream(bucket)].config.max_msgs_per_subject == 1
 
     ack = await js.publish(fleet_names.command_subject("secret.put"), b"{}")
     assert ack.stream == fleet_names.command_stream

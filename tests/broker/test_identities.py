@@ -393,3 +393,33 @@ async def test_a_node_may_ack_only_on_the_bucket_streams(server: NatsServerProce
         assert await _delivered(server, ack, node1, ack) == []
     finally:
         await node1.close()
+
+
+# --- the fast path's buckets: the nodes' own (DESIGN §6) ------------------------------------
+
+
+async def test_the_fast_path_buckets_are_the_nodes_alone(
+    server: NatsServerProcess, backend: Client
+) -> None:
+    """Nodes read and write the ring and wraps buckets; the backend (which declared them)
+    and the admin can do neither."""
+    node1 = await _node(server, "node-1")
+    admin = await _role(server, "admin")
+    try:
+        for bucket in (NAMES.ring_bucket, NAMES.wraps_bucket):
+            kv = await node1.jetstream(timeout=5).key_value(bucket)
+            await kv.put("payments.s3" if bucket == NAMES.wraps_bucket else "term.x", b"v")
+            key = "payments.s3" if bucket == NAMES.wraps_bucket else "term.x"
+            assert (await kv.get(key)).value == b"v"
+            for other in (backend, admin):
+                js = other.jetstream(timeout=1)
+                with pytest.raises((nats.errors.TimeoutError, nats.errors.Error)):
+                    await js.publish(f"$KV.{bucket}.{key}", b"forged")
+                with pytest.raises((nats.errors.TimeoutError, nats.errors.Error)):
+                    await js.get_msg(f"KV_{bucket}", 1, direct=True)
+                with pytest.raises((nats.errors.TimeoutError, nats.errors.Error)):
+                    await js.get_msg(f"KV_{bucket}", 1)
+            assert (await kv.get(key)).value == b"v"
+    finally:
+        await node1.close()
+        await admin.close()

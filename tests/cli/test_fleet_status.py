@@ -7,7 +7,12 @@ import json
 import msgspec
 
 from flashgate.cli.fleet_status import online_row, ready, render
-from flashgate.events.node_status import HeldSecret, PendingSecret, StatusResponse
+from flashgate.events.node_status import (
+    FastPathStatus,
+    HeldSecret,
+    PendingSecret,
+    StatusResponse,
+)
 
 
 def _answer(*, is_ready: bool = True) -> StatusResponse:
@@ -55,3 +60,29 @@ def test_a_node_that_answers_before_its_buckets_are_loaded_is_not_ready() -> Non
     assert not ready([row])
     loaded = online_row(msgspec.structs.replace(empty, ready=True), {})
     assert loaded.status == "online" and ready([loaded])
+
+
+def test_the_fast_path_is_shown_per_ring_term() -> None:
+    """DESIGN §6: how many secrets are on the fast path, per ring term (current or old)."""
+    current, old = "a" * 32, "b" * 32
+    answer = msgspec.structs.replace(
+        _answer(),
+        fast_path=FastPathStatus(
+            current_term=current,
+            terms_opened=2,
+            wraps_per_term={current: 7, old: 3},
+            on_old_terms=3,
+            opened_fast=9,
+            bad_wraps={"node-4": 1},
+        ),
+    )
+    row = online_row(answer, {"pay.db": 2})
+    text = render([row], {"pay.db": 2}, with_secrets=False, as_json=False).splitlines()
+    assert any(line.split() == [current, "7", "current"] for line in text), text
+    assert any(line.split()[:2] == [old, "3"] and "old" in line for line in text), text
+    assert any(line.split() == ["node-2", "1"] for line in text), text
+    [node] = json.loads(render([row], {"pay.db": 2}, with_secrets=False, as_json=True))["nodes"]
+    assert node["fast_path"]["secrets_per_term"] == {current: 7, old: 3}
+    assert node["fast_path"]["on_old_terms"] == 3
+    without = render([online_row(_answer(), {})], {}, with_secrets=False, as_json=False)
+    assert "fast path" not in without

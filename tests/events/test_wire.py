@@ -199,6 +199,10 @@ def _rederive(value: msgspec.Struct, codec: Codec[Any]) -> bytes:
     wire = codec.encode(value)
     doc = json.loads(wire) if codec.fmt == "json" else _bytes_to_b64(msgspec.msgpack.decode(wire))
     doc.pop("signature")
+    # a field added later is signed only away from its default (events/canonical.py)
+    for name, default in getattr(type(value), "unsigned_at_default", {}).items():
+        if doc.get(name, default) == default:
+            doc.pop(name, None)
     domain = type(value).signing_domain  # type: ignore[attr-defined]
     return (
         f"flashgate/v1/{domain}\n".encode()

@@ -1,0 +1,728 @@
+"""The fast path (DESIGN §6): a fleet key ring of symmetric terms, and fast wraps.
+
+Per-secret threshold decryption at every start costs t full-size exponentiations per
+secret. The fast path costs one threshold decryption per live ring **term** per start,
+then symmetric work per secret:
+
+- **Terms** (ring bucket ``fg-<f>-ring``, :mod:`flashgate.bridge.ring_terms`): AES-256
+  keys, each a JWE under the fleet public key of an epoch, signed by the active member
+  that made it. A node opens each proven term through the ordinary share protocol
+  (``source="ring"``: responders serve partials for proven terms only).
+- **Fast wraps** (wraps bucket ``fg-<f>-wraps``, one key per envelope): after a node opens
+  an envelope (by either path) it keeps the content key, and the node ranked first for
+  that envelope (rendezvous over the active members of the epoch; the next ones take over
+  after :data:`WRAP_TAKEOVER_S` each) writes it under the **current term**, signed
+  (:class:`~flashgate.events.ring.FastWrap`).
+- **Opening** (:meth:`FastPath.open`, the loader's first try for every envelope, after the
+  store's provenance check): the wrap must name the envelope's version, epoch and
+  wrapped-key digest, its term must be proven and opened; the content key is unwrapped
+  (AES-GCM, additional data binding all of that, the term and the writer) and the
+  payload opened with the JWE's own tag and context
+  (:func:`flashgate.crypto.fastwrap.open_payload`). Any failure sends that envelope down
+  the cold path; a wrap that matches the envelope and still fails is a **bad wrap**: its
+  writer's signature is checked and the writer counted, logged and reported
+  (``bad_fast_wrap``); a wrap whose signature does not verify is counted as unattributed.
+- **The current term** is the newest proven term (by ``created_at``, then id) that this
+  node has opened, is for the current epoch and the roster serial this node holds, and is
+  within its limits (age, number of wraps). None: the first-ranked live active member of the
+  epoch makes one (the next after :data:`TERM_TAKEOVER_S` each). So a revocation (a new
+  roster) and a fleet key rotation (a new epoch) each make a new term; a term also ends at
+  its age or use limit. Wraps under an older term are re-made under the new one (each node
+  keeps the content keys it opened, wiped on purge), and a term older than the current one
+  that no wrap refers to any more is purged from the bucket.
+
+Term keys and content keys are ``bytearray``s, wiped when dropped; none is logged or in a
+repr. The cold path stays the root of trust: with no ring, or a damaged one, the node
+starts exactly as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import time
+from collections import Counter
+from collections.abc import Callable, Container, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.js.kv import KeyValue
+
+from flashgate.bridge.collector import Collector, Report
+from flashgate.bridge.keyring import KeyRing
+from flashgate.bridge.peers import PeerBook
+from flashgate.bridge.ring_terms import Term, TermStore
+from flashgate.bridge.store import Entry
+from flashgate.broker.watch import Deleted, InitialDone, follow
+from flashgate.crypto import fastwrap
+from flashgate.crypto.rng import Rng
+from flashgate.errors import FlashgateError, SignatureInvalid
+from flashgate.events.envelope import jwe_sha256
+from flashgate.events.fleet import Roster
+from flashgate.events.node_status import FastPathStatus
+from flashgate.events.ring import (
+    FAST_WRAP_CODEC,
+    STORED_TERM_CODEC,
+    TERM_KEY_PREFIX,
+    FastWrap,
+    RingTerm,
+    StoredTerm,
+    term_key,
+)
+from flashgate.events.signing import sign, verify
+from flashgate.fleet.identity_keys import load_ed25519_public
+
+log = structlog.get_logger("flashgate.bridge.fastpath")
+
+#: A term is used for new wraps this long after it was made (then a new one is made).
+TERM_MAX_AGE_MS = 7 * 24 * 3600 * 1000
+#: At most this many wraps under one term (random 96-bit GCM nonces: far below 2^32).
+TERM_MAX_WRAPS = 1 << 24
+#: With no current term, the node ranked p-th makes one after p times this long.
+TERM_TAKEOVER_S = 5.0
+#: An envelope's wrap is written by the node ranked p-th after p times this long.
+WRAP_TAKEOVER_S = 10.0
+#: Wraps written at once (each is a KV put with its acknowledgement).
+WRITE_CONCURRENCY = 64
+MAINTAIN_EVERY_S = 1.0
+#: A term that could not be opened is asked for again after this long (not every pass).
+TERM_RETRY_S = 10.0
+#: At start, a term that did not open is asked for again this often, this many times.
+START_RETRY_S = 0.5
+START_RETRIES = 10
+#: A wrap whose envelope this node does not have (deleted while it was down) is purged
+#: once it is this old: a wrap just written may come before its envelope does.
+ORPHAN_GRACE_MS = 60_000
+
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@dataclass(repr=False)
+class _HeldKey:
+    """A content key this node opened, and the envelope it opens."""
+
+    version: int
+    epoch: int
+    digest: bytes
+    cek: bytearray
+    since: float  # monotonic: when it became this node's to wrap (takeover clock)
+
+    def wipe(self) -> None:
+        fastwrap.wipe(self.cek)
+
+
+@dataclass
+class FastPathStats:
+    opened: int = 0  # envelopes opened by the fast path
+    fallbacks: Counter[str] = field(default_factory=Counter)  # reason -> envelopes
+    bad_wraps: Counter[str] = field(default_factory=Counter)  # writer -> wraps
+    unattributed_bad_wraps: int = 0
+    wraps_written: int = 0
+    terms_made: int = 0
+    terms_opened: int = 0
+    terms_deleted: int = 0
+
+
+@dataclass
+class FastPath:
+    node_id: str
+    fleet: str
+    signing_key: Ed25519PrivateKey
+    terms: TermStore
+    ring: KeyRing
+    peers: PeerBook
+    roster: Callable[[], Roster]
+    collectors: dict[int, Collector]
+    report: Report
+    spawn: Spawn
+    rng: Rng
+    clock: Callable[[], int]  # ms since the epoch
+    max_age_ms: int = TERM_MAX_AGE_MS
+    max_wraps: int = TERM_MAX_WRAPS
+    term_takeover_s: float = TERM_TAKEOVER_S
+    wrap_takeover_s: float = WRAP_TAKEOVER_S
+    stats: FastPathStats = field(default_factory=FastPathStats)
+    ring_kv: KeyValue | None = None
+    wraps_kv: KeyValue | None = None
+    #: The envelope keys this node holds in its store once its initial values are read
+    #: (None before): a wrap of any other key is an orphan, purged after ORPHAN_GRACE_MS.
+    live_keys: Callable[[], Container[str] | None] = lambda: None
+
+    def __post_init__(self) -> None:
+        self._opened: dict[str, bytearray] = {}  # term id -> term key
+        self.wraps: dict[str, FastWrap] = {}  # envelope key -> its wrap in the bucket
+        self.per_term: Counter[str] = Counter()  # term id -> wraps in the bucket
+        #: term id -> wraps seen written under it (overwritten ones too): its use count
+        self.uses: Counter[str] = Counter()
+        self._held: dict[str, _HeldKey] = {}  # envelope key -> its content key
+        self.ready = asyncio.Event()  # terms read and opened (or given up): start loading
+        self._ring_read = asyncio.Event()
+        self._wraps_read = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._no_term_since: float | None = None
+        self._open_failed: dict[str, float] = {}  # term id -> monotonic time it failed
+        self._gone: set[str] = set()  # envelopes deleted: their wraps are purged
+
+    def __repr__(self) -> str:
+        return (
+            f"FastPath(terms_opened={len(self._opened)}, wraps={len(self.wraps)}, "
+            f"keys_held={len(self._held)})"
+        )
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self, ring_kv: KeyValue, wraps_kv: KeyValue) -> None:
+        """Follow both buckets; once their initial values are read, open the terms and
+        set ``ready``; then keep the ring current."""
+        self.ring_kv, self.wraps_kv = ring_kv, wraps_kv
+        self.spawn(self._follow_terms(ring_kv))
+        self.spawn(self._follow_wraps(wraps_kv))
+        await self._ring_read.wait()
+        await self._wraps_read.wait()
+        try:
+            await self._open_terms_at_start()
+        finally:
+            self.ready.set()
+        log.info(
+            "fast path ready",
+            terms_opened=len(self._opened),
+            wraps=len(self.wraps),
+            terms_refused=dict(Counter(self.terms.rejected.values())) or None,
+        )
+        await self.maintain()
+
+    def wake(self) -> None:
+        """Something changed (a roster, an epoch, a new term): re-check the ring now."""
+        self._wake.set()
+
+    async def _follow_terms(self, kv: KeyValue) -> None:
+        async with contextlib.aclosing(follow(kv)) as events:
+            async for event in events:
+                if isinstance(event, InitialDone):
+                    self._ring_read.set()
+                elif isinstance(event, Deleted):
+                    self._drop_term(event.key)
+                elif event.key.startswith(TERM_KEY_PREFIX):
+                    term = self.terms.ingest(event.key, event.revision, event.value)
+                    if term is None:
+                        log.warning(
+                            "ring term refused",
+                            key=event.key,
+                            reason=self.terms.rejected.get(event.key),
+                        )
+                    elif self._ring_read.is_set():
+                        self.wake()  # a new term: open it
+
+    async def _follow_wraps(self, kv: KeyValue) -> None:
+        async with contextlib.aclosing(follow(kv)) as events:
+            async for event in events:
+                if isinstance(event, InitialDone):
+                    self._wraps_read.set()
+                elif isinstance(event, Deleted):
+                    self._set_wrap(event.key, None)
+                else:
+                    self._take_wrap(event.key, event.value)
+
+    def _take_wrap(self, key: str, raw: bytes) -> None:
+        try:
+            wrap = FAST_WRAP_CODEC.decode(raw)
+        except FlashgateError:
+            self.stats.fallbacks["malformed_wrap"] += 1
+            self._set_wrap(key, None)
+            return
+        if wrap.key != key or wrap.fleet != self.fleet:
+            self.stats.fallbacks["misplaced_wrap"] += 1
+            self._set_wrap(key, None)
+            return
+        self._set_wrap(key, wrap)
+
+    def _set_wrap(self, key: str, wrap: FastWrap | None) -> None:
+        old = self.wraps.pop(key, None)
+        if old is not None:
+            self.per_term[old.term_id] -= 1
+            if self.per_term[old.term_id] <= 0:
+                del self.per_term[old.term_id]
+        if wrap is not None:
+            self.wraps[key] = wrap
+            self.per_term[wrap.term_id] += 1
+            if old is None or old.nonce != wrap.nonce:  # not the echo of our own write
+                self.uses[wrap.term_id] += 1
+
+    def _drop_term(self, key: str) -> None:
+        term = self.terms.remove(key)
+        if term is not None:
+            opened = self._opened.pop(term.term_id, None)
+            if opened is not None:
+                fastwrap.wipe(opened)
+
+    # --- opening terms ---------------------------------------------------------------------
+
+    async def open_terms(self) -> None:
+        """One threshold decryption per proven term not opened yet (its epoch held); a
+        term that failed is asked for again only after TERM_RETRY_S."""
+        wanted: dict[int, list[Term]] = {}
+        now = time.monotonic()
+        for term in list(self.terms.current.values()):
+            if term.term_id in self._opened or not self.terms.is_proven(term):
+                continue
+            failed = self._open_failed.get(term.term_id)
+            if failed is not None and now - failed < TERM_RETRY_S:
+                continue
+            if term.epoch in self.collectors:
+                wanted.setdefault(term.epoch, []).append(term)
+        for epoch, terms in wanted.items():
+            collector = self.collectors.get(epoch)
+            if collector is None:
+                continue
+            result = await collector.collect(terms)
+            for term in terms:
+                y = result.values.get(term.key)
+                if y is None:
+                    self._open_failed[term.term_id] = time.monotonic()
+                    log.warning(
+                        "ring term not opened",
+                        term=term.term_id,
+                        reason=result.failed.get(term.key, "no_quorum"),
+                    )
+                    continue
+                try:
+                    self._opened[term.term_id] = fastwrap.open_term(
+                        term.parsed, y, collector.public.key
+                    )
+                except FlashgateError as exc:
+                    self._open_failed[term.term_id] = time.monotonic()
+                    log.error("ring term does not open", term=term.term_id, reason=exc.code)
+                    continue
+                self._open_failed.pop(term.term_id, None)
+                self.stats.terms_opened += 1
+                log.info("ring term opened", term=term.term_id, epoch=term.epoch)
+
+    async def _open_terms_at_start(self) -> None:
+        """Open the terms; peers starting at the same moment may not have read the ring
+        yet (they refuse ``unknown_term``), so one that failed is asked for again every
+        START_RETRY_S, for up to START_RETRIES times, before loading starts without it."""
+        await self.open_terms()
+        for _ in range(START_RETRIES):
+            if not self._open_failed:
+                return
+            await asyncio.sleep(START_RETRY_S)
+            self._open_failed.clear()
+            await self.open_terms()
+
+    async def lookup_term(self, key: str, revision: int) -> Term | None:
+        """A responder's look-up (the share service): a proven term at ``revision``; one
+        not seen yet is read from the bucket (its latest revision only) and checked."""
+        term = self.terms.lookup(key, revision)
+        if term is not None or self.ring_kv is None:
+            return term
+        with contextlib.suppress(Exception):
+            stored = await self.ring_kv.get(key)
+            if stored.value and stored.operation is None and stored.revision == revision:
+                self.terms.ingest(key, revision, stored.value)
+        return self.terms.lookup(key, revision)
+
+    # --- the loader's fast path ------------------------------------------------------------
+
+    def open(self, entry: Entry) -> bytearray | None:
+        """The plaintext of ``entry`` by its fast wrap, or None (then the cold path)."""
+        wrap = self.wraps.get(entry.key)
+        if wrap is None:
+            self.stats.fallbacks["no_wrap"] += 1
+            return None
+        if (
+            wrap.version != entry.version
+            or wrap.epoch != entry.epoch
+            or not hmac.compare_digest(wrap.wrapped_key_sha256, entry.digest)
+        ):
+            self.stats.fallbacks["stale_wrap"] += 1  # another version or wrapped key
+            return None
+        term_key_ = self._opened.get(wrap.term_id)
+        term = self.terms.by_id(wrap.term_id)
+        if term_key_ is None or term is None or not self.terms.is_proven(term):
+            self.stats.fallbacks["no_term"] += 1
+            return None
+        aad = self._aad(entry, wrap.term_id, wrap.writer)
+        try:
+            cek = fastwrap.unwrap_cek(term_key_, wrap.nonce, wrap.sealed, aad)
+        except FlashgateError:
+            self._bad_wrap(entry, wrap, "wrap_does_not_open")
+            return None
+        try:
+            plaintext = fastwrap.open_payload(entry.parsed, cek, entry.envelope.context)
+        except FlashgateError:
+            fastwrap.wipe(cek)
+            self._bad_wrap(entry, wrap, "wrong_content_key")
+            return None
+        self.stats.opened += 1
+        self._keep(entry, cek)
+        return plaintext
+
+    def opened_cold(self, entry: Entry, cek: bytearray) -> None:
+        """The loader opened ``entry`` by the cold path with ``cek`` (copied here)."""
+        self._keep(entry, bytearray(cek))
+        self.wake()
+
+    def forget(self, key: str) -> None:
+        """The envelope was deleted: drop its content key, and purge its wrap (a wrap
+        left behind would keep its term from ever being purged)."""
+        held = self._held.pop(key, None)
+        if held is not None:
+            held.wipe()
+        if key in self.wraps:
+            self._gone.add(key)
+            self.wake()
+
+    def _keep(self, entry: Entry, cek: bytearray) -> None:
+        old = self._held.get(entry.key)
+        if old is not None:
+            old.wipe()
+        self._held[entry.key] = _HeldKey(
+            entry.version, entry.epoch, entry.digest, cek, time.monotonic()
+        )
+
+    def _aad(self, entry: Entry, term_id: str, writer: str) -> bytes:
+        return fastwrap.wrap_aad(
+            fleet=self.fleet,
+            key=entry.key,
+            version=entry.version,
+            epoch=entry.epoch,
+            wrapped_key_sha256=entry.digest,
+            term_id=term_id,
+            writer=writer,
+        )
+
+    def _bad_wrap(self, entry: Entry, wrap: FastWrap, reason: str) -> None:
+        """A wrap for exactly this envelope that does not open it: blame its writer if
+        the writer signed it, else count it as unattributed (forged or damaged)."""
+        self.stats.fallbacks[reason] += 1
+        node = self.roster().node(wrap.writer)
+        signed = False
+        if node is not None:
+            try:
+                verify(wrap, load_ed25519_public(node.signing_key, "node key"))
+                signed = True
+            except (SignatureInvalid, FlashgateError):
+                signed = False
+        if not signed:
+            self.stats.unattributed_bad_wraps += 1
+            log.warning(
+                "fast wrap does not open and is not signed by the node it names; cold path",
+                key=entry.key,
+                named_writer=wrap.writer,
+                reason=reason,
+            )
+            return
+        self.stats.bad_wraps[wrap.writer] += 1
+        log.error(
+            "bad fast wrap; cold path, writer reported",
+            key=entry.key,
+            writer=wrap.writer,
+            term=wrap.term_id,
+            reason=reason,
+        )
+        if wrap.writer != self.node_id:
+            self.spawn(self._report(wrap.writer, entry.key))
+
+    async def _report(self, writer: str, key: str) -> None:
+        await self.report(writer, "bad_fast_wrap", key)
+
+    # --- keeping the ring current ----------------------------------------------------------
+
+    def _eligible(self, term: Term, now: int) -> bool:
+        """Whether new wraps may go under ``term`` (opened or not): proven, for the
+        current epoch and the roster serial this node holds, within its limits."""
+        t = term.term
+        return (
+            t.epoch == self.ring.current.epoch
+            and t.roster_serial == self.roster().serial
+            and now < t.created_at + t.max_age_ms
+            and self.uses.get(term.term_id, 0) < t.max_wraps
+            and self.terms.is_proven(term)
+        )
+
+    def current_term(self) -> Term | None:
+        """The term new wraps go under (module docstring), or None."""
+        now = self.clock()
+        best: Term | None = None
+        for term in self.terms.current.values():
+            if term.term_id not in self._opened or not self._eligible(term, now):
+                continue
+            if best is None or (term.term.created_at, term.term_id) > (
+                best.term.created_at,
+                best.term_id,
+            ):
+                best = term
+        return best
+
+    def _awaiting_open(self) -> bool:
+        """An eligible term exists that this node has not opened (yet): it is opened (or
+        retried), not replaced by a new one."""
+        now = self.clock()
+        return any(
+            term.term_id not in self._opened and self._eligible(term, now)
+            for term in self.terms.current.values()
+        )
+
+    async def maintain(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.tend()
+            except FlashgateError as exc:
+                log.warning("fast path upkeep failed; retrying", reason=exc.code)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), MAINTAIN_EVERY_S)
+
+    async def tend(self) -> None:
+        """One pass: open new terms, make a term if none is current and it is this node's
+        turn, write the wraps that are this node's, purge old terms nothing refers to."""
+        await self.open_terms()
+        await self._purge_gone_wraps()
+        current = self.current_term()
+        if current is None:
+            current = await self._maybe_make_term()
+        if current is None:
+            return
+        self._no_term_since = None
+        await self._write_wraps(current)
+        await self._purge_old_terms(current)
+
+    def _term_rank(self) -> int | None:
+        """This node's place among the live active members of the current epoch for
+        making the next term (None: not a member)."""
+        members = self.ring.current.members
+        serial = self.roster().serial
+        epoch = self.ring.current.epoch
+        now = time.monotonic()
+        live = [
+            n.id
+            for n in self.roster().nodes
+            if n.status == "active"
+            and n.id in members
+            and (n.id == self.node_id or self._alive(n.id, now))
+        ]
+        if self.node_id not in live:
+            return None
+
+        def score(node_id: str) -> bytes:
+            return hashlib.sha256(f"ring-term|{serial}|{epoch}|{node_id}".encode()).digest()
+
+        return sorted(live, key=score).index(self.node_id)
+
+    def _alive(self, node_id: str, now: float) -> bool:
+        state = self.peers.peers.get(node_id)
+        return state is not None and state.alive(now)
+
+    async def _maybe_make_term(self) -> Term | None:
+        rank = self._term_rank()
+        if rank is None or self.ring_kv is None or self._awaiting_open():
+            return None
+        now = time.monotonic()
+        if self._no_term_since is None:
+            self._no_term_since = now
+        if now - self._no_term_since < rank * self.term_takeover_s:
+            return None
+        return await self.make_term()
+
+    async def make_term(self) -> Term | None:
+        """Make, sign and publish a new term for the current epoch and roster."""
+        if self.ring_kv is None:
+            return None
+        slot = self.ring.current
+        key = bytearray(self.rng.token_bytes(fastwrap.TERM_KEY_BYTES))
+        term_id = self.rng.token_bytes(16).hex()
+        token = fastwrap.seal_term(slot.key.public.key, key, self.rng)
+        signed = sign(
+            RingTerm(
+                fleet=self.fleet,
+                term_id=term_id,
+                epoch=slot.epoch,
+                jwe_sha256=jwe_sha256(token),
+                creator=self.node_id,
+                roster_serial=self.roster().serial,
+                created_at=self.clock(),
+                max_age_ms=self.max_age_ms,
+                max_wraps=self.max_wraps,
+            ),
+            self.signing_key,
+        )
+        raw = STORED_TERM_CODEC.encode(StoredTerm(term=signed, jwe=token))
+        try:
+            revision = await self.ring_kv.create(term_key(term_id), raw)
+        except Exception as exc:
+            fastwrap.wipe(key)
+            log.warning("could not publish a ring term", error=type(exc).__name__)
+            return None
+        term = self.terms.ingest(term_key(term_id), revision, raw)
+        if term is None:
+            fastwrap.wipe(key)
+            return None
+        self._opened[term_id] = key
+        self.stats.terms_made += 1
+        log.info(
+            "ring term made",
+            term=term_id,
+            epoch=slot.epoch,
+            roster_serial=signed.roster_serial,
+        )
+        return term
+
+    def _mine_to_wrap(self, current: Term) -> list[tuple[str, _HeldKey]]:
+        """Held content keys whose wrap in the bucket is missing, stale or under another
+        term, and that are this node's to write now (rendezvous rank, with takeover)."""
+        members = self.ring.current.members
+        now = time.monotonic()
+        mine: list[tuple[str, _HeldKey]] = []
+        for key, held in list(self._held.items()):
+            if held.epoch != current.epoch:
+                continue  # under another epoch than the term's: waits for its re-wrap
+            wrap = self.wraps.get(key)
+            if (
+                wrap is not None
+                and wrap.term_id == current.term_id
+                and wrap.version == held.version
+                and wrap.epoch == held.epoch
+                and hmac.compare_digest(wrap.wrapped_key_sha256, held.digest)
+            ):
+                held.since = now
+                continue
+            ranking = [n for n in self.peers.ranking(held.digest) if n in members]
+            if self.node_id not in ranking:
+                continue
+            if ranking.index(self.node_id) * self.wrap_takeover_s > now - held.since:
+                continue
+            mine.append((key, held))
+        return mine
+
+    async def _write_wraps(self, current: Term) -> None:
+        kv = self.wraps_kv
+        term_key_ = self._opened.get(current.term_id)
+        if kv is None or term_key_ is None:
+            return
+        mine = self._mine_to_wrap(current)
+        if not mine:
+            return
+        semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+        async def write(key: str, held: _HeldKey) -> None:
+            wrap = self._make_wrap(key, held, current.term_id, term_key_)
+            async with semaphore:
+                with contextlib.suppress(Exception):
+                    await kv.put(key, FAST_WRAP_CODEC.encode(wrap))
+                    if self._held.get(key) is held:
+                        self._set_wrap(key, wrap)
+                    self.stats.wraps_written += 1
+
+        await asyncio.gather(*(write(k, h) for k, h in mine))
+        log.info("fast wraps written", count=len(mine), term=current.term_id)
+
+    def _make_wrap(self, key: str, held: _HeldKey, term_id: str, term: bytearray) -> FastWrap:
+        aad = fastwrap.wrap_aad(
+            fleet=self.fleet,
+            key=key,
+            version=held.version,
+            epoch=held.epoch,
+            wrapped_key_sha256=held.digest,
+            term_id=term_id,
+            writer=self.node_id,
+        )
+        nonce, sealed = fastwrap.wrap_cek(term, held.cek, aad, self.rng)
+        return sign(
+            FastWrap(
+                fleet=self.fleet,
+                key=key,
+                version=held.version,
+                epoch=held.epoch,
+                wrapped_key_sha256=held.digest,
+                term_id=term_id,
+                writer=self.node_id,
+                written_at=self.clock(),
+                nonce=nonce,
+                sealed=sealed,
+            ),
+            self.signing_key,
+        )
+
+    async def _purge_gone_wraps(self) -> None:
+        """Purge the wraps of deleted envelopes, and orphans (an envelope deleted while
+        this node was down) past ORPHAN_GRACE_MS."""
+        kv = self.wraps_kv
+        if kv is None:
+            return
+        gone = set(self._gone)
+        live = self.live_keys()
+        if live is not None:
+            oldest = self.clock() - ORPHAN_GRACE_MS
+            gone |= {k for k, w in self.wraps.items() if k not in live and w.written_at < oldest}
+        for key in gone:
+            self._gone.discard(key)
+            if key not in self.wraps:
+                continue
+            with contextlib.suppress(Exception):
+                await kv.purge(key)
+                self._set_wrap(key, None)
+                log.info("fast wrap purged: its envelope is gone", key=key)
+
+    async def _purge_old_terms(self, current: Term) -> None:
+        """Purge terms older than the current one (or refused) that no wrap refers to."""
+        kv = self.ring_kv
+        if kv is None:
+            return
+        newest = (current.term.created_at, current.term_id)
+        old: list[str] = []
+        for key, term in list(self.terms.current.items()):
+            if term is current or (term.term.created_at, term.term_id) >= newest:
+                continue
+            if self.per_term.get(term.term_id, 0) == 0:
+                old.append(key)
+        # Refused terms (a revoked maker, a damaged value) made before the current one: a
+        # term made later may be one this node's roster is not up to yet, and stays.
+        for key, made_at in list(self.terms.refused_made_at.items()):
+            term_id = key.removeprefix(TERM_KEY_PREFIX)
+            if made_at < current.term.created_at and self.per_term.get(term_id, 0) == 0:
+                old.append(key)
+        for key in old:
+            with contextlib.suppress(Exception):
+                await kv.purge(key)
+                self._drop_term(key)
+                self.stats.terms_deleted += 1
+                log.info("ring term purged: no wrap refers to it", key=key)
+
+    # --- status ----------------------------------------------------------------------------
+
+    def on_terms(self) -> dict[str, int]:
+        """Wraps in the bucket per term id (what ``fleet status`` shows)."""
+        return {term_id: count for term_id, count in sorted(self.per_term.items()) if count}
+
+    def on_old_terms(self) -> int:
+        """Wraps in the bucket under any term but the current one."""
+        current = self.current_term()
+        current_id = None if current is None else current.term_id
+        return sum(c for term_id, c in self.per_term.items() if term_id != current_id)
+
+    def status(self) -> FastPathStatus:
+        current = self.current_term()
+        return FastPathStatus(
+            current_term=None if current is None else current.term_id,
+            terms_opened=len(self._opened),
+            wraps_per_term=self.on_terms(),
+            on_old_terms=self.on_old_terms(),
+            opened_fast=self.stats.opened,
+            fallbacks=dict(self.stats.fallbacks),
+            bad_wraps=dict(self.stats.bad_wraps),
+            unattributed_bad_wraps=self.stats.unattributed_bad_wraps,
+        )
+
+    def purge(self) -> None:
+        """Wipe every term key and content key held (the node stops)."""
+        for key in self._opened.values():
+            fastwrap.wipe(key)
+        self._opened.clear()
+        for held in self._held.values():
+            held.wipe()
+        self._held.clear()
