@@ -427,6 +427,17 @@ class S3Refused(FlashgateError):
         super().__init__(message)
 
 
+class KeyBusy(FlashgateError):
+    """An API key already has as many gateway requests in flight as it may
+    (``GatewayLimits.key_concurrency``). ``grant`` is its authenticated grant (for the log)."""
+
+    code = "key_busy"
+
+    def __init__(self, key_id: str, limit: int, grant: object = None) -> None:
+        self.grant = grant
+        super().__init__(f"API key {key_id} already has {limit} requests in flight")
+
+
 # --- outside the tree on purpose -------------------------------------------------------------
 
 

@@ -9,7 +9,13 @@ Limits (:class:`GatewayLimits`): request line and each header field at most 8 Ki
 most 100 header fields (aiohttp answers 400 past them), request bodies the handlers read
 whole at most 16 MiB (413), reading one at most 60 s, idle keep-alive connections closed
 after 75 s; upstream calls time out connecting after 10 s and after 300 s without a byte
-(a model may think that long before it streams). aiohttp has no deadline for receiving a
+(a model may think that long before it streams). A streamed S3 body may be idle at most
+``body_timeout_s`` (60 s) between two reads (``RequestTimeout``), and each write of a
+streamed S3 answer may take at most as long (the connection is then closed). Each API key
+may have at most ``key_concurrency`` (32) requests in flight on this gateway; one more is
+refused at once (S3 ``SlowDown`` 503, OpenAI 429), so that one key cannot take the
+upstream pool (``upstream_connections``, 256, shared by every repository and both APIs):
+:mod:`flashgate.gateway.concurrency`. aiohttp has no deadline for receiving a
 request's headers: put the gateway behind a proxy that has one where slow clients matter.
 
 Stopping (:meth:`GatewayServer.drain`): the listener closes, requests in flight get up to
@@ -32,8 +38,9 @@ from aiohttp import web
 from prometheus_client.metrics_core import Metric
 
 from flashgate.errors import ConfigurationError
-from flashgate.gateway.accounting import API, GatewayStats, Publish, accounting_middleware
+from flashgate.gateway.accounting import API, GRANT, GatewayStats, Publish, accounting_middleware
 from flashgate.gateway.authority import Authority
+from flashgate.gateway.concurrency import AdmittingAuthority, KeyBusy, KeyLimiter, limit_middleware
 from flashgate.gateway.openai import OpenAiGateway, error
 from flashgate.gateway.s3 import S3Gateway
 from flashgate.gateway.s3 import claims as s3_claims
@@ -42,10 +49,9 @@ log = structlog.get_logger("flashgate.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Claims = Callable[[web.Request], bool]
-#: Builds the S3 handler: (authority, upstream session) -> (claims, handle).
 #: After the drain's wait, what is left is cancelled within this.
 _CANCEL_AFTER_S = 0.5
-S3Factory = Callable[[Authority, aiohttp.ClientSession], tuple[Claims, Handler]]
+RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,19 @@ class GatewayLimits:
     upstream_read_s: float = 300.0
     upstream_connections: int = 256
     drain_s: float = 5.0
+    #: Requests one API key may have in flight on this gateway (both APIs together).
+    key_concurrency: int = 32
 
 
-def s3_gateway(authority: Authority, session: aiohttp.ClientSession) -> tuple[Claims, Handler]:
+#: Builds the S3 handler: (authority, upstream session, limits) -> (claims, handle).
+S3Factory = Callable[[Authority, aiohttp.ClientSession, GatewayLimits], tuple[Claims, Handler]]
+
+
+def s3_gateway(
+    authority: Authority, session: aiohttp.ClientSession, limits: GatewayLimits
+) -> tuple[Claims, Handler]:
     """The S3-compatible endpoint (:mod:`flashgate.gateway.s3`)."""
-    s3 = S3Gateway(authority, session)
+    s3 = S3Gateway(authority, session, body_timeout_s=limits.body_timeout_s)
     return s3_claims, s3.handle
 
 
@@ -100,13 +114,14 @@ class GatewayServer:
 
     def build_app(self, session: aiohttp.ClientSession) -> web.Application:
         limits = self.limits
+        # the OpenAI handler authenticates with Authority.verify: a slot is taken there
         openai = OpenAiGateway(
-            self.authority,
+            AdmittingAuthority(self.authority),
             session,
             max_body=limits.max_body,
             body_timeout_s=limits.body_timeout_s,
         )
-        claims, s3_handle = self.s3(self.authority, session)
+        claims, s3_handle = self.s3(self.authority, session, limits)  # admits itself
 
         async def dispatch(request: web.Request) -> web.StreamResponse:
             if claims(request):
@@ -114,12 +129,22 @@ class GatewayServer:
                 return await s3_handle(request)
             if request.path.startswith("/v1/"):
                 request[API] = "openai"
-                return await openai.handle(request)
+                try:
+                    return await openai.handle(request)
+                except KeyBusy as busy:
+                    request[GRANT] = busy.grant
+                    return error(429, "This API key has too many requests in flight; retry "
+                                 "shortly.", "rate_limit_error", "too_many_concurrent_requests",
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
             return error(404, "Not found: this gateway serves S3 and /v1/ (OpenAI).",
                          "invalid_request_error", "unknown_route")  # fmt: skip
 
         app = web.Application(
-            middlewares=[accounting_middleware(self.stats)], client_max_size=limits.max_body
+            middlewares=[
+                accounting_middleware(self.stats),
+                limit_middleware(KeyLimiter(limits.key_concurrency)),
+            ],
+            client_max_size=limits.max_body,
         )
         app.router.add_route("*", "/{tail:.*}", dispatch)
         return app

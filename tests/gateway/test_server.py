@@ -57,7 +57,7 @@ class NoAuthority:
 def fake_s3(release: asyncio.Event | None = None) -> S3Factory:
     """An S3 slot that authenticates every request as GRANT_S3 and streams a body."""
 
-    def build(_authority: object, _session: aiohttp.ClientSession) -> tuple:  # type: ignore[type-arg]
+    def build(_authority: object, _session: aiohttp.ClientSession, _limits: object) -> tuple:  # type: ignore[type-arg]
         async def handle(request: web.Request) -> web.StreamResponse:
             request[GRANT] = GRANT_S3
             body = await request.read()

@@ -17,11 +17,21 @@ is computed and compared too (else ``BadDigest``); a streamed length must be the
 Nothing is buffered whole: :meth:`RequestBody.pieces` yields the decoded bytes as they come
 but holds the last piece back until every check has passed. The upstream stores an object
 (or a part) only once it has the whole body, so a body that fails a check never lands: the
-upstream request is cut short instead.
+upstream request is cut short instead. For that to hold in every form:
+
+- the bytes yielded never exceed the declared length (the upstream request's
+  Content-Length): a chunk that would go past it is refused from its header, before it is
+  read (``IncompleteBody``), and no chunk may be over :data:`MAX_CHUNK`
+  (``InvalidChunkSizeError``; S3's clients send 8 KiB to 1 MiB);
+- a signed chunk is held back whole until its signature verified (so a chunk costs up to
+  :data:`MAX_CHUNK` of memory while it is read);
+- every read from the client has an idle deadline (``idle_timeout``: a client that sends
+  nothing for that long is refused ``RequestTimeout``, and the upstream request cut).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
@@ -37,6 +47,10 @@ MAX_LINE = 4096
 MAX_TRAILERS = 4
 #: What one read takes from the client at most.
 READ_SIZE = 256 * 1024
+#: The largest aws-chunked chunk taken (a signed one is held in memory until verified).
+MAX_CHUNK = 8 * 1024 * 1024
+#: How long a read from the client may wait for a byte (the server's body_timeout_s).
+IDLE_TIMEOUT_S = 60.0
 
 
 class Stream(Protocol):
@@ -81,13 +95,25 @@ def _refuse(code: str, message: str, status: int = 400) -> S3Refused:
 class _Lines:
     """A small buffer over the stream: lines (``\\r\\n``) and up-to-n reads."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, idle_timeout: float) -> None:
         self._stream = stream
+        self._idle_timeout = idle_timeout
         self._buf = bytearray()
         self.count = 0
 
+    async def _read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._idle_timeout):
+                return await self._stream.readany()
+        except TimeoutError:
+            raise _refuse(
+                "RequestTimeout",
+                "your socket connection to the server was not read from or written to "
+                "within the timeout period",
+            ) from None
+
     async def _fill(self) -> None:
-        data = await self._stream.readany()
+        data = await self._read()
         if not data:
             raise _refuse("IncompleteBody", "the body ended early")
         self.count += len(data)
@@ -119,7 +145,7 @@ class _Lines:
     async def at_end(self) -> bool:
         if self._buf:
             return False
-        data = await self._stream.readany()
+        data = await self._read()
         self.count += len(data)
         self._buf += data
         return not data
@@ -128,9 +154,9 @@ class _Lines:
 class RequestBody:
     """The decoded, checked body of one request (read once)."""
 
-    def __init__(self, stream: Stream, spec: Spec) -> None:
+    def __init__(self, stream: Stream, spec: Spec, *, idle_timeout: float = IDLE_TIMEOUT_S) -> None:
         self._spec = spec
-        self._lines = _Lines(stream)
+        self._lines = _Lines(stream, idle_timeout)
         self.decoded = 0
         #: The trailer's checksum (``name``, base64 value), once the body is through.
         self.trailer_value: tuple[str, str] | None = None
@@ -194,15 +220,24 @@ class RequestBody:
             header = (await self._lines.line()).decode("latin-1")
             size_text, _, extension = header.partition(";")
             size = _chunk_size(size_text)
+            if size > MAX_CHUNK:
+                raise _refuse("InvalidChunkSizeError", "a chunk is larger than allowed")
+            if spec.length is None or self.decoded + size > spec.length:
+                raise _refuse(
+                    "IncompleteBody", "the chunks are longer than x-amz-decoded-content-length"
+                )
             chunk_sha = hashlib.sha256() if spec.signed_chunks else None
+            held: list[bytes] = []  # a signed chunk's pieces, until its signature verified
             remaining = size
             while remaining:
                 piece = await self._lines.take(min(remaining, READ_SIZE))
                 remaining -= len(piece)
+                self._account(piece)
                 if chunk_sha is not None:
                     chunk_sha.update(piece)
-                self._account(piece)
-                yield piece
+                    held.append(piece)
+                else:
+                    yield piece
             if spec.signed_chunks:
                 assert chunk_sha is not None and spec.key is not None and spec.scope
                 presented = _chunk_signature(extension)
@@ -215,6 +250,8 @@ class RequestBody:
                 if not sigv4.matches(expected, presented):
                     raise _refuse("SignatureDoesNotMatch", "a chunk signature does not match", 403)
                 previous = presented
+                for piece in held:
+                    yield piece
             elif extension:
                 raise _refuse("InvalidChunkSizeError", "an unsigned chunk carries a signature")
             if size == 0:

@@ -9,6 +9,13 @@ Then the request is re-signed for the real bucket with the stored credential (bo
 signer, :mod:`.upstream`), its body streamed through the checks of :mod:`.body`, and the
 answer streamed back, listings rewritten to the virtual bucket (:mod:`.documents`).
 
+Bounds (a key holder may be hostile too): a slot of the key's concurrency limit is taken
+right after authentication (:func:`flashgate.gateway.concurrency.admit`; ``SlowDown`` when
+none is left); every read of the body has an idle deadline (``body_timeout_s``, in
+:mod:`.body`) and so has every write of a streamed answer (the connection is closed when
+it passes). A client that goes away mid-request is logged at info and answered nothing
+(status 499 in the access log).
+
 Accounting for the server core: ``request["fg.grant"]`` once authenticated,
 ``request["fg.bytes_in"]`` and ``request["fg.bytes_out"]`` (body bytes), and
 ``request["fg.upstream_error"]`` when the upstream failed or refused the stored credential.
@@ -16,6 +23,7 @@ Accounting for the server core: ``request["fg.grant"]`` once authenticated,
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +37,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from flashgate.errors import S3Refused, SecretNotHeld
+from flashgate.gateway import concurrency
 from flashgate.gateway.authority import Authority, Grant
 from flashgate.gateway.s3 import body, checksums, documents, operations, sigv4, upstream
 
@@ -43,6 +52,8 @@ RELAY_CHUNK = 256 * 1024
 #: An answer up to this size is read whole and sent in one write (headers and body).
 SMALL_ANSWER = 64 * 1024
 RETRY_AFTER_SECONDS = 5
+#: The status logged for a request whose client went away (nginx's; never sent).
+CLIENT_GONE = 499
 #: Upstream error codes meaning the stored credential or endpoint is wrong (a 502 here,
 #: never relayed: the client's own key is fine).
 CREDENTIAL_CODES = frozenset(
@@ -112,11 +123,14 @@ class S3Gateway:
         *,
         region: str = "us-east-1",
         clock: Callable[[], float] = time.time,
+        body_timeout_s: float = body.IDLE_TIMEOUT_S,
     ) -> None:
         self._authority = authority
         self._session = session
         self._region = region
         self._clock = clock
+        #: How long a read of the client's body, or a write of an answer, may wait.
+        self._io_timeout_s = body_timeout_s
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = secrets.token_hex(8).upper()
@@ -126,8 +140,12 @@ class S3Gateway:
             return await self._handle(request, request_id)
         except S3Refused as refused:
             return self._error(request, refused, request_id)
-        except (ConnectionError, aiohttp.ClientPayloadError):
-            raise  # the client went away: nothing to answer
+        except (ConnectionError, aiohttp.ClientPayloadError) as gone:
+            # the client went away: nothing to answer, and nothing wrong with the gateway
+            log.info("s3 client went away", request_id=request_id, error=type(gone).__name__)
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=CLIENT_GONE)
         except Exception as failed:  # a defect: an S3 error, never a traceback to the client
             log.error("s3 request failed", request_id=request_id, error=type(failed).__name__)
             internal = S3Refused("InternalError", 500, "we encountered an internal error")
@@ -174,6 +192,12 @@ class S3Gateway:
         req = _Request.of(request)
         grant, auth, key = self._authenticate(req)
         request["fg.grant"] = grant
+        try:
+            concurrency.admit(grant)
+        except concurrency.KeyBusy:
+            raise S3Refused(
+                "SlowDown", 503, "this access key has too many requests in flight; reduce your rate"
+            ) from None
         if grant.scope != "storage":
             raise _denied()
         query = [
@@ -195,7 +219,9 @@ class S3Gateway:
             return self._xml(request, documents.location(self._region), request_id)
         spec = self._body_spec(req, op, auth, key)
         streamed = spec is not None and spec.trailer is not None  # the checksum is in it
-        headers = upstream.relayed_request_headers(req.headers, streamed=streamed)
+        headers = upstream.relayed_request_headers(
+            req.headers, streamed=streamed, admin=grant.access == "admin"
+        )
         try:
             with self._authority.storage(grant.repo, op.bucket) as storage:
                 endpoint, signing_region = upstream.endpoint_of(storage)
@@ -221,7 +247,11 @@ class S3Gateway:
                 signed = upstream.sign(storage, req.method, url, headers, payload, signing_region)
         except SecretNotHeld:
             raise _denied() from None
-        reader = body.RequestBody(request.content, spec) if spec is not None else None
+        reader = (
+            body.RequestBody(request.content, spec, idle_timeout=self._io_timeout_s)
+            if spec is not None
+            else None
+        )
         return await self._relay(request, request_id, op, url, signed, reader, real_bucket, trailer)
 
     def _body_spec(
@@ -317,7 +347,7 @@ class S3Gateway:
                 request["fg.bytes_in"] = reader.bytes_in
                 if reader.failure is not None:
                     raise reader.failure from None
-                if reader.client_failed:
+                if reader.client_failed:  # answered by handle(): the client went away
                     raise ConnectionResetError("the client's body ended early") from None
             request["fg.upstream_error"] = True
             raise S3Refused(
@@ -381,7 +411,16 @@ class S3Gateway:
         sent = 0
         try:
             async for piece in answer.content.iter_any():
-                await response.write(piece)
+                try:
+                    async with asyncio.timeout(self._io_timeout_s):
+                        await response.write(piece)
+                except (TimeoutError, ConnectionError) as stuck:  # the client, not the upstream
+                    log.info("s3 client stopped reading", request_id=request_id,
+                             error=type(stuck).__name__)  # fmt: skip
+                    request["fg.bytes_out"] = sent
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
                 sent += len(piece)
         except (aiohttp.ClientError, OSError, TimeoutError):
             request["fg.upstream_error"] = True

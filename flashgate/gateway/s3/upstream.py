@@ -5,7 +5,10 @@ Path-style addressing on the storage's endpoint (``https://s3.REGION.amazonaws.c
 AWS; a GCS HMAC key goes to ``https://storage.googleapis.com``, region ``auto``). Only
 headers on an allow list are relayed to the upstream, and only headers on another are
 relayed back: ACL grants, an expected bucket owner, the upstream's request ids, KMS key
-ARNs or redirects never cross.
+ARNs or redirects never cross. Object-lock headers (a retention, a legal hold) are relayed
+for an admin key only: a COMPLIANCE retention placed with a write key could not be removed
+by the bucket's owner before it expires, so for a write key they are refused
+(``AccessDenied``); the ``?retention`` and ``?legal-hold`` subresources are not supported.
 
 The payload hash the upstream signature names is chosen by :func:`payload_mode`:
 
@@ -58,9 +61,6 @@ REQUEST_HEADERS = frozenset(
         "x-amz-copy-source-range",
         "x-amz-metadata-directive",
         "x-amz-mp-object-size",
-        "x-amz-object-lock-legal-hold",
-        "x-amz-object-lock-mode",
-        "x-amz-object-lock-retain-until-date",
         "x-amz-server-side-encryption",
         "x-amz-server-side-encryption-customer-algorithm",
         "x-amz-server-side-encryption-customer-key",
@@ -84,6 +84,14 @@ REFUSED_HEADERS = frozenset(
         "x-amz-server-side-encryption-context",
         "x-amz-bucket-object-lock-enabled",
         "x-amz-object-ownership",
+    }
+)
+#: Headers that lock an object against deletion: relayed for an admin key only.
+LOCK_HEADERS = frozenset(
+    {
+        "x-amz-object-lock-legal-hold",
+        "x-amz-object-lock-mode",
+        "x-amz-object-lock-retain-until-date",
     }
 )
 #: Response headers relayed to the client; plus ``x-amz-meta-*`` and ``x-amz-checksum-*``.
@@ -155,16 +163,21 @@ def url_of(endpoint: str, bucket: str, key: str | None, query: Sequence[tuple[st
 
 
 def relayed_request_headers(
-    headers: Iterable[tuple[str, str]], *, streamed: bool
+    headers: Iterable[tuple[str, str]], *, streamed: bool, admin: bool = False
 ) -> list[tuple[str, str]]:
     """The client's headers the upstream gets (refusing those that change permissions).
-    ``streamed``: the body's checksum travels in an aws-chunked trailer, not a header."""
+    ``streamed``: the body's checksum travels in an aws-chunked trailer, not a header;
+    ``admin``: the key is an admin key (object-lock headers are relayed)."""
     out = []
     for name, value in headers:
         lname = name.lower()
         if lname in REFUSED_HEADERS:
             raise S3Refused("NotImplemented", 501, f"{lname} is not supported through the gateway")
-        if lname in REQUEST_HEADERS or lname.startswith("x-amz-meta-"):
+        if lname in LOCK_HEADERS:
+            if not admin:
+                raise S3Refused("AccessDenied", 403, f"{lname} needs an admin key")
+            out.append((lname, value))
+        elif lname in REQUEST_HEADERS or lname.startswith("x-amz-meta-"):
             out.append((lname, value))
         elif lname.startswith(checksums.PREFIX) and not streamed:
             checksums.algorithm_of(lname)
