@@ -133,6 +133,7 @@ async def test_unhealthy_while_postgresql_refuses_connections(
     admin = await asyncpg.connect(PG_ADMIN_URL)
     capture = capture_logs()
     logs = capture.__enter__()
+
     async def healthy_again() -> bool:
         return await health.check(service) == []
 
