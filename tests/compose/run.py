@@ -410,7 +410,9 @@ def exercise_ha(stack: Stack) -> None:
     streams = stream_replicas(stack)
     fleet = {name: value for name, value in streams.items() if "demo" in name}
     say(f"streams: {fleet}")
-    if len(fleet) != 4 or {replicas for replicas, _ in fleet.values()} != {3}:
+    # the command and event streams, the secrets and fleet buckets, the fast path's ring
+    # and wraps buckets
+    if len(fleet) != 6 or {replicas for replicas, _ in fleet.values()} != {3}:
         raise Failed(f"not every stream and bucket is R3: {fleet}")
     leader = fleet["fg-demo-cmd"][1]
     service = HA_NATS[leader][0]
