@@ -210,10 +210,22 @@ async def reconcile(
 ) -> ReconcileReport:
     async with sessions() as session:
         expected = await expected_envelopes(session, names, fleet_id)
+        # Read after the envelopes: a command committed in between is either not expected
+        # yet or pending here. A key with an outbox row not relayed yet is the relay's to
+        # bring up to date, in order: reconciling it too would publish it twice.
+        pending = set(
+            await session.scalars(
+                select(OutboxMessage.subject).where(OutboxMessage.published_at.is_(None))
+            )
+        )
     actual = await current_bucket(js, kv, names.secrets_bucket)
     stamp = int(datetime.now(UTC).timestamp() * 1000)
-    republish = [k for k, env in expected.items() if not _same(env, actual.get(k))]
-    delete = [k for k in actual if k not in expected]
+
+    def settled(key: str) -> bool:
+        return kv_subject(names.secrets_bucket, key) not in pending
+
+    republish = [k for k, env in expected.items() if settled(k) and not _same(env, actual.get(k))]
+    delete = [k for k in actual if k not in expected and settled(k)]
     if republish or delete:
         async with sessions() as session, session.begin():
             for key in republish:

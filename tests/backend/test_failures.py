@@ -278,6 +278,46 @@ async def test_reconcile_repairs_the_bucket_on_start(
         await service.stop()
 
 
+async def test_reconcile_leaves_a_key_to_the_outbox_rows_not_yet_relayed(
+    nats_url: str, fleet: FleetFixture, admin: AdminClient, tmp_path: Path
+) -> None:
+    """A command committed between the start-up drain and the reconciliation: its outbox
+    row is not relayed yet, so the bucket lacks the envelope. Reconciling must leave it to
+    that row (the ordered path), not publish it a second time (CI saw the PostgreSQL
+    backend put the same version twice into the bucket's history)."""
+    from sqlalchemy import update
+
+    from flashgate.backend.models import OutboxMessage
+    from flashgate.backend.outbox import kv_subject
+    from flashgate.backend.reconcile import reconcile
+
+    url = f"sqlite:///{tmp_path / 'rec.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    settings = BackendSettings(nats_urls=[nats_url], db_url=url, fleet_dir=fleet.dir)
+    service = Backend(settings)
+    await service.start()
+    await admin.send(admin.put("r", "late", b"1"))
+    await until(lambda: _versions_are(admin, {"r.late": 1}), 10, "relayed")
+    fleet_id = service.processor.state.fleet_id  # type: ignore[union-attr]
+    await service.stop()
+    names = fleet.names
+    kv = await admin.js.key_value(names.secrets_bucket)
+    await kv.purge("r.late")  # as if never relayed...
+    engine = db.create_engine(url)
+    sessions = db.sessionmaker(engine)
+    try:
+        async with sessions() as session, session.begin():  # ...and still pending
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.subject == kv_subject(names.secrets_bucket, "r.late"))
+                .values(published_at=None)
+            )
+        report = await reconcile(sessions, admin.js, kv, names, fleet_id)
+    finally:
+        await engine.dispose()
+    assert (report.republished, report.deleted) == (0, 0)
+
+
 async def _versions_are(admin: AdminClient, expected: dict[str, int]) -> bool:
     kv = await admin.js.key_value(admin.fleet.names.secrets_bucket)
     found = {}
