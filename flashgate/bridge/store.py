@@ -29,7 +29,7 @@ class Entry:
     used it (:meth:`release`), then parsed again from the envelope if ever needed (a
     re-wrap, a reload), so a node holding many secrets does not keep each JWE twice."""
 
-    __slots__ = ("key", "revision", "envelope", "digest", "_parsed")
+    __slots__ = ("_parsed", "digest", "envelope", "key", "revision")
 
     #: Where responders look it up (the secrets bucket; ring terms are the ring's).
     source: Literal["secrets"] = "secrets"
