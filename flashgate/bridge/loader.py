@@ -215,6 +215,7 @@ class Loader:
             if plaintext is None:
                 cold.append(entry)
                 continue
+            entry.release()  # opened: its parsed JWE is not needed any more
             if self._hold(entry, plaintext):
                 held += 1
                 self.loaded_fast += 1
@@ -240,6 +241,7 @@ class Loader:
             if isinstance(exc, DecryptionError) and self.on_unopenable is not None:
                 self.on_unopenable(entry)
             return
+        entry.release()  # opened: its parsed JWE is not needed any more
         try:
             if self._hold(entry, plaintext) and self.fast is not None:
                 self.fast.opened_cold(entry, cek)

@@ -71,6 +71,12 @@ from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.bridge.tombstones import Tombstone, Tombstones, tombstones_path
 from flashgate.bridge.transport import DROP_LOG_EVERY_S, NatsTransport
 from flashgate.bridge.vault import Vault
+from flashgate.bridge.verified_statements import (
+    StatementVerifier,
+    VerifiedStatements,
+    file_mac_key,
+    verified_path,
+)
 from flashgate.crypto.rng import SYSTEM_RNG, Rng
 from flashgate.errors import Tombstoned, Unproven
 from flashgate.events.envelope import SecretEnvelope
@@ -79,7 +85,7 @@ from flashgate.events.node_status import APIKEY_CHECK_RESULT_CODEC, STATUS_RESPO
 from flashgate.events.subjects import FleetNames
 from flashgate.fleet.bundle import NodeBundle
 from flashgate.fleet.epoch_dealing import EpochKey
-from flashgate.fleet.identity_keys import load_ed25519_public
+from flashgate.fleet.identity_keys import load_ed25519_public, private_raw
 from flashgate.gateway.server import GatewayLimits, GatewayServer
 from flashgate.taskgroup import HeldTaskGroup
 
@@ -148,8 +154,18 @@ class BridgeNode:
             admin_key,
             None if bundle_path is None else tombstones_path(bundle_path),
         )
+        # Admin statements verified before, remembered beside the bundle (MAC'd with a
+        # key derived from this node's signing key): only their signature check is skipped.
+        self.verified_statements = VerifiedStatements(
+            None if bundle_path is None else verified_path(bundle_path),
+            file_mac_key(private_raw(bundle.signing_key), bundle.fleet, bundle.node_id),
+        )
+        self.statements = StatementVerifier(admin_key, self.verified_statements)
         self.provenance = provenance = ProvenanceCheck(
-            admin=admin_key, roster=lambda: self.fleet.roster, members=self.ring.members_of
+            admin=admin_key,
+            roster=lambda: self.fleet.roster,
+            members=self.ring.members_of,
+            statements=self.statements,
         )
 
         def prove(envelope: SecretEnvelope) -> None:  # who wrote it, and is it still alive
@@ -350,10 +366,12 @@ class BridgeNode:
         self._spawn(self.fleet.run(fleet_kv), "watch-fleet")
         await self.fleet.synced.wait()
         await self._start_fast_path()
+        await asyncio.to_thread(self.verified_statements.load)
         secrets_kv = await self.transport.bucket(names.secrets_bucket)
         self._spawn(self.liveness.heartbeats(), "heartbeats")
         self._spawn(self.loader.run(), "loader")
         self._spawn(self.secrets.run(secrets_kv), "watch-secrets")
+        self._spawn(self._keep_verified_statements(), "keep-verified")
         self._spawn(self.rewrapper.run(), "rewrapper")
         if self.gateway is not None and s.gateway_listen is not None:
             # Once loading has begun: it answers 503 (Retry-After) until the load is done.
@@ -399,6 +417,22 @@ class BridgeNode:
         bound.set()
         await self.fast.run(ring_kv, wraps_kv)
 
+    async def _keep_verified_statements(self) -> None:
+        """Keep the statements verified by the initial load on disk (and at stop)."""
+        await self.initial_load_done.wait()
+        log.info(
+            "admin statements checked",
+            verified=self.statements.verified,
+            remembered=self.statements.hits,
+            file_ignored=self.verified_statements.ignored_file,
+        )
+        await self._save_verified_statements()
+
+    async def _save_verified_statements(self) -> None:
+        data = self.verified_statements.snapshot()
+        if data is not None:
+            await asyncio.to_thread(self.verified_statements.write, data)
+
     async def stop(self) -> int:
         """Purge everything held, stop tasks, close. Returns how many secrets were purged."""
         with structlog.contextvars.bound_contextvars(node=self.node_id):
@@ -423,6 +457,8 @@ class BridgeNode:
         await self._tasks.close()
         await self.transport.close()
         await asyncio.to_thread(self.ring.close)
+        if not self.revoked:
+            await self._save_verified_statements()
         self._stopped.set()
         log.info("bridge node stopped; vault purged", purged=purged)
         return purged

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from flashgate.errors import FlashgateError, SignatureInvalid, Unproven
 from flashgate.events.envelope import (
+    EnvelopeStatement,
     SecretEnvelope,
     check_statement,
     jwe_sha256,
@@ -36,9 +37,13 @@ def check_provenance(
     envelope: SecretEnvelope,
     admin: Ed25519PublicKey,
     rewrapper_key: Callable[[str, int], Ed25519PublicKey | None],
+    verify_statement: Callable[[EnvelopeStatement], None] | None = None,
 ) -> None:
     """Raise :class:`Unproven` unless ``envelope`` is proven. ``rewrapper_key(node, epoch)``
-    is the signing key of ``node`` if it may have re-wrapped an envelope to ``epoch``."""
+    is the signing key of ``node`` if it may have re-wrapped an envelope to ``epoch``.
+    ``verify_statement`` verifies the admin statement's signature under ``admin`` (raising
+    :class:`SignatureInvalid`; :class:`~flashgate.bridge.verified_statements.StatementVerifier`,
+    which may remember earlier verifications); by default it is verified here."""
     where = envelope.key
     provenance = envelope.provenance
     if provenance is None:
@@ -52,7 +57,10 @@ def check_provenance(
         epoch=envelope.epoch if rewrap is None else None,
     )
     try:
-        verify(statement, admin)
+        if verify_statement is None:
+            verify(statement, admin)
+        else:
+            verify_statement(statement)
     except SignatureInvalid:
         raise Unproven(f"{where}: the admin's statement does not verify") from None
     if rewrap is None:
@@ -80,10 +88,12 @@ class ProvenanceCheck:
     admin: Ed25519PublicKey
     roster: Callable[[], Roster]
     members: Callable[[int], Mapping[str, int] | None]
+    #: Verifies the admin statements (None: :func:`flashgate.events.signing.verify` each time).
+    statements: Callable[[EnvelopeStatement], None] | None = None
     _keys: dict[str, tuple[str, Ed25519PublicKey]] = field(default_factory=dict, repr=False)
 
     def __call__(self, envelope: SecretEnvelope) -> None:
-        check_provenance(envelope, self.admin, self.rewrapper_key)
+        check_provenance(envelope, self.admin, self.rewrapper_key, self.statements)
 
     def rewrap_revoked(self, envelope: SecretEnvelope) -> bool:
         """Whether ``envelope`` was re-wrapped by a node that is no longer an active member

@@ -29,6 +29,11 @@ from flashgate.errors import FlashgateError
 
 log = structlog.get_logger("flashgate.bridge")
 
+#: Envelopes checked between two yields to the event loop (the loader, heartbeats and
+#: share requests run meanwhile; a node starting with 100k envelopes would otherwise
+#: hold the loop for all of them, and every checked-but-unloaded entry at once).
+YIELD_EVERY = 256
+
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
@@ -45,8 +50,12 @@ class SecretsWatch:
 
     async def run(self, kv: KeyValue) -> None:
         self.kv = kv
+        taken = 0
         async with contextlib.aclosing(follow(kv)) as events:
             async for event in events:
+                taken += 1
+                if taken % YIELD_EVERY == 0:  # the initial values come without a pause
+                    await asyncio.sleep(0)
                 if isinstance(event, InitialDone):
                     log.info(
                         "initial envelopes read",

@@ -14,25 +14,59 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 from flashgate.crypto import jwe
+from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.errors import FlashgateError, StaleEpoch, Tombstoned
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope, check_envelope_location
 
 
-@dataclass(frozen=True, eq=False)
 class Entry:
-    key: str
-    revision: int
-    envelope: SecretEnvelope
-    parsed: jwe.ParsedJWE
-    ciphertext: int  # c: the wrapped content key as an integer
-    digest: bytes  # SHA-256 of the encrypted-key bytes
+    """A checked envelope revision. It keeps the decoded envelope and the digest of its
+    wrapped key; the parsed JWE made by the arrival check is kept until the loader has
+    used it (:meth:`release`), then parsed again from the envelope if ever needed (a
+    re-wrap, a reload), so a node holding many secrets does not keep each JWE twice."""
+
+    __slots__ = ("_parsed", "digest", "envelope", "key", "revision")
+
     #: Where responders look it up (the secrets bucket; ring terms are the ring's).
     source: Literal["secrets"] = "secrets"
+
+    def __init__(
+        self,
+        key: str,
+        revision: int,
+        envelope: SecretEnvelope,
+        digest: bytes,  # SHA-256 of the encrypted-key bytes
+        parsed: jwe.ParsedJWE | None = None,
+    ) -> None:
+        self.key = key
+        self.revision = revision
+        self.envelope = envelope
+        self.digest = digest
+        self._parsed = parsed
+
+    @property
+    def parsed(self) -> jwe.ParsedJWE:
+        """The envelope's JWE, parsed (it parsed and checked on arrival)."""
+        parsed = self._parsed
+        return jwe.parse(self.envelope.jwe) if parsed is None else parsed
+
+    @property
+    def ciphertext(self) -> int:
+        """c: the wrapped content key as an integer (checked against its epoch's key on
+        arrival)."""
+        parsed = self._parsed
+        if parsed is not None:
+            return int.from_bytes(parsed.encrypted_key, "big")
+        encrypted_key = self.envelope.jwe.split(".", 2)[1]
+        return int.from_bytes(b64url_decode(encrypted_key, "JWE encrypted key"), "big")
+
+    def release(self) -> None:
+        """Loaded: let the parsed JWE go (:attr:`parsed` parses it again if needed)."""
+        self._parsed = None
 
     @property
     def version(self) -> int:
@@ -70,15 +104,8 @@ def make_entry(
     public = keys.get(envelope.epoch)
     if public is None:
         raise StaleEpoch(f"{key}: envelope for epoch {envelope.epoch}, which this node lacks")
-    c = parsed.wrapped_key(public)
-    return Entry(
-        key=key,
-        revision=revision,
-        envelope=envelope,
-        parsed=parsed,
-        ciphertext=c,
-        digest=digest_of(parsed),
-    )
+    parsed.wrapped_key(public)  # fits the epoch's key (raises otherwise)
+    return Entry(key, revision, envelope, digest_of(parsed), parsed)
 
 
 class EnvelopeStore:

@@ -71,7 +71,8 @@ none has. (Likely cause: the server reads its resume point, its list of last rev
 and its pending count from the store separately, so a racing write falls between them.)
 Reading the history costs at most the bucket's history setting times the number of keys
 in messages at start-up; only the latest revision of each key is kept in memory until
-the cut.
+the cut, and each is let go once it has been yielded (the caller's copy is then the only
+one).
 
 nats-py errors raised while starting the watch are mapped with
 :func:`~flashgate.broker.connection.broker_errors`. After the start, nats-py's ordered
@@ -201,9 +202,12 @@ async def follow(kv: KeyValue, *, include_deletes: bool = True) -> AsyncGenerato
                 if initial.add(_event(entry), entry.delta):
                     break
         values = initial.values()
-        for value in values:
-            yield value
-        yield InitialDone(len(values))
+        del initial  # the buffer goes as the values are taken, not at the end of the watch
+        count = len(values)
+        values.reverse()
+        while values:
+            yield values.pop()
+        yield InitialDone(count)
 
         async for entry in watcher:
             if entry is None:

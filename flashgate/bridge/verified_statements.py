@@ -1,0 +1,216 @@
+"""The admin statements this node has verified, remembered across restarts.
+
+Checking an envelope on arrival (:mod:`flashgate.bridge.provenance`) is dominated by one
+Ed25519 verification of the admin's :class:`~flashgate.events.envelope.EnvelopeStatement`
+(about 100 µs with OpenSSL here; a node starting with 100k secrets does 100k of them).
+That verification is a pure function of (admin public key, signed bytes, signature), so
+its answer "valid" can be remembered:
+
+- **Verifying.** :class:`StatementVerifier` verifies with libsodium (PyNaCl, about half
+  OpenSSL's time here). libsodium accepts a subset of what OpenSSL accepts (both check
+  ``[S]B = R + [k]A`` without the cofactor on the encodings as given; libsodium also
+  refuses small-order and non-canonical points), so no signature is accepted that was
+  refused before.
+- **Remembering.** A valid verification is kept as its *fingerprint*, SHA-256 over a
+  domain tag, the admin's raw public key, the signature and the signed bytes. A statement
+  whose fingerprint is kept is not verified again; nothing else is skipped: the statement
+  is still checked against the envelope (context, API key, JWE digests), and the re-wrap
+  attestation, the roster, the epoch's members and the tombstones are checked live, as
+  before. Refusals are never kept. Another admin key, another signature or other bytes
+  give another fingerprint (a miss).
+- **The file** (``<bundle>.verified``, beside the bundle like ``<bundle>.tombstones``):
+  ``MAGIC``, the count, the fingerprints, and an HMAC-SHA256 over all of it under a key
+  derived (HKDF-SHA256) from this node's Ed25519 signing key, which exists only inside its
+  sealed bundle and this process. Whoever can write the node's disk (but not read its
+  unsealed bundle) cannot add a fingerprint: a file whose MAC, magic or length is wrong
+  is ignored as a whole (logged) and every statement is verified again. It holds no
+  secret (fingerprints of public, admin-signed statements). It is bounded
+  (:data:`MAX_ENTRIES`); a save keeps the fingerprints used or added since this process
+  started, so statements of deleted or replaced envelopes drop out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+import structlog
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
+
+from flashgate.crypto.encoding import b64url_decode
+from flashgate.errors import MalformedEnvelope, SignatureInvalid
+from flashgate.events.envelope import EnvelopeStatement
+from flashgate.events.signing import domain_of, signing_bytes
+from flashgate.fleet.files import write_atomic
+
+log = structlog.get_logger("flashgate.bridge")
+
+MAGIC = b"flashgate verified statements 1\n"
+#: At most this many fingerprints in the file (32 bytes each: 32 MiB).
+MAX_ENTRIES = 1 << 20
+FINGERPRINT_BYTES = 32
+_COUNT_BYTES = 4
+_MAC_BYTES = 32
+_FINGERPRINT_TAG = b"flashgate verified admin statement v1\x00"
+_HKDF_INFO = b"flashgate verified-statements file mac v1"
+
+
+def verified_path(bundle_path: Path) -> Path:
+    """Where a node keeps its verified statements: beside its bundle."""
+    return bundle_path.with_name(bundle_path.name + ".verified")
+
+
+def file_mac_key(signing_seed: bytes, fleet: str, node_id: str) -> bytes:
+    """The file's HMAC key: HKDF-SHA256 of the node's Ed25519 signing key (raw 32 bytes),
+    bound to its fleet and node id (never the signing key itself)."""
+    info = _HKDF_INFO + b"\x00" + fleet.encode() + b"\x00" + node_id.encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(signing_seed)
+
+
+def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> bool:
+    """libsodium's Ed25519 verification (strict: see the module docs)."""
+    if len(public_raw) != 32 or len(signature) != 64:
+        return False
+    try:
+        crypto_sign_open(signature + message, public_raw)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+class VerifiedStatements:
+    """Fingerprints of verified admin statements, in memory and in one authenticated file."""
+
+    def __init__(self, path: Path | None, mac_key: bytes) -> None:
+        self.path = path
+        self._mac_key = mac_key
+        self._known: set[bytes] = set()  # read from the file, not used yet in this run
+        self._used: set[bytes] = set()  # used or added in this run (what a save keeps)
+        self._added = 0  # added since the last save
+        self.loaded = 0
+        self.ignored_file = False
+
+    def __len__(self) -> int:
+        return len(self._known) + len(self._used)
+
+    def __repr__(self) -> str:
+        return f"VerifiedStatements(<{len(self)} kept>)"
+
+    def take(self, fingerprint: bytes) -> bool:
+        """Whether ``fingerprint`` is known verified (then it is kept at the next save)."""
+        if fingerprint in self._used:
+            return True
+        if fingerprint in self._known:
+            self._known.discard(fingerprint)
+            self._used.add(fingerprint)
+            return True
+        return False
+
+    def add(self, fingerprint: bytes) -> None:
+        if fingerprint not in self._used and len(self._used) < MAX_ENTRIES:
+            self._used.add(fingerprint)
+            self._added += 1
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._mac_key, body, hashlib.sha256).digest()
+
+    def load(self) -> int:
+        """Read the file (blocking I/O). A file that does not authenticate, or is too large
+        or malformed, is ignored as a whole and logged. Returns how many were read."""
+        if self.path is None:
+            return 0
+        limit = len(MAGIC) + _COUNT_BYTES + MAX_ENTRIES * FINGERPRINT_BYTES + _MAC_BYTES
+        try:
+            with self.path.open("rb") as file:
+                data = file.read(limit + 1)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.error("verified statements not read", path=str(self.path), error=str(exc))
+            return 0
+        fingerprints = self._parse(data, limit)
+        if fingerprints is None:
+            self.ignored_file = True
+            log.error(
+                "verified statements file does not authenticate; ignored (every statement "
+                "is verified again)",
+                path=str(self.path),
+            )
+            return 0
+        self._known.update(fingerprints)
+        self._known.difference_update(self._used)
+        self.loaded = len(fingerprints)
+        return self.loaded
+
+    def _parse(self, data: bytes, limit: int) -> list[bytes] | None:
+        head = len(MAGIC) + _COUNT_BYTES
+        if len(data) > limit or len(data) < head + _MAC_BYTES or not data.startswith(MAGIC):
+            return None
+        count = int.from_bytes(data[len(MAGIC) : head], "big")
+        if count > MAX_ENTRIES or len(data) != head + count * FINGERPRINT_BYTES + _MAC_BYTES:
+            return None
+        body, mac = data[:-_MAC_BYTES], data[-_MAC_BYTES:]
+        if not hmac.compare_digest(self._mac(body), mac):
+            return None
+        return [body[i : i + FINGERPRINT_BYTES] for i in range(head, len(body), FINGERPRINT_BYTES)]
+
+    def snapshot(self) -> bytes | None:
+        """The file's contents now, or None when there is nothing new to keep (call on the
+        event loop; write the result with :meth:`write`, in a thread)."""
+        if self.path is None or (self._added == 0 and not self._known):
+            return None
+        kept = sorted(self._used)[:MAX_ENTRIES]
+        self._added = 0
+        self._known.clear()  # not used in this run: dropped from the file
+        body = MAGIC + len(kept).to_bytes(_COUNT_BYTES, "big") + b"".join(kept)
+        return body + self._mac(body)
+
+    def write(self, data: bytes) -> None:
+        """Write a :meth:`snapshot` atomically (blocking I/O: run it in a thread)."""
+        if self.path is None:
+            return
+        try:
+            write_atomic(self.path, data, 0o600)
+        except OSError as exc:
+            log.error("verified statements not kept", path=str(self.path), error=str(exc))
+
+
+class StatementVerifier:
+    """Verifies admin statements under the pinned admin key, remembering valid ones in
+    ``cache`` (None: verify every time). ``verified`` counts Ed25519 verifications done,
+    ``hits`` the ones the cache saved."""
+
+    def __init__(self, admin: Ed25519PublicKey, cache: VerifiedStatements | None = None) -> None:
+        self._admin_raw = admin.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.cache = cache
+        self.verified = 0
+        self.hits = 0
+
+    def __call__(self, statement: EnvelopeStatement) -> None:
+        """Raise :class:`SignatureInvalid` unless the statement's signature verifies."""
+        raw = statement.signature
+        try:
+            signature = raw if isinstance(raw, bytes) else b64url_decode(raw)
+        except (MalformedEnvelope, ValueError) as exc:
+            raise SignatureInvalid(f"{domain_of(statement)} signature does not verify") from exc
+        signed = signing_bytes(statement)
+        fingerprint = b""
+        if self.cache is not None:
+            fingerprint = hashlib.sha256(
+                _FINGERPRINT_TAG + self._admin_raw + signature + signed
+            ).digest()
+            if len(signature) == 64 and self.cache.take(fingerprint):
+                self.hits += 1
+                return
+        self.verified += 1
+        if not ed25519_verify(self._admin_raw, signature, signed):
+            raise SignatureInvalid(f"{domain_of(statement)} signature does not verify")
+        if self.cache is not None:
+            self.cache.add(fingerprint)
