@@ -102,7 +102,7 @@ ORPHAN_GRACE_MS = 60_000
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, slots=True)
 class _HeldKey:
     """A content key this node opened, and the envelope it opens."""
 
@@ -152,6 +152,9 @@ class FastPath:
     #: The envelope keys this node holds in its store once its initial values are read
     #: (None before): a wrap of any other key is an orphan, purged after ORPHAN_GRACE_MS.
     live_keys: Callable[[], Container[str] | None] = lambda: None
+    #: True while the node's initial load runs: wraps are written (and old terms purged)
+    #: once it is done, so that the load has the event loop to itself.
+    loading: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
         self._opened: dict[str, bytearray] = {}  # term id -> term key
@@ -167,6 +170,12 @@ class FastPath:
         self._no_term_since: float | None = None
         self._open_failed: dict[str, float] = {}  # term id -> monotonic time it failed
         self._gone: set[str] = set()  # envelopes deleted: their wraps are purged
+        # What the last pass over the held keys left (a pass is skipped when nothing it
+        # reads changed since): the term it wrapped under, whether a held key or a wrap
+        # changed since, and whether a key was left waiting for its takeover time.
+        self._scanned_term: str | None = None
+        self._dirty = True
+        self._takeovers_waiting = False
 
     def __repr__(self) -> str:
         return (
@@ -252,6 +261,10 @@ class FastPath:
             self.per_term[wrap.term_id] += 1
             if old is None or old.nonce != wrap.nonce:  # not the echo of our own write
                 self.uses[wrap.term_id] += 1
+        self._dirty = True
+        held = self._held.get(key)
+        if held is not None:  # its takeover clock starts now, should the wrap be wrong
+            held.since = time.monotonic()
 
     def _drop_term(self, key: str) -> None:
         term = self.terms.remove(key)
@@ -384,6 +397,7 @@ class FastPath:
         self._held[entry.key] = _HeldKey(
             entry.version, entry.epoch, entry.digest, cek, time.monotonic()
         )
+        self._dirty = True
 
     def _aad(self, entry: Entry, term_id: str, writer: str) -> bytes:
         return fastwrap.wrap_aad(
@@ -482,6 +496,8 @@ class FastPath:
         """One pass: open new terms, make a term if none is current and it is this node's
         turn, write the wraps that are this node's, purge old terms nothing refers to."""
         await self.open_terms()
+        if self.loading():
+            return
         await self._purge_gone_wraps()
         current = self.current_term()
         if current is None:
@@ -577,6 +593,14 @@ class FastPath:
         term, and that are this node's to write now (rendezvous rank, with takeover)."""
         members = self.ring.current.members
         now = time.monotonic()
+        if current.term_id != self._scanned_term:  # every wrap was right until now
+            for held in self._held.values():
+                held.since = now
+            self._scanned_term = current.term_id
+            self._dirty = True
+        if not self._dirty and not self._takeovers_waiting:
+            return []  # nothing this pass reads has changed: nothing to write
+        self._dirty = self._takeovers_waiting = False
         mine: list[tuple[str, _HeldKey]] = []
         for key, held in list(self._held.items()):
             if held.epoch != current.epoch:
@@ -589,12 +613,12 @@ class FastPath:
                 and wrap.epoch == held.epoch
                 and hmac.compare_digest(wrap.wrapped_key_sha256, held.digest)
             ):
-                held.since = now
                 continue
             ranking = [n for n in self.peers.ranking(held.digest) if n in members]
             if self.node_id not in ranking:
                 continue
             if ranking.index(self.node_id) * self.wrap_takeover_s > now - held.since:
+                self._takeovers_waiting = True
                 continue
             mine.append((key, held))
         return mine
@@ -612,11 +636,14 @@ class FastPath:
         async def write(key: str, held: _HeldKey) -> None:
             wrap = self._make_wrap(key, held, current.term_id, term_key_)
             async with semaphore:
-                with contextlib.suppress(Exception):
+                try:
                     await kv.put(key, FAST_WRAP_CODEC.encode(wrap))
-                    if self._held.get(key) is held:
-                        self._set_wrap(key, wrap)
-                    self.stats.wraps_written += 1
+                except Exception:
+                    self._dirty = True  # not written: the next pass tries again
+                    return
+                if self._held.get(key) is held:
+                    self._set_wrap(key, wrap)
+                self.stats.wraps_written += 1
 
         await asyncio.gather(*(write(k, h) for k, h in mine))
         log.info("fast wraps written", count=len(mine), term=current.term_id)

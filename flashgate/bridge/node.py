@@ -67,6 +67,7 @@ from flashgate.bridge.ring_terms import TermStore
 from flashgate.bridge.screening import Clock, wall_clock_ms
 from flashgate.bridge.secrets_watch import SecretsWatch
 from flashgate.bridge.share_service import ShareService
+from flashgate.bridge.signatures import Signature, SignatureWorker
 from flashgate.bridge.store import Entry, EnvelopeStore
 from flashgate.bridge.tombstones import Tombstone, Tombstones, tombstones_path
 from flashgate.bridge.transport import DROP_LOG_EVERY_S, NatsTransport
@@ -168,9 +169,10 @@ class BridgeNode:
             statements=self.statements,
         )
 
-        def prove(envelope: SecretEnvelope) -> None:  # who wrote it, and is it still alive
-            provenance(envelope)
+        def prove(envelope: SecretEnvelope) -> list[Signature]:  # who wrote it; still alive?
+            signatures = provenance.signatures(envelope)
             self.tombstones.check(envelope)
+            return signatures
 
         self.store = EnvelopeStore(self.names.fleet, {first.epoch: first.public.key}, prove)
         self.peers = PeerBook(self.node_id, roster)
@@ -194,6 +196,7 @@ class BridgeNode:
             rng=self.rng,
             clock=self.clock,
             live_keys=self._live_keys,
+            loading=lambda: not self.secrets.initial_load_done.is_set(),
         )
         self.loader = Loader(
             vault=self.vault,
@@ -230,6 +233,7 @@ class BridgeNode:
             loader=self.loader,
             vault=self.vault,
             spawn=self._spawn,
+            checker=SignatureWorker(),
         )
         self.fleet = FleetFollower(
             bundle=bundle,
@@ -365,12 +369,14 @@ class BridgeNode:
         fleet_kv = await self.transport.bucket(names.fleet_bucket)
         self._spawn(self.fleet.run(fleet_kv), "watch-fleet")
         await self.fleet.synced.wait()
-        await self._start_fast_path()
+        # The envelopes are read and checked while the ring is read and its terms opened;
+        # the loader starts once the fast path is ready (or given up).
         await asyncio.to_thread(self.verified_statements.load)
         secrets_kv = await self.transport.bucket(names.secrets_bucket)
+        self._spawn(self.secrets.run(secrets_kv), "watch-secrets")
+        await self._start_fast_path()
         self._spawn(self.liveness.heartbeats(), "heartbeats")
         self._spawn(self.loader.run(), "loader")
-        self._spawn(self.secrets.run(secrets_kv), "watch-secrets")
         self._spawn(self._keep_verified_statements(), "keep-verified")
         self._spawn(self.rewrapper.run(), "rewrapper")
         if self.gateway is not None and s.gateway_listen is not None:

@@ -19,31 +19,50 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from flashgate.errors import FlashgateError, SignatureInvalid, Unproven
+from flashgate.bridge.signatures import Signature, settle
+from flashgate.bridge.verified_statements import StatementVerifier
+from flashgate.crypto import ed25519
+from flashgate.crypto.encoding import b64url_decode
+from flashgate.errors import FlashgateError, Unproven
 from flashgate.events.envelope import (
     EnvelopeStatement,
+    RewrapAttestation,
     SecretEnvelope,
     check_statement,
     jwe_sha256,
     proven_api_key,
 )
 from flashgate.events.fleet import Roster
-from flashgate.events.signing import verify
+from flashgate.events.signing import signing_bytes
 from flashgate.fleet.identity_keys import load_ed25519_public
 
 
-def check_provenance(
+def _raw_signature(struct: EnvelopeStatement | RewrapAttestation, refusal: str) -> bytes:
+    raw = struct.signature
+    try:
+        value = raw if isinstance(raw, bytes) else b64url_decode(raw, "signature")
+    except FlashgateError:
+        raise Unproven(refusal) from None
+    if len(value) != ed25519.SIGNATURE_BYTES:
+        raise Unproven(refusal)
+    return value
+
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def provenance_signatures(
     envelope: SecretEnvelope,
     admin: Ed25519PublicKey,
     rewrapper_key: Callable[[str, int], Ed25519PublicKey | None],
-    verify_statement: Callable[[EnvelopeStatement], None] | None = None,
-) -> None:
-    """Raise :class:`Unproven` unless ``envelope`` is proven. ``rewrapper_key(node, epoch)``
-    is the signing key of ``node`` if it may have re-wrapped an envelope to ``epoch``.
-    ``verify_statement`` verifies the admin statement's signature under ``admin`` (raising
-    :class:`SignatureInvalid`; :class:`~flashgate.bridge.verified_statements.StatementVerifier`,
-    which may remember earlier verifications); by default it is verified here."""
+    statements: StatementVerifier | None = None,
+) -> list[Signature]:
+    """Every check of :func:`check_provenance` but the Ed25519 verifications, which are
+    returned (none for a statement ``statements`` remembers as verified). Raises
+    :class:`Unproven` for anything else wrong."""
     where = envelope.key
     provenance = envelope.provenance
     if provenance is None:
@@ -56,15 +75,18 @@ def check_provenance(
         token=envelope.jwe,
         epoch=envelope.epoch if rewrap is None else None,
     )
-    try:
-        if verify_statement is None:
-            verify(statement, admin)
-        else:
-            verify_statement(statement)
-    except SignatureInvalid:
-        raise Unproven(f"{where}: the admin's statement does not verify") from None
+    refusal = f"{where}: the admin's statement does not verify"
+    signature = _raw_signature(statement, refusal)
+    message = signing_bytes(statement)
+    signatures: list[Signature] = []
+    if statements is None:
+        signatures.append(Signature(_raw_public(admin), signature, message, refusal))
+    else:
+        job = statements.pending(signature, message, refusal)
+        if job is not None:
+            signatures.append(job)
     if rewrap is None:
-        return
+        return signatures
     if (
         rewrap.epoch != envelope.epoch
         or rewrap.epoch <= statement.epoch
@@ -75,10 +97,24 @@ def check_provenance(
     key = rewrapper_key(rewrap.node_id, envelope.epoch)
     if key is None:
         raise Unproven(f"{where}: re-wrapped by {rewrap.node_id}, not an active member")
-    try:
-        verify(rewrap, key)
-    except SignatureInvalid:
-        raise Unproven(f"{where}: the re-wrap attestation does not verify") from None
+    refusal = f"{where}: the re-wrap attestation does not verify"
+    signatures.append(
+        Signature(_raw_public(key), _raw_signature(rewrap, refusal), signing_bytes(rewrap), refusal)
+    )
+    return signatures
+
+
+def check_provenance(
+    envelope: SecretEnvelope,
+    admin: Ed25519PublicKey,
+    rewrapper_key: Callable[[str, int], Ed25519PublicKey | None],
+    statements: StatementVerifier | None = None,
+) -> None:
+    """Raise :class:`Unproven` unless ``envelope`` is proven. ``rewrapper_key(node, epoch)``
+    is the signing key of ``node`` if it may have re-wrapped an envelope to ``epoch``.
+    ``statements`` remembers verified admin statements (None: verify every time)."""
+    signatures = provenance_signatures(envelope, admin, rewrapper_key, statements)
+    settle(signatures, [s.verify() for s in signatures])
 
 
 @dataclass
@@ -88,12 +124,16 @@ class ProvenanceCheck:
     admin: Ed25519PublicKey
     roster: Callable[[], Roster]
     members: Callable[[int], Mapping[str, int] | None]
-    #: Verifies the admin statements (None: :func:`flashgate.events.signing.verify` each time).
-    statements: Callable[[EnvelopeStatement], None] | None = None
+    #: Remembers verified admin statements (None: every one is verified).
+    statements: StatementVerifier | None = None
     _keys: dict[str, tuple[str, Ed25519PublicKey]] = field(default_factory=dict, repr=False)
 
     def __call__(self, envelope: SecretEnvelope) -> None:
         check_provenance(envelope, self.admin, self.rewrapper_key, self.statements)
+
+    def signatures(self, envelope: SecretEnvelope) -> list[Signature]:
+        """:meth:`__call__` but for the signature verifications, which are returned."""
+        return provenance_signatures(envelope, self.admin, self.rewrapper_key, self.statements)
 
     def rewrap_revoked(self, envelope: SecretEnvelope) -> bool:
         """Whether ``envelope`` was re-wrapped by a node that is no longer an active member

@@ -13,9 +13,11 @@ history may still hold it (issue 14 §4).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
+from flashgate.bridge.signatures import Signature, settle
 from flashgate.crypto import jwe
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
@@ -84,8 +86,31 @@ def digest_of(parsed: jwe.ParsedJWE) -> bytes:
     return hashlib.sha256(parsed.encrypted_key).digest()
 
 
-Prove = Callable[[SecretEnvelope], None]
-"""Raises :class:`~flashgate.errors.Unproven` for an envelope without valid provenance."""
+Prove = Callable[[SecretEnvelope], Sequence[Signature] | None]
+"""Checks who wrote an envelope and that it is still alive, all but its Ed25519 signatures,
+which it returns (:mod:`flashgate.bridge.signatures`); raises the typed error (for example
+:class:`~flashgate.errors.Unproven`) for anything else wrong."""
+
+
+def check_entry(
+    fleet: str,
+    key: str,
+    revision: int,
+    raw: bytes,
+    keys: dict[int, FleetPublicKey],
+    *,
+    prove: Prove,
+) -> tuple[Entry, Sequence[Signature]]:
+    """Decode and check one bucket value, all but its signatures (returned with the entry,
+    which is usable only once they verify). Raises the typed error that makes it unusable."""
+    envelope = ENVELOPE_CODEC.decode(raw)
+    parsed = check_envelope_location(envelope, fleet, key)
+    signatures = prove(envelope) or ()
+    public = keys.get(envelope.epoch)
+    if public is None:
+        raise StaleEpoch(f"{key}: envelope for epoch {envelope.epoch}, which this node lacks")
+    parsed.wrapped_key(public)  # fits the epoch's key (raises otherwise)
+    return Entry(key, revision, envelope, digest_of(parsed), parsed), signatures
 
 
 def make_entry(
@@ -97,15 +122,24 @@ def make_entry(
     *,
     prove: Prove,
 ) -> Entry:
-    """Decode and check one bucket value. Raises the typed error that makes it unusable."""
-    envelope = ENVELOPE_CODEC.decode(raw)
-    parsed = check_envelope_location(envelope, fleet, key)
-    prove(envelope)
-    public = keys.get(envelope.epoch)
-    if public is None:
-        raise StaleEpoch(f"{key}: envelope for epoch {envelope.epoch}, which this node lacks")
-    parsed.wrapped_key(public)  # fits the epoch's key (raises otherwise)
-    return Entry(key, revision, envelope, digest_of(parsed), parsed)
+    """Decode and check one bucket value, its signatures too (verified here). Raises the
+    typed error that makes it unusable."""
+    entry, signatures = check_entry(fleet, key, revision, raw, keys, prove=prove)
+    settle(signatures, [s.verify() for s in signatures])
+    return entry
+
+
+@dataclass(slots=True)
+class Checked:
+    """A bucket value checked by :meth:`EnvelopeStore.check`: its entry and the signatures
+    still to verify, or the error that makes it unusable."""
+
+    key: str
+    revision: int
+    entry: Entry | None
+    signatures: Sequence[Signature] = ()
+    error: FlashgateError | None = None
+    generation: int = 0  # the store's, when checked
 
 
 class EnvelopeStore:
@@ -117,12 +151,32 @@ class EnvelopeStore:
         self._replaced: dict[str, Entry] = {}  # key -> the revision the current one replaced
         self._seen: dict[str, int] = {}  # key -> the latest revision taken, usable or not
         self.rejected: dict[str, str] = {}  # key -> reason code of an unusable value
+        self._generation = 0  # counts drop_where calls: what a pending admit re-checks
 
     def ingest(self, key: str, revision: int, raw: bytes) -> Entry | None:
-        """Take a bucket value. Returns the entry, or None (reason kept in ``rejected``).
-        A revision older than one already taken changes nothing (the current entry is
-        returned); the same revision again (read again once its epoch arrived) replaces
-        only itself."""
+        """Take a bucket value (its signatures verified here). Returns the entry, or None
+        (reason kept in ``rejected``)."""
+        checked = self.check(key, revision, raw)
+        return self.admit(checked, [s.verify() for s in checked.signatures])
+
+    def check(self, key: str, revision: int, raw: bytes) -> Checked:
+        """Check a bucket value but for its signatures, changing nothing here (then
+        :meth:`admit` it with their verification, in the order the values arrived)."""
+        try:
+            entry, signatures = check_entry(
+                self.fleet, key, revision, raw, self.keys, prove=self.prove
+            )
+        except FlashgateError as exc:
+            return Checked(key, revision, None, error=exc, generation=self._generation)
+        return Checked(key, revision, entry, signatures, generation=self._generation)
+
+    def admit(self, checked: Checked, valid: Sequence[bool]) -> Entry | None:
+        """Take a :meth:`check`-ed value, ``valid`` telling which of its signatures verified.
+        Returns the entry, or None (reason kept in ``rejected``). A revision older than one
+        already taken changes nothing (the current entry is returned); the same revision
+        again (read again once its epoch arrived) replaces only itself. A value checked
+        before a revocation or a tombstone dropped entries is checked against them again."""
+        key, revision, entry = checked.key, checked.revision, checked.entry
         seen = self._seen.get(key, 0)
         if revision < seen:
             return self.current.get(key)
@@ -130,7 +184,14 @@ class EnvelopeStore:
             self._seen[key] = revision
             self._supersede(key)
         try:
-            entry = make_entry(self.fleet, key, revision, raw, self.keys, prove=self.prove)
+            if checked.error is not None:
+                raise checked.error
+            assert entry is not None
+            settle(checked.signatures, valid)
+            if entry.epoch not in self.keys:  # retired since it was checked
+                raise StaleEpoch(f"{key}: envelope for epoch {entry.epoch}, which this node lacks")
+            if checked.generation != self._generation:
+                self.prove(entry.envelope)  # its signatures verified; the rest again
         except FlashgateError as exc:
             self.rejected[key] = exc.code
             return None
@@ -159,6 +220,7 @@ class EnvelopeStore:
     ) -> list[str]:
         """Forget every revision (current or in flight) whose envelope is ``dead``; the
         keys whose current revision went are returned, marked rejected with ``reason``."""
+        self._generation += 1
         for key, entry in list(self._replaced.items()):
             if dead(entry.envelope):
                 del self._replaced[key]

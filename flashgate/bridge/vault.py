@@ -28,7 +28,7 @@ from flashgate.events.envelope import ProvenApiKey
 from flashgate.events.subjects import split_secret_key
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, slots=True)
 class _Slot:
     version: int
     epoch: int

@@ -39,9 +39,8 @@ import structlog
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from nacl.bindings import crypto_sign_open
-from nacl.exceptions import BadSignatureError
 
+from flashgate.bridge.signatures import Signature
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.errors import MalformedEnvelope, SignatureInvalid
 from flashgate.events.envelope import EnvelopeStatement
@@ -70,17 +69,6 @@ def file_mac_key(signing_seed: bytes, fleet: str, node_id: str) -> bytes:
     bound to its fleet and node id (never the signing key itself)."""
     info = _HKDF_INFO + b"\x00" + fleet.encode() + b"\x00" + node_id.encode()
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(signing_seed)
-
-
-def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> bool:
-    """libsodium's Ed25519 verification (strict: see the module docs)."""
-    if len(public_raw) != 32 or len(signature) != 64:
-        return False
-    try:
-        crypto_sign_open(signature + message, public_raw)
-    except (BadSignatureError, ValueError, TypeError):
-        return False
-    return True
 
 
 class VerifiedStatements:
@@ -196,11 +184,23 @@ class StatementVerifier:
     def __call__(self, statement: EnvelopeStatement) -> None:
         """Raise :class:`SignatureInvalid` unless the statement's signature verifies."""
         raw = statement.signature
+        refusal = f"{domain_of(statement)} signature does not verify"
         try:
             signature = raw if isinstance(raw, bytes) else b64url_decode(raw)
         except (MalformedEnvelope, ValueError) as exc:
-            raise SignatureInvalid(f"{domain_of(statement)} signature does not verify") from exc
-        signed = signing_bytes(statement)
+            raise SignatureInvalid(refusal) from exc
+        job = self.pending(signature, signing_bytes(statement), refusal)
+        if job is None:
+            return
+        if not job.verify():
+            raise SignatureInvalid(refusal)
+        if job.remember is not None:
+            job.remember()
+
+    def pending(self, signature: bytes, signed: bytes, refusal: str) -> Signature | None:
+        """The verification a statement (its raw signature and signed bytes) still needs,
+        or None when it is remembered as verified. The returned signature, once verified,
+        is remembered by its ``remember``."""
         fingerprint = b""
         if self.cache is not None:
             fingerprint = hashlib.sha256(
@@ -208,9 +208,12 @@ class StatementVerifier:
             ).digest()
             if len(signature) == 64 and self.cache.take(fingerprint):
                 self.hits += 1
-                return
-        self.verified += 1
-        if not ed25519_verify(self._admin_raw, signature, signed):
-            raise SignatureInvalid(f"{domain_of(statement)} signature does not verify")
-        if self.cache is not None:
-            self.cache.add(fingerprint)
+                return None
+
+        self.verified += 1  # the returned signature is verified next
+
+        def remember() -> None:
+            if self.cache is not None:
+                self.cache.add(fingerprint)
+
+        return Signature(self._admin_raw, signature, signed, refusal, remember)

@@ -106,11 +106,13 @@ def encode_header(header: dict[str, Any]) -> str:
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise MalformedEnvelope(f"duplicate header parameter {key!r}")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise MalformedEnvelope(f"duplicate header parameter {key!r}")
+            seen.add(key)
     return out
 
 
@@ -118,16 +120,18 @@ def _reject_constant(name: str) -> None:
     raise MalformedEnvelope(f"non-standard JSON constant {name} in header")
 
 
+#: Built once (``json.loads`` with hooks builds a decoder per call).
+_HEADER_JSON = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+)
+
+
 def parse_header(protected: str) -> dict[str, Any]:
     if len(protected) > MAX_HEADER_CHARS:
         raise OversizedInput(f"protected header over {MAX_HEADER_CHARS} characters")
     raw = b64url_decode(protected, "protected header")
     try:
-        header = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
+        header = _HEADER_JSON.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedEnvelope("protected header is not JSON") from exc
     if not isinstance(header, dict):

@@ -15,6 +15,9 @@ A :class:`FastWrap` is signed by the node that wrote it (domain ``fast-wrap``): 
 signature is what a bad wrap is reported with. (It is checked when a wrap fails to open:
 a wrap that opens the JWE's payload under the JWE's own tag is right whoever wrote it.)
 Neither carries a secret: a term's key is inside its JWE, a content key inside its wrap.
+
+A :class:`FastWrap` is kept per secret: ``gc=False`` as the envelope types are
+(:mod:`flashgate.events.envelope`).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class StoredTerm(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
         return f"StoredTerm({t.term_id} epoch={t.epoch} by {t.creator})"
 
 
-class FastWrap(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class FastWrap(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, gc=False):
     """An envelope's content key under a ring term (domain ``fast-wrap``), by its writer.
     The AES-GCM additional data is :func:`flashgate.crypto.fastwrap.wrap_aad` of these
     fields; ``sealed`` is the 32-byte key and its 16-byte tag."""

@@ -16,10 +16,10 @@ from flashgate.bridge.provenance import ProvenanceCheck
 from flashgate.bridge.verified_statements import (
     StatementVerifier,
     VerifiedStatements,
-    ed25519_verify,
     file_mac_key,
     verified_path,
 )
+from flashgate.crypto.ed25519 import verify as ed25519_verify
 from flashgate.crypto.encoding import b64url_decode, b64url_encode
 from flashgate.errors import SignatureInvalid, Unproven
 from flashgate.events.envelope import ENVELOPE_CODEC, EnvelopeStatement, SecretEnvelope

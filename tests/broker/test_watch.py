@@ -1,8 +1,8 @@
 """flashgate.broker.watch: current values, one InitialDone, then live changes.
 
-nats-py 2.16 can yield its own end marker before the initial values
-(nats-io/nats.py#842), at a rate that depends on timing; the replayed-watcher tests put
-the marker first and last deterministically. On the real server, the stress tests
+The watch ends its initial values by the server's counts, not by nats-py's marker (which
+can come first, nats-io/nats.py#842); the replayed-feed tests check those counts
+deterministically. On the real server, the stress tests
 restart the watch many times on a small bucket, and with a writer running while the
 watch starts, and check each time that the initial values are exactly the bucket's
 state at one point of its stream and that the live changes are exactly everything
@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KV_DEL, KV_OP, KeyValue
 
+from flashgate.broker import watch
 from flashgate.broker.connection import connect
 from flashgate.broker.declare import declare_fleet
 from flashgate.broker.watch import (
@@ -92,14 +93,17 @@ def test_the_first_delta_bounds_the_initial_values_under_constant_writes() -> No
     assert initial.values() == [Value("b", 2, b"b1"), Value("a", 5, b"a2")]
 
 
-# --- nats-py's marker in either place, replayed without a server ----------------------------
+# --- the feed replayed without a server ----------------------------------------------------
 
 
-class ReplayedWatcher:
-    """Stands in for nats-py's KeyWatcher: yields the given updates, then waits; its
-    consumer info says what the server had sent (``delivered``) and has left."""
+class ReplayedFeed:
+    """Stands in for the watch's feed (its ordered consumer): hands on the given events
+    with their deltas, then waits; its consumer info says what the server had sent
+    (``delivered``) and has left."""
 
-    def __init__(self, updates: list[KeyValue.Entry | None], *, delivered: int) -> None:
+    stopped = False
+
+    def __init__(self, updates: list[tuple[Value | Deleted, int]], *, delivered: int) -> None:
         self._updates = list(updates)
         info = SimpleNamespace(
             num_pending=0,
@@ -110,77 +114,75 @@ class ReplayedWatcher:
         async def consumer_info() -> Any:
             return info
 
-        self._sub = SimpleNamespace(consumer_info=consumer_info)
-        self.stopped = False
+        self.sub = SimpleNamespace(consumer_info=consumer_info)
 
-    def __aiter__(self) -> ReplayedWatcher:
-        return self
+    async def start(self, kv: Any) -> None:
+        return None
 
-    async def __anext__(self) -> KeyValue.Entry | None:
+    async def next(self) -> tuple[Value | Deleted, int]:
         if self._updates:
             return self._updates.pop(0)
         await asyncio.Event().wait()
-        raise StopAsyncIteration
+        raise AssertionError("unreachable")
 
     async def stop(self) -> None:
-        self.stopped = True
+        ReplayedFeed.stopped = True
 
 
 class ReplayedBucket:
     _name = "replayed"
 
-    def __init__(self, watcher: ReplayedWatcher) -> None:
-        self.watcher = watcher
-
-    async def watch(self, keys: str, **options: Any) -> ReplayedWatcher:
-        assert keys == ">" and options == {"include_history": True}
-        return self.watcher
-
-
-def entry(key: str, revision: int, delta: int, value: bytes | None = None) -> KeyValue.Entry:
-    operation = None if value is not None else KV_DEL
-    return KeyValue.Entry("replayed", key, value or b"", revision, delta, None, operation)
-
 
 async def replayed(
-    updates: list[KeyValue.Entry | None], *, delivered: int, count: int
+    updates: list[tuple[Value | Deleted, int]],
+    *,
+    delivered: int,
+    count: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> list[WatchEvent]:
     """The first ``count`` events of follow() over the replayed updates."""
-    watcher = ReplayedWatcher(updates, delivered=delivered)
+    feed = ReplayedFeed(updates, delivered=delivered)
+    monkeypatch.setattr(watch, "_Feed", lambda kv: feed)
+    ReplayedFeed.stopped = False
     events: list[WatchEvent] = []
-    stream = follow(cast(KeyValue, ReplayedBucket(watcher)))
+    stream = follow(cast(KeyValue, ReplayedBucket()))
     async with contextlib.aclosing(stream) as iterator:
         for _ in range(count):
             events.append(await next_event(iterator))
-    assert watcher.stopped
+    assert ReplayedFeed.stopped
     return events
 
 
-STARTUP = [
-    entry("repo.a", 1, 3, b"a1"),
-    entry("repo.b", 2, 2, b"b1"),
-    entry("repo.a", 3, 1, b"a2"),
-    entry("repo.b", 4, 0),  # b deleted: not a current value
+STARTUP: list[tuple[Value | Deleted, int]] = [
+    (Value("repo.a", 1, b"a1"), 3),
+    (Value("repo.b", 2, b"b1"), 2),
+    (Value("repo.a", 3, b"a2"), 1),
+    (Deleted("repo.b", 4), 0),  # b deleted: not a current value
 ]
-LIVE = entry("repo.c", 5, 0, b"c1")
 LIVE_VALUE = Value("repo.c", 5, b"c1")
+LIVE = (LIVE_VALUE, 0)
 EXPECTED = [Value("repo.a", 3, b"a2"), InitialDone(1), LIVE_VALUE]
 
 
-async def test_an_early_nats_py_marker_is_ignored() -> None:
-    """nats-io/nats.py#842: None first, although the server had sent everything."""
-    events = await replayed([None, *STARTUP, LIVE], delivered=len(STARTUP), count=3)
+async def test_initial_values_end_at_delta_zero_then_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = await replayed(
+        [*STARTUP, LIVE], delivered=len(STARTUP), count=3, monkeypatch=monkeypatch
+    )
     assert events == EXPECTED
 
 
-async def test_a_late_nats_py_marker_is_ignored() -> None:
-    events = await replayed([*STARTUP, None, LIVE], delivered=len(STARTUP), count=3)
-    assert events == EXPECTED
-
-
-async def test_nothing_sent_and_nothing_pending_is_an_empty_bucket() -> None:
-    events = await replayed([None, LIVE], delivered=0, count=2)
+async def test_nothing_sent_and_nothing_pending_is_an_empty_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = await replayed([LIVE], delivered=0, count=2, monkeypatch=monkeypatch)
     assert events == [InitialDone(0), LIVE_VALUE]
+
+
+async def test_something_sent_waits_for_it_however_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server says it sent messages: the watch waits for them, it does not end empty
+    (nats-io/nats.py#842 ended here when the client had processed none yet)."""
+    events = await replayed(STARTUP, delivered=len(STARTUP), count=2, monkeypatch=monkeypatch)
+    assert events == [Value("repo.a", 3, b"a2"), InitialDone(1)]
 
 
 # --- on the server -------------------------------------------------------------------------

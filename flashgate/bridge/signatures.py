@@ -1,0 +1,192 @@
+"""Signatures an envelope's proof rests on, verified in bulk on another core.
+
+Checking an envelope on arrival (:mod:`flashgate.bridge.provenance`) ends in one or two
+Ed25519 verifications (the admin's statement; a re-wrapping node's attestation). The
+store checks everything else at once and hands those over as :class:`Signature` items;
+the secrets watch (:mod:`flashgate.bridge.secrets_watch`) verifies them in batches
+while it decodes and checks the next envelopes, then admits or refuses each envelope in
+the order it arrived. :class:`SignatureWorker` verifies in a child process
+(:mod:`flashgate.bridge.signature_worker`, given only public keys, signatures and signed
+bytes); :class:`InlineChecker` in this process. A worker that cannot be started, dies or
+answers out of turn is given up: its batches, and every later one, are verified here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from flashgate.crypto import ed25519
+from flashgate.errors import Unproven
+
+log = structlog.get_logger("flashgate.bridge")
+
+_HEAD = struct.Struct(">I")
+#: What the worker is given of this process's environment: enough for Python to find
+#: flashgate, never a passphrase.
+_WORKER_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LC_ALL", "TMPDIR")
+_STOP_WAIT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """An Ed25519 signature an envelope's proof rests on, not verified yet: verified in
+    bulk (:class:`SignatureWorker`) or at once (:meth:`verify`). ``refusal``
+    is the :class:`Unproven` message if it does not verify; ``remember`` is called once it
+    has (an admin statement's fingerprint is kept, :mod:`~flashgate.bridge.verified_statements`)."""
+
+    public: bytes  # raw Ed25519 public key
+    signature: bytes
+    message: bytes
+    refusal: str
+    remember: Callable[[], None] | None = None
+
+    def verify(self) -> bool:
+        return ed25519.verify(self.public, self.signature, self.message)
+
+
+def settle(signatures: Sequence[Signature], valid: Sequence[bool]) -> None:
+    """Raise :class:`Unproven` for the first signature that did not verify; remember the
+    ones that did (only when all did)."""
+    for signature, ok in zip(signatures, valid, strict=True):
+        if not ok:
+            raise Unproven(signature.refusal)
+    for signature in signatures:
+        if signature.remember is not None:
+            signature.remember()
+
+
+class SignatureChecker(Protocol):
+    async def start(self) -> None: ...
+    async def check(self, signatures: Sequence[Signature]) -> list[bool]: ...
+    async def close(self) -> None: ...
+
+
+class InlineChecker:
+    """Verifies in this process, in the caller's turn of the event loop."""
+
+    async def start(self) -> None:
+        return None
+
+    async def check(self, signatures: Sequence[Signature]) -> list[bool]:
+        return [s.verify() for s in signatures]
+
+    async def close(self) -> None:
+        return None
+
+
+class _WorkerGone(Exception):
+    pass
+
+
+class SignatureWorker:
+    """A child process verifying batches in order (module docs). :meth:`check` falls back
+    to this process when the worker is not running."""
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._waiting: deque[tuple[asyncio.Future[bytes], int]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+        self.batches = 0  # verified by the worker
+        self.inline = 0  # batches verified here (no worker)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
+    async def start(self) -> None:
+        env = {name: os.environ[name] for name in _WORKER_ENV if name in os.environ}
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "flashgate.bridge.signature_worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
+        except OSError as exc:
+            log.warning("signature worker not started; verifying in the node", error=str(exc))
+            return
+        self._reader = asyncio.create_task(self._read(self._process))
+
+    async def check(self, signatures: Sequence[Signature]) -> list[bool]:
+        if not signatures:
+            return []
+        process = self._process
+        if process is not None and process.stdin is not None:
+            body = b"".join(
+                s.public + s.signature + _HEAD.pack(len(s.message)) + s.message for s in signatures
+            )
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self._waiting.append((future, len(signatures)))
+            try:
+                process.stdin.write(_HEAD.pack(len(body)) + body)
+                await process.stdin.drain()
+                answer = await future
+            except (_WorkerGone, ConnectionError, RuntimeError):
+                self._give_up("the signature worker stopped answering")
+            else:
+                self.batches += 1
+                return [byte == 1 for byte in answer]
+        self.inline += 1
+        return [s.verify() for s in signatures]
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        try:
+            while True:
+                (count,) = _HEAD.unpack(await process.stdout.readexactly(_HEAD.size))
+                answer = await process.stdout.readexactly(count)
+                future, expected = self._waiting.popleft()
+                if count != expected or answer.translate(None, b"\x00\x01"):
+                    raise ValueError("answer out of turn")
+                if not future.done():
+                    future.set_result(answer)
+        except (asyncio.IncompleteReadError, ValueError, IndexError, ConnectionError):
+            self._give_up("the signature worker stopped answering")
+
+    def _give_up(self, why: str) -> None:
+        """Verify here from now on: every batch waiting on the worker is verified again."""
+        process, self._process = self._process, None
+        while self._waiting:
+            future, _ = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(_WorkerGone())
+        if process is not None:
+            log.warning(why + "; verifying in the node")
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+    async def close(self) -> None:
+        """Stop the worker (it exits when its input closes)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        log.info("signature worker stopped", batches=self.batches, verified_here=self.inline)
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), _STOP_WAIT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        while self._waiting:
+            future, _ = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(_WorkerGone())

@@ -1,0 +1,72 @@
+"""Strict base64url: the decoder agrees with a plain reference decoder on every input."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flashgate.crypto.encoding import b64url_decode, b64url_encode
+from flashgate.errors import MalformedEnvelope
+
+_ALPHABET_RE = re.compile(rb"^[A-Za-z0-9_-]*$")
+
+
+def reference_decode(text: str) -> bytes | None:
+    """The rule spelled out slowly: the alphabet only, no length 1 mod 4, and the one
+    canonical encoding (decode, encode again, compare). None: refused."""
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if _ALPHABET_RE.fullmatch(raw) is None or len(raw) % 4 == 1:
+        return None
+    try:
+        out = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(out).rstrip(b"=") != raw:
+        return None
+    return out
+
+
+def decoded(text: str) -> bytes | None:
+    try:
+        return b64url_decode(text)
+    except MalformedEnvelope:
+        return None
+
+
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/= \n.é"))
+def test_agrees_with_the_reference_on_any_text(text: str) -> None:
+    assert decoded(text) == reference_decode(text)
+
+
+@given(st.binary(max_size=600))
+def test_round_trip(data: bytes) -> None:
+    assert b64url_decode(b64url_encode(data)) == data
+    assert b64url_decode(b64url_encode(data).encode("ascii")) == data
+
+
+@given(st.binary(min_size=1, max_size=64), st.integers(min_value=1, max_value=15))
+def test_non_canonical_trailing_bits_refused(data: bytes, bits: int) -> None:
+    text = b64url_encode(data)
+    unused = {2: 0x0F, 3: 0x03}.get(len(text) % 4)
+    if unused is None:
+        return
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(text[-1]) | (bits & unused)
+    if last == alphabet.index(text[-1]):
+        return
+    with pytest.raises(MalformedEnvelope, match="not canonical"):
+        b64url_decode(text[:-1] + alphabet[last])
+
+
+@pytest.mark.parametrize("text", ["A", "AB==", "AB=", "A B", "ab+c", "ab/c", "AB\n", "é", "AAAAA"])
+def test_refused(text: str) -> None:
+    with pytest.raises(MalformedEnvelope):
+        b64url_decode(text)
