@@ -1,0 +1,193 @@
+"""Signatures verified in bulk: the worker process, its fallback, and the store's two-step
+check (checked first, admitted once verified, in order)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from flashgate.bridge import signature_worker
+from flashgate.bridge.signatures import InlineChecker, Signature, SignatureWorker
+from flashgate.errors import StaleEpoch, Tombstoned
+from flashgate.events.envelope import SecretEnvelope
+from tests.support.bridge_units import (
+    EPOCH,
+    SAMPLE_SECRETS,
+    envelope_bytes,
+    new_store,
+    prove_check,
+)
+
+KEY = Ed25519PrivateKey.generate()
+PUBLIC = KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def signatures(count: int, *, bad: set[int] = frozenset()) -> list[Signature]:  # type: ignore[assignment]
+    """``count`` signatures over distinct messages; those at ``bad`` do not verify."""
+    out = []
+    for i in range(count):
+        message = f"statement {i}".encode() * (1 + i % 7)
+        signature = KEY.sign(message)
+        if i in bad:
+            signature = bytes([signature[0] ^ 1]) + signature[1:]
+        out.append(Signature(PUBLIC, signature, message, f"refused {i}"))
+    return out
+
+
+@pytest.mark.processes
+async def test_the_worker_answers_as_this_process_would() -> None:
+    items = signatures(300, bad={0, 7, 299})
+    worker = SignatureWorker()
+    await worker.start()
+    try:
+        assert worker.running
+        assert await worker.check(items) == await InlineChecker().check(items)
+        assert worker.batches == 1 and worker.inline == 0
+    finally:
+        await worker.close()
+    assert not worker.running
+
+
+@pytest.mark.processes
+async def test_batches_sent_at_once_come_back_each_to_its_own_caller() -> None:
+    batches = [signatures(40, bad={i}) for i in range(12)]
+    worker = SignatureWorker()
+    await worker.start()
+    try:
+        answers = await asyncio.gather(*(worker.check(batch) for batch in batches))
+    finally:
+        await worker.close()
+    for i, answer in enumerate(answers):
+        assert answer == [j != i for j in range(40)]
+    assert worker.batches == 12
+
+
+@pytest.mark.processes
+async def test_a_killed_worker_is_given_up_and_nothing_is_lost() -> None:
+    """SIGKILL the worker: the batch waiting on it, and every later one, are verified in
+    the node (same answers), and the node keeps running."""
+    worker = SignatureWorker()
+    await worker.start()
+    process = worker._process
+    assert process is not None
+    process.kill()
+    await process.wait()
+    items = signatures(50, bad={3})
+    assert await worker.check(items) == [i != 3 for i in range(50)]
+    assert not worker.running
+    assert await worker.check(items) == [i != 3 for i in range(50)]
+    assert worker.inline == 2
+    await worker.close()
+
+
+async def test_a_worker_that_cannot_start_leaves_verification_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def refused(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError("no python")
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", refused)
+    worker = SignatureWorker()
+    await worker.start()
+    assert not worker.running
+    assert await worker.check(signatures(5, bad={1})) == [True, False, True, True, True]
+
+
+async def test_the_worker_is_given_no_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    async def spy(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise FileNotFoundError("not started")
+
+    monkeypatch.setenv("FLASHGATE_NODE_PASSPHRASE", "canary-passphrase")
+    monkeypatch.setenv("FLASHGATE_PASSPHRASE", "canary-passphrase")
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spy)
+    await SignatureWorker().start()
+    env = seen["env"]
+    assert isinstance(env, dict)
+    assert "canary-passphrase" not in repr(env)
+
+
+def frame(items: list[Signature]) -> bytes:
+    body = b"".join(
+        s.public + s.signature + struct.pack(">I", len(s.message)) + s.message for s in items
+    )
+    return struct.pack(">I", len(body)) + body
+
+
+def test_the_worker_protocol_round_trip() -> None:
+    items = signatures(9, bad={4})
+    out = io.BytesIO()
+    code = signature_worker.serve(io.BytesIO(frame(items) + frame(items[:2])), out)
+    assert code == 0
+    data = out.getvalue()
+    assert data == struct.pack(">I", 9) + bytes(i != 4 for i in range(9)) + struct.pack(
+        ">I", 2
+    ) + bytes([1, 1])
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        struct.pack(">I", 10) + b"x" * 10,  # an item shorter than its head
+        struct.pack(">I", 100) + PUBLIC + bytes(64) + struct.pack(">I", 50) + b"short",
+        struct.pack(">I", signature_worker.MAX_BATCH_BYTES + 1),
+    ],
+)
+def test_a_malformed_batch_ends_the_worker(garbage: bytes) -> None:
+    out = io.BytesIO()
+    assert signature_worker.serve(io.BytesIO(garbage), out) != 0 or out.getvalue() == b""
+    assert out.getvalue() == b""
+
+
+# --- the store: checked, then admitted --------------------------------------------------------
+
+
+def test_a_value_checked_before_a_tombstone_is_refused_when_admitted() -> None:
+    """The tombstone arrives (and drops entries) while the value's signatures are being
+    verified: admitting it afterwards must not bring the deleted secret back."""
+    spec = SAMPLE_SECRETS[0]
+    dead: set[str] = set()
+    check = prove_check()
+
+    def prove(envelope: SecretEnvelope) -> list[Signature]:
+        found = check.signatures(envelope)
+        if envelope.key in dead:
+            raise Tombstoned(f"{envelope.key}: deleted")
+        return found
+
+    store = new_store()
+    store.prove = prove
+    checked = store.check(spec.key, 1, envelope_bytes(spec))
+    assert checked.error is None and checked.signatures
+    dead.add(spec.key)
+    store.drop_where(lambda envelope: envelope.key in dead)
+    assert store.admit(checked, [True] * len(checked.signatures)) is None
+    assert store.rejected[spec.key] == Tombstoned.code
+
+
+def test_a_value_whose_epoch_retired_meanwhile_is_refused() -> None:
+    spec = SAMPLE_SECRETS[1]
+    store = new_store()
+    store.prove = prove_check().signatures
+    checked = store.check(spec.key, 1, envelope_bytes(spec))
+    del store.keys[EPOCH]
+    assert store.admit(checked, [True] * len(checked.signatures)) is None
+    assert store.rejected[spec.key] == StaleEpoch.code
+
+
+def test_a_signature_that_did_not_verify_makes_the_value_unproven() -> None:
+    spec = SAMPLE_SECRETS[2]
+    store = new_store()
+    store.prove = prove_check().signatures  # as a node's store: signatures left to verify
+    checked = store.check(spec.key, 1, envelope_bytes(spec))
+    assert store.admit(checked, [False] * len(checked.signatures)) is None
+    assert store.rejected[spec.key] == "unproven"
+    again = store.check(spec.key, 2, envelope_bytes(spec))
+    assert store.admit(again, [True] * len(again.signatures)) is not None
