@@ -67,6 +67,19 @@ NOT_INHERITED_BY_DEV_CHILDREN = (
 )
 
 
+#: All a helper process that only computes (a bridge's signature worker) is given of the
+#: bridge's environment: enough for Python to run and find flashgate, never a passphrase.
+FOR_A_PYTHON_HELPER = (
+    "PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+)
+
+
 def node_passphrase_env(node_id: str) -> str:
     """The variable holding node ``node_id``'s passphrase at ``fleet init``:
     ``FLASHGATE_PASSPHRASE_`` and the id in capitals, ``-`` as ``_`` (node-1: ``..._NODE_1``)."""
@@ -81,6 +94,11 @@ def read(name: str) -> str | None:
 def is_set(name: str) -> bool:
     """Whether variable ``name`` is set at all (even to "")."""
     return name in os.environ
+
+
+def only(names: tuple[str, ...]) -> dict[str, str]:
+    """The variables ``names`` that are set, for a child process given nothing else."""
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def inherited(*, without_prefixes: tuple[str, ...]) -> dict[str, str]:

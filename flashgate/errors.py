@@ -185,6 +185,13 @@ class Tombstoned(FlashgateError):
     code = "deleted"
 
 
+class EnvelopeReleased(FlashgateError):
+    """A node asked a loaded store entry for the envelope it let go (it keeps what it reads
+    again, and reads the whole envelope from the bucket when it needs it)."""
+
+    code = "envelope_released"
+
+
 class MissingContext(ContextMismatch):
     """The envelope has no flashgate context, and the caller requires one."""
 

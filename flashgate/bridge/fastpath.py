@@ -366,7 +366,7 @@ class FastPath:
             self._bad_wrap(entry, wrap, "wrap_does_not_open")
             return None
         try:
-            plaintext = fastwrap.open_payload(entry.parsed, cek, entry.envelope.context)
+            plaintext = fastwrap.open_payload(entry.parsed, cek, entry.envelope)
         except FlashgateError:
             fastwrap.wipe(cek)
             self._bad_wrap(entry, wrap, "wrong_content_key")

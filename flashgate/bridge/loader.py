@@ -86,6 +86,8 @@ class Loader:
         holding is one it has opened, so a re-wrap that does not open is always seen; one
         that opens to another value is no re-wrap and replaces nothing (the vault refuses
         it, pending ``version_conflict``)."""
+        if not entry.retained:
+            return  # opened once already (held or refused): a new value comes as a new entry
         held = self.vault.held_as(entry.key)
         if held is not None:
             version, _, source = held
@@ -215,10 +217,10 @@ class Loader:
             if plaintext is None:
                 cold.append(entry)
                 continue
-            entry.release()  # opened: its parsed JWE is not needed any more
             if self._hold(entry, plaintext):
                 held += 1
                 self.loaded_fast += 1
+            entry.release()  # opened: its envelope is not needed any more
         return cold, held
 
     def _open(self, entry: Entry, y: int) -> None:
@@ -231,7 +233,7 @@ class Loader:
         try:
             cek = fastwrap.content_key(entry.parsed, y, collector.public.key)
             try:
-                plaintext = fastwrap.open_payload(entry.parsed, cek, entry.envelope.context)
+                plaintext = fastwrap.open_payload(entry.parsed, cek, entry.envelope)
             except FlashgateError:
                 fastwrap.wipe(cek)
                 raise
@@ -241,12 +243,12 @@ class Loader:
             if isinstance(exc, DecryptionError) and self.on_unopenable is not None:
                 self.on_unopenable(entry)
             return
-        entry.release()  # opened: its parsed JWE is not needed any more
         try:
             if self._hold(entry, plaintext) and self.fast is not None:
                 self.fast.opened_cold(entry, cek)
         finally:
             fastwrap.wipe(cek)
+        entry.release()  # opened: its envelope is not needed any more
 
     def _hold(self, entry: Entry, plaintext: bytearray) -> bool:
         """Check ``plaintext`` against the envelope's kind and put it in the vault (the

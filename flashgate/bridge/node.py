@@ -213,6 +213,7 @@ class BridgeNode:
             ring=self.ring,
             collectors=self.collectors,
             send=self.transport.send_rewrap,
+            fetch=lambda key: self.secrets.fetch_latest(key),
         )
         self.liveness = Liveness(
             node_id=self.node_id,
@@ -495,7 +496,7 @@ class BridgeNode:
     def _on_tombstone(self, tombstone: Tombstone) -> None:
         """A secret deleted or an API key revoked by the admin: whatever the bucket does
         next, no envelope of it stated before is held or served from now on."""
-        for key in self.store.drop_where(self.tombstones.dead):
+        for key in self.store.drop_where(self.tombstones.dead_entry):
             self.loader.forget(key)
             self.loader.reject(key, Tombstoned.code)
             log.info("secret dropped by a tombstone", key=key, target=tombstone.target)

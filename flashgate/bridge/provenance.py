@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from flashgate.bridge.signatures import Signature, settle
+from flashgate.bridge.store import Entry
 from flashgate.bridge.verified_statements import StatementVerifier
 from flashgate.crypto import ed25519
 from flashgate.crypto.encoding import b64url_decode
@@ -70,7 +71,7 @@ def provenance_signatures(
     statement, rewrap = provenance.statement, provenance.rewrap
     check_statement(
         statement,
-        envelope.context,
+        envelope,  # its own fields (the JWE's bound context is checked against them)
         api_key=proven_api_key(envelope.api_key),
         token=envelope.jwe,
         epoch=envelope.epoch if rewrap is None else None,
@@ -135,13 +136,12 @@ class ProvenanceCheck:
         """:meth:`__call__` but for the signature verifications, which are returned."""
         return provenance_signatures(envelope, self.admin, self.rewrapper_key, self.statements)
 
-    def rewrap_revoked(self, envelope: SecretEnvelope) -> bool:
-        """Whether ``envelope`` was re-wrapped by a node that is no longer an active member
+    def rewrap_revoked(self, entry: Entry) -> bool:
+        """Whether ``entry`` was re-wrapped by a node that is no longer an active member
         of its epoch (revoked since): its attestation no longer proves it."""
-        provenance = envelope.provenance
-        if provenance is None or provenance.rewrap is None:
+        if entry.rewrapped_by is None:
             return False
-        return self.rewrapper_key(provenance.rewrap.node_id, envelope.epoch) is None
+        return self.rewrapper_key(entry.rewrapped_by, entry.epoch) is None
 
     def rewrapper_key(self, node_id: str, epoch: int) -> Ed25519PublicKey | None:
         node = self.roster().node(node_id)

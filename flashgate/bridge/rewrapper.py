@@ -68,6 +68,9 @@ MAX_BACKOFF_S = 10.0
 
 Send = Callable[[bytes], Awaitable[bytes]]
 """send(request) -> reply: a request to the backend's re-wrap endpoint."""
+Fetch = Callable[[str], Awaitable[Entry | None]]
+"""fetch(key) -> the key's latest value in the bucket, checked (a loaded store entry keeps
+no envelope: :class:`~flashgate.bridge.store.Entry`)."""
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Rewrapper:
     ring: KeyRing
     collectors: dict[int, Collector]
     send: Send
+    fetch: Fetch | None = None
     rewrapped: int = 0  # envelopes this node's requests got accepted
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _first_seen: dict[str, float] = field(default_factory=dict)  # key -> monotonic
@@ -152,16 +156,40 @@ class Rewrapper:
                 continue
             if ranking.index(self.node_id) * TAKEOVER_AFTER_S > now - first:
                 continue
-            cost = len(entry.envelope.jwe) + 256
+            cost = entry.size + 256
             if len(mine) >= MAX_REWRAP_ITEMS or size + cost > MAX_REWRAP_REQUEST_BYTES - 4096:
                 break
             mine.append(entry)
             size += cost
         return mine
 
+    async def _whole(self, batch: list[Entry]) -> list[Entry]:
+        """The batch with each envelope whole: a loaded entry's is read again from the
+        bucket (the same revision and wrapped key, checked again), or left for later."""
+
+        async def whole(entry: Entry) -> Entry | None:
+            if entry.retained:
+                return entry
+            if self.fetch is None:
+                return None
+            fetched = await self.fetch(entry.key)
+            if (
+                fetched is None
+                or fetched.revision != entry.revision
+                or fetched.digest != entry.digest
+            ):
+                return None
+            return fetched
+
+        found = await asyncio.gather(*(whole(entry) for entry in batch))
+        return [entry for entry in found if entry is not None]
+
     async def _rewrap(self, batch: list[Entry], from_epoch: int, to_epoch: int) -> bool:
         old = self.ring.slots[from_epoch].key.public.key
         new = self.ring.slots[to_epoch].key.public.key
+        batch = await self._whole(batch)
+        if not batch:
+            return False
         result = await self.collectors[from_epoch].collect(batch)
         items: list[RewrapItem] = []
         for entry in batch:
@@ -227,7 +255,7 @@ class Rewrapper:
             batch: list[tuple[tuple[str, int], Entry]] = []
             size = 0
             for ident, entry in list(self._disputes.items()):
-                if entry.epoch != to_epoch:  # another rotation by now
+                if entry.epoch != to_epoch or not entry.retained:  # another rotation by now
                     del self._disputes[ident]
                     continue
                 cost = len(entry.envelope.jwe) + 256

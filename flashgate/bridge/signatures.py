@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import struct
 import sys
 from collections import deque
@@ -25,15 +24,13 @@ from typing import Protocol
 
 import structlog
 
+from flashgate import environment
 from flashgate.crypto import ed25519
 from flashgate.errors import Unproven
 
 log = structlog.get_logger("flashgate.bridge")
 
 _HEAD = struct.Struct(">I")
-#: What the worker is given of this process's environment: enough for Python to find
-#: flashgate, never a passphrase.
-_WORKER_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LC_ALL", "TMPDIR")
 _STOP_WAIT_S = 2.0
 
 
@@ -104,7 +101,7 @@ class SignatureWorker:
         return self._process is not None
 
     async def start(self) -> None:
-        env = {name: os.environ[name] for name in _WORKER_ENV if name in os.environ}
+        env = environment.only(environment.FOR_A_PYTHON_HELPER)  # never a passphrase
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,

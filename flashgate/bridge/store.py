@@ -19,19 +19,36 @@ from typing import Literal
 
 from flashgate.bridge.signatures import Signature, settle
 from flashgate.crypto import jwe
-from flashgate.crypto.encoding import b64url_decode
 from flashgate.crypto.publickey import FleetPublicKey
-from flashgate.errors import FlashgateError, StaleEpoch, Tombstoned
+from flashgate.errors import EnvelopeReleased, FlashgateError, StaleEpoch, Tombstoned
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope, check_envelope_location
 
 
 class Entry:
-    """A checked envelope revision. It keeps the decoded envelope and the digest of its
-    wrapped key; the parsed JWE made by the arrival check is kept until the loader has
-    used it (:meth:`release`), then parsed again from the envelope if ever needed (a
-    re-wrap, a reload), so a node holding many secrets does not keep each JWE twice."""
+    """A checked envelope revision.
 
-    __slots__ = ("_parsed", "digest", "envelope", "key", "revision")
+    Until it is loaded it keeps the decoded envelope and its parsed JWE; once loaded
+    (:meth:`release`) only what a running node reads of it again stays: its version,
+    epoch, the wrapped key (for partials) and its digest, the size of the value, and what
+    the tombstone and revocation checks read of its proof (the statement's time and API
+    key id, the re-wrapping node). A node holding 100k secrets kept every decoded envelope
+    otherwise (about 2 KB each). Whoever needs the whole envelope again (a fleet key
+    rotation's re-wrap) reads it from the bucket (:meth:`SecretsWatch.fetch_latest`)."""
+
+    __slots__ = (
+        "_envelope",
+        "_parsed",
+        "api_key_id",
+        "digest",
+        "encrypted_key",
+        "epoch",
+        "issued_at",
+        "key",
+        "revision",
+        "rewrapped_by",
+        "size",
+        "version",
+    )
 
     #: Where responders look it up (the secrets bucket; ring terms are the ring's).
     source: Literal["secrets"] = "secrets"
@@ -41,42 +58,56 @@ class Entry:
         key: str,
         revision: int,
         envelope: SecretEnvelope,
-        digest: bytes,  # SHA-256 of the encrypted-key bytes
-        parsed: jwe.ParsedJWE | None = None,
+        parsed: jwe.ParsedJWE,
+        size: int,
     ) -> None:
         self.key = key
         self.revision = revision
-        self.envelope = envelope
-        self.digest = digest
-        self._parsed = parsed
+        self.version = envelope.version
+        self.epoch = envelope.epoch
+        self.encrypted_key = parsed.encrypted_key
+        self.digest = hashlib.sha256(parsed.encrypted_key).digest()
+        self.size = size
+        provenance = envelope.provenance
+        statement = provenance.statement if provenance is not None else None
+        self.issued_at = statement.issued_at if statement is not None else None
+        self.api_key_id = (
+            statement.api_key.key_id if statement is not None and statement.api_key else None
+        )
+        rewrap = provenance.rewrap if provenance is not None else None
+        self.rewrapped_by = rewrap.node_id if rewrap is not None else None
+        self._envelope: SecretEnvelope | None = envelope
+        self._parsed: jwe.ParsedJWE | None = parsed
+
+    @property
+    def retained(self) -> bool:
+        """Whether the whole envelope is still here (not loaded yet)."""
+        return self._envelope is not None
+
+    @property
+    def envelope(self) -> SecretEnvelope:
+        """The decoded envelope (until loaded: :meth:`release`)."""
+        if self._envelope is None:
+            raise EnvelopeReleased(f"{self.key}: the envelope was let go once loaded")
+        return self._envelope
 
     @property
     def parsed(self) -> jwe.ParsedJWE:
-        """The envelope's JWE, parsed (it parsed and checked on arrival)."""
-        parsed = self._parsed
-        return jwe.parse(self.envelope.jwe) if parsed is None else parsed
+        """The envelope's JWE, parsed and checked on arrival (until loaded)."""
+        if self._parsed is None:
+            raise EnvelopeReleased(f"{self.key}: the envelope was let go once loaded")
+        return self._parsed
 
     @property
     def ciphertext(self) -> int:
         """c: the wrapped content key as an integer (checked against its epoch's key on
         arrival)."""
-        parsed = self._parsed
-        if parsed is not None:
-            return int.from_bytes(parsed.encrypted_key, "big")
-        encrypted_key = self.envelope.jwe.split(".", 2)[1]
-        return int.from_bytes(b64url_decode(encrypted_key, "JWE encrypted key"), "big")
+        return int.from_bytes(self.encrypted_key, "big")
 
     def release(self) -> None:
-        """Loaded: let the parsed JWE go (:attr:`parsed` parses it again if needed)."""
+        """Loaded: let the decoded envelope and parsed JWE go."""
+        self._envelope = None
         self._parsed = None
-
-    @property
-    def version(self) -> int:
-        return self.envelope.version
-
-    @property
-    def epoch(self) -> int:
-        return self.envelope.epoch
 
     def __repr__(self) -> str:
         return f"Entry({self.key} rev {self.revision} v{self.version} e{self.epoch})"
@@ -110,7 +141,7 @@ def check_entry(
     if public is None:
         raise StaleEpoch(f"{key}: envelope for epoch {envelope.epoch}, which this node lacks")
     parsed.wrapped_key(public)  # fits the epoch's key (raises otherwise)
-    return Entry(key, revision, envelope, digest_of(parsed), parsed), signatures
+    return Entry(key, revision, envelope, parsed, len(raw)), signatures
 
 
 def make_entry(
@@ -215,18 +246,16 @@ class EnvelopeStore:
         self._seen.pop(key, None)
         return self.current.pop(key, None)
 
-    def drop_where(
-        self, dead: Callable[[SecretEnvelope], bool], reason: str = Tombstoned.code
-    ) -> list[str]:
-        """Forget every revision (current or in flight) whose envelope is ``dead``; the
-        keys whose current revision went are returned, marked rejected with ``reason``."""
+    def drop_where(self, dead: Callable[[Entry], bool], reason: str = Tombstoned.code) -> list[str]:
+        """Forget every revision (current or in flight) that is ``dead``; the keys whose
+        current revision went are returned, marked rejected with ``reason``."""
         self._generation += 1
         for key, entry in list(self._replaced.items()):
-            if dead(entry.envelope):
+            if dead(entry):
                 del self._replaced[key]
         dropped = []
         for key, entry in list(self.current.items()):
-            if dead(entry.envelope):
+            if dead(entry):
                 del self.current[key]
                 self.rejected[key] = reason
                 dropped.append(key)

@@ -31,10 +31,12 @@ from pathlib import Path
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from flashgate.bridge.store import Entry
 from flashgate.errors import FlashgateError, FleetMismatch, MalformedDocument, Tombstoned
 from flashgate.events import commands as cmd
 from flashgate.events.envelope import SecretEnvelope
 from flashgate.events.signing import verify
+from flashgate.events.subjects import split_secret_key
 
 log = structlog.get_logger("flashgate.bridge")
 
@@ -189,6 +191,21 @@ class Tombstones:
             self.check(envelope)
         except Tombstoned:
             return True
+        return False
+
+    def dead_entry(self, entry: Entry) -> bool:
+        """:meth:`dead` for a store entry, from what it keeps of its proof (the envelope
+        itself goes once loaded)."""
+        if entry.issued_at is None or not self._latest:
+            return False
+        repo, name = split_secret_key(entry.key)
+        targets = [secret_target(repo, name)]
+        if entry.api_key_id is not None:
+            targets.append(api_key_target(entry.api_key_id))
+        for target in targets:
+            deleted_at = self._latest.get(target)
+            if deleted_at is not None and entry.issued_at <= deleted_at:
+                return True
         return False
 
 

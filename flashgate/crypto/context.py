@@ -8,7 +8,7 @@ or version no longer opens. Decryptors compare it with where they found the enve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flashgate.errors import ContextMismatch, FlashgateError, MalformedEnvelope, MissingContext
 from flashgate.names import validate_name
@@ -78,7 +78,23 @@ class SecretContext:
         return f"{self.fleet}/{self.repo}/{self.name} ({self.kind}) v{self.version}"
 
 
-def check_context(actual: SecretContext | None, expected: SecretContext) -> None:
+class ContextFields(Protocol):
+    """A context's five fields: a :class:`SecretContext`, or an envelope record's own
+    (compared field by field, no context built for it)."""
+
+    @property
+    def fleet(self) -> str: ...
+    @property
+    def repo(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+
+
+def check_context(actual: SecretContext | None, expected: ContextFields) -> None:
     """Raise :class:`ContextMismatch` naming the first field that differs."""
     if actual is None:
         raise MissingContext("the envelope carries no flashgate context")

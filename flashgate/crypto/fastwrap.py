@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from flashgate.crypto import jwe
-from flashgate.crypto.context import SecretContext, check_context
+from flashgate.crypto.context import ContextFields, check_context
 from flashgate.crypto.encrypt import wrap_key
 from flashgate.crypto.oaep import oaep_decode
 from flashgate.crypto.publickey import FleetPublicKey
@@ -112,7 +112,7 @@ def unwrap_cek(term_key: bytes | bytearray, nonce: bytes, sealed: bytes, aad: by
 
 
 def open_payload(
-    parsed: jwe.ParsedJWE, cek: bytes | bytearray, expected: SecretContext
+    parsed: jwe.ParsedJWE, cek: bytes | bytearray, expected: ContextFields
 ) -> bytearray:
     """The JWE's payload opened with ``cek`` (its own AES-GCM tag, its protected header as
     additional data), after checking its bound context against ``expected``."""

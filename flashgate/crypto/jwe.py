@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from flashgate.crypto.context import HEADER_PARAM, SecretContext
 from flashgate.crypto.encoding import b64url_decode, b64url_encode
 from flashgate.crypto.publickey import FleetPublicKey
@@ -124,6 +126,24 @@ def _reject_constant(name: str) -> None:
 _HEADER_JSON = json.JSONDecoder(
     object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
 )
+#: A header exactly as :func:`encode_header` writes it (compact, keys sorted, ASCII) is
+#: read by msgspec; any other form by the strict decoder above.
+_QUICK_JSON = msgspec.json.Decoder()
+_SORTED_JSON = msgspec.json.Encoder(order="sorted")
+
+
+def _header_json(raw: bytes) -> Any:
+    """The header's JSON value. The quick way is taken only when encoding what it read
+    gives back the very bytes (so one key each, no constant, nothing to normalize: a
+    canonical header, as every flashgate writer makes); anything else goes through the
+    strict decoder, which names what is wrong."""
+    try:
+        quick = _QUICK_JSON.decode(raw)
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
+        quick = None
+    if isinstance(quick, dict) and _SORTED_JSON.encode(quick) == raw:
+        return quick
+    return _HEADER_JSON.decode(raw.decode("utf-8"))
 
 
 def parse_header(protected: str) -> dict[str, Any]:
@@ -131,7 +151,7 @@ def parse_header(protected: str) -> dict[str, Any]:
         raise OversizedInput(f"protected header over {MAX_HEADER_CHARS} characters")
     raw = b64url_decode(protected, "protected header")
     try:
-        header = _HEADER_JSON.decode(raw.decode("utf-8"))
+        header = _header_json(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedEnvelope("protected header is not JSON") from exc
     if not isinstance(header, dict):

@@ -30,7 +30,7 @@ import msgspec
 from msgspec import Meta
 
 from flashgate.crypto import jwe
-from flashgate.crypto.context import SecretContext
+from flashgate.crypto.context import ContextFields, SecretContext
 from flashgate.crypto.encoding import b64url_encode
 from flashgate.errors import ContextMismatch, FlashgateError, Unproven
 from flashgate.events.codec import Codec
@@ -241,7 +241,7 @@ def make_statement(
 
 def check_statement(
     statement: EnvelopeStatement,
-    context: SecretContext,
+    context: ContextFields,
     *,
     api_key: ProvenApiKey | None,
     token: str,

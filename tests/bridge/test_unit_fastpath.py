@@ -647,7 +647,7 @@ async def test_a_node_with_no_ring_starts_by_the_cold_path(scene: Scene) -> None
     # a node starting now takes the fast path for every secret, no partial at all
     reader = scene.paths["node-4"]
     await reader.open_terms()
-    vault2, loader2, stub2 = await load(reader, made)
+    vault2, loader2, stub2 = await load(reader, entries())  # its own store's entries
     assert loader2.loaded_fast == len(SPECS) and stub2.calls == 0
     for spec in SPECS:
         with vault2.use(spec.key) as view:

@@ -465,14 +465,15 @@ async def test_the_same_version_wrapped_again_is_opened_again(scene: LoaderScene
     unopenable: list[Entry] = []
     scene.loader.on_unopenable = unopenable.append
     [entry] = scene.offer(S3_V1)
+    original = make_test_entry(S3_V1)  # the bucket's value, as read again later
     await scene.idle()
-    good = _rewrapped(entry, good=True, revision=2)
+    good = _rewrapped(original, good=True, revision=2)
     scene.loader.offer(good)
     await scene.idle()
     assert scene.collector.calls == 2 and scene.loader.pending == {}
     assert scene.vault.held_as(S3_V1.key) == (1, EPOCH, good.digest)
 
-    bad = _rewrapped(entry, good=False, revision=3)
+    bad = _rewrapped(original, good=False, revision=3)
     scene.loader.offer(bad)
     await scene.idle()
     assert scene.collector.calls == 3
@@ -481,7 +482,7 @@ async def test_the_same_version_wrapped_again_is_opened_again(scene: LoaderScene
     assert scene.value(S3_V1.key) == S3_V1.value  # still held, from the envelope that opened
     assert scene.vault.held_as(S3_V1.key) == (1, EPOCH, good.digest)
 
-    scene.loader.offer(entry)  # the original put back: opened again, nothing pending
+    scene.loader.offer(original)  # the original put back: opened again, nothing pending
     await scene.idle()
     assert scene.loader.pending == {} and scene.collector.calls == 4
     assert scene.vault.held_as(S3_V1.key) == (1, EPOCH, entry.digest)

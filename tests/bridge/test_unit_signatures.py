@@ -167,7 +167,7 @@ def test_a_value_checked_before_a_tombstone_is_refused_when_admitted() -> None:
     checked = store.check(spec.key, 1, envelope_bytes(spec))
     assert checked.error is None and checked.signatures
     dead.add(spec.key)
-    store.drop_where(lambda envelope: envelope.key in dead)
+    store.drop_where(lambda entry: entry.key in dead)
     assert store.admit(checked, [True] * len(checked.signatures)) is None
     assert store.rejected[spec.key] == Tombstoned.code
 

@@ -158,7 +158,7 @@ def test_the_store_drops_what_a_new_tombstone_kills() -> None:
     store.prove = lambda envelope: book.check(envelope)  # type: ignore[method-assign]
     assert store.ingest(SECRET.key, 7, envelope_bytes(SECRET)) is not None
     book.accept(_delete(at=10))  # the fixtures' statements are issued at 0
-    assert store.drop_where(book.dead) == [SECRET.key]
+    assert store.drop_where(book.dead_entry) == [SECRET.key]
     assert store.rejected[SECRET.key] == "deleted"
     assert store.lookup(SECRET.key, 7) is None
     assert store.lookup(other.key, 1) is not None

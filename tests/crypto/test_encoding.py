@@ -70,3 +70,48 @@ def test_non_canonical_trailing_bits_refused(data: bytes, bits: int) -> None:
 def test_refused(text: str) -> None:
     with pytest.raises(MalformedEnvelope):
         b64url_decode(text)
+
+
+# --- the JWE header's JSON: the quick reader agrees with the strict one ----------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.dictionaries(st.text(max_size=10), _json_values, max_size=6), st.booleans(), st.booleans()
+)
+def test_header_json_agrees_with_the_strict_reader(
+    header: dict[str, object], sort_keys: bool, compact: bool
+) -> None:
+    import json
+
+    from flashgate.crypto import jwe
+
+    text = json.dumps(
+        header,
+        sort_keys=sort_keys,
+        separators=(",", ":") if compact else (", ", ": "),
+        ensure_ascii=True,
+    )
+    assert jwe._header_json(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"alg":"RSA-OAEP-256","alg":"RSA-OAEP-256"}',  # a duplicate, else canonical
+        b'{"a":{"b":1,"b":1}}',
+        b'{"alg":NaN}',
+    ],
+)
+def test_header_json_refuses_what_the_strict_reader_refuses(raw: bytes) -> None:
+    from flashgate.crypto import jwe
+
+    with pytest.raises(MalformedEnvelope):
+        jwe._header_json(raw)
