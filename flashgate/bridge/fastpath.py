@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Container, Coroutine
@@ -116,6 +117,28 @@ class _HeldKey:
         fastwrap.wipe(self.cek)
 
 
+@dataclass(frozen=True, slots=True)
+class WrapSeen:
+    """What is kept of a wrap once this node holds the content key it wraps (it is not
+    opened again): enough to know whether the wrap is current and whose turn a rewrite
+    is. A node holding 100k secrets kept each whole wrap otherwise (about 650 bytes)."""
+
+    term_id: str
+    version: int
+    epoch: int
+    wrapped_key_sha256: bytes
+    nonce: bytes
+    written_at: int
+
+    @classmethod
+    def of(cls, wrap: FastWrap, digest: bytes) -> WrapSeen:
+        """``digest``: the held envelope's wrapped-key digest (equal to the wrap's; one
+        object is kept for both)."""
+        return cls(
+            sys.intern(wrap.term_id), wrap.version, wrap.epoch, digest, wrap.nonce, wrap.written_at
+        )
+
+
 @dataclass
 class FastPathStats:
     opened: int = 0  # envelopes opened by the fast path
@@ -158,7 +181,8 @@ class FastPath:
 
     def __post_init__(self) -> None:
         self._opened: dict[str, bytearray] = {}  # term id -> term key
-        self.wraps: dict[str, FastWrap] = {}  # envelope key -> its wrap in the bucket
+        #: envelope key -> its wrap in the bucket (what is kept of it once its key is held)
+        self.wraps: dict[str, FastWrap | WrapSeen] = {}
         self.per_term: Counter[str] = Counter()  # term id -> wraps in the bucket
         #: term id -> wraps seen written under it (overwritten ones too): its use count
         self.uses: Counter[str] = Counter()
@@ -256,13 +280,15 @@ class FastPath:
             self.per_term[old.term_id] -= 1
             if self.per_term[old.term_id] <= 0:
                 del self.per_term[old.term_id]
+        held = self._held.get(key)
         if wrap is not None:
-            self.wraps[key] = wrap
+            self.wraps[key] = (
+                WrapSeen.of(wrap, held.digest) if held is not None and _wraps(wrap, held) else wrap
+            )
             self.per_term[wrap.term_id] += 1
             if old is None or old.nonce != wrap.nonce:  # not the echo of our own write
                 self.uses[wrap.term_id] += 1
         self._dirty = True
-        held = self._held.get(key)
         if held is not None:  # its takeover clock starts now, should the wrap be wrong
             held.since = time.monotonic()
 
@@ -344,7 +370,7 @@ class FastPath:
     def open(self, entry: Entry) -> bytearray | None:
         """The plaintext of ``entry`` by its fast wrap, or None (then the cold path)."""
         wrap = self.wraps.get(entry.key)
-        if wrap is None:
+        if not isinstance(wrap, FastWrap):  # none, or one whose key is held already
             self.stats.fallbacks["no_wrap"] += 1
             return None
         if (
@@ -373,6 +399,7 @@ class FastPath:
             return None
         self.stats.opened += 1
         self._keep(entry, cek)
+        self.wraps[entry.key] = WrapSeen.of(wrap, entry.digest)
         return plaintext
 
     def opened_cold(self, entry: Entry, cek: bytearray) -> None:
@@ -753,3 +780,12 @@ class FastPath:
         for held in self._held.values():
             held.wipe()
         self._held.clear()
+
+
+def _wraps(wrap: FastWrap, held: _HeldKey) -> bool:
+    """Whether ``wrap`` is of the very envelope ``held`` was opened from."""
+    return (
+        wrap.version == held.version
+        and wrap.epoch == held.epoch
+        and hmac.compare_digest(wrap.wrapped_key_sha256, held.digest)
+    )

@@ -369,7 +369,8 @@ def forged_wrap(scene: Scene, entry: Entry, writer: str, cek: bytes, **changes: 
 
 async def test_a_wrong_content_key_falls_back_and_its_writer_is_reported(scene: Scene) -> None:
     made = await written(scene)
-    fp = scene.paths["node-1"]
+    fp = scene.paths["node-2"]  # a node that does not hold the key yet (it opens wraps)
+    await fp.open_terms()
     bad = made[0]
     fp._take_wrap(bad.key, forged_wrap(scene, bad, "node-3", secrets.token_bytes(32)))
     assert fp.open(bad) is None
@@ -382,7 +383,8 @@ async def test_a_wrong_content_key_falls_back_and_its_writer_is_reported(scene: 
 
 async def test_a_damaged_wrap_falls_back_unattributed(scene: Scene) -> None:
     made = await written(scene)
-    fp = scene.paths["node-1"]
+    fp = scene.paths["node-2"]  # a node that does not hold the key yet (it opens wraps)
+    await fp.open_terms()
     entry = made[0]
     wrap = FAST_WRAP_CODEC.decode(scene.wraps_kv.values[entry.key][1])
     damaged = bytearray(wrap.sealed)
@@ -774,3 +776,25 @@ async def test_no_new_term_while_an_eligible_one_waits_to_be_opened(scene: Scene
     await fp.tend()
     current = fp.current_term()
     assert current is not None and current.term_id == term.term_id
+
+
+async def test_a_used_wrap_is_kept_small_and_still_counts(scene: Scene) -> None:
+    """Once a node holds a content key it keeps only what tells whether the wrap is
+    current (memory: 100k whole wraps were ~65 MB); the counts and the upkeep still see it."""
+    from flashgate.bridge.fastpath import WrapSeen
+    from flashgate.events.ring import FastWrap
+
+    made = await written(scene)
+    reader = scene.paths["node-2"]
+    await reader.open_terms()
+    assert isinstance(reader.wraps[made[0].key], FastWrap)
+    assert reader.open(made[0]) is not None
+    kept = reader.wraps[made[0].key]
+    assert isinstance(kept, WrapSeen) and kept.wrapped_key_sha256 is made[0].digest
+    assert sum(reader.on_terms().values()) == len(made)
+    current = reader.current_term()
+    assert current is not None
+    assert all(key != made[0].key for key, _ in reader._mine_to_wrap(current))
+    # a node holding the key (the writer) keeps what it reads back small at once
+    writer = scene.paths["node-1"]
+    assert all(isinstance(w, WrapSeen) for w in writer.wraps.values())
