@@ -369,6 +369,8 @@ class FastPath:
 
     def open(self, entry: Entry) -> bytearray | None:
         """The plaintext of ``entry`` by its fast wrap, or None (then the cold path)."""
+        if not entry.retained:  # opened already: nothing to open, nobody to blame
+            return None
         wrap = self.wraps.get(entry.key)
         if not isinstance(wrap, FastWrap):  # none, or one whose key is held already
             self.stats.fallbacks["no_wrap"] += 1

@@ -145,6 +145,8 @@ class Loader:
             batch = list(self._queue.values())[:BATCH]
             for entry in batch:
                 self._queue.pop(entry.key, None)
+            # One opened meanwhile (offered again while it was being collected) is done.
+            batch = [entry for entry in batch if entry.retained]
             started = time.monotonic()
             self._wake.clear()  # a wake() during the collection must not be lost
             fast = 0
@@ -211,8 +213,8 @@ class Loader:
         for i, entry in enumerate(batch):
             if i and i % FAST_SLICE == 0:
                 await asyncio.sleep(0)
-            if self._latest.get(entry.key) is not entry:
-                continue  # deleted or superseded meanwhile
+            if self._latest.get(entry.key) is not entry or not entry.retained:
+                continue  # deleted, superseded or opened meanwhile
             plaintext = self.fast.open(entry)
             if plaintext is None:
                 cold.append(entry)
@@ -226,6 +228,8 @@ class Loader:
     def _open(self, entry: Entry, y: int) -> None:
         """The cold path's end: open the JWE with the combined result y, hold the value,
         and give the content key to the fast path."""
+        if not entry.retained:
+            return  # opened meanwhile (offered again while it was being collected)
         collector = self.collectors.get(entry.epoch)
         if collector is None:
             self.pending[entry.key] = "other_epoch"

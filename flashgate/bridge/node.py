@@ -196,7 +196,7 @@ class BridgeNode:
             rng=self.rng,
             clock=self.clock,
             live_keys=self._live_keys,
-            loading=lambda: not self.secrets.initial_load_done.is_set(),
+            loading=lambda: not self.secrets.initial_values_taken.is_set(),
         )
         self.loader = Loader(
             vault=self.vault,

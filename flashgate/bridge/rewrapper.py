@@ -196,6 +196,8 @@ class Rewrapper:
             y = result.values.get(entry.key)
             if y is None:
                 continue
+            if not entry.retained:
+                continue  # loaded (and let go) meanwhile: read again on a later pass
             try:
                 token = rewrap(entry.parsed, y, old, new)
             except FlashgateError as exc:

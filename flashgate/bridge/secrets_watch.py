@@ -63,6 +63,9 @@ class SecretsWatch:
     #: verified in this process). Started by :meth:`run`.
     checker: SignatureChecker = field(default_factory=InlineChecker)
     initial_load_done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Every initial value admitted or refused (the loader may still be working on them,
+    #: or retrying some for a long while: see ``initial_load_done``).
+    initial_values_taken: asyncio.Event = field(default_factory=asyncio.Event)
     #: The secrets bucket, once bound (before that this node knows no envelope at all).
     kv: KeyValue | None = None
 
@@ -122,6 +125,7 @@ class SecretsWatch:
                         count=item.count,
                         unusable=len(self.store.rejected),
                     )
+                    self.initial_values_taken.set()
                     # Live values come one by one: verified here from now on.
                     self.spawn(self.checker.close())
                     self.checker = InlineChecker()
@@ -137,7 +141,8 @@ class SecretsWatch:
             log.warning("unusable envelope", key=checked.key, reason=reason)
             self.loader.reject(checked.key, reason)
             return
-        self.loader.offer(stored)
+        if stored is checked.entry:  # else an older revision: the current one stays
+            self.loader.offer(stored)
 
     async def _mark_initial_load(self) -> None:
         await self.loader.wait_idle()

@@ -147,6 +147,8 @@ class SignatureWorker:
                 answer = await process.stdout.readexactly(count)
                 future, expected = self._waiting.popleft()
                 if count != expected or answer.translate(None, b"\x00\x01"):
+                    if not future.done():  # verified here, as every batch from now on
+                        future.set_exception(_WorkerGone())
                     raise ValueError("answer out of turn")
                 if not future.done():
                     future.set_result(answer)

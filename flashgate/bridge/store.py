@@ -171,6 +171,9 @@ class Checked:
     signatures: Sequence[Signature] = ()
     error: FlashgateError | None = None
     generation: int = 0  # the store's, when checked
+    #: The value itself, kept only when refused for an epoch the node lacked: the epoch
+    #: may arrive before it is admitted, and it is then checked again.
+    raw: bytes | None = None
 
 
 class EnvelopeStore:
@@ -198,7 +201,8 @@ class EnvelopeStore:
                 self.fleet, key, revision, raw, self.keys, prove=self.prove
             )
         except FlashgateError as exc:
-            return Checked(key, revision, None, error=exc, generation=self._generation)
+            stale = raw if isinstance(exc, StaleEpoch) else None
+            return Checked(key, revision, None, error=exc, generation=self._generation, raw=stale)
         return Checked(key, revision, entry, signatures, generation=self._generation)
 
     def admit(self, checked: Checked, valid: Sequence[bool]) -> Entry | None:
@@ -207,6 +211,10 @@ class EnvelopeStore:
         already taken changes nothing (the current entry is returned); the same revision
         again (read again once its epoch arrived) replaces only itself. A value checked
         before a revocation or a tombstone dropped entries is checked against them again."""
+        if checked.raw is not None:  # refused for an epoch that may have arrived since
+            again = self.check(checked.key, checked.revision, checked.raw)
+            if not isinstance(again.error, StaleEpoch):
+                checked, valid = again, [s.verify() for s in again.signatures]
         key, revision, entry = checked.key, checked.revision, checked.entry
         seen = self._seen.get(key, 0)
         if revision < seen:

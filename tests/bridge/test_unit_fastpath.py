@@ -798,3 +798,16 @@ async def test_a_used_wrap_is_kept_small_and_still_counts(scene: Scene) -> None:
     # a node holding the key (the writer) keeps what it reads back small at once
     writer = scene.paths["node-1"]
     assert all(isinstance(w, WrapSeen) for w in writer.wraps.values())
+
+
+async def test_an_entry_opened_already_blames_no_wrap_writer(scene: Scene) -> None:
+    """Found in review: an entry offered again while in flight reached the fast path after
+    it was loaded (its envelope let go) and its honest writer was reported."""
+    made = await written(scene)
+    fp = scene.paths["node-2"]
+    await fp.open_terms()
+    entry = made[0]
+    entry.release()  # loaded meanwhile
+    assert fp.open(entry) is None
+    await asyncio.sleep(0)
+    assert fp.stats.bad_wraps == {} and scene.reports == []

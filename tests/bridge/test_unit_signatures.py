@@ -18,6 +18,7 @@ from flashgate.events.envelope import SecretEnvelope
 from tests.support.bridge_units import (
     EPOCH,
     SAMPLE_SECRETS,
+    SecretSpec,
     envelope_bytes,
     new_store,
     prove_check,
@@ -191,3 +192,56 @@ def test_a_signature_that_did_not_verify_makes_the_value_unproven() -> None:
     assert store.rejected[spec.key] == "unproven"
     again = store.check(spec.key, 2, envelope_bytes(spec))
     assert store.admit(again, [True] * len(again.signatures)) is not None
+
+
+# A "worker" that answers every batch with one byte too many: out of turn.
+_OUT_OF_TURN_WORKER = r"""
+import sys, struct
+i, o = sys.stdin.buffer, sys.stdout.buffer
+while True:
+    h = i.read(4)
+    if len(h) < 4: break
+    i.read(struct.unpack('>I', h)[0])
+    o.write(struct.pack('>I', 3) + b'\x01\x01\x01'); o.flush()
+"""
+
+
+@pytest.mark.processes
+async def test_an_answer_out_of_turn_is_verified_here_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: the batch whose answer was out of turn was never resolved, and the
+    start-up pipeline waited for it forever."""
+    import sys
+
+    from flashgate.bridge import signatures as module
+
+    real = asyncio.create_subprocess_exec
+
+    async def spawn(*args: object, **kwargs: object) -> object:
+        return await real(sys.executable, "-c", _OUT_OF_TURN_WORKER, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module.asyncio, "create_subprocess_exec", spawn)
+    worker = SignatureWorker()
+    await worker.start()
+    try:
+        items = signatures(2, bad={1})
+        assert await asyncio.wait_for(worker.check(items), 5) == [True, False]
+        assert not worker.running
+    finally:
+        await worker.close()
+
+
+async def test_a_value_in_flight_when_its_epoch_arrives_is_admitted() -> None:
+    """Found in review: a value checked while its epoch was missing, and admitted after the
+    epoch arrived, stayed refused (``stale_epoch``) until the next restart: it was not in
+    ``rejected`` yet when the node read the refused values again."""
+    later = SecretSpec("payments", "rewrapped", b"sk-unit-rewrapped", epoch=EPOCH + 1)
+    store = new_store()
+    store.prove = prove_check().signatures
+    checked = store.check(later.key, 2, envelope_bytes(later))
+    assert checked.error is not None and checked.error.code == StaleEpoch.code
+    store.keys[EPOCH + 1] = store.keys[EPOCH]  # the epoch arrives before it is admitted
+    entry = store.admit(checked, [])
+    assert entry is not None and later.key in store.current
+    assert later.key not in store.rejected
