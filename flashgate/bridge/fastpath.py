@@ -98,6 +98,8 @@ START_RETRIES = 10
 #: A wrap whose envelope this node does not have (deleted while it was down) is purged
 #: once it is this old: a wrap just written may come before its envelope does.
 ORPHAN_GRACE_MS = 60_000
+#: Wraps are searched for orphans this often (each search reads every wrap).
+ORPHAN_SCAN_MS = ORPHAN_GRACE_MS // 4
 
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
@@ -176,7 +178,7 @@ class FastPath:
     #: (None before): a wrap of any other key is an orphan, purged after ORPHAN_GRACE_MS.
     live_keys: Callable[[], Container[str] | None] = lambda: None
     #: True while the node's initial load runs: wraps are written (and old terms purged)
-    #: once it is done, so that the load has the event loop to itself.
+    #: once it is done (or has run for a while), so that the load has the loop to itself.
     loading: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
@@ -197,6 +199,7 @@ class FastPath:
         # What the last pass over the held keys left (a pass is skipped when nothing it
         # reads changed since): the term it wrapped under, whether a held key or a wrap
         # changed since, and whether a key was left waiting for its takeover time.
+        self._orphans_scanned_at = -ORPHAN_SCAN_MS  # by self.clock()
         self._scanned_term: str | None = None
         self._dirty = True
         self._takeovers_waiting = False
@@ -712,8 +715,10 @@ class FastPath:
             return
         gone = set(self._gone)
         live = self.live_keys()
-        if live is not None:
-            oldest = self.clock() - ORPHAN_GRACE_MS
+        now = self.clock()
+        if live is not None and now - self._orphans_scanned_at >= ORPHAN_SCAN_MS:
+            self._orphans_scanned_at = now  # a pass over every wrap: not every second
+            oldest = now - ORPHAN_GRACE_MS
             gone |= {k for k, w in self.wraps.items() if k not in live and w.written_at < oldest}
         for key in gone:
             self._gone.discard(key)

@@ -105,6 +105,9 @@ SHARE_PENDING_BYTES = 16 * 1024 * 1024
 #: by the cold path; and for the ring's buckets to be bound (else it starts at once).
 FAST_PATH_START_WAIT_S = 15.0
 FAST_PATH_BIND_S = 3.0
+#: The fast path's upkeep waits for the initial load at most this long once every initial
+#: value is read (BridgeNode._loading).
+LOAD_UPKEEP_WAIT_S = 30.0
 
 
 @dataclass
@@ -196,7 +199,7 @@ class BridgeNode:
             rng=self.rng,
             clock=self.clock,
             live_keys=self._live_keys,
-            loading=lambda: not self.secrets.initial_values_taken.is_set(),
+            loading=self._loading,
         )
         self.loader = Loader(
             vault=self.vault,
@@ -480,6 +483,15 @@ class BridgeNode:
 
     def _metrics_text(self) -> bytes:
         return self.admin.metrics_text(self.gateway.families() if self.gateway else ())
+
+    def _loading(self) -> bool:
+        """Whether the initial load still has the event loop (the fast path's upkeep
+        waits): until every initial value is loaded, for at most LOAD_UPKEEP_WAIT_S once
+        they are all read (a secret retried for a long while must not stop the upkeep)."""
+        if self.secrets.initial_load_done.is_set():
+            return False
+        taken = self.secrets.initial_values_taken_at
+        return taken is None or time.monotonic() - taken < LOAD_UPKEEP_WAIT_S
 
     def _on_revoked(self) -> None:
         self._stopped.set()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,9 +64,9 @@ class SecretsWatch:
     #: verified in this process). Started by :meth:`run`.
     checker: SignatureChecker = field(default_factory=InlineChecker)
     initial_load_done: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Every initial value admitted or refused (the loader may still be working on them,
-    #: or retrying some for a long while: see ``initial_load_done``).
-    initial_values_taken: asyncio.Event = field(default_factory=asyncio.Event)
+    #: When every initial value was admitted or refused (monotonic; the loader may still be
+    #: working on them, or retrying some for a long while: see ``initial_load_done``).
+    initial_values_taken_at: float | None = None
     #: The secrets bucket, once bound (before that this node knows no envelope at all).
     kv: KeyValue | None = None
 
@@ -125,7 +126,7 @@ class SecretsWatch:
                         count=item.count,
                         unusable=len(self.store.rejected),
                     )
-                    self.initial_values_taken.set()
+                    self.initial_values_taken_at = time.monotonic()
                     # Live values come one by one: verified here from now on.
                     self.spawn(self.checker.close())
                     self.checker = InlineChecker()
