@@ -192,6 +192,8 @@ class FastPath:
         self.ready = asyncio.Event()  # terms read and opened (or given up): start loading
         self._ring_read = asyncio.Event()
         self._wraps_read = asyncio.Event()
+        #: Both buckets' initial values read (the terms may not be opened yet).
+        self.buckets_read = asyncio.Event()
         self._wake = asyncio.Event()
         self._no_term_since: float | None = None
         self._open_failed: dict[str, float] = {}  # term id -> monotonic time it failed
@@ -220,6 +222,7 @@ class FastPath:
         self.spawn(self._follow_wraps(wraps_kv))
         await self._ring_read.wait()
         await self._wraps_read.wait()
+        self.buckets_read.set()
         try:
             await self._open_terms_at_start()
         finally:

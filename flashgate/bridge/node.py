@@ -373,12 +373,16 @@ class BridgeNode:
         fleet_kv = await self.transport.bucket(names.fleet_bucket)
         self._spawn(self.fleet.run(fleet_kv), "watch-fleet")
         await self.fleet.synced.wait()
-        # The envelopes are read and checked while the ring is read and its terms opened;
-        # the loader starts once the fast path is ready (or given up).
         await asyncio.to_thread(self.verified_statements.load)
+        # The ring and wraps buckets are read first, then the envelopes are read and
+        # checked while the terms are opened (one bucket's initial values at a time: two
+        # large ones delivered at once can pass the server's limit of bytes pending to one
+        # connection, and it then drops the connection); the loader starts once the fast
+        # path is ready (or given up).
+        await self._start_fast_path()
         secrets_kv = await self.transport.bucket(names.secrets_bucket)
         self._spawn(self.secrets.run(secrets_kv), "watch-secrets")
-        await self._start_fast_path()
+        await self._fast_path_ready()
         self._spawn(self.liveness.heartbeats(), "heartbeats")
         self._spawn(self.loader.run(), "loader")
         self._spawn(self._keep_verified_statements(), "keep-verified")
@@ -405,6 +409,7 @@ class BridgeNode:
         before the fast path, or a backend not started yet), or not ready in time: the
         loader starts by the cold path, exactly as without it, and the fast path joins in
         (writing wraps, serving ring partials) once its buckets are there."""
+        self._fast_deadline: float | None = None
         if not self.settings.fast_path:
             log.info("fast path off: loading by the cold path only")
             self.loader.fast = None
@@ -415,9 +420,20 @@ class BridgeNode:
             await asyncio.wait_for(bound.wait(), FAST_PATH_BIND_S)
         except TimeoutError:
             log.warning("no fast-path buckets yet; loading by the cold path meanwhile")
+            self._fast_deadline = None
+            return
+        self._fast_deadline = time.monotonic() + FAST_PATH_START_WAIT_S
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.fast.buckets_read.wait(), FAST_PATH_START_WAIT_S)
+
+    async def _fast_path_ready(self) -> None:
+        """Wait for the fast path to be ready (its terms opened), within the time left of
+        FAST_PATH_START_WAIT_S; not at all when it is off or has no buckets."""
+        deadline = self._fast_deadline
+        if deadline is None or self.loader.fast is None or self.fast.ready.is_set():
             return
         try:
-            await asyncio.wait_for(self.fast.ready.wait(), FAST_PATH_START_WAIT_S)
+            await asyncio.wait_for(self.fast.ready.wait(), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             log.warning("the ring is not ready; loading by the cold path meanwhile")
 
