@@ -88,6 +88,8 @@ def test_bridge_fast_path() -> None:
     assert join["fast"]["opened_fast"] == join["secrets"]
     assert join["fast"]["connected_to_held_s"] is not None
     assert join["cold"]["connected_to_held_s"] is not None
+    assert join["restart"]["connected_to_held_s"] is not None
+    assert join["restart"]["opened_fast"] == join["secrets"]
     fleet = result["fleet"]
     assert fleet["fleet_start_s"] is not None and fleet["rotation_purged_s"] is not None
 

@@ -215,17 +215,20 @@ class FastPath:
     # --- running ---------------------------------------------------------------------------
 
     async def run(self, ring_kv: KeyValue, wraps_kv: KeyValue) -> None:
-        """Follow both buckets; once their initial values are read, open the terms and
-        set ``ready``; then keep the ring current."""
+        """Follow both buckets; open the terms once the ring is read (while the wraps
+        are still being read: the peers' partials are a round trip), and set ``ready``
+        once both are done; then keep the ring current."""
         self.ring_kv, self.wraps_kv = ring_kv, wraps_kv
         self.spawn(self._follow_terms(ring_kv))
         self.spawn(self._follow_wraps(wraps_kv))
         await self._ring_read.wait()
-        await self._wraps_read.wait()
-        self.buckets_read.set()
+        opening = asyncio.ensure_future(self._open_terms_at_start())
         try:
-            await self._open_terms_at_start()
+            await self._wraps_read.wait()
+            self.buckets_read.set()
+            await opening
         finally:
+            opening.cancel()
             self.ready.set()
         log.info(
             "fast path ready",
