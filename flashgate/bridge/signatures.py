@@ -93,6 +93,7 @@ class SignatureWorker:
         self._process: asyncio.subprocess.Process | None = None
         self._waiting: deque[tuple[asyncio.Future[bytes], int]] = deque()
         self._reader: asyncio.Task[None] | None = None
+        self._given_up: list[asyncio.subprocess.Process] = []  # killed: reaped by close()
         self.batches = 0  # verified by the worker
         self.inline = 0  # batches verified here (no worker)
 
@@ -166,10 +167,16 @@ class SignatureWorker:
             log.warning(why + "; verifying in the node")
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
+            self._given_up.append(process)
 
     async def close(self) -> None:
         """Stop the worker (it exits when its input closes)."""
         process, self._process = self._process, None
+        while self._given_up:  # killed already: reap it, close its pipes
+            dead = self._given_up.pop()
+            if dead.stdin is not None:
+                dead.stdin.close()
+            await dead.wait()
         if process is None:
             return
         log.info("signature worker stopped", batches=self.batches, verified_here=self.inline)
