@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -245,3 +246,80 @@ async def test_a_value_in_flight_when_its_epoch_arrives_is_admitted() -> None:
     entry = store.admit(checked, [])
     assert entry is not None and later.key in store.current
     assert later.key not in store.rejected
+
+
+async def test_upkeep_waits_for_the_load_at_most_a_while_once_the_values_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: the fast path's upkeep (writing wraps, purging old terms) waited
+    for an idle loader, which a secret retried for a long while never gives. It now waits
+    at most LOAD_UPKEEP_WAIT_S once every initial value is read."""
+    from types import SimpleNamespace
+
+    from flashgate.bridge import node as node_module
+    from flashgate.bridge.node import LOAD_UPKEEP_WAIT_S, BridgeNode
+
+    now = [1000.0]
+    monkeypatch.setattr(node_module.time, "monotonic", lambda: now[0])
+    secrets = SimpleNamespace(initial_load_done=asyncio.Event(), initial_values_taken_at=None)
+    fake = SimpleNamespace(secrets=secrets)
+    assert BridgeNode._loading(fake)  # type: ignore[arg-type]  # values still being read
+    secrets.initial_values_taken_at = now[0]
+    assert BridgeNode._loading(fake)  # type: ignore[arg-type]  # the loader works on them
+    now[0] += LOAD_UPKEEP_WAIT_S + 1
+    assert not BridgeNode._loading(fake)  # type: ignore[arg-type]  # a retry must not block it
+    secrets.initial_values_taken_at = now[0]
+    secrets.initial_load_done.set()
+    assert not BridgeNode._loading(fake)  # type: ignore[arg-type]
+
+
+async def test_the_end_of_the_initial_values_is_marked_however_busy_the_loader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from flashgate.bridge import secrets_watch
+    from flashgate.broker.watch import InitialDone, Value
+
+    spec = SAMPLE_SECRETS[0]
+
+    async def follow(kv: object) -> Any:
+        yield Value(spec.key, 1, envelope_bytes(spec))
+        yield InitialDone(1)
+        await asyncio.Event().wait()
+
+    class BusyLoader:  # never idle: a secret retried for a long while
+        offered: ClassVar[list[str]] = []
+
+        def offer(self, entry: Any) -> None:
+            self.offered.append(entry.key)
+
+        def reject(self, key: str, reason: str) -> None: ...
+        def forget(self, key: str) -> None: ...
+
+        async def wait_idle(self, timeout: float | None = None) -> bool:
+            await asyncio.Event().wait()
+            return True
+
+    monkeypatch.setattr(secrets_watch, "follow", follow)
+    store = new_store()
+    store.prove = prove_check().signatures
+    spawned: list[asyncio.Task[None]] = []
+    watch = secrets_watch.SecretsWatch(
+        "unit",
+        store,
+        BusyLoader(),  # type: ignore[arg-type]
+        SimpleNamespace(),  # type: ignore[arg-type]
+        spawn=lambda coro: spawned.append(asyncio.ensure_future(coro)),
+    )
+    run = asyncio.create_task(watch.run(SimpleNamespace()))  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(5):
+            while watch.initial_values_taken_at is None:
+                await asyncio.sleep(0.01)
+        assert not watch.initial_load_done.is_set() and BusyLoader.offered == [spec.key]
+    finally:
+        run.cancel()
+        for task in spawned:
+            task.cancel()
+        await asyncio.gather(run, *spawned, return_exceptions=True)
