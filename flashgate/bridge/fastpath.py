@@ -261,7 +261,8 @@ class FastPath:
                         self.wake()  # a new term: open it
 
     async def _follow_wraps(self, kv: KeyValue) -> None:
-        async with contextlib.aclosing(follow(kv)) as events:
+        # Streamed: each wrap taken as it arrives (not every raw wrap held until the last).
+        async with contextlib.aclosing(follow(kv, stream=True)) as events:
             async for event in events:
                 if isinstance(event, InitialDone):
                     self._wraps_read.set()

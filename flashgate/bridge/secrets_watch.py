@@ -9,9 +9,12 @@ by the checker (a worker process on another core while the initial values are re
 each value admitted or refused once its batch is verified, in the order the values, the
 deletes and the end of the initial values arrived. An unusable one
 is recorded with its reason (and read again when the epoch it was refused for arrives,
-:meth:`SecretsWatch.reingest_rejected`). After the initial values (one end marker,
-:func:`flashgate.broker.watch.follow`, which does not trust nats-py's), ``initial_load_done``
-is set once the loader is idle. A share request for a revision this node has not seen yet
+:meth:`SecretsWatch.reingest_rejected`). The initial values are streamed
+(:func:`flashgate.broker.watch.follow` with ``stream=True``: the latest revision of each
+key, checked as it arrives rather than held until the last one is in; a secret written
+while the node starts may come just after the end marker, as a live put). After the
+initial values (one end marker, which does not trust nats-py's), ``initial_load_done`` is
+set once the loader is idle. A share request for a revision this node has not seen yet
 is answered from the bucket when it is the key's latest revision there
 (:meth:`SecretsWatch.fetch_latest`); the bucket's history is never read for one.
 """
@@ -81,7 +84,7 @@ class SecretsWatch:
         ]
         try:
             taken = 0
-            async with contextlib.aclosing(follow(kv)) as events:
+            async with contextlib.aclosing(follow(kv, stream=True)) as events:
                 async for event in events:
                     taken += 1
                     if taken % YIELD_EVERY == 0:  # the initial values come without a pause

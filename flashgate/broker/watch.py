@@ -38,11 +38,11 @@ How the end of the initial values is found
 
 The watch reads the bucket's whole stream (``include_history=True``: deliver policy
 *all*, every stored revision and delete marker, oldest first) through nats-py's ordered
-consumer, which delivers every message exactly once in stream order (it recreates the
-consumer after a gap). Replaying a prefix of that sequence gives the exact state of the
-bucket at the last message of the prefix, so **wherever the cut falls, the initial
-values are consistent and the live changes are exactly the messages after it**. The
-server's counts only decide *where* the cut falls:
+consumer (:class:`~flashgate.broker.feeds.OrderedFeed`), which delivers every message
+exactly once in stream order (it recreates the consumer after a gap). Replaying a prefix
+of that sequence gives the exact state of the bucket at the last message of the prefix,
+so **wherever the cut falls, the initial values are consistent and the live changes are
+exactly the messages after it**. The server's counts only decide *where* the cut falls:
 
 * **``delta == 0``**: every delivered message carries ``delta``, the consumer's
   ``num_pending`` once that message is taken, i.e. how many messages come after it.
@@ -74,6 +74,35 @@ in messages at start-up; only the latest revision of each key is kept in memory 
 the cut, and each is let go once it has been yielded (the caller's copy is then the only
 one).
 
+Streamed initial values
+-----------------------
+
+``follow(kv, stream=True)`` hands each initial value on as it arrives instead of holding
+them all until the cut: a node starting on a bucket of 100k envelopes held about 150 MB of
+raw values before checking the first one. The initial values are read through a pull
+consumer (:class:`~flashgate.broker.feeds.PullFeed`), asked for messages only as the
+caller takes them, so however slowly the caller checks them at most a few thousand wait
+in the client (a push consumer is sent up to the server's flow-control window, tens of
+MB). It asks for the latest revision of each key only (deliver policy *last per
+subject*): a caller that acts on each value at once would otherwise act on every stored
+revision of it. The cut is found as above, from the deltas. The live changes then come
+from an ordered consumer started at the stream sequence after the last message taken:
+the server sends the last-per-subject messages in stream order, so every later write
+has a higher sequence and none is lost or handed on twice. The differences from the
+buffered form, which its callers accept:
+
+* A deleted key may come as a :class:`Deleted` among the initial values (its delete
+  marker is its latest revision); with ``include_deletes=False`` it is left out.
+* The race above: a key written while the consumer is created may come only after
+  :class:`InitialDone`, as a live change, its value at the cut never sent. It is not
+  lost, it is late. A caller that must see every key before the marker uses the
+  buffered form.
+* A message lost in flight (a reconnect) makes the pull consumer again from the stream
+  sequence after the last one taken, with every stored revision after it: a key may then
+  come more than once, in revision order (the last one is its current value).
+
+``InitialDone(count)`` counts the values handed on before it.
+
 nats-py errors raised while starting the watch are mapped with
 :func:`~flashgate.broker.connection.broker_errors`. After the start, nats-py's ordered
 consumer resumes after a gap or reconnect on its own (nats-py's behaviour, not
@@ -82,18 +111,16 @@ re-tested here); errors there reach the connection's error callback, not the cal
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
-from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
 from flashgate.broker.connection import broker_errors
+from flashgate.broker.feeds import Deleted, OrderedFeed, PullFeed, Value
 
 __all__ = [
     "Deleted",
@@ -103,31 +130,6 @@ __all__ = [
     "current_values",
     "follow",
 ]
-
-_DELETE_OPERATIONS = frozenset({KV_DEL, KV_PURGE})
-#: nats-server 2.11+ expiry markers: their reason, as the operation it stands for.
-_MARKER_OPERATIONS = {"MaxAge": KV_PURGE, "Purge": KV_PURGE, "Remove": KV_DEL}
-#: Events read from the subscription and not yet taken, at most.
-FEED_LIMIT = 4096
-#: The server removes the watch's consumer after this long without a client (nats-py's).
-_INACTIVE_THRESHOLD_S = 5 * 60
-
-
-@dataclass(frozen=True, slots=True)
-class Value:
-    """The value of ``key`` at ``revision`` (the stream sequence of the put)."""
-
-    key: str
-    revision: int
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Deleted:
-    """``key`` was deleted or purged at ``revision`` (live changes only)."""
-
-    key: str
-    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,25 +142,39 @@ class InitialDone:
 WatchEvent: TypeAlias = Value | Deleted | InitialDone
 
 
+class _Cut:
+    """Tells when the last message of the initial values has arrived, from each
+    message's ``delta`` (see the module docs)."""
+
+    def __init__(self) -> None:
+        self._received = 0
+        self._expected: int | None = None
+
+    def reached(self, delta: int | None) -> bool:
+        """Count one message; True if it is the last of the initial values."""
+        self._received += 1
+        if delta is None:  # never from the feed; then only the count can end
+            return self._expected is not None and self._received >= self._expected
+        if self._expected is None:
+            self._expected = delta + 1
+        return delta == 0 or self._received >= self._expected
+
+
 class _InitialValues:
     """Collects the initial entries and tells when the last one has arrived."""
 
     def __init__(self) -> None:
         self._latest: dict[str, Value | Deleted] = {}
-        self._received = 0
-        self._expected: int | None = None
+        self._cut = _Cut()
 
-    def add(self, event: Value | Deleted, delta: int | None) -> bool:
-        """Record one entry; True if it is the last of the initial values."""
-        self._received += 1
-        previous = self._latest.get(event.key)
-        if previous is None or previous.revision < event.revision:
-            self._latest[event.key] = event
-        if delta is None:  # never from nats-py's watcher; then only the count can end
-            return self._expected is not None and self._received >= self._expected
-        if self._expected is None:
-            self._expected = delta + 1
-        return delta == 0 or self._received >= self._expected
+    def add(self, event: Value | Deleted | None, delta: int | None) -> bool:
+        """Record one entry (None: a marker that changes no value); True if it is the
+        last of the initial values."""
+        if event is not None:
+            previous = self._latest.get(event.key)
+            if previous is None or previous.revision < event.revision:
+                self._latest[event.key] = event
+        return self._cut.reached(delta)
 
     def values(self) -> list[Value]:
         """The current values at the cut, in revision order."""
@@ -166,119 +182,93 @@ class _InitialValues:
         return sorted(current, key=lambda value: value.revision)
 
 
-class _Feed:
-    """The bucket's stream through nats-py's ordered consumer (which delivers every
-    message once, in stream order, and recreates the consumer after a gap), handed on as
-    :class:`Value` / :class:`Deleted` events with each message's ``delta`` (its
-    ``num_pending``). nats-py's ``KeyValue.watch`` does the same through an entry object, a
-    timestamp and a queue per message: a node reading a bucket of 100k envelopes spent
-    twice the time in it (17 µs against 8 µs a message here). At most
-    :data:`FEED_LIMIT` events wait here; beyond that the subscription waits (and nats-py's
-    own pending limits apply, as they did to its watcher)."""
-
-    def __init__(self, kv: KeyValue) -> None:
-        self._prefix: str = kv._pre
-        self._events: deque[tuple[Value | Deleted, int | None]] = deque()
-        self._ready = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
-        self.sub: Any = None
-
-    async def start(self, kv: KeyValue) -> None:
-        self.sub = await kv._js.subscribe(
-            f"{self._prefix}>",
-            stream=kv._stream,
-            cb=self._on_message,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            inactive_threshold=_INACTIVE_THRESHOLD_S,
-        )
-
-    async def _on_message(self, msg: Msg) -> None:
-        headers = msg.headers
-        operation = None
-        if headers:
-            operation = headers.get(KV_OP)
-            if operation is None and KV_MARKER_REASON in headers:
-                # nats-server 2.11+ places expiry markers with a reason instead.
-                operation = _MARKER_OPERATIONS.get(headers[KV_MARKER_REASON])
-                if operation is None:
-                    return  # a reason of a later server: not a change of the value
-        meta = msg.metadata
-        key = msg.subject[len(self._prefix) :]
-        revision = meta.sequence.stream
-        event: Value | Deleted = (
-            Deleted(key, revision)
-            if operation in _DELETE_OPERATIONS
-            else Value(key, revision, msg.data)
-        )
-        while len(self._events) >= FEED_LIMIT:
-            self._space.clear()
-            await self._space.wait()
-        self._events.append((event, meta.num_pending))
-        self._ready.set()
-
-    async def next(self) -> tuple[Value | Deleted, int | None]:
-        events = self._events
-        while not events:
-            self._ready.clear()
-            await self._ready.wait()
-        if len(events) <= FEED_LIMIT // 2:
-            self._space.set()
-        return events.popleft()
-
-    async def stop(self) -> None:
-        if self.sub is not None:
-            await self.sub.unsubscribe()
-
-
 def _bucket_name(kv: KeyValue) -> str:
     name = getattr(kv, "_name", None)
     return name if isinstance(name, str) else "?"
 
 
-async def _was_empty(subscription: Any) -> bool:
+async def _was_empty(feed: OrderedFeed | PullFeed) -> bool:
     """True if the server had nothing to deliver to the new watch: no message sent, none
     pending. Read from the consumer info, so messages sent but not yet processed by the
     client count as delivered (unlike nats-py's own check, nats-io/nats.py#842)."""
-    info = await subscription.consumer_info()
-    if info.config.deliver_policy not in (DeliverPolicy.ALL, None):
+    policy = feed.policy
+    info = await feed.consumer_info()
+    if info.config.deliver_policy not in (policy, None):
         # The ordered consumer was already recreated after a gap (by start sequence):
         # its counts do not cover what the first consumer sent; wait for a delta.
         return False
-    return bool(info.num_pending == 0 and info.delivered.consumer_seq == 0)
+    delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+    return bool(info.num_pending == 0 and delivered == 0)
 
 
-async def follow(kv: KeyValue, *, include_deletes: bool = True) -> AsyncGenerator[WatchEvent, None]:
+async def follow(
+    kv: KeyValue, *, include_deletes: bool = True, stream: bool = False
+) -> AsyncGenerator[WatchEvent, None]:
     """Current values, one :class:`InitialDone`, then live changes; see the module docs.
 
-    ``include_deletes=False`` leaves out live :class:`Deleted` events (deleted keys are
-    never part of the initial values either way). Runs until closed.
+    ``include_deletes=False`` leaves out :class:`Deleted` events (deleted keys are never
+    part of the buffered initial values either way). ``stream=True``: the initial values
+    are handed on as they arrive, read at the caller's pace, not held until the cut (see
+    the module docs, "Streamed initial values"). Runs until closed.
     """
     what = f"watching bucket {_bucket_name(kv)}"
-    feed = _Feed(kv)
-    with broker_errors(what):
-        await feed.start(kv)
-    try:
+    if stream:
+        initial = PullFeed(kv)
         with broker_errors(what):
-            empty = await _was_empty(feed.sub)
-        initial = _InitialValues()
-        if not empty:
-            while True:
-                event, delta = await feed.next()
-                if initial.add(event, delta):
+            await initial.start(kv)
+        try:
+            with broker_errors(what):
+                empty = await _was_empty(initial)
+            count = 0
+            cut = _Cut()
+            while not empty:
+                with broker_errors(what):
+                    event, _, delta = await initial.next()
+                if isinstance(event, Value):
+                    count += 1
+                    yield event
+                elif event is not None and include_deletes:
+                    yield event
+                if cut.reached(delta):
                     break
-        values = initial.values()
-        del initial  # the buffer goes as the values are taken, not at the end of the watch
-        count = len(values)
-        values.reverse()
-        while values:
-            yield values.pop()
+            last = initial.last_sequence
+        finally:
+            with contextlib.suppress(Exception):
+                await initial.stop()
+        # Live: every message after the last one taken (none taken: the bucket was empty
+        # when the pull consumer was made, so every message there now came after).
+        if last:
+            feed = OrderedFeed(kv, DeliverPolicy.BY_START_SEQUENCE, last + 1)
+        else:
+            feed = OrderedFeed(kv, DeliverPolicy.ALL)
+        with broker_errors(what):
+            await feed.start(kv)
         yield InitialDone(count)
+    else:
+        feed = OrderedFeed(kv, DeliverPolicy.ALL)
+        with broker_errors(what):
+            await feed.start(kv)
+    try:
+        if not stream:
+            with broker_errors(what):
+                empty = await _was_empty(feed)
+            buffered = _InitialValues()
+            if not empty:
+                while True:
+                    event, _, delta = await feed.next()
+                    if buffered.add(event, delta):
+                        break
+            values = buffered.values()
+            del buffered  # the buffer goes as the values are taken, not at the end
+            count = len(values)
+            values.reverse()
+            while values:
+                yield values.pop()
+            yield InitialDone(count)
 
         while True:
-            event, _ = await feed.next()
-            if isinstance(event, Value) or include_deletes:
+            event, _, _ = await feed.next()
+            if isinstance(event, Value) or (event is not None and include_deletes):
                 yield event
     finally:
         with contextlib.suppress(Exception):

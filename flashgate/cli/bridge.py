@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import structlog
 
 from flashgate import logs
-from flashgate.bridge import hardening
+from flashgate.bridge import hardening, heap
 from flashgate.cli.passphrase import node_passphrase, uses_shared_passphrase
 from flashgate.environment import (
     ADMIN_PASSPHRASE_ENV,
@@ -23,6 +24,9 @@ from flashgate.environment import (
     NODE_PASSPHRASE_ENV,
     PASSPHRASE_ENV,
 )
+
+if TYPE_CHECKING:
+    from flashgate.bridge.node import BridgeNode
 
 
 @click.command()
@@ -133,7 +137,7 @@ def bridge(
         passphrase=passphrase,  # to re-seal the bundle after a fleet key rotation
     )
     node = BridgeNode(opened, settings, hardening=report)
-    asyncio.run(_run(node))
+    asyncio.run(_run(node, heap.before_load()))
     if node.revoked:
         raise SystemExit(EXIT_REVOKED)
     if node.failed:
@@ -157,15 +161,18 @@ EXIT_REVOKED = 3
 EXIT_FAILED = 1
 
 
-async def _run(node: object) -> None:
-    from flashgate.bridge.node import BridgeNode
+async def _after_load(node: BridgeNode, thresholds: tuple[int, int, int]) -> None:
+    await node.initial_load_done.wait()
+    heap.after_load(thresholds)
 
-    assert isinstance(node, BridgeNode)
+
+async def _run(node: BridgeNode, thresholds: tuple[int, int, int]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     stopper = asyncio.create_task(stop.wait())
+    loaded = asyncio.create_task(_after_load(node, thresholds))
     # The node can stop itself (it finds itself revoked) while it is still starting.
     waiter = asyncio.create_task(node.wait_stopped())
     starter = asyncio.create_task(node.start())  # may wait for NATS or the buckets
@@ -176,6 +183,7 @@ async def _run(node: object) -> None:
     waiter.cancel()
     starter.cancel()
     stopper.cancel()
+    loaded.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await starter
     # Requests in flight finish first (bounded by --gateway-drain-seconds), then the purge.

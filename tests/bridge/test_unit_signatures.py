@@ -283,7 +283,7 @@ async def test_the_end_of_the_initial_values_is_marked_however_busy_the_loader(
 
     spec = SAMPLE_SECRETS[0]
 
-    async def follow(kv: object) -> Any:
+    async def follow(kv: object, **options: object) -> Any:
         yield Value(spec.key, 1, envelope_bytes(spec))
         yield InitialDone(1)
         await asyncio.Event().wait()

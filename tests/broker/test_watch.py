@@ -18,7 +18,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import pytest
 from nats.aio.client import Client
@@ -97,36 +97,44 @@ def test_the_first_delta_bounds_the_initial_values_under_constant_writes() -> No
 
 
 class ReplayedFeed:
-    """Stands in for the watch's feed (its ordered consumer): hands on the given events
+    """Stands in for a watch's feed (a consumer on the server): hands on the given events
     with their deltas, then waits; its consumer info says what the server had sent
     (``delivered``) and has left."""
 
-    stopped = False
+    stopped: ClassVar[list[DeliverPolicy]] = []
 
-    def __init__(self, updates: list[tuple[Value | Deleted, int]], *, delivered: int) -> None:
+    def __init__(
+        self,
+        updates: list[tuple[Value | Deleted, int]],
+        *,
+        delivered: int,
+        policy: DeliverPolicy = DeliverPolicy.ALL,
+    ) -> None:
         self._updates = list(updates)
-        info = SimpleNamespace(
+        self.policy = policy
+        self.last_sequence = 0
+        self._info = SimpleNamespace(
             num_pending=0,
             delivered=SimpleNamespace(consumer_seq=delivered, stream_seq=delivered),
-            config=SimpleNamespace(deliver_policy=DeliverPolicy.ALL),
+            config=SimpleNamespace(deliver_policy=policy),
         )
 
-        async def consumer_info() -> Any:
-            return info
-
-        self.sub = SimpleNamespace(consumer_info=consumer_info)
+    async def consumer_info(self) -> Any:
+        return self._info
 
     async def start(self, kv: Any) -> None:
         return None
 
-    async def next(self) -> tuple[Value | Deleted, int]:
+    async def next(self) -> tuple[Value | Deleted, int, int]:
         if self._updates:
-            return self._updates.pop(0)
+            event, delta = self._updates.pop(0)
+            self.last_sequence = event.revision
+            return event, event.revision, delta
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
     async def stop(self) -> None:
-        ReplayedFeed.stopped = True
+        ReplayedFeed.stopped.append(self.policy)
 
 
 class ReplayedBucket:
@@ -139,17 +147,46 @@ async def replayed(
     delivered: int,
     count: int,
     monkeypatch: pytest.MonkeyPatch,
+    stream: bool = False,
 ) -> list[WatchEvent]:
-    """The first ``count`` events of follow() over the replayed updates."""
-    feed = ReplayedFeed(updates, delivered=delivered)
-    monkeypatch.setattr(watch, "_Feed", lambda kv: feed)
-    ReplayedFeed.stopped = False
+    """The first ``count`` events of follow() over the replayed updates (the bucket's
+    stream). Streamed, the initial values come from a pull feed and the live changes from
+    an ordered feed started after the last message the pull feed handed on."""
+    made: list[tuple[str, DeliverPolicy, int]] = []
+
+    def ordered(kv: Any, policy: DeliverPolicy = DeliverPolicy.ALL, start: int = 0) -> Any:
+        made.append(("ordered", policy, start))
+        after = [(event, delta) for event, delta in updates if event.revision >= start]
+        return ReplayedFeed(after, delivered=delivered, policy=policy)
+
+    def pull(kv: Any) -> Any:
+        made.append(("pull", DeliverPolicy.LAST_PER_SUBJECT, 0))
+        return ReplayedFeed(updates, delivered=delivered, policy=DeliverPolicy.LAST_PER_SUBJECT)
+
+    monkeypatch.setattr(watch, "OrderedFeed", ordered)
+    monkeypatch.setattr(watch, "PullFeed", pull)
+    ReplayedFeed.stopped = []
     events: list[WatchEvent] = []
-    stream = follow(cast(KeyValue, ReplayedBucket()))
-    async with contextlib.aclosing(stream) as iterator:
+    watching = follow(cast(KeyValue, ReplayedBucket()), stream=stream)
+    async with contextlib.aclosing(watching) as iterator:
         for _ in range(count):
             events.append(await next_event(iterator))
-    assert ReplayedFeed.stopped
+    assert ReplayedFeed.stopped[-1] == made[-1][1]  # the feed in use is stopped
+    if stream and made[-1][0] == "ordered":
+        initial = [e for e in events if not isinstance(e, InitialDone)][
+            : events.index(next(e for e in events if isinstance(e, InitialDone)))
+        ]
+        last = max((e.revision for e in initial), default=0)
+        assert made == [
+            ("pull", DeliverPolicy.LAST_PER_SUBJECT, 0),
+            (
+                "ordered",
+                DeliverPolicy.BY_START_SEQUENCE if last else DeliverPolicy.ALL,
+                last + 1 if last else 0,
+            ),
+        ]
+    elif not stream:
+        assert made == [("ordered", DeliverPolicy.ALL, 0)]
     return events
 
 
@@ -183,6 +220,39 @@ async def test_something_sent_waits_for_it_however_late(monkeypatch: pytest.Monk
     (nats-io/nats.py#842 ended here when the client had processed none yet)."""
     events = await replayed(STARTUP, delivered=len(STARTUP), count=2, monkeypatch=monkeypatch)
     assert events == [Value("repo.a", 3, b"a2"), InitialDone(1)]
+
+
+async def test_streamed_initial_values_come_as_they_arrive_deletes_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Streamed: each value is handed on as it comes (a key again after a gap, in
+    revision order), deletes among them, and the marker counts the values."""
+    events = await replayed(
+        [*STARTUP, LIVE], delivered=len(STARTUP), count=6, monkeypatch=monkeypatch, stream=True
+    )
+    assert events == [
+        Value("repo.a", 1, b"a1"),
+        Value("repo.b", 2, b"b1"),
+        Value("repo.a", 3, b"a2"),
+        Deleted("repo.b", 4),
+        InitialDone(3),
+        LIVE_VALUE,
+    ]
+
+
+async def test_streamed_values_are_handed_on_before_the_cut_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first value is out while the server still has values to send (the buffered
+    form would wait for the cut: here it never comes)."""
+    first = (Value("repo.a", 1, b"a1"), 5)
+    events = await replayed([first], delivered=1, count=1, monkeypatch=monkeypatch, stream=True)
+    assert events == [Value("repo.a", 1, b"a1")]
+
+
+async def test_streamed_empty_bucket_is_done_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = await replayed([LIVE], delivered=0, count=2, monkeypatch=monkeypatch, stream=True)
+    assert events == [InitialDone(0), LIVE_VALUE]
 
 
 # --- on the server -------------------------------------------------------------------------
@@ -246,6 +316,24 @@ async def test_initial_values_are_the_latest_of_each_key_then_live_changes_in_or
     assert isinstance(live[3], Deleted) and live[3].key == "repo.k02"
     revisions = [event.revision for event in live if not isinstance(event, InitialDone)]
     assert put < revisions[1] < again < revisions[3]
+
+
+async def test_streamed_initial_values_are_the_latest_revisions_as_they_come(
+    kv: KeyValue,
+) -> None:
+    """Streamed: the latest revision of each key only (no superseded one is handed on,
+    so a caller acting at once acts on current values), the deleted keys as deletes."""
+    latest, gone = await fill(kv)
+    async with contextlib.aclosing(follow(kv, stream=True)) as events:
+        initial: list[WatchEvent] = []
+        while not isinstance(event := await next_event(events), InitialDone):
+            initial.append(event)
+        values = [e for e in initial if isinstance(e, Value)]
+        assert values == sorted(latest.values(), key=lambda value: value.revision)
+        assert {e.key for e in initial if isinstance(e, Deleted)} == set(gone)
+        assert event == InitialDone(len(values))
+        put = await kv.put("repo.k00", b"live")
+        assert await next_event(events) == Value("repo.k00", put, b"live")
 
 
 async def test_without_deletes_live_deletions_are_left_out(kv: KeyValue) -> None:
@@ -372,6 +460,51 @@ async def test_writes_during_start_are_initial_or_live_never_lost_or_twice(
     # The writer is started first and shares the watch's connection, so some of its
     # writes are before the cut and the 5 after InitialDone are after it, every round.
     assert raced == RACING_STARTS
+
+
+async def test_streamed_writes_during_start_are_never_lost(
+    js: JetStreamContext, fleet_names: FleetNames, kv: KeyValue
+) -> None:
+    """A writer runs while a streamed watch starts: applying every event handed on, in
+    order, gives the bucket's state (nothing lost), and no key goes back to an older
+    revision (the race of the module docs may make a write late, never lost)."""
+    rng = random.Random(995)
+    keys = [f"repo.s{i}" for i in range(8)]
+    for i, key in enumerate(keys):
+        await kv.put(key, f"{key}={i}".encode())
+    async with asyncio.timeout(120):
+        for _ in range(RACING_STARTS):
+            stop = asyncio.Event()
+            log: list[Write] = []
+
+            async def writer(stop: asyncio.Event = stop, log: list[Write] = log) -> None:
+                n = 0
+                while not stop.is_set():
+                    key, value = rng.choice(keys), f"w{n}".encode()
+                    log.append(Write(key, await kv.put(key, value), value))
+                    n += 1
+
+            writing = asyncio.create_task(writer())
+            await asyncio.sleep(rng.random() * 0.005)
+            async with contextlib.aclosing(follow(kv, stream=True)) as events:
+                seen: dict[str, Value] = {}
+                done = False
+                while not done:
+                    event = await next_event(events)
+                    done = isinstance(event, InitialDone)
+                    if isinstance(event, Value):
+                        assert event.revision > seen.get(event.key, Value("", 0, b"")).revision
+                        seen[event.key] = event
+                stop.set()
+                await writing
+                sentinel = await kv.put("repo.end", b"end")
+                while "repo.end" not in seen or seen["repo.end"].revision < sentinel:
+                    event = await next_event(events)
+                    if isinstance(event, Value):
+                        assert event.revision > seen.get(event.key, Value("", 0, b"")).revision
+                        seen[event.key] = event
+            final = {key: (await kv.get(key)).value for key in keys}
+            assert {key: seen[key].value for key in keys} == final
 
 
 async def test_starting_on_a_closed_connection_is_broker_unavailable(

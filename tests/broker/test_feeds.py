@@ -1,0 +1,124 @@
+"""flashgate.broker.feeds: the pull feed reads at the reader's pace and survives loss.
+
+Against a real nats-server: the pull feed never has more than its window requested or
+waiting however slowly it is read, and a message lost in flight (dropped here before the
+feed sees it) or a consumer gone at the server (deleted here) makes it take up again
+after the last message handed on, so every value still comes, in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from flashgate.broker import feeds
+from flashgate.broker.declare import declare_fleet
+from flashgate.broker.feeds import PullFeed, Value
+from flashgate.events.subjects import FleetNames
+
+KEYS = 120
+TIMEOUT = 20.0
+
+
+@pytest.fixture
+async def kv(js: JetStreamContext, fleet_names: FleetNames) -> KeyValue:
+    bucket = (await declare_fleet(js, fleet_names)).secrets
+    for i in range(KEYS):
+        await bucket.put(f"repo.k{i:03d}", f"v{i}".encode())
+    return bucket
+
+
+@pytest.fixture(autouse=True)
+def small_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feeds, "PULL_BATCH", 8)
+    monkeypatch.setattr(feeds, "PULL_WINDOW", 32)
+    monkeypatch.setattr(feeds, "PULL_STALL_S", 0.5)
+
+
+async def read_all(feed: PullFeed, *, slowly: bool = False) -> list[Value]:
+    values: list[Value] = []
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            event, sequence, delta = await feed.next()
+            assert isinstance(event, Value) and event.revision == sequence
+            values.append(event)
+            assert feed._requested + len(feed._events) <= feeds.PULL_WINDOW
+            if slowly:
+                await asyncio.sleep(0.002)
+            if delta == 0:
+                return values
+
+
+def keys_in_order(values: list[Value]) -> list[str]:
+    revisions = [v.revision for v in values]
+    assert revisions == sorted(revisions)
+    return [v.key for v in values]
+
+
+EXPECTED = [f"repo.k{i:03d}" for i in range(KEYS)]
+
+
+async def test_a_slow_reader_never_has_more_than_the_window(kv: KeyValue) -> None:
+    feed = PullFeed(kv)
+    await feed.start(kv)
+    try:
+        values = await read_all(feed, slowly=True)
+        assert keys_in_order(values) == EXPECTED
+        assert feed.remade == 0
+    finally:
+        await feed.stop()
+
+
+async def test_a_message_lost_in_flight_is_read_again_from_the_last_one_taken(
+    kv: KeyValue,
+) -> None:
+    feed = PullFeed(kv)
+    receive = feed._on_message
+    seen = 0
+
+    async def lossy(msg: object) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 40:  # the 40th message never reaches the feed
+            return
+        await receive(msg)  # type: ignore[arg-type]
+
+    feed._on_message = lossy  # type: ignore[method-assign]
+    await feed.start(kv)
+    try:
+        values = await read_all(feed)
+        assert keys_in_order(values) == EXPECTED
+        assert feed.remade == 1
+    finally:
+        await feed.stop()
+
+
+async def test_a_consumer_gone_at_the_server_is_made_again(
+    js: JetStreamContext, kv: KeyValue
+) -> None:
+    feed = PullFeed(kv)
+    await feed.start(kv)
+    try:
+        first = [await feed.next() for _ in range(10)]
+        assert feed._consumer is not None
+        await js.delete_consumer(kv._stream, feed._consumer)
+        feed._events.clear()  # what was already sent is lost with it
+        rest = await read_all(feed)
+        values = [e for e, _, _ in first if isinstance(e, Value)] + rest
+        assert keys_in_order(values) == EXPECTED
+        assert feed.remade >= 1
+    finally:
+        await feed.stop()
+
+
+async def test_stop_deletes_the_consumer(js: JetStreamContext, kv: KeyValue) -> None:
+    feed = PullFeed(kv)
+    await feed.start(kv)
+    name = feed._consumer
+    await feed.next()
+    await feed.stop()
+    names = [c.name for c in await js.consumers_info(kv._stream)]
+    assert name not in names
