@@ -222,8 +222,11 @@ async def follow(
             count = 0
             cut = _Cut()
             while not empty:
-                with broker_errors(what):
+                try:
                     event, _, delta = await initial.next()
+                except Exception:
+                    with broker_errors(what):  # (not around each message: it costs)
+                        raise
                 if isinstance(event, Value):
                     count += 1
                     yield event

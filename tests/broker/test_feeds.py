@@ -122,3 +122,27 @@ async def test_stop_deletes_the_consumer(js: JetStreamContext, kv: KeyValue) -> 
     await feed.stop()
     names = [c.name for c in await js.consumers_info(kv._stream)]
     assert name not in names
+
+
+@pytest.mark.parametrize(
+    ("reply", "fields"),
+    [
+        ("$JS.ACK.KV_b.c1.1.42.7.1700000000000000000.3", ("c1", 42, 7, 3)),
+        ("$JS.ACK.dom.ACCHASH.KV_b.c1.1.42.7.1700000000000000000.3.tok", ("c1", 42, 7, 3)),
+        ("$JS.ACK.dom.ACCHASH.KV_b.c1.1.42.7.1700000000000000000.3", ("c1", 42, 7, 3)),
+    ],
+)
+def test_reply_fields_read_what_nats_py_reads(
+    reply: str, fields: tuple[str, int, int, int]
+) -> None:
+    from nats.aio.msg import Msg
+
+    meta = Msg.Metadata._from_reply(reply)
+    assert fields == (meta.consumer, meta.sequence.stream, meta.sequence.consumer, meta.num_pending)
+    assert feeds.reply_fields(reply) == fields
+
+
+@pytest.mark.parametrize("reply", ["", "_INBOX.abc", "$JS.ACK.a.b", "$JS.NAK.s.c.1.2.3.4.5"])
+def test_other_subjects_are_not_jetstream_messages(reply: str) -> None:
+    with pytest.raises(ValueError, match="not a JetStream message"):
+        feeds.reply_fields(reply)
