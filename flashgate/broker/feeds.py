@@ -64,6 +64,7 @@ PULL_EXPIRES_S = 30.0
 #: No message for this long while some are pending: the pull consumer is made again.
 PULL_STALL_S = 5.0
 _STATUS = "Status"
+_PENDING_MESSAGES = "Nats-Pending-Messages"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,12 @@ class OrderedFeed:
             inactive_threshold=INACTIVE_THRESHOLD_S,
             **extra,
         )
+        jsi = getattr(getattr(self.sub, "_sub", None), "_jsi", None)
+        if self._start and jsi is not None and hasattr(jsi, "_sseq"):
+            # nats-py resets an ordered consumer (after a gap, or missed heartbeats) from
+            # the last stream sequence it delivered, counted from 0: before the first live
+            # message that would replay the whole stream.
+            jsi._sseq = self._start - 1
 
     async def consumer_info(self) -> ConsumerInfo:
         info: ConsumerInfo = await self.sub.consumer_info()
@@ -158,6 +165,8 @@ class OrderedFeed:
 
     async def _on_message(self, msg: Msg) -> None:
         meta = msg.metadata
+        if meta.sequence.stream < self._start:
+            return  # before where this feed starts (a reset nats-py made from too early)
         event = event_of(msg, self._prefix, meta.sequence.stream)
         while len(self._events) >= FEED_LIMIT:
             self._space.clear()
@@ -202,12 +211,18 @@ class PullFeed:
         self.remade = 0  # consumers made again after a gap or a stall
 
     async def start(self, kv: KeyValue) -> None:
-        nc = kv._js._nc
-        self._inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(self._inbox, cb=self._on_message)
         await self._make_consumer(self.policy)
 
     async def _make_consumer(self, policy: DeliverPolicy, start: int = 0) -> None:
+        """A new consumer, with its own inbox: nothing an earlier one sent (a message, a
+        request's end) is taken for it."""
+        old, self._consumer = self._consumer, None  # from now on its messages are dropped
+        old_sub, self._sub = self._sub, None
+        if old_sub is not None:
+            with contextlib.suppress(Exception):
+                await old_sub.unsubscribe()
+        if old is not None:
+            await self._delete(old)
         config = ConsumerConfig(
             deliver_policy=policy,
             opt_start_seq=start or None,
@@ -219,14 +234,15 @@ class PullFeed:
             max_waiting=8,
         )
         js = self._kv._js
+        self._inbox = js._nc.new_inbox()
+        self._sub = await js._nc.subscribe(self._inbox, cb=self._on_message)
         info = await js.add_consumer(self._kv._stream, config=config)
-        old, self._consumer = self._consumer, info.name
+        self._events.clear()
+        self._consumer = info.name
         self._next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{self._kv._stream}.{info.name}"
         self._consumer_seq = 0
         self._requested = 0
         self._arrived_at = time.monotonic()
-        if old is not None:
-            await self._delete(old)
         await self._ask()
 
     async def consumer_info(self) -> ConsumerInfo:
@@ -246,8 +262,10 @@ class PullFeed:
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers
         if headers and _STATUS in headers and not msg.data:
-            # A request ended (expired, no messages, too many waiting): ask again.
-            self._requested = 0
+            # A request ended (expired, too many waiting, ...): what it still owed is not
+            # coming (all it asked for, if the server does not say).
+            owed = headers.get(_PENDING_MESSAGES, "")
+            self._requested = max(0, self._requested - int(owed)) if owed.isdigit() else 0
             return
         try:
             consumer, stream_seq, consumer_seq, pending = reply_fields(msg.reply)
@@ -286,12 +304,22 @@ class PullFeed:
                     await self._ready.wait()
                 continue
             if time.monotonic() - self._arrived_at >= PULL_STALL_S and self._pending != 0:
+                if await self._nothing_left():
+                    # What was pending is gone (expired, purged): the last one taken ends.
+                    return None, self._last_stream_seq, 0
                 await self._remake()
+
+    async def _nothing_left(self) -> bool:
+        """Whether the consumer is there and has nothing more to send."""
+        try:
+            info = await self.consumer_info()
+        except Exception:
+            return False  # gone: made again
+        return info.num_pending == 0 and not self._events
 
     async def _remake(self) -> None:
         """Lost messages or requests: a new consumer from after the last one taken."""
         self.remade += 1
-        self._events.clear()
         start = self._last_stream_seq + 1
         policy = DeliverPolicy.BY_START_SEQUENCE if self._last_stream_seq else self.policy
         await self._make_consumer(policy, start if self._last_stream_seq else 0)

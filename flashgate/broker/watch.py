@@ -212,14 +212,14 @@ async def follow(
     the module docs, "Streamed initial values"). Runs until closed.
     """
     what = f"watching bucket {_bucket_name(kv)}"
+    count = 0
+    last = 0
     if stream:
         initial = PullFeed(kv)
-        with broker_errors(what):
-            await initial.start(kv)
         try:
             with broker_errors(what):
+                await initial.start(kv)
                 empty = await _was_empty(initial)
-            count = 0
             cut = _Cut()
             while not empty:
                 try:
@@ -238,21 +238,18 @@ async def follow(
         finally:
             with contextlib.suppress(Exception):
                 await initial.stop()
-        # Live: every message after the last one taken (none taken: the bucket was empty
-        # when the pull consumer was made, so every message there now came after).
-        if last:
-            feed = OrderedFeed(kv, DeliverPolicy.BY_START_SEQUENCE, last + 1)
-        else:
-            feed = OrderedFeed(kv, DeliverPolicy.ALL)
-        with broker_errors(what):
-            await feed.start(kv)
-        yield InitialDone(count)
+    # Streamed, the live changes are every message after the last one taken (none taken:
+    # the bucket was empty when the pull consumer was made, so all there now came after).
+    if stream and last:
+        feed = OrderedFeed(kv, DeliverPolicy.BY_START_SEQUENCE, last + 1)
     else:
         feed = OrderedFeed(kv, DeliverPolicy.ALL)
+    try:
         with broker_errors(what):
             await feed.start(kv)
-    try:
-        if not stream:
+        if stream:
+            yield InitialDone(count)
+        else:
             with broker_errors(what):
                 empty = await _was_empty(feed)
             buffered = _InitialValues()

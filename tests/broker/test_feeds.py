@@ -146,3 +146,69 @@ def test_reply_fields_read_what_nats_py_reads(
 def test_other_subjects_are_not_jetstream_messages(reply: str) -> None:
     with pytest.raises(ValueError, match="not a JetStream message"):
         feeds.reply_fields(reply)
+
+
+async def test_values_gone_while_pending_end_the_read_not_hang_it(
+    js: JetStreamContext, kv: KeyValue
+) -> None:
+    """What was pending vanishes from the stream (expired, purged) while what was sent
+    of it is lost in flight: no message will say delta 0, so the feed ends once the
+    consumer has nothing left, after the last one taken, instead of making its consumer
+    again forever."""
+    last_kept = KEYS - 40
+    feed = PullFeed(kv)
+    await feed.start(kv)
+    try:
+        taken: list[Value] = []
+        async with asyncio.timeout(TIMEOUT):
+            while not taken or taken[-1].key != f"repo.k{last_kept - 1:03d}":
+                event, _, _ = await feed.next()
+                assert isinstance(event, Value)
+                taken.append(event)
+            for i in range(last_kept, KEYS):  # the last 40 keys' only messages
+                await js.purge_stream(kv._stream, subject=f"{kv._pre}repo.k{i:03d}")
+            await asyncio.sleep(0.2)
+            feed._events.clear()  # what was sent of them is lost in flight
+            event, sequence, delta = await feed.next()
+        assert (event, sequence, delta) == (None, taken[-1].revision, 0)
+        assert [v.key for v in taken] == EXPECTED[:last_kept]
+    finally:
+        await feed.stop()
+
+
+async def test_a_live_feed_reset_by_nats_py_does_not_replay_the_stream(kv: KeyValue) -> None:
+    """nats-py resets an ordered consumer (a gap, missed heartbeats) from the last stream
+    sequence it delivered: before any live message, that must be where the feed starts,
+    not the stream's first message."""
+    from nats.js.api import DeliverPolicy
+
+    from flashgate.broker.feeds import OrderedFeed
+
+    info = await kv._js.stream_info(kv._stream)
+    start = info.state.last_seq + 1
+    feed = OrderedFeed(kv, DeliverPolicy.BY_START_SEQUENCE, start)
+    await feed.start(kv)
+    try:
+        jsi = feed.sub._sub._jsi
+        await jsi.reset_ordered_consumer(jsi._sseq + 1)
+        revision = await kv.put("repo.after", b"live")
+        async with asyncio.timeout(TIMEOUT):
+            event, sequence, _ = await feed.next()
+        assert event == Value("repo.after", revision, b"live") and sequence == revision
+    finally:
+        await feed.stop()
+
+
+async def test_closing_a_streamed_watch_at_its_end_marker_stops_its_live_feed(
+    kv: KeyValue,
+) -> None:
+    from flashgate.broker.watch import InitialDone, follow
+
+    nc = kv._js._nc
+    before = set(nc._subs)
+    events = follow(kv, stream=True)
+    async with asyncio.timeout(TIMEOUT):
+        while not isinstance(await anext(events), InitialDone):
+            pass
+    await events.aclose()
+    assert set(nc._subs) == before
