@@ -48,8 +48,8 @@ YIELD_EVERY = 256
 SIGNATURE_BATCH = 256
 #: Checked values waiting for a batch, and batches being verified (bounded: the watch
 #: waits rather than holding every checked value of a large bucket at once).
-PIPELINE_ITEMS = 4 * SIGNATURE_BATCH
-PIPELINE_BATCHES = 8
+PIPELINE_ITEMS = 2 * SIGNATURE_BATCH
+PIPELINE_BATCHES = 4
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 _Item = Checked | Deleted | InitialDone

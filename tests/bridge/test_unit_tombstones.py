@@ -165,3 +165,20 @@ def test_the_store_drops_what_a_new_tombstone_kills() -> None:
     # written back into the bucket: refused on arrival
     assert store.ingest(SECRET.key, 8, envelope_bytes(SECRET)) is None
     assert store.rejected[SECRET.key] == "deleted"
+
+
+def test_an_older_revision_stays_refused_once_the_current_one_is_dropped() -> None:
+    """The store forgets a dropped entry but not its revision: the revision before it,
+    offered again (a broker replaying history), is not taken."""
+    book = _book()
+    store = new_store([SECRET])
+    store.prove = lambda envelope: book.check(envelope)  # type: ignore[method-assign]
+    assert store.ingest(SECRET.key, 7, envelope_bytes(SECRET)) is not None
+    assert store.latest_taken(SECRET.key) == 7
+    book.accept(_delete(at=10))
+    assert store.drop_where(book.dead_entry) == [SECRET.key]
+    assert store.latest_taken(SECRET.key) == 7
+    book2 = _book()  # even were it alive again
+    store.prove = lambda envelope: book2.check(envelope)  # type: ignore[method-assign]
+    assert store.ingest(SECRET.key, 6, envelope_bytes(SECRET)) is None
+    assert SECRET.key not in store.current
