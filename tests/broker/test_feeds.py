@@ -212,3 +212,33 @@ async def test_closing_a_streamed_watch_at_its_end_marker_stops_its_live_feed(
             pass
     await events.aclose()
     assert set(nc._subs) == before
+
+
+async def test_another_login_pulling_from_the_consumer_delays_the_read_never_loses(
+    nats_url: str, kv: KeyValue
+) -> None:
+    """A rogue client (node logins may pull on the bucket streams) asks the feed's own
+    consumer for messages: those go to the rogue, the feed sees the gap in its consumer
+    sequence and makes its consumer again from the last value it took."""
+    from flashgate.broker.connection import connect
+
+    rogue = await connect(nats_url, role="test", name="pytest:rogue-puller")
+    try:
+        feed = PullFeed(kv)
+        await feed.start(kv)
+        try:
+            first = [await feed.next() for _ in range(5)]
+            stolen = await rogue.subscribe(rogue.new_inbox())
+            await rogue.publish(
+                feed._next_subject, b'{"batch": 20, "no_wait": true}', reply=stolen.subject
+            )
+            await rogue.flush()
+            rest = await read_all(feed)
+            values = [e for e, _, _ in first if isinstance(e, Value)] + rest
+            assert keys_in_order(values) == EXPECTED
+            assert feed.remade >= 1
+            assert stolen.pending_msgs > 0 or stolen.delivered > 0
+        finally:
+            await feed.stop()
+    finally:
+        await rogue.close()
