@@ -375,10 +375,10 @@ class BridgeNode:
         await self.fleet.synced.wait()
         await asyncio.to_thread(self.verified_statements.load)
         # The ring and wraps buckets are read first, then the envelopes are read and
-        # checked while the terms are opened (one bucket's initial values at a time: two
-        # large ones delivered at once can pass the server's limit of bytes pending to one
-        # connection, and it then drops the connection); the loader starts once the fast
-        # path is ready (or given up).
+        # checked while the terms are opened; the loader starts once the fast path is
+        # ready (or given up). Reading the envelopes beside the wraps was tried: both
+        # compete for this process, so the fast path was ready later and a 10k join took
+        # longer (1.62 s against 1.47 s).
         await self._start_fast_path()
         secrets_kv = await self.transport.bucket(names.secrets_bucket)
         self._spawn(self.secrets.run(secrets_kv), "watch-secrets")
