@@ -177,7 +177,18 @@ class BridgeNode:
             self.tombstones.check(envelope)
             return signatures
 
-        self.store = EnvelopeStore(self.names.fleet, {first.epoch: first.public.key}, prove)
+        def prove_rest(envelope: SecretEnvelope) -> list[Signature]:  # a value proven before
+            signatures = provenance.signatures(envelope, statement_proven=True)
+            self.tombstones.check(envelope)
+            return signatures
+
+        self.store = EnvelopeStore(
+            self.names.fleet,
+            {first.epoch: first.public.key},
+            prove,
+            prove_rest=prove_rest,
+            memo=self.statements,
+        )
         self.peers = PeerBook(self.node_id, roster)
         self.fast = FastPath(
             node_id=self.node_id,
@@ -450,6 +461,7 @@ class BridgeNode:
             "admin statements checked",
             verified=self.statements.verified,
             remembered=self.statements.hits,
+            values_proven_before=self.statements.values_known,
             file_ignored=self.verified_statements.ignored_file,
         )
         await self._save_verified_statements()

@@ -60,32 +60,37 @@ def provenance_signatures(
     admin: Ed25519PublicKey,
     rewrapper_key: Callable[[str, int], Ed25519PublicKey | None],
     statements: StatementVerifier | None = None,
+    *,
+    statement_proven: bool = False,
 ) -> list[Signature]:
     """Every check of :func:`check_provenance` but the Ed25519 verifications, which are
     returned (none for a statement ``statements`` remembers as verified). Raises
-    :class:`Unproven` for anything else wrong."""
+    :class:`Unproven` for anything else wrong. ``statement_proven``: this very envelope
+    value was proven before (:meth:`StatementVerifier.proven_value`): its statement is not
+    checked again; a re-wrap attestation is (it rests on the roster)."""
     where = envelope.key
     provenance = envelope.provenance
     if provenance is None:
         raise Unproven(f"{where}: the envelope carries no proof of its writer")
     statement, rewrap = provenance.statement, provenance.rewrap
-    check_statement(
-        statement,
-        envelope,  # its own fields (the JWE's bound context is checked against them)
-        api_key=proven_api_key(envelope.api_key),
-        token=envelope.jwe,
-        epoch=envelope.epoch if rewrap is None else None,
-    )
-    refusal = f"{where}: the admin's statement does not verify"
-    signature = _raw_signature(statement, refusal)
-    message = signing_bytes(statement)
     signatures: list[Signature] = []
-    if statements is None:
-        signatures.append(Signature(_raw_public(admin), signature, message, refusal))
-    else:
-        job = statements.pending(signature, message, refusal)
-        if job is not None:
-            signatures.append(job)
+    if not statement_proven:
+        check_statement(
+            statement,
+            envelope,  # its own fields (the JWE's bound context is checked against them)
+            api_key=proven_api_key(envelope.api_key),
+            token=envelope.jwe,
+            epoch=envelope.epoch if rewrap is None else None,
+        )
+        refusal = f"{where}: the admin's statement does not verify"
+        signature = _raw_signature(statement, refusal)
+        message = signing_bytes(statement)
+        if statements is None:
+            signatures.append(Signature(_raw_public(admin), signature, message, refusal))
+        else:
+            job = statements.pending(signature, message, refusal)
+            if job is not None:
+                signatures.append(job)
     if rewrap is None:
         return signatures
     if (
@@ -132,9 +137,17 @@ class ProvenanceCheck:
     def __call__(self, envelope: SecretEnvelope) -> None:
         check_provenance(envelope, self.admin, self.rewrapper_key, self.statements)
 
-    def signatures(self, envelope: SecretEnvelope) -> list[Signature]:
+    def signatures(
+        self, envelope: SecretEnvelope, *, statement_proven: bool = False
+    ) -> list[Signature]:
         """:meth:`__call__` but for the signature verifications, which are returned."""
-        return provenance_signatures(envelope, self.admin, self.rewrapper_key, self.statements)
+        return provenance_signatures(
+            envelope,
+            self.admin,
+            self.rewrapper_key,
+            self.statements,
+            statement_proven=statement_proven,
+        )
 
     def rewrap_revoked(self, entry: Entry) -> bool:
         """Whether ``entry`` was re-wrapped by a node that is no longer an active member

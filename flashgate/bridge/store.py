@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from flashgate.bridge.signatures import Signature, settle
 from flashgate.crypto import jwe
@@ -123,6 +123,13 @@ which it returns (:mod:`flashgate.bridge.signatures`); raises the typed error (f
 :class:`~flashgate.errors.Unproven`) for anything else wrong."""
 
 
+class ProvenValues(Protocol):
+    """Envelope values found proven before (:mod:`flashgate.bridge.verified_statements`)."""
+
+    def proven_value(self, fleet: str, key: str, raw: bytes) -> tuple[bytes, bool] | None: ...
+    def remember_value(self, fingerprint: bytes) -> None: ...
+
+
 def check_entry(
     fleet: str,
     key: str,
@@ -131,11 +138,14 @@ def check_entry(
     keys: dict[int, FleetPublicKey],
     *,
     prove: Prove,
+    proven: bool = False,
 ) -> tuple[Entry, Sequence[Signature]]:
     """Decode and check one bucket value, all but its signatures (returned with the entry,
-    which is usable only once they verify). Raises the typed error that makes it unusable."""
+    which is usable only once they verify). Raises the typed error that makes it unusable.
+    ``proven``: this very value was proven before; ``prove`` then checks only what rests
+    on this node's state."""
     envelope = ENVELOPE_CODEC.decode(raw)
-    parsed = check_envelope_location(envelope, fleet, key)
+    parsed = check_envelope_location(envelope, fleet, key, proven=proven)
     signatures = prove(envelope) or ()
     public = keys.get(envelope.epoch)
     if public is None:
@@ -171,16 +181,30 @@ class Checked:
     signatures: Sequence[Signature] = ()
     error: FlashgateError | None = None
     generation: int = 0  # the store's, when checked
+    #: The value's fingerprint, remembered once it is admitted (not proven before).
+    fingerprint: bytes | None = None
     #: The value itself, kept only when refused for an epoch the node lacked: the epoch
     #: may arrive before it is admitted, and it is then checked again.
     raw: bytes | None = None
 
 
 class EnvelopeStore:
-    def __init__(self, fleet: str, keys: dict[int, FleetPublicKey], prove: Prove) -> None:
+    def __init__(
+        self,
+        fleet: str,
+        keys: dict[int, FleetPublicKey],
+        prove: Prove,
+        *,
+        prove_rest: Prove | None = None,
+        memo: ProvenValues | None = None,
+    ) -> None:
         self.fleet = fleet
         self.keys = keys
         self.prove = prove
+        #: For a value found proven before (``memo``): the checks that rest on this
+        #: node's state (None: every value is checked in full).
+        self.prove_rest = prove_rest
+        self.memo = memo
         self.current: dict[str, Entry] = {}
         self._replaced: dict[str, Entry] = {}  # key -> the revision the current one replaced
         # key -> the latest revision taken, usable or not, for keys with no current entry
@@ -198,14 +222,27 @@ class EnvelopeStore:
     def check(self, key: str, revision: int, raw: bytes) -> Checked:
         """Check a bucket value but for its signatures, changing nothing here (then
         :meth:`admit` it with their verification, in the order the values arrived)."""
+        found = None
+        if self.memo is not None and self.prove_rest is not None:
+            found = self.memo.proven_value(self.fleet, key, raw)
+        proven = found is not None and found[1]
         try:
             entry, signatures = check_entry(
-                self.fleet, key, revision, raw, self.keys, prove=self.prove
+                self.fleet,
+                key,
+                revision,
+                raw,
+                self.keys,
+                prove=self.prove_rest if proven and self.prove_rest else self.prove,
+                proven=proven,
             )
         except FlashgateError as exc:
             stale = raw if isinstance(exc, StaleEpoch) else None
             return Checked(key, revision, None, error=exc, generation=self._generation, raw=stale)
-        return Checked(key, revision, entry, signatures, generation=self._generation)
+        fingerprint = found[0] if found is not None and not proven else None
+        return Checked(
+            key, revision, entry, signatures, generation=self._generation, fingerprint=fingerprint
+        )
 
     def admit(self, checked: Checked, valid: Sequence[bool]) -> Entry | None:
         """Take a :meth:`check`-ed value, ``valid`` telling which of its signatures verified.
@@ -239,6 +276,8 @@ class EnvelopeStore:
         self.rejected.pop(key, None)
         self.current[key] = entry
         self._seen.pop(key, None)  # the current entry's revision is the latest taken
+        if checked.fingerprint is not None and self.memo is not None:
+            self.memo.remember_value(checked.fingerprint)
         return entry
 
     def latest_taken(self, key: str) -> int:

@@ -27,6 +27,22 @@ its answer "valid" can be remembered:
   secret (fingerprints of public, admin-signed statements). It is bounded
   (:data:`MAX_ENTRIES`); a save keeps the fingerprints used or added since this process
   started, so statements of deleted or replaced envelopes drop out.
+- **Proven envelope values.** The same file also keeps, with another domain tag, the
+  fingerprint of each envelope *value* found proven: SHA-256 over the tag (which carries
+  :data:`CHECKS_VERSION`), the admin's raw public key, the fleet, the bucket key and the
+  value's bytes, kept once the value is admitted (:meth:`StatementVerifier.proven_value`).
+  Everything that fingerprint stands for is a pure function of those inputs: the JWE's
+  profile (its header), its bound context equal to the envelope's metadata, the admin's
+  statement about this very envelope, and the statement's signature. A restarting node
+  reads the same values again: for a value whose fingerprint is kept it splits the JWE
+  without checking its header again and skips the statement
+  (:func:`flashgate.events.envelope.check_envelope_location`,
+  :func:`flashgate.bridge.provenance.provenance_signatures`): about a third of checking an
+  envelope. Everything that depends on this node's state is still checked every time: the
+  envelope's location, its epoch and the wrapped key's fit to that epoch's key, the
+  tombstones, a re-wrap attestation (its node active in the roster and a member of the
+  epoch, and its signature). :data:`CHECKS_VERSION` is raised whenever what a value must
+  pass changes, so a value proven under older rules is checked in full again.
 """
 
 from __future__ import annotations
@@ -56,6 +72,9 @@ FINGERPRINT_BYTES = 32
 _COUNT_BYTES = 4
 _MAC_BYTES = 32
 _FINGERPRINT_TAG = b"flashgate verified admin statement v1\x00"
+#: Raised whenever an envelope value's stateless checks change (module docs).
+CHECKS_VERSION = 1
+_VALUE_TAG = b"flashgate proven envelope value v%d\x00" % CHECKS_VERSION
 _HKDF_INFO = b"flashgate verified-statements file mac v1"
 
 
@@ -180,6 +199,7 @@ class StatementVerifier:
         self.cache = cache
         self.verified = 0
         self.hits = 0
+        self.values_known = 0  # envelope values found proven before (module docs)
 
     def __call__(self, statement: EnvelopeStatement) -> None:
         """Raise :class:`SignatureInvalid` unless the statement's signature verifies."""
@@ -217,3 +237,21 @@ class StatementVerifier:
                 self.cache.add(fingerprint)
 
         return Signature(self._admin_raw, signature, signed, refusal, remember)
+
+    def proven_value(self, fleet: str, key: str, raw: bytes) -> tuple[bytes, bool] | None:
+        """The fingerprint of an envelope value (``raw``, found under ``key`` of ``fleet``)
+        and whether it is known proven (then it is kept at the next save); None without a
+        cache. Remember a value once admitted with :meth:`remember_value`."""
+        if self.cache is None:
+            return None
+        fingerprint = hashlib.sha256(
+            b"\x00".join((_VALUE_TAG + self._admin_raw, fleet.encode(), key.encode(), raw))
+        ).digest()
+        known = self.cache.take(fingerprint)
+        if known:
+            self.values_known += 1
+        return fingerprint, known
+
+    def remember_value(self, fingerprint: bytes) -> None:
+        if self.cache is not None:
+            self.cache.add(fingerprint)

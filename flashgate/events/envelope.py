@@ -190,17 +190,24 @@ ENVELOPE_CODEC: Codec[SecretEnvelope] = Codec(
 )
 
 
-def check_envelope_location(envelope: SecretEnvelope, fleet: str, key: str) -> jwe.ParsedJWE:
+def check_envelope_location(
+    envelope: SecretEnvelope, fleet: str, key: str, *, proven: bool = False
+) -> jwe.ParsedJWE:
     """Parse the envelope's JWE and check that it belongs where it was found.
 
     Raises :class:`ContextMismatch` when the KV key, the envelope metadata and the JWE's
-    bound context disagree, and the JWE parser's typed errors for a bad JWE.
+    bound context disagree, and the JWE parser's typed errors for a bad JWE. ``proven``:
+    this very value was checked here before (a node's memo,
+    :mod:`flashgate.bridge.verified_statements`): the location is checked again, the JWE
+    only split (:func:`flashgate.crypto.jwe.parse_proven`).
     """
     repo, name = split_secret_key(key)
     if (envelope.fleet, envelope.repo, envelope.name) != (fleet, repo, name):
         raise ContextMismatch(
             f"envelope for {envelope.fleet}/{envelope.repo}.{envelope.name} found at {fleet}/{key}"
         )
+    if proven:
+        return jwe.parse_proven(envelope.jwe, envelope.context)
     parsed = jwe.parse(envelope.jwe)
     bound = parsed.context
     if bound is None or (bound.fleet, bound.repo, bound.name, bound.kind, bound.version) != (

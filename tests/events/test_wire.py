@@ -49,6 +49,7 @@ from flashgate.events.share import (
 from flashgate.events.signing import signing_bytes, verify
 from flashgate.events.subjects import FleetNames, secret_key, split_secret_key
 from flashgate.fleet.identity_keys import load_ed25519_public
+from flashgate.names import validate_name
 from tests.events import samples
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -470,6 +471,33 @@ def test_bad_names_are_refused_before_any_subject(bad: str) -> None:
         secret_key("repo", bad)
     with pytest.raises(InvalidName):
         names.command_subject(bad + ".>")
+
+
+def test_names_found_valid_are_remembered_and_nothing_else() -> None:
+    """validate_name remembers valid names (a node checks the same few in every envelope);
+    a bad name is refused every time, and a str subclass that claims to equal a
+    remembered name is still checked (and refused when it is not a name)."""
+    from flashgate import names as names_module
+
+    assert validate_name("payments") == "payments"
+    assert "payments" in names_module._VALID
+
+    class Liar(str):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash("payments")
+
+    with pytest.raises(InvalidName):
+        validate_name(Liar("a.b"))
+    for _ in range(2):
+        with pytest.raises(InvalidName):
+            validate_name("a.b")
+    assert "a.b" not in names_module._VALID
+    for i in range(names_module._VALID_MAX + 10):  # bounded
+        validate_name(f"n{i}")
+    assert len(names_module._VALID) <= names_module._VALID_MAX
 
 
 def test_every_command_and_event_type_makes_a_valid_subject() -> None:

@@ -1,0 +1,188 @@
+"""Envelope values found proven, remembered across restarts: a restarting node checks only
+what rests on its own state for a value it proved before (the JWE's header and the admin's
+statement are not checked again), and nothing else is skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from flashgate.bridge import verified_statements as vs
+from flashgate.bridge.provenance import ProvenanceCheck
+from flashgate.bridge.store import EnvelopeStore
+from flashgate.bridge.verified_statements import (
+    StatementVerifier,
+    VerifiedStatements,
+    file_mac_key,
+)
+from flashgate.errors import Tombstoned
+from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
+from flashgate.events.fleet import Roster
+from tests.bridge.test_unit_provenance import SECRET, rewrapped
+from tests.support.bridge_units import (
+    EPOCH,
+    FLEET,
+    MEMBERS,
+    SecretSpec,
+    envelope_bytes,
+    fleet,
+    public_key,
+    roster,
+)
+
+SPECS = [SecretSpec("app", f"v{i}", b"value-%d" % i) for i in range(4)]
+SEED = bytes(range(32))
+
+
+class Node:
+    """A node's store as the node builds it (full proof, the rest for proven values, the
+    memo in an authenticated file), with a tombstone list and a roster it can change."""
+
+    def __init__(self, path: Path) -> None:
+        cache = VerifiedStatements(path, file_mac_key(SEED, FLEET, "node-1"))
+        cache.load()
+        self.verifier = StatementVerifier(fleet().admin_key.public_key(), cache)
+        self.dead: set[str] = set()
+        self.roster: Roster = roster()
+        self.proof = ProvenanceCheck(
+            admin=fleet().admin_key.public_key(),
+            roster=lambda: self.roster,
+            members=lambda epoch: MEMBERS,
+            statements=self.verifier,
+        )
+
+        def tombstones(envelope: SecretEnvelope) -> None:
+            if envelope.key in self.dead:
+                raise Tombstoned(f"{envelope.key}: deleted by the admin")
+
+        def prove(envelope: SecretEnvelope) -> list:  # type: ignore[type-arg]
+            signatures = self.proof.signatures(envelope)
+            tombstones(envelope)
+            return signatures
+
+        def prove_rest(envelope: SecretEnvelope) -> list:  # type: ignore[type-arg]
+            signatures = self.proof.signatures(envelope, statement_proven=True)
+            tombstones(envelope)
+            return signatures
+
+        keys = {EPOCH: public_key(), EPOCH + 1: public_key()}
+        self.store = EnvelopeStore(FLEET, keys, prove, prove_rest=prove_rest, memo=self.verifier)
+
+    def save(self) -> None:
+        assert self.verifier.cache is not None
+        data = self.verifier.cache.snapshot()
+        if data is not None:
+            self.verifier.cache.write(data)
+
+
+def _first_run(path: Path) -> Node:
+    node = Node(path)
+    for revision, spec in enumerate(SPECS, start=1):
+        assert node.store.ingest(spec.key, revision, envelope_bytes(spec)) is not None
+    assert (node.verifier.verified, node.verifier.values_known) == (len(SPECS), 0)
+    node.save()
+    return node
+
+
+def test_a_restart_checks_a_value_it_proved_before_only_against_its_own_state(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "node-1.bundle.verified"
+    first = _first_run(path)
+    again = Node(path)
+    for revision, spec in enumerate(SPECS, start=1):
+        entry = again.store.ingest(spec.key, revision, envelope_bytes(spec))
+        assert entry is not None
+        before = first.store.current[spec.key]
+        # the same entry as a full check makes (the JWE split, its context the metadata's)
+        assert (entry.digest, entry.version, entry.epoch) == (
+            before.digest,
+            before.version,
+            before.epoch,
+        )
+        full = first.store.check(spec.key, revision, envelope_bytes(spec)).entry
+        assert full is not None and entry.parsed == full.parsed
+    assert again.verifier.values_known == len(SPECS)
+    assert again.verifier.verified == 0  # no statement checked, no signature verified
+
+
+def test_only_the_very_value_under_the_very_key_is_known(tmp_path: Path) -> None:
+    """Another value (its statement kept, its JWE changed), the same value under another
+    key, or under another admin key: checked in full, and refused when it does not prove."""
+    path = tmp_path / "v"
+    _first_run(path)
+    node = Node(path)
+    raw = envelope_bytes(SPECS[0])
+    envelope = ENVELOPE_CODEC.decode(raw)
+    changed = ENVELOPE_CODEC.encode(
+        msgspec.structs.replace(envelope, jwe=envelope.jwe[:-4] + "AAAA")
+    )
+    assert node.store.ingest(SPECS[0].key, 1, changed) is None
+    assert node.store.rejected[SPECS[0].key] == "unproven"
+    assert node.store.ingest(SPECS[1].key, 2, raw) is None  # found under another key
+    assert node.store.rejected[SPECS[1].key] == "context_mismatch"
+    assert node.verifier.values_known == 0
+    found = node.verifier.proven_value(FLEET, SPECS[0].key, raw)
+    assert found is not None and found[1]  # the value itself, where it was: known
+    other_admin = StatementVerifier(Ed25519PrivateKey.generate().public_key(), node.verifier.cache)
+    found = other_admin.proven_value(FLEET, SPECS[0].key, raw)
+    assert found is not None and not found[1]
+
+
+def test_what_rests_on_the_nodes_state_is_checked_every_time(tmp_path: Path) -> None:
+    """A tombstone, a re-wrapping node revoked since, an epoch the node no longer holds:
+    a value proven before is refused all the same."""
+    path = tmp_path / "v"
+    node = Node(path)
+    good = ENVELOPE_CODEC.encode(rewrapped("node-3"))
+    assert node.store.ingest(SECRET.key, 1, good) is not None
+    assert node.verifier.values_known == 0
+    node.save()
+
+    again = Node(path)
+    assert again.store.ingest(SECRET.key, 1, good) is not None
+    assert again.verifier.values_known == 1
+
+    revoked = Node(path)
+    revoked.roster = roster(revoked=("node-3",))
+    assert revoked.store.ingest(SECRET.key, 1, good) is None
+    assert revoked.store.rejected[SECRET.key] == "unproven"
+    assert revoked.verifier.values_known == 1  # known, and refused by the roster
+
+    deleted = Node(path)
+    deleted.dead.add(SECRET.key)
+    assert deleted.store.ingest(SECRET.key, 1, good) is None
+    assert deleted.store.rejected[SECRET.key] == Tombstoned.code
+
+    retired = Node(path)
+    del retired.store.keys[EPOCH + 1]
+    assert retired.store.ingest(SECRET.key, 1, good) is None
+    assert retired.store.rejected[SECRET.key] == "stale_epoch"
+
+
+def test_a_refused_value_is_never_remembered(tmp_path: Path) -> None:
+    path = tmp_path / "v"
+    node = Node(path)
+    node.dead.add(SPECS[0].key)  # proven, but deleted by the admin: not admitted
+    assert node.store.ingest(SPECS[0].key, 1, envelope_bytes(SPECS[0])) is None
+    node.save()
+    again = Node(path)
+    assert again.store.ingest(SPECS[0].key, 1, envelope_bytes(SPECS[0])) is not None
+    assert again.verifier.values_known == 0
+
+
+def test_values_proven_under_other_rules_are_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "v"
+    _first_run(path)
+    monkeypatch.setattr(vs, "_VALUE_TAG", b"flashgate proven envelope value v999\x00")
+    node = Node(path)
+    for revision, spec in enumerate(SPECS, start=1):
+        assert node.store.ingest(spec.key, revision, envelope_bytes(spec)) is not None
+    assert node.verifier.values_known == 0
+    # the statements themselves were kept: their signatures are not verified again
+    assert node.verifier.verified == 0 and node.verifier.hits == len(SPECS)
