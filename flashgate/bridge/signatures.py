@@ -51,12 +51,16 @@ class Signature:
         return ed25519.verify(self.public, self.signature, self.message)
 
 
-def settle(signatures: Sequence[Signature], valid: Sequence[bool]) -> None:
+def settle(
+    signatures: Sequence[Signature], valid: Sequence[bool], *, remember: bool = True
+) -> None:
     """Raise :class:`Unproven` for the first signature that did not verify; remember the
-    ones that did (only when all did)."""
+    ones that did (only when all did, and ``remember``)."""
     for signature, ok in zip(signatures, valid, strict=True):
         if not ok:
             raise Unproven(signature.refusal)
+    if not remember:
+        return
     for signature in signatures:
         if signature.remember is not None:
             signature.remember()
