@@ -1695,7 +1695,7 @@ async def fast_join(
 ) -> JoinRun:
     """Start the last node (the others are running and hold everything) and time it.
     ``restart``: the same node again, as an operator restarts one (its bundle already
-    sealed with the current roster, its verified statements kept beside it)."""
+    sealed with the current roster, the envelope values it proved kept beside it)."""
     joiner = list(live.nodes)[-1]
     node = live.nodes[joiner]
     label = "restart" if restart else ("fast" if fast else "cold")
@@ -1966,7 +1966,7 @@ def print_fast_path(
         "COLD (est.): measured at the largest S up to the cold limit, scaled linearly "
         "(each secret costs t partial decryptions).",
         "RESTART: the joiner stopped and started again, as an operator restarts a node (its "
-        "bundle sealed with the current roster, its verified statements kept beside it); "
+        "bundle sealed with the current roster, the envelope values it proved kept beside it); "
         "the goals are about the first join.",
     ]
     for join in result["joins"]:
