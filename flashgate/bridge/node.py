@@ -158,8 +158,10 @@ class BridgeNode:
             admin_key,
             None if bundle_path is None else tombstones_path(bundle_path),
         )
-        # Admin statements verified before, remembered beside the bundle (MAC'd with a
-        # key derived from this node's signing key): only their signature check is skipped.
+        # Admin statements verified and envelope values proven before, remembered beside
+        # the bundle (MAC'd with a key derived from this node's signing key): a statement's
+        # signature is not verified again; a proven value is checked only against this
+        # node's state (verified_statements.py).
         self.verified_statements = VerifiedStatements(
             None if bundle_path is None else verified_path(bundle_path),
             file_mac_key(private_raw(bundle.signing_key), bundle.fleet, bundle.node_id),

@@ -181,8 +181,10 @@ class Checked:
     signatures: Sequence[Signature] = ()
     error: FlashgateError | None = None
     generation: int = 0  # the store's, when checked
-    #: The value's fingerprint, remembered once it is admitted (not proven before).
+    #: The value's fingerprint (kept once it is admitted), and whether the value was
+    #: proven before (then only what rests on this node's state was checked).
     fingerprint: bytes | None = None
+    proven: bool = False
     #: The value itself, kept only when refused for an epoch the node lacked: the epoch
     #: may arrive before it is admitted, and it is then checked again.
     raw: bytes | None = None
@@ -239,9 +241,14 @@ class EnvelopeStore:
         except FlashgateError as exc:
             stale = raw if isinstance(exc, StaleEpoch) else None
             return Checked(key, revision, None, error=exc, generation=self._generation, raw=stale)
-        fingerprint = found[0] if found is not None and not proven else None
         return Checked(
-            key, revision, entry, signatures, generation=self._generation, fingerprint=fingerprint
+            key,
+            revision,
+            entry,
+            signatures,
+            generation=self._generation,
+            fingerprint=found[0] if found is not None else None,
+            proven=proven,
         )
 
     def admit(self, checked: Checked, valid: Sequence[bool]) -> Entry | None:
@@ -270,8 +277,9 @@ class EnvelopeStore:
             settle(checked.signatures, valid, remember=checked.fingerprint is None)
             if entry.epoch not in self.keys:  # retired since it was checked
                 raise StaleEpoch(f"{key}: envelope for epoch {entry.epoch}, which this node lacks")
-            if checked.generation != self._generation:
-                self.prove(entry.envelope)  # its signatures verified; the rest again
+            if checked.generation != self._generation:  # its signatures verified; the rest again
+                reprove = self.prove_rest if checked.proven and self.prove_rest else self.prove
+                reprove(entry.envelope)
         except FlashgateError as exc:
             self.rejected[key] = exc.code
             return None

@@ -13,7 +13,8 @@ its answer "valid" can be remembered:
   refused before.
 - **Remembering.** A valid verification is kept as its *fingerprint*, SHA-256 over a
   domain tag, the admin's raw public key, the signature and the signed bytes. A statement
-  whose fingerprint is kept is not verified again; nothing else is skipped: the statement
+  whose fingerprint is kept is not verified again; nothing else is skipped (but see proven
+  envelope values, below): the statement
   is still checked against the envelope (context, API key, JWE digests), and the re-wrap
   attestation, the roster, the epoch's members and the tombstones are checked live, as
   before. Refusals are never kept. Another admin key, another signature or other bytes
@@ -30,7 +31,9 @@ its answer "valid" can be remembered:
 - **Proven envelope values.** The same file also keeps, with another domain tag, the
   fingerprint of each envelope *value* found proven: SHA-256 over the tag (which carries
   :data:`CHECKS_VERSION`), the admin's raw public key, the fleet, the bucket key and the
-  value's bytes, kept once the value is admitted (:meth:`StatementVerifier.proven_value`).
+  value's bytes, kept once the value is admitted (:meth:`StatementVerifier.proven_value`,
+  :meth:`StatementVerifier.remember_value`); the tag also names the flashgate and msgspec
+  releases.
   Everything that fingerprint stands for is a pure function of those inputs: the JWE's
   profile (its header), its bound context equal to the envelope's metadata, the admin's
   statement about this very envelope, and the statement's signature. A restarting node
@@ -53,11 +56,13 @@ import hashlib
 import hmac
 from pathlib import Path
 
+import msgspec
 import structlog
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from flashgate import __version__
 from flashgate.bridge.signatures import Signature
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.errors import MalformedEnvelope, SignatureInvalid
@@ -74,9 +79,16 @@ FINGERPRINT_BYTES = 32
 _COUNT_BYTES = 4
 _MAC_BYTES = 32
 _FINGERPRINT_TAG = b"flashgate verified admin statement v1\x00"
-#: Raised whenever an envelope value's stateless checks change (module docs).
+#: Raised whenever an envelope value's stateless checks change (module docs; a test pins
+#: a digest of their sources, ``tests/bridge/test_unit_proven_values.py``).
 CHECKS_VERSION = 1
-_VALUE_TAG = b"flashgate proven envelope value v%d\x00" % CHECKS_VERSION
+#: The checks also rest on msgspec (the envelope's decoder, the header's quick reader):
+#: another release of it, or of flashgate, checks every value in full once.
+_VALUE_TAG = b"flashgate proven envelope value v%d %s %s\x00" % (
+    CHECKS_VERSION,
+    __version__.encode(),
+    msgspec.__version__.encode(),
+)
 _HKDF_INFO = b"flashgate verified-statements file mac v1"
 
 
@@ -119,6 +131,10 @@ class VerifiedStatements:
             self._used.add(fingerprint)
             return True
         return False
+
+    def knows(self, fingerprint: bytes) -> bool:
+        """Whether ``fingerprint`` is known verified (nothing is marked used)."""
+        return fingerprint in self._used or fingerprint in self._known
 
     def add(self, fingerprint: bytes) -> None:
         if fingerprint not in self._used and len(self._used) < MAX_ENTRIES:
@@ -242,18 +258,21 @@ class StatementVerifier:
 
     def proven_value(self, fleet: str, key: str, raw: bytes) -> tuple[bytes, bool] | None:
         """The fingerprint of an envelope value (``raw``, found under ``key`` of ``fleet``)
-        and whether it is known proven (then it is kept at the next save); None without a
-        cache. Remember a value once admitted with :meth:`remember_value`."""
+        and whether it is known proven; None without a cache. Nothing is marked: once the
+        value is admitted, :meth:`remember_value` keeps its fingerprint (at the next save)."""
         if self.cache is None:
             return None
         fingerprint = hashlib.sha256(
             b"\x00".join((_VALUE_TAG + self._admin_raw, fleet.encode(), key.encode(), raw))
         ).digest()
-        known = self.cache.take(fingerprint)
-        if known:
-            self.values_known += 1
-        return fingerprint, known
+        return fingerprint, self.cache.knows(fingerprint)
 
     def remember_value(self, fingerprint: bytes) -> None:
-        if self.cache is not None:
+        """An envelope value was admitted: its fingerprint is kept (counted in
+        ``values_known`` when it was known already)."""
+        if self.cache is None:
+            return
+        if self.cache.take(fingerprint):
+            self.values_known += 1
+        else:
             self.cache.add(fingerprint)

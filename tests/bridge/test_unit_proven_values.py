@@ -151,7 +151,8 @@ def test_what_rests_on_the_nodes_state_is_checked_every_time(tmp_path: Path) -> 
     revoked.roster = roster(revoked=("node-3",))
     assert revoked.store.ingest(SECRET.key, 1, good) is None
     assert revoked.store.rejected[SECRET.key] == "unproven"
-    assert revoked.verifier.values_known == 1  # known, and refused by the roster
+    # known (its statement was not checked again), and refused by the roster
+    assert revoked.verifier.values_known == 0 and revoked.verifier.verified == 0
 
     deleted = Node(path)
     deleted.dead.add(SECRET.key)
@@ -175,6 +176,42 @@ def test_a_refused_value_is_never_remembered(tmp_path: Path) -> None:
     assert again.verifier.values_known == 0
 
 
+def test_a_known_value_refused_now_is_not_kept_at_the_next_save(tmp_path: Path) -> None:
+    """A value proven before and refused now (a tombstone arrived while the node was
+    down) drops out of the file: only values admitted in this run are kept."""
+    path = tmp_path / "v"
+    _first_run(path)
+    node = Node(path)
+    node.dead.add(SPECS[0].key)
+    for revision, spec in enumerate(SPECS, start=1):
+        admitted = node.store.ingest(spec.key, revision, envelope_bytes(spec))
+        assert (admitted is None) == (spec is SPECS[0])
+    assert node.verifier.values_known == len(SPECS) - 1
+    node.save()
+    assert VerifiedStatements(path, file_mac_key(SEED, FLEET, "node-1")).load() == len(SPECS) - 1
+
+
+def test_a_known_value_checked_again_after_a_tombstone_is_checked_against_the_state(
+    tmp_path: Path,
+) -> None:
+    """A tombstone arriving between a value's check and its admission re-checks it; for
+    a value proven before that is the state-dependent part (no statement counted as
+    verified)."""
+    path = tmp_path / "v"
+    _first_run(path)
+    node = Node(path)
+    checked = [
+        node.store.check(spec.key, revision, envelope_bytes(spec))
+        for revision, spec in enumerate(SPECS, start=1)
+    ]
+    node.dead.add(SPECS[1].key)
+    node.store.drop_where(lambda entry: False)  # a tombstone was applied meanwhile
+    admitted = [node.store.admit(c, [s.verify() for s in c.signatures]) for c in checked]
+    assert [a is None for a in admitted] == [spec is SPECS[1] for spec in SPECS]
+    assert node.store.rejected[SPECS[1].key] == Tombstoned.code
+    assert node.verifier.verified == 0
+
+
 def test_values_proven_under_other_rules_are_checked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,3 +224,37 @@ def test_values_proven_under_other_rules_are_checked_again(
     assert node.verifier.values_known == 0
     # proven in full again: one fingerprint is kept per value, none per statement
     assert node.verifier.verified == len(SPECS) and node.verifier.hits == 0
+
+
+#: What a value proven before is not checked against again, by source. Changing any of it
+#: changes what a value must pass: raise ``CHECKS_VERSION`` and update this digest.
+CHECKS_VERSION_SOURCES_SHA256 = "1beca341a8b8635c26764c6c825604cc2fc8d426f3a157b6a3069573cedb6b19"
+
+
+def _checks_sources_digest() -> str:
+    import hashlib
+    import inspect
+
+    from flashgate import names
+    from flashgate.bridge import provenance
+    from flashgate.crypto import context, jwe
+    from flashgate.events import envelope, types
+
+    parts = [
+        inspect.getsource(jwe),  # the profile: parse, parse_header, the allowed parameters
+        inspect.getsource(context.SecretContext),
+        inspect.getsource(envelope),  # the structs, check_envelope_location, check_statement
+        inspect.getsource(types),  # the wire constraints of the envelope's fields
+        inspect.getsource(names),
+        inspect.getsource(provenance.provenance_signatures),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def test_checks_version_is_raised_when_the_skipped_checks_change() -> None:
+    assert vs.CHECKS_VERSION == 1
+    assert _checks_sources_digest() == CHECKS_VERSION_SOURCES_SHA256, (
+        "the checks a value proven before skips have changed: raise CHECKS_VERSION in "
+        "flashgate/bridge/verified_statements.py (values proven under the old rules are "
+        "then checked in full again) and update CHECKS_VERSION_SOURCES_SHA256"
+    )
