@@ -251,6 +251,7 @@ class BridgeNode:
             vault=self.vault,
             spawn=self._spawn,
             checker=SignatureWorker(),
+            admin=self.statements.admin_raw,
         )
         self.fleet = FleetFollower(
             bundle=bundle,
@@ -360,6 +361,9 @@ class BridgeNode:
             self.hardening = process_hardening.harden(lock_memory=self.settings.lock_memory)
             log.info("process hardening", **self.hardening.as_dict())
         await self._tasks.open(on_failure=self._stopped.set)
+        # The signature worker's Python starts while this one connects and reads the
+        # fleet documents: it is ready for the first envelope values, not 0.2 s after.
+        await self.secrets.checker.start()
         s = self.settings
         # Its own NATS identity (the NKey sealed in its bundle) unless told a user to log
         # in as: a bundle from before per-node identities has none.
@@ -462,6 +466,7 @@ class BridgeNode:
         log.info(
             "admin statements checked",
             verified=self.statements.verified,
+            proven_by_worker=self.secrets.proven_by_worker,
             remembered=self.statements.hits,
             values_proven_before=self.statements.values_known,
             file_ignored=self.verified_statements.ignored_file,
@@ -495,6 +500,7 @@ class BridgeNode:
         if self._metrics is not None:
             self._metrics.close()
         await self._tasks.close()
+        await self.secrets.checker.close()  # started with the node; the watch may not run
         await self.transport.close()
         await asyncio.to_thread(self.ring.close)
         if not self.revoked:

@@ -23,32 +23,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from flashgate.bridge.signatures import Signature, settle
 from flashgate.bridge.store import Entry
+from flashgate.bridge.value_proof import raw_signature, statement_proof
 from flashgate.bridge.verified_statements import StatementVerifier
-from flashgate.crypto import ed25519
-from flashgate.crypto.encoding import b64url_decode
 from flashgate.errors import FlashgateError, Unproven
-from flashgate.events.envelope import (
-    EnvelopeStatement,
-    RewrapAttestation,
-    SecretEnvelope,
-    check_statement,
-    jwe_sha256,
-    proven_api_key,
-)
+from flashgate.events.envelope import SecretEnvelope, jwe_sha256
 from flashgate.events.fleet import Roster
 from flashgate.events.signing import signing_bytes
 from flashgate.fleet.identity_keys import load_ed25519_public
-
-
-def _raw_signature(struct: EnvelopeStatement | RewrapAttestation, refusal: str) -> bytes:
-    raw = struct.signature
-    try:
-        value = raw if isinstance(raw, bytes) else b64url_decode(raw, "signature")
-    except FlashgateError:
-        raise Unproven(refusal) from None
-    if len(value) != ed25519.SIGNATURE_BYTES:
-        raise Unproven(refusal)
-    return value
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
@@ -67,7 +48,8 @@ def provenance_signatures(
     returned (none for a statement ``statements`` remembers as verified). Raises
     :class:`Unproven` for anything else wrong. ``statement_proven``: this very envelope
     value was proven before (:meth:`StatementVerifier.proven_value`): its statement is not
-    checked again; a re-wrap attestation is (it rests on the roster)."""
+    checked again; a re-wrap attestation is (it rests on the roster). The statement's
+    checks are :func:`~flashgate.bridge.value_proof.statement_proof`."""
     where = envelope.key
     provenance = envelope.provenance
     if provenance is None:
@@ -75,16 +57,7 @@ def provenance_signatures(
     statement, rewrap = provenance.statement, provenance.rewrap
     signatures: list[Signature] = []
     if not statement_proven:
-        check_statement(
-            statement,
-            envelope,  # its own fields (the JWE's bound context is checked against them)
-            api_key=proven_api_key(envelope.api_key),
-            token=envelope.jwe,
-            epoch=envelope.epoch if rewrap is None else None,
-        )
-        refusal = f"{where}: the admin's statement does not verify"
-        signature = _raw_signature(statement, refusal)
-        message = signing_bytes(statement)
+        signature, message, refusal = statement_proof(envelope)
         if statements is None:
             signatures.append(Signature(_raw_public(admin), signature, message, refusal))
         else:
@@ -105,7 +78,7 @@ def provenance_signatures(
         raise Unproven(f"{where}: re-wrapped by {rewrap.node_id}, not an active member")
     refusal = f"{where}: the re-wrap attestation does not verify"
     signatures.append(
-        Signature(_raw_public(key), _raw_signature(rewrap, refusal), signing_bytes(rewrap), refusal)
+        Signature(_raw_public(key), raw_signature(rewrap, refusal), signing_bytes(rewrap), refusal)
     )
     return signatures
 

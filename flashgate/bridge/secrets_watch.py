@@ -2,19 +2,29 @@
 
 Each value is checked into this node's own copy of the store
 (:class:`~flashgate.bridge.store.EnvelopeStore`) and offered to the loader. The check is
-pipelined: values are checked as they come (all but their signatures,
-:meth:`~flashgate.bridge.store.EnvelopeStore.check`), their signatures verified in batches
-by the checker (a worker process on another core while the initial values are read,
-:class:`~flashgate.bridge.signatures.SignatureWorker`; in this process after that), and
-each value admitted or refused once its batch is verified, in the order the values, the
-deletes and the end of the initial values arrived. An unusable one
-is recorded with its reason (and read again when the epoch it was refused for arrives,
-:meth:`SecretsWatch.reingest_rejected`). The initial values are streamed
-(:func:`flashgate.broker.watch.follow` with ``stream=True``: the latest revision of each
-key, checked as it arrives rather than held until the last one is in; a secret written
-while the node starts may come just after the end marker, as a live put). After the
-initial values (one end marker, which does not trust nats-py's), ``initial_load_done`` is
-set once the loader is idle. A share request for a revision this node has not seen yet
+pipelined, in batches of up to SIGNATURE_BATCH values:
+
+1. **proved** (:meth:`SecretsWatch._prove`): values this node never proved go to the
+   checker (a worker process on another core while the initial values are read,
+   :class:`~flashgate.bridge.signatures.SignatureWorker`), which proves their stateless
+   part (:func:`~flashgate.bridge.value_proof.value_proven`); a batch that comes while the
+   worker has PROVE_AHEAD batches to prove is not sent (this process checks it in full);
+2. **checked** (:meth:`SecretsWatch._check`): each value checked in this process, all but
+   its signatures (:meth:`~flashgate.bridge.store.EnvelopeStore.check`): against this
+   node's state only for a value proven (by the worker, or at an earlier start), in full
+   otherwise; the signatures left are verified by the checker;
+3. **admitted** (:meth:`SecretsWatch._admit`): each value admitted or refused once its
+   batch is verified, in the order the values, the deletes and the end of the initial
+   values arrived.
+
+An unusable value is recorded with its reason (and read again when the epoch it was
+refused for arrives, :meth:`SecretsWatch.reingest_rejected`). The initial values are
+streamed (:func:`flashgate.broker.watch.follow` with ``stream=True``: the latest revision
+of each key, checked as it arrives rather than held until the last one is in; a secret
+written while the node starts may come just after the end marker, as a live put). After
+the initial values (one end marker, which does not trust nats-py's), the worker is
+stopped (live values are proved and verified in this process) and ``initial_load_done``
+is set once the loader is idle. A share request for a revision this node has not seen yet
 is answered from the bucket when it is the key's latest revision there
 (:meth:`SecretsWatch.fetch_latest`); the bucket's history is never read for one.
 """
@@ -46,14 +56,22 @@ log = structlog.get_logger("flashgate.bridge")
 YIELD_EVERY = 256
 #: Values whose signatures are verified together (one message to the worker and back).
 SIGNATURE_BATCH = 256
-#: Checked values waiting for a batch, and batches being verified (bounded: the watch
-#: waits rather than holding every checked value of a large bucket at once).
+#: Values waiting for a batch, and batches being proved, checked or verified (bounded:
+#: the watch waits rather than holding every value of a large bucket at once).
 PIPELINE_ITEMS = 2 * SIGNATURE_BATCH
-PIPELINE_BATCHES = 4
+PIPELINE_BATCHES = 8
+#: Batches of values the worker may be proving at once: a batch that comes while it has
+#: this many is checked in full here at once (its signatures still verified by the
+#: worker), so that neither this process nor the worker waits on the other.
+PROVE_AHEAD = 4
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+_Event = Value | Deleted | InitialDone
 _Item = Checked | Deleted | InitialDone
-_Batch = tuple[list[_Item], "asyncio.Future[list[bool]]"]
+#: A batch checked: its items, and the verification of the signatures they still need.
+_Checking = tuple[list[_Item], "asyncio.Future[list[bool]]"]
+#: A batch on its way: checked at once, or once the checker has proved its values.
+_Batch = asyncio.Future[_Checking]
 
 
 @dataclass
@@ -72,15 +90,21 @@ class SecretsWatch:
     initial_values_taken_at: float | None = None
     #: The secrets bucket, once bound (before that this node knows no envelope at all).
     kv: KeyValue | None = None
+    #: The pinned admin key (raw): values not proven at an earlier start are proven under
+    #: it by the checker first (empty: every value is checked in full here).
+    admin: bytes = b""
+    #: Values whose stateless part the checker proved (the signature worker).
+    proven_by_worker: int = 0
+    _proving: list[asyncio.Future[list[bool]]] = field(default_factory=list, repr=False)
 
     async def run(self, kv: KeyValue) -> None:
         self.kv = kv
-        checked: asyncio.Queue[_Item] = asyncio.Queue(PIPELINE_ITEMS)
-        verifying: asyncio.Queue[_Batch] = asyncio.Queue(PIPELINE_BATCHES)
+        arrived: asyncio.Queue[_Event] = asyncio.Queue(PIPELINE_ITEMS)
+        batches: asyncio.Queue[_Batch] = asyncio.Queue(PIPELINE_BATCHES)
         await self.checker.start()
         stages = [
-            asyncio.create_task(self._batch(checked, verifying)),
-            asyncio.create_task(self._admit(verifying)),
+            asyncio.create_task(self._dispatch(arrived, batches)),
+            asyncio.create_task(self._admit(batches)),
         ]
         try:
             taken = 0
@@ -89,11 +113,7 @@ class SecretsWatch:
                     taken += 1
                     if taken % YIELD_EVERY == 0:  # the initial values come without a pause
                         await asyncio.sleep(0)
-                    if isinstance(event, Value):
-                        item: _Item = self.store.check(event.key, event.revision, event.value)
-                    else:
-                        item = event
-                    await checked.put(item)
+                    await arrived.put(event)
                     for stage in stages:  # a stage that failed fails the watch
                         if stage.done():
                             stage.result()
@@ -102,23 +122,78 @@ class SecretsWatch:
                 stage.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*stages, return_exceptions=True)
+            pending: list[asyncio.Future[Any]] = [*self._proving]
+            while not batches.empty():
+                pending.append(batches.get_nowait())
+            for future in pending:
+                future.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*pending, return_exceptions=True)
             await self.checker.close()
 
-    async def _batch(self, checked: asyncio.Queue[_Item], verifying: asyncio.Queue[_Batch]) -> None:
-        """Take what has been checked (up to SIGNATURE_BATCH values at once) and start the
-        verification of its signatures; the next batch is checked meanwhile."""
+    async def _dispatch(
+        self, arrived: asyncio.Queue[_Event], batches: asyncio.Queue[_Batch]
+    ) -> None:
+        """Take what has arrived (up to SIGNATURE_BATCH events at once) as one batch, in
+        order: the checker proves its values not proven at an earlier start and this
+        process then checks them against its state, or, while the checker has PROVE_AHEAD
+        batches to prove, this process checks them in full at once. Either way the next
+        batch is taken meanwhile; batches are admitted in the order they arrived."""
         while True:
-            items = [await checked.get()]
-            while not checked.empty() and len(items) < SIGNATURE_BATCH:
-                items.append(checked.get_nowait())
-            signatures = [s for item in items if isinstance(item, Checked) for s in item.signatures]
-            verified = asyncio.ensure_future(self.checker.check(signatures))
-            await verifying.put((items, verified))
+            events = [await arrived.get()]
+            while not arrived.empty() and len(events) < SIGNATURE_BATCH:
+                events.append(arrived.get_nowait())
+            found = [
+                self.store.fingerprint(e.key, e.value) if isinstance(e, Value) else None
+                for e in events
+            ]
+            ask = [i for i, f in enumerate(found) if f is not None and not f[1]]
+            self._proving = [f for f in self._proving if not f.done()]
+            if ask and self.admin and len(self._proving) < PROVE_AHEAD:
+                asked = [events[i] for i in ask]
+                values = [(e.key, e.value) for e in asked if isinstance(e, Value)]
+                proven = asyncio.ensure_future(self.checker.prove(self.admin, self.fleet, values))
+                self._proving.append(proven)
+                batch: _Batch = asyncio.ensure_future(
+                    self._check_proven(events, found, ask, proven)
+                )
+            else:
+                batch = asyncio.get_running_loop().create_future()
+                batch.set_result(self._check(events, found))
+            await batches.put(batch)
 
-    async def _admit(self, verifying: asyncio.Queue[_Batch]) -> None:
-        """Admit each batch once verified, in order."""
+    async def _check_proven(
+        self,
+        events: list[_Event],
+        found: list[tuple[bytes, bool] | None],
+        ask: list[int],
+        proven: asyncio.Future[list[bool]],
+    ) -> _Checking:
+        """:meth:`_check` once the checker has said which of the values at ``ask`` it
+        proved (a value it did not prove is checked in full here)."""
+        for i, ok in zip(ask, await proven, strict=True):
+            fingerprint = found[i]
+            if ok and fingerprint is not None:
+                found[i] = (fingerprint[0], True)
+                self.proven_by_worker += 1
+        return self._check(events, found)
+
+    def _check(self, events: list[_Event], found: list[tuple[bytes, bool] | None]) -> _Checking:
+        """Check a batch's values, all but the signatures still to verify, whose
+        verification then starts."""
+        items: list[_Item] = [
+            self.store.check(event.key, event.revision, event.value, found=f)
+            if isinstance(event, Value)
+            else event
+            for event, f in zip(events, found, strict=True)
+        ]
+        signatures = [s for item in items if isinstance(item, Checked) for s in item.signatures]
+        return items, asyncio.ensure_future(self.checker.check(signatures))
+
+    async def _admit(self, batches: asyncio.Queue[_Batch]) -> None:
+        """Admit each batch once checked and verified, in the order the batches arrived."""
         while True:
-            items, verified = await verifying.get()
+            items, verified = await (await batches.get())
             valid = iter(await verified)
             for item in items:
                 if isinstance(item, Checked):

@@ -1,20 +1,28 @@
 """The signature worker: a child process of a Bridge Node that verifies Ed25519 signatures
-in bulk (:class:`flashgate.bridge.signatures.SignatureWorker` starts it and speaks to it).
+and proves envelope values in bulk (:class:`flashgate.bridge.signatures.SignatureWorker`
+starts it and speaks to it).
 
 A node joining a fleet of 100k secrets checks 100k admin signatures (about 60 µs each
 here) before it can hold them; done in the node's process they take a core the event loop
 needs for everything else, and a thread cannot help (PyNaCl gives the GIL back during a
 verification, but the thread then waits for the event loop to give it back). This process
-does them on another core while the node decodes and checks the rest.
+does them on another core while the node decodes and checks the rest. For a node's
+initial values it does more: it proves each value's stateless part
+(:func:`flashgate.bridge.value_proof.value_proven`: the decode, the JWE's profile and
+bound context, the admin's statement and its signature), so that the node checks those
+values only against its own state, as it does a value proven at an earlier start.
 
-It is given only public data (public keys, signatures and the signed bytes) and answers
-only valid or not valid: nothing secret ever reaches it. It reads batches from its stdin
-and writes one answer per batch to its stdout, in order, until its stdin closes (the node
-stopped, or was killed):
+It is given only public data (public keys, signatures, signed bytes, envelope values,
+which are ciphertexts) and answers only valid or not valid: nothing secret ever reaches
+it. It reads batches from its stdin and writes one answer per batch to its stdout, in
+order, until its stdin closes (the node stopped, or was killed):
 
-    batch:  u32be length, then that many bytes of items:
+    batch:  u32be length, then that many bytes: one kind byte, then its items
+      kind 0 (signatures), each item:
             32-byte public key, 64-byte signature, u32be message length, message
-    answer: u32be count, then one byte per item (1 valid, 0 not)
+      kind 1 (envelope values): 32-byte admin public key, u16be fleet length, fleet,
+            then each item: u16be key length, key, u32be value length, value
+    answer: u32be count, then one byte per item (1 valid or proven, 0 not)
 
 A batch that does not parse ends the process (the node then verifies in its own).
 """
@@ -25,18 +33,66 @@ import struct
 import sys
 from typing import BinaryIO
 
+from flashgate.bridge.value_proof import value_proven
 from flashgate.crypto import ed25519
 
 #: The largest batch accepted (the node sends at most its batch size of statements).
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 _HEAD = struct.Struct(">I")
+_SHORT = struct.Struct(">H")
 _ITEM_HEAD = ed25519.PUBLIC_KEY_BYTES + ed25519.SIGNATURE_BYTES + _HEAD.size
+#: The kinds of batch (the first byte of a batch's body).
+SIGNATURES = 0
+VALUES = 1
 
 
-def verify_batch(body: bytes) -> bytes:
+def answer_batch(body: bytes) -> bytes:
+    """The answer to one batch (its kind byte first). ValueError if malformed."""
+    if not body:
+        raise ValueError("empty batch")
+    if body[0] == SIGNATURES:
+        return verify_batch(body, 1)
+    if body[0] == VALUES:
+        return prove_batch(body, 1)
+    raise ValueError("unknown kind of batch")
+
+
+def _text(body: bytes, at: int) -> tuple[str, int]:
+    if len(body) - at < _SHORT.size:
+        raise ValueError("truncated text")
+    (length,) = _SHORT.unpack_from(body, at)
+    at += _SHORT.size
+    if len(body) - at < length:
+        raise ValueError("truncated text")
+    return body[at : at + length].decode("ascii"), at + length
+
+
+def prove_batch(body: bytes, at: int = 0) -> bytes:
+    """One byte per envelope value of ``body`` (1: proven,
+    :func:`~flashgate.bridge.value_proof.value_proven`). ValueError if malformed."""
+    end = len(body)
+    if end - at < ed25519.PUBLIC_KEY_BYTES:
+        raise ValueError("truncated admin key")
+    admin = body[at : at + ed25519.PUBLIC_KEY_BYTES]
+    fleet, at = _text(body, at + ed25519.PUBLIC_KEY_BYTES)
+    out = bytearray()
+    while at < end:
+        key, at = _text(body, at)
+        if end - at < _HEAD.size:
+            raise ValueError("truncated value")
+        (length,) = _HEAD.unpack_from(body, at)
+        at += _HEAD.size
+        if end - at < length:
+            raise ValueError("truncated value")
+        out.append(1 if value_proven(admin, fleet, key, body[at : at + length]) else 0)
+        at += length
+    return bytes(out)
+
+
+def verify_batch(body: bytes, at: int = 0) -> bytes:
     """One byte per item of ``body`` (1: the signature verifies). ValueError if malformed."""
     out = bytearray()
-    at, end = 0, len(body)
+    end = len(body)
     while at < end:
         if end - at < _ITEM_HEAD:
             raise ValueError("truncated item")
@@ -68,7 +124,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         if body is None:
             return 0
         try:
-            answer = verify_batch(body)
+            answer = answer_batch(body)
         except ValueError:
             return 2
         stdout.write(_HEAD.pack(len(answer)) + answer)

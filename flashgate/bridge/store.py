@@ -221,13 +221,24 @@ class EnvelopeStore:
         checked = self.check(key, revision, raw)
         return self.admit(checked, [s.verify() for s in checked.signatures])
 
-    def check(self, key: str, revision: int, raw: bytes) -> Checked:
+    def fingerprint(self, key: str, raw: bytes) -> tuple[bytes, bool] | None:
+        """The value's fingerprint and whether it is known proven (at an earlier start);
+        None when this store checks every value in full (no memo)."""
+        if self.memo is None or self.prove_rest is None:
+            return None
+        return self.memo.proven_value(self.fleet, key, raw)
+
+    def check(
+        self, key: str, revision: int, raw: bytes, *, found: tuple[bytes, bool] | None = None
+    ) -> Checked:
         """Check a bucket value but for its signatures, changing nothing here (then
-        :meth:`admit` it with their verification, in the order the values arrived)."""
-        found = None
-        if self.memo is not None and self.prove_rest is not None:
-            found = self.memo.proven_value(self.fleet, key, raw)
-        proven = found is not None and found[1]
+        :meth:`admit` it with their verification, in the order the values arrived).
+        ``found``: the value's :meth:`fingerprint`, if the caller has it, whose second item
+        the caller may have set: the value's stateless part was just proven elsewhere (the
+        signature worker, :func:`~flashgate.bridge.value_proof.value_proven`)."""
+        if found is None:
+            found = self.fingerprint(key, raw)
+        proven = found is not None and found[1] and self.prove_rest is not None
         try:
             entry, signatures = check_entry(
                 self.fleet,

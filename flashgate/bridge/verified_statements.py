@@ -81,7 +81,7 @@ _MAC_BYTES = 32
 _FINGERPRINT_TAG = b"flashgate verified admin statement v1\x00"
 #: Raised whenever an envelope value's stateless checks change (module docs; a test pins
 #: a digest of their sources, ``tests/bridge/test_unit_proven_values.py``).
-CHECKS_VERSION = 1
+CHECKS_VERSION = 2
 #: The checks also rest on msgspec (the envelope's decoder, the header's quick reader):
 #: another release of it, or of flashgate, checks every value in full once.
 _VALUE_TAG = b"flashgate proven envelope value v%d %s %s\x00" % (
@@ -255,6 +255,11 @@ class StatementVerifier:
                 self.cache.add(fingerprint)
 
         return Signature(self._admin_raw, signature, signed, refusal, remember)
+
+    @property
+    def admin_raw(self) -> bytes:
+        """The pinned admin public key, raw (what a proven value's fingerprint names)."""
+        return self._admin_raw
 
     def proven_value(self, fleet: str, key: str, raw: bytes) -> tuple[bytes, bool] | None:
         """The fingerprint of an envelope value (``raw``, found under ``key`` of ``fleet``)

@@ -55,6 +55,21 @@ async def test_a_restarted_node_loads_by_the_fast_path_and_no_store_holds_a_valu
         again = checked[1]
         assert (again["verified"], again["values_proven_before"]) == (0, SECRETS), checked
 
+        # started again without what it proved (a first join, as far as proofs go): its
+        # signature worker proves the values, and the node checks them against its state
+        assert node.terminate() == 0
+        node.bundle.with_name(node.bundle.name + ".verified").unlink()
+        node.start()
+        await cluster.wait_up(["node-3"])
+        for i in range(SECRETS):
+            await cluster.wait_held(["node-3"], f"app.s{i}", 1)
+        lines = [json.loads(x) for x in node.log.read_text().splitlines() if x.startswith("{")]
+        checked = [x for x in lines if x.get("event") == "admin statements checked"]
+        assert len(checked) == 3, checked
+        fresh = checked[2]
+        assert (fresh["proven_by_worker"], fresh["verified"]) == (SECRETS, 0), checked
+        assert fresh["values_proven_before"] == 0, checked
+
         # canary: the ring and the wraps hold no value (nor the logs, as everywhere)
         js = nc.jetstream()
         names = cluster.fleet.names

@@ -228,7 +228,7 @@ def test_values_proven_under_other_rules_are_checked_again(
 
 #: What a value proven before is not checked against again, by source. Changing any of it
 #: changes what a value must pass: raise ``CHECKS_VERSION`` and update this digest.
-CHECKS_VERSION_SOURCES_SHA256 = "1beca341a8b8635c26764c6c825604cc2fc8d426f3a157b6a3069573cedb6b19"
+CHECKS_VERSION_SOURCES_SHA256 = "8a9a4d17be6ca13958034f271003fb8d4312f9ba837d986181bd49e32f425a30"
 
 
 def _checks_sources_digest() -> str:
@@ -236,7 +236,7 @@ def _checks_sources_digest() -> str:
     import inspect
 
     from flashgate import names
-    from flashgate.bridge import provenance
+    from flashgate.bridge import provenance, value_proof
     from flashgate.crypto import context, jwe
     from flashgate.events import envelope, types
 
@@ -247,12 +247,13 @@ def _checks_sources_digest() -> str:
         inspect.getsource(types),  # the wire constraints of the envelope's fields
         inspect.getsource(names),
         inspect.getsource(provenance.provenance_signatures),
+        inspect.getsource(value_proof),  # the statement's checks; what the worker proves
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def test_checks_version_is_raised_when_the_skipped_checks_change() -> None:
-    assert vs.CHECKS_VERSION == 1
+    assert vs.CHECKS_VERSION == 2
     assert _checks_sources_digest() == CHECKS_VERSION_SOURCES_SHA256, (
         "the checks a value proven before skips have changed: raise CHECKS_VERSION in "
         "flashgate/bridge/verified_statements.py (values proven under the old rules are "

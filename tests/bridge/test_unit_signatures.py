@@ -117,7 +117,7 @@ async def test_the_worker_is_given_no_passphrase(monkeypatch: pytest.MonkeyPatch
 
 
 def frame(items: list[Signature]) -> bytes:
-    body = b"".join(
+    body = bytes([signature_worker.SIGNATURES]) + b"".join(
         s.public + s.signature + struct.pack(">I", len(s.message)) + s.message for s in items
     )
     return struct.pack(">I", len(body)) + body
@@ -137,8 +137,12 @@ def test_the_worker_protocol_round_trip() -> None:
 @pytest.mark.parametrize(
     "garbage",
     [
-        struct.pack(">I", 10) + b"x" * 10,  # an item shorter than its head
-        struct.pack(">I", 100) + PUBLIC + bytes(64) + struct.pack(">I", 50) + b"short",
+        struct.pack(">I", 10) + b"x" * 10,  # an unknown kind of batch
+        struct.pack(">I", 11) + b"\x00" + b"x" * 10,  # an item shorter than its head
+        struct.pack(">I", 101) + b"\x00" + PUBLIC + bytes(64) + struct.pack(">I", 50) + b"short",
+        struct.pack(">I", 1),  # no kind
+        struct.pack(">I", 20) + b"\x01" + PUBLIC[:19],  # values: a truncated admin key
+        struct.pack(">I", 36) + b"\x01" + PUBLIC + struct.pack(">H", 9) + b"f",  # fleet cut
         struct.pack(">I", signature_worker.MAX_BATCH_BYTES + 1),
     ],
 )

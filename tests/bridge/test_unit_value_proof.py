@@ -1,0 +1,258 @@
+"""Envelope values proven by the signature worker: the worker proves exactly the stateless
+part of a value's proof (what a proven-value fingerprint stands for), and a node checks a
+value the worker proved only against its own state, as it does one proven at an earlier
+start. A value the worker does not prove is checked in full by the node."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from flashgate.bridge import secrets_watch, signature_worker
+from flashgate.bridge.signatures import InlineChecker, SignatureWorker
+from flashgate.bridge.value_proof import value_proven
+from flashgate.broker.watch import InitialDone, Value
+from flashgate.errors import Tombstoned
+from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
+from flashgate.events.signing import sign
+from tests.bridge.test_unit_proven_values import SPECS, Node
+from tests.bridge.test_unit_provenance import SECRET, rewrapped
+from tests.support.bridge_units import FLEET, SAMPLE_SECRETS, envelope_bytes, fleet
+
+ADMIN = fleet().admin_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+OTHER_ADMIN = Ed25519PrivateKey.generate()
+
+
+def _encode(envelope: SecretEnvelope) -> bytes:
+    return ENVELOPE_CODEC.encode(envelope)
+
+
+def _variants() -> list[tuple[str, str, bytes, bool]]:
+    """(what, bucket key, value, whether its stateless part is proven)."""
+    good = envelope_bytes(SECRET)
+    env = ENVELOPE_CODEC.decode(good)
+    assert env.provenance is not None
+    statement = env.provenance.statement
+    other_value = ENVELOPE_CODEC.decode(envelope_bytes(SPECS[0]))
+    resigned = sign(statement, OTHER_ADMIN)
+    return [
+        *((f"sample {s.key}", s.key, envelope_bytes(s), True) for s in SAMPLE_SECRETS),
+        ("as written", SECRET.key, good, True),
+        # a re-wrap: its statement is the worker's to prove; its attestation is the node's
+        ("re-wrapped", SECRET.key, _encode(rewrapped("node-2")), True),
+        ("under another key", "payments.other", good, False),
+        (
+            "no provenance",
+            SECRET.key,
+            _encode(msgspec.structs.replace(env, provenance=None)),
+            False,
+        ),
+        (
+            "statement signed by another key",
+            SECRET.key,
+            _encode(
+                msgspec.structs.replace(
+                    env, provenance=msgspec.structs.replace(env.provenance, statement=resigned)
+                )
+            ),
+            False,
+        ),
+        (
+            "another envelope's JWE",
+            SECRET.key,
+            _encode(msgspec.structs.replace(env, jwe=other_value.jwe)),
+            False,
+        ),
+        (
+            "another version",
+            SECRET.key,
+            _encode(msgspec.structs.replace(env, version=2)),
+            False,
+        ),
+        ("not JSON", SECRET.key, b"{" + good, False),
+        ("empty", SECRET.key, b"", False),
+    ]
+
+
+VARIANTS = _variants()
+
+
+@pytest.mark.parametrize(("what", "key", "raw", "expected"), VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_the_worker_proves_what_a_full_check_of_the_stateless_part_proves(
+    what: str, key: str, raw: bytes, expected: bool, tmp_path: Path
+) -> None:
+    assert value_proven(ADMIN, FLEET, key, raw) is expected
+    assert not value_proven(ADMIN, "another-fleet", key, raw)
+    other_admin = OTHER_ADMIN.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    # under another admin key only what that key signed is proven
+    assert value_proven(other_admin, FLEET, key, raw) is what.startswith("statement signed by")
+    # The node's own full check agrees wherever its state has no say (every node of the
+    # test fleet active and a member of every epoch).
+    node = Node(tmp_path / "v")
+    assert (node.store.ingest(key, 1, raw) is not None) is expected
+
+
+def test_the_worker_protocol_proves_values_in_order() -> None:
+    values = [(key, raw) for _, key, raw, _ in VARIANTS]
+    head = ADMIN + struct.pack(">H", len(FLEET)) + FLEET.encode()
+    items = b"".join(
+        struct.pack(">H", len(k)) + k.encode() + struct.pack(">I", len(v)) + v for k, v in values
+    )
+    body = bytes([signature_worker.VALUES]) + head + items
+    out = io.BytesIO()
+    assert signature_worker.serve(io.BytesIO(struct.pack(">I", len(body)) + body), out) == 0
+    expected = bytes(v[3] for v in VARIANTS)
+    assert out.getvalue() == struct.pack(">I", len(VARIANTS)) + expected
+
+
+@pytest.mark.processes
+async def test_the_worker_process_answers_as_this_process_would() -> None:
+    worker = SignatureWorker()
+    await worker.start()
+    try:
+        values = [(key, raw) for _, key, raw, _ in VARIANTS]
+        assert await worker.prove(ADMIN, FLEET, values) == [v[3] for v in VARIANTS]
+        assert worker.batches == 1
+        # a key that cannot be sent is answered "not proven" (the node checks it itself)
+        odd = [("payments.é", envelope_bytes(SECRET)), values[0]]
+        assert await worker.prove(ADMIN, FLEET, odd) == [False, True]
+    finally:
+        await worker.close()
+    # no worker (closed, or never started): nothing proven, everything checked in full
+    assert await worker.prove(ADMIN, FLEET, values) == [False] * len(values)
+    assert await InlineChecker().prove(ADMIN, FLEET, values) == [False] * len(values)
+
+
+def test_a_value_the_worker_proved_is_checked_only_against_the_nodes_state(
+    tmp_path: Path,
+) -> None:
+    node = Node(tmp_path / "v")
+    for revision, spec in enumerate(SPECS, start=1):
+        raw = envelope_bytes(spec)
+        found = node.store.fingerprint(spec.key, raw)
+        assert found is not None and not found[1]  # never seen by this node
+        assert value_proven(ADMIN, FLEET, spec.key, raw)
+        checked = node.store.check(spec.key, revision, raw, found=(found[0], True))
+        assert checked.proven and not checked.signatures
+        full = Node(tmp_path / "other").store.check(spec.key, revision, raw)
+        assert checked.entry is not None and full.entry is not None
+        assert checked.entry.parsed == full.entry.parsed
+        assert node.store.admit(checked, []) is not None
+    assert node.verifier.verified == 0  # no statement checked or verified in the node
+    # remembered like a value proven in the node: the next start knows them
+    assert node.verifier.cache is not None and len(node.verifier.cache) == len(SPECS)
+    # its state still decides: a tombstone refuses a value the worker proved
+    node.dead.add(SPECS[0].key)
+    raw = envelope_bytes(SPECS[0])
+    found = node.store.fingerprint(SPECS[0].key, raw)
+    assert found is not None
+    checked = node.store.check(SPECS[0].key, len(SPECS) + 1, raw, found=(found[0], True))
+    assert checked.entry is None and checked.error is not None
+    assert checked.error.code == Tombstoned.code
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.offered: list[str] = []
+        self.rejected: dict[str, str] = {}
+
+    def offer(self, entry: Any) -> None:
+        self.offered.append(entry.key)
+
+    def reject(self, key: str, reason: str) -> None:
+        self.rejected[key] = reason
+
+    def forget(self, key: str) -> None: ...
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        return True
+
+
+class _Prover(InlineChecker):
+    """Answers "proven" for the values it is told to; verifies signatures here."""
+
+    def __init__(self, proven: set[str]) -> None:
+        self.proven = proven
+        self.asked: list[str] = []
+
+    async def prove(self, admin: bytes, fleet: str, values: Any) -> list[bool]:
+        assert admin == ADMIN and fleet == FLEET
+        self.asked += [key for key, _ in values]
+        return [key in self.proven for key, _ in values]
+
+
+async def _watch(
+    node: Node, values: list[tuple[str, bytes]], checker: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[secrets_watch.SecretsWatch, _Loader]:
+    async def follow(kv: object, **options: object) -> Any:
+        for revision, (key, raw) in enumerate(values, start=1):
+            yield Value(key, revision, raw)
+        yield InitialDone(len(values))
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(secrets_watch, "follow", follow)
+    loader = _Loader()
+    spawned: list[asyncio.Task[None]] = []
+    watch = secrets_watch.SecretsWatch(
+        FLEET,
+        node.store,
+        loader,  # type: ignore[arg-type]
+        SimpleNamespace(),  # type: ignore[arg-type]
+        spawn=lambda coro: spawned.append(asyncio.ensure_future(coro)),
+        checker=checker,
+        admin=ADMIN,
+    )
+    run = asyncio.create_task(watch.run(SimpleNamespace()))  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(10):
+            while watch.initial_values_taken_at is None:
+                await asyncio.sleep(0.01)
+    finally:
+        run.cancel()
+        for task in spawned:
+            task.cancel()
+        await asyncio.gather(run, *spawned, return_exceptions=True)
+    return watch, loader
+
+
+async def test_the_watch_has_the_worker_prove_new_values_and_checks_the_rest_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker is asked about values never proven here; a value it does not prove is
+    checked in full by the node (and refused with its own reason when bad)."""
+    bad = ENVELOPE_CODEC.decode(envelope_bytes(SECRET))
+    values = [(s.key, envelope_bytes(s)) for s in SPECS]
+    values.append((SECRET.key, _encode(msgspec.structs.replace(bad, provenance=None))))
+    prover = _Prover({SPECS[0].key, SPECS[1].key})
+    node = Node(tmp_path / "v")
+    watch, loader = await _watch(node, values, prover, monkeypatch)
+    assert prover.asked == [key for key, _ in values]
+    assert watch.proven_by_worker == 2
+    assert node.verifier.verified == len(SPECS) - 2  # the rest verified in the node
+    assert loader.offered == [s.key for s in SPECS]
+    assert loader.rejected == {SECRET.key: "unproven"}
+
+
+async def test_values_proven_at_an_earlier_start_are_not_sent_to_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "v"
+    values = [(s.key, envelope_bytes(s)) for s in SPECS]
+    first = Node(path)
+    await _watch(first, values, _Prover({k for k, _ in values}), monkeypatch)
+    first.save()
+    prover = _Prover(set())
+    again = Node(path)
+    watch, loader = await _watch(again, values, prover, monkeypatch)
+    assert prover.asked == [] and watch.proven_by_worker == 0
+    assert again.verifier.values_known == len(SPECS) and again.verifier.verified == 0
+    assert loader.offered == [s.key for s in SPECS]
