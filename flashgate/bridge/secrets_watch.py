@@ -96,6 +96,7 @@ class SecretsWatch:
     #: Values whose stateless part the checker proved (the signature worker).
     proven_by_worker: int = 0
     _proving: list[asyncio.Future[list[bool]]] = field(default_factory=list, repr=False)
+    _verifying: set[asyncio.Future[list[bool]]] = field(default_factory=set, repr=False)
 
     async def run(self, kv: KeyValue) -> None:
         self.kv = kv
@@ -122,7 +123,7 @@ class SecretsWatch:
                 stage.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*stages, return_exceptions=True)
-            pending: list[asyncio.Future[Any]] = [*self._proving]
+            pending: list[asyncio.Future[Any]] = [*self._proving, *self._verifying]
             while not batches.empty():
                 pending.append(batches.get_nowait())
             for future in pending:
@@ -188,7 +189,10 @@ class SecretsWatch:
             for event, f in zip(events, found, strict=True)
         ]
         signatures = [s for item in items if isinstance(item, Checked) for s in item.signatures]
-        return items, asyncio.ensure_future(self.checker.check(signatures))
+        verified = asyncio.ensure_future(self.checker.check(signatures))
+        self._verifying.add(verified)
+        verified.add_done_callback(self._verifying.discard)
+        return items, verified
 
     async def _admit(self, batches: asyncio.Queue[_Batch]) -> None:
         """Admit each batch once checked and verified, in the order the batches arrived."""

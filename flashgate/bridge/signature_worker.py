@@ -21,7 +21,9 @@ order, until its stdin closes (the node stopped, or was killed):
       kind 0 (signatures), each item:
             32-byte public key, 64-byte signature, u32be message length, message
       kind 1 (envelope values): 32-byte admin public key, u16be fleet length, fleet,
-            then each item: u16be key length, key, u32be value length, value
+            u16be tag length, the node's VALUE_TAG (a worker whose own differs, started
+            from another release on disk, proves nothing), then each item:
+            u16be key length, key, u32be value length, value
     answer: u32be count, then one byte per item (1 valid or proven, 0 not)
 
 A batch that does not parse ends the process (the node then verifies in its own).
@@ -33,7 +35,7 @@ import struct
 import sys
 from typing import BinaryIO
 
-from flashgate.bridge.value_proof import value_proven
+from flashgate.bridge.value_proof import VALUE_TAG, value_proven
 from flashgate.crypto import ed25519
 
 #: The largest batch accepted (the node sends at most its batch size of statements).
@@ -57,14 +59,19 @@ def answer_batch(body: bytes) -> bytes:
     raise ValueError("unknown kind of batch")
 
 
-def _text(body: bytes, at: int) -> tuple[str, int]:
+def _field(body: bytes, at: int) -> tuple[bytes, int]:
     if len(body) - at < _SHORT.size:
-        raise ValueError("truncated text")
+        raise ValueError("truncated field")
     (length,) = _SHORT.unpack_from(body, at)
     at += _SHORT.size
     if len(body) - at < length:
-        raise ValueError("truncated text")
-    return body[at : at + length].decode("ascii"), at + length
+        raise ValueError("truncated field")
+    return body[at : at + length], at + length
+
+
+def _text(body: bytes, at: int) -> tuple[str, int]:
+    raw, at = _field(body, at)
+    return raw.decode("ascii"), at
 
 
 def prove_batch(body: bytes, at: int = 0) -> bytes:
@@ -75,6 +82,8 @@ def prove_batch(body: bytes, at: int = 0) -> bytes:
         raise ValueError("truncated admin key")
     admin = body[at : at + ed25519.PUBLIC_KEY_BYTES]
     fleet, at = _text(body, at + ed25519.PUBLIC_KEY_BYTES)
+    tag, at = _field(body, at)
+    same_rules = tag == VALUE_TAG
     out = bytearray()
     while at < end:
         key, at = _text(body, at)
@@ -84,7 +93,8 @@ def prove_batch(body: bytes, at: int = 0) -> bytes:
         at += _HEAD.size
         if end - at < length:
             raise ValueError("truncated value")
-        out.append(1 if value_proven(admin, fleet, key, body[at : at + length]) else 0)
+        proven = same_rules and value_proven(admin, fleet, key, body[at : at + length])
+        out.append(1 if proven else 0)
         at += length
     return bytes(out)
 

@@ -27,6 +27,7 @@ import structlog
 
 from flashgate import environment
 from flashgate.bridge import signature_worker
+from flashgate.bridge.value_proof import VALUE_TAG
 from flashgate.crypto import ed25519
 from flashgate.errors import Unproven
 
@@ -181,7 +182,7 @@ class SignatureWorker:
         proven = [False] * len(values)
         if self._process is None or not values:
             return proven
-        head = admin + _text(fleet)
+        head = admin + _text(fleet) + _SHORT.pack(len(VALUE_TAG)) + VALUE_TAG
         chunks: list[tuple[list[int], list[bytes]]] = [([], [])]
         size = 0
         for i, (key, raw) in enumerate(values):
@@ -216,6 +217,9 @@ class SignatureWorker:
             process.stdin.write(_HEAD.pack(len(body) + 1) + bytes([kind]) + body)
             await process.stdin.drain()
             answer = await future
+        except asyncio.CancelledError:
+            future.cancel()  # its answer (or the worker's end) is read by no one
+            raise
         except (_WorkerGone, ConnectionError, RuntimeError):
             self._give_up("the signature worker stopped answering")
             return None

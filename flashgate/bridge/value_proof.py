@@ -21,6 +21,9 @@ module imports only the wire types and the crypto: the worker starts quickly.
 
 from __future__ import annotations
 
+import msgspec
+
+from flashgate import __version__
 from flashgate.crypto import ed25519
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.errors import FlashgateError, Unproven
@@ -34,6 +37,21 @@ from flashgate.events.envelope import (
     proven_api_key,
 )
 from flashgate.events.signing import signing_bytes
+
+#: Raised whenever what a value must pass here changes (a test pins a digest of these
+#: checks' sources, ``tests/bridge/test_unit_proven_values.py``): every value proven under
+#: older rules is then checked in full once.
+CHECKS_VERSION = 2
+#: What a proven value's fingerprint is made under (:mod:`~flashgate.bridge.verified_statements`).
+#: The checks also rest on msgspec (the envelope's decoder, the header's quick reader):
+#: another release of it, or of flashgate, checks every value in full once. The signature
+#: worker proves a value only for a node whose tag is its own (a worker started from
+#: another release on disk than its node's proves nothing).
+VALUE_TAG = b"flashgate proven envelope value v%d %s %s\x00" % (
+    CHECKS_VERSION,
+    __version__.encode(),
+    msgspec.__version__.encode(),
+)
 
 
 def raw_signature(struct: EnvelopeStatement | RewrapAttestation, refusal: str) -> bytes:

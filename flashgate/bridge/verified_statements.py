@@ -29,8 +29,9 @@ its answer "valid" can be remembered:
   (:data:`MAX_ENTRIES`); a save keeps the fingerprints used or added since this process
   started, so statements of deleted or replaced envelopes drop out.
 - **Proven envelope values.** The same file also keeps, with another domain tag, the
-  fingerprint of each envelope *value* found proven: SHA-256 over the tag (which carries
-  :data:`CHECKS_VERSION`), the admin's raw public key, the fleet, the bucket key and the
+  fingerprint of each envelope *value* found proven: SHA-256 over the tag
+  (:data:`~flashgate.bridge.value_proof.VALUE_TAG`, which carries ``CHECKS_VERSION``),
+  the admin's raw public key, the fleet, the bucket key and the
   value's bytes, kept once the value is admitted (:meth:`StatementVerifier.proven_value`,
   :meth:`StatementVerifier.remember_value`); the tag also names the flashgate and msgspec
   releases.
@@ -44,10 +45,12 @@ its answer "valid" can be remembered:
   envelope. Everything that depends on this node's state is still checked every time: the
   envelope's location, its epoch and the wrapped key's fit to that epoch's key, the
   tombstones, a re-wrap attestation (its node active in the roster and a member of the
-  epoch, and its signature). :data:`CHECKS_VERSION` is raised whenever what a value must
-  pass changes, so a value proven under older rules is checked in full again. A value's
-  fingerprint is kept instead of its statement's, not beside it (memory: 12 MB per 100k),
-  so a re-wrapped value (a fleet key rotation) is proven in full.
+  epoch, and its signature). :data:`~flashgate.bridge.value_proof.CHECKS_VERSION` is
+  raised whenever what a value must pass changes, so a value proven under older rules is
+  checked in full again. A value's fingerprint is kept instead of its statement's, not
+  beside it (memory: 12 MB per 100k), so a re-wrapped value (a fleet key rotation) is
+  proven in full. A value the signature worker proved at this start
+  (:func:`~flashgate.bridge.value_proof.value_proven`) is taken as one proven before.
 """
 
 from __future__ import annotations
@@ -56,14 +59,13 @@ import hashlib
 import hmac
 from pathlib import Path
 
-import msgspec
 import structlog
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from flashgate import __version__
 from flashgate.bridge.signatures import Signature
+from flashgate.bridge.value_proof import VALUE_TAG
 from flashgate.crypto.encoding import b64url_decode
 from flashgate.errors import MalformedEnvelope, SignatureInvalid
 from flashgate.events.envelope import EnvelopeStatement
@@ -79,16 +81,6 @@ FINGERPRINT_BYTES = 32
 _COUNT_BYTES = 4
 _MAC_BYTES = 32
 _FINGERPRINT_TAG = b"flashgate verified admin statement v1\x00"
-#: Raised whenever an envelope value's stateless checks change (module docs; a test pins
-#: a digest of their sources, ``tests/bridge/test_unit_proven_values.py``).
-CHECKS_VERSION = 2
-#: The checks also rest on msgspec (the envelope's decoder, the header's quick reader):
-#: another release of it, or of flashgate, checks every value in full once.
-_VALUE_TAG = b"flashgate proven envelope value v%d %s %s\x00" % (
-    CHECKS_VERSION,
-    __version__.encode(),
-    msgspec.__version__.encode(),
-)
 _HKDF_INFO = b"flashgate verified-statements file mac v1"
 
 
@@ -268,7 +260,7 @@ class StatementVerifier:
         if self.cache is None:
             return None
         fingerprint = hashlib.sha256(
-            b"\x00".join((_VALUE_TAG + self._admin_raw, fleet.encode(), key.encode(), raw))
+            b"\x00".join((VALUE_TAG + self._admin_raw, fleet.encode(), key.encode(), raw))
         ).digest()
         return fingerprint, self.cache.knows(fingerprint)
 

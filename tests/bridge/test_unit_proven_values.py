@@ -217,7 +217,7 @@ def test_values_proven_under_other_rules_are_checked_again(
 ) -> None:
     path = tmp_path / "v"
     _first_run(path)
-    monkeypatch.setattr(vs, "_VALUE_TAG", b"flashgate proven envelope value v999\x00")
+    monkeypatch.setattr(vs, "VALUE_TAG", b"flashgate proven envelope value v999\x00")
     node = Node(path)
     for revision, spec in enumerate(SPECS, start=1):
         assert node.store.ingest(spec.key, revision, envelope_bytes(spec)) is not None
@@ -228,7 +228,7 @@ def test_values_proven_under_other_rules_are_checked_again(
 
 #: What a value proven before is not checked against again, by source. Changing any of it
 #: changes what a value must pass: raise ``CHECKS_VERSION`` and update this digest.
-CHECKS_VERSION_SOURCES_SHA256 = "8a9a4d17be6ca13958034f271003fb8d4312f9ba837d986181bd49e32f425a30"
+CHECKS_VERSION_SOURCES_SHA256 = "9e13d0d4135de1fe88454dd8c792361f716d43aaec734e867ef5ef0511463494"
 
 
 def _checks_sources_digest() -> str:
@@ -236,7 +236,7 @@ def _checks_sources_digest() -> str:
     import inspect
 
     from flashgate import names
-    from flashgate.bridge import provenance, value_proof
+    from flashgate.bridge import provenance, signature_worker, value_proof
     from flashgate.crypto import context, jwe
     from flashgate.events import envelope, types
 
@@ -248,14 +248,17 @@ def _checks_sources_digest() -> str:
         inspect.getsource(names),
         inspect.getsource(provenance.provenance_signatures),
         inspect.getsource(value_proof),  # the statement's checks; what the worker proves
+        inspect.getsource(signature_worker.prove_batch),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def test_checks_version_is_raised_when_the_skipped_checks_change() -> None:
-    assert vs.CHECKS_VERSION == 2
+    from flashgate.bridge import value_proof
+
+    assert value_proof.CHECKS_VERSION == 2
     assert _checks_sources_digest() == CHECKS_VERSION_SOURCES_SHA256, (
         "the checks a value proven before skips have changed: raise CHECKS_VERSION in "
-        "flashgate/bridge/verified_statements.py (values proven under the old rules are "
+        "flashgate/bridge/value_proof.py (values proven under the old rules are "
         "then checked in full again) and update CHECKS_VERSION_SOURCES_SHA256"
     )

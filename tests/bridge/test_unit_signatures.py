@@ -143,6 +143,7 @@ def test_the_worker_protocol_round_trip() -> None:
         struct.pack(">I", 1),  # no kind
         struct.pack(">I", 20) + b"\x01" + PUBLIC[:19],  # values: a truncated admin key
         struct.pack(">I", 36) + b"\x01" + PUBLIC + struct.pack(">H", 9) + b"f",  # fleet cut
+        struct.pack(">I", 38) + b"\x01" + PUBLIC + struct.pack(">H", 1) + b"f" + b"\x00",
         struct.pack(">I", signature_worker.MAX_BATCH_BYTES + 1),
     ],
 )

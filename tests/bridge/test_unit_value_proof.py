@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from flashgate.bridge import secrets_watch, signature_worker
 from flashgate.bridge.signatures import InlineChecker, SignatureWorker
-from flashgate.bridge.value_proof import value_proven
+from flashgate.bridge.value_proof import VALUE_TAG, value_proven
 from flashgate.broker.watch import InitialDone, Value
 from flashgate.errors import Tombstoned
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
@@ -103,15 +103,23 @@ def test_the_worker_proves_what_a_full_check_of_the_stateless_part_proves(
 
 def test_the_worker_protocol_proves_values_in_order() -> None:
     values = [(key, raw) for _, key, raw, _ in VARIANTS]
-    head = ADMIN + struct.pack(">H", len(FLEET)) + FLEET.encode()
     items = b"".join(
         struct.pack(">H", len(k)) + k.encode() + struct.pack(">I", len(v)) + v for k, v in values
     )
-    body = bytes([signature_worker.VALUES]) + head + items
+
+    def frame(tag: bytes) -> bytes:
+        head = ADMIN + struct.pack(">H", len(FLEET)) + FLEET.encode()
+        body = bytes([signature_worker.VALUES]) + head + struct.pack(">H", len(tag)) + tag + items
+        return struct.pack(">I", len(body)) + body
+
     out = io.BytesIO()
-    assert signature_worker.serve(io.BytesIO(struct.pack(">I", len(body)) + body), out) == 0
+    stale = b"flashgate proven envelope value v1 0.0.9 0.18.0\x00"
+    assert signature_worker.serve(io.BytesIO(frame(VALUE_TAG) + frame(stale)), out) == 0
     expected = bytes(v[3] for v in VARIANTS)
-    assert out.getvalue() == struct.pack(">I", len(VARIANTS)) + expected
+    # a node of other rules (another release on disk than the worker's): nothing proven
+    none = bytes(len(VARIANTS))
+    count = struct.pack(">I", len(VARIANTS))
+    assert out.getvalue() == count + expected + count + none
 
 
 @pytest.mark.processes
