@@ -67,6 +67,14 @@ Measured per scenario (3072-bit key, t=3 of n=5, and 2048-bit key, t=2 of n=3):
 The machine's load average and the CPU other processes took are printed: on a shared 2-core
 machine they skew all of this, and the compute limit (measured under the same conditions)
 moves with them.
+
+``--fast-path`` measures the fast path instead (DESIGN §6, :class:`FastProfile`): a node
+joining a running fleet at each S (``--sizes``), by the fast and the cold path and again
+as a restart, beside a single-key baseline; a whole-fleet start and a ring rotation.
+``--against DIR`` (a checkout of another revision, run with this Python environment) adds,
+at each S, ``--paired`` first joins from that tree and from this one in turn, in the same
+fleet with the same envelopes: the speed of this machine drifts by half during a run, so
+two revisions are compared only side by side.
 """
 
 from __future__ import annotations
@@ -438,8 +446,16 @@ class Node:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, nats_url: str, workers: int, mlock: bool, extra: Sequence[str] = ()) -> None:
-        env = {**os.environ, "FLASHGATE_PASSPHRASE": PASSPHRASE, "PYTHONPATH": str(ROOT)}
+    def start(
+        self,
+        nats_url: str,
+        workers: int,
+        mlock: bool,
+        extra: Sequence[str] = (),
+        root: Path = ROOT,
+    ) -> None:
+        """Start the node from the tree at ``root`` (this one, or ``--against``'s)."""
+        env = {**os.environ, "FLASHGATE_PASSPHRASE": PASSPHRASE, "PYTHONPATH": str(root)}
         args = [sys.executable, "-m", "flashgate.cli.main", "bridge"]
         args += ["--bundle", str(self.bundle), "--nats", nats_url, "--log-json"]
         args += ["--workers", str(workers), *([] if mlock else ["--no-mlock"]), *extra]
@@ -449,7 +465,7 @@ class Node:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
-                cwd=ROOT,
+                cwd=root,
                 env=env,
             )
 
@@ -1439,6 +1455,9 @@ class JoinResult:
     baseline_estimated: bool
     setup_s: float
     restart: JoinRun | None = None  # the joiner started again (fast path)
+    #: ``--against``: first joins (connected -> held, s) from this tree and from the other
+    #: one, in turn, in the same fleet: {"this": [...], "against": [...]}
+    paired: dict[str, list[float]] | None = None
 
 
 @dataclass(slots=True)
@@ -1651,11 +1670,13 @@ class FastLive:
         except Exception:
             return None
 
-    def launch(self, node_ids: Sequence[str], extra: Sequence[str] = ()) -> float:
+    def launch(
+        self, node_ids: Sequence[str], extra: Sequence[str] = (), root: Path = ROOT
+    ) -> float:
         t0 = time.time()
         for node_id in node_ids:
             self.nodes[node_id].start(
-                self.args.nats_url, self.args.workers, not self.args.no_mlock, extra
+                self.args.nats_url, self.args.workers, not self.args.no_mlock, extra, root
             )
         return t0
 
@@ -1725,6 +1746,55 @@ async def fast_join(
         f"{_s(run.spawn_to_held_s)} from spawn, {_s(run.connected_to_held_s)} from connected"
     )
     return run
+
+
+def revision_of(tree: Path) -> str:
+    """``path (commit)`` of a checkout, the commit when git can tell."""
+    git = shutil.which("git")
+    if git is None:
+        return str(tree)
+    try:
+        commit = subprocess.run(
+            [git, "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return str(tree)
+    return f"{tree} ({commit})"
+
+
+async def paired_joins(
+    live: FastLive, secrets_count: int, against: Path, rounds: int, deadline_s: float
+) -> dict[str, list[float]]:
+    """First joins of the last node from the tree at ``against`` and from this one, in
+    turn, ``rounds`` times each, in the same running fleet with the same envelopes: the
+    side-by-side comparison of two revisions on a machine whose speed drifts. Each is a
+    first join as far as proofs go (the values the joiner proved before are forgotten);
+    its bundle was re-sealed with the roster by the first join already."""
+    joiner = list(live.nodes)[-1]
+    node = live.nodes[joiner]
+    times: dict[str, list[float]] = {"against": [], "this": []}
+    for round_ in range(rounds):
+        for label, root in (("against", against), ("this", ROOT)):
+            node.bundle.with_name(node.bundle.name + ".verified").unlink(missing_ok=True)
+            node.log_path = node.log_path.with_name(f"{joiner}.paired-{label}-{round_}.log")
+            live.launch([joiner], root=root)
+            done = await live.wait_loaded([joiner], secrets_count, deadline_s)
+            connected = first_at(read_log(node.log_path), "nats.connected")
+            node.stop()
+            if joiner not in done or connected is None:
+                raise RuntimeError(f"paired join from {root} did not load; see {node.log_path}")
+            times[label].append(done[joiner].at - connected.at)
+    log(
+        f"fast path: paired first joins, S={secrets_count:,}: this "
+        + " ".join(_s(x) for x in times["this"])
+        + ", against "
+        + " ".join(_s(x) for x in times["against"])
+    )
+    return times
 
 
 async def fast_rotation(live: FastLive, secrets_count: int, run: FleetRun) -> None:
@@ -1831,6 +1901,11 @@ async def run_fast_path(
                 deadline = max(120.0, size / 200)
                 fast = await fast_join(live, size, fast=True, deadline_s=deadline)
                 again = await fast_join(live, size, fast=True, deadline_s=deadline, restart=True)
+                paired = None
+                if args.against is not None:
+                    paired = await paired_joins(
+                        live, size, Path(args.against).resolve(), args.paired, deadline
+                    )
                 if size <= profile.cold_max:
                     cold = await fast_join(live, size, fast=False, deadline_s=max(600.0, size / 5))
                     if cold.connected_to_held_s is not None:
@@ -1841,7 +1916,7 @@ async def run_fast_path(
                         cold.connected_to_held_s = cold_rate * size
                         cold.note = f"estimated from S={cold_from:,} (linear)"
                 joins.append(
-                    JoinResult(size, fast, cold, baseline, len(sample) < size, setup, again)
+                    JoinResult(size, fast, cold, baseline, len(sample) < size, setup, again, paired)
                 )
                 for node in live.nodes.values():
                     node.stop()
@@ -1866,6 +1941,7 @@ async def run_fast_path(
             await live.stop()
     return {
         "profile": asdict(profile),
+        "against": None if args.against is None else revision_of(Path(args.against)),
         "joins": [asdict(j) for j in joins],
         "fleet": asdict(fleet_run) if fleet_run else None,
         "cores": CORES,
@@ -1942,6 +2018,28 @@ def print_fast_path(
         "RSS restart MB",
     ]
     lines += ["", *render_table(columns, rows, right=frozenset(range(11)))]
+    paired_rows = [
+        [
+            f"{join['secrets']:,}",
+            _s(statistics.median(p["this"])),
+            _s(statistics.median(p["against"])),
+            f"{statistics.median(p['this']) / statistics.median(p['against']):.2f}x",
+            " ".join(_s(x) for x in p["this"]),
+            " ".join(_s(x) for x in p["against"]),
+        ]
+        for join in result["joins"]
+        if (p := join.get("paired"))
+    ]
+    if paired_rows:
+        lines += [
+            "",
+            f"paired first joins, connected->held: this tree against {result['against']}",
+            *render_table(
+                ["SECRETS", "THIS median", "AGAINST median", "THIS/AGAINST", "this", "against"],
+                paired_rows,
+                right=frozenset(range(4)),
+            ),
+        ]
     fleet = result["fleet"]
     if fleet:
         lines += [
@@ -1969,6 +2067,12 @@ def print_fast_path(
         "bundle sealed with the current roster, the envelope values it proved kept beside it); "
         "the goals are about the first join.",
     ]
+    if paired_rows:
+        notes.append(
+            "paired: the joiner started from this tree and from --against in turn, in the same "
+            "fleet, each a first join as far as proofs go (what it proved before forgotten; its "
+            "bundle re-sealed with the roster by the first join already)."
+        )
     for join in result["joins"]:
         for run in (join["fast"], join["cold"]):
             if run["note"] and not run["estimated"]:
@@ -2022,6 +2126,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--fleet-secrets", type=int, help="--fast-path: S of the fleet start and rotation (0: none)"
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="--fast-path: a checkout of another revision (its own tree, same Python "
+        "environment): first joins from it and from this tree in turn, side by side",
+    )
+    parser.add_argument(
+        "--paired", type=int, default=3, help="--against: first joins from each tree, per S"
     )
     return parser.parse_args(argv)
 

@@ -82,9 +82,12 @@ def test_bridge() -> None:
 
 @pytest.mark.slow
 def test_bridge_fast_path() -> None:
-    document = run_bench("bridge.py", "--fast-path")
+    # --against this very tree: the paired first joins run, from both "revisions"
+    document = run_bench("bridge.py", "--fast-path", "--against", str(ROOT), "--paired", "1")
     result = document["fast_path"]
+    assert result["against"].startswith(str(ROOT))
     (join,) = result["joins"]
+    assert len(join["paired"]["this"]) == len(join["paired"]["against"]) == 1
     assert join["fast"]["opened_fast"] == join["secrets"]
     assert join["fast"]["connected_to_held_s"] is not None
     assert join["cold"]["connected_to_held_s"] is not None
