@@ -264,3 +264,50 @@ async def test_values_proven_at_an_earlier_start_are_not_sent_to_the_worker(
     assert prover.asked == [] and watch.proven_by_worker == 0
     assert again.verifier.values_known == len(SPECS) and again.verifier.verified == 0
     assert loader.offered == [s.key for s in SPECS]
+
+
+@pytest.mark.processes
+async def test_a_worker_killed_while_proving_leaves_every_value_to_the_node() -> None:
+    """SIGKILL the worker with a batch of values waiting on it: the batch comes back "not
+    proven" (the node checks each in full, so nothing is lost or admitted unchecked),
+    and so does every later one; the node keeps running."""
+    worker = SignatureWorker()
+    await worker.start()
+    process = worker._process
+    assert process is not None
+    values = [(key, raw) for _, key, raw, _ in VARIANTS] * 40  # a batch the pipe holds
+    asked = asyncio.ensure_future(worker.prove(ADMIN, FLEET, values))
+    await asyncio.sleep(0)  # written to the pipe, not answered yet
+    process.kill()
+    assert await asyncio.wait_for(asked, 10) == [False] * len(values)
+    assert not worker.running
+    assert await worker.prove(ADMIN, FLEET, values[:3]) == [False] * 3
+    await worker.close()
+
+
+@pytest.mark.processes
+async def test_a_worker_answering_out_of_turn_proves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker whose answer has the wrong length is given up: nothing it said counts."""
+    import sys
+
+    from flashgate.bridge import signatures as module
+    from tests.bridge.test_unit_signatures import _OUT_OF_TURN_WORKER
+
+    real = asyncio.create_subprocess_exec
+
+    async def spawn(*args: object, **kwargs: object) -> object:
+        return await real(sys.executable, "-c", _OUT_OF_TURN_WORKER, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module.asyncio, "create_subprocess_exec", spawn)
+    worker = SignatureWorker()
+    await worker.start()
+    try:
+        values = [(key, raw) for _, key, raw, _ in VARIANTS]
+        assert await asyncio.wait_for(worker.prove(ADMIN, FLEET, values), 5) == [False] * len(
+            values
+        )
+        assert not worker.running
+    finally:
+        await worker.close()
