@@ -41,7 +41,7 @@ from flashgate.events.signing import signing_bytes
 #: Raised whenever what a value must pass here changes (a test pins a digest of these
 #: checks' sources, ``tests/bridge/test_unit_proven_values.py``): every value proven under
 #: older rules is then checked in full once.
-CHECKS_VERSION = 2
+CHECKS_VERSION = 3
 #: What a proven value's fingerprint is made under (:mod:`~flashgate.bridge.verified_statements`).
 #: The checks also rest on msgspec (the envelope's decoder, the header's quick reader):
 #: another release of it, or of flashgate, checks every value in full once. The signature

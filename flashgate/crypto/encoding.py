@@ -44,6 +44,14 @@ def b64url_decode(text: str | bytes, what: str = "value") -> bytes:
         raise MalformedEnvelope(f"{what} is not unpadded base64url") from exc
 
 
+def b64url_decode_checked(text: str) -> bytes:
+    """Unpadded base64url that :func:`b64url_decode` accepted before, these very
+    characters: decoded without its checks (about a third faster). Anything else may
+    decode leniently or raise ``ValueError``: never the way to read an untrusted value."""
+    raw = text.encode("ascii").translate(_TO_STANDARD)
+    return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4))
+
+
 def int_to_bytes(value: int, length: int) -> bytes:
     """I2OSP (RFC 8017 §4.1): big-endian, exactly ``length`` bytes."""
     return int(value).to_bytes(length, "big")

@@ -24,13 +24,13 @@ This module only parses and serializes. Encryption (public key) is in
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from flashgate.crypto.context import HEADER_PARAM, SecretContext
-from flashgate.crypto.encoding import b64url_decode, b64url_encode
+from flashgate.crypto.encoding import b64url_decode, b64url_decode_checked, b64url_encode
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.errors import (
     InvalidCiphertext,
@@ -63,12 +63,19 @@ _ALLOWED_PARAMS = frozenset({"alg", "enc", "kid", "typ", "cty", HEADER_PARAM})
 @dataclass(frozen=True, slots=True)
 class ParsedJWE:
     protected: str  # the base64url header exactly as received: the GCM AAD
-    header: dict[str, Any]
     encrypted_key: bytes
     iv: bytes
     ciphertext: bytes
     tag: bytes
     context: SecretContext | None
+    #: The header, as :func:`parse` read it (None: not read, :func:`parse_proven`); not
+    #: compared (it is read from ``protected``, which is).
+    read_header: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def header(self) -> dict[str, Any]:
+        """The protected header's parameters (read now if :func:`parse_proven` did not)."""
+        return self.read_header if self.read_header is not None else parse_header(self.protected)
 
     @property
     def aad(self) -> bytes:
@@ -207,31 +214,34 @@ def parse(token: str | bytes) -> ParsedJWE:
     context = SecretContext.from_header(header[HEADER_PARAM]) if HEADER_PARAM in header else None
     return ParsedJWE(
         protected=protected,
-        header=header,
         encrypted_key=encrypted_key,
         iv=iv,
         ciphertext=ciphertext,
         tag=tag,
         context=context,
+        read_header=header,
     )
 
 
 def parse_proven(token: str, context: SecretContext) -> ParsedJWE:
     """A JWE whose very bytes :func:`parse` accepted before, its bound context found equal
     to ``context`` (a node remembers the envelope values it proved,
-    :mod:`flashgate.bridge.verified_statements`): split and decoded, its header read but
-    the profile not checked again. The payload still opens only with the JWE's own tag,
-    under the header exactly as received."""
+    :mod:`flashgate.bridge.verified_statements`): split and decoded, neither the profile
+    nor the encoding checked again (:func:`parse` found every part canonical base64url),
+    the header not read until asked for. The payload still opens only with the JWE's own
+    tag, under the header exactly as received."""
     parts = token.strip().split(".")
     if len(parts) != 5:
         raise MalformedEnvelope(f"a compact JWE has 5 dot-separated parts, this has {len(parts)}")
     protected, ek_b64, iv_b64, ct_b64, tag_b64 = parts
-    return ParsedJWE(
-        protected=protected,
-        header=_header_json(b64url_decode(protected, "protected header")),
-        encrypted_key=b64url_decode(ek_b64, "encrypted key"),
-        iv=b64url_decode(iv_b64, "IV"),
-        ciphertext=b64url_decode(ct_b64, "ciphertext"),
-        tag=b64url_decode(tag_b64, "authentication tag"),
-        context=context,
-    )
+    try:
+        return ParsedJWE(
+            protected=protected,
+            encrypted_key=b64url_decode_checked(ek_b64),
+            iv=b64url_decode_checked(iv_b64),
+            ciphertext=b64url_decode_checked(ct_b64),
+            tag=b64url_decode_checked(tag_b64),
+            context=context,
+        )
+    except (ValueError, UnicodeEncodeError) as exc:  # not from bytes parse accepted
+        raise MalformedEnvelope("a JWE part is not base64url") from exc

@@ -215,6 +215,20 @@ def test_property_round_trip(plaintext: bytes, context: SecretContext | None) ->
     assert opened.context == context
 
 
+@given(plaintext=st.binary(max_size=2048), context=CONTEXTS)
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=50)
+def test_parse_proven_reads_what_parse_read(plaintext: bytes, context: SecretContext) -> None:
+    """A value proven before is only split and decoded (parse_proven): every part, the
+    header and the additional data are what the strict parse read."""
+    token = encrypt_secret(fleet().public.key, context, plaintext)
+    strict = jwe.parse(token)
+    proven = jwe.parse_proven(token, context)
+    for part in ("protected", "encrypted_key", "iv", "ciphertext", "tag", "context", "aad"):
+        assert getattr(proven, part) == getattr(strict, part), part
+    assert proven.header == strict.header  # read when asked for
+    assert proven.serialize() == strict.serialize() == token
+
+
 # --- context binding ----------------------------------------------------------------------
 
 
