@@ -4,11 +4,14 @@ Each value is checked into this node's own copy of the store
 (:class:`~flashgate.bridge.store.EnvelopeStore`) and offered to the loader. The check is
 pipelined, in batches of up to SIGNATURE_BATCH values:
 
-1. **proved** (:meth:`SecretsWatch._prove`): values this node never proved go to the
+1. **proved** (:meth:`SecretsWatch._dispatch`): values this node never proved go to the
    checker (a worker process on another core while the initial values are read,
    :class:`~flashgate.bridge.signatures.SignatureWorker`), which proves their stateless
    part (:func:`~flashgate.bridge.value_proof.value_proven`); a batch that comes while the
-   worker has PROVE_AHEAD batches to prove is not sent (this process checks it in full);
+   worker has PROVE_AHEAD batches to prove waits for it while the loader has work, and is
+   otherwise not sent (this process checks it in full). While the node reads the fast
+   path's wraps, checks are held back (``checking``): values are only proved, up to
+   HELD_BATCHES batches ahead, so that the worker is busy from the start;
 2. **checked** (:meth:`SecretsWatch._check`): each value checked in this process, all but
    its signatures (:meth:`~flashgate.bridge.store.EnvelopeStore.check`): against this
    node's state only for a value proven (by the worker, or at an earlier start), in full
@@ -60,18 +63,39 @@ SIGNATURE_BATCH = 256
 #: the watch waits rather than holding every value of a large bucket at once).
 PIPELINE_ITEMS = 2 * SIGNATURE_BATCH
 PIPELINE_BATCHES = 8
+#: Batches that may wait, proved, while checks are held back (``checking`` clear: the node
+#: reads the fast path's wraps first); the worker proves this many values ahead meanwhile.
+HELD_BATCHES = 32
 #: Batches of values the worker may be proving at once: a batch that comes while it has
-#: this many is checked in full here at once (its signatures still verified by the
-#: worker), so that neither this process nor the worker waits on the other.
+#: this many, and the loader nothing to open, is checked in full here at once (its
+#: signatures still verified by the worker), so that this process does not wait idle.
 PROVE_AHEAD = 4
+#: How often a batch waiting for the checker's room looks again whether it should.
+CHECKER_WAIT_S = 0.005
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 _Event = Value | Deleted | InitialDone
 _Item = Checked | Deleted | InitialDone
 #: A batch checked: its items, and the verification of the signatures they still need.
 _Checking = tuple[list[_Item], "asyncio.Future[list[bool]]"]
+
+
+@dataclass(slots=True)
+class _Held:
+    """A batch proved while checks were held back: checked when it is admitted (so that
+    the batches held do not all become decoded entries at once when checks resume)."""
+
+    events: list[_Event]
+    found: list[tuple[bytes, bool] | None]
+
+
 #: A batch on its way: checked at once, or once the checker has proved its values.
-_Batch = asyncio.Future[_Checking]
+_Batch = asyncio.Future[_Checking | _Held]
+
+
+def _set(event: asyncio.Event) -> asyncio.Event:
+    event.set()
+    return event
 
 
 @dataclass
@@ -95,13 +119,19 @@ class SecretsWatch:
     admin: bytes = b""
     #: Values whose stateless part the checker proved (the signature worker).
     proven_by_worker: int = 0
+    #: Clear: values are only proved (by the checker) and wait, up to HELD_BATCHES
+    #: batches, to be checked and admitted once it is set. The node holds the checks back
+    #: while it reads the fast path's wraps, so that the worker proves values meanwhile
+    #: rather than wait for the first ones, and this process reads the wraps first.
+    checking: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))
     _proving: list[asyncio.Future[list[bool]]] = field(default_factory=list, repr=False)
     _verifying: set[asyncio.Future[list[bool]]] = field(default_factory=set, repr=False)
+    _taken: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def run(self, kv: KeyValue) -> None:
         self.kv = kv
         arrived: asyncio.Queue[_Event] = asyncio.Queue(PIPELINE_ITEMS)
-        batches: asyncio.Queue[_Batch] = asyncio.Queue(PIPELINE_BATCHES)
+        batches: asyncio.Queue[_Batch] = asyncio.Queue(HELD_BATCHES)
         await self.checker.start()
         stages = [
             asyncio.create_task(self._dispatch(arrived, batches)),
@@ -139,8 +169,15 @@ class SecretsWatch:
         order: the checker proves its values not proven at an earlier start and this
         process then checks them against its state, or, while the checker has PROVE_AHEAD
         batches to prove, this process checks them in full at once. Either way the next
-        batch is taken meanwhile; batches are admitted in the order they arrived."""
+        batch is taken meanwhile; batches are admitted in the order they arrived. While
+        checks are held back (``checking``), a batch waits for the checker to have room
+        instead, and up to HELD_BATCHES batches wait (PIPELINE_BATCHES otherwise)."""
         while True:
+            while batches.qsize() >= (
+                PIPELINE_BATCHES if self.checking.is_set() else HELD_BATCHES
+            ):
+                await self._taken.wait()
+                self._taken.clear()
             events = [await arrived.get()]
             while not arrived.empty() and len(events) < SIGNATURE_BATCH:
                 events.append(arrived.get_nowait())
@@ -150,7 +187,11 @@ class SecretsWatch:
             ]
             ask = [i for i, f in enumerate(found) if f is not None and not f[1]]
             self._proving = [f for f in self._proving if not f.done()]
-            if ask and self.admin and len(self._proving) < PROVE_AHEAD:
+            while ask and self.admin and not self._has_room() and self._wait_for_checker():
+                await asyncio.wait(
+                    self._proving, timeout=CHECKER_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            if ask and self.admin and self._has_room():
                 asked = [events[i] for i in ask]
                 values = [(e.key, e.value) for e in asked if isinstance(e, Value)]
                 proven = asyncio.ensure_future(self.checker.prove(self.admin, self.fleet, values))
@@ -158,10 +199,25 @@ class SecretsWatch:
                 batch: _Batch = asyncio.ensure_future(
                     self._check_proven(events, found, ask, proven)
                 )
-            else:
+            elif self.checking.is_set():
                 batch = asyncio.get_running_loop().create_future()
                 batch.set_result(self._check(events, found))
+            else:
+                batch = asyncio.get_running_loop().create_future()
+                batch.set_result(_Held(events, found))
             await batches.put(batch)
+
+    def _wait_for_checker(self) -> bool:
+        """Whether a batch the checker has no room for waits for it rather than being
+        checked in full here: while checks are held back, and while the loader has work
+        (this process is then the busier one: a full check here costs it about twice what
+        it saves the worker, whose signature checks stay)."""
+        return not self.checking.is_set() or self.loader.busy
+
+    def _has_room(self) -> bool:
+        """Whether the checker has fewer than PROVE_AHEAD batches to prove."""
+        self._proving = [f for f in self._proving if not f.done()]
+        return len(self._proving) < PROVE_AHEAD
 
     async def _check_proven(
         self,
@@ -169,14 +225,16 @@ class SecretsWatch:
         found: list[tuple[bytes, bool] | None],
         ask: list[int],
         proven: asyncio.Future[list[bool]],
-    ) -> _Checking:
+    ) -> _Checking | _Held:
         """:meth:`_check` once the checker has said which of the values at ``ask`` it
-        proved (a value it did not prove is checked in full here)."""
+        proved (a value it did not prove is checked in full here); held back: later."""
         for i, ok in zip(ask, await proven, strict=True):
             fingerprint = found[i]
             if ok and fingerprint is not None:
                 found[i] = (fingerprint[0], True)
                 self.proven_by_worker += 1
+        if not self.checking.is_set():
+            return _Held(events, found)
         return self._check(events, found)
 
     def _check(self, events: list[_Event], found: list[tuple[bytes, bool] | None]) -> _Checking:
@@ -197,7 +255,14 @@ class SecretsWatch:
     async def _admit(self, batches: asyncio.Queue[_Batch]) -> None:
         """Admit each batch once checked and verified, in the order the batches arrived."""
         while True:
-            items, verified = await (await batches.get())
+            batch = await batches.get()
+            self._taken.set()
+            ready = await batch
+            if isinstance(ready, _Held):
+                await self.checking.wait()
+                ready = self._check(ready.events, ready.found)
+                await asyncio.sleep(0)  # the loader opens what came before meanwhile
+            items, verified = ready
             valid = iter(await verified)
             for item in items:
                 if isinstance(item, Checked):

@@ -172,6 +172,7 @@ class _Loader:
     def __init__(self) -> None:
         self.offered: list[str] = []
         self.rejected: dict[str, str] = {}
+        self.busy = False
 
     def offer(self, entry: Any) -> None:
         self.offered.append(entry.key)
@@ -311,3 +312,142 @@ async def test_a_worker_answering_out_of_turn_proves_nothing(
         assert not worker.running
     finally:
         await worker.close()
+
+
+async def _held_watch(
+    node: Node, values: list[tuple[str, bytes]], checker: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[secrets_watch.SecretsWatch, _Loader, asyncio.Task[None], list[asyncio.Task[None]]]:
+    """A watch started with its checks held back (as a node starts while it reads the
+    fast path's wraps)."""
+
+    async def follow(kv: object, **options: object) -> Any:
+        for revision, (key, raw) in enumerate(values, start=1):
+            yield Value(key, revision, raw)
+        yield InitialDone(len(values))
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(secrets_watch, "follow", follow)
+    loader = _Loader()
+    spawned: list[asyncio.Task[None]] = []
+    watch = secrets_watch.SecretsWatch(
+        FLEET,
+        node.store,
+        loader,  # type: ignore[arg-type]
+        SimpleNamespace(),  # type: ignore[arg-type]
+        spawn=lambda coro: spawned.append(asyncio.ensure_future(coro)),
+        checker=checker,
+        admin=ADMIN,
+    )
+    watch.checking.clear()
+    run = asyncio.create_task(watch.run(SimpleNamespace()))  # type: ignore[arg-type]
+    return watch, loader, run, spawned
+
+
+async def test_while_checks_are_held_back_values_are_only_proved_then_admitted_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node reading its wraps holds the checks back: the worker proves every value
+    meanwhile, but none is checked here (not even in full), offered or refused; once
+    released, each is checked against the node's state only, in the order it came."""
+    bad = ENVELOPE_CODEC.decode(envelope_bytes(SECRET))
+    values = [(s.key, envelope_bytes(s)) for s in SPECS]
+    values.append((SECRET.key, _encode(msgspec.structs.replace(bad, provenance=None))))
+    prover = _Prover({s.key for s in SPECS})
+    node = Node(tmp_path / "v")
+    watch, loader, run, spawned = await _held_watch(node, values, prover, monkeypatch)
+    try:
+        async with asyncio.timeout(10):
+            while len(prover.asked) < len(values):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert loader.offered == [] and loader.rejected == {}
+        assert node.verifier.verified == 0 and watch.initial_values_taken_at is None
+        watch.checking.set()
+        async with asyncio.timeout(10):
+            while watch.initial_values_taken_at is None:
+                await asyncio.sleep(0.01)
+    finally:
+        run.cancel()
+        for task in spawned:
+            task.cancel()
+        await asyncio.gather(run, *spawned, return_exceptions=True)
+    assert watch.proven_by_worker == len(SPECS)
+    assert node.verifier.verified == 0  # every signature was the worker's to verify
+    assert loader.offered == [s.key for s in SPECS]
+    assert loader.rejected == {SECRET.key: "unproven"}
+
+
+async def test_held_back_values_wait_in_bounded_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most HELD_BATCHES batches wait (and the one being admitted): the watch stops
+    reading rather than hold a whole bucket's values while checks are held back; a
+    worker with PROVE_AHEAD batches to prove is waited for, not replaced by a full check
+    here."""
+    monkeypatch.setattr(secrets_watch, "SIGNATURE_BATCH", 1)
+    monkeypatch.setattr(secrets_watch, "HELD_BATCHES", 2)
+    monkeypatch.setattr(secrets_watch, "PROVE_AHEAD", 1)
+    values = [(s.key, envelope_bytes(s)) for s in SPECS]
+    prover = _Prover({s.key for s in SPECS})
+    node = Node(tmp_path / "v")
+    watch, loader, run, spawned = await _held_watch(node, values, prover, monkeypatch)
+    try:
+        await asyncio.sleep(0.2)
+        assert len(prover.asked) == 3 < len(values)
+        assert node.verifier.verified == 0 and loader.offered == []
+        watch.checking.set()
+        async with asyncio.timeout(10):
+            while watch.initial_values_taken_at is None:
+                await asyncio.sleep(0.01)
+    finally:
+        run.cancel()
+        for task in spawned:
+            task.cancel()
+        await asyncio.gather(run, *spawned, return_exceptions=True)
+    assert prover.asked == [key for key, _ in values]
+    assert loader.offered == [s.key for s in SPECS] and node.verifier.verified == 0
+
+
+class _SlowProver(_Prover):
+    """Proves every value, each batch after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__({s.key for s in SPECS})
+        self.delay = delay
+
+    async def prove(self, admin: bytes, fleet: str, values: Any) -> list[bool]:
+        await asyncio.sleep(self.delay)
+        return await super().prove(admin, fleet, values)
+
+
+@pytest.mark.parametrize("busy", [True, False])
+async def test_a_busy_node_waits_for_the_worker_an_idle_one_checks_in_full(
+    busy: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the worker's room taken (PROVE_AHEAD batches), a batch waits for it while the
+    loader has work (a full check here costs the node about twice what it saves the
+    worker), and is checked in full here while the loader is idle."""
+    monkeypatch.setattr(secrets_watch, "SIGNATURE_BATCH", 1)
+    monkeypatch.setattr(secrets_watch, "PROVE_AHEAD", 1)
+    values = [(s.key, envelope_bytes(s)) for s in SPECS]
+    prover = _SlowProver(0.05)
+    node = Node(tmp_path / "v")
+    watch, loader, run, spawned = await _held_watch(node, values, prover, monkeypatch)
+    loader.busy = busy
+    watch.checking.set()
+    try:
+        async with asyncio.timeout(10):
+            while watch.initial_values_taken_at is None:
+                await asyncio.sleep(0.01)
+    finally:
+        run.cancel()
+        for task in spawned:
+            task.cancel()
+        await asyncio.gather(run, *spawned, return_exceptions=True)
+    assert loader.offered == [s.key for s in SPECS]
+    if busy:
+        assert prover.asked == [key for key, _ in values]
+        assert watch.proven_by_worker == len(SPECS) and node.verifier.verified == 0
+    else:
+        assert len(prover.asked) < len(values)
+        assert node.verifier.verified == len(values) - len(prover.asked)
