@@ -167,15 +167,14 @@ class SecretsWatch:
     ) -> None:
         """Take what has arrived (up to SIGNATURE_BATCH events at once) as one batch, in
         order: the checker proves its values not proven at an earlier start and this
-        process then checks them against its state, or, while the checker has PROVE_AHEAD
-        batches to prove, this process checks them in full at once. Either way the next
-        batch is taken meanwhile; batches are admitted in the order they arrived. While
-        checks are held back (``checking``), a batch waits for the checker to have room
-        instead, and up to HELD_BATCHES batches wait (PIPELINE_BATCHES otherwise)."""
+        process then checks them against its state. While the checker has PROVE_AHEAD
+        batches to prove, the batch waits for it if the loader has work or checks are held
+        back (``checking``), and is otherwise checked in full here at once. Either way the
+        next batch is taken meanwhile; batches are admitted in the order they arrived. Up
+        to PIPELINE_BATCHES batches wait to be admitted (HELD_BATCHES while checks are
+        held back: they are checked when admitted)."""
         while True:
-            while batches.qsize() >= (
-                PIPELINE_BATCHES if self.checking.is_set() else HELD_BATCHES
-            ):
+            while batches.qsize() >= (PIPELINE_BATCHES if self.checking.is_set() else HELD_BATCHES):
                 await self._taken.wait()
                 self._taken.clear()
             events = [await arrived.get()]
