@@ -65,7 +65,7 @@ PIPELINE_ITEMS = 2 * SIGNATURE_BATCH
 PIPELINE_BATCHES = 8
 #: Batches that may wait, proved, while checks are held back (``checking`` clear: the node
 #: reads the fast path's wraps first); the worker proves this many values ahead meanwhile.
-HELD_BATCHES = 32
+HELD_BATCHES = 16
 #: Batches of values the worker may be proving at once: a batch that comes while it has
 #: this many, and the loader nothing to open, is checked in full here at once (its
 #: signatures still verified by the worker), so that this process does not wait idle.
