@@ -118,11 +118,6 @@ class Loader:
         if self.vault.delete(key):
             log.info("secret purged", key=key)
 
-    @property
-    def busy(self) -> bool:
-        """Whether envelopes wait to be opened, or are being opened."""
-        return not self._idle.is_set()
-
     def reject(self, key: str, reason: str) -> None:
         self._queue.pop(key, None)
         self._latest.pop(key, None)

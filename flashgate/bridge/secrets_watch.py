@@ -8,8 +8,8 @@ pipelined, in batches of up to SIGNATURE_BATCH values:
    checker (a worker process on another core while the initial values are read,
    :class:`~flashgate.bridge.signatures.SignatureWorker`), which proves their stateless
    part (:func:`~flashgate.bridge.value_proof.value_proven`); a batch that comes while the
-   worker has PROVE_AHEAD batches to prove waits for it while the loader has work, and is
-   otherwise not sent (this process checks it in full). While the node reads the fast
+   worker has PROVE_AHEAD batches to prove is not sent (this process checks it in full).
+   While the node reads the fast
    path's wraps, checks are held back (``checking``): values are only proved, up to
    HELD_BATCHES batches ahead, so that the worker is busy from the start;
 2. **checked** (:meth:`SecretsWatch._check`): each value checked in this process, all but
@@ -67,11 +67,9 @@ PIPELINE_BATCHES = 8
 #: reads the fast path's wraps first); the worker proves this many values ahead meanwhile.
 HELD_BATCHES = 16
 #: Batches of values the worker may be proving at once: a batch that comes while it has
-#: this many, and the loader nothing to open, is checked in full here at once (its
-#: signatures still verified by the worker), so that this process does not wait idle.
+#: this many is checked in full here at once (its signatures still verified by the
+#: worker), so that neither this process nor the worker waits on the other.
 PROVE_AHEAD = 4
-#: How often a batch waiting for the checker's room looks again whether it should.
-CHECKER_WAIT_S = 0.005
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 _Event = Value | Deleted | InitialDone
@@ -168,10 +166,11 @@ class SecretsWatch:
         """Take what has arrived (up to SIGNATURE_BATCH events at once) as one batch, in
         order: the checker proves its values not proven at an earlier start and this
         process then checks them against its state. While the checker has PROVE_AHEAD
-        batches to prove, the batch waits for it if the loader has work or checks are held
-        back (``checking``), and is otherwise checked in full here at once. Either way the
-        next batch is taken meanwhile; batches are admitted in the order they arrived. Up
-        to PIPELINE_BATCHES batches wait to be admitted (HELD_BATCHES while checks are
+        batches to prove, the batch is checked in full here at once (a full check costs
+        this process a quarter of what it saves the worker, whose signature checks stay),
+        or, while checks are held back (``checking``), waits for the checker. Either way
+        the next batch is taken meanwhile; batches are admitted in the order they arrived.
+        Up to PIPELINE_BATCHES batches wait to be admitted (HELD_BATCHES while checks are
         held back: they are checked when admitted)."""
         while True:
             while batches.qsize() >= (PIPELINE_BATCHES if self.checking.is_set() else HELD_BATCHES):
@@ -186,10 +185,8 @@ class SecretsWatch:
             ]
             ask = [i for i, f in enumerate(found) if f is not None and not f[1]]
             self._proving = [f for f in self._proving if not f.done()]
-            while ask and self.admin and not self._has_room() and self._wait_for_checker():
-                await asyncio.wait(
-                    self._proving, timeout=CHECKER_WAIT_S, return_when=asyncio.FIRST_COMPLETED
-                )
+            while ask and self.admin and not self.checking.is_set() and not self._has_room():
+                await asyncio.wait(self._proving, return_when=asyncio.FIRST_COMPLETED)
             if ask and self.admin and self._has_room():
                 asked = [events[i] for i in ask]
                 values = [(e.key, e.value) for e in asked if isinstance(e, Value)]
@@ -205,13 +202,6 @@ class SecretsWatch:
                 batch = asyncio.get_running_loop().create_future()
                 batch.set_result(_Held(events, found))
             await batches.put(batch)
-
-    def _wait_for_checker(self) -> bool:
-        """Whether a batch the checker has no room for waits for it rather than being
-        checked in full here: while checks are held back, and while the loader has work
-        (this process is then the busier one: a full check here costs it about twice what
-        it saves the worker, whose signature checks stay)."""
-        return not self.checking.is_set() or self.loader.busy
 
     def _has_room(self) -> bool:
         """Whether the checker has fewer than PROVE_AHEAD batches to prove."""
