@@ -20,7 +20,12 @@ Measured:
      verifies every request it serves);
    - a signed ``PutSecret`` command through ``COMMAND_CODEC`` and its ``verify`` (the
      backend's stateless check of every command);
-   - a ``secret.created`` domain event: ``make_event``, ``encode_event``, ``decode_event``.
+   - a ``secret.created`` domain event: ``make_event``, ``encode_event``, ``decode_event``;
+   - an admin-proven envelope as a starting node proves it: the signature worker's whole
+     stateless proof (``value_proven``) and its signature check alone; the node's full
+     check but the signature, and its check of a value the worker proved. A full check
+     by the node costs it ``proof.node_full - proof.node_proven`` and saves the worker
+     ``proof.worker - proof.signature`` (``bridge/secrets_watch.py``, ``PROVE_AHEAD``).
 2. Publish-to-watch latency on a nats-server started for the run (free loopback ports, own
    store in a temporary directory, stopped at the end): a KV watcher on the secrets bucket
    of a declared fleet sees envelopes that ``kv.put`` writes under fresh keys at a fixed
@@ -47,8 +52,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from harness import (
     Arrivals,
     Latency,
@@ -68,16 +75,24 @@ from harness import (
 from nats.js.kv import KeyValue
 
 from flashgate import logs
+from flashgate.bridge.value_proof import statement_proof, value_proven
 from flashgate.broker.connection import connect
 from flashgate.broker.declare import declare_fleet
 from flashgate.cli.statement import signed_statement
+from flashgate.crypto import ed25519
 from flashgate.crypto.context import SecretContext
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.publickey import FleetPublicKey
 from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events import commands as cmd
 from flashgate.events import domain as ev
-from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
+from flashgate.events.envelope import (
+    ENVELOPE_CODEC,
+    Provenance,
+    SecretEnvelope,
+    check_envelope_location,
+    statement_for,
+)
 from flashgate.events.share import SHARE_REQUEST_CODEC, ShareItem, ShareRequest
 from flashgate.events.signing import sign, verify
 from flashgate.events.subjects import FleetNames
@@ -235,7 +250,31 @@ def bench_codecs(profile: Profile) -> list[CodecRow]:
     event = secret_created(command.command_id)
     event_raw = ev.encode_event(event)
 
+    # An admin-proven envelope, as `secret put` writes one: who proves what at a start.
+    proven_env = make_envelope(key, "payments", "s3")
+    proven_env = msgspec.structs.replace(
+        proven_env,
+        provenance=Provenance(
+            statement=sign(
+                statement_for(proven_env, command_id="put-bench-" + "0" * 8, issued_at=0), admin
+            )
+        ),
+    )
+    proven_raw = ENVELOPE_CODEC.encode(proven_env)
+    admin_raw = admin_public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    signature, signed_bytes, _ = statement_proof(proven_env)
+
+    def node_full() -> object:  # all but the signature, which the worker verifies
+        decoded = ENVELOPE_CODEC.decode(proven_raw)
+        check_envelope_location(decoded, FLEET, "payments.s3")
+        return statement_proof(decoded)
+
+    def node_proven() -> object:  # a value the worker proved: what rests on the value
+        decoded = ENVELOPE_CODEC.decode(proven_raw)
+        return check_envelope_location(decoded, FLEET, "payments.s3", proven=True)
+
     # Round trips first: a benchmark of a codec that loses data would be worthless.
+    assert value_proven(admin_raw, FLEET, "payments.s3", proven_raw)
     assert ENVELOPE_CODEC.decode(envelope_raw) == envelope
     assert SHARE_REQUEST_CODEC.decode(signed_raw) == signed
     assert cmd.COMMAND_CODEC.decode(command_raw) == command
@@ -277,6 +316,14 @@ def bench_codecs(profile: Profile) -> list[CodecRow]:
          lambda: ev.encode_event(event)),
         ("event.decode", "domain event", "decode_event", len(event_raw),
          lambda: ev.decode_event(event_raw)),
+        ("proof.worker", "envelope proof at a start", "worker: value_proven (all of it)",
+         len(proven_raw), lambda: value_proven(admin_raw, FLEET, "payments.s3", proven_raw)),
+        ("proof.signature", "envelope proof at a start", "worker: the signature only",
+         None, lambda: ed25519.verify(admin_raw, signature, signed_bytes)),
+        ("proof.node_full", "envelope proof at a start", "node: full check, but the signature",
+         len(proven_raw), node_full),
+        ("proof.node_proven", "envelope proof at a start", "node: check of a proven value",
+         len(proven_raw), node_proven),
     ]  # fmt: skip
     rows = []
     for key_name, section, name, size, fn in specs:

@@ -45,7 +45,12 @@ def test_crypto() -> None:
 
 def test_events() -> None:
     document = run_bench("events.py")
-    assert {r["key"] for r in document["codecs"]} >= {"envelope.encode", "event.decode"}
+    assert {r["key"] for r in document["codecs"]} >= {
+        "envelope.encode",
+        "event.decode",
+        "proof.worker",
+        "proof.node_full",
+    }
     assert [r["key"] for r in document["broker"]] == [
         "kv.paced_watch",
         "kv.paced_ack",

@@ -167,7 +167,7 @@ class SecretsWatch:
         order: the checker proves its values not proven at an earlier start and this
         process then checks them against its state. While the checker has PROVE_AHEAD
         batches to prove, the batch is checked in full here at once (a full check costs
-        this process a quarter of what it saves the worker, whose signature checks stay),
+        this process about half what it saves the worker, whose signature checks stay),
         or, while checks are held back (``checking``), waits for the checker. Either way
         the next batch is taken meanwhile; batches are admitted in the order they arrived.
         Up to PIPELINE_BATCHES batches wait to be admitted (HELD_BATCHES while checks are

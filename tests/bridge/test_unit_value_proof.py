@@ -423,7 +423,7 @@ async def test_a_batch_the_busy_worker_has_no_room_for_is_checked_in_full_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Checks not held back, a batch that comes while the worker has PROVE_AHEAD batches
-    to prove is checked in full by the node at once (a quarter of what it saves the
+    to prove is checked in full by the node at once (about half what it saves the
     worker); every value is still admitted, in the order it came."""
     monkeypatch.setattr(secrets_watch, "SIGNATURE_BATCH", 1)
     monkeypatch.setattr(secrets_watch, "PROVE_AHEAD", 1)
