@@ -228,7 +228,7 @@ def test_values_proven_under_other_rules_are_checked_again(
 
 #: What a value proven before is not checked against again, by source. Changing any of it
 #: changes what a value must pass: raise ``CHECKS_VERSION`` and update this digest.
-CHECKS_VERSION_SOURCES_SHA256 = "6084fbf6969cc1b6151627d07f2e386d9f1680705a7d6eaf406b97b9ecd02766"
+CHECKS_VERSION_SOURCES_SHA256 = "282ff1b463344418efa944f44d92b0164ed0de8d66cb3b91eaf457f8233a7002"
 
 
 def _checks_sources_digest() -> str:
@@ -237,11 +237,12 @@ def _checks_sources_digest() -> str:
 
     from flashgate import names
     from flashgate.bridge import provenance, signature_worker, value_proof
-    from flashgate.crypto import context, jwe
+    from flashgate.crypto import context, encoding, jwe
     from flashgate.events import envelope, types
 
     parts = [
         inspect.getsource(jwe),  # the profile: parse, parse_header, the allowed parameters
+        inspect.getsource(encoding),  # strict base64url (parse_proven decodes without it)
         inspect.getsource(context.SecretContext),
         inspect.getsource(envelope),  # the structs, check_envelope_location, check_statement
         inspect.getsource(types),  # the wire constraints of the envelope's fields

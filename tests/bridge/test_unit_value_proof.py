@@ -445,3 +445,32 @@ async def test_a_batch_the_busy_worker_has_no_room_for_is_checked_in_full_here(
     assert 0 < len(prover.asked) < len(values)
     assert watch.proven_by_worker == len(prover.asked)
     assert node.verifier.verified == len(values) - len(prover.asked)
+
+
+async def test_values_proven_at_an_earlier_start_wait_while_checks_are_held_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values the worker is not asked about (proven at an earlier start) are not checked
+    or offered while checks are held back either; released, all are, in order."""
+    path = tmp_path / "v"
+    values = [(s.key, envelope_bytes(s)) for s in SPECS]
+    first = Node(path)
+    await _watch(first, values, _Prover({k for k, _ in values}), monkeypatch)
+    first.save()
+    prover = _Prover(set())
+    again = Node(path)
+    watch, loader, run, spawned = await _held_watch(again, values, prover, monkeypatch)
+    try:
+        await asyncio.sleep(0.2)
+        assert loader.offered == [] and watch.initial_values_taken_at is None
+        watch.checking.set()
+        async with asyncio.timeout(10):
+            while watch.initial_values_taken_at is None:
+                await asyncio.sleep(0.01)
+    finally:
+        run.cancel()
+        for task in spawned:
+            task.cancel()
+        await asyncio.gather(run, *spawned, return_exceptions=True)
+    assert prover.asked == [] and again.verifier.values_known == len(SPECS)
+    assert loader.offered == [s.key for s in SPECS]
