@@ -474,3 +474,54 @@ async def test_values_proven_at_an_earlier_start_wait_while_checks_are_held_back
         await asyncio.gather(run, *spawned, return_exceptions=True)
     assert prover.asked == [] and again.verifier.values_known == len(SPECS)
     assert loader.offered == [s.key for s in SPECS]
+
+
+class _GatedChecker(InlineChecker):
+    """Proves nothing (each value is checked in full here, its signature left for
+    :meth:`check`); verifies a batch of signatures only once the test opens its gate."""
+
+    def __init__(self) -> None:
+        self.gates: list[asyncio.Future[None]] = []
+
+    async def check(self, signatures: Any) -> list[bool]:
+        gate = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        await gate
+        return [s.verify() for s in signatures]
+
+
+async def test_released_held_batches_are_verified_ahead_not_one_round_trip_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once checks are released, the held batches do not wait one verification round
+    trip each (after a fleet key rotation every value carries a re-wrap attestation for
+    the worker to verify): the next HELD_AHEAD held batches are checked and sent for
+    verification while the one before is verified; still admitted in order."""
+    monkeypatch.setattr(secrets_watch, "SIGNATURE_BATCH", 1)
+    values = [(s.key, envelope_bytes(s)) for s in SPECS]
+    assert len(values) > secrets_watch.HELD_AHEAD + 1
+    checker = _GatedChecker()
+    node = Node(tmp_path / "v")
+    watch, loader, run, spawned = await _held_watch(node, values, checker, monkeypatch)
+    try:
+        await asyncio.sleep(0.1)
+        assert checker.gates == []  # nothing checked while held back
+        watch.checking.set()
+        async with asyncio.timeout(5):
+            while len(checker.gates) < 1 + secrets_watch.HELD_AHEAD:
+                await asyncio.sleep(0.01)
+        assert not any(gate.done() for gate in checker.gates)
+        assert loader.offered == []  # none admitted before its own verification
+        async with asyncio.timeout(10):
+            while watch.initial_values_taken_at is None:
+                for gate in checker.gates:
+                    if not gate.done():
+                        gate.set_result(None)
+                await asyncio.sleep(0.01)
+    finally:
+        run.cancel()
+        for task in spawned:
+            task.cancel()
+        await asyncio.gather(run, *spawned, return_exceptions=True)
+    assert loader.offered == [s.key for s in SPECS]
+    assert node.verifier.verified == len(SPECS)
