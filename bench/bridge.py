@@ -74,7 +74,10 @@ as a restart, beside a single-key baseline; a whole-fleet start and a ring rotat
 ``--against DIR`` (a checkout of another revision, run with this Python environment) adds,
 at each S, ``--paired`` first joins from that tree and from this one in turn, in the same
 fleet with the same envelopes: the speed of this machine drifts by half during a run, so
-two revisions are compared only side by side.
+two revisions are compared only side by side. ``--rewrapped`` makes every envelope as a
+fleet key rotation leaves it (the fleet at epoch 2, each envelope carrying the admin's
+statement from epoch 1 and a node's signed re-wrap attestation: one node signature more
+for a joining node to verify per secret).
 """
 
 from __future__ import annotations
@@ -143,6 +146,7 @@ from flashgate.devcluster.nats_server import NatsServerProcess
 from flashgate.events.envelope import (
     ENVELOPE_CODEC,
     Provenance,
+    RewrapAttestation,
     SecretEnvelope,
     jwe_sha256,
     statement_for,
@@ -1471,9 +1475,17 @@ class FleetRun:
 
 
 def fast_envelope(
-    fleet: str, name: str, ceremony: Ceremony, term_id: str, term: bytes, writer: Any
+    fleet: str,
+    name: str,
+    ceremony: Ceremony,
+    term_id: str,
+    term: bytes,
+    writer: Any,
+    rewrapped: bool = False,
 ) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
-    """An envelope (as `secret put` writes one, admin-proven) and its fast wrap."""
+    """An envelope (as `secret put` writes one, admin-proven; ``rewrapped``: as a fleet
+    key rotation leaves it, re-wrapped by ``writer`` from the epoch before) and its fast
+    wrap."""
     public = ceremony.bundles[0].public.key
     context = SecretContext(fleet=fleet, repo=REPO, name=name, kind="generic", version=1)
     cek = secrets.token_bytes(32)
@@ -1494,9 +1506,18 @@ def fast_envelope(
         written_at=int(time.time() * 1000),
     )
     statement = statement_for(env, command_id=f"bench-{secrets.token_hex(8)}", issued_at=0)
-    env = msgspec.structs.replace(
-        env, provenance=Provenance(statement=sign(statement, ceremony.admin_key))
-    )
+    if not rewrapped:
+        provenance = Provenance(statement=sign(statement, ceremony.admin_key))
+    else:  # stated at the epoch before; the re-wrap's digest is of this very JWE
+        stated = sign(msgspec.structs.replace(statement, epoch=epoch - 1), ceremony.admin_key)
+        attestation = RewrapAttestation(
+            node_id=writer.node_id,
+            epoch=epoch,
+            jwe_sha256=jwe_sha256(token),
+            statement_signature=stated.signature,
+        )
+        provenance = Provenance(statement=stated, rewrap=sign(attestation, writer.signing_key))
+    env = msgspec.structs.replace(env, provenance=provenance)
     key = f"{REPO}.{name}"
     digest = hashlib.sha256(encrypted_key).digest()
     aad = fastwrap.wrap_aad(
@@ -1527,7 +1548,9 @@ def fast_envelope(
     )
 
 
-def fast_material(fleet: str, ceremony: Ceremony, count: int) -> FastMaterial:
+def fast_material(
+    fleet: str, ceremony: Ceremony, count: int, rewrapped: bool = False
+) -> FastMaterial:
     writer = ceremony.bundles[0]
     term = secrets.token_bytes(32)
     term_id = secrets.token_hex(16)
@@ -1548,7 +1571,7 @@ def fast_material(fleet: str, ceremony: Ceremony, count: int) -> FastMaterial:
     )
     raws, wraps = [], []
     for i in range(count):
-        raw, wrap = fast_envelope(fleet, secret_name(i), ceremony, term_id, term, writer)
+        raw, wrap = fast_envelope(fleet, secret_name(i), ceremony, term_id, term, writer, rewrapped)
         raws.append(raw)
         wraps.append(wrap)
     stored = STORED_TERM_CODEC.encode(StoredTerm(term=signed, jwe=token))
@@ -1866,6 +1889,7 @@ async def run_fast_path(
         threshold=profile.threshold,
         bits=profile.bits,
         primes=primes,
+        epoch=2 if args.rewrapped else 1,  # re-wrapped from epoch 1
     )
     fleet_dir = base / name
     write_fleet_dir(fleet_dir, ceremony, PASSPHRASE, params=FAST_KDF)
@@ -1880,7 +1904,7 @@ async def run_fast_path(
     for size in sorted(set(profile.sizes) | ({profile.fleet_secrets} - {0})):
         log(f"fast path {label}: S={size:,}: envelopes, wraps, a term")
         started = time.perf_counter()
-        material = fast_material(name, ceremony, size)
+        material = fast_material(name, ceremony, size, args.rewrapped)
         sample = material.raws[: profile.baseline_max]
         baseline = time_baseline(private, sample) * size / len(sample)
         try:
@@ -1942,6 +1966,7 @@ async def run_fast_path(
     return {
         "profile": asdict(profile),
         "against": None if args.against is None else revision_of(Path(args.against)),
+        "rewrapped": bool(args.rewrapped),
         "joins": [asdict(j) for j in joins],
         "fleet": asdict(fleet_run) if fleet_run else None,
         "cores": CORES,
@@ -1977,7 +2002,8 @@ def print_fast_path(
     profile = result["profile"]
     lines = header_lines(
         f"bench/bridge.py --fast-path ({mode}): a node joining a running fleet, "
-        f"{profile['bits']}-bit key, t={profile['threshold']} of n={profile['parties']}",
+        f"{profile['bits']}-bit key, t={profile['threshold']} of n={profile['parties']}"
+        + (", envelopes re-wrapped (a node's attestation each)" if result["rewrapped"] else ""),
         info,
     )
     rows = []
@@ -2135,6 +2161,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--paired", type=int, default=3, help="--against: first joins from each tree, per S"
+    )
+    parser.add_argument(
+        "--rewrapped",
+        action="store_true",
+        help="--fast-path: every envelope as a fleet key rotation leaves it (a node's re-wrap "
+        "attestation each)",
     )
     return parser.parse_args(argv)
 

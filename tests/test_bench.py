@@ -103,6 +103,18 @@ def test_bridge_fast_path() -> None:
 
 
 @pytest.mark.slow
+def test_bridge_fast_path_on_a_rewrapped_fleet() -> None:
+    """Every envelope as a fleet key rotation leaves it (a node's re-wrap attestation
+    each): a joining node proves and holds them all by the fast path."""
+    document = run_bench("bridge.py", "--fast-path", "--rewrapped", "--fleet-secrets", "0")
+    result = document["fast_path"]
+    assert result["rewrapped"] and not result["errors"]
+    (join,) = result["joins"]
+    assert join["fast"]["held"] == join["fast"]["opened_fast"] == join["secrets"]
+    assert join["restart"]["held"] == join["secrets"]
+
+
+@pytest.mark.slow
 def test_e2e() -> None:
     document = run_bench("e2e.py", "--insecure-test-key", timeout=600)
     assert {r["key"] for r in document["rows"]} >= {"sequential.held_all", "paced.held_all"}
