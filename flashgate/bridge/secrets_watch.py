@@ -11,9 +11,7 @@ pipelined, in batches of up to SIGNATURE_BATCH values:
    worker has PROVE_AHEAD batches to prove is not sent (this process checks it in full).
    While the node reads the fast
    path's wraps, checks are held back (``checking``): values are only proved, up to
-   HELD_BATCHES batches ahead, so that the worker is busy from the start; released, a
-   held batch is checked when its turn to be admitted comes, with up to HELD_AHEAD
-   held batches after it (their signatures verified meanwhile);
+   HELD_BATCHES batches ahead, so that the worker is busy from the start;
 2. **checked** (:meth:`SecretsWatch._check`): each value checked in this process, all but
    its signatures (:meth:`~flashgate.bridge.store.EnvelopeStore.check`): against this
    node's state only for a value proven (by the worker, or at an earlier start), in full
@@ -37,7 +35,6 @@ is answered from the bucket when it is the key's latest revision there
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import time
 from collections.abc import Callable, Coroutine
@@ -69,10 +66,6 @@ PIPELINE_BATCHES = 8
 #: Batches that may wait, proved, while checks are held back (``checking`` clear: the node
 #: reads the fast path's wraps first); the worker proves this many values ahead meanwhile.
 HELD_BATCHES = 16
-#: Once checks are released, held batches checked ahead of the one being admitted: their
-#: signatures (a re-wrap attestation each, after a fleet key rotation) are verified while
-#: the one before is, rather than one verification round trip per held batch.
-HELD_AHEAD = 2
 #: Batches of values the worker may be proving at once: a batch that comes while it has
 #: this many is checked in full here at once (its signatures still verified by the
 #: worker), so that neither this process nor the worker waits on the other.
@@ -132,8 +125,6 @@ class SecretsWatch:
     _proving: list[asyncio.Future[list[bool]]] = field(default_factory=list, repr=False)
     _verifying: set[asyncio.Future[list[bool]]] = field(default_factory=set, repr=False)
     _taken: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    #: Batches taken from the queue and checked ahead of admission (HELD_AHEAD).
-    _ahead: collections.deque[_Batch] = field(default_factory=collections.deque, repr=False)
 
     async def run(self, kv: KeyValue) -> None:
         self.kv = kv
@@ -160,8 +151,7 @@ class SecretsWatch:
                 stage.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*stages, return_exceptions=True)
-            pending: list[asyncio.Future[Any]] = [*self._proving, *self._verifying, *self._ahead]
-            self._ahead.clear()
+            pending: list[asyncio.Future[Any]] = [*self._proving, *self._verifying]
             while not batches.empty():
                 pending.append(batches.get_nowait())
             for future in pending:
@@ -252,20 +242,14 @@ class SecretsWatch:
         return items, verified
 
     async def _admit(self, batches: asyncio.Queue[_Batch]) -> None:
-        """Admit each batch once checked and verified, in the order the batches arrived.
-        A held batch is checked when its turn comes, and up to HELD_AHEAD held batches
-        after it with it (:meth:`_check_ahead`)."""
+        """Admit each batch once checked and verified, in the order the batches arrived."""
         while True:
-            if self._ahead:
-                batch = self._ahead.popleft()
-            else:
-                batch = await batches.get()
-                self._taken.set()
+            batch = await batches.get()
+            self._taken.set()
             ready = await batch
             if isinstance(ready, _Held):
                 await self.checking.wait()
                 ready = self._check(ready.events, ready.found)
-                self._check_ahead(batches)
                 await asyncio.sleep(0)  # the loader opens what came before meanwhile
             items, verified = ready
             valid = iter(await verified)
@@ -286,24 +270,6 @@ class SecretsWatch:
                 else:  # deleted: no revision of it is served any more
                     self.store.remove(item.key)
                     self.loader.forget(item.key)
-
-    def _check_ahead(self, batches: asyncio.Queue[_Batch]) -> None:
-        """Check the held batches next in line (up to HELD_AHEAD, stopping at one that is
-        not held or not ready), so that their signatures are verified while the one
-        being admitted waits for its own. Checking changes nothing here (admission, in
-        order, does), so checking ahead of admission is as checking in the dispatch."""
-        while len(self._ahead) < HELD_AHEAD and not batches.empty():
-            batch = batches.get_nowait()
-            self._taken.set()
-            if batch.done() and not batch.cancelled() and isinstance(batch.result(), _Held):
-                held = batch.result()
-                assert isinstance(held, _Held)
-                checked: _Batch = asyncio.get_running_loop().create_future()
-                checked.set_result(self._check(held.events, held.found))
-                self._ahead.append(checked)
-            else:
-                self._ahead.append(batch)
-                return
 
     def _take(self, checked: Checked, valid: list[bool]) -> None:
         stored = self.store.admit(checked, valid)
