@@ -7,7 +7,8 @@ exactly like an envelope: :func:`seal_term` (public key only) and :func:`open_te
 the combined RSA result y).
 
 A **fast wrap** is an envelope's content key (the JWE's CEK) sealed under a term with
-AES-256-GCM (:func:`wrap_cek`, :func:`unwrap_cek`), whose additional data
+AES-256-GCM (:func:`wrap_cek`, :func:`unwrap_cek`, with the term's key or its
+:class:`TermCipher`, built once per term), whose additional data
 (:func:`wrap_aad`) binds::
 
     "flashgate/fast-wrap/v1" || for each field: u16be(len) || field
@@ -49,6 +50,9 @@ SEALED_CEK_BYTES = jwe.CEK_BYTES + jwe.TAG_BYTES
 #: (those carry a ``flashgate`` context and no ``cty``), nor the other way round.
 TERM_CTY = "flashgate/ring-term"
 _WRAP_DOMAIN = b"flashgate/fast-wrap/v1"
+#: The fixed-length middle of the additional data: u16be(4) u32be(version), u16be(4)
+#: u32be(epoch), u16be(32) (the wrapped key's digest follows).
+_NUMBERS = struct.Struct(">HIHIH")
 
 
 def _field(value: bytes) -> bytes:
@@ -70,16 +74,16 @@ def wrap_aad(
     """The additional data of a fast wrap (layout in the module docstring)."""
     if len(wrapped_key_sha256) != 32:
         raise ValueError("wrapped_key_sha256 must be 32 bytes")
-    return _WRAP_DOMAIN + b"".join(
-        [
+    return b"".join(
+        (
+            _WRAP_DOMAIN,
             _field(fleet.encode("ascii")),
             _field(key.encode("ascii")),
-            _field(struct.pack(">I", version)),
-            _field(struct.pack(">I", epoch)),
-            _field(wrapped_key_sha256),
+            _NUMBERS.pack(4, version, 4, epoch, 32),
+            wrapped_key_sha256,
             _field(term_id.encode("ascii")),
             _field(writer.encode("ascii")),
-        ]
+        )
     )
 
 
@@ -88,25 +92,50 @@ def wrapped_key_sha256(parsed: jwe.ParsedJWE) -> bytes:
     return hashlib.sha256(parsed.encrypted_key).digest()
 
 
+class TermCipher:
+    """A term's key as AES-256-GCM, set up once for every wrap under the term (not once
+    per wrap: a node starting with 100k wraps set up the same key 100k times, and left
+    as many unwiped copies of it in freed memory). The key schedule inside cannot be
+    wiped; it goes when the cipher is dropped, with the term."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, term_key: bytes | bytearray) -> None:
+        if len(term_key) != TERM_KEY_BYTES:
+            raise InvalidKey(f"a term key is {TERM_KEY_BYTES} bytes")
+        self._aead = AESGCM(bytes(term_key))
+
+    def __repr__(self) -> str:
+        return "TermCipher(<key not shown>)"
+
+
+def _cipher(term: bytes | bytearray | TermCipher) -> TermCipher:
+    return term if isinstance(term, TermCipher) else TermCipher(term)
+
+
 def wrap_cek(
-    term_key: bytes | bytearray, cek: bytes | bytearray, aad: bytes, rng: Rng
+    term: bytes | bytearray | TermCipher, cek: bytes | bytearray, aad: bytes, rng: Rng
 ) -> tuple[bytes, bytes]:
-    """(nonce, sealed content key) under ``term_key``. A fresh random 96-bit nonce per
-    wrap: a term is retired long before 2^32 wraps (its use limit)."""
-    if len(term_key) != TERM_KEY_BYTES:
-        raise InvalidKey(f"a term key is {TERM_KEY_BYTES} bytes")
+    """(nonce, sealed content key) under the term (its key, or its :class:`TermCipher`).
+    A fresh random 96-bit nonce per wrap: a term is retired long before 2^32 wraps (its
+    use limit)."""
+    cipher = _cipher(term)
     if len(cek) != jwe.CEK_BYTES:
         raise InvalidKey(f"a content key is {jwe.CEK_BYTES} bytes")
     nonce = rng.token_bytes(NONCE_BYTES)
-    return nonce, AESGCM(bytes(term_key)).encrypt(nonce, bytes(cek), aad)
+    return nonce, cipher._aead.encrypt(nonce, bytes(cek), aad)
 
 
-def unwrap_cek(term_key: bytes | bytearray, nonce: bytes, sealed: bytes, aad: bytes) -> bytearray:
-    """The content key of a fast wrap; :class:`DecryptionError` for anything wrong."""
+def unwrap_cek(
+    term: bytes | bytearray | TermCipher, nonce: bytes, sealed: bytes, aad: bytes
+) -> bytearray:
+    """The content key of a fast wrap under the term (its key, or its
+    :class:`TermCipher`); :class:`DecryptionError` for anything wrong."""
+    cipher = _cipher(term)
     if len(nonce) != NONCE_BYTES or len(sealed) != SEALED_CEK_BYTES:
         raise DecryptionError("decryption failed")
     try:
-        return bytearray(AESGCM(bytes(term_key)).decrypt(nonce, sealed, aad))
+        return bytearray(cipher._aead.decrypt(nonce, sealed, aad))
     except InvalidTag as exc:
         raise DecryptionError("decryption failed") from exc
 

@@ -13,7 +13,13 @@ from flashgate.crypto.context import SecretContext
 from flashgate.crypto.decrypt import open_jwe
 from flashgate.crypto.encrypt import encrypt_secret
 from flashgate.crypto.rng import SYSTEM_RNG
-from flashgate.errors import ContextMismatch, DecryptionError, MalformedEnvelope, MissingContext
+from flashgate.errors import (
+    ContextMismatch,
+    DecryptionError,
+    InvalidKey,
+    MalformedEnvelope,
+    MissingContext,
+)
 from tests.support.bridge_units import public_key, reference_y
 
 AAD_FIELDS = {
@@ -109,3 +115,48 @@ def test_wipe_zeroes() -> None:
     buffer = bytearray(b"\x07" * 32)
     fastwrap.wipe(buffer)
     assert buffer == bytearray(32)
+
+
+def test_the_additional_data_is_frozen() -> None:
+    """The layout of the module docstring, byte for byte (wraps already in the bucket
+    open only while it stays so): a frozen vector, and the layout spelled out."""
+    fields = {**AAD_FIELDS, "version": 7, "term_id": "t" * 32, "writer": "node-3"}
+    aad = fastwrap.wrap_aad(**fields)  # type: ignore[arg-type]
+    assert aad.hex() == (
+        "666c617368676174652f666173742d777261702f7631000461636d65000b7061796d656e74732e7333"
+        "0004000000070004000000020020000102030405060708090a0b0c0d0e0f101112131415161718191a"
+        "1b1c1d1e1f0020747474747474747474747474747474747474747474747474747474747474747400066e"
+        "6f64652d33"
+    )
+
+    def field(value: bytes) -> bytes:
+        return len(value).to_bytes(2, "big") + value
+
+    assert aad == b"flashgate/fast-wrap/v1" + b"".join(
+        [
+            field(b"acme"),
+            field(b"payments.s3"),
+            field((7).to_bytes(4, "big")),
+            field((2).to_bytes(4, "big")),
+            field(bytes(range(32))),
+            field(b"t" * 32),
+            field(b"node-3"),
+        ]
+    )
+
+
+@given(cek=st.binary(min_size=32, max_size=32), term=st.binary(min_size=32, max_size=32))
+def test_a_term_cipher_and_its_key_are_the_same_term(cek: bytes, term: bytes) -> None:
+    """A wrap made with the term's key opens with its cipher, and the other way round."""
+    aad = fastwrap.wrap_aad(**AAD_FIELDS)  # type: ignore[arg-type]
+    cipher = fastwrap.TermCipher(bytearray(term))
+    nonce, sealed = fastwrap.wrap_cek(term, cek, aad, SYSTEM_RNG)
+    assert fastwrap.unwrap_cek(cipher, nonce, sealed, aad) == bytearray(cek)
+    nonce, sealed = fastwrap.wrap_cek(cipher, cek, aad, SYSTEM_RNG)
+    assert fastwrap.unwrap_cek(term, nonce, sealed, aad) == bytearray(cek)
+    assert term.hex() not in repr(cipher) and "key not shown" in repr(cipher)
+
+
+def test_a_term_cipher_needs_a_32_byte_key() -> None:
+    with pytest.raises(InvalidKey):
+        fastwrap.TermCipher(bytes(31))
