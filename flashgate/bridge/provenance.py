@@ -77,9 +77,17 @@ def provenance_signatures(
     if key is None:
         raise Unproven(f"{where}: re-wrapped by {rewrap.node_id}, not an active member")
     refusal = f"{where}: the re-wrap attestation does not verify"
-    signatures.append(
-        Signature(_raw_public(key), raw_signature(rewrap, refusal), signing_bytes(rewrap), refusal)
+    public, signature, signed = (
+        _raw_public(key),
+        raw_signature(rewrap, refusal),
+        signing_bytes(rewrap),
     )
+    if statements is None:
+        signatures.append(Signature(public, signature, signed, refusal))
+    else:  # remembered once verified (by the node's key: re-keyed, it is verified again)
+        job = statements.pending(signature, signed, refusal, signer=public)
+        if job is not None:
+            signatures.append(job)
     return signatures
 
 

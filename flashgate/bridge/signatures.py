@@ -55,30 +55,32 @@ class Signature:
     """An Ed25519 signature an envelope's proof rests on, not verified yet: verified in
     bulk (:class:`SignatureWorker`) or at once (:meth:`verify`). ``refusal``
     is the :class:`Unproven` message if it does not verify; ``remember`` is called once it
-    has (an admin statement's fingerprint is kept, :mod:`~flashgate.bridge.verified_statements`)."""
+    has (its fingerprint is kept, :mod:`~flashgate.bridge.verified_statements`).
+    ``in_value_proof``: part of what a proven value's fingerprint stands for (the admin's
+    statement), so not remembered on its own when that fingerprint is."""
 
     public: bytes  # raw Ed25519 public key
     signature: bytes
     message: bytes
     refusal: str
     remember: Callable[[], None] | None = None
+    in_value_proof: bool = False
 
     def verify(self) -> bool:
         return ed25519.verify(self.public, self.signature, self.message)
 
 
 def settle(
-    signatures: Sequence[Signature], valid: Sequence[bool], *, remember: bool = True
+    signatures: Sequence[Signature], valid: Sequence[bool], *, value_remembered: bool = False
 ) -> None:
     """Raise :class:`Unproven` for the first signature that did not verify; remember the
-    ones that did (only when all did, and ``remember``)."""
+    ones that did (only when all did). ``value_remembered``: the value's own fingerprint
+    is kept, which stands for the signatures ``in_value_proof`` (not kept beside it)."""
     for signature, ok in zip(signatures, valid, strict=True):
         if not ok:
             raise Unproven(signature.refusal)
-    if not remember:
-        return
     for signature in signatures:
-        if signature.remember is not None:
+        if signature.remember is not None and not (value_remembered and signature.in_value_proof):
             signature.remember()
 
 

@@ -284,8 +284,9 @@ class EnvelopeStore:
                 raise checked.error
             assert entry is not None
             # A value remembered as proven needs no statement remembered as well (one
-            # fingerprint per value: a second per statement cost 12 MB at 100k secrets).
-            settle(checked.signatures, valid, remember=checked.fingerprint is None)
+            # fingerprint per value: a second per statement cost 12 MB at 100k secrets);
+            # a re-wrap attestation is not part of the value's proof, and is remembered.
+            settle(checked.signatures, valid, value_remembered=checked.fingerprint is not None)
             if entry.epoch not in self.keys:  # retired since it was checked
                 raise StaleEpoch(f"{key}: envelope for epoch {entry.epoch}, which this node lacks")
             if checked.generation != self._generation:  # its signatures verified; the rest again

@@ -51,6 +51,14 @@ its answer "valid" can be remembered:
   beside it (memory: 12 MB per 100k), so a re-wrapped value (a fleet key rotation) is
   proven in full. A value the signature worker proved at this start
   (:func:`~flashgate.bridge.value_proof.value_proven`) is taken as one proven before.
+- **Re-wrap attestations.** After a fleet key rotation every value also carries a node's
+  signed attestation, which is not part of the value's proof (its node must be active
+  in the roster). Its verification is remembered as a statement's is, with the node's
+  public key in the fingerprint (the same tag: the signed bytes name their domain), beside
+  the value's: one fingerprint more per re-wrapped value, and a restart verifies no
+  signature at all (it verified one per secret before). Whether the node is active and a
+  member of the epoch is still checked every time; a node re-keyed since has its
+  attestations verified again.
 """
 
 from __future__ import annotations
@@ -198,9 +206,10 @@ class VerifiedStatements:
 
 
 class StatementVerifier:
-    """Verifies admin statements under the pinned admin key, remembering valid ones in
-    ``cache`` (None: verify every time). ``verified`` counts Ed25519 verifications done,
-    ``hits`` the ones the cache saved."""
+    """Verifies admin statements under the pinned admin key (and re-wrap attestations
+    under their node's key), remembering valid ones in ``cache`` (None: verify every
+    time). ``verified`` counts Ed25519 verifications done, ``hits`` the ones the cache
+    saved."""
 
     def __init__(self, admin: Ed25519PublicKey, cache: VerifiedStatements | None = None) -> None:
         self._admin_raw = admin.public_bytes(
@@ -227,15 +236,17 @@ class StatementVerifier:
         if job.remember is not None:
             job.remember()
 
-    def pending(self, signature: bytes, signed: bytes, refusal: str) -> Signature | None:
+    def pending(
+        self, signature: bytes, signed: bytes, refusal: str, *, signer: bytes | None = None
+    ) -> Signature | None:
         """The verification a statement (its raw signature and signed bytes) still needs,
         or None when it is remembered as verified. The returned signature, once verified,
-        is remembered by its ``remember``."""
+        is remembered by its ``remember``. ``signer``: the raw public key of a node whose
+        re-wrap attestation this is (None: the admin's statement)."""
+        public = self._admin_raw if signer is None else signer
         fingerprint = b""
         if self.cache is not None:
-            fingerprint = hashlib.sha256(
-                _FINGERPRINT_TAG + self._admin_raw + signature + signed
-            ).digest()
+            fingerprint = hashlib.sha256(_FINGERPRINT_TAG + public + signature + signed).digest()
             if len(signature) == 64 and self.cache.take(fingerprint):
                 self.hits += 1
                 return None
@@ -246,7 +257,7 @@ class StatementVerifier:
             if self.cache is not None:
                 self.cache.add(fingerprint)
 
-        return Signature(self._admin_raw, signature, signed, refusal, remember)
+        return Signature(public, signature, signed, refusal, remember, signer is None)
 
     @property
     def admin_raw(self) -> bytes:

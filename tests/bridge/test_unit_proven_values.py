@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flashgate.bridge import verified_statements as vs
@@ -18,9 +19,11 @@ from flashgate.bridge.verified_statements import (
     VerifiedStatements,
     file_mac_key,
 )
+from flashgate.crypto.encoding import b64url_encode
 from flashgate.errors import Tombstoned
 from flashgate.events.envelope import ENVELOPE_CODEC, SecretEnvelope
 from flashgate.events.fleet import Roster
+from flashgate.events.signing import sign
 from tests.bridge.test_unit_provenance import SECRET, rewrapped
 from tests.support.bridge_units import (
     EPOCH,
@@ -165,6 +168,54 @@ def test_what_rests_on_the_nodes_state_is_checked_every_time(tmp_path: Path) -> 
     assert retired.store.rejected[SECRET.key] == "stale_epoch"
 
 
+def _rekeyed(node_id: str) -> Roster:
+    """The test roster with ``node_id`` given another signing key (re-keyed)."""
+    base = roster()
+    other = b64url_encode(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+    nodes = [
+        msgspec.structs.replace(n, signing_key=other) if n.id == node_id else n for n in base.nodes
+    ]
+    return sign(msgspec.structs.replace(base, nodes=nodes, signature=""), fleet().admin_key)
+
+
+def test_a_rewrap_attestation_verified_before_is_not_verified_again(tmp_path: Path) -> None:
+    """After a fleet key rotation every value carries a node's re-wrap attestation. Its
+    signature, once verified, is remembered as an admin statement is (the signer's key in
+    its fingerprint), beside the value's: a restart verifies no signature at all. Whether
+    its node is active is still checked every time, and a node re-keyed since has its
+    attestation verified again (and refused: the old key made it)."""
+    path = tmp_path / "v"
+    good = ENVELOPE_CODEC.encode(rewrapped("node-3"))
+    first = Node(path)
+    checked = first.store.check(SECRET.key, 1, good)
+    assert len(checked.signatures) == 2  # the admin's statement and the attestation
+    assert first.store.admit(checked, [s.verify() for s in checked.signatures]) is not None
+    first.save()
+
+    again = Node(path)
+    checked = again.store.check(SECRET.key, 1, good)
+    assert checked.proven and list(checked.signatures) == []
+    assert again.store.admit(checked, []) is not None
+    assert again.verifier.hits == 1  # the attestation, remembered
+    again.save()
+
+    rekeyed = Node(path)
+    rekeyed.roster = _rekeyed("node-3")
+    checked = rekeyed.store.check(SECRET.key, 1, good)
+    assert len(checked.signatures) == 1
+    assert rekeyed.store.admit(checked, [s.verify() for s in checked.signatures]) is None
+    assert rekeyed.store.rejected[SECRET.key] == "unproven"
+
+    revoked = Node(path)
+    revoked.roster = roster(revoked=("node-3",))
+    assert revoked.store.ingest(SECRET.key, 1, good) is None
+    assert revoked.store.rejected[SECRET.key] == "unproven"
+
+
 def test_a_refused_value_is_never_remembered(tmp_path: Path) -> None:
     path = tmp_path / "v"
     node = Node(path)
@@ -228,7 +279,7 @@ def test_values_proven_under_other_rules_are_checked_again(
 
 #: What a value proven before is not checked against again, by source. Changing any of it
 #: changes what a value must pass: raise ``CHECKS_VERSION`` and update this digest.
-CHECKS_VERSION_SOURCES_SHA256 = "282ff1b463344418efa944f44d92b0164ed0de8d66cb3b91eaf457f8233a7002"
+CHECKS_VERSION_SOURCES_SHA256 = "9cb3df7509932d286b8915c92488f7ea42315e114b1cad6b724ee0171b76353f"
 
 
 def _checks_sources_digest() -> str:
