@@ -1796,27 +1796,38 @@ async def paired_joins(
     turn, ``rounds`` times each, in the same running fleet with the same envelopes: the
     side-by-side comparison of two revisions on a machine whose speed drifts. Each is a
     first join as far as proofs go (the values the joiner proved before are forgotten);
-    its bundle was re-sealed with the roster by the first join already."""
+    its bundle was re-sealed with the roster by the first join already. Each first join
+    is followed by a restart from the same tree (what that join proved kept beside the
+    bundle): ``this_restart`` and ``against_restart``."""
     joiner = list(live.nodes)[-1]
     node = live.nodes[joiner]
-    times: dict[str, list[float]] = {"against": [], "this": []}
+    times: dict[str, list[float]] = {
+        "against": [],
+        "this": [],
+        "against_restart": [],
+        "this_restart": [],
+    }
     for round_ in range(rounds):
         for label, root in (("against", against), ("this", ROOT)):
             node.bundle.with_name(node.bundle.name + ".verified").unlink(missing_ok=True)
-            node.log_path = node.log_path.with_name(f"{joiner}.paired-{label}-{round_}.log")
-            live.launch([joiner], root=root)
-            done = await live.wait_loaded([joiner], secrets_count, deadline_s)
-            connected = first_at(read_log(node.log_path), "nats.connected")
-            node.stop()
-            if joiner not in done or connected is None:
-                raise RuntimeError(f"paired join from {root} did not load; see {node.log_path}")
-            times[label].append(done[joiner].at - connected.at)
-    log(
-        f"fast path: paired first joins, S={secrets_count:,}: this "
-        + " ".join(_s(x) for x in times["this"])
-        + ", against "
-        + " ".join(_s(x) for x in times["against"])
-    )
+            for run in (label, f"{label}_restart"):
+                node.log_path = node.log_path.with_name(f"{joiner}.paired-{run}-{round_}.log")
+                live.launch([joiner], root=root)
+                done = await live.wait_loaded([joiner], secrets_count, deadline_s)
+                connected = first_at(read_log(node.log_path), "nats.connected")
+                node.stop()
+                if joiner not in done or connected is None:
+                    raise RuntimeError(
+                        f"paired {run} from {root} did not load; see {node.log_path}"
+                    )
+                times[run].append(done[joiner].at - connected.at)
+    for run in ("", "_restart"):
+        log(
+            f"fast path: paired {'restarts' if run else 'first joins'}, S={secrets_count:,}: this "
+            + " ".join(_s(x) for x in times[f"this{run}"])
+            + ", against "
+            + " ".join(_s(x) for x in times[f"against{run}"])
+        )
     return times
 
 
@@ -2047,23 +2058,33 @@ def print_fast_path(
     paired_rows = [
         [
             f"{join['secrets']:,}",
-            _s(statistics.median(p["this"])),
-            _s(statistics.median(p["against"])),
-            f"{statistics.median(p['this']) / statistics.median(p['against']):.2f}x",
-            " ".join(_s(x) for x in p["this"]),
-            " ".join(_s(x) for x in p["against"]),
+            "first join" if not run else "restart",
+            _s(statistics.median(p[f"this{run}"])),
+            _s(statistics.median(p[f"against{run}"])),
+            f"{statistics.median(p[f'this{run}']) / statistics.median(p[f'against{run}']):.2f}x",
+            " ".join(_s(x) for x in p[f"this{run}"]),
+            " ".join(_s(x) for x in p[f"against{run}"]),
         ]
         for join in result["joins"]
         if (p := join.get("paired"))
+        for run in ("", "_restart")
     ]
     if paired_rows:
         lines += [
             "",
-            f"paired first joins, connected->held: this tree against {result['against']}",
+            f"paired joins, connected->held: this tree against {result['against']}",
             *render_table(
-                ["SECRETS", "THIS median", "AGAINST median", "THIS/AGAINST", "this", "against"],
+                [
+                    "SECRETS",
+                    "JOIN",
+                    "THIS median",
+                    "AGAINST median",
+                    "THIS/AGAINST",
+                    "this",
+                    "against",
+                ],
                 paired_rows,
-                right=frozenset(range(4)),
+                right=frozenset({0, 2, 3, 4}),
             ),
         ]
     fleet = result["fleet"]
@@ -2097,7 +2118,8 @@ def print_fast_path(
         notes.append(
             "paired: the joiner started from this tree and from --against in turn, in the same "
             "fleet, each a first join as far as proofs go (what it proved before forgotten; its "
-            "bundle re-sealed with the roster by the first join already)."
+            "bundle re-sealed with the roster by the first join already), then restarted from "
+            "the same tree (what that join proved kept)."
         )
     for join in result["joins"]:
         for run in (join["fast"], join["cold"]):

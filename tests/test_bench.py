@@ -92,7 +92,8 @@ def test_bridge_fast_path() -> None:
     result = document["fast_path"]
     assert result["against"].startswith(str(ROOT))
     (join,) = result["joins"]
-    assert len(join["paired"]["this"]) == len(join["paired"]["against"]) == 1
+    assert {len(times) for times in join["paired"].values()} == {1}
+    assert set(join["paired"]) == {"this", "against", "this_restart", "against_restart"}
     assert join["fast"]["opened_fast"] == join["secrets"]
     assert join["fast"]["connected_to_held_s"] is not None
     assert join["cold"]["connected_to_held_s"] is not None
