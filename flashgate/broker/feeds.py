@@ -29,9 +29,9 @@ import contextlib
 import json
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
@@ -67,17 +67,18 @@ _STATUS = "Status"
 _PENDING_MESSAGES = "Nats-Pending-Messages"
 
 
-@dataclass(frozen=True, slots=True)
-class Value:
-    """The value of ``key`` at ``revision`` (the stream sequence of the put)."""
+class Value(msgspec.Struct, frozen=True, gc=False):
+    """The value of ``key`` at ``revision`` (the stream sequence of the put). A struct out
+    of the cycle collector: one is made per message a watch reads (200k for a node
+    starting on 100k secrets and their fast wraps), ten times faster than a frozen
+    dataclass."""
 
     key: str
     revision: int
     value: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Deleted:
+class Deleted(msgspec.Struct, frozen=True, gc=False):
     """``key`` was deleted or purged at ``revision``."""
 
     key: str
