@@ -44,20 +44,22 @@ its answer "valid" can be remembered:
   :func:`flashgate.bridge.provenance.provenance_signatures`): about a third of checking an
   envelope. Everything that depends on this node's state is still checked every time: the
   envelope's location, its epoch and the wrapped key's fit to that epoch's key, the
-  tombstones, a re-wrap attestation (its node active in the roster and a member of the
-  epoch, and its signature). :data:`~flashgate.bridge.value_proof.CHECKS_VERSION` is
+  tombstones, a re-wrap attestation (its binding to this envelope, its node active in the
+  roster and a member of the epoch; its signature unless remembered, below).
+  :data:`~flashgate.bridge.value_proof.CHECKS_VERSION` is
   raised whenever what a value must pass changes, so a value proven under older rules is
   checked in full again. A value's fingerprint is kept instead of its statement's, not
-  beside it (memory: 12 MB per 100k), so a re-wrapped value (a fleet key rotation) is
-  proven in full. A value the signature worker proved at this start
+  beside it (memory: 12 MB per 100k), so a re-wrapped value (a fleet key rotation: a new
+  value) is proven in full once. A value the signature worker proved at this start
   (:func:`~flashgate.bridge.value_proof.value_proven`) is taken as one proven before.
 - **Re-wrap attestations.** After a fleet key rotation every value also carries a node's
   signed attestation, which is not part of the value's proof (its node must be active
-  in the roster). Its verification is remembered as a statement's is, with the node's
+  in the roster). Its binding to the envelope (epoch, JWE digest, the statement's
+  signature) and its node are checked every time, before the memo is asked; its
+  verification is remembered as a statement's is, with the node's
   public key in the fingerprint (the same tag: the signed bytes name their domain), beside
   the value's: one fingerprint more per re-wrapped value, and a restart verifies no
-  signature at all (it verified one per secret before). Whether the node is active and a
-  member of the epoch is still checked every time; a node re-keyed since has its
+  signature at all (it verified one per secret before). A node re-keyed since has its
   attestations verified again.
 """
 

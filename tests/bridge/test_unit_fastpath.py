@@ -683,6 +683,57 @@ async def test_fast_path_repr_and_purge_hold_no_secret(scene: Scene) -> None:
     assert all(cek.hex() not in text for cek in held)
     fp.purge()
     assert key == bytearray(32) and all(cek == bytearray(32) for cek in held)
+    assert fp._opened == {} and fp._ciphers == {}
+
+
+async def test_a_dropped_term_leaves_neither_its_key_nor_its_cipher(scene: Scene) -> None:
+    await written(scene)
+    fp = scene.paths["node-1"]
+    term = fp.current_term()
+    assert term is not None and term.term_id in fp._ciphers
+    key = fp._opened[term.term_id]
+    fp._drop_term(term.key)
+    assert key == bytearray(32)
+    assert term.term_id not in fp._opened and term.term_id not in fp._ciphers
+
+
+async def test_a_term_dropped_while_its_wraps_are_written_seals_none_under_a_wiped_key(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A term's key is wiped when the term is dropped (deleted from the ring bucket, which
+    whoever can write the bucket can do, or the node stopping). Wraps being written at
+    that moment were sealed under the wiped key, all zeros: content keys published under
+    a key anyone knows. They are sealed with the term's cipher, set up when the term was
+    opened, so none opens under zeros."""
+    fp = scene.paths["node-1"]
+    for entry in entries():
+        fp.opened_cold(entry, cold_cek(entry))
+    real = fp._mine_to_wrap
+    keys: list[bytes] = []
+
+    def mine_then_drop(current: Any) -> Any:
+        keys.append(bytes(fp._opened[current.term_id]))
+        asyncio.get_running_loop().call_soon(fp._drop_term, current.key)  # before the writes
+        return real(current)
+
+    monkeypatch.setattr(fp, "_mine_to_wrap", mine_then_drop)
+    await fp.tend()
+    assert keys and keys[0] != bytes(32)
+    assert len(scene.wraps_kv.values) == len(SPECS)
+    for _, raw in scene.wraps_kv.values.values():
+        wrap = FAST_WRAP_CODEC.decode(raw)
+        aad = fastwrap.wrap_aad(
+            fleet=wrap.fleet,
+            key=wrap.key,
+            version=wrap.version,
+            epoch=wrap.epoch,
+            wrapped_key_sha256=wrap.wrapped_key_sha256,
+            term_id=wrap.term_id,
+            writer=wrap.writer,
+        )
+        with pytest.raises(DecryptionError):
+            fastwrap.unwrap_cek(bytes(32), wrap.nonce, wrap.sealed, aad)
+        assert len(fastwrap.unwrap_cek(keys[0], wrap.nonce, wrap.sealed, aad)) == 32
 
 
 async def test_metrics_count_secrets_per_term_and_on_old_terms(scene: Scene) -> None:

@@ -216,6 +216,44 @@ def test_a_rewrap_attestation_verified_before_is_not_verified_again(tmp_path: Pa
     assert revoked.store.rejected[SECRET.key] == "unproven"
 
 
+def test_a_remembered_attestation_still_binds_its_own_envelope(tmp_path: Path) -> None:
+    """An attestation remembered as verified, moved onto another re-wrap of the same
+    envelope (the admin's statement still matches: the body is the same), is refused:
+    what binds it to the JWE is checked before the memo is asked."""
+    path = tmp_path / "v"
+    first, second = rewrapped("node-3"), rewrapped("node-3")  # two re-wraps, one body
+    assert first.jwe != second.jwe
+    assert first.provenance is not None and second.provenance is not None
+    node = Node(path)
+    assert node.store.ingest(SECRET.key, 1, ENVELOPE_CODEC.encode(first)) is not None
+    node.save()
+    moved = msgspec.structs.replace(
+        second,
+        provenance=msgspec.structs.replace(second.provenance, rewrap=first.provenance.rewrap),
+    )
+    again = Node(path)
+    assert again.store.ingest(SECRET.key, 1, ENVELOPE_CODEC.encode(moved)) is None
+    assert again.store.rejected[SECRET.key] == "unproven"
+
+
+def test_a_remembered_signature_stands_for_its_key_signature_and_bytes_only(
+    tmp_path: Path,
+) -> None:
+    """The memo answers for the very signer, signature and signed bytes it verified: any
+    other of the three is verified again."""
+    node = Node(tmp_path / "v")
+    signer, other = bytes(range(32)), bytes(range(1, 33))
+    signature, signed = bytes(64), b"signed bytes"
+    job = node.verifier.pending(signature, signed, "refused", signer=signer)
+    assert job is not None and job.remember is not None and not job.in_value_proof
+    job.remember()
+    assert node.verifier.pending(signature, signed, "refused", signer=signer) is None
+    assert node.verifier.pending(signature, signed + b"!", "refused", signer=signer) is not None
+    assert node.verifier.pending(bytes(63) + b"\x01", signed, "refused", signer=signer) is not None
+    assert node.verifier.pending(signature, signed, "refused", signer=other) is not None
+    assert node.verifier.pending(signature, signed, "refused") is not None  # the admin's
+
+
 def test_a_refused_value_is_never_remembered(tmp_path: Path) -> None:
     path = tmp_path / "v"
     node = Node(path)
