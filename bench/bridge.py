@@ -513,6 +513,23 @@ def proc_cpu_s(pid: int | None) -> float | None:
         return None
 
 
+def children_cpu_s(pid: int | None) -> float | None:
+    """CPU of a process's children: those still running (utime + stime) and those it
+    has reaped (its cutime + cstime), in seconds."""
+    if pid is None:
+        return None
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2 :].split()
+        total = (int(fields[13]) + int(fields[14])) / PAGE_TICKS
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += proc_cpu_s(int(child)) or 0.0
+        return total
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def machine_ticks() -> tuple[int, int] | None:
     """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
     try:
@@ -1446,7 +1463,10 @@ class JoinRun:
     held: int | None = None  # secrets_held in the node's status answer
     opened_fast: int | None = None
     peak_rss_mb: float | None = None
-    cpu_s: float | None = None
+    cpu_s: float | None = None  # the node's process, its start-up included
+    worker_cpu_s: float | None = None  # its children (the signature worker)
+    server_cpu_s: float | None = None  # nats-server, from spawn to held
+    machine_busy: float | None = None  # busy share of all cores, from spawn to held
     note: str = ""
 
 
@@ -1745,8 +1765,16 @@ async def fast_join(
     label = "restart" if restart else ("fast" if fast else "cold")
     node.log_path = node.log_path.with_name(f"{joiner}.{label}.log")
     run = JoinRun(label)
+    server_pid = live.server.pid if live.server is not None else None
+    server_before, ticks_before = proc_cpu_s(server_pid), machine_ticks()
     t0 = live.launch([joiner], () if fast else ("--no-fast-path",))
     done = await live.wait_loaded([joiner], secrets_count, deadline_s)
+    server_after, ticks_after = proc_cpu_s(server_pid), machine_ticks()
+    if server_before is not None and server_after is not None:
+        run.server_cpu_s = server_after - server_before
+    if ticks_before is not None and ticks_after is not None and ticks_after[1] > ticks_before[1]:
+        busy = ticks_after[0] - ticks_before[0]
+        run.machine_busy = busy / (ticks_after[1] - ticks_before[1])
     lines = read_log(node.log_path)
     connected = first_at(lines, "nats.connected")
     if joiner in done:
@@ -1763,6 +1791,7 @@ async def fast_join(
     hwm = proc_status_kib(pid, "VmHWM")
     run.peak_rss_mb = hwm / 1024 if hwm is not None else None
     run.cpu_s = proc_cpu_s(pid)
+    run.worker_cpu_s = children_cpu_s(pid)
     node.stop()
     log(
         f"fast path: join by the {run.path} path, S={secrets_count:,}: "
@@ -2055,6 +2084,29 @@ def print_fast_path(
         "RSS restart MB",
     ]
     lines += ["", *render_table(columns, rows, right=frozenset(range(11)))]
+    cpu_rows = [
+        [
+            f"{join['secrets']:,}",
+            label,
+            _s(run["cpu_s"]),
+            _s(run["worker_cpu_s"]),
+            _s(run["server_cpu_s"]),
+            "-" if run["machine_busy"] is None else f"{run['machine_busy']:.0%}",
+        ]
+        for join in result["joins"]
+        for label, run in (("first join", join["fast"]), ("restart", join.get("restart")))
+        if run is not None and run["cpu_s"] is not None
+    ]
+    if cpu_rows:
+        lines += [
+            "",
+            "CPU of the fast joins, spawn->held (node: its whole process, start-up included)",
+            *render_table(
+                ["SECRETS", "JOIN", "NODE", "ITS WORKER", "NATS-SERVER", "MACHINE BUSY"],
+                cpu_rows,
+                right=frozenset({0, 2, 3, 4, 5}),
+            ),
+        ]
     paired_rows = [
         [
             f"{join['secrets']:,}",

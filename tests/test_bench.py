@@ -96,6 +96,8 @@ def test_bridge_fast_path() -> None:
     assert set(join["paired"]) == {"this", "against", "this_restart", "against_restart"}
     assert join["fast"]["opened_fast"] == join["secrets"]
     assert join["fast"]["connected_to_held_s"] is not None
+    for field in ("cpu_s", "worker_cpu_s", "server_cpu_s", "machine_busy"):
+        assert join["fast"][field] is not None
     assert join["cold"]["connected_to_held_s"] is not None
     assert join["restart"]["connected_to_held_s"] is not None
     assert join["restart"]["opened_fast"] == join["secrets"]
