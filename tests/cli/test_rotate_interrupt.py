@@ -25,6 +25,13 @@ from tests.support.material import TEST_PASSPHRASE
 pytestmark = [pytest.mark.nats, pytest.mark.processes]
 
 
+def _ctrl_c_as_from_a_terminal() -> None:
+    """The CLI as a terminal starts it: SIGINT at its default. A suite started with SIGINT
+    ignored (``nohup make test &`` from a script) would pass that on, and the CLI, rightly
+    ignoring Ctrl-C as a background job does, would wait for its query to time out."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def interrupt_while_querying(
     tmp_path: Path, nats_url: str, nc: Client, query: str, *args: str
 ) -> tuple[int | None, bytes, str]:
@@ -53,6 +60,7 @@ async def interrupt_while_querying(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        preexec_fn=_ctrl_c_as_from_a_terminal,
     )
     try:
         await asyncio.wait_for(asked.wait(), 60)
