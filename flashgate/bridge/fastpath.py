@@ -682,9 +682,16 @@ class FastPath:
             return
         semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
 
+        written = 0
+
         async def write(key: str, held: _HeldKey) -> None:
-            wrap = self._make_wrap(key, held, current.term_id, cipher)
+            nonlocal written
             async with semaphore:
+                # Made when its turn comes, from the key still held: one let go meanwhile
+                # (deleted, or opened again at a newer version) is wiped already.
+                if self._held.get(key) is not held:
+                    return
+                wrap = self._make_wrap(key, held, current.term_id, cipher)
                 try:
                     await kv.put(key, FAST_WRAP_CODEC.encode(wrap))
                 except Exception:
@@ -693,9 +700,10 @@ class FastPath:
                 if self._held.get(key) is held:
                     self._set_wrap(key, wrap)
                 self.stats.wraps_written += 1
+                written += 1
 
         await asyncio.gather(*(write(k, h) for k, h in mine))
-        log.info("fast wraps written", count=len(mine), term=current.term_id)
+        log.info("fast wraps written", count=written, term=current.term_id)
 
     def _make_wrap(
         self, key: str, held: _HeldKey, term_id: str, term: fastwrap.TermCipher

@@ -686,6 +686,35 @@ async def test_fast_path_repr_and_purge_hold_no_secret(scene: Scene) -> None:
     assert fp._opened == {} and fp._ciphers == {}
 
 
+async def test_a_key_let_go_while_the_wraps_are_written_is_not_wrapped(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A content key let go after it was picked for wrapping (its envelope deleted, or
+    opened again at a newer version) is wiped at once. Its wrap is not made from it later:
+    neither a wrap of the wiped, all-zero key is published, nor one of an envelope this
+    node no longer holds; the others are written."""
+    fp = scene.paths["node-1"]
+    made = entries()
+    for entry in made:
+        fp.opened_cold(entry, cold_cek(entry))
+    await fp.tend()  # a term, and the wraps under it
+    scene.wraps_kv.values.clear()
+    gone = made[0].key
+    scene.set_roster(roster(revoked=["node-5"], serial=3))  # type: ignore[attr-defined]
+    real = fp._mine_to_wrap
+
+    def mine_then_forget(current: Any) -> Any:
+        picked = real(current)
+        assert gone in dict(picked)
+        asyncio.get_running_loop().call_soon(fp.forget, gone)  # before the writes
+        return picked
+
+    monkeypatch.setattr(fp, "_mine_to_wrap", mine_then_forget)
+    await fp.tend()  # a new term (the roster changed): every wrap made again
+    assert gone not in scene.wraps_kv.values
+    assert set(scene.wraps_kv.values) == {entry.key for entry in made[1:]}
+
+
 async def test_a_dropped_term_leaves_neither_its_key_nor_its_cipher(scene: Scene) -> None:
     await written(scene)
     fp = scene.paths["node-1"]
