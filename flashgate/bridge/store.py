@@ -143,8 +143,9 @@ def check_entry(
     """Decode and check one bucket value, all but its signatures (returned with the entry,
     which is usable only once they verify). Raises the typed error that makes it unusable.
     ``proven``: this very value was proven before; ``prove`` then checks only what rests
-    on this node's state."""
-    envelope = ENVELOPE_CODEC.decode(raw)
+    on this node's state, and the value is decoded without its constraints checked again
+    (:meth:`~flashgate.events.codec.Codec.decode_accepted`: it passed them when proven)."""
+    envelope = ENVELOPE_CODEC.decode_accepted(raw) if proven else ENVELOPE_CODEC.decode(raw)
     parsed = check_envelope_location(envelope, fleet, key, proven=proven)
     signatures = prove(envelope) or ()
     public = keys.get(envelope.epoch)

@@ -185,8 +185,13 @@ def provenance_of(text: str | None) -> Provenance | None:
         return None
 
 
+#: ``decode_accepted`` (a value a node proved before) makes the API key types exactly as
+#: ``decode`` does: a statement's key is compared with the envelope's, and the vault keeps it.
 ENVELOPE_CODEC: Codec[SecretEnvelope] = Codec(
-    SecretEnvelope, max_bytes=MAX_ENVELOPE_BYTES, what="secret envelope"
+    SecretEnvelope,
+    max_bytes=MAX_ENVELOPE_BYTES,
+    what="secret envelope",
+    keep_exact=(ApiKeyInfo, ProvenApiKey),
 )
 
 
@@ -201,13 +206,13 @@ def check_envelope_location(
     :mod:`flashgate.bridge.verified_statements`): the location is checked again, the JWE
     only split (:func:`flashgate.crypto.jwe.parse_proven`).
     """
+    if proven:  # its names were found valid (no dot in either): the key is the two joined
+        if envelope.fleet != fleet or key != f"{envelope.repo}.{envelope.name}":
+            raise _misplaced(envelope, fleet, key)
+        return jwe.parse_proven(envelope.jwe, envelope.context)
     repo, name = split_secret_key(key)
     if (envelope.fleet, envelope.repo, envelope.name) != (fleet, repo, name):
-        raise ContextMismatch(
-            f"envelope for {envelope.fleet}/{envelope.repo}.{envelope.name} found at {fleet}/{key}"
-        )
-    if proven:
-        return jwe.parse_proven(envelope.jwe, envelope.context)
+        raise _misplaced(envelope, fleet, key)
     parsed = jwe.parse(envelope.jwe)
     bound = parsed.context
     if bound is None or (bound.fleet, bound.repo, bound.name, bound.kind, bound.version) != (
@@ -219,6 +224,12 @@ def check_envelope_location(
     ):
         raise ContextMismatch("the JWE's bound context differs from the envelope metadata")
     return parsed
+
+
+def _misplaced(envelope: SecretEnvelope, fleet: str, key: str) -> ContextMismatch:
+    return ContextMismatch(
+        f"envelope for {envelope.fleet}/{envelope.repo}.{envelope.name} found at {fleet}/{key}"
+    )
 
 
 def make_statement(

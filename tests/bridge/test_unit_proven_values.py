@@ -136,6 +136,22 @@ def test_only_the_very_value_under_the_very_key_is_known(tmp_path: Path) -> None
     assert found is not None and not found[1]
 
 
+def test_a_value_not_known_is_decoded_with_every_constraint(tmp_path: Path) -> None:
+    """Only a value known proven skips the wire constraints (it passed them then): any
+    other is decoded strictly, here one whose only fault is its metadata's command id,
+    which no statement covers."""
+    path = tmp_path / "v"
+    _first_run(path)
+    node = Node(path)
+    envelope = ENVELOPE_CODEC.decode(envelope_bytes(SPECS[0]))
+    bad = ENVELOPE_CODEC.encode(msgspec.structs.replace(envelope, command_id="not a command id!"))
+    assert ENVELOPE_CODEC.decode_accepted(bad).command_id == "not a command id!"
+    assert node.store.ingest(SPECS[0].key, 1, bad) is None
+    assert node.store.rejected[SPECS[0].key] == "malformed_message"
+    assert node.store.ingest(SPECS[1].key, 2, envelope_bytes(SPECS[1])) is not None
+    assert node.verifier.values_known == 1  # the value known, decoded without them
+
+
 def test_what_rests_on_the_nodes_state_is_checked_every_time(tmp_path: Path) -> None:
     """A tombstone, a re-wrapping node revoked since, an epoch the node no longer holds:
     a value proven before is refused all the same."""
@@ -317,7 +333,7 @@ def test_values_proven_under_other_rules_are_checked_again(
 
 #: What a value proven before is not checked against again, by source. Changing any of it
 #: changes what a value must pass: raise ``CHECKS_VERSION`` and update this digest.
-CHECKS_VERSION_SOURCES_SHA256 = "d99d8daa720afee266c059a5aa80f541a2f45fe8cbea7ed016bc3fcd5365dc12"
+CHECKS_VERSION_SOURCES_SHA256 = "c3f57aebe81e94b48f8822def4d2877eb37f122795a3299af7e6ff951cc355c8"
 
 
 def _checks_sources_digest() -> str:
@@ -327,12 +343,13 @@ def _checks_sources_digest() -> str:
     from flashgate import names
     from flashgate.bridge import provenance, signature_worker, value_proof
     from flashgate.crypto import context, encoding, jwe
-    from flashgate.events import envelope, types
+    from flashgate.events import codec, envelope, types
 
     parts = [
         inspect.getsource(jwe),  # the profile: parse, parse_header, the allowed parameters
         inspect.getsource(encoding),  # strict base64url (parse_proven decodes without it)
         inspect.getsource(context.SecretContext),
+        inspect.getsource(codec),  # the strict decode, and the one a proven value takes
         inspect.getsource(envelope),  # the structs, check_envelope_location, check_statement
         inspect.getsource(types),  # the wire constraints of the envelope's fields
         inspect.getsource(names),
