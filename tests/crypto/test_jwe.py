@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flashgate.crypto import jwe
-from flashgate.crypto.context import MAX_VERSION, SecretContext
+from flashgate.crypto.context import MAX_VERSION, SecretContext, check_context
 from flashgate.crypto.decrypt import OpenedSecret, open_jwe, rewrap
 from flashgate.crypto.encoding import b64url_decode, b64url_encode
 from flashgate.crypto.encrypt import encrypt_secret
@@ -943,3 +943,17 @@ def test_oaep_all_failures_share_one_message(token: str) -> None:
         threshold_open(fleet(), flip_bit(token, 4), CTX)
     messages.add(str(info.value))
     assert messages == {"decryption failed"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("fleet", "other"), ("repo", "other"), ("name", "other"), ("kind", "ai"), ("version", 2)],
+)
+def test_check_context_names_the_field_that_differs(field: str, value: object) -> None:
+    actual = SecretContext(fleet="f", repo="r", name="n", kind="storage", version=1)
+    check_context(actual, actual)
+    expected = replace(actual, **{field: value})
+    with pytest.raises(ContextMismatch, match=f"envelope {field} "):
+        check_context(actual, expected)
+    with pytest.raises(MissingContext):
+        check_context(None, expected)
