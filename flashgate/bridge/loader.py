@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,7 +143,7 @@ class Loader:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = list(self._queue.values())[:BATCH]
+            batch = list(itertools.islice(self._queue.values(), BATCH))  # (not a copy of all)
             for entry in batch:
                 self._queue.pop(entry.key, None)
             # One opened meanwhile (offered again while it was being collected) is done.

@@ -129,7 +129,11 @@ class Vault:
             if api_key_id is not None:
                 self._api_keys[api_key_id] = key
             else:
-                self._by_repo.setdefault(key.partition(".")[0], set()).add(key)
+                repo = key.partition(".")[0]
+                keys = self._by_repo.get(repo)
+                if keys is None:
+                    keys = self._by_repo[repo] = set()
+                keys.add(key)
             if current is not None:
                 current.wipe()
             return True
