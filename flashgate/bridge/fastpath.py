@@ -59,7 +59,7 @@ from flashgate.bridge.keyring import KeyRing
 from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.ring_terms import Term, TermStore
 from flashgate.bridge.store import Entry
-from flashgate.broker.watch import Deleted, InitialDone, follow
+from flashgate.broker.watch import Deleted, InitialDone, follow, follow_batches
 from flashgate.crypto import fastwrap
 from flashgate.crypto.rng import Rng
 from flashgate.errors import FlashgateError, SignatureInvalid
@@ -265,15 +265,17 @@ class FastPath:
                         self.wake()  # a new term: open it
 
     async def _follow_wraps(self, kv: KeyValue) -> None:
-        # Streamed: each wrap taken as it arrives (not every raw wrap held until the last).
-        async with contextlib.aclosing(follow(kv, stream=True)) as events:
-            async for event in events:
-                if isinstance(event, InitialDone):
-                    self._wraps_read.set()
-                elif isinstance(event, Deleted):
-                    self._set_wrap(event.key, None)
-                else:
-                    self._take_wrap(event.key, event.value)
+        # Streamed: the wraps taken as they arrive (not every raw wrap held until the last).
+        lists = follow_batches(kv, stream=True)
+        async with contextlib.aclosing(lists):
+            async for events in lists:
+                for event in events:
+                    if isinstance(event, InitialDone):
+                        self._wraps_read.set()
+                    elif isinstance(event, Deleted):
+                        self._set_wrap(event.key, None)
+                    else:
+                        self._take_wrap(event.key, event.value)
 
     def _take_wrap(self, key: str, raw: bytes) -> None:
         try:

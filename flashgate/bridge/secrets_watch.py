@@ -48,16 +48,15 @@ from flashgate.bridge.loader import Loader
 from flashgate.bridge.signatures import InlineChecker, SignatureChecker
 from flashgate.bridge.store import Checked, Entry, EnvelopeStore, make_entry
 from flashgate.bridge.vault import Vault
-from flashgate.broker.watch import Deleted, InitialDone, Value, follow
+from flashgate.broker.watch import Deleted, InitialDone, Value, follow_batches
 from flashgate.errors import FlashgateError
 
 log = structlog.get_logger("flashgate.bridge")
 
-#: Envelopes checked between two yields to the event loop (the loader, heartbeats and
-#: share requests run meanwhile; a node starting with 100k envelopes would otherwise
-#: hold the loop for all of them, and every checked-but-unloaded entry at once).
-YIELD_EVERY = 256
-#: Values whose signatures are verified together (one message to the worker and back).
+#: Values whose signatures are verified together (one message to the worker and back),
+#: and values read at once from the watch, with one yield to the event loop each time
+#: (the loader, heartbeats and share requests run meanwhile; a node starting with 100k
+#: envelopes would otherwise hold the loop for all of them).
 SIGNATURE_BATCH = 256
 #: Values waiting for a batch, and batches being proved, checked or verified (bounded:
 #: the watch waits rather than holding every value of a large bucket at once).
@@ -128,7 +127,8 @@ class SecretsWatch:
 
     async def run(self, kv: KeyValue) -> None:
         self.kv = kv
-        arrived: asyncio.Queue[_Event] = asyncio.Queue(PIPELINE_ITEMS)
+        # Lists of what arrived together (follow_batches), at most SIGNATURE_BATCH each.
+        arrived: asyncio.Queue[list[_Event]] = asyncio.Queue(PIPELINE_ITEMS // SIGNATURE_BATCH)
         batches: asyncio.Queue[_Batch] = asyncio.Queue(HELD_BATCHES)
         await self.checker.start()
         stages = [
@@ -136,13 +136,11 @@ class SecretsWatch:
             asyncio.create_task(self._admit(batches)),
         ]
         try:
-            taken = 0
-            async with contextlib.aclosing(follow(kv, stream=True)) as events:
-                async for event in events:
-                    taken += 1
-                    if taken % YIELD_EVERY == 0:  # the initial values come without a pause
-                        await asyncio.sleep(0)
-                    await arrived.put(event)
+            lists = follow_batches(kv, stream=True, limit=SIGNATURE_BATCH)
+            async with contextlib.aclosing(lists):
+                async for events in lists:
+                    await asyncio.sleep(0)  # the initial values come without a pause
+                    await arrived.put(events)
                     for stage in stages:  # a stage that failed fails the watch
                         if stage.done():
                             stage.result()
@@ -161,7 +159,7 @@ class SecretsWatch:
             await self.checker.close()
 
     async def _dispatch(
-        self, arrived: asyncio.Queue[_Event], batches: asyncio.Queue[_Batch]
+        self, arrived: asyncio.Queue[list[_Event]], batches: asyncio.Queue[_Batch]
     ) -> None:
         """Take what has arrived (up to SIGNATURE_BATCH events at once) as one batch, in
         order: the checker proves its values not proven at an earlier start and this
@@ -172,13 +170,15 @@ class SecretsWatch:
         the next batch is taken meanwhile; batches are admitted in the order they arrived.
         Up to PIPELINE_BATCHES batches wait to be admitted (HELD_BATCHES while checks are
         held back: they are checked when admitted)."""
+        carry: list[_Event] = []  # taken from ``arrived``, past the last batch's end
         while True:
             while batches.qsize() >= (PIPELINE_BATCHES if self.checking.is_set() else HELD_BATCHES):
                 await self._taken.wait()
                 self._taken.clear()
-            events = [await arrived.get()]
+            events = carry or await arrived.get()
             while not arrived.empty() and len(events) < SIGNATURE_BATCH:
-                events.append(arrived.get_nowait())
+                events = events + arrived.get_nowait()
+            events, carry = events[:SIGNATURE_BATCH], events[SIGNATURE_BATCH:]
             found = [
                 self.store.fingerprint(e.key, e.value) if isinstance(e, Value) else None
                 for e in events

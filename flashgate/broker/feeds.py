@@ -29,6 +29,7 @@ import contextlib
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import msgspec
@@ -176,13 +177,18 @@ class OrderedFeed:
         self._ready.set()
 
     async def next(self) -> FeedItem:
+        return (await self.next_batch(1))[0]
+
+    async def next_batch(self, limit: int) -> list[FeedItem]:
+        """What has arrived, at least one item and at most ``limit``, in order."""
         events = self._events
         while not events:
             self._ready.clear()
             await self._ready.wait()
+        batch = [events.popleft() for _ in range(min(limit, len(events)))]
         if len(events) <= FEED_LIMIT // 2:
             self._space.set()
-        return events.popleft()
+        return batch
 
     async def stop(self) -> None:
         if self.sub is not None:
@@ -286,17 +292,30 @@ class PullFeed:
         self._ready.set()
 
     async def next(self) -> FeedItem:
+        return (await self.next_batch(1))[0]
+
+    async def next_batch(
+        self, limit: int, last: Callable[[int | None], bool] | None = None
+    ) -> list[FeedItem]:
+        """What has arrived, at least one item and at most ``limit``, in order; with
+        ``last``, told each item's ``delta`` as it is taken, none after the one it is
+        True for (the rest stay, not taken: :attr:`last_sequence` is that one's)."""
         events = self._events
         while True:
             if self._consumer_seq == -1:
                 await self._remake()
             if events:
-                event = events.popleft()
-                self._last_stream_seq = event[1]
-                self._pending = event[2]
+                batch: list[FeedItem] = []
+                while events and len(batch) < limit:
+                    item = events.popleft()
+                    batch.append(item)
+                    if last is not None and last(item[2]):
+                        break
+                self._last_stream_seq = batch[-1][1]
+                self._pending = batch[-1][2]
                 if self._requested + len(events) <= PULL_WINDOW - PULL_BATCH:
                     await self._ask()
-                return event
+                return batch
             if self._requested == 0:
                 await self._ask()
             self._ready.clear()
@@ -307,7 +326,10 @@ class PullFeed:
             if time.monotonic() - self._arrived_at >= PULL_STALL_S and self._pending != 0:
                 if await self._nothing_left():
                     # What was pending is gone (expired, purged): the last one taken ends.
-                    return None, self._last_stream_seq, 0
+                    end: FeedItem = (None, self._last_stream_seq, 0)
+                    if last is not None:
+                        last(0)
+                    return [end]
                 await self._remake()
 
     async def _nothing_left(self) -> bool:

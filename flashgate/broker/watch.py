@@ -129,7 +129,11 @@ __all__ = [
     "WatchEvent",
     "current_values",
     "follow",
+    "follow_batches",
 ]
+
+#: Events in one of :func:`follow_batches`'s lists, at most (by default).
+BATCH_LIMIT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,15 +153,19 @@ class _Cut:
     def __init__(self) -> None:
         self._received = 0
         self._expected: int | None = None
+        self.done = False  # the last one has arrived
 
     def reached(self, delta: int | None) -> bool:
         """Count one message; True if it is the last of the initial values."""
         self._received += 1
         if delta is None:  # never from the feed; then only the count can end
-            return self._expected is not None and self._received >= self._expected
-        if self._expected is None:
-            self._expected = delta + 1
-        return delta == 0 or self._received >= self._expected
+            done = self._expected is not None and self._received >= self._expected
+        else:
+            if self._expected is None:
+                self._expected = delta + 1
+            done = delta == 0 or self._received >= self._expected
+        self.done = self.done or done
+        return done
 
 
 class _InitialValues:
@@ -209,8 +217,28 @@ async def follow(
     ``include_deletes=False`` leaves out :class:`Deleted` events (deleted keys are never
     part of the buffered initial values either way). ``stream=True``: the initial values
     are handed on as they arrive, read at the caller's pace, not held until the cut (see
-    the module docs, "Streamed initial values"). Runs until closed.
+    the module docs, "Streamed initial values"). Runs until closed. One event at a time
+    from :func:`follow_batches`.
     """
+    batches = follow_batches(kv, include_deletes=include_deletes, stream=stream)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for event in batch:
+                yield event
+
+
+async def follow_batches(
+    kv: KeyValue,
+    *,
+    include_deletes: bool = True,
+    stream: bool = False,
+    limit: int = BATCH_LIMIT,
+) -> AsyncGenerator[list[WatchEvent], None]:
+    """:func:`follow`'s events in order, as lists of what has arrived (at most ``limit``
+    each, never empty; :class:`InitialDone` alone in its list). For a caller that takes
+    many events at once: a node starting on 100k envelopes and their wraps paid about
+    2 µs an event for taking them one at a time (a coroutine and a generator step each,
+    and a queue between it and its checks)."""
     what = f"watching bucket {_bucket_name(kv)}"
     count = 0
     last = 0
@@ -221,19 +249,21 @@ async def follow(
                 await initial.start(kv)
                 empty = await _was_empty(initial)
             cut = _Cut()
-            while not empty:
+            while not empty and not cut.done:
                 try:
-                    event, _, delta = await initial.next()
+                    items = await initial.next_batch(limit, cut.reached)
                 except Exception:
                     with broker_errors(what):  # (not around each message: it costs)
                         raise
-                if isinstance(event, Value):
-                    count += 1
-                    yield event
-                elif event is not None and include_deletes:
-                    yield event
-                if cut.reached(delta):
-                    break
+                batch: list[WatchEvent] = []
+                for event, _, _ in items:
+                    if isinstance(event, Value):
+                        count += 1
+                        batch.append(event)
+                    elif event is not None and include_deletes:
+                        batch.append(event)
+                if batch:
+                    yield batch
             last = initial.last_sequence
         finally:
             with contextlib.suppress(Exception):
@@ -248,7 +278,7 @@ async def follow(
         with broker_errors(what):
             await feed.start(kv)
         if stream:
-            yield InitialDone(count)
+            yield [InitialDone(count)]
         else:
             with broker_errors(what):
                 empty = await _was_empty(feed)
@@ -263,13 +293,17 @@ async def follow(
             count = len(values)
             values.reverse()
             while values:
-                yield values.pop()
-            yield InitialDone(count)
+                yield [values.pop() for _ in range(min(limit, len(values)))]
+            yield [InitialDone(count)]
 
         while True:
-            event, _, _ = await feed.next()
-            if isinstance(event, Value) or (event is not None and include_deletes):
-                yield event
+            live: list[WatchEvent] = [
+                event
+                for event, _, _ in await feed.next_batch(limit)
+                if isinstance(event, Value) or (event is not None and include_deletes)
+            ]
+            if live:
+                yield live
     finally:
         with contextlib.suppress(Exception):
             await feed.stop()

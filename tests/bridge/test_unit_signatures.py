@@ -288,9 +288,9 @@ async def test_the_end_of_the_initial_values_is_marked_however_busy_the_loader(
 
     spec = SAMPLE_SECRETS[0]
 
-    async def follow(kv: object, **options: object) -> Any:
-        yield Value(spec.key, 1, envelope_bytes(spec))
-        yield InitialDone(1)
+    async def follow_batches(kv: object, **options: object) -> Any:
+        yield [Value(spec.key, 1, envelope_bytes(spec))]
+        yield [InitialDone(1)]
         await asyncio.Event().wait()
 
     class BusyLoader:  # never idle: a secret retried for a long while
@@ -306,7 +306,7 @@ async def test_the_end_of_the_initial_values_is_marked_however_busy_the_loader(
             await asyncio.Event().wait()
             return True
 
-    monkeypatch.setattr(secrets_watch, "follow", follow)
+    monkeypatch.setattr(secrets_watch, "follow_batches", follow_batches)
     store = new_store()
     store.prove = prove_check().signatures
     spawned: list[asyncio.Task[None]] = []

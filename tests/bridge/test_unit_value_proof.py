@@ -201,13 +201,14 @@ class _Prover(InlineChecker):
 async def _watch(
     node: Node, values: list[tuple[str, bytes]], checker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[secrets_watch.SecretsWatch, _Loader]:
-    async def follow(kv: object, **options: object) -> Any:
-        for revision, (key, raw) in enumerate(values, start=1):
-            yield Value(key, revision, raw)
-        yield InitialDone(len(values))
+    async def follow_batches(kv: object, **options: object) -> Any:
+        events = [Value(key, revision, raw) for revision, (key, raw) in enumerate(values, 1)]
+        for at in range(0, len(events), secrets_watch.SIGNATURE_BATCH):  # as they arrive
+            yield events[at : at + secrets_watch.SIGNATURE_BATCH]
+        yield [InitialDone(len(values))]
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(secrets_watch, "follow", follow)
+    monkeypatch.setattr(secrets_watch, "follow_batches", follow_batches)
     loader = _Loader()
     spawned: list[asyncio.Task[None]] = []
     watch = secrets_watch.SecretsWatch(
@@ -319,13 +320,14 @@ async def _held_watch(
     """A watch started with its checks held back (as a node starts while it reads the
     fast path's wraps)."""
 
-    async def follow(kv: object, **options: object) -> Any:
-        for revision, (key, raw) in enumerate(values, start=1):
-            yield Value(key, revision, raw)
-        yield InitialDone(len(values))
+    async def follow_batches(kv: object, **options: object) -> Any:
+        events = [Value(key, revision, raw) for revision, (key, raw) in enumerate(values, 1)]
+        for at in range(0, len(events), secrets_watch.SIGNATURE_BATCH):  # as they arrive
+            yield events[at : at + secrets_watch.SIGNATURE_BATCH]
+        yield [InitialDone(len(values))]
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(secrets_watch, "follow", follow)
+    monkeypatch.setattr(secrets_watch, "follow_batches", follow_batches)
     loader = _Loader()
     spawned: list[asyncio.Task[None]] = []
     watch = secrets_watch.SecretsWatch(

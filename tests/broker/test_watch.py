@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, ClassVar, cast
@@ -132,6 +132,20 @@ class ReplayedFeed:
             return event, event.revision, delta
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
+
+    async def next_batch(
+        self, limit: int, last: Callable[[int | None], bool] | None = None
+    ) -> list[tuple[Value | Deleted, int, int]]:
+        """Every update left, up to ``limit``, as the feeds hand them on: none after the
+        one ``last`` is True for (those stay)."""
+        batch = []
+        while True:
+            item = await self.next()  # (waits for ever when there is none)
+            batch.append(item)
+            if last is not None and last(item[2]):
+                return batch
+            if not self._updates or len(batch) >= limit:
+                return batch
 
     async def stop(self) -> None:
         ReplayedFeed.stopped.append(self.policy)
@@ -253,6 +267,32 @@ async def test_streamed_values_are_handed_on_before_the_cut_arrives(
 async def test_streamed_empty_bucket_is_done_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     events = await replayed([LIVE], delivered=0, count=2, monkeypatch=monkeypatch, stream=True)
     assert events == [InitialDone(0), LIVE_VALUE]
+
+
+async def test_batches_are_the_events_in_order_at_most_limit_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """follow_batches: follow's events, in lists of what has arrived (at most ``limit``,
+    none empty, the marker alone); the cut may fall inside what the feed holds: what is
+    after it is not taken, it comes live."""
+    pulled = ReplayedFeed([*STARTUP, LIVE], delivered=len(STARTUP))
+    monkeypatch.setattr(watch, "PullFeed", lambda kv: pulled)
+
+    def ordered(kv: Any, policy: DeliverPolicy = DeliverPolicy.ALL, start: int = 0) -> Any:
+        assert (policy, start) == (DeliverPolicy.BY_START_SEQUENCE, 5)
+        return ReplayedFeed([LIVE], delivered=0, policy=policy)
+
+    monkeypatch.setattr(watch, "OrderedFeed", ordered)
+    lists = watch.follow_batches(cast(KeyValue, ReplayedBucket()), stream=True, limit=3)
+    async with contextlib.aclosing(lists) as iterator:
+        got = [await anext(iterator) for _ in range(4)]
+    assert got == [
+        [Value("repo.a", 1, b"a1"), Value("repo.b", 2, b"b1"), Value("repo.a", 3, b"a2")],
+        [Deleted("repo.b", 4)],
+        [InitialDone(3)],
+        [LIVE_VALUE],
+    ]
+    assert pulled.last_sequence == 4  # LIVE was not taken from the pull feed
 
 
 # --- on the server -------------------------------------------------------------------------
