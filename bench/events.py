@@ -33,6 +33,10 @@ Measured:
    Latency = the time the watcher yields the entry minus the time ``kv.put`` was called,
    both taken in this process; the put's own ack round trip is reported beside it. Then a
    burst: the same puts as fast as possible, 256 in flight, for the throughput.
+3. Reading the bucket's current values back, as a starting node reads its envelopes and
+   fast wraps (``follow(stream=True)``, one event at a time, and ``follow_batches``, lists
+   of what has arrived), in turns: wall and CPU time of this process per value. It is the
+   floor of a node's start under nats-py: every envelope and every wrap is one message.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from flashgate import logs
 from flashgate.bridge.value_proof import statement_proof, value_proven
 from flashgate.broker.connection import connect
 from flashgate.broker.declare import declare_fleet
+from flashgate.broker.watch import InitialDone, follow, follow_batches
 from flashgate.cli.statement import signed_statement
 from flashgate.crypto import ed25519
 from flashgate.crypto.context import SecretContext
@@ -137,6 +142,16 @@ class CodecRow:
     @property
     def ops_per_s(self) -> float:
         return 1.0 / self.median
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRow:
+    """Reading a bucket's current values, once per round: seconds per value."""
+
+    name: str
+    count: int
+    wall: list[float]
+    cpu: list[float]  # this process (nats-py and the watch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +440,46 @@ def envelopes(key: FleetPublicKey, prefix: str, count: int) -> dict[str, bytes]:
     return out
 
 
-async def broker_runs(url: str, profile: Profile) -> list[BrokerRow]:
+READ_ROUNDS = 3
+
+
+async def read_once(kv: KeyValue, batches: bool) -> tuple[int, float, float]:
+    """Every current value of ``kv`` read through a streamed watch: (count, wall, CPU)."""
+    count = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    if batches:
+        lists = follow_batches(kv, stream=True)
+        async with contextlib.aclosing(lists):
+            async for events in lists:
+                if isinstance(events[-1], InitialDone):
+                    break
+                count += len(events)
+    else:
+        events = follow(kv, stream=True)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, InitialDone):
+                    break
+                count += 1
+    return count, time.perf_counter() - wall, time.process_time() - cpu
+
+
+async def read_runs(kv: KeyValue) -> list[ReadRow]:
+    """follow and follow_batches in turns, READ_ROUNDS times each."""
+    rows = {
+        False: ReadRow("follow (event by event)", 0, [], []),
+        True: ReadRow("follow_batches (lists)", 0, [], []),
+    }
+    for _ in range(READ_ROUNDS):
+        for batches, row in rows.items():
+            count, wall, cpu = await read_once(kv, batches)
+            rows[batches] = ReadRow(
+                row.name, count, [*row.wall, wall / max(count, 1)], [*row.cpu, cpu / max(count, 1)]
+            )
+    return list(rows.values())
+
+
+async def broker_runs(url: str, profile: Profile) -> tuple[list[BrokerRow], list[ReadRow]]:
     key = fleet_key()
     log("encrypting envelopes for the broker runs")
     paced = envelopes(key, "paced", profile.paced_puts)
@@ -449,7 +503,8 @@ async def broker_runs(url: str, profile: Profile) -> list[BrokerRow]:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
-        return rows
+        log("reading the bucket back")
+        return rows, await read_runs(kv)
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()
@@ -457,14 +512,15 @@ async def broker_runs(url: str, profile: Profile) -> list[BrokerRow]:
             await nc.close()
 
 
-def bench_broker(profile: Profile) -> tuple[list[BrokerRow], str]:
+def bench_broker(profile: Profile) -> tuple[list[BrokerRow], list[ReadRow], str]:
     base = Path(tempfile.mkdtemp(prefix="fg-bench-events-"))
     server = NatsServerProcess(base / "nats", name="bench")
     try:
         server.start()
         server.wait_ready(20)
         log(f"nats-server {server.binary.version_text} at {server.url}")
-        return asyncio.run(broker_runs(server.url, profile)), server.binary.version_text
+        rows, reads = asyncio.run(broker_runs(server.url, profile))
+        return rows, reads, server.binary.version_text
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -526,6 +582,21 @@ def broker_table(rows: Sequence[BrokerRow]) -> list[str]:
     return render_table(header, body, right=frozenset(range(1, 10)))
 
 
+def read_table(rows: Sequence[ReadRow]) -> list[str]:
+    header = ("watch", "values", "wall us/value", "CPU us/value", "rounds (wall us)")
+    body = [
+        (
+            r.name,
+            fmt_int(r.count),
+            fmt_us(statistics.median(r.wall)) if r.wall else "-",
+            fmt_us(statistics.median(r.cpu)) if r.cpu else "-",
+            " ".join(fmt_us(x) for x in r.wall),
+        )
+        for r in rows
+    ]
+    return render_table(header, body, right=frozenset({1, 2, 3}))
+
+
 NOTES = (
     "codec rows: us/op is the median round's time per call; ops/s = 1 / that (one core).",
     "broker rows: latency = watcher yields the entry - kv.put called, same process and clock;",
@@ -539,6 +610,7 @@ def print_report(
     mode: str,
     codecs: Sequence[CodecRow],
     broker: Sequence[BrokerRow],
+    reads: Sequence[ReadRow],
     elapsed: float,
 ) -> None:
     for line in header_lines(f"flashgate events benchmark ({mode} mode)", info):
@@ -550,6 +622,10 @@ def print_report(
     print()
     print(f"2. KV publish -> watch on a local nats-server {info['nats_server']} (fresh keys)")
     for line in broker_table(broker):
+        print(line)
+    print()
+    print("3. reading the bucket's current values back (streamed watch; medians of the rounds)")
+    for line in read_table(reads):
         print(line)
     print()
     print(f"elapsed {elapsed:.0f} s")
@@ -571,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log("codec rates")
     codecs = bench_codecs(profile)
     log("broker runs")
-    broker, nats_version = bench_broker(profile)
+    broker, reads, nats_version = bench_broker(profile)
     info["nats_server"] = nats_version
     elapsed = time.perf_counter() - started
     if args.json:
@@ -584,10 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {**asdict(r), "median_s": r.median, "ops_per_s": r.ops_per_s} for r in codecs
             ],
             "broker": [asdict(r) for r in broker],
+            "reads": [asdict(r) for r in reads],
         }
         print_json(result)
     else:
-        print_report(info, mode, codecs, broker, elapsed)
+        print_report(info, mode, codecs, broker, reads, elapsed)
     return 0
 
 

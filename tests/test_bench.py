@@ -56,6 +56,11 @@ def test_events() -> None:
         "kv.paced_ack",
         "kv.burst_watch",
     ]
+    reads = document["reads"]
+    assert [r["name"].split()[0] for r in reads] == ["follow", "follow_batches"]
+    # every value of the bucket read back, by both, each round (the warm-up's 50 too)
+    smoke_puts = 20 + 50 + 50
+    assert all(r["count"] == smoke_puts and len(r["wall"]) == 3 for r in reads)
 
 
 def test_node_reports() -> None:
