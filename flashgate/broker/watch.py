@@ -241,6 +241,8 @@ async def follow_batches(
     many events at once: a node starting on 100k envelopes and their wraps paid about
     2 µs an event for taking them one at a time (a coroutine and a generator step each,
     and a queue between it and its checks)."""
+    if limit < 1:
+        raise ValueError("a batch holds at least one event")
     what = f"watching bucket {_bucket_name(kv)}"
     count = 0
     last = 0

@@ -333,6 +333,10 @@ def test_values_proven_under_other_rules_are_checked_again(
 
 #: What a value proven before is not checked against again, by source. Changing any of it
 #: changes what a value must pass: raise ``CHECKS_VERSION`` and update this digest.
+# Last changed without raising CHECKS_VERSION (3) by the accepted decode of a proven value
+# (codec.py, added to the sources) and its cheaper location check: what a fingerprint
+# stands for, the strict checks a value passed once, did not change; only how a value
+# known to have passed them is read again.
 CHECKS_VERSION_SOURCES_SHA256 = "c3f57aebe81e94b48f8822def4d2877eb37f122795a3299af7e6ff951cc355c8"
 
 

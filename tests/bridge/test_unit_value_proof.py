@@ -199,12 +199,19 @@ class _Prover(InlineChecker):
 
 
 async def _watch(
-    node: Node, values: list[tuple[str, bytes]], checker: Any, monkeypatch: pytest.MonkeyPatch
+    node: Node,
+    values: list[tuple[str, bytes]],
+    checker: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    lists: int | None = None,
 ) -> tuple[secrets_watch.SecretsWatch, _Loader]:
+    """``lists``: values per list the watch hands on (default SIGNATURE_BATCH)."""
+    per_list = lists or secrets_watch.SIGNATURE_BATCH
+
     async def follow_batches(kv: object, **options: object) -> Any:
         events = [Value(key, revision, raw) for revision, (key, raw) in enumerate(values, 1)]
-        for at in range(0, len(events), secrets_watch.SIGNATURE_BATCH):  # as they arrive
-            yield events[at : at + secrets_watch.SIGNATURE_BATCH]
+        for at in range(0, len(events), per_list):  # as they arrive
+            yield events[at : at + per_list]
         yield [InitialDone(len(values))]
         await asyncio.Event().wait()
 
@@ -249,6 +256,34 @@ async def test_the_watch_has_the_worker_prove_new_values_and_checks_the_rest_in_
     assert node.verifier.verified == len(SPECS) - 2  # the rest verified in the node
     assert loader.offered == [s.key for s in SPECS]
     assert loader.rejected == {SECRET.key: "unproven"}
+
+
+class _BatchProver(_Prover):
+    """Also records the values of each batch it is asked to prove or verify."""
+
+    def __init__(self, proven: set[str]) -> None:
+        super().__init__(proven)
+        self.batches: list[list[str]] = []
+
+    async def prove(self, admin: bytes, fleet: str, values: Any) -> list[bool]:
+        self.batches.append([key for key, _ in values])
+        return await super().prove(admin, fleet, values)
+
+
+async def test_lists_longer_than_a_batch_are_cut_and_nothing_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What arrived together may be more than a batch (two lists taken at once): the
+    batch takes SIGNATURE_BATCH values, the rest starts the next one, in order."""
+    monkeypatch.setattr(secrets_watch, "SIGNATURE_BATCH", 3)
+    values = [(s.key, envelope_bytes(s)) for s in SPECS]
+    prover = _BatchProver({s.key for s in SPECS})
+    node = Node(tmp_path / "v")
+    watch, loader = await _watch(node, values, prover, monkeypatch, lists=len(values))
+    assert [len(b) for b in prover.batches] == [3, len(values) - 3]
+    assert prover.asked == [key for key, _ in values]
+    assert loader.offered == [s.key for s in SPECS]
+    assert watch.proven_by_worker == len(SPECS)
 
 
 async def test_values_proven_at_an_earlier_start_are_not_sent_to_the_worker(

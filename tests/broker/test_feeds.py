@@ -169,9 +169,35 @@ async def test_values_gone_while_pending_end_the_read_not_hang_it(
                 await js.purge_stream(kv._stream, subject=f"{kv._pre}repo.k{i:03d}")
             await asyncio.sleep(0.2)
             feed._events.clear()  # what was sent of them is lost in flight
-            event, sequence, delta = await feed.next()
-        assert (event, sequence, delta) == (None, taken[-1].revision, 0)
+            told: list[int | None] = []  # what a batch's reader is told of the end
+            ended = await feed.next_batch(16, lambda delta: told.append(delta) or delta == 0)
+        assert ended == [(None, taken[-1].revision, 0)] and told == [0]
         assert [v.key for v in taken] == EXPECTED[:last_kept]
+    finally:
+        await feed.stop()
+
+
+async def test_a_batch_ends_at_the_item_its_reader_says_is_the_last(kv: KeyValue) -> None:
+    """next_batch: at most ``limit`` items, none after the one ``last`` is True for
+    (those stay, not taken: the feed's last sequence is that one's, and they come next)."""
+    feed = PullFeed(kv)
+    await feed.start(kv)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while len(feed._events) < 12:  # enough arrived for the batch to be cut short
+                await asyncio.sleep(0.01)
+            told: list[int | None] = []
+            first = await feed.next_batch(10, lambda delta: told.append(delta) or len(told) == 5)
+            assert len(first) == 5 and len(told) == 5
+            assert feed.last_sequence == first[-1][1]
+            rest: list[feeds.FeedItem] = []
+            while not rest or rest[-1][2] != 0:
+                batch = await feed.next_batch(10)
+                assert 1 <= len(batch) <= 10
+                rest += batch
+        values = [event for event, _, _ in first + rest]
+        assert all(isinstance(v, Value) for v in values)
+        assert keys_in_order(values) == EXPECTED  # type: ignore[arg-type]
     finally:
         await feed.stop()
 
