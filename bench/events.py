@@ -285,7 +285,7 @@ def bench_codecs(profile: Profile) -> list[CodecRow]:
         return statement_proof(decoded)
 
     def node_proven() -> object:  # a value the worker proved: what rests on the value
-        decoded = ENVELOPE_CODEC.decode(proven_raw)
+        decoded = ENVELOPE_CODEC.decode_accepted(proven_raw)  # (the worker decoded it strictly)
         return check_envelope_location(decoded, FLEET, "payments.s3", proven=True)
 
     # Round trips first: a benchmark of a codec that loses data would be worthless.
@@ -339,6 +339,11 @@ def bench_codecs(profile: Profile) -> list[CodecRow]:
          len(proven_raw), node_full),
         ("proof.node_proven", "envelope proof at a start", "node: check of a proven value",
          len(proven_raw), node_proven),
+        ("proof.decode_strict", "envelope proof at a start", "decode (strict, as any value)",
+         len(proven_raw), lambda: ENVELOPE_CODEC.decode(proven_raw)),
+        ("proof.decode_accepted", "envelope proof at a start",
+         "decode of a proven value (decode_accepted)", len(proven_raw),
+         lambda: ENVELOPE_CODEC.decode_accepted(proven_raw)),
     ]  # fmt: skip
     rows = []
     for key_name, section, name, size, fn in specs:

@@ -50,6 +50,7 @@ def test_events() -> None:
         "event.decode",
         "proof.worker",
         "proof.node_full",
+        "proof.decode_accepted",
     }
     assert [r["key"] for r in document["broker"]] == [
         "kv.paced_watch",
