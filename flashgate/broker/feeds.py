@@ -200,10 +200,18 @@ class PullFeed:
     for messages as they are taken (module docs). For reading current values: it ends
     with the caller (:meth:`stop` deletes the consumer)."""
 
-    def __init__(self, kv: KeyValue, policy: DeliverPolicy = DeliverPolicy.LAST_PER_SUBJECT):
+    def __init__(
+        self,
+        kv: KeyValue,
+        policy: DeliverPolicy = DeliverPolicy.LAST_PER_SUBJECT,
+        start_sequence: int = 0,
+    ):
+        """``start_sequence`` with ``DeliverPolicy.BY_START_SEQUENCE``: the first stream
+        sequence read."""
         self._kv = kv
         self._prefix: str = kv._pre
         self.policy = policy
+        self._start = start_sequence
         self._events: deque[FeedItem] = deque()
         self._ready = asyncio.Event()
         self._sub: Any = None
@@ -218,7 +226,7 @@ class PullFeed:
         self.remade = 0  # consumers made again after a gap or a stall
 
     async def start(self, kv: KeyValue) -> None:
-        await self._make_consumer(self.policy)
+        await self._make_consumer(self.policy, self._start)
 
     async def _make_consumer(self, policy: DeliverPolicy, start: int = 0) -> None:
         """A new consumer, with its own inbox: nothing an earlier one sent (a message, a
@@ -345,7 +353,7 @@ class PullFeed:
         self.remade += 1
         start = self._last_stream_seq + 1
         policy = DeliverPolicy.BY_START_SEQUENCE if self._last_stream_seq else self.policy
-        await self._make_consumer(policy, start if self._last_stream_seq else 0)
+        await self._make_consumer(policy, start if self._last_stream_seq else self._start)
 
     @property
     def last_sequence(self) -> int:

@@ -235,19 +235,33 @@ async def follow_batches(
     include_deletes: bool = True,
     stream: bool = False,
     limit: int = BATCH_LIMIT,
+    start_sequence: int = 0,
 ) -> AsyncGenerator[list[WatchEvent], None]:
     """:func:`follow`'s events in order, as lists of what has arrived (at most ``limit``
     each, never empty; :class:`InitialDone` alone in its list). For a caller that takes
     many events at once: a node starting on 100k envelopes and their wraps paid about
     2 µs an event for taking them one at a time (a coroutine and a generator step each,
-    and a queue between it and its checks)."""
+    and a queue between it and its checks).
+
+    ``start_sequence`` (streamed only): the "initial values" are instead every message of
+    the bucket's stream from that sequence on, in stream order (puts, and deletes and
+    purges as :class:`Deleted`): the **tail** after a checkpoint of the bucket taken at
+    ``start_sequence - 1``. Applied in order on top of that checkpoint they give the
+    bucket's state at the cut, whatever was overwritten or purged since (a key's last
+    message in the tail decides it; a key with none is as the checkpoint has it)."""
     if limit < 1:
         raise ValueError("a batch holds at least one event")
+    if start_sequence and not stream:
+        raise ValueError("a start sequence is for the streamed form")
     what = f"watching bucket {_bucket_name(kv)}"
     count = 0
     last = 0
     if stream:
-        initial = PullFeed(kv)
+        initial = (
+            PullFeed(kv, DeliverPolicy.BY_START_SEQUENCE, start_sequence)
+            if start_sequence
+            else PullFeed(kv)
+        )
         try:
             with broker_errors(what):
                 await initial.start(kv)
@@ -274,8 +288,8 @@ async def follow_batches(
                 await initial.stop()
     # Streamed, the live changes are every message after the last one taken (none taken:
     # the bucket was empty when the pull consumer was made, so all there now came after).
-    if stream and last:
-        feed = OrderedFeed(kv, DeliverPolicy.BY_START_SEQUENCE, last + 1)
+    if stream and (last or start_sequence):
+        feed = OrderedFeed(kv, DeliverPolicy.BY_START_SEQUENCE, max(last + 1, start_sequence))
     else:
         feed = OrderedFeed(kv, DeliverPolicy.ALL)
     try:

@@ -563,3 +563,81 @@ async def test_watching_a_removed_bucket_is_a_broker_error(
     await js.delete_key_value(fleet_names.secrets_bucket)
     with pytest.raises(BrokerError, match="watching bucket"):
         await current_values(kv)
+
+
+# --- a checkpoint and the tail after it ---------------------------------------------------
+
+
+async def tail_from(kv: KeyValue, start: int) -> tuple[list[Value | Deleted], InitialDone]:
+    events: list[Value | Deleted] = []
+    batches = watch.follow_batches(kv, stream=True, start_sequence=start)
+    async with contextlib.aclosing(batches):
+        while True:
+            async with asyncio.timeout(EVENT_TIMEOUT):
+                batch = await anext(batches)
+            for event in batch:
+                if isinstance(event, InitialDone):
+                    return events, event
+                events.append(event)
+
+
+def replay(state: dict[str, bytes], events: list[Value | Deleted]) -> dict[str, bytes]:
+    state = dict(state)
+    for event in events:
+        if isinstance(event, Value):
+            state[event.key] = event.value
+        else:
+            state.pop(event.key, None)
+    return state
+
+
+async def test_a_checkpoint_and_the_tail_after_it_are_the_bucket_wherever_it_is_cut(
+    kv: KeyValue,
+) -> None:
+    """The state at stream sequence S, then every message from S + 1 on, applied in
+    order, is the bucket's state: for every S (overwrites, deletes and purges after it
+    included; the bucket keeps history, so older revisions come in the tail too)."""
+    writes: list[tuple[int, str, bytes | None]] = []  # (sequence, key, value or deleted)
+    latest, gone = await fill(kv)
+    async with contextlib.aclosing(follow(kv, include_deletes=True)) as events:
+        _, done = await initial_part(events)
+    last = max(value.revision for value in latest.values())
+    # The state at each sequence, from the bucket's own history (every revision kept).
+    for key in {*latest, *gone}:
+        for entry in await kv.history(key):
+            value = None if entry.operation is not None else entry.value
+            writes.append((entry.revision, key, value))
+    writes.sort()
+    last = max(last, writes[-1][0])
+    whole = {key: value.value for key, value in latest.items()}
+    for cut in range(0, last + 2):
+        at_cut: dict[str, bytes] = {}
+        for sequence, key, value in writes:
+            if sequence > cut:
+                break
+            if value is None:
+                at_cut.pop(key, None)
+            else:
+                at_cut[key] = value
+        tail, done = await tail_from(kv, cut + 1)
+        assert all(event.revision > cut for event in tail)
+        assert replay(at_cut, tail) == whole, cut
+        assert done.count == sum(isinstance(event, Value) for event in tail)
+
+
+async def test_a_tail_from_past_the_end_is_done_at_once_then_live(kv: KeyValue) -> None:
+    await fill(kv)
+    info = await kv._js.stream_info(kv._stream)
+    start = info.state.last_seq + 1
+    batches = watch.follow_batches(kv, stream=True, start_sequence=start)
+    async with contextlib.aclosing(batches):
+        async with asyncio.timeout(PROMPT):
+            assert await anext(batches) == [InitialDone(0)]
+        put = await kv.put("repo.k00", b"live")
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            assert await anext(batches) == [Value("repo.k00", put, b"live")]
+
+
+async def test_a_start_sequence_is_for_the_streamed_form(kv: KeyValue) -> None:
+    with pytest.raises(ValueError, match="streamed"):
+        await anext(watch.follow_batches(kv, start_sequence=3))
