@@ -177,6 +177,17 @@ class Unproven(FlashgateError):
     code = "unproven"
 
 
+class SnapshotRefused(FlashgateError):
+    """A snapshot of the wraps bucket that is not used (the node reads the whole bucket):
+    ``reason`` says why (unsigned, a writer not active, a part missing or damaged, ...)."""
+
+    code = "snapshot_refused"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Tombstoned(FlashgateError):
     """An envelope of a secret the admin deleted, or of an API key the admin revoked, stated
     before that deletion (the admin-signed tombstone a node keeps for good): never loaded,

@@ -51,7 +51,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.js.kv import KeyValue
 
 from flashgate.bridge.collector import Collector, Report
@@ -59,10 +59,18 @@ from flashgate.bridge.keyring import KeyRing
 from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.ring_terms import Term, TermStore
 from flashgate.bridge.store import Entry
+from flashgate.bridge.wrap_snapshots import (
+    SNAPSHOT_INTERVAL_MS,
+    SNAPSHOT_MIN_TAIL,
+    check_head,
+    head_entry,
+    read_snapshot,
+    write_snapshot,
+)
 from flashgate.broker.watch import Deleted, InitialDone, follow, follow_batches
 from flashgate.crypto import fastwrap
 from flashgate.crypto.rng import Rng
-from flashgate.errors import FlashgateError, SignatureInvalid
+from flashgate.errors import FlashgateError, SignatureInvalid, SnapshotRefused
 from flashgate.events.envelope import jwe_sha256
 from flashgate.events.fleet import Roster
 from flashgate.events.node_status import FastPathStatus
@@ -70,9 +78,11 @@ from flashgate.events.ring import (
     FAST_WRAP_CODEC,
     STORED_TERM_CODEC,
     TERM_KEY_PREFIX,
+    WRAP_SNAPSHOT_CODEC,
     FastWrap,
     RingTerm,
     StoredTerm,
+    WrapSnapshot,
     term_key,
 )
 from flashgate.events.signing import sign, verify
@@ -153,6 +163,9 @@ class FastPathStats:
     terms_made: int = 0
     terms_opened: int = 0
     terms_deleted: int = 0
+    snapshot_wraps: int = 0  # wraps taken from a snapshot at start
+    snapshots_refused: Counter[str] = field(default_factory=Counter)  # reason -> snapshots
+    snapshots_written: int = 0
 
 
 @dataclass
@@ -176,6 +189,11 @@ class FastPath:
     stats: FastPathStats = field(default_factory=FastPathStats)
     ring_kv: KeyValue | None = None
     wraps_kv: KeyValue | None = None
+    #: Snapshots of the wraps bucket (:mod:`flashgate.bridge.wrap_snapshots`); None: the
+    #: bucket is not there (a backend older than snapshots): every wrap is read.
+    snaps_kv: KeyValue | None = None
+    snapshot_interval_ms: int = SNAPSHOT_INTERVAL_MS
+    snapshot_min_tail: int = SNAPSHOT_MIN_TAIL
     #: The envelope keys this node holds in its store once its initial values are read
     #: (None before): a wrap of any other key is an orphan, purged after ORPHAN_GRACE_MS.
     live_keys: Callable[[], Container[str] | None] = lambda: None
@@ -209,6 +227,10 @@ class FastPath:
         self._scanned_term: str | None = None
         self._dirty = True
         self._takeovers_waiting = False
+        #: The wraps bucket's stream sequence of the last message this node took.
+        self.wraps_sequence = 0
+        self._snapshot_checked_at = 0  # by self.clock(): when a snapshot was last due-checked
+        self._node_keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -218,11 +240,14 @@ class FastPath:
 
     # --- running ---------------------------------------------------------------------------
 
-    async def run(self, ring_kv: KeyValue, wraps_kv: KeyValue) -> None:
-        """Follow both buckets; open the terms once the ring is read (while the wraps
-        are still being read: the peers' partials are a round trip), and set ``ready``
-        once both are done; then keep the ring current."""
-        self.ring_kv, self.wraps_kv = ring_kv, wraps_kv
+    async def run(
+        self, ring_kv: KeyValue, wraps_kv: KeyValue, snaps_kv: KeyValue | None = None
+    ) -> None:
+        """Follow both buckets (the wraps from their newest snapshot on, if there is one
+        this node accepts); open the terms once the ring is read (while the wraps are
+        still being read: the peers' partials are a round trip), and set ``ready`` once
+        both are done; then keep the ring current."""
+        self.ring_kv, self.wraps_kv, self.snaps_kv = ring_kv, wraps_kv, snaps_kv
         self.spawn(self._follow_terms(ring_kv))
         self.spawn(self._follow_wraps(wraps_kv))
         await self._ring_read.wait()
@@ -265,17 +290,69 @@ class FastPath:
                         self.wake()  # a new term: open it
 
     async def _follow_wraps(self, kv: KeyValue) -> None:
-        # Streamed: the wraps taken as they arrive (not every raw wrap held until the last).
-        lists = follow_batches(kv, stream=True)
+        # From the newest snapshot, then its tail; or the whole bucket. Streamed: the
+        # wraps taken as they arrive (not every raw wrap held until the last).
+        start = await self._read_snapshot(kv)
+        lists = follow_batches(kv, stream=True, start_sequence=start)
         async with contextlib.aclosing(lists):
             async for events in lists:
                 for event in events:
                     if isinstance(event, InitialDone):
                         self._wraps_read.set()
-                    elif isinstance(event, Deleted):
+                        continue
+                    self.wraps_sequence = max(self.wraps_sequence, event.revision)
+                    if isinstance(event, Deleted):
                         self._set_wrap(event.key, None)
                     else:
                         self._take_wrap(event.key, event.value)
+
+    async def _read_snapshot(self, kv: KeyValue) -> int:
+        """Take the wraps of the newest snapshot this node accepts; the stream sequence
+        its tail starts at (0: no snapshot taken, read the whole bucket)."""
+        if self.snaps_kv is None:
+            return 0
+        try:
+            last = (await kv.status()).stream_info.state.last_seq
+            read = await read_snapshot(
+                self.snaps_kv, fleet=self.fleet, writer_key=self._node_key, last_sequence=last
+            )
+        except SnapshotRefused as exc:
+            self.stats.snapshots_refused[exc.reason] += 1
+            log.warning(
+                "wraps snapshot refused; reading every wrap", reason=exc.reason, detail=exc.message
+            )
+            return 0
+        except Exception as exc:  # the broker: the whole bucket is read instead
+            log.warning("wraps snapshot not read; reading every wrap", error=type(exc).__name__)
+            return 0
+        if read is None:
+            return 0
+        for wrap in read.wraps:
+            self._set_wrap(wrap.key, wrap)
+        self.stats.snapshot_wraps = len(read.wraps)
+        self.wraps_sequence = read.head.stream_sequence
+        log.info(
+            "wraps snapshot read",
+            snapshot=read.head.snapshot_id,
+            wraps=len(read.wraps),
+            stream_sequence=read.head.stream_sequence,
+            writer=read.head.writer,
+        )
+        return read.next_sequence
+
+    def _node_key(self, node_id: str) -> Ed25519PublicKey | None:
+        """The signing key of ``node_id`` if it is active in this node's roster."""
+        node = self.roster().node(node_id)
+        if node is None or node.status != "active":
+            return None
+        cached = self._node_keys.get(node_id)
+        if cached is None or cached[0] != node.signing_key:
+            try:
+                cached = (node.signing_key, load_ed25519_public(node.signing_key, "node key"))
+            except FlashgateError:
+                return None
+            self._node_keys[node_id] = cached
+        return cached[1]
 
     def _take_wrap(self, key: str, raw: bytes) -> None:
         try:
@@ -558,10 +635,11 @@ class FastPath:
         self._no_term_since = None
         await self._write_wraps(current)
         await self._purge_old_terms(current)
+        await self._maybe_snapshot()
 
-    def _term_rank(self) -> int | None:
+    def _term_rank(self, purpose: str = "ring-term") -> int | None:
         """This node's place among the live active members of the current epoch for
-        making the next term (None: not a member)."""
+        making the next term, or for ``purpose`` (None: not a member)."""
         members = self.ring.current.members
         serial = self.roster().serial
         epoch = self.ring.current.epoch
@@ -577,9 +655,59 @@ class FastPath:
             return None
 
         def score(node_id: str) -> bytes:
-            return hashlib.sha256(f"ring-term|{serial}|{epoch}|{node_id}".encode()).digest()
+            return hashlib.sha256(f"{purpose}|{serial}|{epoch}|{node_id}".encode()).digest()
 
         return sorted(live, key=score).index(self.node_id)
+
+    async def _maybe_snapshot(self) -> WrapSnapshot | None:
+        """Write a snapshot of the wraps bucket if one is due and it is this node's turn
+        (:mod:`flashgate.bridge.wrap_snapshots`): checked every few seconds, not every
+        pass (a look at the head is a round trip)."""
+        kv, wraps_kv = self.snaps_kv, self.wraps_kv
+        now = self.clock()
+        if (
+            kv is None
+            or wraps_kv is None
+            or now - self._snapshot_checked_at < min(10_000, self.snapshot_interval_ms)
+            or self._term_rank("wraps-snapshot") != 0
+        ):
+            return None
+        self._snapshot_checked_at = now
+        try:
+            entry = await head_entry(kv)
+        except Exception:
+            return None
+        head: WrapSnapshot | None = None
+        if entry is not None:
+            with contextlib.suppress(FlashgateError):  # refused: replaced now
+                head = WRAP_SNAPSHOT_CODEC.decode(entry[0])
+                check_head(
+                    head,
+                    fleet=self.fleet,
+                    writer_key=self._node_key,
+                    last_sequence=self.wraps_sequence,
+                )
+                tail = self.wraps_sequence - head.stream_sequence
+                if tail < max(self.snapshot_min_tail, len(self.wraps) // 10):
+                    return None
+                if now - head.written_at < self.snapshot_interval_ms:
+                    return None
+        elif self.wraps_sequence < self.snapshot_min_tail:
+            return None
+        written = await write_snapshot(
+            kv,
+            wraps_kv,
+            fleet=self.fleet,
+            node_id=self.node_id,
+            signing_key=self.signing_key,
+            rng=self.rng,
+            clock=self.clock,
+            replaces=head,
+            revision=None if entry is None else entry[1],
+        )
+        if written is not None:
+            self.stats.snapshots_written += 1
+        return written
 
     def _alive(self, node_id: str, now: float) -> bool:
         state = self.peers.peers.get(node_id)
@@ -695,10 +823,11 @@ class FastPath:
                     return
                 wrap = self._make_wrap(key, held, current.term_id, cipher)
                 try:
-                    await kv.put(key, FAST_WRAP_CODEC.encode(wrap))
+                    revision = await kv.put(key, FAST_WRAP_CODEC.encode(wrap))
                 except Exception:
                     self._dirty = True  # not written: the next pass tries again
                     return
+                self.wraps_sequence = max(self.wraps_sequence, revision)
                 if self._held.get(key) is held:
                     self._set_wrap(key, wrap)
                 self.stats.wraps_written += 1

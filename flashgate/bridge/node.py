@@ -472,8 +472,15 @@ class BridgeNode:
     async def _run_fast_path(self, bound: asyncio.Event) -> None:
         ring_kv = await self.transport.bucket(self.names.ring_bucket)
         wraps_kv = await self.transport.bucket(self.names.wraps_bucket)
+        # Snapshots of the wraps bucket: made by the backend with the others, but a node
+        # may run beside a backend older than them (then every wrap is read, as before).
+        snaps_kv = await self.transport.bucket_if_there(self.names.snapshots_bucket)
+        if snaps_kv is None:
+            log.info(
+                "no wraps snapshot bucket; reading every wrap", bucket=self.names.snapshots_bucket
+            )
         bound.set()
-        await self.fast.run(ring_kv, wraps_kv)
+        await self.fast.run(ring_kv, wraps_kv, snaps_kv)
 
     async def _keep_verified_statements(self) -> None:
         """Keep the statements verified by the initial load on disk (and at stop)."""

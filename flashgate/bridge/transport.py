@@ -152,6 +152,16 @@ class NatsTransport:
         checks it and relays it into the event stream, where a node may not publish."""
         await self.connection.nc.publish(self.names.node_report_subject(self.node_id), payload)
 
+    async def bucket_if_there(self, name: str) -> KeyValue | None:
+        """Bind bucket ``name`` if it exists now (None if not: made by a newer backend)."""
+        try:
+            with broker_errors(f"binding bucket {name}"):
+                return await self.connection.js.key_value(name)
+        except FlashgateError as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                return None
+            raise
+
     async def bucket(self, name: str) -> KeyValue:
         """Bind bucket ``name``, waiting for it: the backend creates the buckets, and a
         bridge may start first. That wait is said once (info), its retries at debug level;

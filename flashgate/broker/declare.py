@@ -11,9 +11,10 @@ settings, whatever state they are in:
 | ``fg-<f>-fleet``       | KV     | history 16                                               |
 | ``fg-<f>-ring``        | KV     | history 1: ring terms of the fast path (DESIGN §6)       |
 | ``fg-<f>-wraps``       | KV     | history 1: fast wraps, one per envelope                  |
+| ``fg-<f>-snapshots``   | KV     | history 1: snapshots of the wraps bucket                 |
 
-The two fast-path buckets keep no history: a term deleted (purged) or a wrap replaced
-under a newer term is gone from the server, not kept as an older revision.
+The fast-path buckets keep no history: a term deleted (purged) or a wrap replaced under a
+newer term is gone from the server, not kept as an older revision.
 
 For each asset the current config is read first and only the fields flashgate manages
 are compared (a KV bucket is compared through its backing stream ``KV_<bucket>``):
@@ -74,7 +75,7 @@ DAY = 24 * 60 * 60.0
 MIN_SECRETS_HISTORY = 5
 MAX_KV_HISTORY = 64  # the JetStream limit for KV history
 FLEET_HISTORY = 16
-#: The fast path's buckets (ring terms, fast wraps): the latest value only.
+#: The fast path's buckets (ring terms, fast wraps, snapshots): the latest value only.
 FAST_PATH_HISTORY = 1
 MAX_REPLICAS = 5
 #: Replicas when the operator sets none: the cluster's size, up to this.
@@ -425,7 +426,7 @@ async def declare_fleet(
                 _KV_STREAM_PREFIX + bucket,
                 _kv_config(bucket, history=FAST_PATH_HISTORY, replicas=replicas),
             )
-            for bucket in (names.ring_bucket, names.wraps_bucket)
+            for bucket in (names.ring_bucket, names.wraps_bucket, names.snapshots_bucket)
         ),
     ]
     infos: list[StreamInfo] = []

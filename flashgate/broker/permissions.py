@@ -13,9 +13,9 @@ NKey user per Bridge Node (dev cluster and compose).
 |          | JS API on the two bucket streams (KV watch), | ``_INBOX.bridge.<n>.>``       |
 |          | KV writes + JS API on the fast-path buckets  |                               |
 
-The fast path's buckets (ring terms, fast wraps; DESIGN §6) are the nodes' alone: the
-backend and the admin only declare them (stream info; creation is their general grant)
-and can neither read nor write them.
+The fast path's buckets (ring terms, fast wraps, snapshots of the wraps; DESIGN §6) are
+the nodes' alone: the backend and the admin only declare them (stream info; creation is
+their general grant) and can neither read nor write them.
 
 Only the backend publishes into the event stream: a node's signed reports go to its own
 ``node.<n>.report`` (core NATS), which the backend reads (``node.*.report``), checks,
@@ -103,7 +103,7 @@ def _js_durable(stream: str, durable: str) -> list[str]:
 
 
 def _fast_path_streams(names: FleetNames) -> list[str]:
-    return [f"KV_{names.ring_bucket}", f"KV_{names.wraps_bucket}"]
+    return [f"KV_{names.ring_bucket}", f"KV_{names.wraps_bucket}", f"KV_{names.snapshots_bucket}"]
 
 
 def _fast_path_declare(names: FleetNames) -> list[str]:
@@ -204,6 +204,7 @@ def node_permissions(names: FleetNames, node_id: str) -> dict[str, object]:
                 # the fast path (DESIGN §6): ring terms and fast wraps, the nodes' own
                 f"$KV.{names.ring_bucket}.>",
                 f"$KV.{names.wraps_bucket}.>",
+                f"$KV.{names.snapshots_bucket}.>",
                 *_js_on_streams(_fast_path_streams(names)),
             ],
             "deny": [names.share_subject(node)],

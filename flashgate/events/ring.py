@@ -4,6 +4,8 @@
 |------------|---------------------------------------------|----------------------------|
 | ring term  | KV bucket ``fg-<f>-ring``, key ``term.<id>`` | JSON :class:`StoredTerm`   |
 | fast wrap  | KV bucket ``fg-<f>-wraps``, key ``<repo>.<name>`` | msgpack :class:`FastWrap` |
+| wraps snapshot | KV bucket ``fg-<f>-snapshots``, key ``head`` | msgpack :class:`WrapSnapshot` |
+| its parts  | same bucket, key ``part.<snapshot id>.<n>`` | msgpack :class:`WrapSnapshotPart` |
 
 A :class:`RingTerm` is signed by the node that made it (domain ``ring-term``) over the
 fleet, the term id, the fleet key epoch its JWE is under, the JWE's SHA-256, the roster
@@ -15,6 +17,12 @@ A :class:`FastWrap` is signed by the node that wrote it (domain ``fast-wrap``): 
 signature is what a bad wrap is reported with. (It is checked when a wrap fails to open:
 a wrap that opens the JWE's payload under the JWE's own tag is right whoever wrote it.)
 Neither carries a secret: a term's key is inside its JWE, a content key inside its wrap.
+
+A :class:`WrapSnapshot` is signed by the node that wrote it (domain ``wrap-snapshot``): the
+wraps bucket's current wraps as of one sequence of its stream, in parts it names by their
+SHA-256, each wrap as it was in the bucket (its writer's signature with it). A starting
+node reads it and then the bucket's stream after that sequence, instead of one message
+per wrap (:mod:`flashgate.bridge.wrap_snapshots`).
 
 A :class:`FastWrap` is kept per secret: ``gc=False`` as the envelope types are
 (:mod:`flashgate.events.envelope`).
@@ -114,6 +122,58 @@ class FastWrap(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         )
 
 
+SnapshotId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$", description="16 random bytes, hex")]
+SNAPSHOT_HEAD_KEY = "head"
+SNAPSHOT_PART_PREFIX = "part."
+#: Wraps in one part of a snapshot (a msgpack wrap is about 300 bytes: a part stays
+#: well under NATS' default max_payload of 1 MiB).
+SNAPSHOT_PART_WRAPS = 1024
+#: Parts in one snapshot, at most (4M wraps).
+MAX_SNAPSHOT_PARTS = 4096
+
+
+class WrapSnapshot(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The head of a wraps snapshot (domain ``wrap-snapshot``), by the node that wrote it:
+    the wraps bucket as of ``stream_sequence`` of its stream, in ``parts`` (each part's
+    SHA-256, in order), ``wraps`` wraps in all."""
+
+    signing_domain: ClassVar[str] = "wrap-snapshot"
+
+    format: Annotated[int, Meta(ge=1, le=1)] = 1
+    fleet: Name
+    snapshot_id: SnapshotId
+    stream_sequence: Annotated[int, Meta(ge=1, le=2**63 - 1)]
+    wraps: Annotated[int, Meta(ge=0, le=MAX_SNAPSHOT_PARTS * SNAPSHOT_PART_WRAPS)]
+    parts: Annotated[list[Sha256], Meta(max_length=MAX_SNAPSHOT_PARTS)]
+    writer: Name
+    written_at: UnixMillis
+    signature: SignatureRaw = b""
+
+    def __repr__(self) -> str:
+        return (
+            f"WrapSnapshot({self.snapshot_id} at {self.stream_sequence}: {self.wraps} wraps "
+            f"in {len(self.parts)} parts, by {self.writer})"
+        )
+
+
+class WrapSnapshotPart(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Part ``index`` of snapshot ``snapshot_id``: wraps as they are in the bucket."""
+
+    format: Annotated[int, Meta(ge=1, le=1)] = 1
+    fleet: Name
+    snapshot_id: SnapshotId
+    index: Annotated[int, Meta(ge=0, lt=MAX_SNAPSHOT_PARTS)]
+    wraps: Annotated[list[FastWrap], Meta(max_length=SNAPSHOT_PART_WRAPS)]
+
+    def __repr__(self) -> str:
+        return f"WrapSnapshotPart({self.snapshot_id}#{self.index}: {len(self.wraps)} wraps)"
+
+
+def snapshot_part_key(snapshot_id: str, index: int) -> str:
+    """The snapshots bucket key of part ``index`` of a snapshot."""
+    return f"{SNAPSHOT_PART_PREFIX}{snapshot_id}.{index}"
+
+
 def term_key(term_id: str) -> str:
     """The ring bucket key of a term."""
     return TERM_KEY_PREFIX + term_id
@@ -121,3 +181,15 @@ def term_key(term_id: str) -> str:
 
 STORED_TERM_CODEC: Codec[StoredTerm] = Codec(StoredTerm, max_bytes=8 * 1024, what="ring term")
 FAST_WRAP_CODEC: Codec[FastWrap] = Codec(FastWrap, max_bytes=1024, fmt="msgpack", what="fast wrap")
+WRAP_SNAPSHOT_CODEC: Codec[WrapSnapshot] = Codec(
+    WrapSnapshot,
+    max_bytes=64 + MAX_SNAPSHOT_PARTS * 40 + 1024,
+    fmt="msgpack",
+    what="wraps snapshot",
+)
+WRAP_SNAPSHOT_PART_CODEC: Codec[WrapSnapshotPart] = Codec(
+    WrapSnapshotPart,
+    max_bytes=256 + SNAPSHOT_PART_WRAPS * 1024,
+    fmt="msgpack",
+    what="wraps snapshot part",
+)

@@ -29,7 +29,7 @@ from flashgate.events.node_status import (
     StatusRequest,
     StatusResponse,
 )
-from flashgate.events.ring import FastWrap, StoredTerm
+from flashgate.events.ring import FastWrap, StoredTerm, WrapSnapshot, WrapSnapshotPart
 from flashgate.events.rotation import RewrapReply, RewrapRequest
 from flashgate.events.share import ShareRequest, ShareResponse, ShareResults
 from flashgate.events.values import VALUE_TYPES
@@ -82,6 +82,18 @@ SPECS: tuple[SchemaSpec, ...] = (
     SchemaSpec("ring-term", StoredTerm, title="Ring term (ring bucket value, node-signed)"),
     SchemaSpec(
         "fast-wrap", FastWrap, title="Fast wrap (wraps bucket value, node-signed)", msgpack=True
+    ),
+    SchemaSpec(
+        "wrap-snapshot",
+        WrapSnapshot,
+        title="Wraps snapshot head (snapshots bucket, node-signed)",
+        msgpack=True,
+    ),
+    SchemaSpec(
+        "wrap-snapshot-part",
+        WrapSnapshotPart,
+        title="Wraps snapshot part (snapshots bucket, named by its head's digest)",
+        msgpack=True,
     ),
     SchemaSpec("apikey-check", ApiKeyCheck, title="API key check (admin-signed)"),
     SchemaSpec(

@@ -6,6 +6,7 @@
 | fleet documents   | KV bucket ``fg-<f>-fleet``: ``descriptor.<epoch>``, ``roster``, ``epoch`` |
 | ring terms        | KV bucket ``fg-<f>-ring``, key ``term.<id>`` (the fast path, DESIGN §6) |
 | fast wraps        | KV bucket ``fg-<f>-wraps``, key ``<repo>.<name>`` |
+| wraps snapshots   | KV bucket ``fg-<f>-snapshots``, keys ``head``, ``part.<id>.<n>`` |
 | rotations         | KV bucket ``fg-<f>-fleet``, keys ``rotation.<epoch>``, ``retired.<epoch>`` |
 | admin commands    | stream ``fg-<f>-cmd`` on ``fg.<f>.cmd.>`` |
 | domain events     | stream ``fg-<f>-evt`` on ``fg.<f>.evt.>`` |
@@ -72,6 +73,12 @@ class FleetNames:
     def wraps_bucket(self) -> str:
         """Fast wraps: one per envelope, the content key under a ring term."""
         return f"{PREFIX}-{self.fleet}-wraps"
+
+    @property
+    def snapshots_bucket(self) -> str:
+        """Snapshots of the wraps bucket (node-signed), read by a starting node instead
+        of one message per wrap."""
+        return f"{PREFIX}-{self.fleet}-snapshots"
 
     def descriptor_key(self, epoch: int) -> str:
         return f"descriptor.{_epoch(epoch)}"

@@ -21,6 +21,8 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from flashgate.bridge import metrics
 from flashgate.bridge.collector import Collector, CollectResult
@@ -891,3 +893,133 @@ async def test_an_entry_opened_already_blames_no_wrap_writer(scene: Scene) -> No
     assert fp.open(entry) is None
     await asyncio.sleep(0)
     assert fp.stats.bad_wraps == {} and scene.reports == []
+
+
+# --- snapshots of the wraps bucket (real buckets on a real server) --------------------------
+
+
+async def real_buckets(scene: Scene, js: JetStreamContext, *node_ids: str) -> KeyValue:
+    """The wraps and snapshots buckets on the server, for ``node_ids``; the wraps bucket."""
+    suffix = secrets.token_hex(4)
+    wraps = await js.create_key_value(bucket=f"t-wraps-{suffix}", history=1)
+    snaps = await js.create_key_value(bucket=f"t-snaps-{suffix}", history=1)
+    for node_id in node_ids:
+        fp = scene.paths[node_id]
+        fp.wraps_kv, fp.snaps_kv = wraps, snaps
+    return wraps
+
+
+def snapshot_writer(scene: Scene) -> str:
+    """The node ranked first to write snapshots (every unit node is live to the others)."""
+    ranked = [n for n, fp in scene.paths.items() if fp._term_rank("wraps-snapshot") == 0]
+    assert len(ranked) == 1
+    return ranked[0]
+
+
+def snapshot_writer_without(scene: Scene, gone: str) -> str:
+    ranked = [
+        n for n, fp in scene.paths.items() if n != gone and fp._term_rank("wraps-snapshot") == 0
+    ]
+    assert len(ranked) == 1
+    return ranked[0]
+
+
+async def wraps_read(fp: FastPath) -> asyncio.Task[None]:
+    """Run the node's wraps watch until its initial wraps are read (it keeps following)."""
+    assert fp.wraps_kv is not None
+    task = asyncio.create_task(fp._follow_wraps(fp.wraps_kv))
+    async with asyncio.timeout(10):
+        await fp._wraps_read.wait()
+    return task
+
+
+async def test_the_first_ranked_node_snapshots_the_wraps_and_a_starting_node_reads_it(
+    scene: Scene, js: JetStreamContext
+) -> None:
+    """node-1 writes the wraps, then (due: a tail of at least the minimum) a snapshot; a
+    starting node takes every wrap from it and opens every secret by the fast path."""
+    first = snapshot_writer(scene)
+    writer = scene.paths[first]
+    writer.snapshot_min_tail = 1
+    reader_id = next(n for n in NODE_IDS if n != first)
+    wraps = await real_buckets(scene, js, first, reader_id)
+    made = await written(scene, first)  # one pass: term, wraps, then the snapshot
+    assert writer.stats.snapshots_written == 1
+    assert writer.wraps_sequence == len(SPECS)
+    await writer.tend()  # nothing after it, and not an interval later: no other
+    assert writer.stats.snapshots_written == 1
+
+    reader = scene.paths[reader_id]
+    follower = await wraps_read(reader)
+    try:
+        assert reader.stats.snapshot_wraps == len(SPECS)
+        assert not reader.stats.snapshots_refused
+        await reader.open_terms()
+        _, loader, stub = await load(reader, made)
+        assert loader.loaded_fast == len(SPECS) and stub.calls == 0
+        # a wrap written after the snapshot comes live, on top of it
+        extra = SecretSpec("payments", "late", CANARY + b"-late", kind="generic")
+        late = make_test_entry(extra)
+        writer.opened_cold(late, cold_cek(late))
+        await writer.tend()
+        async with asyncio.timeout(10):
+            while "payments.late" not in reader.wraps:
+                await asyncio.sleep(0.02)
+        assert len(await wraps.keys()) == len(SPECS) + 1
+    finally:
+        follower.cancel()
+
+
+async def test_a_refused_snapshot_means_every_wrap_is_read(
+    scene: Scene, js: JetStreamContext
+) -> None:
+    """A snapshot whose writer this node does not hold active is refused, counted, and
+    the node reads the whole bucket: the same wraps, every secret still fast."""
+    first = snapshot_writer(scene)
+    scene.paths[first].snapshot_min_tail = 1
+    reader_id = next(n for n in NODE_IDS if n != first)
+    await real_buckets(scene, js, first, reader_id)
+    made = await written(scene, first)
+    assert scene.paths[first].stats.snapshots_written == 1
+    reader = scene.paths[reader_id]
+    reader._node_key = lambda _node: None  # type: ignore[method-assign]
+    follower = await wraps_read(reader)
+    try:
+        assert reader.stats.snapshots_refused == {"writer_not_active": 1}
+        assert reader.stats.snapshot_wraps == 0 and len(reader.wraps) == len(SPECS)
+        await reader.open_terms()
+        _, loader, stub = await load(reader, made)
+        assert loader.loaded_fast == len(SPECS) and stub.calls == 0
+    finally:
+        follower.cancel()
+
+
+async def test_no_snapshot_below_the_minimum_tail_or_for_a_node_not_first(
+    scene: Scene, js: JetStreamContext
+) -> None:
+    first = snapshot_writer(scene)
+    await real_buckets(scene, js, *NODE_IDS)
+    await written(scene, first)  # default minimum: 1000 messages, far more than these
+    assert all(fp.stats.snapshots_written == 0 for fp in scene.paths.values())
+    # every node's tail is long enough now: only the first-ranked one writes
+    for fp in scene.paths.values():
+        fp.snapshot_min_tail = 1
+        fp.wraps_sequence = len(SPECS)
+        fp._snapshot_checked_at = 0
+    for fp in scene.paths.values():
+        await fp._maybe_snapshot()
+    written_by = [n for n, fp in scene.paths.items() if fp.stats.snapshots_written]
+    assert written_by == [first]
+    # the first-ranked one gone (not live to the others): the next one writes
+    for fp in scene.paths.values():
+        fp._alive = lambda node, _now, gone=first: node != gone  # type: ignore[method-assign]
+    second = snapshot_writer_without(scene, first)
+    again = scene.paths[second]
+    again.snapshot_interval_ms = 0
+    await again.wraps_kv.put(  # type: ignore[union-attr]
+        "payments.k0",
+        (await again.wraps_kv.get("payments.k0")).value,  # type: ignore[union-attr]
+    )
+    again.wraps_sequence += 1
+    again._snapshot_checked_at = 0
+    assert await again._maybe_snapshot() is not None

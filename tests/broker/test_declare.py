@@ -32,6 +32,7 @@ async def all_infos(js: JetStreamContext, names: FleetNames) -> dict[str, Stream
         kv_stream(names.fleet_bucket),
         kv_stream(names.ring_bucket),
         kv_stream(names.wraps_bucket),
+        kv_stream(names.snapshots_bucket),
     ]
     return {stream: await js.stream_info(stream) for stream in streams}
 
@@ -45,6 +46,7 @@ async def test_declares_the_layout(js: JetStreamContext, fleet_names: FleetNames
         kv_stream(fleet_names.fleet_bucket),
         kv_stream(fleet_names.ring_bucket),
         kv_stream(fleet_names.wraps_bucket),
+        kv_stream(fleet_names.snapshots_bucket),
     )
     assert declared.changes == ()
     cmd = declared.command_stream.config
@@ -57,7 +59,11 @@ async def test_declares_the_layout(js: JetStreamContext, fleet_names: FleetNames
     assert secrets.max_msgs_per_subject == MIN_SECRETS_HISTORY == 5
     assert secrets.allow_direct is True
     assert infos[kv_stream(fleet_names.fleet_bucket)].config.max_msgs_per_subject == 16
-    for bucket in (fleet_names.ring_bucket, fleet_names.wraps_bucket):  # the fast path
+    for bucket in (  # the fast path
+        fleet_names.ring_bucket,
+        fleet_names.wraps_bucket,
+        fleet_names.snapshots_bucket,
+    ):
         assert infos[kv_stream(bucket)].config.max_msgs_per_subject == 1
 
     ack = await js.publish(fleet_names.command_subject("secret.put"), b"{}")

@@ -401,15 +401,19 @@ async def test_a_node_may_ack_only_on_the_bucket_streams(server: NatsServerProce
 async def test_the_fast_path_buckets_are_the_nodes_alone(
     server: NatsServerProcess, backend: Client
 ) -> None:
-    """Nodes read and write the ring and wraps buckets; the backend (which declared them)
-    and the admin can do neither."""
+    """Nodes read and write the ring, wraps and snapshots buckets; the backend (which
+    declared them) and the admin can do none of it."""
     node1 = await _node(server, "node-1")
     admin = await _role(server, "admin")
+    keys = {
+        NAMES.ring_bucket: "term.x",
+        NAMES.wraps_bucket: "payments.s3",
+        NAMES.snapshots_bucket: "head",
+    }
     try:
-        for bucket in (NAMES.ring_bucket, NAMES.wraps_bucket):
+        for bucket, key in keys.items():
             kv = await node1.jetstream(timeout=5).key_value(bucket)
-            await kv.put("payments.s3" if bucket == NAMES.wraps_bucket else "term.x", b"v")
-            key = "payments.s3" if bucket == NAMES.wraps_bucket else "term.x"
+            await kv.put(key, b"v")
             assert (await kv.get(key)).value == b"v"
             for other in (backend, admin):
                 js = other.jetstream(timeout=1)

@@ -1,0 +1,332 @@
+"""Snapshots of the wraps bucket: a starting node reads a checkpoint and the tail after it,
+not one message per wrap.
+
+A node starting on 100k secrets read 100k fast wraps, one NATS message each (nats-py
+costs about 20 µs of the node's CPU per message before any check). A **snapshot**
+(:class:`~flashgate.events.ring.WrapSnapshot`, bucket ``fg-<f>-snapshots``) is the wraps
+bucket's current wraps as of one sequence ``S`` of its stream, in parts of up to
+:data:`~flashgate.events.ring.SNAPSHOT_PART_WRAPS` wraps, each wrap exactly as it was in
+the bucket (with its writer's signature). A starting node reads the head, its parts, and
+then the bucket's stream from ``S + 1`` on (every later put, delete and purge, in order:
+:func:`flashgate.broker.watch.follow_batches` with ``start_sequence``). Applied in order
+on top of the snapshot, the tail gives the bucket's state, whatever changed after ``S``:
+about a hundred messages and the tail instead of 100k.
+
+**Trust.** A snapshot adds no trust: a wrap from a snapshot is used exactly as one read
+from the bucket, and a wrong wrap can only fail (its payload opens only under the JWE's own
+tag), so a lying snapshot can at worst send secrets down the cold path, as an empty wraps
+bucket would. Still, every message type has its signer: the head is signed by the node that
+wrote it, which must be **active** in this node's roster, and names each part by its SHA-256.
+A replayed older snapshot is correct too (its tail is longer); one that claims a sequence
+past the bucket's last is refused. A refused snapshot (unsigned, a revoked or unknown
+writer, a missing or damaged part, another fleet) is logged with its reason and the node
+reads the whole bucket instead, as before snapshots.
+
+**Writing.** The first-ranked live active member of the current epoch (rendezvous, as for
+ring terms) writes one when the tail since the last snapshot is at least
+:data:`SNAPSHOT_MIN_TAIL` messages and a tenth of the wraps, at most once per
+:data:`SNAPSHOT_INTERVAL_MS`. It reads the whole wraps bucket for it (the wraps a running
+node keeps in memory are trimmed, :class:`~flashgate.bridge.fastpath.WrapSeen`), writes the
+parts under a new snapshot id, then the head (compare-and-set on its revision: a racing
+writer's head is not overwritten), and purges the parts of every snapshot but the new one
+and the one it replaces (a node may be reading that one right now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from flashgate.broker.watch import Deleted, InitialDone, Value, follow_batches
+from flashgate.crypto.rng import Rng
+from flashgate.errors import FlashgateError, SignatureInvalid, SnapshotRefused
+from flashgate.events.ring import (
+    FAST_WRAP_CODEC,
+    SNAPSHOT_HEAD_KEY,
+    SNAPSHOT_PART_PREFIX,
+    SNAPSHOT_PART_WRAPS,
+    WRAP_SNAPSHOT_CODEC,
+    WRAP_SNAPSHOT_PART_CODEC,
+    FastWrap,
+    WrapSnapshot,
+    WrapSnapshotPart,
+    snapshot_part_key,
+)
+from flashgate.events.signing import sign, verify
+
+log = structlog.get_logger("flashgate.bridge.wrap_snapshots")
+
+#: A new snapshot is due once the wraps bucket has this many messages after the last one's
+#: sequence (and a tenth of its wraps): below that the tail costs little.
+SNAPSHOT_MIN_TAIL = 1000
+#: At most one snapshot per this long (each is a read of the whole wraps bucket).
+SNAPSHOT_INTERVAL_MS = 60_000
+#: A part is cut at this many bytes too (NATS' default max_payload is 1 MiB).
+PART_MAX_BYTES = 512 * 1024
+#: Parts read (or written) at once.
+PART_CONCURRENCY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRead:
+    head: WrapSnapshot
+    wraps: list[FastWrap]
+
+    @property
+    def next_sequence(self) -> int:
+        """Where the tail starts."""
+        return self.head.stream_sequence + 1
+
+
+async def head_entry(kv: KeyValue) -> tuple[bytes, int] | None:
+    """The snapshot head as stored, and its revision (None: there is none)."""
+    return await _get(kv, SNAPSHOT_HEAD_KEY)
+
+
+async def read_head(kv: KeyValue) -> WrapSnapshot | None:
+    """The snapshot head (None: there is none). Raises :class:`SnapshotRefused` for one
+    that does not decode. Not yet checked (:func:`check_head`)."""
+    entry = await head_entry(kv)
+    if entry is None:
+        return None
+    try:
+        return WRAP_SNAPSHOT_CODEC.decode(entry[0])
+    except FlashgateError as exc:
+        raise SnapshotRefused("malformed_head", f"wraps snapshot head: {exc.message}") from exc
+
+
+def check_head(
+    head: WrapSnapshot,
+    *,
+    fleet: str,
+    writer_key: Callable[[str], Ed25519PublicKey | None],
+    last_sequence: int,
+) -> None:
+    """Raise :class:`SnapshotRefused` unless ``head`` is this fleet's, signed by a node
+    ``writer_key`` knows (an active one), and not past ``last_sequence`` of the bucket."""
+    if head.fleet != fleet:
+        raise SnapshotRefused("foreign", f"wraps snapshot {head.snapshot_id} is of another fleet")
+    key = writer_key(head.writer)
+    if key is None:
+        raise SnapshotRefused(
+            "writer_not_active",
+            f"wraps snapshot {head.snapshot_id} is by {head.writer}, not an active node",
+        )
+    try:
+        verify(head, key)
+    except SignatureInvalid as exc:
+        raise SnapshotRefused(
+            "bad_signature", f"wraps snapshot {head.snapshot_id} is not signed by {head.writer}"
+        ) from exc
+    if head.stream_sequence > last_sequence:
+        raise SnapshotRefused(
+            "ahead_of_bucket",
+            f"wraps snapshot {head.snapshot_id} claims sequence {head.stream_sequence}, "
+            f"past the bucket's last ({last_sequence})",
+        )
+
+
+async def read_snapshot(
+    kv: KeyValue,
+    *,
+    fleet: str,
+    writer_key: Callable[[str], Ed25519PublicKey | None],
+    last_sequence: int,
+) -> SnapshotRead | None:
+    """The newest snapshot, checked (module docs), or None if there is none. Raises
+    :class:`SnapshotRefused` for one that is not used."""
+    head = await read_head(kv)
+    if head is None:
+        return None
+    check_head(head, fleet=fleet, writer_key=writer_key, last_sequence=last_sequence)
+    semaphore = asyncio.Semaphore(PART_CONCURRENCY)
+
+    async def part(index: int) -> WrapSnapshotPart:
+        async with semaphore:
+            entry = await _get(kv, snapshot_part_key(head.snapshot_id, index))
+        where = f"wraps snapshot {head.snapshot_id} part {index}"
+        if entry is None:
+            raise SnapshotRefused("part_missing", f"{where} is missing")
+        raw, _ = entry
+        if not hmac.compare_digest(hashlib.sha256(raw).digest(), head.parts[index]):
+            raise SnapshotRefused("part_damaged", f"{where} is not the part its head names")
+        try:
+            decoded = WRAP_SNAPSHOT_PART_CODEC.decode(raw)
+        except FlashgateError as exc:  # (its digest matched: the writer made it so)
+            raise SnapshotRefused("part_damaged", f"{where}: {exc.message}") from exc
+        if (decoded.fleet, decoded.snapshot_id, decoded.index) != (
+            fleet,
+            head.snapshot_id,
+            index,
+        ):
+            raise SnapshotRefused("part_damaged", f"{where} names another place")
+        return decoded
+
+    tasks = [asyncio.ensure_future(part(i)) for i in range(len(head.parts))]
+    try:
+        parts = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+    wraps = [wrap for p in parts for wrap in p.wraps]
+    if len(wraps) != head.wraps:
+        raise SnapshotRefused(
+            "part_damaged",
+            f"wraps snapshot {head.snapshot_id} has {len(wraps)} wraps, its head says {head.wraps}",
+        )
+    if any(wrap.fleet != fleet for wrap in wraps):
+        raise SnapshotRefused(
+            "foreign", f"wraps snapshot {head.snapshot_id} holds another fleet's wraps"
+        )
+    return SnapshotRead(head, wraps)
+
+
+async def current_wraps(wraps_kv: KeyValue, fleet: str) -> tuple[list[FastWrap], int]:
+    """Every wrap in the bucket that decodes and is in its place, and the stream sequence
+    of the last message read (0: none)."""
+    raw: dict[str, bytes] = {}
+    last = 0
+    lists = follow_batches(wraps_kv, stream=True)
+    async with contextlib.aclosing(lists):
+        async for events in lists:
+            if isinstance(events[0], InitialDone):
+                break
+            for event in events:
+                if isinstance(event, Value):
+                    raw[event.key] = event.value
+                    last = max(last, event.revision)
+                elif isinstance(event, Deleted):
+                    raw.pop(event.key, None)
+                    last = max(last, event.revision)
+    wraps: list[FastWrap] = []
+    for key, value in raw.items():
+        try:
+            wrap = FAST_WRAP_CODEC.decode(value)
+        except FlashgateError:
+            continue  # a reader would refuse it too: it has no place in a snapshot
+        if wrap.key == key and wrap.fleet == fleet:
+            wraps.append(wrap)
+    return wraps, last
+
+
+def cut_parts(fleet: str, snapshot_id: str, wraps: list[FastWrap]) -> list[bytes]:
+    """The encoded parts: at most SNAPSHOT_PART_WRAPS wraps and about PART_MAX_BYTES each."""
+    parts: list[bytes] = []
+    chunk: list[FastWrap] = []
+    size = 0
+
+    def close() -> None:
+        parts.append(
+            WRAP_SNAPSHOT_PART_CODEC.encode(
+                WrapSnapshotPart(
+                    fleet=fleet, snapshot_id=snapshot_id, index=len(parts), wraps=chunk
+                )
+            )
+        )
+
+    for wrap in wraps:
+        length = len(FAST_WRAP_CODEC.encode(wrap))
+        if chunk and (len(chunk) >= SNAPSHOT_PART_WRAPS or size + length > PART_MAX_BYTES):
+            close()
+            chunk, size = [], 0
+        chunk.append(wrap)
+        size += length
+    if chunk:
+        close()
+    return parts
+
+
+async def write_snapshot(
+    kv: KeyValue,
+    wraps_kv: KeyValue,
+    *,
+    fleet: str,
+    node_id: str,
+    signing_key: Ed25519PrivateKey,
+    rng: Rng,
+    clock: Callable[[], int],
+    replaces: WrapSnapshot | None,
+    revision: int | None,
+) -> WrapSnapshot | None:
+    """Read the wraps bucket and publish its snapshot (module docs), replacing the head at
+    ``revision`` (None: there is none), which is ``replaces`` (None: none, or one refused:
+    its parts are not kept). None: nothing to snapshot, or another node's head came
+    first."""
+    wraps, last = await current_wraps(wraps_kv, fleet)
+    if last == 0:
+        return None
+    snapshot_id = rng.token_bytes(16).hex()
+    parts = cut_parts(fleet, snapshot_id, wraps)
+    semaphore = asyncio.Semaphore(PART_CONCURRENCY)
+
+    async def put(index: int, raw: bytes) -> None:
+        async with semaphore:
+            await kv.put(snapshot_part_key(snapshot_id, index), raw)
+
+    head = sign(
+        WrapSnapshot(
+            fleet=fleet,
+            snapshot_id=snapshot_id,
+            stream_sequence=last,
+            wraps=len(wraps),
+            parts=[hashlib.sha256(raw).digest() for raw in parts],
+            writer=node_id,
+            written_at=clock(),
+        ),
+        signing_key,
+    )
+    try:
+        await asyncio.gather(*(put(i, raw) for i, raw in enumerate(parts)))
+        encoded = WRAP_SNAPSHOT_CODEC.encode(head)
+        if revision is None:
+            await kv.create(SNAPSHOT_HEAD_KEY, encoded)
+        else:
+            await kv.update(SNAPSHOT_HEAD_KEY, encoded, last=revision)
+    except Exception as exc:
+        log.warning("wraps snapshot not written", error=type(exc).__name__)
+        await _purge_parts(kv, keep={snapshot_id}, only=True)
+        return None
+    keep = {snapshot_id, None if replaces is None else replaces.snapshot_id}
+    await _purge_parts(kv, keep=keep)
+    log.info(
+        "wraps snapshot written",
+        snapshot=snapshot_id,
+        stream_sequence=last,
+        wraps=len(wraps),
+        parts=len(parts),
+    )
+    return head
+
+
+async def _purge_parts(kv: KeyValue, keep: set[str | None], *, only: bool = False) -> None:
+    """Purge every part but those of the snapshots in ``keep`` (``only``: the parts of
+    those snapshots alone)."""
+    with contextlib.suppress(Exception):
+        keys = await kv.keys()
+        for key in keys:
+            if not key.startswith(SNAPSHOT_PART_PREFIX):
+                continue
+            snapshot_id = key[len(SNAPSHOT_PART_PREFIX) :].split(".", 1)[0]
+            if (snapshot_id in keep) == only:
+                with contextlib.suppress(Exception):
+                    await kv.purge(key)
+
+
+async def _get(kv: KeyValue, key: str) -> tuple[bytes, int] | None:
+    """The value and revision of ``key`` (None: never written, deleted or purged)."""
+    try:
+        entry = await kv.get(key)
+    except (KeyNotFoundError, KeyDeletedError):
+        return None
+    if entry.value is None or entry.operation is not None or entry.revision is None:
+        return None
+    return bytes(entry.value), entry.revision
