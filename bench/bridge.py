@@ -133,6 +133,7 @@ from flashgate import logs
 from flashgate.bridge.fastpath import TERM_MAX_AGE_MS, TERM_MAX_WRAPS
 from flashgate.bridge.provenance import check_provenance
 from flashgate.bridge.store import make_entry
+from flashgate.bridge.wrap_snapshots import SNAPSHOT_MIN_TAIL, read_head
 from flashgate.broker.connection import connect, inbox_prefix
 from flashgate.broker.declare import declare_fleet
 from flashgate.crypto import fastwrap, jwe
@@ -1462,6 +1463,7 @@ class JoinRun:
     estimated: bool = False
     held: int | None = None  # secrets_held in the node's status answer
     opened_fast: int | None = None
+    snapshot_wraps: int | None = None  # wraps the node took from a snapshot of the bucket
     peak_rss_mb: float | None = None
     cpu_s: float | None = None  # the node's process, its start-up included
     worker_cpu_s: float | None = None  # its children (the signature worker)
@@ -1723,6 +1725,21 @@ class FastLive:
             )
         return t0
 
+    async def wait_snapshot(self, wraps: int, deadline_s: float) -> float | None:
+        """Seconds until the running fleet's snapshot of the wraps bucket holds ``wraps``
+        wraps (None: not by the deadline): what a joining node then reads."""
+        assert self.nc is not None
+        kv = await self.nc.jetstream(timeout=10).key_value(self.names.snapshots_bucket)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < deadline_s:
+            with contextlib.suppress(Exception):
+                head = await read_head(kv)
+                if head is not None and head.wraps >= wraps:
+                    log(f"fast path: wraps snapshot of {head.wraps:,} wraps by {head.writer}")
+                    return time.monotonic() - t0
+            await asyncio.sleep(0.5)
+        return None
+
     async def wait_loaded(
         self, node_ids: Sequence[str], secrets_count: int, deadline_s: float
     ) -> dict[str, LogLine]:
@@ -1777,6 +1794,8 @@ async def fast_join(
         run.machine_busy = busy / (ticks_after[1] - ticks_before[1])
     lines = read_log(node.log_path)
     connected = first_at(lines, "nats.connected")
+    snapshot = first_at(lines, "wraps snapshot read")
+    run.snapshot_wraps = int(snapshot.fields.get("wraps", 0)) if snapshot is not None else 0
     if joiner in done:
         run.spawn_to_held_s = done[joiner].at - t0
         if connected is not None:
@@ -1962,6 +1981,10 @@ async def run_fast_path(
                         f"S={size:,}: running node(s) {', '.join(cold_loaders)} loaded by the "
                         "cold path: the peers' partials are cached, the cold join is optimistic"
                     )
+                # the fleet snapshots the wraps once they are that many (below, reading
+                # each is cheap): what a joining node reads then
+                if size >= SNAPSHOT_MIN_TAIL and await live.wait_snapshot(size, 120.0) is None:
+                    errors.append(f"S={size:,}: no snapshot of the wraps within 120 s")
                 deadline = max(120.0, size / 200)
                 fast = await fast_join(live, size, fast=True, deadline_s=deadline)
                 again = await fast_join(live, size, fast=True, deadline_s=deadline, restart=True)
@@ -2092,6 +2115,7 @@ def print_fast_path(
             _s(run["worker_cpu_s"]),
             _s(run["server_cpu_s"]),
             "-" if run["machine_busy"] is None else f"{run['machine_busy']:.0%}",
+            "-" if run.get("snapshot_wraps") is None else f"{run['snapshot_wraps']:,}",
         ]
         for join in result["joins"]
         for label, run in (("first join", join["fast"]), ("restart", join.get("restart")))
@@ -2102,9 +2126,17 @@ def print_fast_path(
             "",
             "CPU of the fast joins, spawn->held (node: its whole process, start-up included)",
             *render_table(
-                ["SECRETS", "JOIN", "NODE", "ITS WORKER", "NATS-SERVER", "MACHINE BUSY"],
+                [
+                    "SECRETS",
+                    "JOIN",
+                    "NODE",
+                    "ITS WORKER",
+                    "NATS-SERVER",
+                    "MACHINE BUSY",
+                    "WRAPS FROM SNAPSHOT",
+                ],
                 cpu_rows,
-                right=frozenset({0, 2, 3, 4, 5}),
+                right=frozenset({0, 2, 3, 4, 5, 6}),
             ),
         ]
     paired_rows = [

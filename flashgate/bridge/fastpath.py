@@ -60,6 +60,7 @@ from flashgate.bridge.peers import PeerBook
 from flashgate.bridge.ring_terms import Term, TermStore
 from flashgate.bridge.store import Entry
 from flashgate.bridge.wrap_snapshots import (
+    SNAPSHOT_CHECK_MS,
     SNAPSHOT_INTERVAL_MS,
     SNAPSHOT_MIN_TAIL,
     check_head,
@@ -194,6 +195,9 @@ class FastPath:
     snaps_kv: KeyValue | None = None
     snapshot_interval_ms: int = SNAPSHOT_INTERVAL_MS
     snapshot_min_tail: int = SNAPSHOT_MIN_TAIL
+    #: Whether a snapshot is due is looked at this often, the first time this long after
+    #: the start (the peers' heartbeats have come: the first-ranked node knows it is).
+    snapshot_check_ms: int = SNAPSHOT_CHECK_MS
     #: The envelope keys this node holds in its store once its initial values are read
     #: (None before): a wrap of any other key is an orphan, purged after ORPHAN_GRACE_MS.
     live_keys: Callable[[], Container[str] | None] = lambda: None
@@ -229,7 +233,8 @@ class FastPath:
         self._takeovers_waiting = False
         #: The wraps bucket's stream sequence of the last message this node took.
         self.wraps_sequence = 0
-        self._snapshot_checked_at = 0  # by self.clock(): when a snapshot was last due-checked
+        #: by self.clock(): when a snapshot was last looked at (the start, at first)
+        self._snapshot_checked_at = self.clock()
         self._node_keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
 
     def __repr__(self) -> str:
@@ -661,14 +666,14 @@ class FastPath:
 
     async def _maybe_snapshot(self) -> WrapSnapshot | None:
         """Write a snapshot of the wraps bucket if one is due and it is this node's turn
-        (:mod:`flashgate.bridge.wrap_snapshots`): checked every few seconds, not every
-        pass (a look at the head is a round trip)."""
+        (:mod:`flashgate.bridge.wrap_snapshots`): looked at every ``snapshot_check_ms``,
+        not every pass (a look at the head is a round trip)."""
         kv, wraps_kv = self.snaps_kv, self.wraps_kv
         now = self.clock()
         if (
             kv is None
             or wraps_kv is None
-            or now - self._snapshot_checked_at < min(10_000, self.snapshot_interval_ms)
+            or now - self._snapshot_checked_at < self.snapshot_check_ms
             or self._term_rank("wraps-snapshot") != 0
         ):
             return None

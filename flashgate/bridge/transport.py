@@ -153,14 +153,15 @@ class NatsTransport:
         await self.connection.nc.publish(self.names.node_report_subject(self.node_id), payload)
 
     async def bucket_if_there(self, name: str) -> KeyValue | None:
-        """Bind bucket ``name`` if it exists now (None if not: made by a newer backend)."""
+        """Bind bucket ``name`` if it exists now and this node may use it (None if not: it
+        is made by a newer backend, or granted by a newer server configuration)."""
         try:
             with broker_errors(f"binding bucket {name}"):
                 return await self.connection.js.key_value(name)
         except FlashgateError as exc:
-            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
-                return None
-            raise
+            if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                log.warning("bucket not usable", bucket=name, error=exc.message[:200])
+            return None
 
     async def bucket(self, name: str) -> KeyValue:
         """Bind bucket ``name``, waiting for it: the backend creates the buckets, and a

@@ -70,6 +70,8 @@ log = structlog.get_logger("flashgate.bridge.wrap_snapshots")
 SNAPSHOT_MIN_TAIL = 1000
 #: At most one snapshot per this long (each is a read of the whole wraps bucket).
 SNAPSHOT_INTERVAL_MS = 60_000
+#: Whether one is due is looked at this often (a round trip for the head).
+SNAPSHOT_CHECK_MS = 10_000
 #: A part is cut at this many bytes too (NATS' default max_payload is 1 MiB).
 PART_MAX_BYTES = 512 * 1024
 #: Parts read (or written) at once.

@@ -941,11 +941,13 @@ async def test_the_first_ranked_node_snapshots_the_wraps_and_a_starting_node_rea
     first = snapshot_writer(scene)
     writer = scene.paths[first]
     writer.snapshot_min_tail = 1
+    writer._snapshot_checked_at = 0
     reader_id = next(n for n in NODE_IDS if n != first)
     wraps = await real_buckets(scene, js, first, reader_id)
     made = await written(scene, first)  # one pass: term, wraps, then the snapshot
     assert writer.stats.snapshots_written == 1
     assert writer.wraps_sequence == len(SPECS)
+    writer.snapshot_check_ms = 0
     await writer.tend()  # nothing after it, and not an interval later: no other
     assert writer.stats.snapshots_written == 1
 
@@ -977,6 +979,7 @@ async def test_a_refused_snapshot_means_every_wrap_is_read(
     the node reads the whole bucket: the same wraps, every secret still fast."""
     first = snapshot_writer(scene)
     scene.paths[first].snapshot_min_tail = 1
+    scene.paths[first]._snapshot_checked_at = 0
     reader_id = next(n for n in NODE_IDS if n != first)
     await real_buckets(scene, js, first, reader_id)
     made = await written(scene, first)
@@ -999,6 +1002,8 @@ async def test_no_snapshot_below_the_minimum_tail_or_for_a_node_not_first(
 ) -> None:
     first = snapshot_writer(scene)
     await real_buckets(scene, js, *NODE_IDS)
+    for fp in scene.paths.values():
+        fp._snapshot_checked_at = 0
     await written(scene, first)  # default minimum: 1000 messages, far more than these
     assert all(fp.stats.snapshots_written == 0 for fp in scene.paths.values())
     # every node's tail is long enough now: only the first-ranked one writes
