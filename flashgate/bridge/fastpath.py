@@ -316,10 +316,16 @@ class FastPath:
         its tail starts at (0: no snapshot taken, read the whole bucket)."""
         if self.snaps_kv is None:
             return 0
+
+        async def last_sequence() -> int:
+            return int((await kv.status()).stream_info.state.last_seq)
+
         try:
-            last = (await kv.status()).stream_info.state.last_seq
             read = await read_snapshot(
-                self.snaps_kv, fleet=self.fleet, writer_key=self._node_key, last_sequence=last
+                self.snaps_kv,
+                fleet=self.fleet,
+                writer_key=self._node_key,
+                last_sequence=last_sequence,
             )
         except SnapshotRefused as exc:
             self.stats.snapshots_refused[exc.reason] += 1
@@ -686,11 +692,11 @@ class FastPath:
         if entry is not None:
             with contextlib.suppress(FlashgateError):  # refused: replaced now
                 head = WRAP_SNAPSHOT_CODEC.decode(entry[0])
-                check_head(
+                check_head(  # (a head past what this node has read is no reason)
                     head,
                     fleet=self.fleet,
                     writer_key=self._node_key,
-                    last_sequence=self.wraps_sequence,
+                    last_sequence=max(self.wraps_sequence, head.stream_sequence),
                 )
                 tail = self.wraps_sequence - head.stream_sequence
                 if tail < max(self.snapshot_min_tail, len(self.wraps) // 10):

@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -74,7 +74,7 @@ SNAPSHOT_INTERVAL_MS = 60_000
 SNAPSHOT_CHECK_MS = 10_000
 #: A part is cut at this many bytes too (NATS' default max_payload is 1 MiB).
 PART_MAX_BYTES = 512 * 1024
-#: Parts read (or written) at once.
+#: Parts read at once.
 PART_CONCURRENCY = 8
 
 
@@ -142,14 +142,16 @@ async def read_snapshot(
     *,
     fleet: str,
     writer_key: Callable[[str], Ed25519PublicKey | None],
-    last_sequence: int,
+    last_sequence: Callable[[], Awaitable[int]],
 ) -> SnapshotRead | None:
     """The newest snapshot, checked (module docs), or None if there is none. Raises
-    :class:`SnapshotRefused` for one that is not used."""
+    :class:`SnapshotRefused` for one that is not used. ``last_sequence``: the wraps
+    bucket's last stream sequence, asked for after the head is read (a head written just
+    before is never past it)."""
     head = await read_head(kv)
     if head is None:
         return None
-    check_head(head, fleet=fleet, writer_key=writer_key, last_sequence=last_sequence)
+    check_head(head, fleet=fleet, writer_key=writer_key, last_sequence=await last_sequence())
     semaphore = asyncio.Semaphore(PART_CONCURRENCY)
 
     async def part(index: int) -> WrapSnapshotPart:
@@ -192,9 +194,9 @@ async def read_snapshot(
     return SnapshotRead(head, wraps)
 
 
-async def current_wraps(wraps_kv: KeyValue, fleet: str) -> tuple[list[FastWrap], int]:
-    """Every wrap in the bucket that decodes and is in its place, and the stream sequence
-    of the last message read (0: none)."""
+async def current_raw_wraps(wraps_kv: KeyValue) -> tuple[dict[str, bytes], int]:
+    """Every wrap in the bucket as stored, by key, and the stream sequence of the last
+    message read (0: none)."""
     raw: dict[str, bytes] = {}
     last = 0
     lists = follow_batches(wraps_kv, stream=True)
@@ -209,42 +211,50 @@ async def current_wraps(wraps_kv: KeyValue, fleet: str) -> tuple[list[FastWrap],
                 elif isinstance(event, Deleted):
                     raw.pop(event.key, None)
                     last = max(last, event.revision)
-    wraps: list[FastWrap] = []
-    for key, value in raw.items():
-        try:
-            wrap = FAST_WRAP_CODEC.decode(value)
-        except FlashgateError:
-            continue  # a reader would refuse it too: it has no place in a snapshot
-        if wrap.key == key and wrap.fleet == fleet:
-            wraps.append(wrap)
-    return wraps, last
+    return raw, last
 
 
-def cut_parts(fleet: str, snapshot_id: str, wraps: list[FastWrap]) -> list[bytes]:
-    """The encoded parts: at most SNAPSHOT_PART_WRAPS wraps and about PART_MAX_BYTES each."""
-    parts: list[bytes] = []
-    chunk: list[FastWrap] = []
-    size = 0
+def placed_wrap(key: str, raw: bytes, fleet: str) -> FastWrap | None:
+    """The wrap stored at ``key``, if it decodes and is this fleet's wrap of that key (a
+    reader would refuse any other: it has no place in a snapshot)."""
+    try:
+        wrap = FAST_WRAP_CODEC.decode(raw)
+    except FlashgateError:
+        return None
+    return wrap if wrap.key == key and wrap.fleet == fleet else None
 
-    def close() -> None:
-        parts.append(
-            WRAP_SNAPSHOT_PART_CODEC.encode(
-                WrapSnapshotPart(
-                    fleet=fleet, snapshot_id=snapshot_id, index=len(parts), wraps=chunk
-                )
-            )
+
+class PartCutter:
+    """Cuts wraps into encoded parts of at most SNAPSHOT_PART_WRAPS wraps and about
+    PART_MAX_BYTES each, one part at a time (a node holding 100k wraps never has every
+    part encoded at once)."""
+
+    def __init__(self, fleet: str, snapshot_id: str) -> None:
+        self.fleet, self.snapshot_id = fleet, snapshot_id
+        self.parts = 0
+        self._chunk: list[FastWrap] = []
+        self._size = 0
+
+    def add(self, wrap: FastWrap, length: int) -> bytes | None:
+        """Take ``wrap`` (``length`` bytes encoded); a part it closed, if any."""
+        closed = None
+        chunk = self._chunk
+        if chunk and (len(chunk) >= SNAPSHOT_PART_WRAPS or self._size + length > PART_MAX_BYTES):
+            closed = self.close()
+        self._chunk.append(wrap)
+        self._size += length
+        return closed
+
+    def close(self) -> bytes | None:
+        """The part being cut, if it holds any wrap."""
+        if not self._chunk:
+            return None
+        part = WrapSnapshotPart(
+            fleet=self.fleet, snapshot_id=self.snapshot_id, index=self.parts, wraps=self._chunk
         )
-
-    for wrap in wraps:
-        length = len(FAST_WRAP_CODEC.encode(wrap))
-        if chunk and (len(chunk) >= SNAPSHOT_PART_WRAPS or size + length > PART_MAX_BYTES):
-            close()
-            chunk, size = [], 0
-        chunk.append(wrap)
-        size += length
-    if chunk:
-        close()
-    return parts
+        self.parts += 1
+        self._chunk, self._size = [], 0
+        return WRAP_SNAPSHOT_PART_CODEC.encode(part)
 
 
 async def write_snapshot(
@@ -263,31 +273,39 @@ async def write_snapshot(
     ``revision`` (None: there is none), which is ``replaces`` (None: none, or one refused:
     its parts are not kept). None: nothing to snapshot, or another node's head came
     first."""
-    wraps, last = await current_wraps(wraps_kv, fleet)
+    raw, last = await current_raw_wraps(wraps_kv)
     if last == 0:
         return None
     snapshot_id = rng.token_bytes(16).hex()
-    parts = cut_parts(fleet, snapshot_id, wraps)
-    semaphore = asyncio.Semaphore(PART_CONCURRENCY)
+    cutter = PartCutter(fleet, snapshot_id)
+    digests: list[bytes] = []
+    count = 0
 
-    async def put(index: int, raw: bytes) -> None:
-        async with semaphore:
-            await kv.put(snapshot_part_key(snapshot_id, index), raw)
+    async def put(part: bytes | None) -> None:
+        if part is not None:
+            digests.append(hashlib.sha256(part).digest())
+            await kv.put(snapshot_part_key(snapshot_id, len(digests) - 1), part)
 
-    head = sign(
-        WrapSnapshot(
-            fleet=fleet,
-            snapshot_id=snapshot_id,
-            stream_sequence=last,
-            wraps=len(wraps),
-            parts=[hashlib.sha256(raw).digest() for raw in parts],
-            writer=node_id,
-            written_at=clock(),
-        ),
-        signing_key,
-    )
     try:
-        await asyncio.gather(*(put(i, raw) for i, raw in enumerate(parts)))
+        for key in list(raw):
+            stored = raw.pop(key)  # let go as it is taken
+            wrap = placed_wrap(key, stored, fleet)
+            if wrap is not None:
+                count += 1
+                await put(cutter.add(wrap, len(stored)))
+        await put(cutter.close())
+        head = sign(
+            WrapSnapshot(
+                fleet=fleet,
+                snapshot_id=snapshot_id,
+                stream_sequence=last,
+                wraps=count,
+                parts=digests,
+                writer=node_id,
+                written_at=clock(),
+            ),
+            signing_key,
+        )
         encoded = WRAP_SNAPSHOT_CODEC.encode(head)
         if revision is None:
             await kv.create(SNAPSHOT_HEAD_KEY, encoded)
@@ -303,8 +321,8 @@ async def write_snapshot(
         "wraps snapshot written",
         snapshot=snapshot_id,
         stream_sequence=last,
-        wraps=len(wraps),
-        parts=len(parts),
+        wraps=count,
+        parts=len(digests),
     )
     return head
 

@@ -18,8 +18,10 @@ from nats.js.kv import KeyValue
 
 from flashgate.bridge import wrap_snapshots
 from flashgate.bridge.wrap_snapshots import (
+    PartCutter,
     SnapshotRead,
-    current_wraps,
+    current_raw_wraps,
+    placed_wrap,
     read_head,
     read_snapshot,
     write_snapshot,
@@ -31,6 +33,7 @@ from flashgate.events.ring import (
     FAST_WRAP_CODEC,
     SNAPSHOT_HEAD_KEY,
     SNAPSHOT_PART_PREFIX,
+    SNAPSHOT_PART_WRAPS,
     WRAP_SNAPSHOT_CODEC,
     WRAP_SNAPSHOT_PART_CODEC,
     FastWrap,
@@ -109,11 +112,10 @@ async def last_sequence(kv: KeyValue) -> int:
 
 
 async def read(snaps: KeyValue, wraps: KeyValue, **overrides: object) -> SnapshotRead | None:
-    args: dict[str, object] = {
-        "fleet": FLEET,
-        "writer_key": ACTIVE,
-        "last_sequence": await last_sequence(wraps),
-    }
+    async def bucket_last() -> int:
+        return await last_sequence(wraps)
+
+    args: dict[str, object] = {"fleet": FLEET, "writer_key": ACTIVE, "last_sequence": bucket_last}
     args.update(overrides)
     return await read_snapshot(snaps, **args)  # type: ignore[arg-type]
 
@@ -139,8 +141,9 @@ async def through_snapshot(snaps: KeyValue, wraps: KeyValue) -> dict[str, bytes]
 
 
 async def whole_bucket(wraps: KeyValue) -> dict[str, bytes]:
-    found, _ = await current_wraps(wraps, FLEET)
-    return {w.key: FAST_WRAP_CODEC.encode(w) for w in found}
+    raw, _ = await current_raw_wraps(wraps)
+    found = [placed_wrap(key, value, FLEET) for key, value in raw.items()]
+    return {w.key: FAST_WRAP_CODEC.encode(w) for w in found if w is not None}
 
 
 async def test_a_snapshot_and_its_tail_are_the_bucket(js: JetStreamContext) -> None:
@@ -200,7 +203,10 @@ async def test_each_refused_snapshot_says_why(js: JetStreamContext) -> None:
     assert await refused(snaps, wraps, writer_key=stranger) == "bad_signature"
     # another fleet reading it; a sequence the bucket has not reached
     assert await refused(snaps, wraps, fleet="otherfleet") == "foreign"
-    behind = head.stream_sequence - 1
+
+    async def behind() -> int:
+        return head.stream_sequence - 1
+
     assert await refused(snaps, wraps, last_sequence=behind) == "ahead_of_bucket"
 
     # a part changed (even to a well-formed part), or gone
@@ -314,3 +320,21 @@ async def test_old_parts_go_and_the_replaced_snapshots_stay_for_readers(
         assert head is not None
         heads.append(head.snapshot_id)
     assert await part_ids(snaps) == set(heads[1:])
+
+
+def test_parts_are_cut_by_count_and_by_size_and_keep_every_wrap_in_order() -> None:
+    wraps = [wrap(f"app.s{i:05d}") for i in range(SNAPSHOT_PART_WRAPS * 2 + 3)]
+    cutter = PartCutter(FLEET, TERM)
+    parts = [p for w in wraps if (p := cutter.add(w, len(FAST_WRAP_CODEC.encode(w))))]
+    last = cutter.close()
+    assert last is not None and cutter.close() is None
+    decoded = [WRAP_SNAPSHOT_PART_CODEC.decode(p) for p in [*parts, last]]
+    assert [len(p.wraps) for p in decoded] == [SNAPSHOT_PART_WRAPS, SNAPSHOT_PART_WRAPS, 3]
+    assert [p.index for p in decoded] == [0, 1, 2]
+    assert [w for p in decoded for w in p.wraps] == wraps
+    # by size: wraps said to be large close a part before it is full
+    cutter = PartCutter(FLEET, TERM)
+    big = wrap_snapshots.PART_MAX_BYTES // 3
+    closed = [cutter.add(w, big) for w in wraps[:7]]
+    assert sum(p is not None for p in closed) == 2  # 3 + 3, and 1 left
+    assert all(len(p) < wrap_snapshots.PART_MAX_BYTES for p in closed if p is not None)
