@@ -63,6 +63,7 @@ from flashgate.bridge.wrap_snapshots import (
     SNAPSHOT_CHECK_MS,
     SNAPSHOT_INTERVAL_MS,
     SNAPSHOT_MIN_TAIL,
+    BucketFacts,
     check_head,
     head_entry,
     read_snapshot,
@@ -165,6 +166,7 @@ class FastPathStats:
     terms_opened: int = 0
     terms_deleted: int = 0
     snapshot_wraps: int = 0  # wraps taken from a snapshot at start
+    wraps_read: int = 0  # wraps read one by one at start (all, or a snapshot's tail)
     snapshots_refused: Counter[str] = field(default_factory=Counter)  # reason -> snapshots
     snapshots_written: int = 0
 
@@ -235,6 +237,11 @@ class FastPath:
         self.wraps_sequence = 0
         #: by self.clock(): when a snapshot was last looked at (the start, at first)
         self._snapshot_checked_at = self.clock()
+        self._snapshotting = False  # a snapshot is being written (in a task of its own)
+        self._snapshot_written_at = -float("inf")  # monotonic: when this node last wrote one
+        #: The head last seen, and when (monotonic) it was first seen: its age, by this
+        #: node's clock.
+        self._head_seen: tuple[str, float] | None = None
         self._node_keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
 
     def __repr__(self) -> str:
@@ -304,6 +311,12 @@ class FastPath:
                 for event in events:
                     if isinstance(event, InitialDone):
                         self._wraps_read.set()
+                        self.stats.wraps_read = event.count
+                        log.info(
+                            "wraps read",
+                            from_snapshot=self.stats.snapshot_wraps,
+                            read_one_by_one=event.count,
+                        )
                         continue
                     self.wraps_sequence = max(self.wraps_sequence, event.revision)
                     if isinstance(event, Deleted):
@@ -316,16 +329,12 @@ class FastPath:
         its tail starts at (0: no snapshot taken, read the whole bucket)."""
         if self.snaps_kv is None:
             return 0
-
-        async def last_sequence() -> int:
-            return int((await kv.status()).stream_info.state.last_seq)
-
         try:
             read = await read_snapshot(
                 self.snaps_kv,
                 fleet=self.fleet,
                 writer_key=self._node_key,
-                last_sequence=last_sequence,
+                bucket=lambda: BucketFacts.of(kv),
             )
         except SnapshotRefused as exc:
             self.stats.snapshots_refused[exc.reason] += 1
@@ -670,55 +679,74 @@ class FastPath:
 
         return sorted(live, key=score).index(self.node_id)
 
-    async def _maybe_snapshot(self) -> WrapSnapshot | None:
-        """Write a snapshot of the wraps bucket if one is due and it is this node's turn
-        (:mod:`flashgate.bridge.wrap_snapshots`): looked at every ``snapshot_check_ms``,
-        not every pass (a look at the head is a round trip)."""
+    async def _maybe_snapshot(self) -> bool:
+        """Start writing a snapshot of the wraps bucket if one is due and it is this
+        node's turn (:mod:`flashgate.bridge.wrap_snapshots`); True if one was started.
+        Looked at every ``snapshot_check_ms``, not every pass (a look at the head is a
+        round trip). The interval is kept by this node's clock, never the writer's."""
         kv, wraps_kv = self.snaps_kv, self.wraps_kv
         now = self.clock()
         if (
             kv is None
             or wraps_kv is None
+            or self._snapshotting
             or now - self._snapshot_checked_at < self.snapshot_check_ms
             or self._term_rank("wraps-snapshot") != 0
         ):
-            return None
+            return False
         self._snapshot_checked_at = now
+        interval_s = self.snapshot_interval_ms / 1000
+        if time.monotonic() - self._snapshot_written_at < interval_s:
+            return False
         try:
             entry = await head_entry(kv)
+            facts = await BucketFacts.of(wraps_kv)
         except Exception:
-            return None
+            return False
         head: WrapSnapshot | None = None
         if entry is not None:
-            with contextlib.suppress(FlashgateError):  # refused: replaced now
+            try:
                 head = WRAP_SNAPSHOT_CODEC.decode(entry[0])
-                check_head(  # (a head past what this node has read is no reason)
-                    head,
-                    fleet=self.fleet,
-                    writer_key=self._node_key,
-                    last_sequence=max(self.wraps_sequence, head.stream_sequence),
-                )
-                tail = self.wraps_sequence - head.stream_sequence
-                if tail < max(self.snapshot_min_tail, len(self.wraps) // 10):
-                    return None
-                if now - head.written_at < self.snapshot_interval_ms:
-                    return None
-        elif self.wraps_sequence < self.snapshot_min_tail:
-            return None
-        written = await write_snapshot(
-            kv,
-            wraps_kv,
-            fleet=self.fleet,
-            node_id=self.node_id,
-            signing_key=self.signing_key,
-            rng=self.rng,
-            clock=self.clock,
-            replaces=head,
-            revision=None if entry is None else entry[1],
-        )
-        if written is not None:
-            self.stats.snapshots_written += 1
-        return written
+                check_head(head, fleet=self.fleet, writer_key=self._node_key, bucket=facts)
+            except FlashgateError:
+                head = None  # refused by any reader: replaced (its parts not kept)
+        if head is not None:
+            if self._head_seen is None or self._head_seen[0] != head.snapshot_id:
+                self._head_seen = (head.snapshot_id, time.monotonic())
+            tail = self.wraps_sequence - head.stream_sequence
+            if tail < max(self.snapshot_min_tail, len(self.wraps) // 10):
+                return False
+            if time.monotonic() - self._head_seen[1] < interval_s:
+                return False
+        elif facts.last_sequence < self.snapshot_min_tail:
+            return False
+        self._snapshotting = True
+        self.spawn(self._write_snapshot(head, None if entry is None else entry[1]))
+        return True
+
+    async def _write_snapshot(self, replaces: WrapSnapshot | None, revision: int | None) -> None:
+        kv, wraps_kv = self.snaps_kv, self.wraps_kv
+        try:
+            if kv is None or wraps_kv is None:
+                return
+            written = await write_snapshot(
+                kv,
+                wraps_kv,
+                fleet=self.fleet,
+                node_id=self.node_id,
+                signing_key=self.signing_key,
+                rng=self.rng,
+                clock=self.clock,
+                replaces=replaces,
+                revision=revision,
+            )
+            if written is not None:
+                self.stats.snapshots_written += 1
+        except Exception as exc:  # the broker: tried again at the next interval
+            log.warning("wraps snapshot not written", error=type(exc).__name__)
+        finally:
+            self._snapshotting = False
+            self._snapshot_written_at = time.monotonic()
 
     def _alive(self, node_id: str, now: float) -> bool:
         state = self.peers.peers.get(node_id)

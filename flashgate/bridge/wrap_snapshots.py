@@ -25,11 +25,18 @@ reads the whole bucket instead, as before snapshots.
 **Writing.** The first-ranked live active member of the current epoch (rendezvous, as for
 ring terms) writes one when the tail since the last snapshot is at least
 :data:`SNAPSHOT_MIN_TAIL` messages and a tenth of the wraps, at most once per
-:data:`SNAPSHOT_INTERVAL_MS`. It reads the whole wraps bucket for it (the wraps a running
-node keeps in memory are trimmed, :class:`~flashgate.bridge.fastpath.WrapSeen`), writes the
-parts under a new snapshot id, then the head (compare-and-set on its revision: a racing
-writer's head is not overwritten), and purges the parts of every snapshot but the new one
-and the one it replaces (a node may be reading that one right now).
+:data:`SNAPSHOT_INTERVAL_MS` (by its own clock: since it first saw the head, and since it
+last wrote one). It reads the whole wraps bucket for it, exactly as of one point of its
+stream (the wraps a running node keeps in memory are trimmed,
+:class:`~flashgate.bridge.fastpath.WrapSeen`), in a task of its own (the wraps are written
+meanwhile), writes the parts under a new snapshot id, then the head (compare-and-set on its
+revision: a racing writer's head is not overwritten; a lost acknowledgement is told from a
+failure by reading the head back), and removes the parts of the snapshots that were there
+before it started but the one it replaces (a node may be reading that one now). Parts are
+removed by a stream purge by subject, which leaves no marker behind.
+
+The head names the wraps stream by its creation time: a bucket deleted and made again
+starts its sequences over, and a snapshot of the old one is refused.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from flashgate.broker.watch import Deleted, InitialDone, Value, follow_batches
+from flashgate.broker.watch import InitialDone, Value, follow_batches
 from flashgate.crypto.rng import Rng
 from flashgate.errors import FlashgateError, SignatureInvalid, SnapshotRefused
 from flashgate.events.ring import (
@@ -76,6 +83,8 @@ SNAPSHOT_CHECK_MS = 10_000
 PART_MAX_BYTES = 512 * 1024
 #: Parts read at once.
 PART_CONCURRENCY = 8
+#: A snapshot not read in this long is given up (every wrap is read instead).
+READ_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,34 +115,60 @@ async def read_head(kv: KeyValue) -> WrapSnapshot | None:
         raise SnapshotRefused("malformed_head", f"wraps snapshot head: {exc.message}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class BucketFacts:
+    """What a snapshot is checked against: the wraps bucket's stream, as it is now."""
+
+    created_ms: int  # when the stream was created
+    last_sequence: int
+    messages: int  # (history 1: one per key ever written, its value or its marker)
+
+    @classmethod
+    async def of(cls, wraps_kv: KeyValue) -> BucketFacts:
+        info = (await wraps_kv.status()).stream_info
+        created = info.created
+        return cls(
+            created_ms=0 if created is None else int(created.timestamp() * 1000),
+            last_sequence=int(info.state.last_seq),
+            messages=int(info.state.messages),
+        )
+
+
 def check_head(
     head: WrapSnapshot,
     *,
     fleet: str,
     writer_key: Callable[[str], Ed25519PublicKey | None],
-    last_sequence: int,
+    bucket: BucketFacts,
 ) -> None:
     """Raise :class:`SnapshotRefused` unless ``head`` is this fleet's, signed by a node
-    ``writer_key`` knows (an active one), and not past ``last_sequence`` of the bucket."""
+    ``writer_key`` knows (an active one), of the wraps stream as it is (``bucket``: the
+    same stream, not past its last sequence, no more wraps than it has messages)."""
+    where = f"wraps snapshot {head.snapshot_id}"
     if head.fleet != fleet:
-        raise SnapshotRefused("foreign", f"wraps snapshot {head.snapshot_id} is of another fleet")
+        raise SnapshotRefused("foreign", f"{where} is of another fleet")
     key = writer_key(head.writer)
     if key is None:
         raise SnapshotRefused(
-            "writer_not_active",
-            f"wraps snapshot {head.snapshot_id} is by {head.writer}, not an active node",
+            "writer_not_active", f"{where} is by {head.writer}, not an active node"
         )
     try:
         verify(head, key)
     except SignatureInvalid as exc:
+        raise SnapshotRefused("bad_signature", f"{where} is not signed by {head.writer}") from exc
+    if head.stream_created != bucket.created_ms:
         raise SnapshotRefused(
-            "bad_signature", f"wraps snapshot {head.snapshot_id} is not signed by {head.writer}"
-        ) from exc
-    if head.stream_sequence > last_sequence:
+            "another_stream", f"{where} is of a wraps bucket made before this one"
+        )
+    if head.stream_sequence > bucket.last_sequence:
         raise SnapshotRefused(
             "ahead_of_bucket",
-            f"wraps snapshot {head.snapshot_id} claims sequence {head.stream_sequence}, "
-            f"past the bucket's last ({last_sequence})",
+            f"{where} claims sequence {head.stream_sequence}, "
+            f"past the bucket's last ({bucket.last_sequence})",
+        )
+    if head.wraps > bucket.messages:
+        raise SnapshotRefused(
+            "oversized", f"{where} claims {head.wraps} wraps, the bucket holds {bucket.messages}"
         )
 
 
@@ -142,16 +177,30 @@ async def read_snapshot(
     *,
     fleet: str,
     writer_key: Callable[[str], Ed25519PublicKey | None],
-    last_sequence: Callable[[], Awaitable[int]],
+    bucket: Callable[[], Awaitable[BucketFacts]],
+    timeout_s: float = READ_TIMEOUT_S,
 ) -> SnapshotRead | None:
     """The newest snapshot, checked (module docs), or None if there is none. Raises
-    :class:`SnapshotRefused` for one that is not used. ``last_sequence``: the wraps
-    bucket's last stream sequence, asked for after the head is read (a head written just
-    before is never past it)."""
+    :class:`SnapshotRefused` for one that is not used (``timed_out``: not read within
+    ``timeout_s``). ``bucket``: the wraps bucket's facts, asked for after the head is
+    read (a head written just before is never past them)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_snapshot(kv, fleet, writer_key, bucket)
+    except TimeoutError as exc:
+        raise SnapshotRefused("timed_out", f"wraps snapshot not read in {timeout_s:.0f} s") from exc
+
+
+async def _read_snapshot(
+    kv: KeyValue,
+    fleet: str,
+    writer_key: Callable[[str], Ed25519PublicKey | None],
+    bucket: Callable[[], Awaitable[BucketFacts]],
+) -> SnapshotRead | None:
     head = await read_head(kv)
     if head is None:
         return None
-    check_head(head, fleet=fleet, writer_key=writer_key, last_sequence=await last_sequence())
+    check_head(head, fleet=fleet, writer_key=writer_key, bucket=await bucket())
     semaphore = asyncio.Semaphore(PART_CONCURRENCY)
 
     async def part(index: int) -> WrapSnapshotPart:
@@ -182,24 +231,26 @@ async def read_snapshot(
         for task in tasks:
             task.cancel()
     wraps = [wrap for p in parts for wrap in p.wraps]
+    del parts
+    where = f"wraps snapshot {head.snapshot_id}"
     if len(wraps) != head.wraps:
         raise SnapshotRefused(
-            "part_damaged",
-            f"wraps snapshot {head.snapshot_id} has {len(wraps)} wraps, its head says {head.wraps}",
+            "part_damaged", f"{where} has {len(wraps)} wraps, its head says {head.wraps}"
         )
     if any(wrap.fleet != fleet for wrap in wraps):
-        raise SnapshotRefused(
-            "foreign", f"wraps snapshot {head.snapshot_id} holds another fleet's wraps"
-        )
+        raise SnapshotRefused("foreign", f"{where} holds another fleet's wraps")
+    if len({wrap.key for wrap in wraps}) != len(wraps):
+        raise SnapshotRefused("part_damaged", f"{where} holds a key twice")
     return SnapshotRead(head, wraps)
 
 
 async def current_raw_wraps(wraps_kv: KeyValue) -> tuple[dict[str, bytes], int]:
-    """Every wrap in the bucket as stored, by key, and the stream sequence of the last
-    message read (0: none)."""
+    """Every wrap in the bucket as stored, by key, exactly as of one point of its stream
+    (the buffered watch: no key written meanwhile is missed), and a stream sequence at or
+    before that point, after every wrap returned (0: none)."""
     raw: dict[str, bytes] = {}
     last = 0
-    lists = follow_batches(wraps_kv, stream=True)
+    lists = follow_batches(wraps_kv)
     async with contextlib.aclosing(lists):
         async for events in lists:
             if isinstance(events[0], InitialDone):
@@ -207,9 +258,6 @@ async def current_raw_wraps(wraps_kv: KeyValue) -> tuple[dict[str, bytes], int]:
             for event in events:
                 if isinstance(event, Value):
                     raw[event.key] = event.value
-                    last = max(last, event.revision)
-                elif isinstance(event, Deleted):
-                    raw.pop(event.key, None)
                     last = max(last, event.revision)
     return raw, last
 
@@ -273,13 +321,18 @@ async def write_snapshot(
     ``revision`` (None: there is none), which is ``replaces`` (None: none, or one refused:
     its parts are not kept). None: nothing to snapshot, or another node's head came
     first."""
+    facts = await BucketFacts.of(wraps_kv)
     raw, last = await current_raw_wraps(wraps_kv)
     if last == 0:
         return None
+    # The snapshots whose parts may go once this one is the head: those there now (a
+    # writer that starts later keeps its own).
+    older = await _part_ids(kv)
     snapshot_id = rng.token_bytes(16).hex()
     cutter = PartCutter(fleet, snapshot_id)
     digests: list[bytes] = []
     count = 0
+    encoded: bytes | None = None
 
     async def put(part: bytes | None) -> None:
         if part is not None:
@@ -298,6 +351,7 @@ async def write_snapshot(
             WrapSnapshot(
                 fleet=fleet,
                 snapshot_id=snapshot_id,
+                stream_created=facts.created_ms,
                 stream_sequence=last,
                 wraps=count,
                 parts=digests,
@@ -312,33 +366,54 @@ async def write_snapshot(
         else:
             await kv.update(SNAPSHOT_HEAD_KEY, encoded, last=revision)
     except Exception as exc:
+        # Not written, or written and its acknowledgement lost: the head says which.
+        if encoded is not None:
+            with contextlib.suppress(Exception):
+                entry = await head_entry(kv)
+                if entry is not None and entry[0] == encoded:
+                    return await _written(kv, head, replaces, older)
         log.warning("wraps snapshot not written", error=type(exc).__name__)
-        await _purge_parts(kv, keep={snapshot_id}, only=True)
+        await _purge_parts(kv, {snapshot_id})
         return None
-    keep = {snapshot_id, None if replaces is None else replaces.snapshot_id}
-    await _purge_parts(kv, keep=keep)
+    return await _written(kv, head, replaces, older)
+
+
+async def _written(
+    kv: KeyValue, head: WrapSnapshot, replaces: WrapSnapshot | None, older: set[str]
+) -> WrapSnapshot:
+    older -= {head.snapshot_id, None if replaces is None else replaces.snapshot_id}
+    await _purge_parts(kv, older)
     log.info(
         "wraps snapshot written",
-        snapshot=snapshot_id,
-        stream_sequence=last,
-        wraps=count,
-        parts=len(digests),
+        snapshot=head.snapshot_id,
+        stream_sequence=head.stream_sequence,
+        wraps=head.wraps,
+        parts=len(head.parts),
     )
     return head
 
 
-async def _purge_parts(kv: KeyValue, keep: set[str | None], *, only: bool = False) -> None:
-    """Purge every part but those of the snapshots in ``keep`` (``only``: the parts of
-    those snapshots alone)."""
-    with contextlib.suppress(Exception):
+async def _part_ids(kv: KeyValue) -> set[str]:
+    """The snapshot ids that have parts in the bucket."""
+    try:
         keys = await kv.keys()
-        for key in keys:
-            if not key.startswith(SNAPSHOT_PART_PREFIX):
-                continue
-            snapshot_id = key[len(SNAPSHOT_PART_PREFIX) :].split(".", 1)[0]
-            if (snapshot_id in keep) == only:
-                with contextlib.suppress(Exception):
-                    await kv.purge(key)
+    except Exception:  # none (nats-py raises for an empty bucket)
+        return set()
+    return {
+        key[len(SNAPSHOT_PART_PREFIX) :].split(".", 1)[0]
+        for key in keys
+        if key.startswith(SNAPSHOT_PART_PREFIX)
+    }
+
+
+async def _purge_parts(kv: KeyValue, snapshot_ids: set[str]) -> None:
+    """Remove the parts of these snapshots from the bucket's stream: a stream purge by
+    subject leaves no marker (a KV purge would leave one per key, for ever)."""
+    for snapshot_id in snapshot_ids:
+        with contextlib.suppress(Exception):
+            await kv._js.purge_stream(
+                kv._stream, subject=f"{kv._pre}{SNAPSHOT_PART_PREFIX}{snapshot_id}.>"
+            )
 
 
 async def _get(kv: KeyValue, key: str) -> tuple[bytes, int] | None:

@@ -11,7 +11,8 @@ NKey user per Bridge Node (dev cluster and compose).
 | node <n> | share requests, its own heartbeat and        | ``share.<n>``, ``node.<n>.>``,|
 |          | ``node.<n>.report``, re-wrap requests,       | every node's heartbeat,       |
 |          | JS API on the two bucket streams (KV watch), | ``_INBOX.bridge.<n>.>``       |
-|          | KV writes + JS API on the fast-path buckets  |                               |
+|          | KV writes + JS API on the fast-path buckets, |                               |
+|          | a stream purge on the snapshots bucket       |                               |
 
 The fast path's buckets (ring terms, fast wraps, snapshots of the wraps; DESIGN §6) are
 the nodes' alone: the backend and the admin only declare them (stream info; creation is
@@ -206,6 +207,8 @@ def node_permissions(names: FleetNames, node_id: str) -> dict[str, object]:
                 f"$KV.{names.wraps_bucket}.>",
                 f"$KV.{names.snapshots_bucket}.>",
                 *_js_on_streams(_fast_path_streams(names)),
+                # old snapshots' parts go by a stream purge by subject (no marker left)
+                f"$JS.API.STREAM.PURGE.KV_{names.snapshots_bucket}",
             ],
             "deny": [names.share_subject(node)],
         },

@@ -134,14 +134,18 @@ MAX_SNAPSHOT_PARTS = 4096
 
 class WrapSnapshot(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The head of a wraps snapshot (domain ``wrap-snapshot``), by the node that wrote it:
-    the wraps bucket as of ``stream_sequence`` of its stream, in ``parts`` (each part's
-    SHA-256, in order), ``wraps`` wraps in all."""
+    the wraps bucket as of ``stream_sequence`` of its stream (the one created at
+    ``stream_created``), in ``parts`` (each part's SHA-256, in order), ``wraps`` wraps in
+    all."""
 
     signing_domain: ClassVar[str] = "wrap-snapshot"
 
     format: Annotated[int, Meta(ge=1, le=1)] = 1
     fleet: Name
     snapshot_id: SnapshotId
+    #: When the wraps bucket's stream was created: a snapshot is of that stream only (a
+    #: bucket deleted and made again starts its sequences over).
+    stream_created: UnixMillis
     stream_sequence: Annotated[int, Meta(ge=1, le=2**63 - 1)]
     wraps: Annotated[int, Meta(ge=0, le=MAX_SNAPSHOT_PARTS * SNAPSHOT_PART_WRAPS)]
     parts: Annotated[list[Sha256], Meta(max_length=MAX_SNAPSHOT_PARTS)]

@@ -145,6 +145,8 @@ async def test_a_restarted_node_reads_the_wraps_from_a_snapshot_and_its_tail(
         assert status.fast_path.opened_fast == SECRETS + 1, status.fast_path
         read = log_events(node.log, "wraps snapshot read")
         assert len(read) == 1 and read[0]["wraps"] == SECRETS, read
+        counts = log_events(node.log, "wraps read")[-1]  # the rest: the tail, one wrap
+        assert (counts["from_snapshot"], counts["read_one_by_one"]) == (SECRETS, 1), counts
 
         # a part damaged: refused, and every wrap read from the bucket
         await snaps.put(snapshot_part_key(head.snapshot_id, 0), b"\x80")
@@ -159,6 +161,8 @@ async def test_a_restarted_node_reads_the_wraps_from_a_snapshot_and_its_tail(
         refused = log_events(node.log, "wraps snapshot refused; reading every wrap")
         assert len(refused) == 1 and refused[0]["reason"] == "part_damaged", refused
         assert len(log_events(node.log, "wraps snapshot read")) == 1
+        counts = log_events(node.log, "wraps read")[-1]
+        assert (counts["from_snapshot"], counts["read_one_by_one"]) == (0, SECRETS + 1), counts
 
         # canary: the snapshot holds wraps, never a value
         for key in await snaps.keys():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -34,6 +35,7 @@ from flashgate.bridge.ring_terms import TermStore
 from flashgate.bridge.share_service import ShareService
 from flashgate.bridge.store import Entry
 from flashgate.bridge.vault import Vault
+from flashgate.bridge.wrap_snapshots import read_head
 from flashgate.crypto import fastwrap
 from flashgate.crypto.decrypt import open_jwe
 from flashgate.crypto.rng import SYSTEM_RNG
@@ -44,6 +46,7 @@ from flashgate.events.node_status import StatusResponse
 from flashgate.events.ring import (
     FAST_WRAP_CODEC,
     STORED_TERM_CODEC,
+    WRAP_SNAPSHOT_CODEC,
     RingTerm,
     StoredTerm,
     term_key,
@@ -909,19 +912,39 @@ async def real_buckets(scene: Scene, js: JetStreamContext, *node_ids: str) -> Ke
     return wraps
 
 
-def snapshot_writer(scene: Scene) -> str:
-    """The node ranked first to write snapshots (every unit node is live to the others)."""
-    ranked = [n for n, fp in scene.paths.items() if fp._term_rank("wraps-snapshot") == 0]
-    assert len(ranked) == 1
-    return ranked[0]
-
-
-def snapshot_writer_without(scene: Scene, gone: str) -> str:
+def snapshot_writer(scene: Scene, gone: str | None = None) -> str:
+    """The node ranked first to write snapshots (every unit node is live to the others;
+    ``gone`` is not)."""
     ranked = [
         n for n, fp in scene.paths.items() if n != gone and fp._term_rank("wraps-snapshot") == 0
     ]
     assert len(ranked) == 1
     return ranked[0]
+
+
+async def snapshot_pass(fp: FastPath) -> bool:
+    """One look at whether a snapshot is due (now), and its write if one was started."""
+    fp._snapshot_checked_at = -fp.snapshot_check_ms
+    started = await fp._maybe_snapshot()
+    async with asyncio.timeout(10):
+        while fp._snapshotting:
+            await asyncio.sleep(0.01)
+    return started
+
+
+async def wrapped_by(scene: Scene, writer: str) -> list[Entry]:
+    """``writer`` makes a term and writes every wrap (to its real wraps bucket); the
+    other nodes get the ring (the wraps they read from the server themselves)."""
+    fp = scene.paths[writer]
+    made = entries()
+    for entry in made:
+        fp.opened_cold(entry, cold_cek(entry))
+    fp._snapshot_checked_at = fp.clock()  # (its snapshot is looked at by the test)
+    await fp.tend()
+    for node_id in NODE_IDS:
+        if node_id != writer:
+            scene.sync(node_id)
+    return made
 
 
 async def wraps_read(fp: FastPath) -> asyncio.Task[None]:
@@ -936,37 +959,36 @@ async def wraps_read(fp: FastPath) -> asyncio.Task[None]:
 async def test_the_first_ranked_node_snapshots_the_wraps_and_a_starting_node_reads_it(
     scene: Scene, js: JetStreamContext
 ) -> None:
-    """node-1 writes the wraps, then (due: a tail of at least the minimum) a snapshot; a
-    starting node takes every wrap from it and opens every secret by the fast path."""
+    """The first-ranked node writes the wraps, then (due: a tail of at least the minimum)
+    a snapshot; a starting node takes every wrap from it (its tail empty) and opens every
+    secret by the fast path; a wrap written after it comes on top."""
     first = snapshot_writer(scene)
     writer = scene.paths[first]
     writer.snapshot_min_tail = 1
-    writer._snapshot_checked_at = 0
     reader_id = next(n for n in NODE_IDS if n != first)
     wraps = await real_buckets(scene, js, first, reader_id)
-    made = await written(scene, first)  # one pass: term, wraps, then the snapshot
-    assert writer.stats.snapshots_written == 1
+    made = await wrapped_by(scene, first)
     assert writer.wraps_sequence == len(SPECS)
-    writer.snapshot_check_ms = 0
-    await writer.tend()  # nothing after it, and not an interval later: no other
-    assert writer.stats.snapshots_written == 1
+    assert await snapshot_pass(writer) and writer.stats.snapshots_written == 1
+    assert not await snapshot_pass(writer)  # nothing after it: not due
 
     reader = scene.paths[reader_id]
     follower = await wraps_read(reader)
     try:
         assert reader.stats.snapshot_wraps == len(SPECS)
+        assert reader.wraps_sequence == len(SPECS)  # the snapshot's: no wrap came after
+        assert reader.stats.wraps_read == 0  # its tail: empty
         assert not reader.stats.snapshots_refused
         await reader.open_terms()
         _, loader, stub = await load(reader, made)
         assert loader.loaded_fast == len(SPECS) and stub.calls == 0
-        # a wrap written after the snapshot comes live, on top of it
-        extra = SecretSpec("payments", "late", CANARY + b"-late", kind="generic")
-        late = make_test_entry(extra)
+        late = make_test_entry(SecretSpec("payments", "late", CANARY + b"-late", kind="generic"))
         writer.opened_cold(late, cold_cek(late))
         await writer.tend()
         async with asyncio.timeout(10):
             while "payments.late" not in reader.wraps:
                 await asyncio.sleep(0.02)
+        assert reader.wraps_sequence == len(SPECS) + 1
         assert len(await wraps.keys()) == len(SPECS) + 1
     finally:
         follower.cancel()
@@ -975,21 +997,33 @@ async def test_the_first_ranked_node_snapshots_the_wraps_and_a_starting_node_rea
 async def test_a_refused_snapshot_means_every_wrap_is_read(
     scene: Scene, js: JetStreamContext
 ) -> None:
-    """A snapshot whose writer this node does not hold active is refused, counted, and
-    the node reads the whole bucket: the same wraps, every secret still fast."""
+    """A snapshot whose writer this node does not hold active (revoked since) is refused,
+    counted, and the node reads the whole bucket: the same wraps, every secret fast."""
     first = snapshot_writer(scene)
     scene.paths[first].snapshot_min_tail = 1
-    scene.paths[first]._snapshot_checked_at = 0
-    reader_id = next(n for n in NODE_IDS if n != first)
-    await real_buckets(scene, js, first, reader_id)
-    made = await written(scene, first)
-    assert scene.paths[first].stats.snapshots_written == 1
+    reader_id, maker = [n for n in NODE_IDS if n != first][:2]
+    await real_buckets(scene, js, first, reader_id, maker)
+    made = await wrapped_by(scene, maker)  # the term and wraps: by another node
+    assert await snapshot_pass(scene.paths[first])
     reader = scene.paths[reader_id]
-    reader._node_key = lambda _node: None  # type: ignore[method-assign]
+    revoked = scene.roster.node(first)
+    assert revoked is not None
+    scene.set_roster(  # type: ignore[attr-defined]
+        msgspec.structs.replace(
+            scene.roster,
+            serial=scene.roster.serial + 1,
+            nodes=[
+                msgspec.structs.replace(n, status="revoked") if n.id == first else n
+                for n in scene.roster.nodes
+            ],
+        )
+    )
+    assert reader._node_key(first) is None and reader._node_key(reader_id) is not None
     follower = await wraps_read(reader)
     try:
         assert reader.stats.snapshots_refused == {"writer_not_active": 1}
         assert reader.stats.snapshot_wraps == 0 and len(reader.wraps) == len(SPECS)
+        assert reader.stats.wraps_read == len(SPECS)
         await reader.open_terms()
         _, loader, stub = await load(reader, made)
         assert loader.loaded_fast == len(SPECS) and stub.calls == 0
@@ -997,34 +1031,66 @@ async def test_a_refused_snapshot_means_every_wrap_is_read(
         follower.cancel()
 
 
-async def test_no_snapshot_below_the_minimum_tail_or_for_a_node_not_first(
+async def test_snapshots_are_written_when_due_by_the_first_ranked_node_only(
     scene: Scene, js: JetStreamContext
 ) -> None:
+    """Not below the minimum tail; only by the first-ranked node; not again within the
+    interval by this node's clock (whatever time the head says); a head that any reader
+    would refuse is replaced at once, and its parts are not kept."""
     first = snapshot_writer(scene)
     await real_buckets(scene, js, *NODE_IDS)
-    for fp in scene.paths.values():
-        fp._snapshot_checked_at = 0
-    await written(scene, first)  # default minimum: 1000 messages, far more than these
-    assert all(fp.stats.snapshots_written == 0 for fp in scene.paths.values())
-    # every node's tail is long enough now: only the first-ranked one writes
+    await wrapped_by(scene, first)
+    assert not await snapshot_pass(scene.paths[first])  # a tail of 6: below 1,000
     for fp in scene.paths.values():
         fp.snapshot_min_tail = 1
         fp.wraps_sequence = len(SPECS)
-        fp._snapshot_checked_at = 0
-    for fp in scene.paths.values():
-        await fp._maybe_snapshot()
-    written_by = [n for n, fp in scene.paths.items() if fp.stats.snapshots_written]
-    assert written_by == [first]
+    started = [n for n, fp in scene.paths.items() if await snapshot_pass(fp)]
+    assert started == [first] and scene.paths[first].stats.snapshots_written == 1
+
+    writer = scene.paths[first]
+    assert writer.wraps_kv is not None and writer.snaps_kv is not None
+    raw = (await writer.wraps_kv.get("payments.k0")).value
+    writer.wraps_sequence = await writer.wraps_kv.put("payments.k0", raw or b"")
+    assert not await snapshot_pass(writer)  # within the interval (since its last write)
+    writer._snapshot_written_at = -float("inf")
+    assert not await snapshot_pass(writer)  # and since it first saw this head
+    head = await read_head(writer.snaps_kv)
+    assert head is not None
+    writer._head_seen = (head.snapshot_id, time.monotonic() - 61)
+    assert await snapshot_pass(writer) and writer.stats.snapshots_written == 2
+
+    # a head dated far ahead by its writer's clock does not hold snapshots back
+    future = sign(
+        msgspec.structs.replace(
+            (await read_head(writer.snaps_kv)) or head, written_at=wall_ms() + 10**9
+        ),
+        bundle(first).signing_key,
+    )
+    await writer.snaps_kv.put("head", WRAP_SNAPSHOT_CODEC.encode(future))
+    writer.wraps_sequence = await writer.wraps_kv.put("payments.k1", raw or b"")
+    writer._snapshot_written_at = -float("inf")
+    writer._head_seen = (future.snapshot_id, time.monotonic() - 61)
+    assert await snapshot_pass(writer) and writer.stats.snapshots_written == 3
+
+    # a refused head (not signed) is replaced without waiting for a tail, parts not kept
+    current = await read_head(writer.snaps_kv)
+    assert current is not None
+    await writer.snaps_kv.put(
+        "head",
+        WRAP_SNAPSHOT_CODEC.encode(msgspec.structs.replace(current, signature=bytes(64))),
+    )
+    writer._snapshot_written_at = -float("inf")
+    assert await snapshot_pass(writer) and writer.stats.snapshots_written == 4
+    newest = await read_head(writer.snaps_kv)
+    assert newest is not None and newest.snapshot_id != current.snapshot_id
+    parts = {k.split(".")[1] for k in await writer.snaps_kv.keys() if k.startswith("part.")}
+    assert parts == {newest.snapshot_id}
+
     # the first-ranked one gone (not live to the others): the next one writes
     for fp in scene.paths.values():
         fp._alive = lambda node, _now, gone=first: node != gone  # type: ignore[method-assign]
-    second = snapshot_writer_without(scene, first)
+    second = snapshot_writer(scene, gone=first)
     again = scene.paths[second]
-    again.snapshot_interval_ms = 0
-    await again.wraps_kv.put(  # type: ignore[union-attr]
-        "payments.k0",
-        (await again.wraps_kv.get("payments.k0")).value,  # type: ignore[union-attr]
-    )
-    again.wraps_sequence += 1
-    again._snapshot_checked_at = 0
-    assert await again._maybe_snapshot() is not None
+    again.wraps_sequence = await writer.wraps_kv.put("payments.k2", raw or b"")
+    again._head_seen = (newest.snapshot_id, time.monotonic() - 61)
+    assert await snapshot_pass(again) and again.stats.snapshots_written == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from nats.js.kv import KeyValue
 
 from flashgate.bridge import wrap_snapshots
 from flashgate.bridge.wrap_snapshots import (
+    BucketFacts,
     PartCutter,
     SnapshotRead,
     current_raw_wraps,
@@ -38,6 +40,7 @@ from flashgate.events.ring import (
     WRAP_SNAPSHOT_PART_CODEC,
     FastWrap,
     WrapSnapshot,
+    WrapSnapshotPart,
     snapshot_part_key,
 )
 from flashgate.events.signing import sign
@@ -111,13 +114,17 @@ async def last_sequence(kv: KeyValue) -> int:
     return int((await kv.status()).stream_info.state.last_seq)
 
 
-async def read(snaps: KeyValue, wraps: KeyValue, **overrides: object) -> SnapshotRead | None:
-    async def bucket_last() -> int:
-        return await last_sequence(wraps)
+async def read(
+    snaps: KeyValue, wraps: KeyValue, *, fleet: str = FLEET, **overrides: object
+) -> SnapshotRead | None:
+    """The snapshot as a node reads it; ``overrides``: writer_key, or BucketFacts fields."""
+    keys = overrides.pop("writer_key", ACTIVE)
 
-    args: dict[str, object] = {"fleet": FLEET, "writer_key": ACTIVE, "last_sequence": bucket_last}
-    args.update(overrides)
-    return await read_snapshot(snaps, **args)  # type: ignore[arg-type]
+    async def bucket() -> BucketFacts:
+        facts = await BucketFacts.of(wraps)
+        return dataclasses.replace(facts, **overrides)  # type: ignore[arg-type]
+
+    return await read_snapshot(snaps, fleet=fleet, writer_key=keys, bucket=bucket)  # type: ignore[arg-type]
 
 
 async def through_snapshot(snaps: KeyValue, wraps: KeyValue) -> dict[str, bytes]:
@@ -201,25 +208,28 @@ async def test_each_refused_snapshot_says_why(js: JetStreamContext) -> None:
     assert await refused(snaps, wraps, writer_key=writer_key({})) == "writer_not_active"
     stranger = writer_key({WRITER: Ed25519PrivateKey.generate().public_key()})
     assert await refused(snaps, wraps, writer_key=stranger) == "bad_signature"
-    # another fleet reading it; a sequence the bucket has not reached
+    # another fleet reading it; a sequence the bucket has not reached; more wraps than
+    # the bucket has messages; another stream (the bucket made again)
     assert await refused(snaps, wraps, fleet="otherfleet") == "foreign"
-
-    async def behind() -> int:
-        return head.stream_sequence - 1
-
+    behind = head.stream_sequence - 1
     assert await refused(snaps, wraps, last_sequence=behind) == "ahead_of_bucket"
+    assert await refused(snaps, wraps, messages=head.wraps - 1) == "oversized"
+    assert await refused(snaps, wraps, created_ms=head.stream_created + 1) == "another_stream"
 
-    # a part changed (even to a well-formed part), or gone
+    # a part changed (even to a well-formed part of as many wraps), or gone
     part0 = snapshot_part_key(head.snapshot_id, 0)
     original = (await snaps.get(part0)).value
     assert original is not None
     other = WRAP_SNAPSHOT_PART_CODEC.decode(original)
-    fewer = WRAP_SNAPSHOT_PART_CODEC.encode(
+    swapped = WRAP_SNAPSHOT_PART_CODEC.encode(
         WRAP_SNAPSHOT_PART_CODEC.type(
-            fleet=other.fleet, snapshot_id=other.snapshot_id, index=0, wraps=other.wraps[:-1]
+            fleet=other.fleet,
+            snapshot_id=other.snapshot_id,
+            index=0,
+            wraps=[*other.wraps[:-1], wrap(other.wraps[-1].key)],
         )
     )
-    await snaps.put(part0, fewer)
+    await snaps.put(part0, swapped)
     assert await refused(snaps, wraps) == "part_damaged"
     await snaps.purge(part0)
     assert await refused(snaps, wraps) == "part_missing"
@@ -228,7 +238,7 @@ async def test_each_refused_snapshot_says_why(js: JetStreamContext) -> None:
 
     # a head changed after signing (more wraps claimed), or not a head at all
     forged = WRAP_SNAPSHOT_CODEC.encode(
-        WrapSnapshot(**{**_fields(head), "stream_sequence": head.stream_sequence - 5})
+        WrapSnapshot(**{**_fields(head), "stream_sequence": head.stream_sequence - 5})  # type: ignore[arg-type]
     )
     await snaps.put(SNAPSHOT_HEAD_KEY, forged)
     assert await refused(snaps, wraps) == "bad_signature"
@@ -252,20 +262,7 @@ async def test_a_signed_snapshot_of_another_fleets_wraps_or_parts_is_refused(
             fleet=FLEET, snapshot_id=sid, index=0, wraps=[wrap("app.s1", fleet="otherfleet")]
         )
     )
-    await snaps.put(snapshot_part_key(sid, 0), part)
-    bad = sign(
-        WrapSnapshot(
-            fleet=FLEET,
-            snapshot_id=sid,
-            stream_sequence=head.stream_sequence,
-            wraps=1,
-            parts=[hashlib.sha256(part).digest()],
-            writer=WRITER,
-            written_at=clock(),
-        ),
-        KEY,
-    )
-    await snaps.put(SNAPSHOT_HEAD_KEY, WRAP_SNAPSHOT_CODEC.encode(bad))
+    await signed_head(snaps, wraps, [part], sid, 1)
     assert await refused(snaps, wraps) == "foreign"
 
 
@@ -338,3 +335,137 @@ def test_parts_are_cut_by_count_and_by_size_and_keep_every_wrap_in_order() -> No
     closed = [cutter.add(w, big) for w in wraps[:7]]
     assert sum(p is not None for p in closed) == 2  # 3 + 3, and 1 left
     assert all(len(p) < wrap_snapshots.PART_MAX_BYTES for p in closed if p is not None)
+
+
+async def signed_head(
+    snaps: KeyValue, wraps: KeyValue, parts: list[bytes], snapshot_id: str, count: int
+) -> None:
+    """A head signed by the active writer over ``parts`` (put under ``snapshot_id``)."""
+    facts = await BucketFacts.of(wraps)
+    for index, part in enumerate(parts):
+        await snaps.put(snapshot_part_key(snapshot_id, index), part)
+    head = sign(
+        WrapSnapshot(
+            fleet=FLEET,
+            snapshot_id=snapshot_id,
+            stream_created=facts.created_ms,
+            stream_sequence=facts.last_sequence,
+            wraps=count,
+            parts=[hashlib.sha256(p).digest() for p in parts],
+            writer=WRITER,
+            written_at=clock(),
+        ),
+        KEY,
+    )
+    await snaps.put(SNAPSHOT_HEAD_KEY, WRAP_SNAPSHOT_CODEC.encode(head))
+
+
+def encoded_part(snapshot_id: str, index: int, wraps: list[FastWrap]) -> bytes:
+    return WRAP_SNAPSHOT_PART_CODEC.encode(
+        WrapSnapshotPart(fleet=FLEET, snapshot_id=snapshot_id, index=index, wraps=wraps)
+    )
+
+
+async def test_a_signed_head_over_misplaced_miscounted_or_repeated_parts_is_refused(
+    js: JetStreamContext,
+) -> None:
+    """Even signed by an active node: parts of another snapshot or place, a count that is
+    not the parts', a key twice."""
+    wraps, snaps = await buckets(js)
+    keys = [f"app.s{i}" for i in range(6)]
+    await put_wraps(wraps, keys)
+    some = [wrap(key) for key in keys]
+    sid, other = secrets.token_hex(16), secrets.token_hex(16)
+    await signed_head(snaps, wraps, [encoded_part(other, 0, some)], sid, 6)
+    assert await refused(snaps, wraps) == "part_damaged"  # another snapshot's part
+    await signed_head(snaps, wraps, [encoded_part(sid, 1, some)], sid, 6)
+    assert await refused(snaps, wraps) == "part_damaged"  # another index
+    await signed_head(snaps, wraps, [encoded_part(sid, 0, some)], sid, 5)
+    assert await refused(snaps, wraps) == "part_damaged"  # count
+    await signed_head(snaps, wraps, [encoded_part(sid, 0, [*some[:5], some[0]])], sid, 6)
+    assert await refused(snaps, wraps) == "part_damaged"  # a key twice
+    await signed_head(snaps, wraps, [encoded_part(sid, 0, some)], sid, 6)
+    got = await read(snaps, wraps)
+    assert got is not None and [w.key for w in got.wraps] == keys
+
+
+async def test_a_snapshot_of_a_bucket_made_again_is_refused(js: JetStreamContext) -> None:
+    """A bucket deleted and made again starts its sequences over: a snapshot of the old
+    one would stand for the new one's first messages."""
+    wraps, snaps = await buckets(js)
+    await put_wraps(wraps, [f"old.s{i}" for i in range(20)])
+    assert await snapshot(snaps, wraps) is not None
+    name = wraps._name  # type: ignore[attr-defined]
+    await js.delete_key_value(name)
+    await asyncio.sleep(0.01)  # (creation times are kept to the millisecond)
+    again = await js.create_key_value(bucket=name, history=1)
+    await put_wraps(again, [f"new.s{i}" for i in range(25)])
+    assert await refused(snaps, again) == "another_stream"
+
+
+async def test_a_wrap_stored_under_another_key_or_fleet_is_left_out(js: JetStreamContext) -> None:
+    wraps, snaps = await buckets(js)
+    await put_wraps(wraps, ["app.good"])
+    await wraps.put("app.moved", FAST_WRAP_CODEC.encode(wrap("app.elsewhere")))
+    await wraps.put("app.foreign", FAST_WRAP_CODEC.encode(wrap("app.foreign", fleet="other")))
+    await wraps.put("app.junk", b"\xc1")
+    head = await snapshot(snaps, wraps)
+    assert head is not None and head.wraps == 1
+    got = await read(snaps, wraps)
+    assert got is not None and [w.key for w in got.wraps] == ["app.good"]
+
+
+async def test_a_head_written_first_by_another_is_not_overwritten(js: JetStreamContext) -> None:
+    """Two writers that saw no head: the second's create fails, its parts go."""
+    wraps, snaps = await buckets(js)
+    await put_wraps(wraps, ["app.s1"])
+    first = await snapshot(snaps, wraps)
+    assert first is not None
+    lost = await write_snapshot(
+        snaps,
+        wraps,
+        fleet=FLEET,
+        node_id="node-2",
+        signing_key=KEY,
+        rng=SYSTEM_RNG,
+        clock=clock,
+        replaces=None,
+        revision=None,
+    )
+    assert lost is None
+    head = await read_head(snaps)
+    assert head is not None and head.snapshot_id == first.snapshot_id
+    assert await part_ids(snaps) == {first.snapshot_id}
+
+
+async def test_a_head_written_whose_acknowledgement_was_lost_keeps_its_parts(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wraps, snaps = await buckets(js)
+    await put_wraps(wraps, ["app.s1", "app.s2"])
+    update = snaps.update
+
+    async def applied_then_lost(key: str, value: bytes, last: int) -> int:
+        await update(key, value, last=last)
+        raise TimeoutError
+
+    first = await snapshot(snaps, wraps)
+    assert first is not None
+    await put_wraps(wraps, ["app.s3"])
+    monkeypatch.setattr(snaps, "update", applied_then_lost)
+    second = await snapshot(snaps, wraps)
+    assert second is not None  # it is the head: not taken for a failure
+    got = await read(snaps, wraps)
+    assert got is not None and got.head.snapshot_id == second.snapshot_id
+    assert len(got.wraps) == 3
+
+
+async def test_old_parts_leave_no_marker_behind(js: JetStreamContext) -> None:
+    """Parts go by a stream purge by subject: after many snapshots the bucket's stream
+    holds the head and the two kept snapshots' parts, nothing else."""
+    wraps, snaps = await buckets(js)
+    for round_ in range(8):
+        await put_wraps(wraps, [f"app.r{round_}"])
+        assert await snapshot(snaps, wraps) is not None
+    state = (await snaps.status()).stream_info.state
+    assert state.messages == 1 + 2  # the head, a part each for the last two snapshots

@@ -12,6 +12,7 @@ import asyncio
 
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from flashgate.broker import feeds
@@ -268,3 +269,30 @@ async def test_another_login_pulling_from_the_consumer_delays_the_read_never_los
             await feed.stop()
     finally:
         await rogue.close()
+
+
+async def test_a_feed_from_a_start_sequence_made_again_before_any_message_starts_there(
+    kv: KeyValue,
+) -> None:
+    """A tail feed (deliver by start sequence) whose very first message is lost: made
+    again from its start sequence, not from the stream's beginning."""
+    start = 100
+    feed = PullFeed(kv, DeliverPolicy.BY_START_SEQUENCE, start)
+    receive = feed._on_message
+    seen = 0
+
+    async def first_lost(msg: object) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            return
+        await receive(msg)  # type: ignore[arg-type]
+
+    feed._on_message = first_lost  # type: ignore[method-assign]
+    await feed.start(kv)
+    try:
+        values = await read_all(feed)
+        assert keys_in_order(values) == EXPECTED[start - 1 :]
+        assert feed.remade == 1
+    finally:
+        await feed.stop()

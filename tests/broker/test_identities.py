@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -424,6 +425,22 @@ async def test_the_fast_path_buckets_are_the_nodes_alone(
                 with pytest.raises((nats.errors.TimeoutError, nats.errors.Error)):
                     await js.get_msg(f"KV_{bucket}", 1)
             assert (await kv.get(key)).value == b"v"
+        # a node removes old snapshot parts by a stream purge by subject; it may purge no
+        # other stream (the wraps, the envelopes)
+        js1 = node1.jetstream(timeout=5)
+        snaps = await js1.key_value(NAMES.snapshots_bucket)
+        await snaps.put("part.old.0", b"p")
+        await js1.purge_stream(
+            f"KV_{NAMES.snapshots_bucket}", subject=f"$KV.{NAMES.snapshots_bucket}.part.old.>"
+        )
+        assert (await snaps.get("head")).value == b"v"
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await snaps.get("part.old.0")
+        for stream in (f"KV_{NAMES.wraps_bucket}", f"KV_{NAMES.secrets_bucket}"):
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.Error)):
+                await node1.jetstream(timeout=1).purge_stream(stream)
+        wraps = await js1.key_value(NAMES.wraps_bucket)
+        assert (await wraps.get("payments.s3")).value == b"v"
     finally:
         await node1.close()
         await admin.close()
