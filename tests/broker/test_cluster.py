@@ -72,6 +72,10 @@ async def test_secrets_survive_losing_the_stream_leader(
         await eventually(put)
     expected = {key: f"envelope-{i}".encode() for i, key in enumerate(keys)}
 
+    # A snapshot of the wraps bucket names its stream by its creation time: the same
+    # whichever server leads the stream.
+    created = (await js.stream_info(stream)).created
+    assert created is not None
     victim: NatsServerProcess = nats_cluster.server(await stream_leader(cluster_nc, stream))
     victim.kill()
     try:
@@ -87,6 +91,7 @@ async def test_secrets_survive_losing_the_stream_leader(
         )
         assert new_leader != victim.name
         assert (await kv.get(secret_key("repo", "after"))).value == b"new-envelope"
+        assert (await js.stream_info(stream)).created == created
     finally:
         victim.restart()
 
