@@ -116,6 +116,7 @@ class Stack:
         if override is not None:
             base = without_published_ports(override, override.with_suffix(".base.yaml"))
         files = [str(base)]
+        self.ha = ha
         if ha:
             files.append(str(ROOT / "compose.ha.yaml"))
         if override is not None:
@@ -183,16 +184,55 @@ class Stack:
                 say("healthy: " + ", ".join(services))
                 return
             if time.monotonic() > deadline:
-                raise Failed(f"not healthy after {timeout:.0f}s: {states}\n{self.logs()}")
+                # each unhealthy service's own lines: the stack's tail is mostly NATS
+                own = "".join(
+                    f"\n--- {s} ---\n{self.logs(40, s)}{self.health_log(s)}"
+                    for s, state in states.items()
+                    if state != "healthy"
+                )
+                if self.ha:
+                    own += "\n--- the NATS cluster, as each server sees it ---\n"
+                    own += self.nats_report()
+                raise Failed(f"not healthy after {timeout:.0f}s: {states}{own}\n{self.logs()}")
             time.sleep(2)
+
+    def nats_report(self) -> str:
+        """Each HA server's view: its JetStream meta group and its routes (diagnosis)."""
+        lines = []
+        for name, (service, port) in HA_NATS.items():
+            seen = {}
+            for path in ("jsz", "routez"):
+                result = self(
+                    "exec",
+                    "-T",
+                    service,
+                    "wget",
+                    "-qO-",
+                    f"http://127.0.0.1:{port}/{path}",
+                    check=False,
+                    quiet=True,
+                )
+                try:
+                    seen[path] = json.loads(result.stdout or b"{}")
+                except ValueError:
+                    seen[path] = {"unreadable": result.stdout[:200].decode(errors="replace")}
+            routes = [
+                (r.get("remote_name") or r.get("remote_id"), r.get("ip"), r.get("port"))
+                for r in seen["routez"].get("routes") or []
+            ]
+            lines.append(
+                f"{name}: meta {seen['jsz'].get('meta_cluster')}; "
+                f"disabled={seen['jsz'].get('disabled')}; routes {routes}"
+            )
+        return "\n".join(lines) + "\n"
 
     def health_log(self, service: str) -> str:
         cid = self.container(service)
         fmt = "{{json .State.Health}}"
         return sh(["docker", "inspect", "-f", fmt, cid], quiet=True).stdout.decode()
 
-    def logs(self, tail: int = 25) -> str:
-        result = self("logs", "--no-color", f"--tail={tail}", check=False, quiet=True)
+    def logs(self, tail: int = 25, *services: str) -> str:
+        result = self("logs", "--no-color", f"--tail={tail}", *services, check=False, quiet=True)
         return result.stdout.decode(errors="replace")[-8000:]
 
     def close(self) -> None:
@@ -410,9 +450,9 @@ def exercise_ha(stack: Stack) -> None:
     streams = stream_replicas(stack)
     fleet = {name: value for name, value in streams.items() if "demo" in name}
     say(f"streams: {fleet}")
-    # the command and event streams, the secrets and fleet buckets, the fast path's ring
-    # and wraps buckets
-    if len(fleet) != 6 or {replicas for replicas, _ in fleet.values()} != {3}:
+    # the command and event streams, the secrets and fleet buckets, the fast path's ring,
+    # wraps and snapshots buckets
+    if len(fleet) != 7 or {replicas for replicas, _ in fleet.values()} != {3}:
         raise Failed(f"not every stream and bucket is R3: {fleet}")
     leader = fleet["fg-demo-cmd"][1]
     service = HA_NATS[leader][0]
