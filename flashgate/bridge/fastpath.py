@@ -52,6 +52,7 @@ from typing import Any
 import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nats.errors import NoRespondersError
 from nats.js.kv import KeyValue
 
 from flashgate.bridge.collector import Collector, Report
@@ -341,6 +342,11 @@ class FastPath:
             log.warning(
                 "wraps snapshot refused; reading every wrap", reason=exc.reason, detail=exc.message
             )
+            return 0
+        except NoRespondersError:
+            # A bucket just made on a cluster (a fleet's first start): its stream is still
+            # electing a leader, and it holds no snapshot yet anyway.
+            log.info("wraps snapshot bucket not answering yet; reading every wrap")
             return 0
         except Exception as exc:  # the broker: the whole bucket is read instead
             log.warning("wraps snapshot not read; reading every wrap", error=type(exc).__name__)

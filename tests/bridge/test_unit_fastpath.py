@@ -1094,3 +1094,33 @@ async def test_snapshots_are_written_when_due_by_the_first_ranked_node_only(
     again.wraps_sequence = await writer.wraps_kv.put("payments.k2", raw or b"")
     again._head_seen = (newest.snapshot_id, time.monotonic() - 61)
     assert await snapshot_pass(again) and again.stats.snapshots_written == 1
+
+
+async def test_a_snapshot_bucket_not_answering_yet_is_said_calmly_and_every_wrap_read(
+    scene: Scene,
+) -> None:
+    """A fleet's first start on a cluster: the new bucket's stream is still electing (no
+    responders). Not a warning: the node reads every wrap, and nothing is refused."""
+    import structlog
+    from nats.errors import NoRespondersError
+    from structlog.testing import capture_logs
+
+    class Electing:
+        async def get(self, key: str) -> Any:
+            raise NoRespondersError
+
+    fp = scene.paths["node-2"]
+    fp.snaps_kv = cast(Any, Electing())
+    saved = structlog.get_config() if structlog.is_configured() else None
+    structlog.reset_defaults()
+    try:
+        with capture_logs() as logs:
+            assert await fp._read_snapshot(cast(Any, scene.wraps_kv)) == 0
+    finally:
+        if saved is None:
+            structlog.reset_defaults()
+        else:
+            structlog.configure(**saved)
+    assert not fp.stats.snapshots_refused
+    said = [(x["log_level"], x["event"]) for x in logs]
+    assert said == [("info", "wraps snapshot bucket not answering yet; reading every wrap")]
